@@ -1,0 +1,169 @@
+//! Shared harness of the kernel tests: one GPU for the whole test binary, seeded random
+//! inputs, error bounds, and central finite differences in f64.
+//!
+//! A kernel test is a function of (shape, seed): build random inputs, run the GPU launcher
+//! and the CPU reference of `siamese_gpu::cpu`, compare under a stated bound. Shapes are
+//! data beside the test (odd sizes, batch 1, the reference network's shapes).
+#![allow(dead_code)] // each test binary uses its own subset of the harness
+
+use std::sync::OnceLock;
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use siamese_gpu::{Gpu, Kernel, Tensor};
+
+/// Unit roundoff of f32 (half the machine epsilon).
+pub const U32: f64 = f32::EPSILON as f64 / 2.0;
+
+/// The device every test in a binary shares. Fails with the engine's actionable message
+/// when no adapter exists (e.g. `apt-get install mesa-vulkan-drivers`).
+pub fn gpu() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| match Gpu::new() {
+        Ok(gpu) => {
+            eprintln!("kernel tests on {}", gpu.adapter());
+            gpu
+        }
+        Err(e) => panic!("{e}"),
+    })
+}
+
+pub fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+/// `n` values uniform in [lo, hi).
+pub fn uniform(rng: &mut StdRng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(lo..hi)).collect()
+}
+
+pub fn to_f64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+pub fn to_f32(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
+}
+
+pub fn abs(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|x| x.abs()).collect()
+}
+
+pub fn upload(data: &[f32], shape: &[usize]) -> Tensor {
+    gpu().upload_f32(data, shape).expect("upload")
+}
+
+pub fn zeros(shape: &[usize]) -> Tensor {
+    gpu()
+        .zeros(shape, siamese_gpu::DType::F32)
+        .expect("allocate")
+}
+
+/// Runs the kernel (one submission) and reads `out` back.
+pub fn run_and_read(kernel: &Kernel, out: &Tensor) -> Vec<f32> {
+    gpu().run(&[kernel]);
+    gpu().read_f32(out).expect("readback")
+}
+
+/// Higham's γ_n = n·u / (1 − n·u): the relative error bound of an n-term f32 sum or dot
+/// product in any order, relative to Σ|terms|. Two implementations summing in different
+/// orders (GPU vs CPU) differ by at most 2·γ_n·Σ|terms|.
+pub fn gamma(n: usize) -> f64 {
+    let nu = n as f64 * U32;
+    nu / (1.0 - nu)
+}
+
+/// Asserts |got[i] − want[i]| ≤ bound[i] for every i, reporting the worst offender.
+pub fn assert_within(what: &str, got: &[f32], want: &[f32], bound: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what}: length differs");
+    let mut worst: Option<(usize, f64)> = None;
+    for i in 0..got.len() {
+        let err = (got[i] as f64 - want[i] as f64).abs();
+        let excess = err - bound[i];
+        if !(excess <= 0.0) && worst.is_none_or(|(_, e)| excess > e) {
+            worst = Some((i, excess));
+        }
+    }
+    if let Some((i, _)) = worst {
+        panic!(
+            "{what}: element {i} is {} where the reference gives {} (|diff| {:e} > bound {:e})",
+            got[i],
+            want[i],
+            (got[i] as f64 - want[i] as f64).abs(),
+            bound[i]
+        );
+    }
+}
+
+/// Asserts |got − want| ≤ atol + rtol·|want| elementwise.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f64, rtol: f64) {
+    let bound: Vec<f64> = want
+        .iter()
+        .map(|&w| atol + rtol * (w as f64).abs())
+        .collect();
+    assert_within(what, got, want, &bound);
+}
+
+/// Bound for a linear op (a sum of products) computed in f32 in two different orders:
+/// 2·γ_n·Σ|terms| per element, where `magnitude[i]` = Σ|terms| (the reference run on |inputs|)
+/// plus a floor of a few ulps of the magnitude for the final rounding.
+pub fn linear_bound(terms_per_output: usize, magnitude: &[f32]) -> Vec<f64> {
+    magnitude
+        .iter()
+        .map(|&m| (2.0 * gamma(terms_per_output + 1) + 4.0 * U32) * m as f64 + 1e-30)
+        .collect()
+}
+
+/// Central finite differences of a scalar function: ∂f/∂x_i ≈ (f(x + h·e_i) − f(x − h·e_i)) / 2h.
+pub fn finite_difference(f: impl Fn(&[f64]) -> f64, x: &[f64], h: f64) -> Vec<f64> {
+    let mut xp = x.to_vec();
+    (0..x.len())
+        .map(|i| {
+            let orig = xp[i];
+            xp[i] = orig + h;
+            let up = f(&xp);
+            xp[i] = orig - h;
+            let down = f(&xp);
+            xp[i] = orig;
+            (up - down) / (2.0 * h)
+        })
+        .collect()
+}
+
+/// Σ r_i·y_i: the scalar whose gradient a backward with upstream `r` computes.
+pub fn dot(r: &[f64], y: &[f64]) -> f64 {
+    r.iter().zip(y).map(|(a, b)| a * b).sum()
+}
+
+/// Step and tolerance of the f64 finite-difference checks. With h = 1e-5 the central
+/// difference's truncation error is O(h²·|f'''|) ≈ 1e-10 for the smooth functions here and
+/// its rounding error O(ε₆₄·|f|/h) ≈ 1e-11; 1e-6 relative (plus 1e-7 absolute) is far above
+/// both and far below any real gradient bug.
+pub const FD_STEP: f64 = 1e-5;
+pub const FD_ATOL: f64 = 1e-7;
+pub const FD_RTOL: f64 = 1e-6;
+
+/// Asserts an analytic f64 gradient equals finite differences within FD_ATOL + FD_RTOL.
+pub fn assert_matches_fd(what: &str, analytic: &[f64], fd: &[f64]) {
+    assert_eq!(analytic.len(), fd.len(), "{what}: length differs");
+    for (i, (&a, &n)) in analytic.iter().zip(fd).enumerate() {
+        let tol = FD_ATOL + FD_RTOL * n.abs().max(a.abs());
+        assert!(
+            (a - n).abs() <= tol,
+            "{what}: element {i}: analytic {a} vs finite difference {n} (tol {tol:e})"
+        );
+    }
+}
+
+/// The f32 GPU gradient against the f64 finite-difference gradient: the GPU's own f32
+/// rounding dominates, so the bound is `rtol` relative to the largest gradient entry.
+pub fn assert_gpu_matches_fd(what: &str, gpu_grad: &[f32], fd: &[f64], rtol: f64) {
+    let scale = fd.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-6);
+    for (i, (&g, &n)) in gpu_grad.iter().zip(fd).enumerate() {
+        assert!(
+            (g as f64 - n).abs() <= rtol * scale,
+            "{what}: element {i}: GPU {g} vs finite difference {n} (tol {:e})",
+            rtol * scale
+        );
+    }
+}

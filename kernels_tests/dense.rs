@@ -1,0 +1,201 @@
+//! `shaders/dense.wgsl` against `cpu::dense`, and its gradients against finite differences.
+
+mod common;
+
+use common::*;
+use siamese_gpu::cpu::dense as cpu;
+use siamese_gpu::ops::dense;
+
+/// (N, K, M): batch 1, sizes off the 4×4 register block and the 8×8 workgroup, one larger
+/// than a workgroup in both output dimensions, and the reference network's dense layer
+/// (1600 → 128) at batch 1 and 8.
+const SHAPES: &[(usize, usize, usize)] = &[
+    (1, 1, 1),
+    (1, 7, 5),
+    (3, 17, 9),
+    (13, 33, 70),
+    (65, 31, 67),
+    (1, 1600, 128),
+    (8, 1600, 128),
+];
+
+/// Small shapes for finite differences (one forward per perturbed input).
+const FD_SHAPES: &[(usize, usize, usize)] = &[(1, 3, 2), (3, 5, 4), (5, 2, 7)];
+
+struct Case {
+    x: Vec<f32>,
+    w: Vec<f32>,
+    b: Vec<f32>,
+    dy: Vec<f32>,
+}
+
+fn case(n: usize, k: usize, m: usize, seed: u64) -> Case {
+    let mut r = rng(seed);
+    Case {
+        x: uniform(&mut r, n * k, -1.0, 1.0),
+        w: uniform(&mut r, m * k, -1.0, 1.0),
+        b: uniform(&mut r, m, -1.0, 1.0),
+        dy: uniform(&mut r, n * m, -1.0, 1.0),
+    }
+}
+
+#[test]
+fn dense_forward_matches_cpu() {
+    for (seed, &(n, k, m)) in SHAPES.iter().enumerate() {
+        let c = case(n, k, m, seed as u64);
+        let y = zeros(&[n, m]);
+        let kernel = dense::forward(
+            gpu(),
+            &upload(&c.x, &[n, k]),
+            &upload(&c.w, &[m, k]),
+            &upload(&c.b, &[m]),
+            &y,
+        )
+        .unwrap();
+        let got = run_and_read(&kernel, &y);
+        let want = cpu::dense_forward(&c.x, &c.w, &c.b, n, k, m);
+        // K products plus the bias, summed in another order: 2·γ_(K+1)·Σ|terms|.
+        let magnitude = cpu::dense_forward(&abs(&c.x), &abs(&c.w), &abs(&c.b), n, k, m);
+        assert_within(
+            &format!("dense_forward {n}x{k}x{m}"),
+            &got,
+            &want,
+            &linear_bound(k + 1, &magnitude),
+        );
+    }
+}
+
+#[test]
+fn dense_grad_input_matches_cpu() {
+    for (seed, &(n, k, m)) in SHAPES.iter().enumerate() {
+        let c = case(n, k, m, seed as u64);
+        let dx = zeros(&[n, k]);
+        let kernel =
+            dense::grad_input(gpu(), &upload(&c.dy, &[n, m]), &upload(&c.w, &[m, k]), &dx).unwrap();
+        let got = run_and_read(&kernel, &dx);
+        let want = cpu::dense_grad_input(&c.dy, &c.w, n, k, m);
+        let magnitude = cpu::dense_grad_input(&abs(&c.dy), &abs(&c.w), n, k, m);
+        assert_within(
+            &format!("dense_grad_input {n}x{k}x{m}"),
+            &got,
+            &want,
+            &linear_bound(m, &magnitude),
+        );
+    }
+}
+
+#[test]
+fn dense_grad_weight_matches_cpu() {
+    for (seed, &(n, k, m)) in SHAPES.iter().enumerate() {
+        let c = case(n, k, m, seed as u64);
+        let dw = zeros(&[m, k]);
+        let kernel =
+            dense::grad_weight(gpu(), &upload(&c.dy, &[n, m]), &upload(&c.x, &[n, k]), &dw)
+                .unwrap();
+        let got = run_and_read(&kernel, &dw);
+        let want = cpu::dense_grad_weight(&c.dy, &c.x, n, k, m);
+        let magnitude = cpu::dense_grad_weight(&abs(&c.dy), &abs(&c.x), n, k, m);
+        assert_within(
+            &format!("dense_grad_weight {n}x{k}x{m}"),
+            &got,
+            &want,
+            &linear_bound(n, &magnitude),
+        );
+    }
+}
+
+#[test]
+fn dense_grad_bias_matches_cpu() {
+    // Add N = 200 (several rounds of the 64-wide reduction) to the shared shapes.
+    for (seed, &(n, k, m)) in SHAPES.iter().chain(&[(200, 1, 3)]).enumerate() {
+        let c = case(n, k, m, seed as u64);
+        let db = zeros(&[m]);
+        let kernel = dense::grad_bias(gpu(), &upload(&c.dy, &[n, m]), &db).unwrap();
+        let got = run_and_read(&kernel, &db);
+        let want = cpu::dense_grad_bias(&c.dy, n, m);
+        let magnitude = cpu::dense_grad_bias(&abs(&c.dy), n, m);
+        assert_within(
+            &format!("dense_grad_bias {n}x{m}"),
+            &got,
+            &want,
+            &linear_bound(n, &magnitude),
+        );
+    }
+}
+
+/// L = Σ dy ⊙ dense_forward(x, w, b): its gradients are exactly what the three backward
+/// entries compute for upstream dy. Checks the f64 reference backward and the GPU backward
+/// against central differences of the f64 reference forward.
+#[test]
+fn dense_backward_matches_finite_differences() {
+    for (seed, &(n, k, m)) in FD_SHAPES.iter().enumerate() {
+        let c = case(n, k, m, 100 + seed as u64);
+        let (x, w, b, dy) = (to_f64(&c.x), to_f64(&c.w), to_f64(&c.b), to_f64(&c.dy));
+        let loss =
+            |x: &[f64], w: &[f64], b: &[f64]| dot(&dy, &cpu::dense_forward(x, w, b, n, k, m));
+
+        let fd_x = finite_difference(|v| loss(v, &w, &b), &x, FD_STEP);
+        let fd_w = finite_difference(|v| loss(&x, v, &b), &w, FD_STEP);
+        let fd_b = finite_difference(|v| loss(&x, &w, v), &b, FD_STEP);
+        assert_matches_fd(
+            "cpu dense_grad_input",
+            &cpu::dense_grad_input(&dy, &w, n, k, m),
+            &fd_x,
+        );
+        assert_matches_fd(
+            "cpu dense_grad_weight",
+            &cpu::dense_grad_weight(&dy, &x, n, k, m),
+            &fd_w,
+        );
+        assert_matches_fd(
+            "cpu dense_grad_bias",
+            &cpu::dense_grad_bias(&dy, n, m),
+            &fd_b,
+        );
+
+        let (tx, tw, tdy) = (
+            upload(&c.x, &[n, k]),
+            upload(&c.w, &[m, k]),
+            upload(&c.dy, &[n, m]),
+        );
+        let (dx, dw, db) = (zeros(&[n, k]), zeros(&[m, k]), zeros(&[m]));
+        let kernels = [
+            dense::grad_input(gpu(), &tdy, &tw, &dx).unwrap(),
+            dense::grad_weight(gpu(), &tdy, &tx, &dw).unwrap(),
+            dense::grad_bias(gpu(), &tdy, &db).unwrap(),
+        ];
+        gpu().run(&kernels.iter().collect::<Vec<_>>());
+        // f32 sums of at most 7 products of values in [-1, 1]: 1e-5 of the largest entry
+        // is ~100 ulps, well above rounding and well below any indexing mistake.
+        assert_gpu_matches_fd(
+            "dense_grad_input",
+            &gpu().read_f32(&dx).unwrap(),
+            &fd_x,
+            1e-5,
+        );
+        assert_gpu_matches_fd(
+            "dense_grad_weight",
+            &gpu().read_f32(&dw).unwrap(),
+            &fd_w,
+            1e-5,
+        );
+        assert_gpu_matches_fd(
+            "dense_grad_bias",
+            &gpu().read_f32(&db).unwrap(),
+            &fd_b,
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn dense_forward_rejects_mismatched_shapes() {
+    let x = zeros(&[2, 3]);
+    let w = zeros(&[4, 5]);
+    let err = dense::forward(gpu(), &x, &w, &zeros(&[4]), &zeros(&[2, 4])).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("w must be a F32 tensor of shape [4, 3]"),
+        "{err}"
+    );
+}

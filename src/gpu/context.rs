@@ -1,0 +1,383 @@
+//! [`Gpu`]: the device, its queue, the pipeline cache, and buffer upload/readback.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use wgpu::util::DeviceExt;
+
+use super::adapter::{self, AdapterSummary};
+use super::kernel::{Dispatch, Uniform};
+use super::recorder::Recorder;
+use super::{DType, Kernel, Tensor};
+use crate::error::{Error, Result};
+use crate::ops::Shader;
+
+/// Pipelines are keyed by shader, entry point and override constants (as bit patterns).
+type PipelineKey = (&'static str, &'static str, Vec<(&'static str, u64)>);
+
+/// An open device on the chosen adapter, with the caches every launcher shares.
+pub struct Gpu {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    summary: AdapterSummary,
+    limits: wgpu::Limits,
+    features: wgpu::Features,
+    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
+}
+
+impl Gpu {
+    /// Opens the adapter named by `SIAMESE_ADAPTER` (a name substring), else the best one.
+    pub fn new() -> Result<Gpu> {
+        let requested = std::env::var("SIAMESE_ADAPTER")
+            .ok()
+            .filter(|s| !s.is_empty());
+        Gpu::with_adapter(requested.as_deref())
+    }
+
+    /// Opens the first adapter whose name contains `requested`, or the best one if `None`.
+    pub fn with_adapter(requested: Option<&str>) -> Result<Gpu> {
+        let instance = adapter::instance();
+        let adapter = adapter::choose(&instance, requested)?;
+        // Ask for everything the adapter offers: the largest batches need the largest
+        // storage bindings, and lavapipe's are smaller than a discrete GPU's.
+        let limits = adapter.limits();
+        let wanted = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16;
+        let features = adapter.features() & wanted;
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("siamese-gpu"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::DeviceRequest(e.to_string()))?;
+        Ok(Gpu {
+            device,
+            queue,
+            summary: AdapterSummary::of(&adapter),
+            limits,
+            features,
+            modules: Mutex::new(HashMap::new()),
+            pipelines: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Name, backend, type and driver of the adapter in use.
+    pub fn adapter(&self) -> &AdapterSummary {
+        &self.summary
+    }
+
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    pub fn features(&self) -> wgpu::Features {
+        self.features
+    }
+
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// The compiled pipeline for (shader, entry, constants), built on first use.
+    pub fn pipeline(
+        &self,
+        shader: &Shader,
+        entry: &'static str,
+        constants: &[(&'static str, f64)],
+    ) -> Result<Arc<wgpu::ComputePipeline>> {
+        let key: PipelineKey = (
+            shader.name,
+            entry,
+            constants.iter().map(|&(k, v)| (k, v.to_bits())).collect(),
+        );
+        if let Some(p) = self
+            .pipelines
+            .lock()
+            .expect("pipeline cache poisoned")
+            .get(&key)
+        {
+            return Ok(p.clone());
+        }
+        let pipeline_error = |message: String| Error::Pipeline {
+            shader: shader.name,
+            entry,
+            message,
+        };
+        let module = {
+            let mut modules = self.modules.lock().expect("shader cache poisoned");
+            match modules.get(shader.name) {
+                Some(m) => m.clone(),
+                None => {
+                    let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+                    let m = self
+                        .device
+                        .create_shader_module(wgpu::ShaderModuleDescriptor {
+                            label: Some(shader.name),
+                            source: wgpu::ShaderSource::Wgsl(shader.source.into()),
+                        });
+                    if let Some(e) = pollster::block_on(scope.pop()) {
+                        return Err(pipeline_error(e.to_string()));
+                    }
+                    modules.insert(shader.name, m.clone());
+                    m
+                }
+            }
+        };
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: None,
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(pipeline_error(e.to_string()));
+        }
+        let pipeline = Arc::new(pipeline);
+        self.pipelines
+            .lock()
+            .expect("pipeline cache poisoned")
+            .insert(key, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    /// Prepares one dispatch of `entry`: `params` is bound at binding 0 as a uniform and each
+    /// `(binding, tensor)` as a storage buffer. Bindings must be exactly those the entry uses.
+    pub fn dispatch<P: Uniform>(
+        &self,
+        shader: &Shader,
+        entry: &'static str,
+        constants: &[(&'static str, f64)],
+        params: &P,
+        bindings: &[(u32, &Tensor)],
+        workgroups: [u32; 3],
+    ) -> Result<Dispatch> {
+        let pipeline = self.pipeline(shader, entry, constants)?;
+        // Uniform buffers bind whole 16-byte rows.
+        let mut bytes = bytemuck::bytes_of(params).to_vec();
+        bytes.resize(bytes.len().div_ceil(16).max(1) * 16, 0);
+        let uniform = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(entry),
+                contents: &bytes,
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: uniform.as_entire_binding(),
+        }];
+        entries.extend(bindings.iter().map(|&(binding, t)| wgpu::BindGroupEntry {
+            binding,
+            resource: t.binding(),
+        }));
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(entry),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Pipeline {
+                shader: shader.name,
+                entry,
+                message: e.to_string(),
+            });
+        }
+        Ok(Dispatch {
+            entry,
+            pipeline,
+            bind_group,
+            workgroups,
+        })
+    }
+
+    fn check_size(&self, what: &str, bytes: u64) -> Result<()> {
+        let binding_limit = self.limits.max_storage_buffer_binding_size as u64;
+        if bytes > self.limits.max_buffer_size {
+            return Err(Error::TooLarge {
+                what: what.to_string(),
+                bytes,
+                limit: self.limits.max_buffer_size,
+                limit_name: "max_buffer_size",
+            });
+        }
+        if bytes > binding_limit {
+            return Err(Error::TooLarge {
+                what: what.to_string(),
+                bytes,
+                limit: binding_limit,
+                limit_name: "max_storage_buffer_binding_size",
+            });
+        }
+        Ok(())
+    }
+
+    fn storage_buffer(
+        &self,
+        shape: &[usize],
+        dtype: DType,
+        contents: Option<&[u8]>,
+    ) -> Result<Tensor> {
+        let count: usize = shape.iter().product();
+        let bytes = ((count as u64 * dtype.size_bytes()).div_ceil(4) * 4).max(4);
+        self.check_size(&format!("a {dtype:?} tensor of shape {shape:?}"), bytes)?;
+        let usage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST;
+        let buffer = match contents {
+            Some(data) => {
+                let mut padded = data.to_vec();
+                padded.resize(bytes as usize, 0);
+                self.device
+                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: None,
+                        contents: &padded,
+                        usage,
+                    })
+            }
+            None => self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: bytes,
+                usage,
+                mapped_at_creation: false,
+            }),
+        };
+        Ok(Tensor::new(Arc::new(buffer), 0, shape, dtype))
+    }
+
+    /// A zero-filled tensor.
+    pub fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        self.storage_buffer(shape, dtype, None)
+    }
+
+    /// Uploads f32 data as a tensor of `shape`.
+    pub fn upload_f32(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
+        check_len("upload_f32", data.len(), shape)?;
+        self.storage_buffer(shape, DType::F32, Some(bytemuck::cast_slice(data)))
+    }
+
+    /// Uploads u32 data as a tensor of `shape`.
+    pub fn upload_u32(&self, data: &[u32], shape: &[usize]) -> Result<Tensor> {
+        check_len("upload_u32", data.len(), shape)?;
+        self.storage_buffer(shape, DType::U32, Some(bytemuck::cast_slice(data)))
+    }
+
+    /// Overwrites a tensor's contents from the host (queued before the next submission).
+    pub fn write_f32(&self, tensor: &Tensor, data: &[f32]) -> Result<()> {
+        if tensor.dtype() != DType::F32 || data.len() != tensor.len() {
+            return Err(Error::Shape {
+                op: "write_f32",
+                detail: format!(
+                    "{} values for a {:?} tensor of shape {:?}",
+                    data.len(),
+                    tensor.dtype(),
+                    tensor.shape()
+                ),
+            });
+        }
+        self.queue
+            .write_buffer(&tensor.buffer, tensor.offset, bytemuck::cast_slice(data));
+        Ok(())
+    }
+
+    /// A recorder: kernels recorded into it go into one command buffer, submitted once.
+    pub fn recorder(&self) -> Recorder<'_> {
+        Recorder::new(self)
+    }
+
+    /// Records `kernels` in order into one command buffer and submits it.
+    pub fn run(&self, kernels: &[&Kernel]) {
+        let mut rec = self.recorder();
+        for k in kernels {
+            rec.record(k);
+        }
+        rec.submit();
+    }
+
+    fn read_bytes(&self, tensor: &Tensor) -> Result<Vec<u8>> {
+        let size = tensor.byte_size().max(4);
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(&tensor.buffer, tensor.offset, &staging, 0, size);
+        self.queue.submit([encoder.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        rx.recv()
+            .map_err(|e| Error::Readback(e.to_string()))?
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        let bytes = staging
+            .get_mapped_range(..)
+            .map_err(|e| Error::Readback(e.to_string()))?
+            .to_vec();
+        staging.unmap();
+        Ok(bytes)
+    }
+
+    /// Reads an f32 tensor back (waits for all submitted work).
+    pub fn read_f32(&self, tensor: &Tensor) -> Result<Vec<f32>> {
+        expect_dtype("read_f32", tensor, DType::F32)?;
+        let bytes = self.read_bytes(tensor)?;
+        Ok(bytemuck::cast_slice::<u8, f32>(&bytes)[..tensor.len()].to_vec())
+    }
+
+    /// Reads a u32 tensor back (waits for all submitted work).
+    pub fn read_u32(&self, tensor: &Tensor) -> Result<Vec<u32>> {
+        expect_dtype("read_u32", tensor, DType::U32)?;
+        let bytes = self.read_bytes(tensor)?;
+        Ok(bytemuck::cast_slice::<u8, u32>(&bytes)[..tensor.len()].to_vec())
+    }
+
+    /// Blocks until every submitted command buffer has finished.
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| Error::Readback(e.to_string()))
+    }
+}
+
+fn check_len(op: &'static str, len: usize, shape: &[usize]) -> Result<()> {
+    let want: usize = shape.iter().product();
+    if len != want {
+        return Err(Error::Shape {
+            op,
+            detail: format!("{len} values do not fill shape {shape:?} ({want} elements)"),
+        });
+    }
+    Ok(())
+}
+
+fn expect_dtype(op: &'static str, tensor: &Tensor, dtype: DType) -> Result<()> {
+    if tensor.dtype() != dtype {
+        return Err(Error::Shape {
+            op,
+            detail: format!("expected a {dtype:?} tensor, got {:?}", tensor.dtype()),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! Prepared launches. A [`Dispatch`] is one pipeline + bind group + workgroup count; a
+//! [`Kernel`] is the dispatches of one op (most have one; split reductions have two) plus
+//! any scratch buffers they need. Both are built once and recorded as often as wanted.
+
+use std::sync::Arc;
+
+use super::Tensor;
+
+/// Largest workgroup count per dimension that every adapter accepts (WebGPU's default limit).
+pub const MAX_WORKGROUPS_PER_DIM: u32 = 65_535;
+
+/// Parameters passed to a shader as its `@binding(0)` uniform.
+pub trait Uniform: bytemuck::Pod {}
+impl<T: bytemuck::Pod> Uniform for T {}
+
+/// One compute dispatch, ready to record.
+#[derive(Debug)]
+pub struct Dispatch {
+    pub(crate) entry: &'static str,
+    pub(crate) pipeline: Arc<wgpu::ComputePipeline>,
+    pub(crate) bind_group: wgpu::BindGroup,
+    pub(crate) workgroups: [u32; 3],
+}
+
+impl Dispatch {
+    /// The WGSL entry point this dispatch runs.
+    pub fn entry(&self) -> &'static str {
+        self.entry
+    }
+
+    pub fn workgroups(&self) -> [u32; 3] {
+        self.workgroups
+    }
+}
+
+/// The dispatches of one op, in order, and the scratch tensors they share.
+#[derive(Debug)]
+pub struct Kernel {
+    pub(crate) dispatches: Vec<Dispatch>,
+    pub(crate) _scratch: Vec<Tensor>,
+}
+
+impl Kernel {
+    pub fn single(dispatch: Dispatch) -> Kernel {
+        Kernel {
+            dispatches: vec![dispatch],
+            _scratch: Vec::new(),
+        }
+    }
+
+    pub fn with_scratch(dispatches: Vec<Dispatch>, scratch: Vec<Tensor>) -> Kernel {
+        Kernel {
+            dispatches,
+            _scratch: scratch,
+        }
+    }
+
+    pub fn dispatches(&self) -> &[Dispatch] {
+        &self.dispatches
+    }
+}
+
+/// Workgroup counts covering `groups` workgroups, folded into two dimensions when one would
+/// exceed the per-dimension limit. Shaders recover the linear workgroup index as
+/// `wid.x + wid.y * nwg.x` and must bounds-check, since the fold can overshoot.
+pub fn grid_1d(groups: u32) -> [u32; 3] {
+    let groups = groups.max(1);
+    if groups <= MAX_WORKGROUPS_PER_DIM {
+        [groups, 1, 1]
+    } else {
+        let y = groups.div_ceil(MAX_WORKGROUPS_PER_DIM);
+        [groups.div_ceil(y), y, 1]
+    }
+}

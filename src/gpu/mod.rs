@@ -1,0 +1,18 @@
+//! The one module that owns wgpu: adapter choice, device, buffers, pipelines, command recording.
+//!
+//! Everything above it speaks in [`Tensor`]s and [`Kernel`]s and never touches an encoder.
+//! A [`Kernel`] is a prepared launch (pipelines + bind groups + workgroup counts) built once by
+//! a launcher in `ops`; recording it again costs no allocation, which is what lets a training
+//! step be one submission of reused kernels.
+
+mod adapter;
+mod context;
+mod kernel;
+mod recorder;
+mod tensor;
+
+pub use adapter::{AdapterSummary, list_adapters};
+pub use context::Gpu;
+pub use kernel::{Dispatch, Kernel, Uniform, grid_1d};
+pub use recorder::Recorder;
+pub use tensor::{DType, Tensor};

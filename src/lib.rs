@@ -1,0 +1,13 @@
+//! siamese-gpu: a GPU compute engine for training Siamese (metric-learning) networks.
+//!
+//! Handwritten WGSL compute shaders (`shaders/`) run on wgpu: Vulkan, Metal, DX12, and Mesa's
+//! lavapipe where there is no GPU. [`gpu`] owns the device; [`ops`] holds one typed launcher
+//! module per shader file; [`cpu`] is the plain-loop reference of every kernel entry.
+
+pub mod cpu;
+pub mod error;
+pub mod gpu;
+pub mod ops;
+
+pub use error::{Error, Result};
+pub use gpu::{DType, Gpu, Kernel, Tensor};
