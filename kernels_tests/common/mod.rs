@@ -80,7 +80,7 @@ pub fn assert_within(what: &str, got: &[f32], want: &[f32], bound: &[f64]) {
     for i in 0..got.len() {
         let err = (got[i] as f64 - want[i] as f64).abs();
         let excess = err - bound[i];
-        if !(excess <= 0.0) && worst.is_none_or(|(_, e)| excess > e) {
+        if (excess.is_nan() || excess > 0.0) && worst.is_none_or(|(_, e)| excess > e) {
             worst = Some((i, excess));
         }
     }

@@ -4,7 +4,15 @@
 //! arguments, and is generic over [`Real`] so the tests can run it in f32 (to compare with
 //! the GPU) and in f64 (for finite-difference gradient checks).
 
+pub mod activation;
+pub mod conv2d;
 pub mod dense;
+pub mod distance;
+pub mod loss;
+pub mod normalize;
+pub mod optim;
+pub mod pool;
+pub mod reduce;
 
 use std::fmt::Debug;
 use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub};

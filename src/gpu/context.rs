@@ -207,7 +207,7 @@ impl Gpu {
     }
 
     fn check_size(&self, what: &str, bytes: u64) -> Result<()> {
-        let binding_limit = self.limits.max_storage_buffer_binding_size as u64;
+        let binding_limit = self.limits.max_storage_buffer_binding_size;
         if bytes > self.limits.max_buffer_size {
             return Err(Error::TooLarge {
                 what: what.to_string(),

@@ -2,7 +2,15 @@
 //! returns a [`Kernel`](crate::gpu::Kernel) ready to record; it never records or submits.
 //! Outputs are passed in, so a caller (the tape) owns and reuses every buffer.
 
+pub mod activation;
+pub mod conv2d;
 pub mod dense;
+pub mod distance;
+pub mod loss;
+pub mod normalize;
+pub mod optim;
+pub mod pool;
+pub mod reduce;
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Tensor};

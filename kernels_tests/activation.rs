@@ -1,0 +1,3 @@
+//! `shaders/activation.wgsl` against `cpu::activation` (to be written).
+
+mod common;

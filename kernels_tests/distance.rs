@@ -1,0 +1,3 @@
+//! `shaders/distance.wgsl` against `cpu::distance` (to be written).
+
+mod common;

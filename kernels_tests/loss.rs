@@ -1,0 +1,3 @@
+//! `shaders/loss.wgsl` against `cpu::loss` (to be written).
+
+mod common;

@@ -1,0 +1,3 @@
+//! `shaders/normalize.wgsl` against `cpu::normalize` (to be written).
+
+mod common;

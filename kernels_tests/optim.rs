@@ -1,0 +1,3 @@
+//! `shaders/optim.wgsl` against `cpu::optim` (to be written).
+
+mod common;

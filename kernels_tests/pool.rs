@@ -1,0 +1,3 @@
+//! `shaders/pool.wgsl` against `cpu::pool` (to be written).
+
+mod common;

@@ -1,0 +1,3 @@
+//! `shaders/reduce.wgsl` against `cpu::reduce` (to be written).
+
+mod common;

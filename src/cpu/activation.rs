@@ -1,0 +1,1 @@
+//! Reference for `shaders/activation.wgsl` (to be written).

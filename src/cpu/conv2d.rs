@@ -1,0 +1,1 @@
+//! Reference for `shaders/conv2d.wgsl` (to be written).

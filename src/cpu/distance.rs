@@ -1,0 +1,1 @@
+//! Reference for `shaders/distance.wgsl` (to be written).

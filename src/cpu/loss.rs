@@ -1,0 +1,1 @@
+//! Reference for `shaders/loss.wgsl` (to be written).

@@ -1,0 +1,1 @@
+//! Reference for `shaders/normalize.wgsl` (to be written).

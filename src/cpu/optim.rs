@@ -1,0 +1,1 @@
+//! Reference for `shaders/optim.wgsl` (to be written).

@@ -1,0 +1,1 @@
+//! Reference for `shaders/pool.wgsl` (to be written).

@@ -1,0 +1,1 @@
+//! Reference for `shaders/reduce.wgsl` (to be written).

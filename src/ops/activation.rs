@@ -1,0 +1,1 @@
+//! Launchers for `shaders/activation.wgsl` (to be written).

@@ -1,0 +1,1 @@
+//! Launchers for `shaders/conv2d.wgsl` (to be written).

@@ -1,0 +1,1 @@
+//! Launchers for `shaders/distance.wgsl` (to be written).

@@ -1,0 +1,1 @@
+//! Launchers for `shaders/normalize.wgsl` (to be written).

@@ -1,0 +1,1 @@
+//! Launchers for `shaders/optim.wgsl` (to be written).

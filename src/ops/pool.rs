@@ -1,0 +1,1 @@
+//! Launchers for `shaders/pool.wgsl` (to be written).
