@@ -19,6 +19,7 @@ pub struct Dispatch {
     pub(crate) entry: &'static str,
     pub(crate) pipeline: Arc<wgpu::ComputePipeline>,
     pub(crate) bind_group: wgpu::BindGroup,
+    pub(crate) uniform: wgpu::Buffer,
     pub(crate) workgroups: [u32; 3],
 }
 
@@ -57,6 +58,20 @@ impl Kernel {
 
     pub fn dispatches(&self) -> &[Dispatch] {
         &self.dispatches
+    }
+
+    /// Rewrites the uniform parameters of every dispatch (e.g. an optimizer's learning rate
+    /// and step count), queued before the next submission: no allocation, no new bind group.
+    /// `params` must be the struct type the kernel was built with.
+    pub fn set_params<P: Uniform>(&self, gpu: &super::Gpu, params: &P) {
+        for d in &self.dispatches {
+            assert!(
+                std::mem::size_of::<P>() as u64 <= d.uniform.size(),
+                "set_params on {}: parameter struct larger than the kernel's",
+                d.entry
+            );
+            gpu.queue().write_buffer(&d.uniform, 0, bytemuck::bytes_of(params));
+        }
     }
 }
 
