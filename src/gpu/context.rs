@@ -202,6 +202,7 @@ impl Gpu {
             entry,
             pipeline,
             bind_group,
+            uniform,
             workgroups,
         })
     }
