@@ -1,3 +1,306 @@
-//! `shaders/conv2d.wgsl` against `cpu::conv2d` (to be written).
+//! `shaders/conv2d.wgsl` against `cpu::conv2d`, and its gradients against finite differences.
 
 mod common;
+
+use common::*;
+use siamese_gpu::cpu::conv2d::{self as cpu, Conv2dGeometry};
+use siamese_gpu::ops::conv2d;
+
+const fn geom(
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    pad: usize,
+) -> Conv2dGeometry {
+    Conv2dGeometry {
+        n,
+        c,
+        h,
+        w,
+        o,
+        kh,
+        kw,
+        stride,
+        pad,
+    }
+}
+
+/// Batch 1, channel and pixel counts off the 4×4 register block and the 16×4 workgroup,
+/// stride 2 and 3, padding up to 2, non-square and 1×1 kernels, a kernel as large as the
+/// padded input, and the reference network's two layers (1→32 5×5 on 28×28; 32→64 3×3 on
+/// the pooled 12×12).
+const SHAPES: &[Conv2dGeometry] = &[
+    geom(1, 1, 1, 1, 1, 1, 1, 1, 0),
+    geom(1, 1, 28, 28, 32, 5, 5, 1, 0),
+    geom(2, 32, 12, 12, 64, 3, 3, 1, 0),
+    geom(3, 3, 7, 9, 5, 3, 3, 2, 1),
+    geom(2, 5, 8, 6, 7, 4, 2, 3, 2),
+    geom(1, 2, 5, 5, 3, 5, 5, 1, 2),
+    geom(4, 6, 11, 13, 9, 1, 1, 1, 0),
+];
+
+/// Small geometries for finite differences, with stride and padding.
+const FD_SHAPES: &[Conv2dGeometry] = &[
+    geom(1, 2, 5, 4, 3, 3, 3, 1, 1),
+    geom(2, 1, 6, 6, 2, 3, 2, 2, 1),
+    geom(1, 2, 4, 5, 2, 2, 3, 3, 2),
+];
+
+struct Case {
+    x: Vec<f32>,
+    w: Vec<f32>,
+    b: Vec<f32>,
+    dy: Vec<f32>,
+}
+
+fn case(g: &Conv2dGeometry, seed: u64) -> Case {
+    let mut r = rng(seed);
+    let len = |s: [usize; 4]| s.iter().product();
+    Case {
+        x: uniform(&mut r, len(g.input_shape()), -1.0, 1.0),
+        w: uniform(&mut r, len(g.weight_shape()), -1.0, 1.0),
+        b: uniform(&mut r, g.o, -1.0, 1.0),
+        dy: uniform(&mut r, len(g.output_shape()), -1.0, 1.0),
+    }
+}
+
+#[test]
+fn conv2d_forward_matches_cpu() {
+    for (seed, g) in SHAPES.iter().enumerate() {
+        let c = case(g, seed as u64);
+        let y = zeros(&g.output_shape());
+        let kernel = conv2d::forward(
+            gpu(),
+            &upload(&c.x, &g.input_shape()),
+            &upload(&c.w, &g.weight_shape()),
+            &upload(&c.b, &[g.o]),
+            &y,
+            g.stride,
+            g.pad,
+        )
+        .unwrap();
+        let got = run_and_read(&kernel, &y);
+        let want = cpu::conv2d_forward(&c.x, &c.w, &c.b, g);
+        // C·KH·KW products plus the bias, in another order: 2·γ·Σ|terms| (Σ|terms| is the
+        // reference run on |x|, |w|, |b|).
+        let magnitude = cpu::conv2d_forward(&abs(&c.x), &abs(&c.w), &abs(&c.b), g);
+        assert_within(
+            &format!("conv2d_forward {g:?}"),
+            &got,
+            &want,
+            &linear_bound(g.c * g.kh * g.kw + 1, &magnitude),
+        );
+    }
+}
+
+#[test]
+fn conv2d_grad_input_matches_cpu() {
+    for (seed, g) in SHAPES.iter().enumerate() {
+        let c = case(g, seed as u64);
+        let dx = zeros(&g.input_shape());
+        let kernel = conv2d::grad_input(
+            gpu(),
+            &upload(&c.dy, &g.output_shape()),
+            &upload(&c.w, &g.weight_shape()),
+            &dx,
+            g.stride,
+            g.pad,
+        )
+        .unwrap();
+        let got = run_and_read(&kernel, &dx);
+        let want = cpu::conv2d_grad_input(&c.dy, &c.w, g);
+        // Each dx element sums at most O·KH·KW products.
+        let magnitude = cpu::conv2d_grad_input(&abs(&c.dy), &abs(&c.w), g);
+        assert_within(
+            &format!("conv2d_grad_input {g:?}"),
+            &got,
+            &want,
+            &linear_bound(g.o * g.kh * g.kw, &magnitude),
+        );
+    }
+}
+
+fn check_grad_weight(g: &Conv2dGeometry, c: &Case, splits: Option<usize>) {
+    let dw = zeros(&g.weight_shape());
+    let (dy, x) = (
+        upload(&c.dy, &g.output_shape()),
+        upload(&c.x, &g.input_shape()),
+    );
+    let kernel = match splits {
+        Some(s) => conv2d::grad_weight_split(gpu(), &dy, &x, &dw, g.stride, g.pad, s),
+        None => conv2d::grad_weight(gpu(), &dy, &x, &dw, g.stride, g.pad),
+    }
+    .unwrap();
+    let got = run_and_read(&kernel, &dw);
+    let want = cpu::conv2d_grad_weight(&c.dy, &c.x, g);
+    // Each dw element sums N·OH·OW products (split or not, the bound covers any order).
+    let magnitude = cpu::conv2d_grad_weight(&abs(&c.dy), &abs(&c.x), g);
+    let terms = g.n * g.out_h() * g.out_w();
+    assert_within(
+        &format!("conv2d_grad_weight {g:?} splits {splits:?}"),
+        &got,
+        &want,
+        &linear_bound(terms, &magnitude),
+    );
+}
+
+#[test]
+fn conv2d_grad_weight_matches_cpu() {
+    for (seed, g) in SHAPES.iter().enumerate() {
+        let c = case(g, seed as u64);
+        check_grad_weight(g, &c, None);
+        check_grad_weight(g, &c, Some(1));
+    }
+}
+
+#[test]
+fn conv2d_grad_weight_reduce_matches_cpu() {
+    // The reduce pass alone, on random partial sums...
+    for (seed, &(splits, shape)) in [(1, [1, 1, 1, 1]), (3, [5, 2, 3, 3]), (7, [64, 32, 3, 3])]
+        .iter()
+        .enumerate()
+    {
+        let len: usize = shape.iter().product();
+        let partial = uniform(&mut rng(seed as u64), splits * len, -1.0, 1.0);
+        let dw = zeros(&shape);
+        let kernel =
+            conv2d::grad_weight_reduce(gpu(), &upload(&partial, &[splits, len]), &dw).unwrap();
+        let got = run_and_read(&kernel, &dw);
+        let want = cpu::conv2d_grad_weight_reduce(&partial, splits);
+        // The same additions in the same order: identical up to FMA-free f32 addition, so
+        // exact equality is expected; allow the γ bound anyway for compilers that reassociate.
+        let magnitude = cpu::conv2d_grad_weight_reduce(&abs(&partial), splits);
+        assert_within(
+            &format!("conv2d_grad_weight_reduce {splits}x{len}"),
+            &got,
+            &want,
+            &linear_bound(splits, &magnitude),
+        );
+    }
+    // ...and composed with the split first pass, at split counts that leave a short last split.
+    for (seed, g) in SHAPES.iter().enumerate().filter(|(_, g)| g.n > 1) {
+        let c = case(g, 50 + seed as u64);
+        for splits in 2..=g.n {
+            check_grad_weight(g, &c, Some(splits));
+        }
+    }
+}
+
+#[test]
+fn conv2d_grad_bias_matches_cpu() {
+    for (seed, g) in SHAPES
+        .iter()
+        .chain(&[geom(3, 1, 30, 30, 2, 3, 3, 1, 0)])
+        .enumerate()
+    {
+        let c = case(g, seed as u64);
+        let db = zeros(&[g.o]);
+        let kernel = conv2d::grad_bias(gpu(), &upload(&c.dy, &g.output_shape()), &db).unwrap();
+        let got = run_and_read(&kernel, &db);
+        let plane = g.out_h() * g.out_w();
+        let want = cpu::conv2d_grad_bias(&c.dy, g.n, g.o, plane);
+        let magnitude = cpu::conv2d_grad_bias(&abs(&c.dy), g.n, g.o, plane);
+        assert_within(
+            &format!("conv2d_grad_bias {g:?}"),
+            &got,
+            &want,
+            &linear_bound(g.n * plane, &magnitude),
+        );
+    }
+}
+
+/// L = Σ dy ⊙ conv2d_forward(x, w, b). Its gradients are what the backward entries compute
+/// for upstream dy: the f64 reference backward and the GPU backward are both checked against
+/// central differences of the f64 reference forward.
+#[test]
+fn conv2d_backward_matches_finite_differences() {
+    for (seed, g) in FD_SHAPES.iter().enumerate() {
+        let c = case(g, 200 + seed as u64);
+        let (x, w, b, dy) = (to_f64(&c.x), to_f64(&c.w), to_f64(&c.b), to_f64(&c.dy));
+        let loss = |x: &[f64], w: &[f64], b: &[f64]| dot(&dy, &cpu::conv2d_forward(x, w, b, g));
+        let fd_x = finite_difference(|v| loss(v, &w, &b), &x, FD_STEP);
+        let fd_w = finite_difference(|v| loss(&x, v, &b), &w, FD_STEP);
+        let fd_b = finite_difference(|v| loss(&x, &w, v), &b, FD_STEP);
+        assert_matches_fd(
+            "cpu conv2d_grad_input",
+            &cpu::conv2d_grad_input(&dy, &w, g),
+            &fd_x,
+        );
+        assert_matches_fd(
+            "cpu conv2d_grad_weight",
+            &cpu::conv2d_grad_weight(&dy, &x, g),
+            &fd_w,
+        );
+        assert_matches_fd(
+            "cpu conv2d_grad_bias",
+            &cpu::conv2d_grad_bias(&dy, g.n, g.o, g.out_h() * g.out_w()),
+            &fd_b,
+        );
+
+        let (tx, tw, tdy) = (
+            upload(&c.x, &g.input_shape()),
+            upload(&c.w, &g.weight_shape()),
+            upload(&c.dy, &g.output_shape()),
+        );
+        let (dx, dw, db) = (
+            zeros(&g.input_shape()),
+            zeros(&g.weight_shape()),
+            zeros(&[g.o]),
+        );
+        let kernels = [
+            conv2d::grad_input(gpu(), &tdy, &tw, &dx, g.stride, g.pad).unwrap(),
+            conv2d::grad_weight_split(gpu(), &tdy, &tx, &dw, g.stride, g.pad, g.n).unwrap(),
+            conv2d::grad_bias(gpu(), &tdy, &db).unwrap(),
+        ];
+        gpu().run(&kernels.iter().collect::<Vec<_>>());
+        // f32 sums of at most ~50 products of values in [-1, 1]: 1e-5 of the largest entry
+        // is ~100 ulps, above rounding and far below any indexing or padding mistake.
+        assert_gpu_matches_fd(
+            "conv2d_grad_input",
+            &gpu().read_f32(&dx).unwrap(),
+            &fd_x,
+            1e-5,
+        );
+        assert_gpu_matches_fd(
+            "conv2d_grad_weight",
+            &gpu().read_f32(&dw).unwrap(),
+            &fd_w,
+            1e-5,
+        );
+        assert_gpu_matches_fd(
+            "conv2d_grad_bias",
+            &gpu().read_f32(&db).unwrap(),
+            &fd_b,
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn conv2d_forward_rejects_mismatched_channels() {
+    let x = zeros(&[1, 3, 8, 8]);
+    let w = zeros(&[4, 2, 3, 3]);
+    let err =
+        conv2d::forward(gpu(), &x, &w, &zeros(&[4]), &zeros(&[1, 4, 6, 6]), 1, 0).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("w has 2 input channels but x has 3"),
+        "{err}"
+    );
+    let err = conv2d::forward(
+        gpu(),
+        &zeros(&[1, 2, 2, 2]),
+        &w,
+        &zeros(&[4]),
+        &zeros(&[1, 4, 1, 1]),
+        1,
+        0,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("does not fit"), "{err}");
+}

@@ -12,7 +12,6 @@ pub mod loss;
 pub mod normalize;
 pub mod optim;
 pub mod pool;
-pub mod reduce;
 
 use std::fmt::Debug;
 use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub};

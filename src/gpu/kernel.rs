@@ -70,7 +70,8 @@ impl Kernel {
                 "set_params on {}: parameter struct larger than the kernel's",
                 d.entry
             );
-            gpu.queue().write_buffer(&d.uniform, 0, bytemuck::bytes_of(params));
+            gpu.queue()
+                .write_buffer(&d.uniform, 0, bytemuck::bytes_of(params));
         }
     }
 }

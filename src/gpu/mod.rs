@@ -13,6 +13,6 @@ mod tensor;
 
 pub use adapter::{AdapterSummary, list_adapters};
 pub use context::Gpu;
-pub use kernel::{Dispatch, Kernel, Uniform, grid_1d};
+pub use kernel::{Dispatch, Kernel, MAX_WORKGROUPS_PER_DIM, Uniform, grid_1d};
 pub use recorder::Recorder;
 pub use tensor::{DType, Tensor};

@@ -1,1 +1,329 @@
-//! Launchers for `shaders/conv2d.wgsl` (to be written).
+//! Launchers for `shaders/conv2d.wgsl`: 2-D convolution, NCHW, PyTorch's weight layout
+//! `[out, in, kh, kw]`, stride and zero padding, with its three gradients.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{Shader, expect_f32, expect_rank, to_u32};
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Gpu, Kernel, Tensor, grid_1d};
+
+pub const SHADER: Shader = Shader {
+    name: "conv2d",
+    source: include_str!("../../shaders/conv2d.wgsl"),
+};
+
+const WG_PIX: u32 = 16;
+const WG_CH: u32 = 4;
+const BLOCK: u32 = 4;
+const CONSTANTS: [(&str, f64); 2] = [("WG_PIX", WG_PIX as f64), ("WG_CH", WG_CH as f64)];
+/// grad_weight splits its reduction until about this many invocations run at once.
+const TARGET_INVOCATIONS: u32 = 16_384;
+
+/// Sizes of one convolution, as the shader sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dGeometry {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub o: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl Conv2dGeometry {
+    pub fn out_h(&self) -> usize {
+        (self.h + 2 * self.pad - self.kh) / self.stride + 1
+    }
+
+    pub fn out_w(&self) -> usize {
+        (self.w + 2 * self.pad - self.kw) / self.stride + 1
+    }
+
+    /// Shape of the input, `[N, C, H, W]`.
+    pub fn input_shape(&self) -> [usize; 4] {
+        [self.n, self.c, self.h, self.w]
+    }
+
+    /// Shape of the weights, `[O, C, KH, KW]`.
+    pub fn weight_shape(&self) -> [usize; 4] {
+        [self.o, self.c, self.kh, self.kw]
+    }
+
+    /// Shape of the output, `[N, O, OH, OW]`.
+    pub fn output_shape(&self) -> [usize; 4] {
+        [self.n, self.o, self.out_h(), self.out_w()]
+    }
+
+    /// Reads the geometry off an input and a weight tensor, checking that they fit.
+    pub fn of(op: &'static str, x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Self> {
+        let &[n, c, h, wd] = expect_rank(op, "x", x, 4)? else {
+            unreachable!()
+        };
+        let &[o, wc, kh, kw] = expect_rank(op, "w", w, 4)? else {
+            unreachable!()
+        };
+        Self::checked(
+            op,
+            Conv2dGeometry {
+                n,
+                c,
+                h,
+                w: wd,
+                o,
+                kh,
+                kw,
+                stride,
+                pad,
+            },
+            wc,
+        )
+    }
+
+    fn checked(op: &'static str, g: Self, weight_channels: usize) -> Result<Self> {
+        let fail = |detail: String| Err(Error::Shape { op, detail });
+        if weight_channels != g.c {
+            return fail(format!(
+                "w has {weight_channels} input channels but x has {}",
+                g.c
+            ));
+        }
+        if g.stride == 0 {
+            return fail("stride must be at least 1".into());
+        }
+        if g.h + 2 * g.pad < g.kh || g.w + 2 * g.pad < g.kw {
+            return fail(format!(
+                "a {}x{} kernel does not fit a {}x{} input with padding {}",
+                g.kh, g.kw, g.h, g.w, g.pad
+            ));
+        }
+        Ok(g)
+    }
+
+    fn params(&self, op: &'static str, splits: u32, images_per_split: u32) -> Result<ConvParams> {
+        let u = |what, v| to_u32(op, what, v);
+        // The largest tensor must be indexable in 32 bits (the shader's index type).
+        u("input elements", self.n * self.c * self.h * self.w)?;
+        u(
+            "output elements",
+            self.n * self.o * self.out_h() * self.out_w(),
+        )?;
+        Ok(ConvParams {
+            n: u("N", self.n)?,
+            c: u("C", self.c)?,
+            h: u("H", self.h)?,
+            w: u("W", self.w)?,
+            o: u("O", self.o)?,
+            kh: u("KH", self.kh)?,
+            kw: u("KW", self.kw)?,
+            stride: u("stride", self.stride)?,
+            pad: u("pad", self.pad)?,
+            oh: u("OH", self.out_h())?,
+            ow: u("OW", self.out_w())?,
+            splits,
+            images_per_split,
+            _pad: [0; 3],
+        })
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct ConvParams {
+    n: u32,
+    c: u32,
+    h: u32,
+    w: u32,
+    o: u32,
+    kh: u32,
+    kw: u32,
+    stride: u32,
+    pad: u32,
+    oh: u32,
+    ow: u32,
+    splits: u32,
+    images_per_split: u32,
+    _pad: [u32; 3],
+}
+
+fn blocks(rows: usize, cols: usize) -> [u32; 3] {
+    [
+        (cols as u32).div_ceil(BLOCK * WG_PIX),
+        (rows as u32).div_ceil(BLOCK * WG_CH),
+        1,
+    ]
+}
+
+/// `y = conv2d(x, w) + b`; `x [N, C, H, W]`, `w [O, C, KH, KW]`, `b [O]`, `y [N, O, OH, OW]`.
+pub fn forward(
+    gpu: &Gpu,
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    y: &Tensor,
+    stride: usize,
+    pad: usize,
+) -> Result<Kernel> {
+    const OP: &str = "conv2d_forward";
+    let g = Conv2dGeometry::of(OP, x, w, stride, pad)?;
+    expect_f32(OP, "b", b, &[g.o])?;
+    expect_f32(OP, "y", y, &g.output_shape())?;
+    let params = g.params(OP, 1, 0)?;
+    let groups = blocks(g.o, g.n * g.out_h() * g.out_w());
+    let bindings = [(1, x), (2, w), (3, b), (4, y)];
+    Ok(Kernel::single(gpu.dispatch(
+        &SHADER, OP, &CONSTANTS, &params, &bindings, groups,
+    )?))
+}
+
+/// `dx [N, C, H, W]` from `dy [N, O, OH, OW]` and `w [O, C, KH, KW]`.
+pub fn grad_input(
+    gpu: &Gpu,
+    dy: &Tensor,
+    w: &Tensor,
+    dx: &Tensor,
+    stride: usize,
+    pad: usize,
+) -> Result<Kernel> {
+    const OP: &str = "conv2d_grad_input";
+    let g = Conv2dGeometry::of(OP, dx, w, stride, pad)?;
+    expect_f32(OP, "dy", dy, &g.output_shape())?;
+    let params = g.params(OP, 1, 0)?;
+    let groups = blocks(g.c, g.n * g.h * g.w);
+    let bindings = [(1, dy), (2, w), (4, dx)];
+    Ok(Kernel::single(gpu.dispatch(
+        &SHADER, OP, &CONSTANTS, &params, &bindings, groups,
+    )?))
+}
+
+/// `dw [O, C, KH, KW]` from `dy [N, O, OH, OW]` and `x [N, C, H, W]`, splitting the
+/// reduction over images so that enough invocations run (see the shader's header).
+pub fn grad_weight(
+    gpu: &Gpu,
+    dy: &Tensor,
+    x: &Tensor,
+    dw: &Tensor,
+    stride: usize,
+    pad: usize,
+) -> Result<Kernel> {
+    let g = Conv2dGeometry::of("conv2d_grad_weight", x, dw, stride, pad)?;
+    let block_count = (g.o as u32).div_ceil(BLOCK) * ((g.c * g.kh * g.kw) as u32).div_ceil(BLOCK);
+    let splits = (TARGET_INVOCATIONS / block_count).clamp(1, g.n as u32);
+    grad_weight_split(gpu, dy, x, dw, stride, pad, splits as usize)
+}
+
+/// [`grad_weight`] with an explicit number of splits (1 writes `dw` in a single dispatch).
+pub fn grad_weight_split(
+    gpu: &Gpu,
+    dy: &Tensor,
+    x: &Tensor,
+    dw: &Tensor,
+    stride: usize,
+    pad: usize,
+    splits: usize,
+) -> Result<Kernel> {
+    const OP: &str = "conv2d_grad_weight";
+    let g = Conv2dGeometry::of(OP, x, dw, stride, pad)?;
+    expect_f32(OP, "dy", dy, &g.output_shape())?;
+    if splits == 0 || splits > g.n {
+        return Err(Error::Shape {
+            op: OP,
+            detail: format!("splits must be in 1..={}, got {splits}", g.n),
+        });
+    }
+    let images_per_split = g.n.div_ceil(splits);
+    // Round so that no split is empty.
+    let splits = g.n.div_ceil(images_per_split);
+    let params = g.params(OP, splits as u32, images_per_split as u32)?;
+    let taps = g.c * g.kh * g.kw;
+    let [gx, gy, _] = blocks(g.o, taps);
+    let groups = [gx, gy, splits as u32];
+    if splits == 1 {
+        let bindings = [(1, dy), (5, x), (4, dw)];
+        return Ok(Kernel::single(
+            gpu.dispatch(&SHADER, OP, &CONSTANTS, &params, &bindings, groups)?,
+        ));
+    }
+    let partial = gpu.zeros(&[splits, g.o * taps], DType::F32)?;
+    let partial_pass = gpu.dispatch(
+        &SHADER,
+        OP,
+        &CONSTANTS,
+        &params,
+        &[(1, dy), (5, x), (4, &partial)],
+        groups,
+    )?;
+    let reduce = grad_weight_reduce(gpu, &partial, dw)?;
+    let mut dispatches = vec![partial_pass];
+    dispatches.extend(reduce.dispatches);
+    Ok(Kernel::with_scratch(dispatches, vec![partial]))
+}
+
+/// `dw [O, C, KH, KW] = Σ_split partial[split, :]`, the second pass of a split grad_weight.
+pub fn grad_weight_reduce(gpu: &Gpu, partial: &Tensor, dw: &Tensor) -> Result<Kernel> {
+    const OP: &str = "conv2d_grad_weight_reduce";
+    let &[o, c, kh, kw] = expect_rank(OP, "dw", dw, 4)? else {
+        unreachable!()
+    };
+    let splits = expect_rank(OP, "partial", partial, 2)?[0];
+    expect_f32(OP, "partial", partial, &[splits, o * c * kh * kw])?;
+    let g = Conv2dGeometry {
+        n: 1,
+        c,
+        h: kh,
+        w: kw,
+        o,
+        kh,
+        kw,
+        stride: 1,
+        pad: 0,
+    };
+    let params = g.params(OP, to_u32(OP, "splits", splits)?, 0)?;
+    let groups = grid_1d(to_u32(OP, "dw elements", dw.len())?.div_ceil(256));
+    Ok(Kernel::single(gpu.dispatch(
+        &SHADER,
+        OP,
+        &[],
+        &params,
+        &[(1, partial), (4, dw)],
+        groups,
+    )?))
+}
+
+/// `db [O] = Σ_{n, oy, ox} dy[n, :, oy, ox]`.
+pub fn grad_bias(gpu: &Gpu, dy: &Tensor, db: &Tensor) -> Result<Kernel> {
+    const OP: &str = "conv2d_grad_bias";
+    let &[n, o, oh, ow] = expect_rank(OP, "dy", dy, 4)? else {
+        unreachable!()
+    };
+    expect_f32(OP, "db", db, &[o])?;
+    let g = Conv2dGeometry {
+        n,
+        c: 1,
+        h: oh,
+        w: ow,
+        o,
+        kh: 1,
+        kw: 1,
+        stride: 1,
+        pad: 0,
+    };
+    let params = g.params(OP, 1, 0)?;
+    // One workgroup per channel, along x only.
+    if o > crate::gpu::MAX_WORKGROUPS_PER_DIM as usize {
+        return Err(Error::Shape {
+            op: OP,
+            detail: format!("{o} channels exceed the 65535 the bias reduction supports"),
+        });
+    }
+    Ok(Kernel::single(gpu.dispatch(
+        &SHADER,
+        OP,
+        &[],
+        &params,
+        &[(1, dy), (4, db)],
+        [o as u32, 1, 1],
+    )?))
+}

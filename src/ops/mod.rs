@@ -10,7 +10,6 @@ pub mod loss;
 pub mod normalize;
 pub mod optim;
 pub mod pool;
-pub mod reduce;
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Tensor};

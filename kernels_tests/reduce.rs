@@ -1,3 +1,0 @@
-//! `shaders/reduce.wgsl` against `cpu::reduce` (to be written).
-
-mod common;

@@ -1,1 +1,0 @@
-//! Reference for `shaders/reduce.wgsl` (to be written).

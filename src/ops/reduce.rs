@@ -1,1 +1,0 @@
-//! Launchers for `shaders/reduce.wgsl` (to be written).
