@@ -6,6 +6,7 @@ use common::*;
 use siamese_gpu::cpu::conv2d::{self as cpu, Conv2dGeometry};
 use siamese_gpu::ops::conv2d;
 
+#[allow(clippy::too_many_arguments)] // one argument per field of the geometry
 const fn geom(
     n: usize,
     c: usize,

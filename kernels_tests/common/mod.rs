@@ -6,6 +6,7 @@
 //! data beside the test (odd sizes, batch 1, the reference network's shapes).
 #![allow(dead_code)] // each test binary uses its own subset of the harness
 
+use std::io::Write;
 use std::sync::OnceLock;
 
 use rand::rngs::StdRng;
@@ -15,8 +16,9 @@ use siamese_gpu::{Gpu, Kernel, Tensor};
 /// Unit roundoff of f32 (half the machine epsilon).
 pub const U32: f64 = f32::EPSILON as f64 / 2.0;
 
-/// The device every test in a binary shares. Fails with the engine's actionable message
-/// when no adapter exists (e.g. `apt-get install mesa-vulkan-drivers`).
+/// The device every test in a binary shares. Without an adapter the binary prints the
+/// engine's actionable message (e.g. `apt-get install mesa-vulkan-drivers`) once and exits
+/// with status 1: every test would fail the same way, and a panic per test buries the advice.
 pub fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
     GPU.get_or_init(|| match Gpu::new() {
@@ -24,7 +26,11 @@ pub fn gpu() -> &'static Gpu {
             eprintln!("kernel tests on {}", gpu.adapter());
             gpu
         }
-        Err(e) => panic!("{e}"),
+        Err(e) => {
+            // Straight to the stderr handle: the test harness captures eprintln! output.
+            let _ = writeln!(std::io::stderr(), "error: {e}");
+            std::process::exit(1);
+        }
     })
 }
 

@@ -1,0 +1,207 @@
+//! Kernel benchmark: GFLOP/s of the dense and conv2d kernels, forward and both backwards, at
+//! the reference network's shapes (conv 1→32 5×5 on 28×28, conv 32→64 3×3 on 12×12, dense
+//! 1600→128) for batches of 32, 256 and 1024 images, beside the adapter's FMA peak.
+//!
+//! `cargo bench --bench kernels`; `SIAMESE_BENCH_BATCHES=32,256` picks the batches.
+//! Each figure is one line for people and one JSON object for tools. Times are wall-clock
+//! per submission (submit + wait), after a warm-up run, over at least 2 runs and 1 second.
+
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use siamese_gpu::ops::conv2d::{self, Conv2dGeometry};
+use siamese_gpu::ops::{Shader, dense};
+use siamese_gpu::{DType, Gpu, Kernel, Tensor};
+
+const PEAK: Shader = Shader {
+    name: "fma_peak",
+    source: include_str!("fma_peak.wgsl"),
+};
+
+fn seconds_per_run(gpu: &Gpu, kernel: &Kernel) -> f64 {
+    gpu.run(&[kernel]);
+    gpu.wait().expect("warm-up run");
+    let (mut runs, start) = (0u32, Instant::now());
+    while runs < 2 || start.elapsed() < Duration::from_secs(1) {
+        gpu.run(&[kernel]);
+        gpu.wait().expect("benchmark run");
+        runs += 1;
+    }
+    start.elapsed().as_secs_f64() / runs as f64
+}
+
+fn random(gpu: &Gpu, rng: &mut StdRng, shape: &[usize]) -> Tensor {
+    let data: Vec<f32> = (0..shape.iter().product())
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    gpu.upload_f32(&data, shape).expect("upload")
+}
+
+fn zeros(gpu: &Gpu, shape: &[usize]) -> Tensor {
+    gpu.zeros(shape, DType::F32).expect("allocate")
+}
+
+fn report(gpu: &Gpu, op: &str, layer: &str, batch: usize, flop: f64, seconds: f64, peak: f64) {
+    let gflops = flop / seconds / 1e9;
+    println!(
+        "{op:<20} {layer:<16} batch {batch:>5}  {:>9.3} ms  {gflops:>9.2} GFLOP/s  ({:.1}% of peak)",
+        seconds * 1e3,
+        100.0 * gflops / peak
+    );
+    println!(
+        "{{\"kind\":\"kernel\",\"op\":\"{op}\",\"layer\":\"{layer}\",\"batch\":{batch},\"ms\":{:.4},\"gflops\":{gflops:.3},\"peak_gflops\":{peak:.3},\"adapter\":\"{}\",\"driver\":\"{} {}\"}}",
+        seconds * 1e3,
+        gpu.adapter().name,
+        gpu.adapter().driver,
+        gpu.adapter().driver_info
+    );
+}
+
+/// GFLOP/s of a register-only FMA loop: the ceiling beside which the kernels are read.
+fn fma_peak(gpu: &Gpu) -> f64 {
+    const INVOCATIONS: u32 = 64 * 4096;
+    const ITERATIONS: u32 = 1024;
+    let sink = zeros(gpu, &[INVOCATIONS as usize]);
+    let params: [u32; 4] = [ITERATIONS, 0, 0, 0];
+    let dispatch = gpu
+        .dispatch(
+            &PEAK,
+            "fma_peak",
+            &[],
+            &params,
+            &[(1, &sink)],
+            [INVOCATIONS / 64, 1, 1],
+        )
+        .expect("peak kernel");
+    let seconds = seconds_per_run(gpu, &Kernel::single(dispatch));
+    // 4 vec4 FMAs per iteration = 32 FLOP.
+    INVOCATIONS as f64 * ITERATIONS as f64 * 32.0 / seconds / 1e9
+}
+
+fn main() {
+    let gpu = Gpu::new().unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    });
+    let batches: Vec<usize> = std::env::var("SIAMESE_BENCH_BATCHES")
+        .unwrap_or_else(|_| "32,256,1024".into())
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse()
+                .expect("SIAMESE_BENCH_BATCHES: comma-separated batch sizes")
+        })
+        .collect();
+    let a = gpu.adapter();
+    println!("adapter: {}", a);
+    let peak = fma_peak(&gpu);
+    println!("FMA peak: {peak:.2} GFLOP/s");
+    println!(
+        "{{\"kind\":\"peak\",\"gflops\":{peak:.3},\"adapter\":\"{}\",\"backend\":\"{}\",\"driver\":\"{} {}\"}}",
+        a.name, a.backend, a.driver, a.driver_info
+    );
+
+    let mut rng = StdRng::seed_from_u64(0);
+    for &batch in &batches {
+        // dense 1600 → 128
+        let (k, m) = (1600, 128);
+        let (x, w, b) = (
+            random(&gpu, &mut rng, &[batch, k]),
+            random(&gpu, &mut rng, &[m, k]),
+            random(&gpu, &mut rng, &[m]),
+        );
+        let (y, dy) = (
+            zeros(&gpu, &[batch, m]),
+            random(&gpu, &mut rng, &[batch, m]),
+        );
+        let (dx, dw) = (zeros(&gpu, &[batch, k]), zeros(&gpu, &[m, k]));
+        let flop = 2.0 * (batch * k * m) as f64;
+        let layer = "dense 1600>128";
+        let runs = [
+            ("dense_forward", dense::forward(&gpu, &x, &w, &b, &y)),
+            ("dense_grad_input", dense::grad_input(&gpu, &dy, &w, &dx)),
+            ("dense_grad_weight", dense::grad_weight(&gpu, &dy, &x, &dw)),
+        ];
+        for (op, kernel) in runs {
+            report(
+                &gpu,
+                op,
+                layer,
+                batch,
+                flop,
+                seconds_per_run(&gpu, &kernel.expect(op)),
+                peak,
+            );
+        }
+
+        for (layer, g) in [
+            (
+                "conv 1>32 5x5",
+                Conv2dGeometry {
+                    n: batch,
+                    c: 1,
+                    h: 28,
+                    w: 28,
+                    o: 32,
+                    kh: 5,
+                    kw: 5,
+                    stride: 1,
+                    pad: 0,
+                },
+            ),
+            (
+                "conv 32>64 3x3",
+                Conv2dGeometry {
+                    n: batch,
+                    c: 32,
+                    h: 12,
+                    w: 12,
+                    o: 64,
+                    kh: 3,
+                    kw: 3,
+                    stride: 1,
+                    pad: 0,
+                },
+            ),
+        ] {
+            let x = random(&gpu, &mut rng, &g.input_shape());
+            let w = random(&gpu, &mut rng, &g.weight_shape());
+            let b = random(&gpu, &mut rng, &[g.o]);
+            let (y, dy) = (
+                zeros(&gpu, &g.output_shape()),
+                random(&gpu, &mut rng, &g.output_shape()),
+            );
+            let (dx, dw) = (
+                zeros(&gpu, &g.input_shape()),
+                zeros(&gpu, &g.weight_shape()),
+            );
+            let flop = 2.0 * (g.n * g.o * g.out_h() * g.out_w() * g.c * g.kh * g.kw) as f64;
+            let runs = [
+                (
+                    "conv2d_forward",
+                    conv2d::forward(&gpu, &x, &w, &b, &y, 1, 0),
+                ),
+                (
+                    "conv2d_grad_input",
+                    conv2d::grad_input(&gpu, &dy, &w, &dx, 1, 0),
+                ),
+                (
+                    "conv2d_grad_weight",
+                    conv2d::grad_weight(&gpu, &dy, &x, &dw, 1, 0),
+                ),
+            ];
+            for (op, kernel) in runs {
+                report(
+                    &gpu,
+                    op,
+                    layer,
+                    batch,
+                    flop,
+                    seconds_per_run(&gpu, &kernel.expect(op)),
+                    peak,
+                );
+            }
+        }
+    }
+}
