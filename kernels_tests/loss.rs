@@ -1,3 +1,592 @@
-//! `shaders/loss.wgsl` against `cpu::loss` (to be written).
+//! `shaders/loss.wgsl` against `cpu::loss`, its gradients against finite differences, and
+//! the values of hand-computed examples.
+//!
+//! The GPU runs in f32 on f32 inputs; the reference runs in f64 on the same (exactly
+//! converted) inputs, so every bound below is the GPU's own rounding, derived from WGSL's
+//! stated accuracies (division 2.5 ULP, exp 3 + 2|x| ULP, log 2⁻²¹ absolute near 1).
 
 mod common;
+
+use common::*;
+use rand::RngExt;
+use rand::rngs::StdRng;
+use siamese_gpu::Tensor;
+use siamese_gpu::cpu::loss as cpu;
+use siamese_gpu::ops::loss::{self, PairLabel};
+
+/// Batch 1, sizes off the 256-wide workgroup, one workgroup exactly (128 is half of one),
+/// the reference batch 512, 1000 (four strides of the reduction) and 100 000 (391 strides).
+const BATCHES: &[usize] = &[1, 5, 128, 255, 257, 512, 1000, 100_000];
+
+/// Small batches for finite differences; 300 spans two backward workgroups.
+const FD_BATCHES: &[usize] = &[1, 4, 300];
+
+const MARGIN: f32 = 1.0;
+/// Upstream gradient of the `_matches_cpu` tests: not 1, so a backward that ignores it fails.
+const DLOSS: f32 = 0.75;
+
+/// 1 ULP of x is at most 2u·|x|: WGSL's 2.5-ULP division is at most 5u relative.
+const DIV_ERR: f64 = 5.0 * U32;
+
+/// Same and Different mixed, about half each.
+fn labels(r: &mut StdRng, n: usize) -> Vec<PairLabel> {
+    (0..n)
+        .map(|_| {
+            if r.random_range(0..2) == 0 {
+                PairLabel::Same
+            } else {
+                PairLabel::Different
+            }
+        })
+        .collect()
+}
+
+/// Distances in [0.05, 2.5) whose Different pairs stay ≥ 0.05 from the margin, so finite
+/// differences never straddle the kink of max(0, m − d)².
+fn distances(r: &mut StdRng, labels: &[PairLabel]) -> Vec<f32> {
+    labels
+        .iter()
+        .map(|&l| {
+            loop {
+                let d: f32 = r.random_range(0.05..2.5);
+                if l == PairLabel::Same || (d - MARGIN).abs() >= 0.05 {
+                    break d;
+                }
+            }
+        })
+        .collect()
+}
+
+/// (d_ap, d_an) in [0, 2.5) with |d_ap − d_an + m| ≥ 0.05: both sides of the hinge, never on it.
+fn triplets(r: &mut StdRng, n: usize) -> (Vec<f32>, Vec<f32>) {
+    let (mut ap, mut an) = (Vec::new(), Vec::new());
+    while ap.len() < n {
+        let (a, b): (f32, f32) = (r.random_range(0.0..2.5), r.random_range(0.0..2.5));
+        if (a - b + MARGIN).abs() >= 0.05 {
+            ap.push(a);
+            an.push(b);
+        }
+    }
+    (ap, an)
+}
+
+fn upload_labels(l: &[PairLabel]) -> Tensor {
+    PairLabel::upload(gpu(), l).expect("upload labels")
+}
+
+fn scalar(v: f32) -> Tensor {
+    upload(&[v], &[1])
+}
+
+fn run_scalar(kernel: &siamese_gpu::Kernel, out: &Tensor) -> f32 {
+    run_and_read(kernel, out)[0]
+}
+
+/// Bound of a GPU mean of B non-negative terms against the exact mean `want` of the same
+/// inputs: any summation order errs by at most γ_B·Σ terms, each term carries `term_err`
+/// relative error, and the division by B one more DIV_ERR.
+fn mean_bound(b: usize, term_err: f64, want: f64) -> f64 {
+    (gamma(b) + term_err + DIV_ERR) * want.abs() + 1e-30
+}
+
+fn assert_scalar(what: &str, got: f32, want: f64, bound: f64) {
+    assert!(
+        (got as f64 - want).abs() <= bound,
+        "{what}: GPU {got} vs reference {want} (|diff| {:e} > bound {bound:e})",
+        (got as f64 - want).abs()
+    );
+}
+
+// ---------------------------------------------------------------- contrastive
+
+#[test]
+fn contrastive_loss_forward_matches_cpu() {
+    for (seed, &b) in BATCHES.iter().enumerate() {
+        let mut r = rng(seed as u64);
+        let l = labels(&mut r, b);
+        let d = distances(&mut r, &l);
+        let out = zeros(&[1]);
+        let k =
+            loss::contrastive_forward(gpu(), &upload(&d, &[b]), &upload_labels(&l), MARGIN, &out)
+                .unwrap();
+        let got = run_scalar(&k, &out);
+        let want = cpu::contrastive_loss_forward(&to_f64(&d), &l, MARGIN as f64);
+        // Each term is one subtraction and one product: 3u relative (rounded to 4u).
+        assert_scalar(
+            &format!("contrastive_loss_forward B={b}"),
+            got,
+            want,
+            mean_bound(b, 4.0 * U32, want),
+        );
+    }
+}
+
+#[test]
+fn contrastive_loss_backward_matches_cpu() {
+    for (seed, &b) in BATCHES.iter().enumerate() {
+        let mut r = rng(10 + seed as u64);
+        let l = labels(&mut r, b);
+        let d = distances(&mut r, &l);
+        let dd = zeros(&[b]);
+        let k = loss::contrastive_backward(
+            gpu(),
+            &upload(&d, &[b]),
+            &upload_labels(&l),
+            MARGIN,
+            &scalar(DLOSS),
+            &dd,
+        )
+        .unwrap();
+        let got = run_and_read(&k, &dd);
+        let want = cpu::contrastive_loss_backward(&to_f64(&d), &l, MARGIN as f64, DLOSS as f64);
+        // dloss/B (5u), m − d (u), the product (u): 7u of the value, rounded up to 8u.
+        let bound: Vec<f64> = want.iter().map(|w| 8.0 * U32 * w.abs() + 1e-30).collect();
+        assert_within(
+            &format!("contrastive_loss_backward B={b}"),
+            &got,
+            &to_f32(&want),
+            &bound,
+        );
+    }
+}
+
+#[test]
+fn contrastive_loss_backward_matches_finite_differences() {
+    for (seed, &b) in FD_BATCHES.iter().enumerate() {
+        let mut r = rng(100 + seed as u64);
+        let l = labels(&mut r, b);
+        let d = distances(&mut r, &l);
+        let d64 = to_f64(&d);
+        let (m, dl) = (MARGIN as f64, DLOSS as f64);
+        let fd = finite_difference(
+            |x| dl * cpu::contrastive_loss_forward(x, &l, m),
+            &d64,
+            FD_STEP,
+        );
+        assert_matches_fd(
+            "cpu contrastive_loss_backward",
+            &cpu::contrastive_loss_backward(&d64, &l, m, dl),
+            &fd,
+        );
+        let dd = zeros(&[b]);
+        let k = loss::contrastive_backward(
+            gpu(),
+            &upload(&d, &[b]),
+            &upload_labels(&l),
+            MARGIN,
+            &scalar(DLOSS),
+            &dd,
+        )
+        .unwrap();
+        // Each entry is within 8u of its exact value (see _matches_cpu); 1e-5 of the largest
+        // is ~100 ulps: far above that rounding, far below a wrong factor or sign.
+        assert_gpu_matches_fd(
+            &format!("contrastive_loss_backward B={b}"),
+            &run_and_read(&k, &dd),
+            &fd,
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn contrastive_loss_hand_computed() {
+    // d = [0.5, 2.0], [Same, Different], m = 1: (0.5² + max(0, 1 − 2)²)/2 = 0.125.
+    // d = [0.5, 0.25]: (0.25 + 0.75²)/2 = 0.40625; gradient (2·0.5/2, −2·0.75/2) = (0.5, −0.75).
+    let l = [PairLabel::Same, PairLabel::Different];
+    for (d, want) in [([0.5f32, 2.0], 0.125f32), ([0.5, 0.25], 0.40625)] {
+        let out = zeros(&[1]);
+        let k = loss::contrastive_forward(gpu(), &upload(&d, &[2]), &upload_labels(&l), 1.0, &out)
+            .unwrap();
+        // Every intermediate is a short dyadic fraction, exact in f32; only the division by
+        // B = 2 may round (2.5 ULP allowed by WGSL).
+        assert_close(
+            "contrastive hand example",
+            &[run_scalar(&k, &out)],
+            &[want],
+            0.0,
+            DIV_ERR,
+        );
+    }
+    let dd = zeros(&[2]);
+    let k = loss::contrastive_backward(
+        gpu(),
+        &upload(&[0.5, 0.25], &[2]),
+        &upload_labels(&l),
+        1.0,
+        &scalar(1.0),
+        &dd,
+    )
+    .unwrap();
+    assert_close(
+        "contrastive hand gradient",
+        &run_and_read(&k, &dd),
+        &[0.5, -0.75],
+        0.0,
+        DIV_ERR,
+    );
+}
+
+// ---------------------------------------------------------------- triplet
+
+#[test]
+fn triplet_loss_forward_matches_cpu() {
+    for (seed, &b) in BATCHES.iter().enumerate() {
+        let mut r = rng(20 + seed as u64);
+        let (ap, an) = triplets(&mut r, b);
+        let out = zeros(&[1]);
+        let k = loss::triplet_forward(gpu(), &upload(&ap, &[b]), &upload(&an, &[b]), MARGIN, &out)
+            .unwrap();
+        let got = run_scalar(&k, &out);
+        let want = cpu::triplet_loss_forward(&to_f64(&ap), &to_f64(&an), MARGIN as f64);
+        // Each term is two roundings of values below 3.5 (d_ap − d_an, then + m), so at most
+        // 8u absolute; inactive terms are exactly 0 on both sides (inputs keep 0.05 from the
+        // kink). Hence γ_B·mean + 8u.
+        assert_scalar(
+            &format!("triplet_loss_forward B={b}"),
+            got,
+            want,
+            mean_bound(b, 0.0, want) + 8.0 * U32,
+        );
+    }
+}
+
+#[test]
+fn triplet_loss_backward_matches_cpu() {
+    for (seed, &b) in BATCHES.iter().enumerate() {
+        let mut r = rng(30 + seed as u64);
+        let (ap, an) = triplets(&mut r, b);
+        let (dd_ap, dd_an) = (zeros(&[b]), zeros(&[b]));
+        let k = loss::triplet_backward(
+            gpu(),
+            &upload(&ap, &[b]),
+            &upload(&an, &[b]),
+            MARGIN,
+            &scalar(DLOSS),
+            &dd_ap,
+            &dd_an,
+        )
+        .unwrap();
+        gpu().run(&[&k]);
+        let (want_ap, want_an) =
+            cpu::triplet_loss_backward(&to_f64(&ap), &to_f64(&an), MARGIN as f64, DLOSS as f64);
+        // ±dloss/B (2.5 ULP of division) where active, exactly 0 elsewhere: inputs keep
+        // 0.05 from the kink, so f32 and f64 agree on which triplets are active.
+        for (what, t, want) in [("dd_ap", &dd_ap, want_ap), ("dd_an", &dd_an, want_an)] {
+            let bound: Vec<f64> = want.iter().map(|w| DIV_ERR * w.abs()).collect();
+            assert_within(
+                &format!("triplet_loss_backward {what} B={b}"),
+                &gpu().read_f32(t).unwrap(),
+                &to_f32(&want),
+                &bound,
+            );
+        }
+    }
+}
+
+#[test]
+fn triplet_loss_backward_matches_finite_differences() {
+    for (seed, &b) in FD_BATCHES.iter().enumerate() {
+        let mut r = rng(200 + seed as u64);
+        let (ap, an) = triplets(&mut r, b);
+        let (ap64, an64) = (to_f64(&ap), to_f64(&an));
+        let (m, dl) = (MARGIN as f64, DLOSS as f64);
+        let fd_ap = finite_difference(
+            |x| dl * cpu::triplet_loss_forward(x, &an64, m),
+            &ap64,
+            FD_STEP,
+        );
+        let fd_an = finite_difference(
+            |x| dl * cpu::triplet_loss_forward(&ap64, x, m),
+            &an64,
+            FD_STEP,
+        );
+        let (cpu_ap, cpu_an) = cpu::triplet_loss_backward(&ap64, &an64, m, dl);
+        assert_matches_fd("cpu triplet_loss_backward dd_ap", &cpu_ap, &fd_ap);
+        assert_matches_fd("cpu triplet_loss_backward dd_an", &cpu_an, &fd_an);
+
+        let (dd_ap, dd_an) = (zeros(&[b]), zeros(&[b]));
+        let k = loss::triplet_backward(
+            gpu(),
+            &upload(&ap, &[b]),
+            &upload(&an, &[b]),
+            MARGIN,
+            &scalar(DLOSS),
+            &dd_ap,
+            &dd_an,
+        )
+        .unwrap();
+        gpu().run(&[&k]);
+        // Entries are ±dloss/B within 2.5 ULP; 1e-5 of the largest is far above that.
+        assert_gpu_matches_fd(
+            &format!("triplet_loss_backward dd_ap B={b}"),
+            &gpu().read_f32(&dd_ap).unwrap(),
+            &fd_ap,
+            1e-5,
+        );
+        assert_gpu_matches_fd(
+            &format!("triplet_loss_backward dd_an B={b}"),
+            &gpu().read_f32(&dd_an).unwrap(),
+            &fd_an,
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn triplet_loss_hand_computed() {
+    // m = 1. d_ap = [0.5, 2.0], d_an = [1, 1]: hinges [0.5, 2.0], mean 1.25.
+    // d_ap = [0.5, 0.25], d_an = [1, 2]: hinges [0.5, max(0, −0.75) = 0], mean 0.25.
+    for (ap, an, want) in [
+        ([0.5f32, 2.0], [1.0f32, 1.0], 1.25f32),
+        ([0.5, 0.25], [1.0, 2.0], 0.25),
+    ] {
+        let out = zeros(&[1]);
+        let k = loss::triplet_forward(gpu(), &upload(&ap, &[2]), &upload(&an, &[2]), 1.0, &out)
+            .unwrap();
+        // Dyadic values, exact in f32 up to the division by B = 2 (2.5 ULP).
+        assert_close(
+            "triplet hand example",
+            &[run_scalar(&k, &out)],
+            &[want],
+            0.0,
+            DIV_ERR,
+        );
+    }
+}
+
+/// d_ap = [2, 0], d_an = [0.5, 1.5], m = 1. Hinge then mean: (max(0, 2.5) + max(0, −0.5))/2
+/// = 1.25. Mean then hinge (the bug): max(0, 1 − 1 + 1) = 1. The gradients differ too: only
+/// the first triplet is active, so dd_ap = [0.5, 0], not [0.5, 0.5].
+#[test]
+fn triplet_loss_is_hinge_then_mean() {
+    let (ap, an) = (upload(&[2.0, 0.0], &[2]), upload(&[0.5, 1.5], &[2]));
+    let out = zeros(&[1]);
+    let k = loss::triplet_forward(gpu(), &ap, &an, 1.0, &out).unwrap();
+    // Exact dyadic values; 2.5 ULP for the division. 1.0 (mean first) is far outside.
+    assert_close(
+        "triplet hinge-then-mean",
+        &[run_scalar(&k, &out)],
+        &[1.25],
+        0.0,
+        DIV_ERR,
+    );
+    let (dd_ap, dd_an) = (zeros(&[2]), zeros(&[2]));
+    let k = loss::triplet_backward(gpu(), &ap, &an, 1.0, &scalar(1.0), &dd_ap, &dd_an).unwrap();
+    gpu().run(&[&k]);
+    assert_close(
+        "triplet dd_ap",
+        &gpu().read_f32(&dd_ap).unwrap(),
+        &[0.5, 0.0],
+        0.0,
+        DIV_ERR,
+    );
+    assert_close(
+        "triplet dd_an",
+        &gpu().read_f32(&dd_an).unwrap(),
+        &[-0.5, 0.0],
+        0.0,
+        DIV_ERR,
+    );
+}
+
+/// With dyadic inputs every term and partial sum of a 100 000-sample batch is exact in f32,
+/// so the only rounding left is the final division: a sample counted twice or skipped by the
+/// strided reduction (1e-5 relative here) cannot hide under the bound, as it could under the
+/// γ_B bound of the random-input tests.
+#[test]
+fn losses_count_every_sample_exactly_once() {
+    let b = 100_003;
+    let mut r = rng(7);
+    let quarter = |r: &mut StdRng| r.random_range(0..9) as f32 * 0.25; // 0, 0.25, …, 2
+    let l = labels(&mut r, b);
+    let d: Vec<f32> = (0..b).map(|_| quarter(&mut r)).collect();
+    let out = zeros(&[1]);
+    let k =
+        loss::contrastive_forward(gpu(), &upload(&d, &[b]), &upload_labels(&l), 2.0, &out).unwrap();
+    let want = cpu::contrastive_loss_forward(&to_f64(&d), &l, 2.0);
+    // Terms are multiples of 1/16 below 4; sums below 4·10⁵·16 < 2²⁴ units: all exact.
+    assert_scalar(
+        "contrastive exact",
+        run_scalar(&k, &out),
+        want,
+        DIV_ERR * want,
+    );
+
+    let ap: Vec<f32> = (0..b).map(|_| quarter(&mut r)).collect();
+    let an: Vec<f32> = (0..b).map(|_| quarter(&mut r)).collect();
+    let k =
+        loss::triplet_forward(gpu(), &upload(&ap, &[b]), &upload(&an, &[b]), 0.5, &out).unwrap();
+    let want = cpu::triplet_loss_forward(&to_f64(&ap), &to_f64(&an), 0.5);
+    // Terms are multiples of 1/4 up to 2.5; sums below 2.5·10⁵·4 < 2²⁴ units: all exact.
+    assert_scalar("triplet exact", run_scalar(&k, &out), want, DIV_ERR * want);
+}
+
+// ---------------------------------------------------------------- binary cross-entropy
+
+/// Logits in [−6, 6]: both signs, saturated and not.
+fn logits(r: &mut StdRng, n: usize) -> Vec<f32> {
+    uniform(r, n, -6.0, 6.0)
+}
+
+#[test]
+fn bce_with_logits_forward_matches_cpu() {
+    for (seed, &b) in BATCHES.iter().enumerate() {
+        let mut r = rng(40 + seed as u64);
+        let l = labels(&mut r, b);
+        let z = logits(&mut r, b);
+        let out = zeros(&[1]);
+        let k = loss::bce_with_logits_forward(gpu(), &upload(&z, &[b]), &upload_labels(&l), &out)
+            .unwrap();
+        let got = run_scalar(&k, &out);
+        let want = cpu::bce_with_logits_forward(&to_f64(&z), &l);
+        // max(z, 0) − z·y is exact (y ∈ {0, 1}); log(1 + exp(−|z|)) ≤ ln 2 carries exp's
+        // (3 + 2·6) ULP and log's 2⁻²¹ absolute error plus a few roundings: ≤ 2⁻²¹ + 40u
+        // per term, in absolute terms, so on the mean too.
+        let bound = mean_bound(b, 0.0, want) + 2f64.powi(-21) + 40.0 * U32;
+        assert_scalar(&format!("bce_with_logits_forward B={b}"), got, want, bound);
+    }
+}
+
+#[test]
+fn bce_with_logits_backward_matches_cpu() {
+    for (seed, &b) in BATCHES.iter().enumerate() {
+        let mut r = rng(50 + seed as u64);
+        let l = labels(&mut r, b);
+        let z = logits(&mut r, b);
+        let dz = zeros(&[b]);
+        let k = loss::bce_with_logits_backward(
+            gpu(),
+            &upload(&z, &[b]),
+            &upload_labels(&l),
+            &scalar(DLOSS),
+            &dz,
+        )
+        .unwrap();
+        let got = run_and_read(&k, &dz);
+        let want = cpu::bce_with_logits_backward(&to_f64(&z), &l, DLOSS as f64);
+        // σ without cancellation: exp (3 + 2|z|) ULP = (6 + 4|z|)u, 1 + e and the product u
+        // each, two divisions 5u each: (18 + 4|z|)u relative, rounded up to (20 + 4|z|)u.
+        let bound: Vec<f64> = want
+            .iter()
+            .zip(&z)
+            .map(|(w, &z)| (20.0 + 4.0 * z.abs() as f64) * U32 * w.abs() + 1e-30)
+            .collect();
+        assert_within(
+            &format!("bce_with_logits_backward B={b}"),
+            &got,
+            &to_f32(&want),
+            &bound,
+        );
+    }
+}
+
+#[test]
+fn bce_with_logits_backward_matches_finite_differences() {
+    for (seed, &b) in FD_BATCHES.iter().enumerate() {
+        let mut r = rng(300 + seed as u64);
+        let l = labels(&mut r, b);
+        let z = logits(&mut r, b);
+        let z64 = to_f64(&z);
+        let dl = DLOSS as f64;
+        let fd = finite_difference(|x| dl * cpu::bce_with_logits_forward(x, &l), &z64, FD_STEP);
+        assert_matches_fd(
+            "cpu bce_with_logits_backward",
+            &cpu::bce_with_logits_backward(&z64, &l, dl),
+            &fd,
+        );
+        let dz = zeros(&[b]);
+        let k = loss::bce_with_logits_backward(
+            gpu(),
+            &upload(&z, &[b]),
+            &upload_labels(&l),
+            &scalar(DLOSS),
+            &dz,
+        )
+        .unwrap();
+        // Entries are within (20 + 4·6)u ≈ 3e-6 of their value (see _matches_cpu), so within
+        // 1e-5 of the largest: far below a wrong sign or a missing σ.
+        assert_gpu_matches_fd(
+            &format!("bce_with_logits_backward B={b}"),
+            &run_and_read(&k, &dz),
+            &fd,
+            1e-5,
+        );
+    }
+}
+
+/// z = [0, 2] with [Same, Different]: (ln 2 + 2 + ln(1 + e⁻²))/2. And logits of ±100 on the
+/// wrong side, where the naive log(1 + exp(100)) overflows: each term is 100, the gradient
+/// ±dloss/B·1.
+#[test]
+fn bce_with_logits_hand_computed() {
+    let l = [PairLabel::Same, PairLabel::Different];
+    let want = (2f64.ln() + 2.0 + (-2f64).exp().ln_1p()) / 2.0; // 1.4100375958…
+    let out = zeros(&[1]);
+    let k =
+        loss::bce_with_logits_forward(gpu(), &upload(&[0.0, 2.0], &[2]), &upload_labels(&l), &out)
+            .unwrap();
+    // Terms ≤ 2.2 with exp/log errors ≤ 2⁻²¹ + 40u absolute (see _matches_cpu).
+    assert_scalar(
+        "bce hand example",
+        run_scalar(&k, &out),
+        want,
+        2f64.powi(-21) + 40.0 * U32,
+    );
+
+    let z = upload(&[-100.0, 100.0], &[2]);
+    let k = loss::bce_with_logits_forward(gpu(), &z, &upload_labels(&l), &out).unwrap();
+    // exp(−100) underflows to 0 in f32, leaving exact 100s; division 2.5 ULP.
+    assert_close(
+        "bce large logits",
+        &[run_scalar(&k, &out)],
+        &[100.0],
+        0.0,
+        DIV_ERR,
+    );
+    let dz = zeros(&[2]);
+    let k =
+        loss::bce_with_logits_backward(gpu(), &z, &upload_labels(&l), &scalar(1.0), &dz).unwrap();
+    // σ(100) rounds to 1 in f32: exactly ∓1/2 up to the division.
+    assert_close(
+        "bce large-logit gradient",
+        &run_and_read(&k, &dz),
+        &[-0.5, 0.5],
+        0.0,
+        DIV_ERR,
+    );
+}
+
+// ---------------------------------------------------------------- bad input
+
+#[test]
+fn contrastive_loss_forward_rejects_mismatched_shapes() {
+    let d = zeros(&[4]);
+    let short = PairLabel::upload(gpu(), &[PairLabel::Same; 3]).unwrap();
+    let err = loss::contrastive_forward(gpu(), &d, &short, 1.0, &zeros(&[1])).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("labels must be a U32 tensor of shape [4], got U32 of shape [3]"),
+        "{err}"
+    );
+    // f32 labels (a bare 0.0/1.0 buffer) are refused too.
+    let err = loss::bce_with_logits_forward(gpu(), &d, &zeros(&[4]), &zeros(&[1])).unwrap_err();
+    assert!(
+        err.to_string().contains("labels must be a U32 tensor"),
+        "{err}"
+    );
+}
+
+#[test]
+fn pair_label_codes_round_trip() {
+    for l in [PairLabel::Same, PairLabel::Different] {
+        assert_eq!(PairLabel::from_code(l.code()), Some(l));
+    }
+    assert_ne!(PairLabel::Same.code(), PairLabel::Different.code());
+    assert_eq!(PairLabel::from_code(7), None);
+    let t = PairLabel::upload(gpu(), &[PairLabel::Different, PairLabel::Same]).unwrap();
+    assert_eq!(
+        gpu().read_u32(&t).unwrap(),
+        vec![PairLabel::Different.code(), PairLabel::Same.code()]
+    );
+}

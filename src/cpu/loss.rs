@@ -1,1 +1,110 @@
-//! Reference for `shaders/loss.wgsl` (to be written).
+//! Reference for `shaders/loss.wgsl`. Every input is `[B]`; a forward returns the batch mean,
+//! a backward takes the upstream gradient `dloss` (the scalar the mean is multiplied by).
+
+use super::Real;
+use crate::ops::loss::PairLabel;
+
+fn batch<T: Real>(n: usize) -> T {
+    T::from_f64(n as f64)
+}
+
+/// mean_i(same_i·d_i² + different_i·max(0, m − d_i)²)
+pub fn contrastive_loss_forward<T: Real>(d: &[T], labels: &[PairLabel], margin: T) -> T {
+    let mut sum = T::zero();
+    for i in 0..d.len() {
+        sum += match labels[i] {
+            PairLabel::Same => d[i] * d[i],
+            PairLabel::Different => {
+                let h = (margin - d[i]).max(T::zero());
+                h * h
+            }
+        };
+    }
+    sum / batch(d.len())
+}
+
+/// dd_i = dloss/B · (same: 2·d_i; different: −2·max(0, m − d_i))
+pub fn contrastive_loss_backward<T: Real>(
+    d: &[T],
+    labels: &[PairLabel],
+    margin: T,
+    dloss: T,
+) -> Vec<T> {
+    let scale = dloss / batch(d.len());
+    let two = T::from_f64(2.0);
+    (0..d.len())
+        .map(|i| {
+            let g = match labels[i] {
+                PairLabel::Same => two * d[i],
+                PairLabel::Different => -(two * (margin - d[i]).max(T::zero())),
+            };
+            scale * g
+        })
+        .collect()
+}
+
+/// mean_i(max(0, d_ap_i − d_an_i + m)): the hinge of each triplet first, then the mean.
+pub fn triplet_loss_forward<T: Real>(d_ap: &[T], d_an: &[T], margin: T) -> T {
+    let mut sum = T::zero();
+    for i in 0..d_ap.len() {
+        sum += (d_ap[i] - d_an[i] + margin).max(T::zero());
+    }
+    sum / batch(d_ap.len())
+}
+
+/// (dd_ap, dd_an): ±dloss/B where d_ap_i − d_an_i + m > 0, else 0 (subgradient 0 at the kink).
+pub fn triplet_loss_backward<T: Real>(
+    d_ap: &[T],
+    d_an: &[T],
+    margin: T,
+    dloss: T,
+) -> (Vec<T>, Vec<T>) {
+    let scale = dloss / batch(d_ap.len());
+    let mut dd_ap = vec![T::zero(); d_ap.len()];
+    let mut dd_an = vec![T::zero(); d_ap.len()];
+    for i in 0..d_ap.len() {
+        if d_ap[i] - d_an[i] + margin > T::zero() {
+            dd_ap[i] = scale;
+            dd_an[i] = -scale;
+        }
+    }
+    (dd_ap, dd_an)
+}
+
+fn target<T: Real>(label: PairLabel) -> T {
+    T::from_f64(label.target() as f64)
+}
+
+/// σ(z), exponentiating only −|z|.
+fn sigmoid<T: Real>(z: T) -> T {
+    let e = (-z.abs()).exp();
+    if z >= T::zero() {
+        T::one() / (T::one() + e)
+    } else {
+        e / (T::one() + e)
+    }
+}
+
+/// mean_i(max(z_i, 0) − z_i·y_i + log(1 + exp(−|z_i|))), y = 1 for Same, 0 for Different.
+pub fn bce_with_logits_forward<T: Real>(z: &[T], labels: &[PairLabel]) -> T {
+    let mut sum = T::zero();
+    for i in 0..z.len() {
+        let y: T = target(labels[i]);
+        sum += z[i].max(T::zero()) - z[i] * y + (-z[i].abs()).exp().ln_1p();
+    }
+    sum / batch(z.len())
+}
+
+/// dz_i = dloss/B · (σ(z_i) − y_i), with σ(z) − 1 taken as −σ(−z) to avoid cancellation.
+pub fn bce_with_logits_backward<T: Real>(z: &[T], labels: &[PairLabel], dloss: T) -> Vec<T> {
+    let scale = dloss / batch(z.len());
+    (0..z.len())
+        .map(|i| {
+            let g = match labels[i] {
+                PairLabel::Same => -sigmoid(-z[i]),
+                PairLabel::Different => sigmoid(z[i]),
+            };
+            scale * g
+        })
+        .collect()
+}

@@ -1,1 +1,268 @@
-//! Launchers for `shaders/loss.wgsl` (to be written).
+//! Launchers for `shaders/loss.wgsl`: contrastive, triplet and binary cross-entropy losses,
+//! each reduced to the batch mean in one deterministic workgroup, and their gradients.
+//!
+//! Every forward writes a 1-element f32 tensor (the mean over the batch); every backward
+//! takes the upstream gradient `dloss` as a 1-element f32 tensor (normally holding 1), so a
+//! tape can chain it without a host round trip.
+//!
+//! Pair labels are [`PairLabel`] values, uploaded as their [`PairLabel::code`]; the shader
+//! reads a code equal to `PairLabel::Same.code()` as Same and any other as Different, so a
+//! label buffer must be built with [`PairLabel::upload`] (or the same codes), never from a
+//! bare 0/1 whose meaning is left implicit.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{Shader, expect, expect_f32, expect_rank, to_u32};
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Gpu, Kernel, Tensor, grid_1d};
+
+pub const SHADER: Shader = Shader {
+    name: "loss",
+    source: include_str!("../../shaders/loss.wgsl"),
+};
+
+/// Invocations per workgroup of every loss entry (`REDUCE_WG` in the shader).
+const REDUCE_WG: u32 = 256;
+
+/// Whether the two inputs of a pair show the same identity (class) or different ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PairLabel {
+    Same,
+    Different,
+}
+
+impl PairLabel {
+    /// The u32 the shaders read (`SAME` / `DIFFERENT` in `shaders/loss.wgsl`).
+    pub const fn code(self) -> u32 {
+        match self {
+            PairLabel::Same => 1,
+            PairLabel::Different => 0,
+        }
+    }
+
+    /// The label a code stands for, `None` for a code that is neither.
+    pub const fn from_code(code: u32) -> Option<PairLabel> {
+        match code {
+            1 => Some(PairLabel::Same),
+            0 => Some(PairLabel::Different),
+            _ => None,
+        }
+    }
+
+    /// The binary cross-entropy target: 1 for Same, 0 for Different.
+    pub const fn target(self) -> f32 {
+        match self {
+            PairLabel::Same => 1.0,
+            PairLabel::Different => 0.0,
+        }
+    }
+
+    /// Codes of a slice of labels, in order.
+    pub fn codes(labels: &[PairLabel]) -> Vec<u32> {
+        labels.iter().map(|l| l.code()).collect()
+    }
+
+    /// Uploads labels as a u32 tensor of shape `[labels.len()]`, ready for the loss kernels.
+    pub fn upload(gpu: &Gpu, labels: &[PairLabel]) -> Result<Tensor> {
+        gpu.upload_u32(&PairLabel::codes(labels), &[labels.len()])
+    }
+}
+
+/// Binding 0 of every loss entry.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct LossParams {
+    batch: u32,
+    margin: f32,
+    _pad: [u32; 2],
+}
+
+/// Checks `x` is a non-empty f32 `[B]` and returns B as the shaders' u32.
+fn batch_of(op: &'static str, what: &str, x: &Tensor) -> Result<(usize, u32)> {
+    let b = expect_rank(op, what, x, 1)?[0];
+    Ok((b, to_u32(op, "B", b)?))
+}
+
+fn check_margin(op: &'static str, margin: f32) -> Result<()> {
+    if !margin.is_finite() {
+        return Err(Error::Shape {
+            op,
+            detail: format!("margin must be a finite number, got {margin}"),
+        });
+    }
+    Ok(())
+}
+
+fn params(batch: u32, margin: f32) -> LossParams {
+    LossParams {
+        batch,
+        margin,
+        _pad: [0; 2],
+    }
+}
+
+fn reduce(
+    gpu: &Gpu,
+    entry: &'static str,
+    params: LossParams,
+    bindings: &[(u32, &Tensor)],
+) -> Result<Kernel> {
+    // One workgroup whatever B: the fixed summation shape is what makes the loss deterministic.
+    Ok(Kernel::single(gpu.dispatch(
+        &SHADER,
+        entry,
+        &[],
+        &params,
+        bindings,
+        [1, 1, 1],
+    )?))
+}
+
+fn elementwise(
+    gpu: &Gpu,
+    entry: &'static str,
+    params: LossParams,
+    bindings: &[(u32, &Tensor)],
+) -> Result<Kernel> {
+    Ok(Kernel::single(gpu.dispatch(
+        &SHADER,
+        entry,
+        &[],
+        &params,
+        bindings,
+        grid_1d(params.batch.div_ceil(REDUCE_WG)),
+    )?))
+}
+
+/// `loss [1] = mean_i(same_i·d_i² + different_i·max(0, m − d_i)²)` (Hadsell, Chopra, LeCun
+/// 2006), with `d [B]` pair distances and `labels [B]` from [`PairLabel::upload`].
+pub fn contrastive_forward(
+    gpu: &Gpu,
+    d: &Tensor,
+    labels: &Tensor,
+    margin: f32,
+    loss: &Tensor,
+) -> Result<Kernel> {
+    const OP: &str = "contrastive_loss_forward";
+    let (b, batch) = batch_of(OP, "d", d)?;
+    expect(OP, "labels", labels, &[b], DType::U32)?;
+    expect_f32(OP, "loss", loss, &[1])?;
+    check_margin(OP, margin)?;
+    reduce(
+        gpu,
+        OP,
+        params(batch, margin),
+        &[(1, d), (2, labels), (5, loss)],
+    )
+}
+
+/// `dd [B] = dloss·∂loss/∂d`: `2·d_i/B` for Same pairs, `−2·max(0, m − d_i)/B` for Different.
+pub fn contrastive_backward(
+    gpu: &Gpu,
+    d: &Tensor,
+    labels: &Tensor,
+    margin: f32,
+    dloss: &Tensor,
+    dd: &Tensor,
+) -> Result<Kernel> {
+    const OP: &str = "contrastive_loss_backward";
+    let (b, batch) = batch_of(OP, "d", d)?;
+    expect(OP, "labels", labels, &[b], DType::U32)?;
+    expect_f32(OP, "dloss", dloss, &[1])?;
+    expect_f32(OP, "dd", dd, &[b])?;
+    check_margin(OP, margin)?;
+    elementwise(
+        gpu,
+        OP,
+        params(batch, margin),
+        &[(1, d), (2, labels), (4, dloss), (6, dd)],
+    )
+}
+
+/// `loss [1] = mean_i(max(0, d_ap_i − d_an_i + m))`: the hinge per triplet, then the mean.
+pub fn triplet_forward(
+    gpu: &Gpu,
+    d_ap: &Tensor,
+    d_an: &Tensor,
+    margin: f32,
+    loss: &Tensor,
+) -> Result<Kernel> {
+    const OP: &str = "triplet_loss_forward";
+    let (b, batch) = batch_of(OP, "d_ap", d_ap)?;
+    expect_f32(OP, "d_an", d_an, &[b])?;
+    expect_f32(OP, "loss", loss, &[1])?;
+    check_margin(OP, margin)?;
+    reduce(
+        gpu,
+        OP,
+        params(batch, margin),
+        &[(1, d_ap), (3, d_an), (5, loss)],
+    )
+}
+
+/// `dd_ap [B] = dloss/B` and `dd_an [B] = −dloss/B` where the triplet's hinge is active
+/// (`d_ap − d_an + m > 0`), 0 elsewhere.
+pub fn triplet_backward(
+    gpu: &Gpu,
+    d_ap: &Tensor,
+    d_an: &Tensor,
+    margin: f32,
+    dloss: &Tensor,
+    dd_ap: &Tensor,
+    dd_an: &Tensor,
+) -> Result<Kernel> {
+    const OP: &str = "triplet_loss_backward";
+    let (b, batch) = batch_of(OP, "d_ap", d_ap)?;
+    expect_f32(OP, "d_an", d_an, &[b])?;
+    expect_f32(OP, "dloss", dloss, &[1])?;
+    expect_f32(OP, "dd_ap", dd_ap, &[b])?;
+    expect_f32(OP, "dd_an", dd_an, &[b])?;
+    check_margin(OP, margin)?;
+    elementwise(
+        gpu,
+        OP,
+        params(batch, margin),
+        &[(1, d_ap), (3, d_an), (4, dloss), (6, dd_ap), (7, dd_an)],
+    )
+}
+
+/// `loss [1] = mean_i(max(z_i, 0) − z_i·y_i + log(1 + exp(−|z_i|)))`, the stable form of
+/// binary cross-entropy on logits `z [B]`, with target y = 1 for Same and 0 for Different.
+pub fn bce_with_logits_forward(
+    gpu: &Gpu,
+    z: &Tensor,
+    labels: &Tensor,
+    loss: &Tensor,
+) -> Result<Kernel> {
+    const OP: &str = "bce_with_logits_forward";
+    let (b, batch) = batch_of(OP, "z", z)?;
+    expect(OP, "labels", labels, &[b], DType::U32)?;
+    expect_f32(OP, "loss", loss, &[1])?;
+    reduce(
+        gpu,
+        OP,
+        params(batch, 0.0),
+        &[(1, z), (2, labels), (5, loss)],
+    )
+}
+
+/// `dz [B] = dloss·(σ(z_i) − y_i)/B`.
+pub fn bce_with_logits_backward(
+    gpu: &Gpu,
+    z: &Tensor,
+    labels: &Tensor,
+    dloss: &Tensor,
+    dz: &Tensor,
+) -> Result<Kernel> {
+    const OP: &str = "bce_with_logits_backward";
+    let (b, batch) = batch_of(OP, "z", z)?;
+    expect(OP, "labels", labels, &[b], DType::U32)?;
+    expect_f32(OP, "dloss", dloss, &[1])?;
+    expect_f32(OP, "dz", dz, &[b])?;
+    elementwise(
+        gpu,
+        OP,
+        params(batch, 0.0),
+        &[(1, z), (2, labels), (4, dloss), (6, dz)],
+    )
+}

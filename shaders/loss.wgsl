@@ -1,0 +1,155 @@
+// loss.wgsl — the three Siamese losses, each reduced to the batch mean, and their gradients.
+//
+// Entry points (binding 0 is always `p: LossParams`; every tensor is a flat f32 array of
+// B = p.batch elements unless noted; labels are u32 PairLabel codes, see SAME / DIFFERENT):
+//   contrastive_loss_forward   1 x = d [B], 2 labels [B]                 -> 5 loss [1]
+//   contrastive_loss_backward  1 x = d [B], 2 labels [B], 4 dloss [1]    -> 6 dx = dd [B]
+//   triplet_loss_forward       1 x = d_ap [B], 3 d_an [B]                -> 5 loss [1]
+//   triplet_loss_backward      1 x = d_ap [B], 3 d_an [B], 4 dloss [1]   -> 6 dx = dd_ap [B], 7 dd_an [B]
+//   bce_with_logits_forward    1 x = z [B], 2 labels [B]                 -> 5 loss [1]
+//   bce_with_logits_backward   1 x = z [B], 2 labels [B], 4 dloss [1]    -> 6 dx = dz [B]
+//
+// Forwards run as ONE workgroup of REDUCE_WG invocations (dispatch [1, 1, 1]) for any B:
+// each invocation sums a strided slice, then a fixed-shape tree in workgroup memory. The
+// summation order depends only on B, so the loss is bit-reproducible on one adapter (WGSL
+// has no float atomics, and atomics would make it order-dependent anyway). One workgroup is
+// enough: a loss is O(B) work on a batch of at most ~100k, noise beside the tower.
+//
+// Backwards are elementwise over B, REDUCE_WG invocations per workgroup, workgroups folded
+// into 2-D by grid_1d (linear index wid.x + wid.y·nwg.x, bounds-checked). The upstream
+// gradient dloss is a 1-element tensor, not a constant, so a tape can chain a scaled loss.
+
+// PairLabel codes (src/ops/loss.rs, PairLabel::code). Named here so that no kernel reads a
+// bare 0/1 whose meaning flips between articles (Hadsell et al. use Y = 0 for "similar").
+const SAME: u32 = 1u;
+const DIFFERENT: u32 = 0u;
+
+struct LossParams {
+    batch: u32,   // B
+    margin: f32,  // m of the contrastive and triplet losses (unused by BCE)
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: LossParams;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> labels: array<u32>;
+@group(0) @binding(3) var<storage, read> d_an: array<f32>;
+@group(0) @binding(4) var<storage, read> dloss: array<f32>;
+@group(0) @binding(5) var<storage, read_write> loss: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(7) var<storage, read_write> dd_an: array<f32>;
+
+const REDUCE_WG: u32 = 256u;  // invocations of the reduction (a power of 2)
+
+var<workgroup> partial: array<f32, REDUCE_WG>;
+
+// Tree-reduces the invocations' partial sums and writes their mean. Every invocation of the
+// workgroup must call it (it holds barriers).
+fn write_mean(lid: u32, s: f32) {
+    partial[lid] = s;
+    workgroupBarrier();
+    for (var stride = REDUCE_WG / 2u; stride > 0u; stride /= 2u) {
+        if lid < stride { partial[lid] += partial[lid + stride]; }
+        workgroupBarrier();
+    }
+    if lid == 0u { loss[0] = partial[0] / f32(p.batch); }
+}
+
+// Sample index of an elementwise backward invocation (may overshoot B: callers check).
+fn sample(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.x + wid.y * nwg.x) * REDUCE_WG + lid;
+}
+
+// ---- contrastive: same·d² + different·max(0, m − d)² ----
+
+fn contrastive_term(i: u32) -> f32 {
+    let d = x[i];
+    if labels[i] == SAME { return d * d; }
+    let h = max(0.0, p.margin - d);
+    return h * h;
+}
+
+@compute @workgroup_size(REDUCE_WG)
+fn contrastive_loss_forward(@builtin(local_invocation_index) lid: u32) {
+    var s = 0.0;
+    for (var i = lid; i < p.batch; i += REDUCE_WG) { s += contrastive_term(i); }
+    write_mean(lid, s);
+}
+
+@compute @workgroup_size(REDUCE_WG)
+fn contrastive_loss_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                             @builtin(local_invocation_index) lid: u32) {
+    let i = sample(wid, nwg, lid);
+    if i >= p.batch { return; }
+    let scale = dloss[0] / f32(p.batch);
+    let d = x[i];
+    // ∂/∂d of max(0, m − d)² is −2·max(0, m − d): zero past the margin, continuous at it.
+    let g = select(-2.0 * max(0.0, p.margin - d), 2.0 * d, labels[i] == SAME);
+    dx[i] = scale * g;
+}
+
+// ---- triplet: max(0, d_ap − d_an + m), hinged per sample BEFORE the mean ----
+
+@compute @workgroup_size(REDUCE_WG)
+fn triplet_loss_forward(@builtin(local_invocation_index) lid: u32) {
+    var s = 0.0;
+    for (var i = lid; i < p.batch; i += REDUCE_WG) {
+        s += max(0.0, x[i] - d_an[i] + p.margin);
+    }
+    write_mean(lid, s);
+}
+
+@compute @workgroup_size(REDUCE_WG)
+fn triplet_loss_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                         @builtin(local_invocation_index) lid: u32) {
+    let i = sample(wid, nwg, lid);
+    if i >= p.batch { return; }
+    let scale = dloss[0] / f32(p.batch);
+    // Subgradient 0 at the kink (as PyTorch's relu): a triplet exactly at the margin is done.
+    let hinge_on = x[i] - d_an[i] + p.margin > 0.0;
+    let g = select(0.0, scale, hinge_on);
+    dx[i] = g;
+    dd_an[i] = -g;
+}
+
+// ---- binary cross-entropy with logits, target y = 1 for SAME, 0 for DIFFERENT ----
+
+// log(1 + v) for v in [0, 1], accurate also where 1 + v rounds to 1 (WGSL has no log1p):
+// log(u)·v/(u − 1) cancels the rounding of u = 1 + v (Goldberg 1991, thm. 4).
+fn log1p(v: f32) -> f32 {
+    let u = 1.0 + v;
+    if u == 1.0 { return v; }
+    return log(u) * (v / (u - 1.0));
+}
+
+// σ(z) without overflow: exp is only taken of −|z|.
+fn sigmoid(z: f32) -> f32 {
+    let e = exp(-abs(z));
+    return select(e / (1.0 + e), 1.0 / (1.0 + e), z >= 0.0);
+}
+
+@compute @workgroup_size(REDUCE_WG)
+fn bce_with_logits_forward(@builtin(local_invocation_index) lid: u32) {
+    var s = 0.0;
+    for (var i = lid; i < p.batch; i += REDUCE_WG) {
+        let z = x[i];
+        let y = select(0.0, 1.0, labels[i] == SAME);
+        // max(z, 0) − z·y + log(1 + exp(−|z|)): never exponentiates a positive number.
+        s += max(z, 0.0) - z * y + log1p(exp(-abs(z)));
+    }
+    write_mean(lid, s);
+}
+
+@compute @workgroup_size(REDUCE_WG)
+fn bce_with_logits_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                            @builtin(local_invocation_index) lid: u32) {
+    let i = sample(wid, nwg, lid);
+    if i >= p.batch { return; }
+    let scale = dloss[0] / f32(p.batch);
+    let z = x[i];
+    // σ(z) − y, written without the cancellation σ(z) − 1 suffers for large z when y = 1:
+    // σ(z) − 1 = −σ(−z).
+    let g = select(sigmoid(z), -sigmoid(-z), labels[i] == SAME);
+    dx[i] = scale * g;
+}
