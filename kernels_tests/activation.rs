@@ -42,7 +42,7 @@ fn input(len: usize, seed: u64) -> Vec<f32> {
     for (j, i) in (0..len).step_by(97).enumerate() {
         x[i] = SPECIAL[j % SPECIAL.len()];
     }
-    if seed % 2 == 0 {
+    if seed.is_multiple_of(2) {
         for v in x.iter_mut() {
             if r.random_range(0..8) == 0 {
                 *v = 0.0;

@@ -97,15 +97,15 @@ fn l2_normalize_backward_matches_cpu() {
         // (2.5 ulp on the GPU) add ≤ 10u of the magnitude (|dy_i| + |y_i|·M)/norm. In
         // clamped rows dx = dy/EPS: one division each side, within the same bound.
         let mut bound = vec![0.0; b * d];
-        for i in 0..b {
+        for (i, &norm) in norms.iter().enumerate() {
             let row = i * d..(i + 1) * d;
             let m: f64 = row
                 .clone()
                 .map(|j| (y[j] as f64 * dy[j] as f64).abs())
                 .sum();
             for j in row {
-                let magnitude = if norms[i] > normalize::EPS {
-                    (dy[j].abs() as f64 + y[j].abs() as f64 * m) / norms[i] as f64
+                let magnitude = if norm > normalize::EPS {
+                    (dy[j].abs() as f64 + y[j].abs() as f64 * m) / norm as f64
                 } else {
                     dy[j].abs() as f64 / normalize::EPS as f64
                 };

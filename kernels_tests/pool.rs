@@ -46,7 +46,7 @@ fn windows_per_input(k: usize, s: usize) -> usize {
 /// continuous.
 fn input(len: usize, seed: u64) -> Vec<f32> {
     let mut r = rng(seed);
-    if seed % 2 == 0 {
+    if seed.is_multiple_of(2) {
         (0..len)
             .map(|_| r.random_range(0..5) as f32 - 2.0)
             .collect()
