@@ -1,6 +1,9 @@
 //! Launchers for `shaders/activation.wgsl`: ReLU, sigmoid and tanh, forward and backward,
 //! elementwise over f32 tensors of any shape (tens of millions of elements included: the
 //! workgroup grid is folded past 65535 workgroups).
+//!
+//! Not in place: the input and output must be different buffers, since wgpu refuses one
+//! buffer bound read-only and read-write in the same dispatch.
 
 use bytemuck::{Pod, Zeroable};
 
