@@ -1,3 +1,268 @@
-//! `shaders/pool.wgsl` against `cpu::pool` (to be written).
+//! `shaders/pool.wgsl` against `cpu::pool`, and its gradients against finite differences.
 
 mod common;
+
+use common::*;
+use rand::RngExt;
+use rand::seq::SliceRandom;
+use siamese_gpu::cpu::pool as cpu;
+use siamese_gpu::ops::pool;
+
+/// (N, C, H, W, kernel, stride): batch 1; a trivial 1×1 pool; sizes the windows do not tile
+/// (floored output, trailing rows no window reads); overlapping windows (stride < kernel,
+/// stride 1); gaps (stride > kernel); a window as large as the plane; element counts that
+/// are not multiples of the 256-wide workgroup; and the reference network's pools (2 on
+/// [N, 32, 24, 24] and on [N, 64, 10, 10]).
+const SHAPES: &[(usize, usize, usize, usize, usize, usize)] = &[
+    (1, 1, 1, 1, 1, 1),
+    (1, 1, 5, 7, 2, 2),
+    (2, 3, 9, 11, 3, 2),
+    (1, 2, 8, 8, 3, 1),
+    (3, 5, 13, 6, 2, 3),
+    (1, 4, 7, 7, 7, 7),
+    (3, 7, 23, 19, 2, 2),
+    (1, 32, 24, 24, 2, 2),
+    (3, 32, 24, 24, 2, 2),
+    (1, 64, 10, 10, 2, 2),
+    (3, 64, 10, 10, 2, 2),
+];
+
+/// Small shapes for finite differences (two forwards per input element): tiling, overlap,
+/// stride 1, gaps.
+const FD_SHAPES: &[(usize, usize, usize, usize, usize, usize)] = &[
+    (1, 1, 4, 5, 2, 2),
+    (2, 2, 5, 5, 3, 2),
+    (1, 2, 6, 5, 2, 1),
+    (1, 1, 7, 6, 2, 3),
+];
+
+/// Windows that can contain one input element: ⌈k/s⌉ per axis.
+fn windows_per_input(k: usize, s: usize) -> usize {
+    k.div_ceil(s).pow(2)
+}
+
+/// Inputs for the comparisons with the CPU. Even seeds draw from five levels, so windows
+/// often hold equal maxima and the first-maximum tie rule is exercised; odd seeds are
+/// continuous.
+fn input(len: usize, seed: u64) -> Vec<f32> {
+    let mut r = rng(seed);
+    if seed.is_multiple_of(2) {
+        (0..len)
+            .map(|_| r.random_range(0..5) as f32 - 2.0)
+            .collect()
+    } else {
+        uniform(&mut r, len, -1.0, 1.0)
+    }
+}
+
+/// Distinct inputs for finite differences: a shuffled grid of spacing 1/len, so no window
+/// has a tie within ±FD_STEP and the max stays where it is under perturbation.
+fn distinct_input(len: usize, seed: u64) -> Vec<f32> {
+    let mut v: Vec<f32> = (0..len).map(|i| i as f32 / len as f32 - 0.5).collect();
+    v.shuffle(&mut rng(seed));
+    v
+}
+
+#[test]
+fn max_pool2d_forward_matches_cpu() {
+    for (seed, &(n, c, h, w, k, s)) in SHAPES.iter().enumerate() {
+        let x = input(n * c * h * w, seed as u64);
+        let (oh, ow) = cpu::output_size(h, w, k, s);
+        let (y, argmax) = (
+            zeros(&[n, c, oh, ow]),
+            gpu()
+                .zeros(&[n, c, oh, ow], siamese_gpu::DType::U32)
+                .unwrap(),
+        );
+        let kernel =
+            pool::max_forward(gpu(), &upload(&x, &[n, c, h, w]), k, s, &y, &argmax).unwrap();
+        let got = run_and_read(&kernel, &y);
+        let got_argmax = gpu().read_u32(&argmax).unwrap();
+        let (want, want_argmax) = cpu::max_pool2d_forward(&x, n, c, h, w, k, s);
+        let what = format!("max_pool2d_forward {n}x{c}x{h}x{w} k{k} s{s}");
+        // A maximum is one of the inputs, copied: no rounding, so exact.
+        assert_within(&what, &got, &want, &vec![0.0; want.len()]);
+        assert_eq!(got_argmax, want_argmax, "{what}: argmax");
+    }
+}
+
+#[test]
+fn max_pool2d_backward_matches_cpu() {
+    for (seed, &(n, c, h, w, k, s)) in SHAPES.iter().enumerate() {
+        let x = input(n * c * h * w, seed as u64);
+        let (oh, ow) = cpu::output_size(h, w, k, s);
+        let (_, argmax) = cpu::max_pool2d_forward(&x, n, c, h, w, k, s);
+        let dy = uniform(&mut rng(1000 + seed as u64), n * c * oh * ow, -1.0, 1.0);
+        let dx = zeros(&[n, c, h, w]);
+        let kernel = pool::max_backward(
+            gpu(),
+            &upload(&dy, &[n, c, oh, ow]),
+            &gpu().upload_u32(&argmax, &[n, c, oh, ow]).unwrap(),
+            k,
+            s,
+            &dx,
+        )
+        .unwrap();
+        let got = run_and_read(&kernel, &dx);
+        let want = cpu::max_pool2d_backward(&dy, &argmax, n, c, h, w, k, s);
+        // Each dx sums at most ⌈k/s⌉² entries of dy (overlapping windows may all choose the
+        // same element): 2·γ·Σ|terms|. Any misrouted gradient is off by a whole dy entry.
+        let magnitude = cpu::max_pool2d_backward(&abs(&dy), &argmax, n, c, h, w, k, s);
+        assert_within(
+            &format!("max_pool2d_backward {n}x{c}x{h}x{w} k{k} s{s}"),
+            &got,
+            &want,
+            &linear_bound(windows_per_input(k, s), &magnitude),
+        );
+    }
+}
+
+#[test]
+fn avg_pool2d_forward_matches_cpu() {
+    for (seed, &(n, c, h, w, k, s)) in SHAPES.iter().enumerate() {
+        let x = input(n * c * h * w, seed as u64);
+        let (oh, ow) = cpu::output_size(h, w, k, s);
+        let y = zeros(&[n, c, oh, ow]);
+        let kernel = pool::avg_forward(gpu(), &upload(&x, &[n, c, h, w]), k, s, &y).unwrap();
+        let got = run_and_read(&kernel, &y);
+        let want = cpu::avg_pool2d_forward(&x, n, c, h, w, k, s);
+        // A k²-term sum then one division (≤ 2.5 ulp in WGSL, 0.5 ulp on the CPU, i.e.
+        // ≤ 6u relative): linear_bound over k² + 1 terms allows 2·γ_(k²+2) + 4u ≥ 8u of
+        // the magnitude Σ|x|/k², which covers both.
+        let magnitude = cpu::avg_pool2d_forward(&abs(&x), n, c, h, w, k, s);
+        assert_within(
+            &format!("avg_pool2d_forward {n}x{c}x{h}x{w} k{k} s{s}"),
+            &got,
+            &want,
+            &linear_bound(k * k + 1, &magnitude),
+        );
+    }
+}
+
+#[test]
+fn avg_pool2d_backward_matches_cpu() {
+    for (seed, &(n, c, h, w, k, s)) in SHAPES.iter().enumerate() {
+        let (oh, ow) = cpu::output_size(h, w, k, s);
+        let dy = input(n * c * oh * ow, seed as u64);
+        let dx = zeros(&[n, c, h, w]);
+        let kernel = pool::avg_backward(gpu(), &upload(&dy, &[n, c, oh, ow]), k, s, &dx).unwrap();
+        let got = run_and_read(&kernel, &dx);
+        let want = cpu::avg_pool2d_backward(&dy, n, c, h, w, k, s);
+        // The CPU scatters dy/k² per window, the GPU sums dy then divides once: at most
+        // ⌈k/s⌉² terms plus the division(s), in different orders: 2·γ·Σ|terms| with one
+        // extra term for the division's rounding (as in the forward).
+        let magnitude = cpu::avg_pool2d_backward(&abs(&dy), n, c, h, w, k, s);
+        assert_within(
+            &format!("avg_pool2d_backward {n}x{c}x{h}x{w} k{k} s{s}"),
+            &got,
+            &want,
+            &linear_bound(windows_per_input(k, s) + 1, &magnitude),
+        );
+    }
+}
+
+/// L = Σ r ⊙ max_pool2d_forward(x): its gradient is max_pool2d_backward with dy = r.
+#[test]
+fn max_pool2d_backward_matches_finite_differences() {
+    for (seed, &(n, c, h, w, k, s)) in FD_SHAPES.iter().enumerate() {
+        let (oh, ow) = cpu::output_size(h, w, k, s);
+        let x32 = distinct_input(n * c * h * w, 100 + seed as u64);
+        let r32 = uniform(&mut rng(200 + seed as u64), n * c * oh * ow, -1.0, 1.0);
+        let (x, r) = (to_f64(&x32), to_f64(&r32));
+        let loss = |v: &[f64]| dot(&r, &cpu::max_pool2d_forward(v, n, c, h, w, k, s).0);
+        let fd = finite_difference(loss, &x, FD_STEP);
+        let (_, argmax) = cpu::max_pool2d_forward(&x, n, c, h, w, k, s);
+        assert_matches_fd(
+            "cpu max_pool2d_backward",
+            &cpu::max_pool2d_backward(&r, &argmax, n, c, h, w, k, s),
+            &fd,
+        );
+
+        // The GPU pair, forward then backward through the GPU's own argmax.
+        let (y, argmax, dx) = (
+            zeros(&[n, c, oh, ow]),
+            gpu()
+                .zeros(&[n, c, oh, ow], siamese_gpu::DType::U32)
+                .unwrap(),
+            zeros(&[n, c, h, w]),
+        );
+        let forward =
+            pool::max_forward(gpu(), &upload(&x32, &[n, c, h, w]), k, s, &y, &argmax).unwrap();
+        let backward =
+            pool::max_backward(gpu(), &upload(&r32, &[n, c, oh, ow]), &argmax, k, s, &dx).unwrap();
+        gpu().run(&[&forward, &backward]);
+        // f32 sums of at most 4 entries of r ∈ [-1, 1]: 1e-5 of the largest entry is ~80 ulps,
+        // far above rounding and far below one misrouted gradient (an O(1) error).
+        assert_gpu_matches_fd(
+            "max_pool2d_backward",
+            &gpu().read_f32(&dx).unwrap(),
+            &fd,
+            1e-5,
+        );
+    }
+}
+
+/// L = Σ r ⊙ avg_pool2d_forward(x): its gradient is avg_pool2d_backward with dy = r.
+#[test]
+fn avg_pool2d_backward_matches_finite_differences() {
+    for (seed, &(n, c, h, w, k, s)) in FD_SHAPES.iter().enumerate() {
+        let (oh, ow) = cpu::output_size(h, w, k, s);
+        let x32 = uniform(&mut rng(300 + seed as u64), n * c * h * w, -1.0, 1.0);
+        let r32 = uniform(&mut rng(400 + seed as u64), n * c * oh * ow, -1.0, 1.0);
+        let (x, r) = (to_f64(&x32), to_f64(&r32));
+        let loss = |v: &[f64]| dot(&r, &cpu::avg_pool2d_forward(v, n, c, h, w, k, s));
+        let fd = finite_difference(loss, &x, FD_STEP);
+        assert_matches_fd(
+            "cpu avg_pool2d_backward",
+            &cpu::avg_pool2d_backward(&r, n, c, h, w, k, s),
+            &fd,
+        );
+
+        let dx = zeros(&[n, c, h, w]);
+        let kernel = pool::avg_backward(gpu(), &upload(&r32, &[n, c, oh, ow]), k, s, &dx).unwrap();
+        // f32 sums of at most 4 terms and one division: 1e-5 of the largest entry is ~80
+        // ulps, far above rounding and far below a missing or extra window (≥ 1/9 of an r).
+        assert_gpu_matches_fd(
+            "avg_pool2d_backward",
+            &run_and_read(&kernel, &dx),
+            &fd,
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn pool_launchers_reject_mismatched_shapes() {
+    let x = zeros(&[2, 3, 10, 10]);
+    let argmax = gpu().zeros(&[2, 3, 5, 5], siamese_gpu::DType::U32).unwrap();
+
+    // y sized for a 4×4 output where 10×10 pooled by 2 gives 5×5.
+    let err = pool::max_forward(gpu(), &x, 2, 2, &zeros(&[2, 3, 4, 4]), &argmax).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("y must be a F32 tensor of shape [2, 3, 5, 5]"),
+        "{err}"
+    );
+
+    // argmax must be u32, not f32.
+    let err = pool::max_forward(
+        gpu(),
+        &x,
+        2,
+        2,
+        &zeros(&[2, 3, 5, 5]),
+        &zeros(&[2, 3, 5, 5]),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("argmax must be a U32 tensor of shape [2, 3, 5, 5]"),
+        "{err}"
+    );
+
+    // A window larger than the plane, and a zero stride.
+    let err = pool::avg_forward(gpu(), &x, 11, 1, &zeros(&[2, 3, 1, 1])).unwrap_err();
+    assert!(err.to_string().contains("does not fit"), "{err}");
+    let err = pool::avg_backward(gpu(), &zeros(&[2, 3, 5, 5]), 2, 0, &x).unwrap_err();
+    assert!(err.to_string().contains("must both be at least 1"), "{err}");
+}

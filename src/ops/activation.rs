@@ -1,1 +1,115 @@
-//! Launchers for `shaders/activation.wgsl` (to be written).
+//! Launchers for `shaders/activation.wgsl`: ReLU, sigmoid and tanh, forward and backward,
+//! elementwise over f32 tensors of any shape (tens of millions of elements included: the
+//! workgroup grid is folded past 65535 workgroups).
+//!
+//! Not in place: the input and output must be different buffers, since wgpu refuses one
+//! buffer bound read-only and read-write in the same dispatch.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{Shader, expect_f32, to_u32};
+use crate::error::Result;
+use crate::gpu::{Gpu, Kernel, Tensor, grid_1d};
+
+pub const SHADER: Shader = Shader {
+    name: "activation",
+    source: include_str!("../../shaders/activation.wgsl"),
+};
+
+/// Invocations per workgroup (one element each).
+const WG: u32 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct ElementwiseParams {
+    len: u32,
+    _pad: [u32; 3],
+}
+
+/// An elementwise activation. Its backward needs one saved tensor from the forward, and
+/// which one depends on the activation (its derivative is cheapest in it):
+///
+/// | activation | forward       | backward `saved` | backward                 |
+/// |------------|---------------|------------------|--------------------------|
+/// | `Relu`     | max(x, 0)     | the input x      | dx = dy·[x > 0]          |
+/// | `Sigmoid`  | 1/(1 + e^−x)  | the output y     | dx = dy·y·(1 − y)        |
+/// | `Tanh`     | tanh(x)       | the output y     | dx = dy·(1 − y²)         |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Activation {
+    Relu,
+    Sigmoid,
+    Tanh,
+}
+
+impl Activation {
+    /// The WGSL entry point of the forward.
+    pub fn forward_entry(self) -> &'static str {
+        match self {
+            Activation::Relu => "relu_forward",
+            Activation::Sigmoid => "sigmoid_forward",
+            Activation::Tanh => "tanh_forward",
+        }
+    }
+
+    /// The WGSL entry point of the backward.
+    pub fn backward_entry(self) -> &'static str {
+        match self {
+            Activation::Relu => "relu_backward",
+            Activation::Sigmoid => "sigmoid_backward",
+            Activation::Tanh => "tanh_backward",
+        }
+    }
+
+    /// Whether the backward takes the forward's output (true) or its input (false).
+    pub fn backward_takes_output(self) -> bool {
+        !matches!(self, Activation::Relu)
+    }
+}
+
+fn launch(
+    gpu: &Gpu,
+    entry: &'static str,
+    len: usize,
+    bindings: &[(u32, &Tensor)],
+) -> Result<Kernel> {
+    let len = to_u32(entry, "the element count", len)?;
+    let params = ElementwiseParams { len, _pad: [0; 3] };
+    Ok(Kernel::single(gpu.dispatch(
+        &SHADER,
+        entry,
+        &[("WG", WG as f64)],
+        &params,
+        bindings,
+        grid_1d(len.div_ceil(WG)),
+    )?))
+}
+
+/// `y = act(x)`, elementwise; `y` has `x`'s shape.
+pub fn forward(gpu: &Gpu, act: Activation, x: &Tensor, y: &Tensor) -> Result<Kernel> {
+    let op = act.forward_entry();
+    expect_f32(op, "x", x, x.shape())?;
+    expect_f32(op, "y", y, x.shape())?;
+    launch(gpu, op, x.len(), &[(1, x), (2, y)])
+}
+
+/// `dx = dy·act'(…)`, elementwise. `saved` is the forward's input x for [`Activation::Relu`]
+/// and its output y for [`Activation::Sigmoid`] and [`Activation::Tanh`]; `saved`, `dy` and
+/// `dx` share one shape.
+pub fn backward(
+    gpu: &Gpu,
+    act: Activation,
+    saved: &Tensor,
+    dy: &Tensor,
+    dx: &Tensor,
+) -> Result<Kernel> {
+    let op = act.backward_entry();
+    let what = if act.backward_takes_output() {
+        "saved (the forward output y)"
+    } else {
+        "saved (the forward input x)"
+    };
+    expect_f32(op, "dy", dy, dy.shape())?;
+    expect_f32(op, what, saved, dy.shape())?;
+    expect_f32(op, "dx", dx, dy.shape())?;
+    launch(gpu, op, dy.len(), &[(3, saved), (4, dy), (5, dx)])
+}

@@ -1,1 +1,185 @@
-//! Launchers for `shaders/pool.wgsl` (to be written).
+//! Launchers for `shaders/pool.wgsl`: 2-D max and average pooling over NCHW f32 tensors,
+//! square `kernel`×`kernel` windows, `stride` ≥ 1, no padding. The output is
+//! OH = (H − kernel)/stride + 1 by OW = (W − kernel)/stride + 1, floored as in PyTorch
+//! (a 10×10 plane pooled by 2 gives 5×5; 11×11 also gives 5×5, the last row and column
+//! being read by no window and getting a zero gradient).
+//!
+//! Max pooling records, per output, the in-plane index h·W + w of the element it chose
+//! (`argmax`, u32, the first maximum in row-major window order on ties, as PyTorch); the
+//! backward routes the gradient through it. Both backwards gather (each input sums the
+//! windows containing it), so overlapping windows (stride < kernel) need no atomics and
+//! the result is deterministic.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{Shader, expect, expect_f32, expect_rank, to_u32};
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Gpu, Kernel, Tensor, grid_1d};
+
+pub const SHADER: Shader = Shader {
+    name: "pool",
+    source: include_str!("../../shaders/pool.wgsl"),
+};
+
+/// Invocations per workgroup (one output element, or one input element, each).
+const WG: u32 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct PoolParams {
+    planes: u32,
+    h: u32,
+    w: u32,
+    oh: u32,
+    ow: u32,
+    k: u32,
+    s: u32,
+    _pad: u32,
+}
+
+/// (OH, OW) of a `kernel`×`kernel` pooling with `stride` over an H×W plane, or an error
+/// naming `op` when the window does not fit or the stride is zero.
+pub fn output_size(
+    op: &'static str,
+    h: usize,
+    w: usize,
+    kernel: usize,
+    stride: usize,
+) -> Result<(usize, usize)> {
+    if kernel == 0 || stride == 0 {
+        return Err(Error::Shape {
+            op,
+            detail: format!("kernel ({kernel}) and stride ({stride}) must both be at least 1"),
+        });
+    }
+    if kernel > h || kernel > w {
+        return Err(Error::Shape {
+            op,
+            detail: format!(
+                "a {kernel}×{kernel} window does not fit in a {h}×{w} input plane (no padding)"
+            ),
+        });
+    }
+    Ok(((h - kernel) / stride + 1, (w - kernel) / stride + 1))
+}
+
+/// Checks `x` (the input-side tensor, [N, C, H, W]) and the window; returns the parameters
+/// and the output-side shape [N, C, OH, OW].
+fn check(
+    op: &'static str,
+    what: &str,
+    x: &Tensor,
+    kernel: usize,
+    stride: usize,
+) -> Result<(PoolParams, [usize; 4])> {
+    let &[n, c, h, w] = expect_rank(op, what, x, 4)? else {
+        unreachable!()
+    };
+    let (oh, ow) = output_size(op, h, w, kernel, stride)?;
+    // The shaders index inputs and outputs with u32: the larger count must fit.
+    to_u32(op, &format!("{what}'s element count"), x.len())?;
+    let params = PoolParams {
+        planes: to_u32(op, "N·C", n * c)?,
+        h: to_u32(op, "H", h)?,
+        w: to_u32(op, "W", w)?,
+        oh: to_u32(op, "OH", oh)?,
+        ow: to_u32(op, "OW", ow)?,
+        k: to_u32(op, "kernel", kernel)?,
+        s: to_u32(op, "stride", stride)?,
+        _pad: 0,
+    };
+    Ok((params, [n, c, oh, ow]))
+}
+
+fn launch(
+    gpu: &Gpu,
+    entry: &'static str,
+    params: &PoolParams,
+    bindings: &[(u32, &Tensor)],
+    invocations: usize,
+) -> Result<Kernel> {
+    let groups = (invocations as u32).div_ceil(WG);
+    Ok(Kernel::single(gpu.dispatch(
+        &SHADER,
+        entry,
+        &[("WG", WG as f64)],
+        params,
+        bindings,
+        grid_1d(groups),
+    )?))
+}
+
+/// Max pooling: `y [N, C, OH, OW]` = window maxima of `x [N, C, H, W]`, and
+/// `argmax [N, C, OH, OW]` (u32) the in-plane index h·W + w of each chosen element.
+pub fn max_forward(
+    gpu: &Gpu,
+    x: &Tensor,
+    kernel: usize,
+    stride: usize,
+    y: &Tensor,
+    argmax: &Tensor,
+) -> Result<Kernel> {
+    const OP: &str = "max_pool2d_forward";
+    let (params, out_shape) = check(OP, "x", x, kernel, stride)?;
+    expect_f32(OP, "y", y, &out_shape)?;
+    expect(OP, "argmax", argmax, &out_shape, DType::U32)?;
+    launch(
+        gpu,
+        OP,
+        &params,
+        &[(1, x), (2, y), (3, argmax)],
+        out_shape.iter().product(),
+    )
+}
+
+/// Gradient of max pooling: `dx [N, C, H, W]`, each element the sum of the `dy` entries
+/// whose `argmax` chose it (0 if none did). `argmax` is [`max_forward`]'s, same window.
+pub fn max_backward(
+    gpu: &Gpu,
+    dy: &Tensor,
+    argmax: &Tensor,
+    kernel: usize,
+    stride: usize,
+    dx: &Tensor,
+) -> Result<Kernel> {
+    const OP: &str = "max_pool2d_backward";
+    let (params, out_shape) = check(OP, "dx", dx, kernel, stride)?;
+    expect_f32(OP, "dy", dy, &out_shape)?;
+    expect(OP, "argmax", argmax, &out_shape, DType::U32)?;
+    launch(gpu, OP, &params, &[(4, dy), (5, argmax), (6, dx)], dx.len())
+}
+
+/// Average pooling: `y [N, C, OH, OW]` = window means of `x [N, C, H, W]`.
+pub fn avg_forward(
+    gpu: &Gpu,
+    x: &Tensor,
+    kernel: usize,
+    stride: usize,
+    y: &Tensor,
+) -> Result<Kernel> {
+    const OP: &str = "avg_pool2d_forward";
+    let (params, out_shape) = check(OP, "x", x, kernel, stride)?;
+    expect_f32(OP, "y", y, &out_shape)?;
+    launch(
+        gpu,
+        OP,
+        &params,
+        &[(1, x), (2, y)],
+        out_shape.iter().product(),
+    )
+}
+
+/// Gradient of average pooling: `dx [N, C, H, W]`, each element the sum over the windows
+/// containing it of `dy / kernel²`.
+pub fn avg_backward(
+    gpu: &Gpu,
+    dy: &Tensor,
+    kernel: usize,
+    stride: usize,
+    dx: &Tensor,
+) -> Result<Kernel> {
+    const OP: &str = "avg_pool2d_backward";
+    let (params, out_shape) = check(OP, "dx", dx, kernel, stride)?;
+    expect_f32(OP, "dy", dy, &out_shape)?;
+    launch(gpu, OP, &params, &[(4, dy), (6, dx)], dx.len())
+}

@@ -1,0 +1,146 @@
+// pool.wgsl — 2-D max and average pooling (square k×k window, stride s, no padding) and
+// their gradients.
+//
+// Entry points (binding 0 is always `p: PoolParams`; tensors row-major, NCHW; the N·C
+// planes are independent, so they are flattened into one `planes` axis):
+//   max_pool2d_forward   x [N, C, H, W] f32        ->  y [N, C, OH, OW] f32,
+//                                                       argmax_out [N, C, OH, OW] u32
+//   max_pool2d_backward  dy [N, C, OH, OW] f32,
+//                        argmax [N, C, OH, OW] u32  ->  dx [N, C, H, W] f32
+//   avg_pool2d_forward   x [N, C, H, W] f32        ->  y [N, C, OH, OW] f32
+//   avg_pool2d_backward  dy [N, C, OH, OW] f32     ->  dx [N, C, H, W] f32
+// argmax holds the in-plane index h·W + w of the element each window chose.
+//
+// One invocation per output element. The backward passes gather: each dx element loops
+// over the (at most ⌈k/s⌉²) windows that contain it. A scatter from dy would need float
+// atomics when windows overlap (s < k), which WGSL lacks, and would not be deterministic.
+//
+// The workgroup grid may be folded into two dimensions (see grid_1d in Rust), so the
+// linear index is rebuilt from wid.x + wid.y·nwg.x and bounds-checked.
+
+struct PoolParams {
+    planes: u32,  // N·C
+    h: u32,
+    w: u32,
+    oh: u32,      // (h − k)/s + 1
+    ow: u32,      // (w − k)/s + 1
+    k: u32,
+    s: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: PoolParams;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(3) var<storage, read_write> argmax_out: array<u32>;
+@group(0) @binding(4) var<storage, read> dy: array<f32>;
+@group(0) @binding(5) var<storage, read> argmax: array<u32>;
+@group(0) @binding(6) var<storage, read_write> dx: array<f32>;
+
+override WG: u32 = 256u;  // invocations per workgroup
+
+fn linear_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.x + wid.y * nwg.x) * WG + lid;
+}
+
+// The first window row (or column) containing input row `i`: the smallest o with
+// o·s + k > i, i.e. ⌈(i − k + 1)/s⌉ clamped at 0 (written to stay in unsigned arithmetic).
+fn first_window(i: u32) -> u32 {
+    if i + 1u < p.k { return 0u; }
+    return (i + 1u - p.k + p.s - 1u) / p.s;
+}
+
+// The last window row (or column) containing input row `i`, given `count` windows: the
+// largest o with o·s ≤ i. May be below first_window(i) when i falls in a gap (s > k) or in
+// the trailing rows no window reaches: the loops then run zero times.
+fn last_window(i: u32, count: u32) -> u32 {
+    return min(i / p.s, count - 1u);
+}
+
+@compute @workgroup_size(WG)
+fn max_pool2d_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let o = linear_index(wid, nwg, lid);
+    if o >= p.planes * p.oh * p.ow { return; }
+    let ox = o % p.ow;
+    let oy = (o / p.ow) % p.oh;
+    let base = (o / (p.ow * p.oh)) * p.h * p.w;
+    let corner = oy * p.s * p.w + ox * p.s;
+    // Start from the window's first element rather than −∞, so argmax is always a valid
+    // index; strict `>` keeps the first of equal maxima (PyTorch's rule).
+    var best_idx = corner;
+    var best = x[base + corner];
+    for (var ky = 0u; ky < p.k; ky++) {
+        for (var kx = 0u; kx < p.k; kx++) {
+            let idx = corner + ky * p.w + kx;
+            let v = x[base + idx];
+            if v > best {
+                best = v;
+                best_idx = idx;
+            }
+        }
+    }
+    y[o] = best;
+    argmax_out[o] = best_idx;
+}
+
+@compute @workgroup_size(WG)
+fn max_pool2d_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                       @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    if i >= p.planes * p.h * p.w { return; }
+    let ix = i % p.w;
+    let iy = (i / p.w) % p.h;
+    let plane = i / (p.w * p.h);
+    let idx = iy * p.w + ix;
+    let out_base = plane * p.oh * p.ow;
+    let oy_end = last_window(iy, p.oh) + 1u;
+    let ox_end = last_window(ix, p.ow) + 1u;
+    // Windows in row-major order: the same order in which a scatter over the outputs would
+    // add them, so overlapping windows sum identically either way.
+    var sum = 0.0;
+    for (var oy = first_window(iy); oy < oy_end; oy++) {
+        for (var ox = first_window(ix); ox < ox_end; ox++) {
+            let o = out_base + oy * p.ow + ox;
+            if argmax[o] == idx { sum += dy[o]; }
+        }
+    }
+    dx[i] = sum;
+}
+
+@compute @workgroup_size(WG)
+fn avg_pool2d_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let o = linear_index(wid, nwg, lid);
+    if o >= p.planes * p.oh * p.ow { return; }
+    let ox = o % p.ow;
+    let oy = (o / p.ow) % p.oh;
+    let start = (o / (p.ow * p.oh)) * p.h * p.w + oy * p.s * p.w + ox * p.s;
+    var sum = 0.0;
+    for (var ky = 0u; ky < p.k; ky++) {
+        for (var kx = 0u; kx < p.k; kx++) {
+            sum += x[start + ky * p.w + kx];
+        }
+    }
+    y[o] = sum / f32(p.k * p.k);
+}
+
+@compute @workgroup_size(WG)
+fn avg_pool2d_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                       @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    if i >= p.planes * p.h * p.w { return; }
+    let ix = i % p.w;
+    let iy = (i / p.w) % p.h;
+    let out_base = (i / (p.w * p.h)) * p.oh * p.ow;
+    let oy_end = last_window(iy, p.oh) + 1u;
+    let ox_end = last_window(ix, p.ow) + 1u;
+    var sum = 0.0;
+    for (var oy = first_window(iy); oy < oy_end; oy++) {
+        for (var ox = first_window(ix); ox < ox_end; ox++) {
+            sum += dy[out_base + oy * p.ow + ox];
+        }
+    }
+    // Every window has k² elements, so the 1/k² factors out of the sum.
+    dx[i] = sum / f32(p.k * p.k);
+}
