@@ -164,6 +164,7 @@ pub fn assert_matches_fd(what: &str, analytic: &[f64], fd: &[f64]) {
 /// The f32 GPU gradient against the f64 finite-difference gradient: the GPU's own f32
 /// rounding dominates, so the bound is `rtol` relative to the largest gradient entry.
 pub fn assert_gpu_matches_fd(what: &str, gpu_grad: &[f32], fd: &[f64], rtol: f64) {
+    assert_eq!(gpu_grad.len(), fd.len(), "{what}: length differs");
     let scale = fd.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-6);
     for (i, (&g, &n)) in gpu_grad.iter().zip(fd).enumerate() {
         assert!(
