@@ -215,69 +215,120 @@ fn conv2d_grad_bias_matches_cpu() {
     }
 }
 
-/// L = Σ dy ⊙ conv2d_forward(x, w, b). Its gradients are what the backward entries compute
-/// for upstream dy: the f64 reference backward and the GPU backward are both checked against
-/// central differences of the f64 reference forward.
+/// A small case with the finite-difference gradients of L = Σ dy ⊙ conv2d_forward(x, w, b)
+/// (f64 reference forward): what the backward entries compute for upstream dy.
+struct FdCase {
+    g: Conv2dGeometry,
+    case: Case,
+    fd_x: Vec<f64>,
+    fd_w: Vec<f64>,
+    fd_b: Vec<f64>,
+}
+
+fn fd_cases() -> Vec<FdCase> {
+    FD_SHAPES
+        .iter()
+        .enumerate()
+        .map(|(seed, g)| {
+            let case = case(g, 200 + seed as u64);
+            let (x, w, b, dy) = (
+                to_f64(&case.x),
+                to_f64(&case.w),
+                to_f64(&case.b),
+                to_f64(&case.dy),
+            );
+            let loss = |x: &[f64], w: &[f64], b: &[f64]| dot(&dy, &cpu::conv2d_forward(x, w, b, g));
+            FdCase {
+                g: *g,
+                fd_x: finite_difference(|v| loss(v, &w, &b), &x, FD_STEP),
+                fd_w: finite_difference(|v| loss(&x, v, &b), &w, FD_STEP),
+                fd_b: finite_difference(|v| loss(&x, &w, v), &b, FD_STEP),
+                case,
+            }
+        })
+        .collect()
+}
+
+// GPU against finite differences: f32 sums of at most ~50 products of values in [-1, 1];
+// 1e-5 of the largest entry is ~100 ulps, above rounding and far below any indexing or
+// padding mistake.
+const GPU_FD_RTOL: f64 = 1e-5;
+
 #[test]
-fn conv2d_backward_matches_finite_differences() {
-    for (seed, g) in FD_SHAPES.iter().enumerate() {
-        let c = case(g, 200 + seed as u64);
-        let (x, w, b, dy) = (to_f64(&c.x), to_f64(&c.w), to_f64(&c.b), to_f64(&c.dy));
-        let loss = |x: &[f64], w: &[f64], b: &[f64]| dot(&dy, &cpu::conv2d_forward(x, w, b, g));
-        let fd_x = finite_difference(|v| loss(v, &w, &b), &x, FD_STEP);
-        let fd_w = finite_difference(|v| loss(&x, v, &b), &w, FD_STEP);
-        let fd_b = finite_difference(|v| loss(&x, &w, v), &b, FD_STEP);
+fn conv2d_grad_input_matches_finite_differences() {
+    for FdCase {
+        g, case: c, fd_x, ..
+    } in fd_cases()
+    {
         assert_matches_fd(
             "cpu conv2d_grad_input",
-            &cpu::conv2d_grad_input(&dy, &w, g),
+            &cpu::conv2d_grad_input(&to_f64(&c.dy), &to_f64(&c.w), &g),
             &fd_x,
         );
-        assert_matches_fd(
-            "cpu conv2d_grad_weight",
-            &cpu::conv2d_grad_weight(&dy, &x, g),
-            &fd_w,
-        );
-        assert_matches_fd(
-            "cpu conv2d_grad_bias",
-            &cpu::conv2d_grad_bias(&dy, g.n, g.o, g.out_h() * g.out_w()),
-            &fd_b,
-        );
-
-        let (tx, tw, tdy) = (
-            upload(&c.x, &g.input_shape()),
-            upload(&c.w, &g.weight_shape()),
+        let dx = zeros(&g.input_shape());
+        let (dy, w) = (
             upload(&c.dy, &g.output_shape()),
+            upload(&c.w, &g.weight_shape()),
         );
-        let (dx, dw, db) = (
-            zeros(&g.input_shape()),
-            zeros(&g.weight_shape()),
-            zeros(&[g.o]),
-        );
-        let kernels = [
-            conv2d::grad_input(gpu(), &tdy, &tw, &dx, g.stride, g.pad).unwrap(),
-            conv2d::grad_weight_split(gpu(), &tdy, &tx, &dw, g.stride, g.pad, g.n).unwrap(),
-            conv2d::grad_bias(gpu(), &tdy, &db).unwrap(),
-        ];
-        gpu().run(&kernels.iter().collect::<Vec<_>>());
-        // f32 sums of at most ~50 products of values in [-1, 1]: 1e-5 of the largest entry
-        // is ~100 ulps, above rounding and far below any indexing or padding mistake.
+        let kernel = conv2d::grad_input(gpu(), &dy, &w, &dx, g.stride, g.pad).unwrap();
         assert_gpu_matches_fd(
             "conv2d_grad_input",
-            &gpu().read_f32(&dx).unwrap(),
+            &run_and_read(&kernel, &dx),
             &fd_x,
-            1e-5,
+            GPU_FD_RTOL,
         );
-        assert_gpu_matches_fd(
-            "conv2d_grad_weight",
-            &gpu().read_f32(&dw).unwrap(),
+    }
+}
+
+#[test]
+fn conv2d_grad_weight_matches_finite_differences() {
+    for FdCase {
+        g, case: c, fd_w, ..
+    } in fd_cases()
+    {
+        assert_matches_fd(
+            "cpu conv2d_grad_weight",
+            &cpu::conv2d_grad_weight(&to_f64(&c.dy), &to_f64(&c.x), &g),
             &fd_w,
-            1e-5,
         );
+        let (dy, x) = (
+            upload(&c.dy, &g.output_shape()),
+            upload(&c.x, &g.input_shape()),
+        );
+        // Unsplit and split into one image per split (the reduce pass included).
+        for splits in [1, g.n] {
+            let dw = zeros(&g.weight_shape());
+            let kernel =
+                conv2d::grad_weight_split(gpu(), &dy, &x, &dw, g.stride, g.pad, splits).unwrap();
+            assert_gpu_matches_fd(
+                "conv2d_grad_weight",
+                &run_and_read(&kernel, &dw),
+                &fd_w,
+                GPU_FD_RTOL,
+            );
+        }
+    }
+}
+
+#[test]
+fn conv2d_grad_bias_matches_finite_differences() {
+    for FdCase {
+        g, case: c, fd_b, ..
+    } in fd_cases()
+    {
+        let plane = g.out_h() * g.out_w();
+        assert_matches_fd(
+            "cpu conv2d_grad_bias",
+            &cpu::conv2d_grad_bias(&to_f64(&c.dy), g.n, g.o, plane),
+            &fd_b,
+        );
+        let db = zeros(&[g.o]);
+        let kernel = conv2d::grad_bias(gpu(), &upload(&c.dy, &g.output_shape()), &db).unwrap();
         assert_gpu_matches_fd(
             "conv2d_grad_bias",
-            &gpu().read_f32(&db).unwrap(),
+            &run_and_read(&kernel, &db),
             &fd_b,
-            1e-5,
+            GPU_FD_RTOL,
         );
     }
 }

@@ -123,67 +123,121 @@ fn dense_grad_bias_matches_cpu() {
     }
 }
 
-/// L = Σ dy ⊙ dense_forward(x, w, b): its gradients are exactly what the three backward
-/// entries compute for upstream dy. Checks the f64 reference backward and the GPU backward
-/// against central differences of the f64 reference forward.
-#[test]
-fn dense_backward_matches_finite_differences() {
-    for (seed, &(n, k, m)) in FD_SHAPES.iter().enumerate() {
-        let c = case(n, k, m, 100 + seed as u64);
-        let (x, w, b, dy) = (to_f64(&c.x), to_f64(&c.w), to_f64(&c.b), to_f64(&c.dy));
-        let loss =
-            |x: &[f64], w: &[f64], b: &[f64]| dot(&dy, &cpu::dense_forward(x, w, b, n, k, m));
+/// A small case with the finite-difference gradients of L = Σ dy ⊙ dense_forward(x, w, b)
+/// (f64 reference forward). Its gradients are exactly what the backward entries compute
+/// for upstream dy.
+struct FdCase {
+    shape: (usize, usize, usize),
+    case: Case,
+    fd_x: Vec<f64>,
+    fd_w: Vec<f64>,
+    fd_b: Vec<f64>,
+}
 
-        let fd_x = finite_difference(|v| loss(v, &w, &b), &x, FD_STEP);
-        let fd_w = finite_difference(|v| loss(&x, v, &b), &w, FD_STEP);
-        let fd_b = finite_difference(|v| loss(&x, &w, v), &b, FD_STEP);
+fn fd_cases() -> Vec<FdCase> {
+    FD_SHAPES
+        .iter()
+        .enumerate()
+        .map(|(seed, &(n, k, m))| {
+            let case = case(n, k, m, 100 + seed as u64);
+            let (x, w, b, dy) = (
+                to_f64(&case.x),
+                to_f64(&case.w),
+                to_f64(&case.b),
+                to_f64(&case.dy),
+            );
+            let loss =
+                |x: &[f64], w: &[f64], b: &[f64]| dot(&dy, &cpu::dense_forward(x, w, b, n, k, m));
+            FdCase {
+                shape: (n, k, m),
+                fd_x: finite_difference(|v| loss(v, &w, &b), &x, FD_STEP),
+                fd_w: finite_difference(|v| loss(&x, v, &b), &w, FD_STEP),
+                fd_b: finite_difference(|v| loss(&x, &w, v), &b, FD_STEP),
+                case,
+            }
+        })
+        .collect()
+}
+
+// GPU against finite differences: f32 sums of at most 7 products of values in [-1, 1];
+// 1e-5 of the largest entry is ~100 ulps, well above rounding and well below any
+// indexing mistake.
+const GPU_FD_RTOL: f64 = 1e-5;
+
+#[test]
+fn dense_grad_input_matches_finite_differences() {
+    for FdCase {
+        shape: (n, k, m),
+        case: c,
+        fd_x,
+        ..
+    } in fd_cases()
+    {
         assert_matches_fd(
             "cpu dense_grad_input",
-            &cpu::dense_grad_input(&dy, &w, n, k, m),
+            &cpu::dense_grad_input(&to_f64(&c.dy), &to_f64(&c.w), n, k, m),
             &fd_x,
         );
-        assert_matches_fd(
-            "cpu dense_grad_weight",
-            &cpu::dense_grad_weight(&dy, &x, n, k, m),
-            &fd_w,
-        );
-        assert_matches_fd(
-            "cpu dense_grad_bias",
-            &cpu::dense_grad_bias(&dy, n, m),
-            &fd_b,
-        );
-
-        let (tx, tw, tdy) = (
-            upload(&c.x, &[n, k]),
-            upload(&c.w, &[m, k]),
-            upload(&c.dy, &[n, m]),
-        );
-        let (dx, dw, db) = (zeros(&[n, k]), zeros(&[m, k]), zeros(&[m]));
-        let kernels = [
-            dense::grad_input(gpu(), &tdy, &tw, &dx).unwrap(),
-            dense::grad_weight(gpu(), &tdy, &tx, &dw).unwrap(),
-            dense::grad_bias(gpu(), &tdy, &db).unwrap(),
-        ];
-        gpu().run(&kernels.iter().collect::<Vec<_>>());
-        // f32 sums of at most 7 products of values in [-1, 1]: 1e-5 of the largest entry
-        // is ~100 ulps, well above rounding and well below any indexing mistake.
+        let dx = zeros(&[n, k]);
+        let kernel =
+            dense::grad_input(gpu(), &upload(&c.dy, &[n, m]), &upload(&c.w, &[m, k]), &dx).unwrap();
         assert_gpu_matches_fd(
             "dense_grad_input",
-            &gpu().read_f32(&dx).unwrap(),
+            &run_and_read(&kernel, &dx),
             &fd_x,
-            1e-5,
+            GPU_FD_RTOL,
         );
+    }
+}
+
+#[test]
+fn dense_grad_weight_matches_finite_differences() {
+    for FdCase {
+        shape: (n, k, m),
+        case: c,
+        fd_w,
+        ..
+    } in fd_cases()
+    {
+        assert_matches_fd(
+            "cpu dense_grad_weight",
+            &cpu::dense_grad_weight(&to_f64(&c.dy), &to_f64(&c.x), n, k, m),
+            &fd_w,
+        );
+        let dw = zeros(&[m, k]);
+        let kernel =
+            dense::grad_weight(gpu(), &upload(&c.dy, &[n, m]), &upload(&c.x, &[n, k]), &dw)
+                .unwrap();
         assert_gpu_matches_fd(
             "dense_grad_weight",
-            &gpu().read_f32(&dw).unwrap(),
+            &run_and_read(&kernel, &dw),
             &fd_w,
-            1e-5,
+            GPU_FD_RTOL,
         );
+    }
+}
+
+#[test]
+fn dense_grad_bias_matches_finite_differences() {
+    for FdCase {
+        shape: (n, _, m),
+        case: c,
+        fd_b,
+        ..
+    } in fd_cases()
+    {
+        assert_matches_fd(
+            "cpu dense_grad_bias",
+            &cpu::dense_grad_bias(&to_f64(&c.dy), n, m),
+            &fd_b,
+        );
+        let db = zeros(&[m]);
+        let kernel = dense::grad_bias(gpu(), &upload(&c.dy, &[n, m]), &db).unwrap();
         assert_gpu_matches_fd(
             "dense_grad_bias",
-            &gpu().read_f32(&db).unwrap(),
+            &run_and_read(&kernel, &db),
             &fd_b,
-            1e-5,
+            GPU_FD_RTOL,
         );
     }
 }

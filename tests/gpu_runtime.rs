@@ -181,3 +181,24 @@ fn large_launches_fold_into_two_dimensions() {
     let [x, y, _] = grid_1d(10_000_000);
     assert!(x <= 65_535 && (x as u64 * y as u64) >= 10_000_000);
 }
+
+#[test]
+fn a_launch_over_the_workgroup_limit_is_refused() {
+    let gpu = gpu();
+    let t = gpu.zeros(&[4], DType::F32).unwrap();
+    let max = gpu.limits().max_compute_workgroups_per_dimension;
+    let params = [0u32; 8];
+    let err = gpu.dispatch(
+        &dense::SHADER,
+        "dense_grad_bias",
+        &[],
+        &params,
+        &[(1, &t), (4, &t)],
+        [max + 1, 1, 1],
+    );
+    let msg = err.unwrap_err().to_string();
+    assert!(
+        msg.contains("smaller batch") && msg.contains(&max.to_string()),
+        "{msg}"
+    );
+}

@@ -166,6 +166,16 @@ impl Gpu {
         bindings: &[(u32, &Tensor)],
         workgroups: [u32; 3],
     ) -> Result<Dispatch> {
+        let max = self.limits.max_compute_workgroups_per_dimension;
+        if workgroups.iter().any(|&g| g > max) {
+            return Err(Error::Shape {
+                op: entry,
+                detail: format!(
+                    "the launch needs {workgroups:?} workgroups, over this device's {max} per \
+                     dimension; use a smaller batch"
+                ),
+            });
+        }
         let pipeline = self.pipeline(shader, entry, constants)?;
         // Uniform buffers bind whole 16-byte rows.
         let mut bytes = bytemuck::bytes_of(params).to_vec();

@@ -311,13 +311,6 @@ pub fn grad_bias(gpu: &Gpu, dy: &Tensor, db: &Tensor) -> Result<Kernel> {
         pad: 0,
     };
     let params = g.params(OP, 1, 0)?;
-    // One workgroup per channel, along x only.
-    if o > crate::gpu::MAX_WORKGROUPS_PER_DIM as usize {
-        return Err(Error::Shape {
-            op: OP,
-            detail: format!("{o} channels exceed the 65535 the bias reduction supports"),
-        });
-    }
     Ok(Kernel::single(gpu.dispatch(
         &SHADER,
         OP,
