@@ -193,8 +193,13 @@ pub fn grad_input(
     let params = g.params(OP, 1, 0)?;
     let groups = blocks(g.c, g.n * g.h * g.w);
     let bindings = [(1, dy), (2, w), (4, dx)];
+    let constants = [
+        CONSTANTS[0],
+        CONSTANTS[1],
+        ("GRAD_INPUT_STRIDE", stride as f64),
+    ];
     Ok(Kernel::single(gpu.dispatch(
-        &SHADER, OP, &CONSTANTS, &params, &bindings, groups,
+        &SHADER, OP, &constants, &params, &bindings, groups,
     )?))
 }
 
