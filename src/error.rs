@@ -31,6 +31,11 @@ pub enum Error {
     },
     /// Reading a buffer back from the device failed.
     Readback(String),
+    /// A dataset file is missing, corrupt or inconsistent; the message names the file.
+    Data(String),
+    /// A configuration value (a tower spec, a hyperparameter) is invalid; the message says
+    /// which and what is accepted.
+    Config(String),
 }
 
 /// Result with the crate's [`Error`].
@@ -85,6 +90,8 @@ impl fmt::Display for Error {
                 )
             }
             Error::Readback(msg) => write!(f, "reading a result back from the GPU failed: {msg}"),
+            Error::Data(msg) => write!(f, "{msg}"),
+            Error::Config(msg) => write!(f, "{msg}"),
         }
     }
 }

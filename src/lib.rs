@@ -5,7 +5,9 @@
 //! module per shader file; [`cpu`] is the plain-loop reference of every kernel entry.
 
 pub mod cpu;
+pub mod data;
 pub mod error;
+pub mod eval;
 pub mod gpu;
 pub mod ops;
 

@@ -1,0 +1,3 @@
+//! Evaluation metrics computed from distances or embeddings.
+
+pub mod verification;
