@@ -326,3 +326,27 @@ fn activation_launchers_reject_mismatched_shapes() {
         "{err}"
     );
 }
+
+#[test]
+fn accumulate_grad_matches_cpu() {
+    for (seed, &shape) in SHAPES.iter().enumerate() {
+        let len = shape.iter().product();
+        let dy = uniform(&mut rng(2000 + seed as u64), len, -1.0, 1.0);
+        let start = uniform(&mut rng(3000 + seed as u64), len, -1.0, 1.0);
+        let dx = upload(&start, shape);
+        let kernel = activation::accumulate_grad(gpu(), &upload(&dy, shape), &dx).unwrap();
+        // Run twice: the kernel adds, it does not overwrite.
+        gpu().run(&[&kernel, &kernel]);
+        let got = gpu().read_f32(&dx).unwrap();
+        let mut want = start.clone();
+        cpu::accumulate_grad(&dy, &mut want);
+        cpu::accumulate_grad(&dy, &mut want);
+        // Two f32 additions in the same order on both sides: exact.
+        assert_within(
+            &format!("accumulate_grad {shape:?}"),
+            &got,
+            &want,
+            &vec![0.0; len],
+        );
+    }
+}

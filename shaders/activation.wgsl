@@ -9,6 +9,8 @@
 //   sigmoid_backward   saved = y, dy   ->  dx    dx = dy·y·(1 − y)    (takes the forward OUTPUT)
 //   tanh_forward       x               ->  y     y = tanh(x)
 //   tanh_backward      saved = y, dy   ->  dx    dx = dy·(1 − y²)     (takes the forward OUTPUT)
+//   accumulate_grad    dy              ->  dx    dx += dy   (the tape sums the gradients of a
+//                                                           value that feeds several ops)
 // The sigmoid and tanh backwards read y rather than x: their derivatives are cheaper in y,
 // and the tape keeps y anyway for the next layer.
 //
@@ -110,4 +112,12 @@ fn tanh_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     if i >= p.len { return; }
     let t = saved[i];
     dx[i] = dy[i] * (1.0 - t * t);
+}
+
+@compute @workgroup_size(WG)
+fn accumulate_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    if i >= p.len { return; }
+    dx[i] += dy[i];
 }

@@ -52,3 +52,10 @@ pub fn tanh_backward<T: Real>(y: &[T], dy: &[T]) -> Vec<T> {
         .map(|(&t, &g)| g * (T::one() - t * t))
         .collect()
 }
+
+/// dx += dy
+pub fn accumulate_grad<T: Real>(dy: &[T], dx: &mut [T]) {
+    for (d, &g) in dx.iter_mut().zip(dy) {
+        *d += g;
+    }
+}

@@ -113,3 +113,11 @@ pub fn backward(
     expect_f32(op, "dx", dx, dy.shape())?;
     launch(gpu, op, dy.len(), &[(3, saved), (4, dy), (5, dx)])
 }
+
+/// `dx += dy`, elementwise: how the tape sums the gradients of a value that feeds several ops.
+pub fn accumulate_grad(gpu: &Gpu, dy: &Tensor, dx: &Tensor) -> Result<Kernel> {
+    const OP: &str = "accumulate_grad";
+    expect_f32(OP, "dy", dy, dy.shape())?;
+    expect_f32(OP, "dx", dx, dy.shape())?;
+    launch(gpu, OP, dy.len(), &[(4, dy), (5, dx)])
+}

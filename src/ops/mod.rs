@@ -6,6 +6,7 @@ pub mod activation;
 pub mod conv2d;
 pub mod dense;
 pub mod distance;
+pub mod gather;
 pub mod loss;
 pub mod normalize;
 pub mod optim;
