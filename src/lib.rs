@@ -4,11 +4,14 @@
 //! lavapipe where there is no GPU. [`gpu`] owns the device; [`ops`] holds one typed launcher
 //! module per shader file; [`cpu`] is the plain-loop reference of every kernel entry.
 
+pub mod autograd;
 pub mod cpu;
 pub mod data;
 pub mod error;
 pub mod eval;
 pub mod gpu;
+pub mod model;
+pub mod nn;
 pub mod ops;
 
 pub use error::{Error, Result};

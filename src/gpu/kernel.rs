@@ -13,8 +13,8 @@ pub const MAX_WORKGROUPS_PER_DIM: u32 = 65_535;
 pub trait Uniform: bytemuck::Pod {}
 impl<T: bytemuck::Pod> Uniform for T {}
 
-/// One compute dispatch, ready to record.
-#[derive(Debug)]
+/// One compute dispatch, ready to record. Cloning shares the GPU objects.
+#[derive(Debug, Clone)]
 pub struct Dispatch {
     pub(crate) entry: &'static str,
     pub(crate) pipeline: Arc<wgpu::ComputePipeline>,
@@ -34,8 +34,9 @@ impl Dispatch {
     }
 }
 
-/// The dispatches of one op, in order, and the scratch tensors they share.
-#[derive(Debug)]
+/// The dispatches of one op, in order, and the scratch tensors they share. Cloning shares
+/// the GPU objects (reference counts), so a kernel can sit in several recorded programs.
+#[derive(Debug, Clone)]
 pub struct Kernel {
     pub(crate) dispatches: Vec<Dispatch>,
     pub(crate) _scratch: Vec<Tensor>,

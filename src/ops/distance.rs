@@ -62,7 +62,8 @@ pub enum Distance {
 }
 
 impl Distance {
-    fn entries(self) -> (&'static str, &'static str) {
+    /// The WGSL entry points of the forward and the backward.
+    pub fn entries(self) -> (&'static str, &'static str) {
         match self {
             Distance::Euclidean => ("euclidean_forward", "euclidean_backward"),
             Distance::SquaredEuclidean => {

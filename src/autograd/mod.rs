@@ -1,0 +1,527 @@
+//! The autograd tape.
+//!
+//! Our graphs are static: one tower, one batch size, one loss. So the tape records each op
+//! once, and at that moment builds both its forward kernels and its backward kernels (every
+//! buffer, bind group and pipeline of a training step exists before the first step; a step
+//! only records them). A value that needs a gradient gets its gradient buffer when it is
+//! created. [`Tape::backward`] then lists the backward kernels in reverse order of the
+//! forward: that reverse walk is the chain rule, and the only place it lives. Each op's
+//! local gradient is its launcher in `ops`.
+//!
+//! Backward kernels overwrite the gradient they produce, so nothing needs zeroing between
+//! steps. A value feeding several ops (the anchor of a triplet feeds two distances) lets
+//! its first consumer write its gradient and gives every later consumer a buffer of its
+//! own; the walk adds those in (`accumulate_grad`) before the value's producer reads the
+//! sum. Views (reshape, split into rows) alias their input and its gradient.
+
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Gpu, Kernel, Tensor};
+use crate::ops::activation::{self, Activation};
+use crate::ops::distance::{self, Distance};
+use crate::ops::{conv2d, dense, loss, normalize, pool};
+
+/// A value on the tape.
+pub type ValueId = usize;
+
+struct Value {
+    tensor: Tensor,
+    /// Where this value's gradient lives, if it needs one.
+    grad: Option<Tensor>,
+    /// Ops that read this value and propagate a gradient into it.
+    consumers: usize,
+    /// Gradient buffers of the second and later consumers, summed into `grad`.
+    extra_grads: Vec<Tensor>,
+}
+
+struct Entry {
+    op: &'static str,
+    /// The value this op produced (None for ops that only write gradients).
+    output: Option<ValueId>,
+    forward: Vec<Kernel>,
+    backward: Vec<Kernel>,
+}
+
+/// Records ops on GPU tensors; see the module documentation.
+pub struct Tape<'g> {
+    gpu: &'g Gpu,
+    values: Vec<Value>,
+    entries: Vec<Entry>,
+}
+
+impl<'g> Tape<'g> {
+    pub fn new(gpu: &'g Gpu) -> Self {
+        Tape {
+            gpu,
+            values: Vec::new(),
+            entries: Vec::new(),
+        }
+    }
+
+    pub fn gpu(&self) -> &'g Gpu {
+        self.gpu
+    }
+
+    /// A value that needs no gradient (data, labels).
+    pub fn input(&mut self, tensor: Tensor) -> ValueId {
+        self.push(tensor, None)
+    }
+
+    /// A parameter. With `grad` its gradient is written there (a view of the flat gradient
+    /// buffer); without, it is a constant (evaluation, frozen layers).
+    pub fn param(&mut self, tensor: Tensor, grad: Option<Tensor>) -> Result<ValueId> {
+        if let Some(g) = &grad
+            && g.shape() != tensor.shape()
+        {
+            return Err(Error::Shape {
+                op: "param",
+                detail: format!(
+                    "gradient shape {:?} differs from the parameter's {:?}",
+                    g.shape(),
+                    tensor.shape()
+                ),
+            });
+        }
+        Ok(self.push(tensor, grad))
+    }
+
+    pub fn tensor(&self, id: ValueId) -> &Tensor {
+        &self.values[id].tensor
+    }
+
+    pub fn grad(&self, id: ValueId) -> Option<&Tensor> {
+        self.values[id].grad.as_ref()
+    }
+
+    pub fn shape(&self, id: ValueId) -> &[usize] {
+        self.values[id].tensor.shape()
+    }
+
+    /// The names of the recorded ops, in forward order.
+    pub fn ops(&self) -> Vec<&'static str> {
+        self.entries.iter().map(|e| e.op).collect()
+    }
+
+    /// Every forward kernel, in order.
+    pub fn forward_kernels(&self) -> impl Iterator<Item = &Kernel> {
+        self.entries.iter().flat_map(|e| e.forward.iter())
+    }
+
+    fn push(&mut self, tensor: Tensor, grad: Option<Tensor>) -> ValueId {
+        self.values.push(Value {
+            tensor,
+            grad,
+            consumers: 0,
+            extra_grads: Vec::new(),
+        });
+        self.values.len() - 1
+    }
+
+    fn needs_grad(&self, id: ValueId) -> bool {
+        self.values[id].grad.is_some()
+    }
+
+    fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
+        self.gpu.zeros(shape, DType::F32)
+    }
+
+    /// A new op output of `shape`, with a gradient buffer when any of `inputs` needs one.
+    fn output(&mut self, shape: &[usize], inputs: &[ValueId]) -> Result<ValueId> {
+        let tensor = self.zeros(shape)?;
+        let grad = if inputs.iter().any(|&i| self.needs_grad(i)) {
+            Some(self.zeros(shape)?)
+        } else {
+            None
+        };
+        Ok(self.push(tensor, grad))
+    }
+
+    /// The buffer a consumer's backward writes `id`'s gradient into: the value's own
+    /// gradient for its first consumer, a fresh buffer (summed in later) for the others.
+    fn grad_slot(&mut self, id: ValueId) -> Result<Option<Tensor>> {
+        let Some(grad) = self.values[id].grad.clone() else {
+            return Ok(None);
+        };
+        let value = &mut self.values[id];
+        value.consumers += 1;
+        if value.consumers == 1 {
+            return Ok(Some(grad));
+        }
+        let extra = self.gpu.zeros(grad.shape(), DType::F32)?;
+        self.values[id].extra_grads.push(extra.clone());
+        Ok(Some(extra))
+    }
+
+    fn record(
+        &mut self,
+        op: &'static str,
+        output: Option<ValueId>,
+        forward: Vec<Kernel>,
+        backward: Vec<Kernel>,
+    ) {
+        self.entries.push(Entry {
+            op,
+            output,
+            forward,
+            backward,
+        });
+    }
+
+    /// `conv2d(x, w) + b`, NCHW (see `ops::conv2d`).
+    pub fn conv2d(
+        &mut self,
+        x: ValueId,
+        w: ValueId,
+        b: ValueId,
+        stride: usize,
+        pad: usize,
+    ) -> Result<ValueId> {
+        let g = conv2d::Conv2dGeometry::of("conv2d", self.tensor(x), self.tensor(w), stride, pad)?;
+        let y = self.output(&g.output_shape(), &[x, w, b])?;
+        let (tx, tw, tb, ty) = (
+            self.tensor(x).clone(),
+            self.tensor(w).clone(),
+            self.tensor(b).clone(),
+            self.tensor(y).clone(),
+        );
+        let forward = vec![conv2d::forward(self.gpu, &tx, &tw, &tb, &ty, stride, pad)?];
+        let mut backward = Vec::new();
+        if let Some(dy) = self.grad(y).cloned() {
+            if let Some(dx) = self.grad_slot(x)? {
+                backward.push(conv2d::grad_input(self.gpu, &dy, &tw, &dx, stride, pad)?);
+            }
+            if let Some(dw) = self.grad_slot(w)? {
+                backward.push(conv2d::grad_weight(self.gpu, &dy, &tx, &dw, stride, pad)?);
+            }
+            if let Some(db) = self.grad_slot(b)? {
+                backward.push(conv2d::grad_bias(self.gpu, &dy, &db)?);
+            }
+        }
+        self.record("conv2d", Some(y), forward, backward);
+        Ok(y)
+    }
+
+    /// Max-pooling with a square `kernel` and `stride`, no padding.
+    pub fn max_pool2d(&mut self, x: ValueId, kernel: usize, stride: usize) -> Result<ValueId> {
+        let shape = pooled_shape("max_pool2d", self.shape(x), kernel, stride)?;
+        let y = self.output(&shape, &[x])?;
+        let argmax = self.gpu.zeros(&shape, DType::U32)?;
+        let (tx, ty) = (self.tensor(x).clone(), self.tensor(y).clone());
+        let forward = vec![pool::max_forward(
+            self.gpu, &tx, kernel, stride, &ty, &argmax,
+        )?];
+        let mut backward = Vec::new();
+        if let (Some(dy), Some(dx)) = (self.grad(y).cloned(), self.grad_slot(x)?) {
+            backward.push(pool::max_backward(
+                self.gpu, &dy, &argmax, kernel, stride, &dx,
+            )?);
+        }
+        self.record("max_pool2d", Some(y), forward, backward);
+        Ok(y)
+    }
+
+    /// Average-pooling with a square `kernel` and `stride`, no padding.
+    pub fn avg_pool2d(&mut self, x: ValueId, kernel: usize, stride: usize) -> Result<ValueId> {
+        let shape = pooled_shape("avg_pool2d", self.shape(x), kernel, stride)?;
+        let y = self.output(&shape, &[x])?;
+        let (tx, ty) = (self.tensor(x).clone(), self.tensor(y).clone());
+        let forward = vec![pool::avg_forward(self.gpu, &tx, kernel, stride, &ty)?];
+        let mut backward = Vec::new();
+        if let (Some(dy), Some(dx)) = (self.grad(y).cloned(), self.grad_slot(x)?) {
+            backward.push(pool::avg_backward(self.gpu, &dy, kernel, stride, &dx)?);
+        }
+        self.record("avg_pool2d", Some(y), forward, backward);
+        Ok(y)
+    }
+
+    /// An elementwise activation.
+    pub fn activation(&mut self, x: ValueId, act: Activation) -> Result<ValueId> {
+        let shape = self.shape(x).to_vec();
+        let y = self.output(&shape, &[x])?;
+        let (tx, ty) = (self.tensor(x).clone(), self.tensor(y).clone());
+        let forward = vec![activation::forward(self.gpu, act, &tx, &ty)?];
+        let mut backward = Vec::new();
+        if let (Some(dy), Some(dx)) = (self.grad(y).cloned(), self.grad_slot(x)?) {
+            let saved = if act.backward_takes_output() {
+                &ty
+            } else {
+                &tx
+            };
+            backward.push(activation::backward(self.gpu, act, saved, &dy, &dx)?);
+        }
+        self.record(act.forward_entry(), Some(y), forward, backward);
+        Ok(y)
+    }
+
+    /// `x [N, K] · wᵀ + b`, with `w [M, K]` (PyTorch's `nn.Linear`).
+    pub fn dense(&mut self, x: ValueId, w: ValueId, b: ValueId) -> Result<ValueId> {
+        let (n, m) = (self.shape(x)[0], self.shape(w)[0]);
+        let y = self.output(&[n, m], &[x, w, b])?;
+        let (tx, tw, tb, ty) = (
+            self.tensor(x).clone(),
+            self.tensor(w).clone(),
+            self.tensor(b).clone(),
+            self.tensor(y).clone(),
+        );
+        let forward = vec![dense::forward(self.gpu, &tx, &tw, &tb, &ty)?];
+        let mut backward = Vec::new();
+        if let Some(dy) = self.grad(y).cloned() {
+            if let Some(dx) = self.grad_slot(x)? {
+                backward.push(dense::grad_input(self.gpu, &dy, &tw, &dx)?);
+            }
+            if let Some(dw) = self.grad_slot(w)? {
+                backward.push(dense::grad_weight(self.gpu, &dy, &tx, &dw)?);
+            }
+            if let Some(db) = self.grad_slot(b)? {
+                backward.push(dense::grad_bias(self.gpu, &dy, &db)?);
+            }
+        }
+        self.record("dense", Some(y), forward, backward);
+        Ok(y)
+    }
+
+    /// The same elements under another shape (no copy; the gradient aliases too).
+    pub fn reshape(&mut self, x: ValueId, shape: &[usize]) -> Result<ValueId> {
+        let reshape = |t: &Tensor| {
+            t.reshaped(shape).ok_or_else(|| Error::Shape {
+                op: "reshape",
+                detail: format!("{:?} cannot be viewed as {shape:?}", t.shape()),
+            })
+        };
+        let tensor = reshape(self.tensor(x))?;
+        let grad = self.grad_slot(x)?.map(|g| reshape(&g)).transpose()?;
+        let y = self.push(tensor, grad);
+        self.record("reshape", Some(y), Vec::new(), Vec::new());
+        Ok(y)
+    }
+
+    /// Splits the rows of `x [R, …]` into `parts` equal blocks of rows, as views. Both
+    /// Siamese branches run as one batch of 2B through the tower; this separates them.
+    pub fn split_rows(&mut self, x: ValueId, parts: usize) -> Result<Vec<ValueId>> {
+        let shape = self.shape(x).to_vec();
+        if parts == 0 || !shape[0].is_multiple_of(parts) {
+            return Err(Error::Shape {
+                op: "split_rows",
+                detail: format!("{shape:?} has no {parts} equal blocks of rows"),
+            });
+        }
+        let mut part_shape = shape.clone();
+        part_shape[0] /= parts;
+        let part_len: usize = part_shape.iter().product();
+        let align = self.gpu.limits().min_storage_buffer_offset_alignment as usize;
+        if parts > 1 && !(part_len * 4).is_multiple_of(align) {
+            return Err(Error::Shape {
+                op: "split_rows",
+                detail: format!(
+                    "blocks of {part_len} f32 of {shape:?} do not start on this device's {align}-byte storage alignment"
+                ),
+            });
+        }
+        let grad = self.grad_slot(x)?;
+        let mut ids = Vec::with_capacity(parts);
+        for k in 0..parts {
+            let view = |t: &Tensor| {
+                t.view(k * part_len, &part_shape)
+                    .expect("split inside the tensor")
+            };
+            let tensor = view(self.tensor(x));
+            let g = grad.as_ref().map(view);
+            let id = self.push(tensor, g);
+            self.record("split_rows", Some(id), Vec::new(), Vec::new());
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    /// Row-wise `x / max(‖x‖, 1e-12)` of `x [B, D]`.
+    pub fn l2_normalize(&mut self, x: ValueId) -> Result<ValueId> {
+        let shape = self.shape(x).to_vec();
+        let y = self.output(&shape, &[x])?;
+        let norms = self.zeros(&shape[..1])?;
+        let (tx, ty) = (self.tensor(x).clone(), self.tensor(y).clone());
+        let forward = vec![normalize::forward(self.gpu, &tx, &ty, &norms)?];
+        let mut backward = Vec::new();
+        if let (Some(dy), Some(dx)) = (self.grad(y).cloned(), self.grad_slot(x)?) {
+            backward.push(normalize::backward(self.gpu, &ty, &norms, &dy, &dx)?);
+        }
+        self.record("l2_normalize", Some(y), forward, backward);
+        Ok(y)
+    }
+
+    /// Two gradient buffers for a binary op's inputs; a side that needs none still gets a
+    /// scratch buffer, since the kernels write both.
+    fn pair_slots(&mut self, a: ValueId, b: ValueId) -> Result<(Tensor, Tensor)> {
+        let da = match self.grad_slot(a)? {
+            Some(g) => g,
+            None => self.zeros(self.shape(a))?,
+        };
+        let db = match self.grad_slot(b)? {
+            Some(g) => g,
+            None => self.zeros(self.shape(b))?,
+        };
+        Ok((da, db))
+    }
+
+    /// The distance between paired rows of `a [B, D]` and `b [B, D]`: `[B]`.
+    pub fn distance(&mut self, kind: Distance, a: ValueId, b: ValueId) -> Result<ValueId> {
+        let rows = self.shape(a)[0];
+        let d = self.output(&[rows], &[a, b])?;
+        let (ta, tb, td) = (
+            self.tensor(a).clone(),
+            self.tensor(b).clone(),
+            self.tensor(d).clone(),
+        );
+        let forward = vec![distance::forward(self.gpu, kind, &ta, &tb, &td)?];
+        let mut backward = Vec::new();
+        if let Some(dd) = self.grad(d).cloned() {
+            let (da, db) = self.pair_slots(a, b)?;
+            backward.push(distance::backward(
+                self.gpu, kind, &ta, &tb, &td, &dd, &da, &db,
+            )?);
+        }
+        self.record(kind.entries().0, Some(d), forward, backward);
+        Ok(d)
+    }
+
+    /// Elementwise `|a − b|` of `a [B, D]` and `b [B, D]` (the Keras Siamese head).
+    pub fn abs_diff(&mut self, a: ValueId, b: ValueId) -> Result<ValueId> {
+        let shape = self.shape(a).to_vec();
+        let y = self.output(&shape, &[a, b])?;
+        let (ta, tb, ty) = (
+            self.tensor(a).clone(),
+            self.tensor(b).clone(),
+            self.tensor(y).clone(),
+        );
+        let forward = vec![distance::abs_diff_forward(self.gpu, &ta, &tb, &ty)?];
+        let mut backward = Vec::new();
+        if let Some(dy) = self.grad(y).cloned() {
+            let (da, db) = self.pair_slots(a, b)?;
+            backward.push(distance::abs_diff_backward(
+                self.gpu, &ta, &tb, &dy, &da, &db,
+            )?);
+        }
+        self.record("abs_diff", Some(y), forward, backward);
+        Ok(y)
+    }
+
+    /// Contrastive loss of distances `d [B]` with `labels [B]` (PairLabel codes): `[1]`.
+    pub fn contrastive_loss(
+        &mut self,
+        d: ValueId,
+        labels: &Tensor,
+        margin: f32,
+    ) -> Result<ValueId> {
+        let l = self.output(&[1], &[d])?;
+        let (td, tl) = (self.tensor(d).clone(), self.tensor(l).clone());
+        let forward = vec![loss::contrastive_forward(
+            self.gpu, &td, labels, margin, &tl,
+        )?];
+        let mut backward = Vec::new();
+        if let (Some(dl), Some(dd)) = (self.grad(l).cloned(), self.grad_slot(d)?) {
+            backward.push(loss::contrastive_backward(
+                self.gpu, &td, labels, margin, &dl, &dd,
+            )?);
+        }
+        self.record("contrastive_loss", Some(l), forward, backward);
+        Ok(l)
+    }
+
+    /// Triplet loss of `d_ap [B]`, `d_an [B]`: mean of per-sample hinges, `[1]`.
+    pub fn triplet_loss(&mut self, d_ap: ValueId, d_an: ValueId, margin: f32) -> Result<ValueId> {
+        let l = self.output(&[1], &[d_ap, d_an])?;
+        let (tp, tn, tl) = (
+            self.tensor(d_ap).clone(),
+            self.tensor(d_an).clone(),
+            self.tensor(l).clone(),
+        );
+        let forward = vec![loss::triplet_forward(self.gpu, &tp, &tn, margin, &tl)?];
+        let mut backward = Vec::new();
+        if let Some(dl) = self.grad(l).cloned() {
+            let (dp, dn) = self.pair_slots(d_ap, d_an)?;
+            backward.push(loss::triplet_backward(
+                self.gpu, &tp, &tn, margin, &dl, &dp, &dn,
+            )?);
+        }
+        self.record("triplet_loss", Some(l), forward, backward);
+        Ok(l)
+    }
+
+    /// Binary cross-entropy of logits `z [B]` (or `[B, 1]`) against `labels [B]`: `[1]`.
+    pub fn bce_with_logits(&mut self, z: ValueId, labels: &Tensor) -> Result<ValueId> {
+        let rows = self.shape(z)[0];
+        let z = if self.shape(z).len() == 2 {
+            self.reshape(z, &[rows])?
+        } else {
+            z
+        };
+        let l = self.output(&[1], &[z])?;
+        let (tz, tl) = (self.tensor(z).clone(), self.tensor(l).clone());
+        let forward = vec![loss::bce_with_logits_forward(self.gpu, &tz, labels, &tl)?];
+        let mut backward = Vec::new();
+        if let (Some(dl), Some(dz)) = (self.grad(l).cloned(), self.grad_slot(z)?) {
+            backward.push(loss::bce_with_logits_backward(
+                self.gpu, &tz, labels, &dl, &dz,
+            )?);
+        }
+        self.record("bce_with_logits", Some(l), forward, backward);
+        Ok(l)
+    }
+
+    /// Seeds `loss`'s gradient with 1 and returns every backward kernel in execution order:
+    /// the ops in reverse, each preceded by the sums of its output's extra gradients.
+    pub fn backward(&self, loss: ValueId) -> Result<Vec<Kernel>> {
+        let seed = self.values[loss]
+            .grad
+            .as_ref()
+            .ok_or_else(|| Error::Shape {
+                op: "backward",
+                detail: "the loss depends on no parameter that needs a gradient".into(),
+            })?;
+        if seed.len() != 1 {
+            return Err(Error::Shape {
+                op: "backward",
+                detail: format!("the loss must be a scalar, got {:?}", seed.shape()),
+            });
+        }
+        self.gpu.write_f32(seed, &[1.0])?;
+        let mut kernels = Vec::new();
+        let mut produced = vec![false; self.values.len()];
+        for entry in self.entries.iter().rev() {
+            if let Some(out) = entry.output {
+                produced[out] = true;
+                self.accumulate(out, &mut kernels)?;
+            }
+            kernels.extend(entry.backward.iter().cloned());
+        }
+        // Leaves (parameters) used by several ops: their sums come last.
+        for id in (0..self.values.len()).filter(|&i| !produced[i]) {
+            self.accumulate(id, &mut kernels)?;
+        }
+        Ok(kernels)
+    }
+
+    fn accumulate(&self, id: ValueId, kernels: &mut Vec<Kernel>) -> Result<()> {
+        let value = &self.values[id];
+        if let Some(grad) = &value.grad {
+            for extra in &value.extra_grads {
+                kernels.push(activation::accumulate_grad(self.gpu, extra, grad)?);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn pooled_shape(
+    op: &'static str,
+    shape: &[usize],
+    kernel: usize,
+    stride: usize,
+) -> Result<Vec<usize>> {
+    let &[n, c, h, w] = shape else {
+        return Err(Error::Shape {
+            op,
+            detail: format!("input must be [N, C, H, W], got {shape:?}"),
+        });
+    };
+    let (oh, ow) = pool::output_size(op, h, w, kernel, stride)?;
+    Ok(vec![n, c, oh, ow])
+}

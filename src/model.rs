@@ -1,0 +1,187 @@
+//! A Siamese model: a shared tower and the head its loss needs.
+//!
+//! Every branch of a sample runs through the tower as ONE batch (pairs: 2B images, the
+//! first B the left images and the last B the right ones; triplets: 3B, anchors, positives,
+//! negatives), and the embeddings are split into views afterwards. The shared weights thus
+//! get one gradient, computed by the same kernels as any other batch.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::autograd::{Tape, ValueId};
+use crate::error::{Error, Result};
+use crate::gpu::Tensor;
+use crate::nn::{ParamLayout, Tower, TowerSpec};
+use crate::ops::distance::Distance;
+
+/// The training objective, with the head it implies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossKind {
+    /// Contrastive loss on the distance between the two embeddings (Hadsell et al. 2006).
+    Contrastive,
+    /// Triplet loss `max(0, d(a, p) − d(a, n) + m)` averaged over the batch.
+    Triplet,
+    /// The Keras head: `|a − b| → Linear(1)`, trained as a logit with binary cross-entropy.
+    Bce,
+}
+
+impl LossKind {
+    /// Images per training sample.
+    pub fn branches(self) -> usize {
+        match self {
+            LossKind::Triplet => 3,
+            LossKind::Contrastive | LossKind::Bce => 2,
+        }
+    }
+}
+
+impl FromStr for LossKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_lowercase().as_str() {
+            "contrastive" => Ok(LossKind::Contrastive),
+            "triplet" => Ok(LossKind::Triplet),
+            "bce" => Ok(LossKind::Bce),
+            _ => Err(Error::Config(format!(
+                "unknown loss `{s}`: use contrastive, triplet or bce"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for LossKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LossKind::Contrastive => "contrastive",
+            LossKind::Triplet => "triplet",
+            LossKind::Bce => "bce",
+        })
+    }
+}
+
+/// What a model is: tower, input size, loss and its settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub tower: TowerSpec,
+    /// Input image shape `[C, H, W]`.
+    pub input: [usize; 3],
+    pub loss: LossKind,
+    pub margin: f32,
+    /// Distance between embeddings for the contrastive and triplet losses.
+    pub distance: Distance,
+    /// L2-normalise embeddings before the distance (common with the triplet loss).
+    pub normalize: bool,
+}
+
+/// A built model: the tower, the flat parameter layout and the head's parameters.
+#[derive(Debug, Clone)]
+pub struct SiameseModel {
+    pub config: ModelConfig,
+    pub tower: Tower,
+    pub layout: ParamLayout,
+    /// The BCE head's Linear(D → 1) weight and bias indices in the layout.
+    head: Option<(usize, usize)>,
+}
+
+impl SiameseModel {
+    pub fn new(config: ModelConfig) -> Result<SiameseModel> {
+        if !(config.margin >= 0.0 && config.margin.is_finite()) {
+            return Err(Error::Config(format!(
+                "margin must be a finite number ≥ 0, got {}",
+                config.margin
+            )));
+        }
+        if !matches!(
+            config.distance,
+            Distance::Euclidean | Distance::Cosine | Distance::SquaredEuclidean
+        ) {
+            return Err(Error::Config(format!(
+                "distance {:?} is not offered for training; use euclidean or cosine",
+                config.distance
+            )));
+        }
+        let mut layout = ParamLayout::default();
+        let tower = Tower::new(&config.tower, config.input, "tower", &mut layout)?;
+        let d = tower.embedding_dim();
+        let head = (config.loss == LossKind::Bce).then(|| {
+            (
+                layout.push("head.weight".into(), &[1, d], d),
+                layout.push("head.bias".into(), &[1], d),
+            )
+        });
+        Ok(SiameseModel {
+            config,
+            tower,
+            layout,
+            head,
+        })
+    }
+
+    pub fn embedding_dim(&self) -> usize {
+        self.tower.embedding_dim()
+    }
+
+    /// Records the embedding of `x [N, C, H, W]`: the tower, then the L2 normalisation if
+    /// the model asks for it.
+    pub fn record_embedding(
+        &self,
+        tape: &mut Tape,
+        x: ValueId,
+        params: &Tensor,
+        grads: Option<&Tensor>,
+    ) -> Result<ValueId> {
+        let e = self.tower.record(tape, x, &self.layout, params, grads)?;
+        if self.config.normalize {
+            tape.l2_normalize(e)
+        } else {
+            Ok(e)
+        }
+    }
+
+    /// Records the training loss of a batch `x [k·B, C, H, W]` (k = branches), with pair
+    /// labels `labels [B]` (unused by the triplet loss). Returns the scalar loss.
+    pub fn record_loss(
+        &self,
+        tape: &mut Tape,
+        x: ValueId,
+        labels: &Tensor,
+        params: &Tensor,
+        grads: Option<&Tensor>,
+    ) -> Result<ValueId> {
+        let e = self.record_embedding(tape, x, params, grads)?;
+        let parts = tape.split_rows(e, self.config.loss.branches())?;
+        let margin = self.config.margin;
+        match self.config.loss {
+            LossKind::Contrastive => {
+                let d = tape.distance(self.config.distance, parts[0], parts[1])?;
+                tape.contrastive_loss(d, labels, margin)
+            }
+            LossKind::Triplet => {
+                let d_ap = tape.distance(self.config.distance, parts[0], parts[1])?;
+                let d_an = tape.distance(self.config.distance, parts[0], parts[2])?;
+                tape.triplet_loss(d_ap, d_an, margin)
+            }
+            LossKind::Bce => {
+                let (wi, bi) = self.head.expect("a BCE model has a head");
+                let bind = |tape: &mut Tape, i| {
+                    tape.param(
+                        self.layout.view(params, i),
+                        grads.map(|g| self.layout.view(g, i)),
+                    )
+                };
+                let (w, b) = (bind(tape, wi)?, bind(tape, bi)?);
+                let diff = tape.abs_diff(parts[0], parts[1])?;
+                let z = tape.dense(diff, w, b)?;
+                tape.bce_with_logits(z, labels)
+            }
+        }
+    }
+
+    /// The BCE head's weights `(w [D], b)` within host parameters `flat`, if the model has one.
+    pub fn head_weights<'a>(&self, flat: &'a [f32]) -> Option<(&'a [f32], f32)> {
+        self.head.map(|(wi, bi)| {
+            let (w, b) = (&self.layout.params[wi], &self.layout.params[bi]);
+            (&flat[w.offset..w.offset + w.len()], flat[b.offset])
+        })
+    }
+}

@@ -1,0 +1,212 @@
+//! A tower: a [`TowerSpec`] with its shapes inferred from the input size and its parameters
+//! placed in a [`ParamLayout`]. Shapes come from the spec and the input, never by hand, so
+//! a flatten size such as 64·4·4 where a 28×28 input gives 64·5·5 cannot happen.
+
+use super::params::ParamLayout;
+use super::spec::{Layer, TowerSpec};
+use crate::autograd::{Tape, ValueId};
+use crate::error::{Error, Result};
+use crate::gpu::Tensor;
+
+/// Per-sample shape between layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Map { c: usize, h: usize, w: usize },
+    Flat(usize),
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Shape::Map { c, h, w } => write!(f, "[{c}, {h}, {w}]"),
+            Shape::Flat(n) => write!(f, "[{n}]"),
+        }
+    }
+}
+
+/// A tower ready to record: layers, their output shapes, and their parameters' indices.
+#[derive(Debug, Clone)]
+pub struct Tower {
+    pub spec: TowerSpec,
+    /// Input image shape `[C, H, W]`.
+    pub input: [usize; 3],
+    shapes: Vec<Shape>,
+    /// For each layer with parameters, the indices of its weight and bias in the layout.
+    params: Vec<Option<(usize, usize)>>,
+}
+
+impl Tower {
+    /// Infers every layer's shape from `input` (`[C, H, W]`) and appends the parameters to
+    /// `layout`, named `<prefix>.<layer index>.weight|bias` as `nn.Sequential` names them.
+    pub fn new(
+        spec: &TowerSpec,
+        input: [usize; 3],
+        prefix: &str,
+        layout: &mut ParamLayout,
+    ) -> Result<Tower> {
+        let [c, h, w] = input;
+        let mut shape = Shape::Map { c, h, w };
+        let mut shapes = Vec::with_capacity(spec.layers.len());
+        let mut params = Vec::with_capacity(spec.layers.len());
+        for (i, layer) in spec.layers.iter().enumerate() {
+            let fail = |why: String| {
+                Error::Config(format!(
+                    "tower spec, layer {i} `{layer}` on input {shape}: {why}"
+                ))
+            };
+            let mut param = |out_shape: &[usize], fan_in: usize, out: usize| {
+                let wi = layout.push(format!("{prefix}.{i}.weight"), out_shape, fan_in);
+                let bi = layout.push(format!("{prefix}.{i}.bias"), &[out], fan_in);
+                Some((wi, bi))
+            };
+            let (next, p) = match (*layer, shape) {
+                (
+                    Layer::Conv2d {
+                        out,
+                        kernel,
+                        stride,
+                        pad,
+                    },
+                    Shape::Map { c, h, w },
+                ) => {
+                    if h + 2 * pad < kernel || w + 2 * pad < kernel {
+                        return Err(fail(format!(
+                            "a {kernel}×{kernel} kernel does not fit a {h}×{w} map with padding {pad}"
+                        )));
+                    }
+                    let (oh, ow) = (
+                        (h + 2 * pad - kernel) / stride + 1,
+                        (w + 2 * pad - kernel) / stride + 1,
+                    );
+                    (
+                        Shape::Map {
+                            c: out,
+                            h: oh,
+                            w: ow,
+                        },
+                        param(&[out, c, kernel, kernel], c * kernel * kernel, out),
+                    )
+                }
+                (
+                    Layer::MaxPool2d { kernel, stride } | Layer::AvgPool2d { kernel, stride },
+                    Shape::Map { c, h, w },
+                ) => {
+                    if kernel > h || kernel > w {
+                        return Err(fail(format!(
+                            "a {kernel}×{kernel} window does not fit a {h}×{w} map"
+                        )));
+                    }
+                    (
+                        Shape::Map {
+                            c,
+                            h: (h - kernel) / stride + 1,
+                            w: (w - kernel) / stride + 1,
+                        },
+                        None,
+                    )
+                }
+                (
+                    Layer::Conv2d { .. } | Layer::MaxPool2d { .. } | Layer::AvgPool2d { .. },
+                    Shape::Flat(_),
+                ) => {
+                    return Err(fail(
+                        "needs a [C, H, W] feature map, but the input is already flat".into(),
+                    ));
+                }
+                (Layer::Linear { out }, Shape::Flat(n)) => {
+                    (Shape::Flat(out), param(&[out, n], n, out))
+                }
+                (Layer::Linear { .. }, Shape::Map { .. }) => {
+                    return Err(fail(
+                        "dense needs a flat input: add `flatten` before it".into(),
+                    ));
+                }
+                (Layer::Activation(_), s) => (s, None),
+                (Layer::Flatten, Shape::Map { c, h, w }) => (Shape::Flat(c * h * w), None),
+                (Layer::Flatten, s) => (s, None),
+                (Layer::L2Normalize, Shape::Flat(n)) => (Shape::Flat(n), None),
+                (Layer::L2Normalize, Shape::Map { .. }) => {
+                    return Err(fail(
+                        "l2norm normalises a flat embedding: add `flatten` before it".into(),
+                    ));
+                }
+            };
+            shape = next;
+            shapes.push(shape);
+            params.push(p);
+        }
+        if let Shape::Map { .. } = shape {
+            return Err(Error::Config(format!(
+                "tower spec `{spec}` ends in a {shape} feature map; end it with `flatten` (and usually `dense N`) to get an embedding"
+            )));
+        }
+        Ok(Tower {
+            spec: spec.clone(),
+            input,
+            shapes,
+            params,
+        })
+    }
+
+    /// Length of the embedding the tower outputs.
+    pub fn embedding_dim(&self) -> usize {
+        match self.shapes.last() {
+            Some(Shape::Flat(n)) => *n,
+            _ => unreachable!("Tower::new refuses towers that do not end flat"),
+        }
+    }
+
+    /// A readable summary: one line per layer with its output shape.
+    pub fn summary(&self) -> String {
+        let [c, h, w] = self.input;
+        let mut lines = vec![format!("input [{c}, {h}, {w}]")];
+        for (i, (layer, shape)) in self.spec.layers.iter().zip(&self.shapes).enumerate() {
+            lines.push(format!("{i:>2}: {layer:<24} -> {shape}"));
+        }
+        lines.join("\n")
+    }
+
+    /// Records the tower on `x [N, C, H, W]`. Parameters are views of `params`; their
+    /// gradients views of `grads` (None: the tower is constant, e.g. for evaluation).
+    pub fn record(
+        &self,
+        tape: &mut Tape,
+        x: ValueId,
+        layout: &ParamLayout,
+        params: &Tensor,
+        grads: Option<&Tensor>,
+    ) -> Result<ValueId> {
+        let n = tape.shape(x)[0];
+        let mut v = x;
+        for (layer, p) in self.spec.layers.iter().zip(&self.params) {
+            let bind = |tape: &mut Tape, index: usize| {
+                tape.param(
+                    layout.view(params, index),
+                    grads.map(|g| layout.view(g, index)),
+                )
+            };
+            let weights = match p {
+                Some((wi, bi)) => Some((bind(tape, *wi)?, bind(tape, *bi)?)),
+                None => None,
+            };
+            v = match (*layer, weights) {
+                (Layer::Conv2d { stride, pad, .. }, Some((w, b))) => {
+                    tape.conv2d(v, w, b, stride, pad)?
+                }
+                (Layer::MaxPool2d { kernel, stride }, _) => tape.max_pool2d(v, kernel, stride)?,
+                (Layer::AvgPool2d { kernel, stride }, _) => tape.avg_pool2d(v, kernel, stride)?,
+                (Layer::Linear { .. }, Some((w, b))) => tape.dense(v, w, b)?,
+                (Layer::Activation(act), _) => tape.activation(v, act)?,
+                (Layer::Flatten, _) => {
+                    let len: usize = tape.shape(v)[1..].iter().product();
+                    tape.reshape(v, &[n, len])?
+                }
+                (Layer::L2Normalize, _) => tape.l2_normalize(v)?,
+                (Layer::Conv2d { .. } | Layer::Linear { .. }, None) => {
+                    unreachable!("layers with weights have them")
+                }
+            };
+        }
+        Ok(v)
+    }
+}

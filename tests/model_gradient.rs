@@ -1,0 +1,190 @@
+//! Whole-model gradients: a small Siamese model (conv → relu → maxpool → dense → distance →
+//! loss) recorded on the tape and run on the GPU, against the composition of the CPU
+//! references (forward and backward, layer by layer) and against central finite differences
+//! of the composed CPU forward in f64.
+
+#[path = "../kernels_tests/common/mod.rs"]
+mod common;
+
+use common::*;
+use siamese_gpu::autograd::Tape;
+use siamese_gpu::cpu::{self, Real, conv2d::Conv2dGeometry};
+use siamese_gpu::model::{LossKind, ModelConfig, SiameseModel};
+use siamese_gpu::ops::distance::Distance;
+use siamese_gpu::ops::loss::PairLabel;
+
+const B: usize = 4; // samples per batch
+const DIM: usize = 16; // embedding size: B·DIM·4 bytes keeps the branch views 256-byte aligned
+const MARGIN: f64 = 1.0;
+
+fn model(loss: LossKind) -> SiameseModel {
+    SiameseModel::new(ModelConfig {
+        tower: format!("conv 3 3 | relu | maxpool 2 | flatten | dense {DIM}")
+            .parse()
+            .unwrap(),
+        input: [1, 8, 8],
+        loss,
+        margin: MARGIN as f32,
+        distance: Distance::Euclidean,
+        normalize: false,
+    })
+    .unwrap()
+}
+
+fn labels() -> Vec<PairLabel> {
+    vec![
+        PairLabel::Same,
+        PairLabel::Different,
+        PairLabel::Different,
+        PairLabel::Same,
+    ]
+}
+
+/// The tower and its backward, composed from the CPU references. `head` maps the embeddings
+/// [k·B, DIM] to the loss and its gradient with respect to them.
+fn cpu_loss_and_grads<T: Real>(
+    m: &SiameseModel,
+    flat: &[T],
+    x: &[T],
+    head: impl Fn(&[T]) -> (T, Vec<T>),
+) -> (T, Vec<T>) {
+    let p = |i: usize| {
+        let info = &m.layout.params[i];
+        &flat[info.offset..info.offset + info.len()]
+    };
+    let images = m.config.loss.branches() * B;
+    let g = Conv2dGeometry {
+        n: images,
+        c: 1,
+        h: 8,
+        w: 8,
+        o: 3,
+        kh: 3,
+        kw: 3,
+        stride: 1,
+        pad: 0,
+    };
+    let y1 = cpu::conv2d::conv2d_forward(x, p(0), p(1), &g);
+    let r1 = cpu::activation::relu_forward(&y1);
+    let (p1, argmax) = cpu::pool::max_pool2d_forward(&r1, images, 3, 6, 6, 2, 2);
+    let e = cpu::dense::dense_forward(&p1, p(2), p(3), images, 27, DIM);
+    let (loss, de) = head(&e);
+    let mut grads = vec![T::zero(); m.layout.len];
+    let mut put = |i: usize, v: Vec<T>| {
+        let info = &m.layout.params[i];
+        grads[info.offset..info.offset + info.len()].copy_from_slice(&v);
+    };
+    put(2, cpu::dense::dense_grad_weight(&de, &p1, images, 27, DIM));
+    put(3, cpu::dense::dense_grad_bias(&de, images, DIM));
+    let dp1 = cpu::dense::dense_grad_input(&de, p(2), images, 27, DIM);
+    let dr1 = cpu::pool::max_pool2d_backward(&dp1, &argmax, images, 3, 6, 6, 2, 2);
+    let dy1 = cpu::activation::relu_backward(&y1, &dr1);
+    put(0, cpu::conv2d::conv2d_grad_weight(&dy1, x, &g));
+    put(1, cpu::conv2d::conv2d_grad_bias(&dy1, images, 3, 36));
+    (loss, grads)
+}
+
+fn contrastive_head<T: Real>(e: &[T]) -> (T, Vec<T>) {
+    let (a, b) = e.split_at(B * DIM);
+    let d = cpu::distance::euclidean_forward(a, b, B, DIM);
+    let m = T::from_f64(MARGIN);
+    let loss = cpu::loss::contrastive_loss_forward(&d, &labels(), m);
+    let dd = cpu::loss::contrastive_loss_backward(&d, &labels(), m, T::one());
+    let (da, db) = cpu::distance::euclidean_backward(a, b, &d, &dd, B, DIM);
+    (loss, [da, db].concat())
+}
+
+fn triplet_head<T: Real>(e: &[T]) -> (T, Vec<T>) {
+    let (a, rest) = e.split_at(B * DIM);
+    let (p, n) = rest.split_at(B * DIM);
+    let d_ap = cpu::distance::euclidean_forward(a, p, B, DIM);
+    let d_an = cpu::distance::euclidean_forward(a, n, B, DIM);
+    let m = T::from_f64(MARGIN);
+    let loss = cpu::loss::triplet_loss_forward(&d_ap, &d_an, m);
+    let (dd_ap, dd_an) = cpu::loss::triplet_loss_backward(&d_ap, &d_an, m, T::one());
+    let (mut da, dp) = cpu::distance::euclidean_backward(a, p, &d_ap, &dd_ap, B, DIM);
+    let (da2, dn) = cpu::distance::euclidean_backward(a, n, &d_an, &dd_an, B, DIM);
+    cpu::activation::accumulate_grad(&da2, &mut da);
+    (loss, [da, dp, dn].concat())
+}
+
+/// Runs forward and backward on the GPU in one submission; returns (loss, flat gradients).
+fn gpu_loss_and_grads(m: &SiameseModel, flat: &[f32], x: &[f32]) -> (f32, Vec<f32>) {
+    let images = m.config.loss.branches() * B;
+    let params = upload(flat, &[flat.len()]);
+    let grads = zeros(&[flat.len()]);
+    let labels = PairLabel::upload(gpu(), &labels()).unwrap();
+    let mut tape = Tape::new(gpu());
+    let xv = tape.input(upload(x, &[images, 1, 8, 8]));
+    let loss = m
+        .record_loss(&mut tape, xv, &labels, &params, Some(&grads))
+        .unwrap();
+    let backward = tape.backward(loss).unwrap();
+    let kernels: Vec<_> = tape.forward_kernels().chain(backward.iter()).collect();
+    gpu().run(&kernels);
+    (
+        gpu().read_f32(tape.tensor(loss)).unwrap()[0],
+        gpu().read_f32(&grads).unwrap(),
+    )
+}
+
+fn check(
+    loss_kind: LossKind,
+    head32: fn(&[f32]) -> (f32, Vec<f32>),
+    head64: fn(&[f64]) -> (f64, Vec<f64>),
+) {
+    let m = model(loss_kind);
+    let flat = m.layout.init(7);
+    let images = loss_kind.branches() * B;
+    let x = uniform(&mut rng(11), images * 64, 0.0, 1.0);
+
+    // GPU tape against the CPU composition in f32. Each gradient passes through five or six
+    // ops of short sums (≤ 54 terms); 1e-4 of the largest gradient is ~1000 ulps, room for
+    // the reordered sums compounding, and far below a missing or misrouted term.
+    let (gpu_loss, gpu_grads) = gpu_loss_and_grads(&m, &flat, &x);
+    let (cpu_loss, cpu_grads) = cpu_loss_and_grads(&m, &flat, &x, head32);
+    assert!(
+        (gpu_loss - cpu_loss).abs() <= 1e-5 * cpu_loss.abs().max(1.0),
+        "loss: GPU {gpu_loss} vs CPU {cpu_loss}"
+    );
+    let scale = cpu_grads.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+    assert!(
+        scale > 1e-3,
+        "the gradients must not vanish for the check to mean anything"
+    );
+    assert_close(
+        &format!("{loss_kind} model gradients"),
+        &gpu_grads,
+        &cpu_grads,
+        1e-4 * scale as f64,
+        0.0,
+    );
+
+    // The f64 composition against central differences of the f64 composed forward, over
+    // every parameter (the padding between views included: its gradient is 0).
+    let (flat64, x64) = (to_f64(&flat), to_f64(&x));
+    let (_, grads64) = cpu_loss_and_grads(&m, &flat64, &x64, head64);
+    let fd = finite_difference(
+        |p| cpu_loss_and_grads(&m, p, &x64, head64).0,
+        &flat64,
+        FD_STEP,
+    );
+    assert_matches_fd(&format!("cpu {loss_kind} model"), &grads64, &fd);
+    // And the GPU against the same differences (f32: 1e-4 of the largest gradient, as above).
+    assert_gpu_matches_fd(&format!("gpu {loss_kind} model"), &gpu_grads, &fd, 1e-4);
+}
+
+#[test]
+fn contrastive_model_gradients_match_cpu_and_finite_differences() {
+    check(
+        LossKind::Contrastive,
+        contrastive_head::<f32>,
+        contrastive_head::<f64>,
+    );
+}
+
+/// The anchor feeds two distances: its gradient is the sum the tape accumulates.
+#[test]
+fn triplet_model_gradients_match_cpu_and_finite_differences() {
+    check(LossKind::Triplet, triplet_head::<f32>, triplet_head::<f64>);
+}
