@@ -13,6 +13,8 @@ pub mod gpu;
 pub mod model;
 pub mod nn;
 pub mod ops;
+pub mod optim;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use gpu::{DType, Gpu, Kernel, Tensor};

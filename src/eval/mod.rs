@@ -1,3 +1,4 @@
 //! Evaluation metrics computed from distances or embeddings.
 
+pub mod embed;
 pub mod verification;

@@ -306,6 +306,19 @@ impl Gpu {
         Ok(())
     }
 
+    /// Overwrites a u32 tensor's contents from the host (queued before the next submission):
+    /// how a training step sends its batch indices and labels.
+    pub fn write_u32(&self, tensor: &Tensor, data: &[u32]) -> Result<()> {
+        if tensor.dtype() != DType::U32 || data.len() != tensor.len() {
+            return Err(Error::Shape {
+                op: "write_u32",
+                detail: format!("{} values for a {:?} tensor of shape {:?}", data.len(), tensor.dtype(), tensor.shape()),
+            });
+        }
+        self.queue.write_buffer(&tensor.buffer, tensor.offset, bytemuck::cast_slice(data));
+        Ok(())
+    }
+
     /// A recorder: kernels recorded into it go into one command buffer, submitted once.
     pub fn recorder(&self) -> Recorder<'_> {
         Recorder::new(self)

@@ -1,0 +1,60 @@
+//! Embedding an image set on the GPU: a forward-only tape of the model (parameters as
+//! constants, no gradients) over fixed chunks of images gathered from the packed set.
+
+use crate::autograd::Tape;
+use crate::error::Result;
+use crate::gpu::{DType, Gpu, Kernel, Tensor};
+use crate::model::SiameseModel;
+use crate::ops::gather::{self, PixelNorm};
+
+/// A built embedding program for chunks of `chunk` images.
+pub struct Embedder<'g> {
+    gpu: &'g Gpu,
+    chunk: usize,
+    indices: Tensor,
+    input: Tensor,
+    forward: Vec<Kernel>,
+    output: Tensor,
+    norm: PixelNorm,
+    dim: usize,
+}
+
+impl<'g> Embedder<'g> {
+    /// Builds the forward program of `model` with parameters `params` for `chunk` images.
+    pub fn new(gpu: &'g Gpu, model: &SiameseModel, params: &Tensor, norm: PixelNorm, chunk: usize) -> Result<Self> {
+        let [c, h, w] = model.config.input;
+        let indices = gpu.zeros(&[chunk], DType::U32)?;
+        let input = gpu.zeros(&[chunk, c, h, w], DType::F32)?;
+        let mut tape = Tape::new(gpu);
+        let x = tape.input(input.clone());
+        let e = model.record_embedding(&mut tape, x, params, None)?;
+        let output = tape.tensor(e).clone();
+        let forward = tape.forward_kernels().cloned().collect();
+        Ok(Embedder { gpu, chunk, indices, input, forward, output, norm, dim: model.embedding_dim() })
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Embeddings `[count, D]` (row-major) of the first `count` images of a packed set.
+    pub fn embed(&self, images: &Tensor, count: usize) -> Result<Vec<f32>> {
+        let gather = gather::gather_images(self.gpu, images, &self.indices, &self.input, self.norm)?;
+        let mut out = Vec::with_capacity(count * self.dim);
+        for start in (0..count).step_by(self.chunk) {
+            let n = self.chunk.min(count - start);
+            // The last chunk repeats image `start` to fill the fixed batch; those rows are dropped.
+            let idx: Vec<u32> = (0..self.chunk).map(|i| (start + i.min(n - 1)) as u32).collect();
+            self.gpu.write_u32(&self.indices, &idx)?;
+            let mut rec = self.gpu.recorder();
+            rec.record(&gather);
+            for k in &self.forward {
+                rec.record(k);
+            }
+            rec.submit();
+            let e = self.gpu.read_f32(&self.output)?;
+            out.extend_from_slice(&e[..n * self.dim]);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,389 @@
+//! The training loop.
+//!
+//! Set-up builds everything once: the training images are uploaded packed (never again),
+//! the step program (gather → tower on both branches as one batch → distance → loss →
+//! backward → optimizer) is recorded on a tape with all its buffers. Each step the host only
+//! samples indices and labels, writes them, and submits the step as ONE command buffer. The
+//! loss of every step is copied on the GPU into a log that the host reads every
+//! `log_every` steps, so the host never waits on the GPU step by step.
+//!
+//! Evaluation follows the reference protocol: validation images are held out of training;
+//! 10,000 balanced pairs of them choose the verification threshold; 10,000 balanced test
+//! pairs are scored at that threshold, with their ROC AUC.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use crate::autograd::Tape;
+use crate::data::dataset::{self, ImageSet};
+use crate::data::sampler::{PairBatch, PairSampler, TripletSampler, balanced_pairs};
+use crate::error::{Error, Result};
+use crate::eval::embed::Embedder;
+use crate::eval::verification::{self, Verification};
+use crate::gpu::{DType, Gpu, Tensor};
+use crate::model::{LossKind, ModelConfig, SiameseModel};
+use crate::nn::TowerSpec;
+use crate::nn::spec::REFERENCE_TOWER;
+use crate::ops::distance::Distance;
+use crate::ops::gather::{self, PixelNorm};
+use crate::ops::loss::PairLabel;
+use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind, Schedule};
+
+/// Seeds of the evaluation pairs: fixed, so every run is scored on the same pairs.
+const VAL_PAIR_SEED: u64 = 1234;
+const TEST_PAIR_SEED: u64 = 4321;
+
+/// Everything that defines a run. `Default` is the reference recipe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainConfig {
+    /// Dataset directory (else `$SIAMESE_DATA`, else the Debian package's).
+    pub data: Option<PathBuf>,
+    pub tower: TowerSpec,
+    pub loss: LossKind,
+    pub margin: f32,
+    pub distance: Distance,
+    /// L2-normalise embeddings before the distance.
+    pub normalize: bool,
+    pub optimizer: OptimizerConfig,
+    /// Samples (pairs, or triplets) per step.
+    pub batch: usize,
+    /// Training budget in samples.
+    pub pairs: usize,
+    /// Fraction of Same pairs the training sampler draws.
+    pub positive_fraction: f64,
+    pub seed: u64,
+    /// Validation images held out of training (None: min(5,000, 10%)).
+    pub val_images: Option<usize>,
+    pub val_pairs: usize,
+    pub test_pairs: usize,
+    /// Validate every this many training samples (and at the end).
+    pub eval_every: usize,
+    /// Read the loss log back every this many steps.
+    pub log_every: usize,
+    pub pixel_norm: PixelNorm,
+    /// Images per embedding dispatch during evaluation.
+    pub eval_chunk: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            data: None,
+            tower: REFERENCE_TOWER.parse().expect("the reference tower parses"),
+            loss: LossKind::Contrastive,
+            margin: 1.0,
+            distance: Distance::Euclidean,
+            normalize: false,
+            optimizer: OptimizerConfig {
+                kind: OptimizerKind::named("adam").expect("adam exists"),
+                lr: 1e-3,
+                weight_decay: 0.0,
+                schedule: Schedule::Constant,
+            },
+            batch: 128,
+            pairs: 20_000,
+            positive_fraction: 0.5,
+            seed: 0,
+            val_images: None,
+            val_pairs: 10_000,
+            test_pairs: 10_000,
+            eval_every: 10_000,
+            log_every: 20,
+            pixel_norm: PixelNorm::UNIT,
+            eval_chunk: 500,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Refuses values that cannot make a run, saying which and what is accepted.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.batch == 0 {
+            return bad("batch must be at least 1".into());
+        }
+        if self.pairs < self.batch {
+            return bad(format!("the budget of {} pairs is smaller than one batch of {}", self.pairs, self.batch));
+        }
+        if !(self.margin.is_finite() && self.margin >= 0.0) {
+            return bad(format!("margin must be a finite number ≥ 0, got {}", self.margin));
+        }
+        if !(self.optimizer.lr.is_finite() && self.optimizer.lr > 0.0) {
+            return bad(format!("learning rate must be a positive number, got {}", self.optimizer.lr));
+        }
+        if !(0.0..=1.0).contains(&self.positive_fraction) {
+            return bad(format!("positive fraction must be in [0, 1], got {}", self.positive_fraction));
+        }
+        if self.val_pairs == 0 || self.test_pairs == 0 || self.eval_chunk == 0 || self.log_every == 0 {
+            return bad("val pairs, test pairs, eval chunk and log interval must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// What the loop reports while it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    /// Set-up is done; training starts.
+    Started { adapter: String, tower: String, params: usize, train_images: usize, val_images: usize, steps: usize },
+    /// Mean loss of the steps read back since the last report.
+    Loss { step: usize, pairs: usize, loss: f32, lr: f32, pairs_per_sec: f64 },
+    /// A validation pass.
+    Validation { pairs: usize, loss: f32, accuracy: f64, roc_auc: f64, pairs_per_sec: f64 },
+}
+
+/// The result of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainReport {
+    pub adapter: String,
+    pub train_pairs: usize,
+    pub steps: usize,
+    /// Test pair accuracy at the threshold chosen on validation, and the test ROC AUC.
+    pub test: Verification,
+    /// Validation accuracy at its own best threshold, and its ROC AUC.
+    pub val_accuracy: f64,
+    pub val_roc_auc: f64,
+    /// Training throughput, evaluation excluded.
+    pub pairs_per_sec: f64,
+    pub train_s: f64,
+    pub wall_s: f64,
+    /// Mean loss of the first and the last 20 steps.
+    pub first_loss: f32,
+    pub last_loss: f32,
+    /// Every step's loss.
+    pub losses: Vec<f32>,
+}
+
+/// The dataset on the host and its packed copies on the GPU.
+struct Data {
+    sets: dataset::Dataset,
+    train: Tensor,
+    val: Tensor,
+    test: Tensor,
+}
+
+fn upload(gpu: &Gpu, set: &ImageSet) -> Result<Tensor> {
+    gather::upload_images(gpu, &set.images, set.count, set.height * set.width)
+}
+
+/// Trains as `cfg` says on `gpu`, reporting progress through `report`.
+pub fn train(gpu: &Gpu, cfg: &TrainConfig, report: &mut dyn FnMut(&Progress)) -> Result<TrainReport> {
+    let wall = Instant::now();
+    cfg.validate()?;
+    let sets = dataset::load(cfg.data.as_deref(), cfg.val_images)?;
+    let (h, w) = (sets.train.height, sets.train.width);
+    let data = Data { train: upload(gpu, &sets.train)?, val: upload(gpu, &sets.val)?, test: upload(gpu, &sets.test)?, sets };
+    let model = SiameseModel::new(ModelConfig {
+        tower: cfg.tower.clone(),
+        input: [1, h, w],
+        loss: cfg.loss,
+        margin: cfg.margin,
+        distance: cfg.distance,
+        normalize: cfg.normalize,
+    })?;
+
+    // The step program, built once.
+    let branches = cfg.loss.branches();
+    let len = model.layout.len;
+    let params = gpu.upload_f32(&model.layout.init(cfg.seed), &[len])?;
+    let grads = gpu.zeros(&[len], DType::F32)?;
+    let indices = gpu.zeros(&[branches * cfg.batch], DType::U32)?;
+    let labels = gpu.zeros(&[cfg.batch], DType::U32)?;
+    let x = gpu.zeros(&[branches * cfg.batch, 1, h, w], DType::F32)?;
+    let gather = gather::gather_images(gpu, &data.train, &indices, &x, cfg.pixel_norm)?;
+    let mut tape = Tape::new(gpu);
+    let xv = tape.input(x);
+    let loss = model.record_loss(&mut tape, xv, &labels, &params, Some(&grads))?;
+    let backward = tape.backward(loss)?;
+    let steps = cfg.pairs.div_ceil(cfg.batch);
+    let mut optimizer = Optimizer::new(gpu, cfg.optimizer, &params, &grads, steps as u32)?;
+    let loss_log = gpu.zeros(&[cfg.log_every], DType::F32)?;
+    let embedder = Embedder::new(gpu, &model, &params, cfg.pixel_norm, cfg.eval_chunk)?;
+    let evaluator = Evaluator::new(gpu, &params, &model, &data, cfg)?;
+
+    report(&Progress::Started {
+        adapter: gpu.adapter().to_string(),
+        tower: model.tower.summary(),
+        params: model.layout.params.iter().map(|p| p.len()).sum(),
+        train_images: data.sets.train.count,
+        val_images: data.sets.val.count,
+        steps,
+    });
+
+    let mut pair_sampler = PairSampler::new(&data.sets.train.labels, cfg.positive_fraction, cfg.seed)?;
+    let mut triplet_sampler = TripletSampler::new(&data.sets.train.labels, cfg.seed)?;
+    let mut losses: Vec<f32> = Vec::with_capacity(steps);
+    let (mut train_s, mut lap, mut lap_pairs) = (0.0f64, Instant::now(), 0usize);
+    let mut last_val = Validation::default();
+    let mut slot = 0;
+    let mut lr = cfg.optimizer.lr;
+    for step in 0..steps {
+        let (idx, codes) = match cfg.loss {
+            LossKind::Triplet => {
+                let t = triplet_sampler.sample(cfg.batch);
+                ([t.anchor, t.positive, t.negative].concat(), vec![PairLabel::Same.code(); cfg.batch])
+            }
+            _ => {
+                let PairBatch { a, b, labels } = pair_sampler.sample(cfg.batch);
+                ([a, b].concat(), PairLabel::codes(&labels))
+            }
+        };
+        gpu.write_u32(&indices, &idx)?;
+        gpu.write_u32(&labels, &codes)?;
+        lr = optimizer.prepare(gpu)?;
+        let mut rec = gpu.recorder();
+        rec.record(&gather);
+        for k in tape.forward_kernels().chain(&backward) {
+            rec.record(k);
+        }
+        rec.record(optimizer.kernel());
+        rec.copy(tape.tensor(loss), &loss_log.view(slot, &[1]).expect("slot inside the log"));
+        rec.submit();
+        slot += 1;
+        lap_pairs += cfg.batch;
+
+        let pairs_done = (step + 1) * cfg.batch;
+        let validate = pairs_done / cfg.eval_every > step * cfg.batch / cfg.eval_every || step + 1 == steps;
+        if slot == cfg.log_every || validate {
+            let read = gpu.read_f32(&loss_log)?;
+            let new = &read[..slot];
+            if let Some(bad) = new.iter().position(|l| !l.is_finite()) {
+                return Err(Error::Config(format!(
+                    "the loss became {} at step {} (lr {lr}): the learning rate is probably too high for this \
+                     model; lower --lr (e.g. by 10×)",
+                    new[bad],
+                    step + 1 - slot + bad + 1
+                )));
+            }
+            losses.extend_from_slice(new);
+            slot = 0;
+            let elapsed = lap.elapsed().as_secs_f64();
+            train_s += elapsed;
+            let rate = lap_pairs as f64 / elapsed.max(1e-9);
+            report(&Progress::Loss { step: step + 1, pairs: pairs_done, loss: mean(new), lr, pairs_per_sec: rate });
+            if validate {
+                last_val = evaluator.validate(&embedder, &data)?;
+                let recent = &losses[losses.len().saturating_sub(cfg.eval_every / cfg.batch)..];
+                report(&Progress::Validation {
+                    pairs: pairs_done,
+                    loss: mean(recent),
+                    accuracy: last_val.accuracy,
+                    roc_auc: last_val.roc_auc,
+                    pairs_per_sec: (pairs_done as f64) / train_s.max(1e-9),
+                });
+            }
+            lap = Instant::now();
+            lap_pairs = 0;
+        }
+    }
+
+    let test = evaluator.test(&embedder, &data, &last_val)?;
+    let head = |v: &[f32]| mean(&v[..v.len().min(20)]);
+    let tail = |v: &[f32]| mean(&v[v.len().saturating_sub(20)..]);
+    Ok(TrainReport {
+        adapter: gpu.adapter().name.clone(),
+        train_pairs: steps * cfg.batch,
+        steps,
+        test,
+        val_accuracy: last_val.accuracy,
+        val_roc_auc: last_val.roc_auc,
+        pairs_per_sec: (steps * cfg.batch) as f64 / train_s.max(1e-9),
+        train_s,
+        wall_s: wall.elapsed().as_secs_f64(),
+        first_loss: head(&losses),
+        last_loss: tail(&losses),
+        losses,
+    })
+}
+
+fn mean(v: &[f32]) -> f32 {
+    if v.is_empty() { f32::NAN } else { v.iter().sum::<f32>() / v.len() as f32 }
+}
+
+/// The validation pass's result, kept for the test: its scores choose the threshold.
+#[derive(Debug, Clone, Default)]
+struct Validation {
+    accuracy: f64,
+    roc_auc: f64,
+    distances: Vec<f32>,
+}
+
+/// Scores evaluation pairs from embeddings: the model's distance, or for the BCE head the
+/// negated logit (so that lower always means "more likely the same").
+struct Evaluator<'g> {
+    gpu: &'g Gpu,
+    params: Tensor,
+    model: SiameseModel,
+    val_pairs: PairBatch,
+    test_pairs: PairBatch,
+}
+
+impl<'g> Evaluator<'g> {
+    fn new(gpu: &'g Gpu, params: &Tensor, model: &SiameseModel, data: &Data, cfg: &TrainConfig) -> Result<Self> {
+        Ok(Evaluator {
+            gpu,
+            params: params.clone(),
+            model: model.clone(),
+            val_pairs: balanced_pairs(&data.sets.val.labels, cfg.val_pairs, VAL_PAIR_SEED),
+            test_pairs: balanced_pairs(&data.sets.test.labels, cfg.test_pairs, TEST_PAIR_SEED),
+        })
+    }
+
+    fn scores(&self, embedder: &Embedder, images: &Tensor, count: usize, pairs: &PairBatch, params: Option<&[f32]>) -> Result<Vec<f32>> {
+        let e = embedder.embed(images, count)?;
+        let d = embedder.dim();
+        let row = |i: u32| &e[i as usize * d..(i as usize + 1) * d];
+        let head = params.and_then(|p| self.model.head_weights(p));
+        Ok(pairs
+            .a
+            .iter()
+            .zip(&pairs.b)
+            .map(|(&i, &j)| {
+                let (a, b) = (row(i), row(j));
+                match head {
+                    Some((w, bias)) => -(a.iter().zip(b).zip(w).map(|((x, y), w)| (x - y).abs() * w).sum::<f32>() + bias),
+                    None => host_distance(self.model.config.distance, a, b),
+                }
+            })
+            .collect())
+    }
+
+    /// The current parameters on the host, when scoring needs them (the BCE head).
+    fn head_params(&self) -> Result<Option<Vec<f32>>> {
+        match self.model.config.loss {
+            LossKind::Bce => Ok(Some(self.gpu.read_f32(&self.params)?)),
+            _ => Ok(None),
+        }
+    }
+
+    fn validate(&self, embedder: &Embedder, data: &Data) -> Result<Validation> {
+        let params = self.head_params()?;
+        let d = self.scores(embedder, &data.val, data.sets.val.count, &self.val_pairs, params.as_deref())?;
+        let t = verification::best_threshold(&d, &self.val_pairs.labels);
+        Ok(Validation {
+            accuracy: verification::pair_accuracy(&d, &self.val_pairs.labels, t),
+            roc_auc: verification::roc_auc(&d, &self.val_pairs.labels),
+            distances: d,
+        })
+    }
+
+    fn test(&self, embedder: &Embedder, data: &Data, val: &Validation) -> Result<Verification> {
+        let params = self.head_params()?;
+        let d = self.scores(embedder, &data.test, data.sets.test.count, &self.test_pairs, params.as_deref())?;
+        Ok(verification::verify(&val.distances, &self.val_pairs.labels, &d, &self.test_pairs.labels))
+    }
+}
+
+/// The distance the model trains with, on the host (evaluation pairs are few).
+fn host_distance(kind: Distance, a: &[f32], b: &[f32]) -> f32 {
+    match kind {
+        Distance::Euclidean => (a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>() + 1e-12).sqrt(),
+        Distance::SquaredEuclidean => a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum(),
+        Distance::L1 => a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum(),
+        Distance::Cosine => {
+            let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+            let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-8);
+            1.0 - dot / (norm(a) * norm(b))
+        }
+    }
+}
