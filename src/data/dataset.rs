@@ -1,1 +1,307 @@
-//! (to be written)
+//! Fashion-MNIST (or any MNIST-layout dataset) on the host: finding the files, loading
+//! them, checking that they agree, and holding out the validation split.
+//!
+//! The split follows the PyTorch reference exactly: validation is the LAST
+//! `min(5000, train/10)` training images (or `--val N`), removed from training, so the
+//! verification threshold can be chosen on images the model never trained on and the
+//! test set is never looked at for a decision. Taking the tail rather than a random subset
+//! keeps the split a pure function of the files, with no seed to carry around.
+//!
+//! Discovery order: an explicit directory, then `$SIAMESE_DATA`, then the Debian
+//! package's directory. Each file may be gzip'd or raw under the usual names; the
+//! error when nothing is found says how to install the data, because that is the first
+//! thing a new user hits.
+
+use std::path::{Path, PathBuf};
+
+use super::idx::{IdxArray, read_idx};
+use crate::error::{Error, Result};
+
+/// Where the Debian package `dataset-fashion-mnist` installs the files.
+pub const DEFAULT_DATA_DIR: &str = "/usr/share/datasets/fashion-mnist";
+
+/// The environment variable naming a data directory when no explicit one is given.
+pub const DATA_ENV: &str = "SIAMESE_DATA";
+
+/// The four files, by their usual (uncompressed) names; each may also carry `.gz`.
+pub const FILES: [&str; 4] = [TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS];
+const TRAIN_IMAGES: &str = "train-images-idx3-ubyte";
+const TRAIN_LABELS: &str = "train-labels-idx1-ubyte";
+const TEST_IMAGES: &str = "t10k-images-idx3-ubyte";
+const TEST_LABELS: &str = "t10k-labels-idx1-ubyte";
+
+/// Most validation images held out by default (the reference's `min(5000, len/10)`).
+pub const DEFAULT_VAL_MAX: usize = 5000;
+
+/// Grey u8 images with their class labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageSet {
+    /// Row-major `[count, height, width]`.
+    pub images: Vec<u8>,
+    /// One class label per image.
+    pub labels: Vec<u8>,
+    pub count: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl ImageSet {
+    /// Builds a set from raw parts, checking that the lengths agree.
+    pub fn new(images: Vec<u8>, labels: Vec<u8>, height: usize, width: usize) -> Result<Self> {
+        let count = labels.len();
+        if images.len() != count * height * width {
+            return Err(Error::Config(format!(
+                "ImageSet::new: {} labels of {height}x{width} images need {} pixel bytes, \
+                 got {}",
+                count,
+                count * height * width,
+                images.len()
+            )));
+        }
+        Ok(ImageSet {
+            images,
+            labels,
+            count,
+            height,
+            width,
+        })
+    }
+
+    /// Pixels of image `i`, row-major `[height, width]`. Panics if `i >= len()`.
+    pub fn image(&self, i: usize) -> &[u8] {
+        let n = self.height * self.width;
+        &self.images[i * n..(i + 1) * n]
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Largest label + 1 (0 for an empty set). Labels are used as class indices directly,
+    /// as the reference does, so a class absent from this set still counts if a higher
+    /// one is present.
+    pub fn num_classes(&self) -> usize {
+        num_classes(&self.labels)
+    }
+
+    /// Image indices of each class `0..num_classes()`, ascending.
+    pub fn by_class(&self) -> Vec<Vec<u32>> {
+        by_class(&self.labels)
+    }
+
+    /// Splits off the LAST `n` images as the second set (the first keeps the rest, in
+    /// order). Panics if `n > len()`; [`load`] checks its validation size first.
+    pub fn split_tail(mut self, n: usize) -> (ImageSet, ImageSet) {
+        assert!(
+            n <= self.count,
+            "split_tail: {n} images asked of a set of {}",
+            self.count
+        );
+        let keep = self.count - n;
+        let pixels = self.height * self.width;
+        let tail = ImageSet {
+            images: self.images.split_off(keep * pixels),
+            labels: self.labels.split_off(keep),
+            count: n,
+            height: self.height,
+            width: self.width,
+        };
+        self.count = keep;
+        (self, tail)
+    }
+}
+
+/// Largest label + 1, 0 for no labels.
+pub(crate) fn num_classes(labels: &[u8]) -> usize {
+    labels.iter().max().map_or(0, |&m| m as usize + 1)
+}
+
+/// Indices of each class `0..num_classes(labels)`, ascending.
+pub(crate) fn by_class(labels: &[u8]) -> Vec<Vec<u32>> {
+    let mut classes = vec![Vec::new(); num_classes(labels)];
+    for (i, &c) in labels.iter().enumerate() {
+        classes[c as usize].push(i as u32);
+    }
+    classes
+}
+
+/// Training (validation held out), validation and test sets, and where they came from.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub root: PathBuf,
+    pub train: ImageSet,
+    pub val: ImageSet,
+    pub test: ImageSet,
+}
+
+/// The path of `name` in `dir`, raw preferred over `.gz` (a user who unpacked the files
+/// meant them to be read), or `None` if neither exists.
+fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    [name.to_string(), format!("{name}.gz")]
+        .into_iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.is_file())
+}
+
+/// The names among [`FILES`] that `dir` lacks in both forms.
+fn missing_files(dir: &Path) -> Vec<&'static str> {
+    FILES
+        .iter()
+        .copied()
+        .filter(|n| find_file(dir, n).is_none())
+        .collect()
+}
+
+fn install_advice() -> String {
+    format!(
+        "Install Fashion-MNIST with `apt-get install dataset-fashion-mnist` (Debian package; \
+         files under {DEFAULT_DATA_DIR}), or pass --data DIR / set {DATA_ENV}=DIR to a \
+         directory holding {} (each raw or .gz)",
+        FILES
+            .iter()
+            .map(|f| format!("{f}(.gz)"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// Finds the data directory: `explicit` if given, else `$SIAMESE_DATA` if set, else
+/// [`DEFAULT_DATA_DIR`]. The chosen directory must hold all four files; if it does not,
+/// the error lists the missing ones and says how to install the data. A directory named
+/// explicitly or by the environment is never silently replaced by the default.
+pub fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
+    let (dir, source) = match explicit {
+        Some(p) => (p.to_path_buf(), "given with --data".to_string()),
+        None => match std::env::var_os(DATA_ENV) {
+            Some(v) if !v.is_empty() => (PathBuf::from(v), format!("named by ${DATA_ENV}")),
+            _ => (
+                PathBuf::from(DEFAULT_DATA_DIR),
+                format!("the default; neither --data nor ${DATA_ENV} was given"),
+            ),
+        },
+    };
+    if !dir.is_dir() {
+        return Err(Error::Data(format!(
+            "no dataset at {} ({source}): the directory does not exist. {}",
+            dir.display(),
+            install_advice()
+        )));
+    }
+    let missing = missing_files(&dir);
+    if !missing.is_empty() {
+        return Err(Error::Data(format!(
+            "the dataset directory {} ({source}) lacks {}. {}",
+            dir.display(),
+            missing.join(", "),
+            install_advice()
+        )));
+    }
+    Ok(dir)
+}
+
+/// Reads one image file and its label file, checking ranks and counts.
+fn read_pair(dir: &Path, images: &str, labels: &str) -> Result<ImageSet> {
+    // locate() has checked that the files exist; a file removed since then still gets a
+    // clear message from read_idx.
+    let ipath = find_file(dir, images).unwrap_or_else(|| dir.join(images));
+    let lpath = find_file(dir, labels).unwrap_or_else(|| dir.join(labels));
+    let IdxArray { dims, data } = read_idx(&ipath)?;
+    let &[count, height, width] = dims.as_slice() else {
+        return Err(Error::Data(format!(
+            "{}: expected a 3-D image array [count, height, width], found {} dimensions {dims:?}; \
+             is a label file in its place?",
+            ipath.display(),
+            dims.len()
+        )));
+    };
+    let lab = read_idx(&lpath)?;
+    let &[nlabels] = lab.dims.as_slice() else {
+        return Err(Error::Data(format!(
+            "{}: expected a 1-D label array [count], found {} dimensions {:?}; is an image \
+             file in its place?",
+            lpath.display(),
+            lab.dims.len(),
+            lab.dims
+        )));
+    };
+    if nlabels != count {
+        return Err(Error::Data(format!(
+            "{} holds {count} images but {} holds {nlabels} labels; the two must come from the \
+             same release of the dataset. Replace both files from one source.",
+            ipath.display(),
+            lpath.display()
+        )));
+    }
+    if count == 0 || height == 0 || width == 0 {
+        return Err(Error::Data(format!(
+            "{}: holds no pixels (dimensions {dims:?}); a dataset needs images of at least 1x1",
+            ipath.display()
+        )));
+    }
+    Ok(ImageSet {
+        images: data,
+        labels: lab.data,
+        count,
+        height,
+        width,
+    })
+}
+
+/// The default number of validation images for `train` training images: the reference's
+/// `min(5000, train / 10)`.
+pub fn default_val(train: usize) -> usize {
+    DEFAULT_VAL_MAX.min(train / 10)
+}
+
+/// Loads the dataset found by [`locate`] and holds out the last
+/// `val.unwrap_or(min(5000, train/10))` training images as validation.
+///
+/// Errors: files missing, corrupt or truncated; images not 3-D or labels not 1-D; image
+/// and label counts that differ; train and test images of different sizes; a validation
+/// size of 0 (the threshold must be chosen on validation) or not smaller than the
+/// training set.
+pub fn load(explicit: Option<&Path>, val: Option<usize>) -> Result<Dataset> {
+    let root = locate(explicit)?;
+    let full = read_pair(&root, TRAIN_IMAGES, TRAIN_LABELS)?;
+    let test = read_pair(&root, TEST_IMAGES, TEST_LABELS)?;
+    if (full.height, full.width) != (test.height, test.width) {
+        return Err(Error::Data(format!(
+            "in {}: training images are {}x{} but test images are {}x{}; the files come from \
+             different datasets. Put the four files of one dataset in one directory.",
+            root.display(),
+            full.height,
+            full.width,
+            test.height,
+            test.width
+        )));
+    }
+    let v = val.unwrap_or_else(|| default_val(full.count));
+    if v == 0 {
+        return Err(Error::Config(format!(
+            "a validation set of 0 images (from {} training images): the verification \
+             threshold is chosen on validation, never on test. Ask for at least 1 with --val \
+             (default min({DEFAULT_VAL_MAX}, 10% of training)); the training set needs at \
+             least 10 images for the default to be non-zero",
+            full.count
+        )));
+    }
+    if v >= full.count {
+        return Err(Error::Config(format!(
+            "a validation set of {v} images leaves none of the {} training images in {} for \
+             training; use a smaller --val (default min({DEFAULT_VAL_MAX}, 10% of training))",
+            full.count,
+            root.display()
+        )));
+    }
+    let (train, val) = full.split_tail(v);
+    Ok(Dataset {
+        root,
+        train,
+        val,
+        test,
+    })
+}
