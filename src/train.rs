@@ -103,19 +103,37 @@ impl TrainConfig {
             return bad("batch must be at least 1".into());
         }
         if self.pairs < self.batch {
-            return bad(format!("the budget of {} pairs is smaller than one batch of {}", self.pairs, self.batch));
+            return bad(format!(
+                "the budget of {} pairs is smaller than one batch of {}",
+                self.pairs, self.batch
+            ));
         }
         if !(self.margin.is_finite() && self.margin >= 0.0) {
-            return bad(format!("margin must be a finite number ≥ 0, got {}", self.margin));
+            return bad(format!(
+                "margin must be a finite number ≥ 0, got {}",
+                self.margin
+            ));
         }
         if !(self.optimizer.lr.is_finite() && self.optimizer.lr > 0.0) {
-            return bad(format!("learning rate must be a positive number, got {}", self.optimizer.lr));
+            return bad(format!(
+                "learning rate must be a positive number, got {}",
+                self.optimizer.lr
+            ));
         }
         if !(0.0..=1.0).contains(&self.positive_fraction) {
-            return bad(format!("positive fraction must be in [0, 1], got {}", self.positive_fraction));
+            return bad(format!(
+                "positive fraction must be in [0, 1], got {}",
+                self.positive_fraction
+            ));
         }
-        if self.val_pairs == 0 || self.test_pairs == 0 || self.eval_chunk == 0 || self.log_every == 0 {
-            return bad("val pairs, test pairs, eval chunk and log interval must be at least 1".into());
+        if self.val_pairs == 0
+            || self.test_pairs == 0
+            || self.eval_chunk == 0
+            || self.log_every == 0
+        {
+            return bad(
+                "val pairs, test pairs, eval chunk and log interval must be at least 1".into(),
+            );
         }
         Ok(())
     }
@@ -125,11 +143,73 @@ impl TrainConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Progress {
     /// Set-up is done; training starts.
-    Started { adapter: String, tower: String, params: usize, train_images: usize, val_images: usize, steps: usize },
+    Started {
+        adapter: String,
+        tower: String,
+        params: usize,
+        train_images: usize,
+        val_images: usize,
+        steps: usize,
+    },
     /// Mean loss of the steps read back since the last report.
-    Loss { step: usize, pairs: usize, loss: f32, lr: f32, pairs_per_sec: f64 },
+    Loss {
+        step: usize,
+        pairs: usize,
+        loss: f32,
+        lr: f32,
+        pairs_per_sec: f64,
+    },
     /// A validation pass.
-    Validation { pairs: usize, loss: f32, accuracy: f64, roc_auc: f64, pairs_per_sec: f64 },
+    Validation {
+        pairs: usize,
+        loss: f32,
+        accuracy: f64,
+        roc_auc: f64,
+        pairs_per_sec: f64,
+    },
+}
+
+impl std::fmt::Display for Progress {
+    /// The plain log line of each event.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Progress::Started {
+                adapter,
+                tower,
+                params,
+                train_images,
+                val_images,
+                steps,
+            } => write!(
+                f,
+                "adapter: {adapter}\n{tower}\n{params} parameters; {train_images} training images, \
+                 {val_images} held out for validation; {steps} steps"
+            ),
+            Progress::Loss {
+                step,
+                pairs,
+                loss,
+                lr,
+                pairs_per_sec,
+            } => {
+                write!(
+                    f,
+                    "step {step:>5}  pairs {pairs:>7}  loss {loss:.4}  lr {lr:.2e}  {pairs_per_sec:.0} pairs/s"
+                )
+            }
+            Progress::Validation {
+                pairs,
+                loss,
+                accuracy,
+                roc_auc,
+                pairs_per_sec,
+            } => write!(
+                f,
+                "validation after {pairs} pairs: loss {loss:.4}  val pair accuracy {accuracy:.4}  \
+                 ROC AUC {roc_auc:.4}  {pairs_per_sec:.0} pairs/s"
+            ),
+        }
+    }
 }
 
 /// The result of a run.
@@ -167,12 +247,21 @@ fn upload(gpu: &Gpu, set: &ImageSet) -> Result<Tensor> {
 }
 
 /// Trains as `cfg` says on `gpu`, reporting progress through `report`.
-pub fn train(gpu: &Gpu, cfg: &TrainConfig, report: &mut dyn FnMut(&Progress)) -> Result<TrainReport> {
+pub fn train(
+    gpu: &Gpu,
+    cfg: &TrainConfig,
+    report: &mut dyn FnMut(&Progress),
+) -> Result<TrainReport> {
     let wall = Instant::now();
     cfg.validate()?;
     let sets = dataset::load(cfg.data.as_deref(), cfg.val_images)?;
     let (h, w) = (sets.train.height, sets.train.width);
-    let data = Data { train: upload(gpu, &sets.train)?, val: upload(gpu, &sets.val)?, test: upload(gpu, &sets.test)?, sets };
+    let data = Data {
+        train: upload(gpu, &sets.train)?,
+        val: upload(gpu, &sets.val)?,
+        test: upload(gpu, &sets.test)?,
+        sets,
+    };
     let model = SiameseModel::new(ModelConfig {
         tower: cfg.tower.clone(),
         input: [1, h, w],
@@ -210,18 +299,21 @@ pub fn train(gpu: &Gpu, cfg: &TrainConfig, report: &mut dyn FnMut(&Progress)) ->
         steps,
     });
 
-    let mut pair_sampler = PairSampler::new(&data.sets.train.labels, cfg.positive_fraction, cfg.seed)?;
+    let mut pair_sampler =
+        PairSampler::new(&data.sets.train.labels, cfg.positive_fraction, cfg.seed)?;
     let mut triplet_sampler = TripletSampler::new(&data.sets.train.labels, cfg.seed)?;
     let mut losses: Vec<f32> = Vec::with_capacity(steps);
     let (mut train_s, mut lap, mut lap_pairs) = (0.0f64, Instant::now(), 0usize);
     let mut last_val = Validation::default();
     let mut slot = 0;
-    let mut lr = cfg.optimizer.lr;
     for step in 0..steps {
         let (idx, codes) = match cfg.loss {
             LossKind::Triplet => {
                 let t = triplet_sampler.sample(cfg.batch);
-                ([t.anchor, t.positive, t.negative].concat(), vec![PairLabel::Same.code(); cfg.batch])
+                (
+                    [t.anchor, t.positive, t.negative].concat(),
+                    vec![PairLabel::Same.code(); cfg.batch],
+                )
             }
             _ => {
                 let PairBatch { a, b, labels } = pair_sampler.sample(cfg.batch);
@@ -230,20 +322,24 @@ pub fn train(gpu: &Gpu, cfg: &TrainConfig, report: &mut dyn FnMut(&Progress)) ->
         };
         gpu.write_u32(&indices, &idx)?;
         gpu.write_u32(&labels, &codes)?;
-        lr = optimizer.prepare(gpu)?;
+        let lr = optimizer.prepare(gpu)?;
         let mut rec = gpu.recorder();
         rec.record(&gather);
         for k in tape.forward_kernels().chain(&backward) {
             rec.record(k);
         }
         rec.record(optimizer.kernel());
-        rec.copy(tape.tensor(loss), &loss_log.view(slot, &[1]).expect("slot inside the log"));
+        rec.copy(
+            tape.tensor(loss),
+            &loss_log.view(slot, &[1]).expect("slot inside the log"),
+        );
         rec.submit();
         slot += 1;
         lap_pairs += cfg.batch;
 
         let pairs_done = (step + 1) * cfg.batch;
-        let validate = pairs_done / cfg.eval_every > step * cfg.batch / cfg.eval_every || step + 1 == steps;
+        let validate =
+            pairs_done / cfg.eval_every > step * cfg.batch / cfg.eval_every || step + 1 == steps;
         if slot == cfg.log_every || validate {
             let read = gpu.read_f32(&loss_log)?;
             let new = &read[..slot];
@@ -260,7 +356,13 @@ pub fn train(gpu: &Gpu, cfg: &TrainConfig, report: &mut dyn FnMut(&Progress)) ->
             let elapsed = lap.elapsed().as_secs_f64();
             train_s += elapsed;
             let rate = lap_pairs as f64 / elapsed.max(1e-9);
-            report(&Progress::Loss { step: step + 1, pairs: pairs_done, loss: mean(new), lr, pairs_per_sec: rate });
+            report(&Progress::Loss {
+                step: step + 1,
+                pairs: pairs_done,
+                loss: mean(new),
+                lr,
+                pairs_per_sec: rate,
+            });
             if validate {
                 last_val = evaluator.validate(&embedder, &data)?;
                 let recent = &losses[losses.len().saturating_sub(cfg.eval_every / cfg.batch)..];
@@ -297,7 +399,11 @@ pub fn train(gpu: &Gpu, cfg: &TrainConfig, report: &mut dyn FnMut(&Progress)) ->
 }
 
 fn mean(v: &[f32]) -> f32 {
-    if v.is_empty() { f32::NAN } else { v.iter().sum::<f32>() / v.len() as f32 }
+    if v.is_empty() {
+        f32::NAN
+    } else {
+        v.iter().sum::<f32>() / v.len() as f32
+    }
 }
 
 /// The validation pass's result, kept for the test: its scores choose the threshold.
@@ -319,7 +425,13 @@ struct Evaluator<'g> {
 }
 
 impl<'g> Evaluator<'g> {
-    fn new(gpu: &'g Gpu, params: &Tensor, model: &SiameseModel, data: &Data, cfg: &TrainConfig) -> Result<Self> {
+    fn new(
+        gpu: &'g Gpu,
+        params: &Tensor,
+        model: &SiameseModel,
+        data: &Data,
+        cfg: &TrainConfig,
+    ) -> Result<Self> {
         Ok(Evaluator {
             gpu,
             params: params.clone(),
@@ -329,10 +441,25 @@ impl<'g> Evaluator<'g> {
         })
     }
 
-    fn scores(&self, embedder: &Embedder, images: &Tensor, count: usize, pairs: &PairBatch, params: Option<&[f32]>) -> Result<Vec<f32>> {
-        let e = embedder.embed(images, count)?;
+    /// A score per pair from the embeddings of the images the pairs use (each embedded once).
+    fn scores(
+        &self,
+        embedder: &Embedder,
+        images: &Tensor,
+        pairs: &PairBatch,
+        params: Option<&[f32]>,
+    ) -> Result<Vec<f32>> {
+        let mut used: Vec<u32> = pairs.a.iter().chain(&pairs.b).copied().collect();
+        used.sort_unstable();
+        used.dedup();
+        let e = embedder.embed_indices(images, &used)?;
         let d = embedder.dim();
-        let row = |i: u32| &e[i as usize * d..(i as usize + 1) * d];
+        let row = |i: u32| {
+            let k = used
+                .binary_search(&i)
+                .expect("every pair image was embedded");
+            &e[k * d..(k + 1) * d]
+        };
         let head = params.and_then(|p| self.model.head_weights(p));
         Ok(pairs
             .a
@@ -341,7 +468,14 @@ impl<'g> Evaluator<'g> {
             .map(|(&i, &j)| {
                 let (a, b) = (row(i), row(j));
                 match head {
-                    Some((w, bias)) => -(a.iter().zip(b).zip(w).map(|((x, y), w)| (x - y).abs() * w).sum::<f32>() + bias),
+                    Some((w, bias)) => {
+                        -(a.iter()
+                            .zip(b)
+                            .zip(w)
+                            .map(|((x, y), w)| (x - y).abs() * w)
+                            .sum::<f32>()
+                            + bias)
+                    }
                     None => host_distance(self.model.config.distance, a, b),
                 }
             })
@@ -358,7 +492,7 @@ impl<'g> Evaluator<'g> {
 
     fn validate(&self, embedder: &Embedder, data: &Data) -> Result<Validation> {
         let params = self.head_params()?;
-        let d = self.scores(embedder, &data.val, data.sets.val.count, &self.val_pairs, params.as_deref())?;
+        let d = self.scores(embedder, &data.val, &self.val_pairs, params.as_deref())?;
         let t = verification::best_threshold(&d, &self.val_pairs.labels);
         Ok(Validation {
             accuracy: verification::pair_accuracy(&d, &self.val_pairs.labels, t),
@@ -369,15 +503,22 @@ impl<'g> Evaluator<'g> {
 
     fn test(&self, embedder: &Embedder, data: &Data, val: &Validation) -> Result<Verification> {
         let params = self.head_params()?;
-        let d = self.scores(embedder, &data.test, data.sets.test.count, &self.test_pairs, params.as_deref())?;
-        Ok(verification::verify(&val.distances, &self.val_pairs.labels, &d, &self.test_pairs.labels))
+        let d = self.scores(embedder, &data.test, &self.test_pairs, params.as_deref())?;
+        Ok(verification::verify(
+            &val.distances,
+            &self.val_pairs.labels,
+            &d,
+            &self.test_pairs.labels,
+        ))
     }
 }
 
 /// The distance the model trains with, on the host (evaluation pairs are few).
 fn host_distance(kind: Distance, a: &[f32], b: &[f32]) -> f32 {
     match kind {
-        Distance::Euclidean => (a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>() + 1e-12).sqrt(),
+        Distance::Euclidean => {
+            (a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>() + 1e-12).sqrt()
+        }
         Distance::SquaredEuclidean => a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum(),
         Distance::L1 => a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum(),
         Distance::Cosine => {

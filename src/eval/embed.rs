@@ -21,7 +21,13 @@ pub struct Embedder<'g> {
 
 impl<'g> Embedder<'g> {
     /// Builds the forward program of `model` with parameters `params` for `chunk` images.
-    pub fn new(gpu: &'g Gpu, model: &SiameseModel, params: &Tensor, norm: PixelNorm, chunk: usize) -> Result<Self> {
+    pub fn new(
+        gpu: &'g Gpu,
+        model: &SiameseModel,
+        params: &Tensor,
+        norm: PixelNorm,
+        chunk: usize,
+    ) -> Result<Self> {
         let [c, h, w] = model.config.input;
         let indices = gpu.zeros(&[chunk], DType::U32)?;
         let input = gpu.zeros(&[chunk, c, h, w], DType::F32)?;
@@ -30,7 +36,16 @@ impl<'g> Embedder<'g> {
         let e = model.record_embedding(&mut tape, x, params, None)?;
         let output = tape.tensor(e).clone();
         let forward = tape.forward_kernels().cloned().collect();
-        Ok(Embedder { gpu, chunk, indices, input, forward, output, norm, dim: model.embedding_dim() })
+        Ok(Embedder {
+            gpu,
+            chunk,
+            indices,
+            input,
+            forward,
+            output,
+            norm,
+            dim: model.embedding_dim(),
+        })
     }
 
     pub fn dim(&self) -> usize {
@@ -39,12 +54,22 @@ impl<'g> Embedder<'g> {
 
     /// Embeddings `[count, D]` (row-major) of the first `count` images of a packed set.
     pub fn embed(&self, images: &Tensor, count: usize) -> Result<Vec<f32>> {
-        let gather = gather::gather_images(self.gpu, images, &self.indices, &self.input, self.norm)?;
-        let mut out = Vec::with_capacity(count * self.dim);
-        for start in (0..count).step_by(self.chunk) {
-            let n = self.chunk.min(count - start);
-            // The last chunk repeats image `start` to fill the fixed batch; those rows are dropped.
-            let idx: Vec<u32> = (0..self.chunk).map(|i| (start + i.min(n - 1)) as u32).collect();
+        let all: Vec<u32> = (0..count as u32).collect();
+        self.embed_indices(images, &all)
+    }
+
+    /// Embeddings `[indices.len(), D]` of the images `indices` of a packed set, in that order.
+    pub fn embed_indices(&self, images: &Tensor, indices: &[u32]) -> Result<Vec<f32>> {
+        let gather =
+            gather::gather_images(self.gpu, images, &self.indices, &self.input, self.norm)?;
+        let mut out = Vec::with_capacity(indices.len() * self.dim);
+        for chunk in indices.chunks(self.chunk) {
+            // A short last chunk repeats its last image to fill the fixed batch; those rows
+            // are dropped.
+            let last = *chunk.last().expect("chunks are never empty");
+            let idx: Vec<u32> = (0..self.chunk)
+                .map(|i| chunk.get(i).copied().unwrap_or(last))
+                .collect();
             self.gpu.write_u32(&self.indices, &idx)?;
             let mut rec = self.gpu.recorder();
             rec.record(&gather);
@@ -53,7 +78,7 @@ impl<'g> Embedder<'g> {
             }
             rec.submit();
             let e = self.gpu.read_f32(&self.output)?;
-            out.extend_from_slice(&e[..n * self.dim]);
+            out.extend_from_slice(&e[..chunk.len() * self.dim]);
         }
         Ok(out)
     }

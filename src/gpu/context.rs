@@ -312,10 +312,16 @@ impl Gpu {
         if tensor.dtype() != DType::U32 || data.len() != tensor.len() {
             return Err(Error::Shape {
                 op: "write_u32",
-                detail: format!("{} values for a {:?} tensor of shape {:?}", data.len(), tensor.dtype(), tensor.shape()),
+                detail: format!(
+                    "{} values for a {:?} tensor of shape {:?}",
+                    data.len(),
+                    tensor.dtype(),
+                    tensor.shape()
+                ),
             });
         }
-        self.queue.write_buffer(&tensor.buffer, tensor.offset, bytemuck::cast_slice(data));
+        self.queue
+            .write_buffer(&tensor.buffer, tensor.offset, bytemuck::cast_slice(data));
         Ok(())
     }
 

@@ -23,17 +23,35 @@ impl OptimizerKind {
     /// The rule named `name` with PyTorch's default settings (SGD: momentum 0.9).
     pub fn named(name: &str) -> Result<Self> {
         match name.to_lowercase().as_str() {
-            "sgd" => Ok(OptimizerKind::Sgd { momentum: 0.9, nesterov: false }),
-            "nesterov" => Ok(OptimizerKind::Sgd { momentum: 0.9, nesterov: true }),
-            "adam" => Ok(OptimizerKind::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8 }),
-            "adamw" => Ok(OptimizerKind::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8 }),
-            _ => Err(Error::Config(format!("unknown optimizer `{name}`: use sgd, nesterov, adam or adamw"))),
+            "sgd" => Ok(OptimizerKind::Sgd {
+                momentum: 0.9,
+                nesterov: false,
+            }),
+            "nesterov" => Ok(OptimizerKind::Sgd {
+                momentum: 0.9,
+                nesterov: true,
+            }),
+            "adam" => Ok(OptimizerKind::Adam {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+            }),
+            "adamw" => Ok(OptimizerKind::AdamW {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+            }),
+            _ => Err(Error::Config(format!(
+                "unknown optimizer `{name}`: use sgd, nesterov, adam or adamw"
+            ))),
         }
     }
 
     pub fn name(&self) -> &'static str {
         match self {
-            OptimizerKind::Sgd { nesterov: false, .. } => "sgd",
+            OptimizerKind::Sgd {
+                nesterov: false, ..
+            } => "sgd",
             OptimizerKind::Sgd { nesterov: true, .. } => "nesterov",
             OptimizerKind::Adam { .. } => "adam",
             OptimizerKind::AdamW { .. } => "adamw",
@@ -46,9 +64,14 @@ impl OptimizerKind {
 pub enum Schedule {
     Constant,
     /// Multiply by `gamma` every `every` steps.
-    Step { every: u32, gamma: f32 },
+    Step {
+        every: u32,
+        gamma: f32,
+    },
     /// Linear warm-up over `warmup` steps, then cosine decay to 0 at the last step.
-    Cosine { warmup: u32 },
+    Cosine {
+        warmup: u32,
+    },
 }
 
 impl Schedule {
@@ -74,7 +97,11 @@ impl FromStr for Schedule {
 
     /// `constant`, `step:EVERY:GAMMA` (e.g. `step:100:0.5`), `cosine` or `cosine:WARMUP`.
     fn from_str(s: &str) -> Result<Schedule> {
-        let bad = || Error::Config(format!("unknown schedule `{s}`: use constant, step:EVERY:GAMMA or cosine[:WARMUP]"));
+        let bad = || {
+            Error::Config(format!(
+                "unknown schedule `{s}`: use constant, step:EVERY:GAMMA or cosine[:WARMUP]"
+            ))
+        };
         let parts: Vec<&str> = s.split(':').collect();
         match parts.as_slice() {
             ["constant"] => Ok(Schedule::Constant),
@@ -87,7 +114,9 @@ impl FromStr for Schedule {
                 Ok(Schedule::Step { every, gamma })
             }
             ["cosine"] => Ok(Schedule::Cosine { warmup: 0 }),
-            ["cosine", warmup] => Ok(Schedule::Cosine { warmup: warmup.parse().map_err(|_| bad())? }),
+            ["cosine", warmup] => Ok(Schedule::Cosine {
+                warmup: warmup.parse().map_err(|_| bad())?,
+            }),
             _ => Err(bad()),
         }
     }
@@ -130,17 +159,38 @@ pub struct Optimizer {
 impl Optimizer {
     /// Builds the update of `params` from `grads` (flat buffers of equal length) for a run of
     /// `total_steps` steps (the cosine schedule needs the end).
-    pub fn new(gpu: &Gpu, config: OptimizerConfig, params: &Tensor, grads: &Tensor, total_steps: u32) -> Result<Self> {
+    pub fn new(
+        gpu: &Gpu,
+        config: OptimizerConfig,
+        params: &Tensor,
+        grads: &Tensor,
+        total_steps: u32,
+    ) -> Result<Self> {
         let state = |gpu: &Gpu| gpu.zeros(params.shape(), DType::F32);
         let (rule, state) = match config.kind {
             OptimizerKind::Sgd { momentum, nesterov } => {
                 let velocity = state(gpu)?;
-                let cfg = Sgd { lr: config.lr, momentum, weight_decay: config.weight_decay, nesterov };
-                (Rule::Sgd(optim::sgd(gpu, &cfg, params, grads, &velocity)?), vec![velocity])
+                let cfg = Sgd {
+                    lr: config.lr,
+                    momentum,
+                    weight_decay: config.weight_decay,
+                    nesterov,
+                };
+                (
+                    Rule::Sgd(optim::sgd(gpu, &cfg, params, grads, &velocity)?),
+                    vec![velocity],
+                )
             }
-            OptimizerKind::Adam { beta1, beta2, eps } | OptimizerKind::AdamW { beta1, beta2, eps } => {
+            OptimizerKind::Adam { beta1, beta2, eps }
+            | OptimizerKind::AdamW { beta1, beta2, eps } => {
                 let (m, v) = (state(gpu)?, state(gpu)?);
-                let cfg = Adam { lr: config.lr, beta1, beta2, eps, weight_decay: config.weight_decay };
+                let cfg = Adam {
+                    lr: config.lr,
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay: config.weight_decay,
+                };
                 let step = if matches!(config.kind, OptimizerKind::Adam { .. }) {
                     optim::adam(gpu, &cfg, params, grads, &m, &v)?
                 } else {
@@ -149,12 +199,21 @@ impl Optimizer {
                 (Rule::Adam(step), vec![m, v])
             }
         };
-        Ok(Optimizer { config, rule, total_steps, taken: 0, _state: state })
+        Ok(Optimizer {
+            config,
+            rule,
+            total_steps,
+            taken: 0,
+            _state: state,
+        })
     }
 
     /// Sets the learning rate and step count of the next step (call before recording it).
     pub fn prepare(&mut self, gpu: &Gpu) -> Result<f32> {
-        let lr = self.config.schedule.lr(self.config.lr, self.taken, self.total_steps);
+        let lr = self
+            .config
+            .schedule
+            .lr(self.config.lr, self.taken, self.total_steps);
         match &mut self.rule {
             Rule::Sgd(s) => s.set_lr(gpu, lr)?,
             Rule::Adam(s) => s.set_step(gpu, lr, self.taken + 1)?,
@@ -187,9 +246,18 @@ mod tests {
         assert_eq!(step.lr(1.0, 10, 100), 0.5);
         assert_eq!(step.lr(1.0, 25, 100), 0.25);
         let cosine: Schedule = "cosine:10".parse().unwrap();
-        assert!((cosine.lr(1.0, 0, 110) - 0.1).abs() < 1e-6, "warm-up starts at base/warmup");
-        assert!((cosine.lr(1.0, 9, 110) - 1.0).abs() < 1e-6, "warm-up ends at base");
-        assert!((cosine.lr(1.0, 60, 110) - 0.5).abs() < 1e-6, "half-way down the cosine");
+        assert!(
+            (cosine.lr(1.0, 0, 110) - 0.1).abs() < 1e-6,
+            "warm-up starts at base/warmup"
+        );
+        assert!(
+            (cosine.lr(1.0, 9, 110) - 1.0).abs() < 1e-6,
+            "warm-up ends at base"
+        );
+        assert!(
+            (cosine.lr(1.0, 60, 110) - 0.5).abs() < 1e-6,
+            "half-way down the cosine"
+        );
         assert!(cosine.lr(1.0, 110, 110).abs() < 1e-6, "ends at 0");
         assert!("step:0:0.5".parse::<Schedule>().is_err());
         assert!("linear".parse::<Schedule>().is_err());

@@ -1,0 +1,296 @@
+//! `siamese`: the command-line interface.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use siamese_gpu::Gpu;
+use siamese_gpu::nn::spec::REFERENCE_TOWER;
+use siamese_gpu::ops::distance::Distance;
+use siamese_gpu::ops::gather::PixelNorm;
+use siamese_gpu::optim::{OptimizerKind, Schedule};
+use siamese_gpu::train::{self, Progress, TrainConfig, TrainReport};
+
+#[derive(Parser)]
+#[command(
+    name = "siamese",
+    version,
+    about = "Train Siamese (metric-learning) networks on the GPU"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a Siamese network and report its test verification accuracy.
+    Train(TrainArgs),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Dataset directory with the four Fashion-MNIST IDX files (.gz or raw);
+    /// default: $SIAMESE_DATA, then /usr/share/datasets/fashion-mnist.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Training budget, in pairs (triplets for --loss triplet).
+    #[arg(long, default_value_t = 20_000)]
+    pairs: usize,
+    /// Pairs (or triplets) per step.
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    /// Learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f32,
+    /// Margin of the contrastive or triplet loss.
+    #[arg(long, default_value_t = 1.0)]
+    margin: f32,
+    /// Loss: contrastive, triplet, or bce (the Keras head |a−b| → dense(1) → sigmoid).
+    #[arg(long, default_value = "contrastive")]
+    loss: String,
+    /// Distance between embeddings: euclidean or cosine.
+    #[arg(long, default_value = "euclidean")]
+    distance: String,
+    /// L2-normalise the embeddings before the distance.
+    #[arg(long)]
+    normalize_embeddings: bool,
+    /// The tower, layer by layer.
+    #[arg(long, default_value = REFERENCE_TOWER)]
+    tower: String,
+    /// Optimizer: adam, adamw, sgd (momentum 0.9) or nesterov.
+    #[arg(long, default_value = "adam")]
+    optimizer: String,
+    /// Weight decay (L2 for adam and sgd, decoupled for adamw).
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f32,
+    /// Learning-rate schedule: constant, step:EVERY:GAMMA, cosine[:WARMUP] (steps).
+    #[arg(long, default_value = "constant")]
+    schedule: String,
+    /// Fraction of Same pairs in training batches.
+    #[arg(long, default_value_t = 0.5)]
+    positive_fraction: f64,
+    /// Seed of initialisation and sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Validation images held out of training [default: min(5000, 10%)].
+    #[arg(long)]
+    val_images: Option<usize>,
+    /// Validate every this many training pairs.
+    #[arg(long, default_value_t = 10_000)]
+    eval_every: usize,
+    /// Input normalisation: unit (pixel/255) or standard:MEAN:STD ((pixel/255 − MEAN)/STD).
+    #[arg(long, default_value = "unit")]
+    pixel_norm: String,
+    /// Write the run (config.json, metrics.jsonl, result.json) into this directory.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Make the last line of stdout one JSON object with the results.
+    #[arg(long)]
+    json: bool,
+}
+
+impl TrainArgs {
+    fn config(&self) -> siamese_gpu::Result<TrainConfig> {
+        let mut cfg = TrainConfig {
+            data: self.data.clone(),
+            ..TrainConfig::default()
+        };
+        cfg.tower = self.tower.parse()?;
+        cfg.loss = self.loss.parse()?;
+        cfg.margin = self.margin;
+        cfg.distance = match self.distance.to_lowercase().as_str() {
+            "euclidean" => Distance::Euclidean,
+            "cosine" => Distance::Cosine,
+            other => {
+                return Err(siamese_gpu::Error::Config(format!(
+                    "unknown distance `{other}`: use euclidean or cosine"
+                )));
+            }
+        };
+        cfg.normalize = self.normalize_embeddings;
+        cfg.optimizer.kind = OptimizerKind::named(&self.optimizer)?;
+        cfg.optimizer.lr = self.lr;
+        cfg.optimizer.weight_decay = self.weight_decay;
+        cfg.optimizer.schedule = self.schedule.parse::<Schedule>()?;
+        cfg.batch = self.batch;
+        cfg.pairs = self.pairs;
+        cfg.positive_fraction = self.positive_fraction;
+        cfg.seed = self.seed;
+        cfg.val_images = self.val_images;
+        cfg.eval_every = self.eval_every.max(1);
+        cfg.pixel_norm = parse_pixel_norm(&self.pixel_norm)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+fn parse_pixel_norm(s: &str) -> siamese_gpu::Result<PixelNorm> {
+    let bad = || {
+        siamese_gpu::Error::Config(format!(
+            "unknown pixel normalisation `{s}`: use unit or standard:MEAN:STD"
+        ))
+    };
+    match s.split(':').collect::<Vec<_>>().as_slice() {
+        ["unit"] => Ok(PixelNorm::UNIT),
+        ["standard", mean, std] => {
+            let (mean, std): (f32, f32) = (
+                mean.parse().map_err(|_| bad())?,
+                std.parse().map_err(|_| bad())?,
+            );
+            if !(std > 0.0) {
+                return Err(bad());
+            }
+            Ok(PixelNorm::standardize(mean, std))
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// An f32 as JSON with its shortest decimal form (0.001, not 0.0010000000474974513).
+fn num(v: f32) -> serde_json::Value {
+    v.to_string()
+        .parse::<f64>()
+        .map_or(serde_json::Value::Null, |f| json!(f))
+}
+
+fn config_json(args: &TrainArgs, cfg: &TrainConfig) -> serde_json::Value {
+    json!({
+        "data": cfg.data.as_ref().map(|p| p.display().to_string()),
+        "tower": cfg.tower.to_string(),
+        "loss": cfg.loss.to_string(),
+        "margin": num(cfg.margin),
+        "distance": args.distance.to_lowercase(),
+        "normalize_embeddings": cfg.normalize,
+        "optimizer": cfg.optimizer.kind.name(),
+        "lr": num(cfg.optimizer.lr),
+        "weight_decay": num(cfg.optimizer.weight_decay),
+        "schedule": cfg.optimizer.schedule.to_string(),
+        "batch": cfg.batch,
+        "pairs": cfg.pairs,
+        "positive_fraction": cfg.positive_fraction,
+        "seed": cfg.seed,
+        "val_images": cfg.val_images,
+        "val_pairs": cfg.val_pairs,
+        "test_pairs": cfg.test_pairs,
+        "eval_every": cfg.eval_every,
+        "pixel_norm": args.pixel_norm,
+    })
+}
+
+fn result_json(r: &TrainReport, cfg: &TrainConfig) -> serde_json::Value {
+    json!({
+        "test_pair_accuracy": r.test.accuracy,
+        "test_roc_auc": r.test.roc_auc,
+        "threshold": num(r.test.threshold),
+        "val_pair_accuracy": r.val_accuracy,
+        "val_roc_auc": r.val_roc_auc,
+        "train_pairs": r.train_pairs,
+        "steps": r.steps,
+        "batch": cfg.batch,
+        "loss": cfg.loss.to_string(),
+        "seed": cfg.seed,
+        "first_loss": num(r.first_loss),
+        "last_loss": num(r.last_loss),
+        "pairs_per_sec": r.pairs_per_sec,
+        "train_s": r.train_s,
+        "wall_s": r.wall_s,
+        "adapter": r.adapter,
+    })
+}
+
+/// Writes `contents` to `path` through a temporary file and a rename, so that an existing
+/// file is never left half-written.
+fn write_atomic(path: &Path, contents: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents)?;
+    std::fs::rename(&tmp, path)
+}
+
+fn progress_json(p: &Progress) -> serde_json::Value {
+    match p {
+        Progress::Started { .. } => json!({"event": "started"}),
+        Progress::Loss {
+            step,
+            pairs,
+            loss,
+            lr,
+            pairs_per_sec,
+        } => {
+            json!({"event": "loss", "step": step, "pairs": pairs, "loss": num(*loss), "lr": num(*lr), "pairs_per_sec": pairs_per_sec})
+        }
+        Progress::Validation {
+            pairs,
+            loss,
+            accuracy,
+            roc_auc,
+            pairs_per_sec,
+        } => json!({
+            "event": "validation", "pairs": pairs, "loss": num(*loss), "val_pair_accuracy": accuracy,
+            "val_roc_auc": roc_auc, "pairs_per_sec": pairs_per_sec,
+        }),
+    }
+}
+
+fn run_train(args: &TrainArgs) -> Result<(), String> {
+    let cfg = args.config().map_err(|e| e.to_string())?;
+    let gpu = Gpu::new().map_err(|e| e.to_string())?;
+    let mut metrics = None;
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create the run directory {}: {e}", dir.display()))?;
+        let config = serde_json::to_string_pretty(&config_json(args, &cfg)).expect("JSON");
+        write_atomic(&dir.join("config.json"), &config)
+            .map_err(|e| format!("cannot write config.json: {e}"))?;
+        let file = std::fs::File::create(dir.join("metrics.jsonl"))
+            .map_err(|e| format!("cannot write metrics.jsonl: {e}"))?;
+        metrics = Some(std::io::BufWriter::new(file));
+    }
+    eprintln!("config: {}", config_json(args, &cfg));
+    let mut on_progress = |p: &Progress| {
+        eprintln!("{p}");
+        if let Some(m) = metrics.as_mut() {
+            let _ = writeln!(m, "{}", progress_json(p));
+        }
+    };
+    let report = train::train(&gpu, &cfg, &mut on_progress).map_err(|e| e.to_string())?;
+    drop(on_progress);
+    let result = result_json(&report, &cfg);
+    if let Some(dir) = &args.out {
+        if let Some(mut m) = metrics {
+            m.flush()
+                .map_err(|e| format!("cannot write metrics.jsonl: {e}"))?;
+        }
+        let text = serde_json::to_string_pretty(&result).expect("JSON");
+        write_atomic(&dir.join("result.json"), &text)
+            .map_err(|e| format!("cannot write result.json: {e}"))?;
+    }
+    println!(
+        "test pair accuracy {:.4} at threshold {:.4} (chosen on validation), ROC AUC {:.4}",
+        report.test.accuracy, report.test.threshold, report.test.roc_auc
+    );
+    println!(
+        "{} training pairs in {:.0} s ({:.0} pairs/s), {:.0} s in all, on {}",
+        report.train_pairs, report.train_s, report.pairs_per_sec, report.wall_s, report.adapter
+    );
+    if args.json {
+        println!("{result}");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match &cli.command {
+        Command::Train(args) => run_train(args),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
