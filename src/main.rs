@@ -140,7 +140,7 @@ fn parse_pixel_norm(s: &str) -> siamese_gpu::Result<PixelNorm> {
                 mean.parse().map_err(|_| bad())?,
                 std.parse().map_err(|_| bad())?,
             );
-            if !(std > 0.0) {
+            if std.is_nan() || std <= 0.0 {
                 return Err(bad());
             }
             Ok(PixelNorm::standardize(mean, std))
@@ -256,7 +256,6 @@ fn run_train(args: &TrainArgs) -> Result<(), String> {
         }
     };
     let report = train::train(&gpu, &cfg, &mut on_progress).map_err(|e| e.to_string())?;
-    drop(on_progress);
     let result = result_json(&report, &cfg);
     if let Some(dir) = &args.out {
         if let Some(mut m) = metrics {

@@ -284,7 +284,8 @@ pub fn train(
     let xv = tape.input(x);
     let loss = model.record_loss(&mut tape, xv, &labels, &params, Some(&grads))?;
     let backward = tape.backward(loss)?;
-    let steps = cfg.pairs.div_ceil(cfg.batch);
+    // As the reference: whole batches within the budget.
+    let steps = cfg.pairs / cfg.batch;
     let mut optimizer = Optimizer::new(gpu, cfg.optimizer, &params, &grads, steps as u32)?;
     let loss_log = gpu.zeros(&[cfg.log_every], DType::F32)?;
     let embedder = Embedder::new(gpu, &model, &params, cfg.pixel_norm, cfg.eval_chunk)?;
