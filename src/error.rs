@@ -36,6 +36,8 @@ pub enum Error {
     /// A configuration value (a tower spec, a hyperparameter) is invalid; the message says
     /// which and what is accepted.
     Config(String),
+    /// Training cannot go on (e.g. the loss is no longer finite); the message says why.
+    Training(String),
 }
 
 /// Result with the crate's [`Error`].
@@ -90,8 +92,7 @@ impl fmt::Display for Error {
                 )
             }
             Error::Readback(msg) => write!(f, "reading a result back from the GPU failed: {msg}"),
-            Error::Data(msg) => write!(f, "{msg}"),
-            Error::Config(msg) => write!(f, "{msg}"),
+            Error::Data(msg) | Error::Config(msg) | Error::Training(msg) => write!(f, "{msg}"),
         }
     }
 }

@@ -37,16 +37,16 @@ struct TrainArgs {
     #[arg(long)]
     data: Option<PathBuf>,
     /// Training budget, in pairs (triplets for --loss triplet).
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = TrainConfig::default().pairs)]
     pairs: usize,
     /// Pairs (or triplets) per step.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = TrainConfig::default().batch)]
     batch: usize,
     /// Learning rate.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = TrainConfig::default().optimizer.lr)]
     lr: f32,
     /// Margin of the contrastive or triplet loss.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = TrainConfig::default().margin)]
     margin: f32,
     /// Loss: contrastive, triplet, or bce (the Keras head |a−b| → dense(1) → sigmoid).
     #[arg(long, default_value = "contrastive")]
@@ -70,16 +70,16 @@ struct TrainArgs {
     #[arg(long, default_value = "constant")]
     schedule: String,
     /// Fraction of Same pairs in training batches.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = TrainConfig::default().positive_fraction)]
     positive_fraction: f64,
     /// Seed of initialisation and sampling.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = TrainConfig::default().seed)]
     seed: u64,
     /// Validation images held out of training [default: min(5000, 10%)].
     #[arg(long)]
     val_images: Option<usize>,
     /// Validate every this many training pairs.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = TrainConfig::default().eval_every)]
     eval_every: usize,
     /// Input normalisation: unit (pixel/255) or standard:MEAN:STD ((pixel/255 − MEAN)/STD).
     #[arg(long, default_value = "unit")]
@@ -120,7 +120,7 @@ impl TrainArgs {
         cfg.positive_fraction = self.positive_fraction;
         cfg.seed = self.seed;
         cfg.val_images = self.val_images;
-        cfg.eval_every = self.eval_every.max(1);
+        cfg.eval_every = self.eval_every;
         cfg.pixel_norm = parse_pixel_norm(&self.pixel_norm)?;
         cfg.validate()?;
         Ok(cfg)

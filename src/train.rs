@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use crate::autograd::Tape;
 use crate::data::dataset::{self, ImageSet};
-use crate::data::sampler::{PairBatch, PairSampler, TripletSampler, balanced_pairs};
+use crate::data::sampler::{PairBatch, PairSampler, TripletBatch, TripletSampler, balanced_pairs};
 use crate::error::{Error, Result};
 use crate::eval::embed::Embedder;
 use crate::eval::verification::{self, Verification};
@@ -128,11 +128,14 @@ impl TrainConfig {
         }
         if self.val_pairs == 0
             || self.test_pairs == 0
+            || self.eval_every == 0
             || self.eval_chunk == 0
             || self.log_every == 0
         {
             return bad(
-                "val pairs, test pairs, eval chunk and log interval must be at least 1".into(),
+                "val pairs, test pairs, the validation interval, eval chunk and log interval must \
+                 be at least 1"
+                    .into(),
             );
         }
         Ok(())
@@ -300,27 +303,14 @@ pub fn train(
         steps,
     });
 
-    let mut pair_sampler =
-        PairSampler::new(&data.sets.train.labels, cfg.positive_fraction, cfg.seed)?;
-    let mut triplet_sampler = TripletSampler::new(&data.sets.train.labels, cfg.seed)?;
+    let mut sampler = BatchSampler::new(cfg, &data.sets.train.labels)?;
+    let (mut idx, mut codes) = (Vec::new(), Vec::new());
     let mut losses: Vec<f32> = Vec::with_capacity(steps);
     let (mut train_s, mut lap, mut lap_pairs) = (0.0f64, Instant::now(), 0usize);
     let mut last_val = Validation::default();
     let mut slot = 0;
     for step in 0..steps {
-        let (idx, codes) = match cfg.loss {
-            LossKind::Triplet => {
-                let t = triplet_sampler.sample(cfg.batch);
-                (
-                    [t.anchor, t.positive, t.negative].concat(),
-                    vec![PairLabel::Same.code(); cfg.batch],
-                )
-            }
-            _ => {
-                let PairBatch { a, b, labels } = pair_sampler.sample(cfg.batch);
-                ([a, b].concat(), PairLabel::codes(&labels))
-            }
-        };
+        sampler.next(cfg.batch, &mut idx, &mut codes);
         gpu.write_u32(&indices, &idx)?;
         gpu.write_u32(&labels, &codes)?;
         let lr = optimizer.prepare(gpu)?;
@@ -345,7 +335,7 @@ pub fn train(
             let read = gpu.read_f32(&loss_log)?;
             let new = &read[..slot];
             if let Some(bad) = new.iter().position(|l| !l.is_finite()) {
-                return Err(Error::Config(format!(
+                return Err(Error::Training(format!(
                     "the loss became {} at step {} (lr {lr}): the learning rate is probably too high for this \
                      model; lower --lr (e.g. by 10×)",
                     new[bad],
@@ -397,6 +387,53 @@ pub fn train(
         last_loss: tail(&losses),
         losses,
     })
+}
+
+/// The training sampler of the loss: pairs, or triplets.
+enum BatchSampler {
+    Pairs(PairSampler, PairBatch),
+    Triplets(TripletSampler, TripletBatch),
+}
+
+impl BatchSampler {
+    fn new(cfg: &TrainConfig, labels: &[u8]) -> Result<Self> {
+        Ok(match cfg.loss {
+            LossKind::Triplet => BatchSampler::Triplets(
+                TripletSampler::new(labels, cfg.seed)?,
+                TripletBatch::default(),
+            ),
+            LossKind::Contrastive | LossKind::Bce => BatchSampler::Pairs(
+                PairSampler::new(labels, cfg.positive_fraction, cfg.seed)?,
+                PairBatch::default(),
+            ),
+        })
+    }
+
+    /// The next batch of `n` samples: image indices branch after branch (left images, then
+    /// right ones; or anchors, positives, negatives) and the pair label codes.
+    fn next(&mut self, n: usize, idx: &mut Vec<u32>, codes: &mut Vec<u32>) {
+        idx.clear();
+        codes.clear();
+        match self {
+            BatchSampler::Pairs(sampler, batch) => {
+                sampler.sample_into(n, batch);
+                idx.extend(batch.a.iter().chain(&batch.b));
+                codes.extend(batch.labels.iter().map(|l| l.code()));
+            }
+            BatchSampler::Triplets(sampler, batch) => {
+                sampler.sample_into(n, batch);
+                idx.extend(
+                    batch
+                        .anchor
+                        .iter()
+                        .chain(&batch.positive)
+                        .chain(&batch.negative),
+                );
+                // The triplet loss reads no labels; the buffer still has to hold B codes.
+                codes.resize(n, PairLabel::Same.code());
+            }
+        }
+    }
 }
 
 fn mean(v: &[f32]) -> f32 {
@@ -527,5 +564,27 @@ fn host_distance(kind: Distance, a: &[f32], b: &[f32]) -> f32 {
             let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-8);
             1.0 - dot / (norm(a) * norm(b))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(cfg: TrainConfig) -> String {
+        cfg.validate().expect_err("the config must be refused").to_string()
+    }
+
+    #[test]
+    fn invalid_settings_are_refused_with_what_is_accepted() {
+        assert!(TrainConfig::default().validate().is_ok());
+        assert!(refused(TrainConfig { batch: 0, ..Default::default() }).contains("batch must be at least 1"));
+        assert!(refused(TrainConfig { pairs: 100, ..Default::default() }).contains("smaller than one batch of 128"));
+        assert!(refused(TrainConfig { margin: -1.0, ..Default::default() }).contains("margin must be a finite number ≥ 0"));
+        let mut cfg = TrainConfig::default();
+        cfg.optimizer.lr = 0.0;
+        assert!(refused(cfg).contains("learning rate must be a positive number"));
+        assert!(refused(TrainConfig { positive_fraction: 1.5, ..Default::default() }).contains("[0, 1]"));
+        assert!(refused(TrainConfig { eval_every: 0, ..Default::default() }).contains("validation interval"));
     }
 }
