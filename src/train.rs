@@ -572,19 +572,51 @@ mod tests {
     use super::*;
 
     fn refused(cfg: TrainConfig) -> String {
-        cfg.validate().expect_err("the config must be refused").to_string()
+        cfg.validate()
+            .expect_err("the config must be refused")
+            .to_string()
     }
 
     #[test]
     fn invalid_settings_are_refused_with_what_is_accepted() {
         assert!(TrainConfig::default().validate().is_ok());
-        assert!(refused(TrainConfig { batch: 0, ..Default::default() }).contains("batch must be at least 1"));
-        assert!(refused(TrainConfig { pairs: 100, ..Default::default() }).contains("smaller than one batch of 128"));
-        assert!(refused(TrainConfig { margin: -1.0, ..Default::default() }).contains("margin must be a finite number ≥ 0"));
+        assert!(
+            refused(TrainConfig {
+                batch: 0,
+                ..Default::default()
+            })
+            .contains("batch must be at least 1")
+        );
+        assert!(
+            refused(TrainConfig {
+                pairs: 100,
+                ..Default::default()
+            })
+            .contains("smaller than one batch of 128")
+        );
+        assert!(
+            refused(TrainConfig {
+                margin: -1.0,
+                ..Default::default()
+            })
+            .contains("margin must be a finite number ≥ 0")
+        );
         let mut cfg = TrainConfig::default();
         cfg.optimizer.lr = 0.0;
         assert!(refused(cfg).contains("learning rate must be a positive number"));
-        assert!(refused(TrainConfig { positive_fraction: 1.5, ..Default::default() }).contains("[0, 1]"));
-        assert!(refused(TrainConfig { eval_every: 0, ..Default::default() }).contains("validation interval"));
+        assert!(
+            refused(TrainConfig {
+                positive_fraction: 1.5,
+                ..Default::default()
+            })
+            .contains("[0, 1]")
+        );
+        assert!(
+            refused(TrainConfig {
+                eval_every: 0,
+                ..Default::default()
+            })
+            .contains("validation interval")
+        );
     }
 }
