@@ -90,6 +90,9 @@ struct TrainArgs {
     /// Make the last line of stdout one JSON object with the results.
     #[arg(long)]
     json: bool,
+    /// Time every kernel of the last training step (timestamp queries) and print the breakdown.
+    #[arg(long)]
+    profile: bool,
 }
 
 impl TrainArgs {
@@ -122,6 +125,7 @@ impl TrainArgs {
         cfg.val_images = self.val_images;
         cfg.eval_every = self.eval_every;
         cfg.pixel_norm = parse_pixel_norm(&self.pixel_norm)?;
+        cfg.profile = self.profile;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -231,6 +235,11 @@ fn progress_json(p: &Progress) -> serde_json::Value {
             "event": "validation", "pairs": pairs, "loss": num(*loss), "val_pair_accuracy": accuracy,
             "val_roc_auc": roc_auc, "pairs_per_sec": pairs_per_sec,
         }),
+        Progress::Profile { step, kernels } => json!({
+            "event": "profile", "step": step,
+            "kernels": kernels.iter().map(|(name, ms)| json!({"kernel": name, "ms": ms})).collect::<Vec<_>>(),
+        }),
+        Progress::Note(text) => json!({"event": "note", "text": text}),
     }
 }
 

@@ -20,7 +20,7 @@ use crate::data::sampler::{PairBatch, PairSampler, TripletBatch, TripletSampler,
 use crate::error::{Error, Result};
 use crate::eval::embed::Embedder;
 use crate::eval::verification::{self, Verification};
-use crate::gpu::{DType, Gpu, Tensor};
+use crate::gpu::{DType, Gpu, Kernel, Profiler, Tensor};
 use crate::model::{LossKind, ModelConfig, SiameseModel};
 use crate::nn::TowerSpec;
 use crate::nn::spec::REFERENCE_TOWER;
@@ -63,6 +63,8 @@ pub struct TrainConfig {
     pub pixel_norm: PixelNorm,
     /// Images per embedding dispatch during evaluation.
     pub eval_chunk: usize,
+    /// Time every kernel of the last step with timestamp queries and report the breakdown.
+    pub profile: bool,
 }
 
 impl Default for TrainConfig {
@@ -91,6 +93,7 @@ impl Default for TrainConfig {
             log_every: 20,
             pixel_norm: PixelNorm::UNIT,
             eval_chunk: 500,
+            profile: false,
         }
     }
 }
@@ -170,6 +173,13 @@ pub enum Progress {
         roc_auc: f64,
         pairs_per_sec: f64,
     },
+    /// Device time of every kernel of one step, in recording order (milliseconds).
+    Profile {
+        step: usize,
+        kernels: Vec<(&'static str, f64)>,
+    },
+    /// Something the user should know that is not an error.
+    Note(String),
 }
 
 impl std::fmt::Display for Progress {
@@ -211,6 +221,23 @@ impl std::fmt::Display for Progress {
                 "validation after {pairs} pairs: loss {loss:.4}  val pair accuracy {accuracy:.4}  \
                  ROC AUC {roc_auc:.4}  {pairs_per_sec:.0} pairs/s"
             ),
+            Progress::Profile { step, kernels } => {
+                let total: f64 = kernels.iter().map(|(_, ms)| ms).sum();
+                writeln!(
+                    f,
+                    "profile of step {step} ({} kernels, {total:.2} ms of device time):",
+                    kernels.len()
+                )?;
+                // Slowest first; `#k` is the kernel's place in the step (layers share names).
+                let mut by_time: Vec<(usize, &(&str, f64))> = kernels.iter().enumerate().collect();
+                by_time.sort_by(|a, b| b.1.1.total_cmp(&a.1.1));
+                for (k, (name, ms)) in by_time {
+                    let share = 100.0 * ms / total.max(1e-12);
+                    writeln!(f, "  #{k:<3} {name:<28} {ms:>9.3} ms  {share:>5.1}%")?;
+                }
+                Ok(())
+            }
+            Progress::Note(text) => write!(f, "note: {text}"),
         }
     }
 }
@@ -249,6 +276,118 @@ fn upload(gpu: &Gpu, set: &ImageSet) -> Result<Tensor> {
     gather::upload_images(gpu, &set.images, set.count, set.height * set.width)
 }
 
+/// One training step of a model, built once and submitted once per step: sample a batch,
+/// write its indices and labels, then gather → forward → loss → backward → optimizer in one
+/// command buffer, with the loss copied into a log the host reads now and then.
+pub struct TrainStep<'g> {
+    gpu: &'g Gpu,
+    batch: usize,
+    indices: Tensor,
+    labels: Tensor,
+    kernels: Vec<Kernel>,
+    loss: Tensor,
+    optimizer: Optimizer,
+    sampler: BatchSampler,
+    idx: Vec<u32>,
+    codes: Vec<u32>,
+    loss_log: Tensor,
+    logged: usize,
+}
+
+impl<'g> TrainStep<'g> {
+    /// Builds the step of `model` over the packed training `images` (with their `labels`),
+    /// updating `params` through `grads`, for a run of `steps` steps.
+    #[allow(clippy::too_many_arguments)] // the buffers a step binds, each named
+    pub fn new(
+        gpu: &'g Gpu,
+        model: &SiameseModel,
+        cfg: &TrainConfig,
+        images: &Tensor,
+        labels: &[u8],
+        params: &Tensor,
+        grads: &Tensor,
+        steps: usize,
+    ) -> Result<Self> {
+        let branches = cfg.loss.branches();
+        let [c, h, w] = model.config.input;
+        let indices = gpu.zeros(&[branches * cfg.batch], DType::U32)?;
+        let label_codes = gpu.zeros(&[cfg.batch], DType::U32)?;
+        let x = gpu.zeros(&[branches * cfg.batch, c, h, w], DType::F32)?;
+        let gather = gather::gather_images(gpu, images, &indices, &x, cfg.pixel_norm)?;
+        let mut tape = Tape::new(gpu);
+        let xv = tape.input(x);
+        let loss = model.record_loss(&mut tape, xv, &label_codes, params, Some(grads))?;
+        let optimizer = Optimizer::new(gpu, cfg.optimizer, params, grads, steps as u32)?;
+        let mut kernels = vec![gather];
+        kernels.extend(tape.forward_kernels().cloned());
+        kernels.extend(tape.backward(loss)?);
+        Ok(TrainStep {
+            gpu,
+            batch: cfg.batch,
+            indices,
+            labels: label_codes,
+            kernels,
+            loss: tape.tensor(loss).clone(),
+            optimizer,
+            sampler: BatchSampler::new(cfg, labels)?,
+            idx: Vec::new(),
+            codes: Vec::new(),
+            loss_log: gpu.zeros(&[cfg.log_every], DType::F32)?,
+            logged: 0,
+        })
+    }
+
+    /// Samples a batch and submits one step (timestamped for `profiler` if given); returns
+    /// the learning rate it used. Read the losses with [`take_losses`](Self::take_losses) at
+    /// least every `log_every` steps.
+    pub fn run(&mut self, profiler: Option<&mut Profiler>) -> Result<f32> {
+        assert!(
+            self.logged < self.loss_log.len(),
+            "the loss log is full: read it with take_losses"
+        );
+        self.sampler
+            .next(self.batch, &mut self.idx, &mut self.codes);
+        self.gpu.write_u32(&self.indices, &self.idx)?;
+        self.gpu.write_u32(&self.labels, &self.codes)?;
+        let lr = self.optimizer.prepare(self.gpu)?;
+        let mut rec = self.gpu.recorder();
+        let kernels = self.kernels.iter().chain([self.optimizer.kernel()]);
+        match profiler {
+            Some(p) => {
+                kernels.for_each(|k| rec.record_timed(k, p));
+                rec.resolve(p);
+            }
+            None => kernels.for_each(|k| rec.record(k)),
+        }
+        let slot = self
+            .loss_log
+            .view(self.logged, &[1])
+            .expect("slot inside the log");
+        rec.copy(&self.loss, &slot);
+        rec.submit();
+        self.logged += 1;
+        Ok(lr)
+    }
+
+    /// Steps submitted since the losses were last read.
+    pub fn pending(&self) -> usize {
+        self.logged
+    }
+
+    /// The losses of the steps since the last call, in order (waits for them to finish).
+    pub fn take_losses(&mut self) -> Result<Vec<f32>> {
+        let read = self.gpu.read_f32(&self.loss_log)?;
+        let new = read[..self.logged].to_vec();
+        self.logged = 0;
+        Ok(new)
+    }
+
+    /// Kernels per step, the optimizer included.
+    pub fn kernel_count(&self) -> usize {
+        self.kernels.len() + 1
+    }
+}
+
 /// Trains as `cfg` says on `gpu`, reporting progress through `report`.
 pub fn train(
     gpu: &Gpu,
@@ -273,26 +412,34 @@ pub fn train(
         distance: cfg.distance,
         normalize: cfg.normalize,
     })?;
-
-    // The step program, built once.
-    let branches = cfg.loss.branches();
     let len = model.layout.len;
     let params = gpu.upload_f32(&model.layout.init(cfg.seed), &[len])?;
     let grads = gpu.zeros(&[len], DType::F32)?;
-    let indices = gpu.zeros(&[branches * cfg.batch], DType::U32)?;
-    let labels = gpu.zeros(&[cfg.batch], DType::U32)?;
-    let x = gpu.zeros(&[branches * cfg.batch, 1, h, w], DType::F32)?;
-    let gather = gather::gather_images(gpu, &data.train, &indices, &x, cfg.pixel_norm)?;
-    let mut tape = Tape::new(gpu);
-    let xv = tape.input(x);
-    let loss = model.record_loss(&mut tape, xv, &labels, &params, Some(&grads))?;
-    let backward = tape.backward(loss)?;
     // As the reference: whole batches within the budget.
     let steps = cfg.pairs / cfg.batch;
-    let mut optimizer = Optimizer::new(gpu, cfg.optimizer, &params, &grads, steps as u32)?;
-    let loss_log = gpu.zeros(&[cfg.log_every], DType::F32)?;
+    let train_labels = &data.sets.train.labels;
+    let mut step_program = TrainStep::new(
+        gpu,
+        &model,
+        cfg,
+        &data.train,
+        train_labels,
+        &params,
+        &grads,
+        steps,
+    )?;
     let embedder = Embedder::new(gpu, &model, &params, cfg.pixel_norm, cfg.eval_chunk)?;
     let evaluator = Evaluator::new(gpu, &params, &model, &data, cfg)?;
+    let mut profiler = if cfg.profile {
+        Profiler::new(gpu, step_program.kernel_count() as u32)
+    } else {
+        None
+    };
+    if cfg.profile && profiler.is_none() {
+        report(&Progress::Note(
+            "profile: this adapter has no timestamp queries, so no per-kernel times".into(),
+        ));
+    }
 
     report(&Progress::Started {
         adapter: gpu.adapter().to_string(),
@@ -303,54 +450,42 @@ pub fn train(
         steps,
     });
 
-    let mut sampler = BatchSampler::new(cfg, &data.sets.train.labels)?;
-    let (mut idx, mut codes) = (Vec::new(), Vec::new());
     let mut losses: Vec<f32> = Vec::with_capacity(steps);
     let (mut train_s, mut lap, mut lap_pairs) = (0.0f64, Instant::now(), 0usize);
     let mut last_val = Validation::default();
-    let mut slot = 0;
     for step in 0..steps {
-        sampler.next(cfg.batch, &mut idx, &mut codes);
-        gpu.write_u32(&indices, &idx)?;
-        gpu.write_u32(&labels, &codes)?;
-        let lr = optimizer.prepare(gpu)?;
-        let mut rec = gpu.recorder();
-        rec.record(&gather);
-        for k in tape.forward_kernels().chain(&backward) {
-            rec.record(k);
-        }
-        rec.record(optimizer.kernel());
-        rec.copy(
-            tape.tensor(loss),
-            &loss_log.view(slot, &[1]).expect("slot inside the log"),
-        );
-        rec.submit();
-        slot += 1;
+        // The last step is the profiled one: profiling never changes what is trained.
+        let profile_now = if step + 1 == steps {
+            profiler.as_mut()
+        } else {
+            None
+        };
+        let lr = step_program.run(profile_now)?;
         lap_pairs += cfg.batch;
 
         let pairs_done = (step + 1) * cfg.batch;
         let validate =
             pairs_done / cfg.eval_every > step * cfg.batch / cfg.eval_every || step + 1 == steps;
-        if slot == cfg.log_every || validate {
-            let read = gpu.read_f32(&loss_log)?;
-            let new = &read[..slot];
+        if step_program.pending() == cfg.log_every || validate {
+            // 1-based number of the first step in this read.
+            let first = step + 2 - step_program.pending();
+            let new = step_program.take_losses()?;
             if let Some(bad) = new.iter().position(|l| !l.is_finite()) {
                 return Err(Error::Training(format!(
                     "the loss became {} at step {} (lr {lr}): the learning rate is probably too high for this \
                      model; lower --lr (e.g. by 10×)",
                     new[bad],
-                    step + 1 - slot + bad + 1
+                    first + bad
                 )));
             }
-            losses.extend_from_slice(new);
-            slot = 0;
+            losses.extend_from_slice(&new);
             let elapsed = lap.elapsed().as_secs_f64();
             train_s += elapsed;
             let rate = lap_pairs as f64 / elapsed.max(1e-9);
             report(&Progress::Loss {
                 step: step + 1,
                 pairs: pairs_done,
-                loss: mean(new),
+                loss: mean(&new),
                 lr,
                 pairs_per_sec: rate,
             });
@@ -368,6 +503,12 @@ pub fn train(
             lap = Instant::now();
             lap_pairs = 0;
         }
+    }
+    if let Some(p) = profiler.as_mut() {
+        report(&Progress::Profile {
+            step: steps,
+            kernels: p.read(gpu)?,
+        });
     }
 
     let test = evaluator.test(&embedder, &data, &last_val)?;
@@ -387,6 +528,14 @@ pub fn train(
         last_loss: tail(&losses),
         losses,
     })
+}
+
+fn mean(v: &[f32]) -> f32 {
+    if v.is_empty() {
+        f32::NAN
+    } else {
+        v.iter().sum::<f32>() / v.len() as f32
+    }
 }
 
 /// The training sampler of the loss: pairs, or triplets.
@@ -433,14 +582,6 @@ impl BatchSampler {
                 codes.resize(n, PairLabel::Same.code());
             }
         }
-    }
-}
-
-fn mean(v: &[f32]) -> f32 {
-    if v.is_empty() {
-        f32::NAN
-    } else {
-        v.iter().sum::<f32>() / v.len() as f32
     }
 }
 

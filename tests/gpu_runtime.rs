@@ -202,3 +202,41 @@ fn a_launch_over_the_workgroup_limit_is_refused() {
         "{msg}"
     );
 }
+
+#[test]
+fn the_profiler_times_each_recorded_kernel() {
+    use siamese_gpu::gpu::Profiler;
+    let gpu = gpu();
+    let Some(mut profiler) = Profiler::new(&gpu, 4) else {
+        eprintln!(
+            "no timestamp queries on {}: nothing to check",
+            gpu.adapter()
+        );
+        return;
+    };
+    let x = gpu.upload_f32(&[1.0; 64], &[8, 8]).unwrap();
+    let w = gpu.upload_f32(&[0.5; 32], &[4, 8]).unwrap();
+    let b = gpu.zeros(&[4], DType::F32).unwrap();
+    let y = gpu.zeros(&[8, 4], DType::F32).unwrap();
+    let db = gpu.zeros(&[4], DType::F32).unwrap();
+    let fwd = dense::forward(&gpu, &x, &w, &b, &y).unwrap();
+    let bias = dense::grad_bias(&gpu, &y, &db).unwrap();
+    let mut rec = gpu.recorder();
+    rec.record_timed(&fwd, &mut profiler);
+    rec.record_timed(&bias, &mut profiler);
+    rec.resolve(&profiler);
+    rec.submit();
+    let times = profiler.read(&gpu).unwrap();
+    // One entry per kernel, named by its entry point, in recording order; durations are
+    // finite and non-negative (their values are the benchmark's business, not a test's).
+    assert_eq!(
+        times.iter().map(|t| t.0).collect::<Vec<_>>(),
+        ["dense_forward", "dense_grad_bias"]
+    );
+    assert!(
+        times.iter().all(|t| t.1.is_finite() && t.1 >= 0.0),
+        "{times:?}"
+    );
+    // The kernels still ran: y = 8·0.5 = 4 everywhere.
+    assert_eq!(gpu.read_f32(&y).unwrap(), vec![4.0; 32]);
+}

@@ -61,6 +61,11 @@ impl Kernel {
         &self.dispatches
     }
 
+    /// The entry point of the first dispatch: what the kernel is, in profiles and labels.
+    pub fn label(&self) -> &'static str {
+        self.dispatches.first().map_or("empty", |d| d.entry)
+    }
+
     /// Rewrites the uniform parameters of every dispatch (e.g. an optimizer's learning rate
     /// and step count), queued before the next submission: no allocation, no new bind group.
     /// `params` must be the struct type the kernel was built with.

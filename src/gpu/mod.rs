@@ -8,11 +8,13 @@
 mod adapter;
 mod context;
 mod kernel;
+mod profiler;
 mod recorder;
 mod tensor;
 
 pub use adapter::{AdapterSummary, list_adapters};
 pub use context::Gpu;
 pub use kernel::{Dispatch, Kernel, MAX_WORKGROUPS_PER_DIM, Uniform, grid_1d};
+pub use profiler::Profiler;
 pub use recorder::Recorder;
 pub use tensor::{DType, Tensor};

@@ -1,6 +1,6 @@
 //! Recording kernels into one command encoder, submitted once.
 
-use super::{Gpu, Kernel, Tensor};
+use super::{Gpu, Kernel, Profiler, Tensor};
 
 /// Collects kernels, clears and copies into one command buffer; [`Recorder::submit`] sends it.
 pub struct Recorder<'g> {
@@ -21,9 +21,33 @@ impl<'g> Recorder<'g> {
     /// Records every dispatch of `kernel` in one compute pass. wgpu orders the dispatches of
     /// a pass (each sees the previous one's writes), so no extra barrier is needed.
     pub fn record(&mut self, kernel: &Kernel) {
+        self.record_pass(kernel, None);
+    }
+
+    /// [`record`](Self::record), with the pass's begin and end timestamps written for
+    /// `profiler` (silently unprofiled once the profiler is full).
+    pub fn record_timed(&mut self, kernel: &Kernel, profiler: &mut Profiler) {
+        let slot = profiler.next_slot(kernel.label());
+        self.record_pass(kernel, slot.map(|i| (&profiler.query_set, i)));
+    }
+
+    /// Resolves the profiler's timestamps at the end of this command buffer.
+    pub fn resolve(&mut self, profiler: &Profiler) {
+        profiler.resolve_into(&mut self.encoder);
+    }
+
+    fn record_pass(&mut self, kernel: &Kernel, timestamps: Option<(&wgpu::QuerySet, u32)>) {
+        let timestamp_writes = timestamps.map(|(query_set, i)| wgpu::ComputePassTimestampWrites {
+            query_set,
+            beginning_of_pass_write_index: Some(i),
+            end_of_pass_write_index: Some(i + 1),
+        });
         let mut pass = self
             .encoder
-            .begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+            .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(kernel.label()),
+                timestamp_writes,
+            });
         for d in &kernel.dispatches {
             pass.set_pipeline(&d.pipeline);
             pass.set_bind_group(0, &d.bind_group, &[]);
