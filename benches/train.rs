@@ -1,0 +1,120 @@
+//! End-to-end benchmark: training pairs/s of the reference network with the contrastive
+//! loss at batches of 32, 128 and 512 pairs (one step = one submission: gather, forward of
+//! both branches, loss, backward, Adam), and embedding images/s for evaluation.
+//!
+//! `cargo bench --bench train`; `SIAMESE_BENCH_BATCHES=128` picks the batches. Uses
+//! Fashion-MNIST when installed, random images of the same size otherwise (the speed does
+//! not depend on the pixels). Each figure is a line for people and a JSON object for tools.
+
+use std::time::Instant;
+
+use siamese_gpu::data::dataset;
+use siamese_gpu::eval::embed::Embedder;
+use siamese_gpu::model::{ModelConfig, SiameseModel};
+use siamese_gpu::ops::gather;
+use siamese_gpu::train::{TrainConfig, TrainStep};
+use siamese_gpu::{DType, Gpu};
+
+const WARMUP_STEPS: usize = 3;
+const TIMED_STEPS: usize = 12;
+
+fn main() {
+    let gpu = Gpu::new().unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    });
+    let batches: Vec<usize> = std::env::var("SIAMESE_BENCH_BATCHES")
+        .unwrap_or_else(|_| "32,128,512".into())
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse()
+                .expect("SIAMESE_BENCH_BATCHES: comma-separated batch sizes")
+        })
+        .collect();
+    let a = gpu.adapter();
+    let driver = format!("{} {}", a.driver, a.driver_info);
+    println!("adapter: {a}");
+
+    // 60,000 labelled 28×28 images, real when available.
+    let (images, labels) = match dataset::load(None, None) {
+        Ok(d) => (d.train.images, d.train.labels),
+        Err(_) => {
+            eprintln!("Fashion-MNIST not found: timing on random images");
+            let n = 55_000;
+            (
+                (0..n * 784).map(|i| (i * 7919 % 251) as u8).collect(),
+                (0..n).map(|i| (i % 10) as u8).collect(),
+            )
+        }
+    };
+    let count = labels.len();
+    let packed = gather::upload_images(&gpu, &images, count, 784).expect("upload the images");
+
+    for &batch in &batches {
+        let cfg = TrainConfig {
+            batch,
+            log_every: TIMED_STEPS + WARMUP_STEPS,
+            ..TrainConfig::default()
+        };
+        let model = SiameseModel::new(ModelConfig {
+            tower: cfg.tower.clone(),
+            input: [1, 28, 28],
+            loss: cfg.loss,
+            margin: cfg.margin,
+            distance: cfg.distance,
+            normalize: cfg.normalize,
+        })
+        .expect("the reference model");
+        let len = model.layout.len;
+        let params = gpu
+            .upload_f32(&model.layout.init(0), &[len])
+            .expect("parameters");
+        let grads = gpu.zeros(&[len], DType::F32).expect("gradients");
+        let steps = WARMUP_STEPS + TIMED_STEPS;
+        let mut step = TrainStep::new(&gpu, &model, &cfg, &packed, &labels, &params, &grads, steps)
+            .expect("build");
+        for _ in 0..WARMUP_STEPS {
+            step.run(None).expect("warm-up step");
+        }
+        gpu.wait().expect("warm-up");
+        let start = Instant::now();
+        for _ in 0..TIMED_STEPS {
+            step.run(None).expect("step");
+        }
+        let losses = step.take_losses().expect("losses (waits for the steps)");
+        let seconds = start.elapsed().as_secs_f64();
+        assert!(
+            losses.iter().all(|l| l.is_finite()),
+            "the benchmark run diverged"
+        );
+        let pairs_per_sec = (TIMED_STEPS * batch) as f64 / seconds;
+        println!(
+            "train   batch {batch:>4} pairs  {:>8.1} ms/step  {pairs_per_sec:>8.1} pairs/s",
+            1e3 * seconds / TIMED_STEPS as f64
+        );
+        println!(
+            "{{\"kind\":\"train\",\"batch\":{batch},\"pairs_per_sec\":{pairs_per_sec:.2},\"ms_per_step\":{:.3},\"adapter\":\"{}\",\"driver\":\"{driver}\"}}",
+            1e3 * seconds / TIMED_STEPS as f64,
+            a.name
+        );
+
+        if batch == batches[0] {
+            // Embedding for evaluation: 2,000 images in chunks of 500 (the trainer's setting).
+            let embedder = Embedder::new(&gpu, &model, &params, cfg.pixel_norm, cfg.eval_chunk)
+                .expect("embedder");
+            embedder.embed(&packed, cfg.eval_chunk).expect("warm-up");
+            let start = Instant::now();
+            embedder.embed(&packed, 2000).expect("embed");
+            let images_per_sec = 2000.0 / start.elapsed().as_secs_f64();
+            println!(
+                "embed   chunk {:>4} images {images_per_sec:>8.1} images/s",
+                cfg.eval_chunk
+            );
+            println!(
+                "{{\"kind\":\"embed\",\"chunk\":{},\"images_per_sec\":{images_per_sec:.2},\"adapter\":\"{}\",\"driver\":\"{driver}\"}}",
+                cfg.eval_chunk, a.name
+            );
+        }
+    }
+}
