@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use siamese_gpu::Gpu;
+use siamese_gpu::model::LossKind;
 use siamese_gpu::nn::spec::REFERENCE_TOWER;
 use siamese_gpu::ops::distance::Distance;
 use siamese_gpu::ops::gather::PixelNorm;
@@ -189,6 +190,11 @@ fn result_json(r: &TrainReport, cfg: &TrainConfig) -> serde_json::Value {
         "test_pair_accuracy": r.test.accuracy,
         "test_roc_auc": r.test.roc_auc,
         "threshold": num(r.test.threshold),
+        // What the threshold applies to: pairs scoring at most it are called Same.
+        "score": match cfg.loss {
+            LossKind::Bce => "negated logit".to_string(),
+            _ => format!("{:?} distance", cfg.distance).to_lowercase(),
+        },
         "val_pair_accuracy": r.val_accuracy,
         "val_roc_auc": r.val_roc_auc,
         "train_pairs": r.train_pairs,

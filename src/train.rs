@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::autograd::Tape;
+use crate::cpu;
 use crate::data::dataset::{self, ImageSet};
 use crate::data::sampler::{PairBatch, PairSampler, TripletBatch, TripletSampler, balanced_pairs};
 use crate::error::{Error, Result};
@@ -639,26 +640,30 @@ impl<'g> Evaluator<'g> {
                 .expect("every pair image was embedded");
             &e[k * d..(k + 1) * d]
         };
-        let head = params.and_then(|p| self.model.head_weights(p));
-        Ok(pairs
-            .a
-            .iter()
-            .zip(&pairs.b)
-            .map(|(&i, &j)| {
-                let (a, b) = (row(i), row(j));
-                match head {
-                    Some((w, bias)) => {
-                        -(a.iter()
-                            .zip(b)
-                            .zip(w)
-                            .map(|((x, y), w)| (x - y).abs() * w)
-                            .sum::<f32>()
-                            + bias)
-                    }
-                    None => host_distance(self.model.config.distance, a, b),
+        // The pairs' rows side by side, scored by the CPU references of the kernels the
+        // model trains with (evaluation pairs are few: 10,000 × D).
+        let gather_rows = |ids: &[u32]| {
+            ids.iter()
+                .flat_map(|&i| row(i))
+                .copied()
+                .collect::<Vec<f32>>()
+        };
+        let (a, b, n) = (gather_rows(&pairs.a), gather_rows(&pairs.b), pairs.a.len());
+        Ok(match params.and_then(|p| self.model.head_weights(p)) {
+            Some((w, bias)) => {
+                let diff = cpu::distance::abs_diff_forward(&a, &b, n, d);
+                let logits = cpu::dense::dense_forward(&diff, w, &[bias], n, d, 1);
+                logits.into_iter().map(|z| -z).collect()
+            }
+            None => match self.model.config.distance {
+                Distance::Euclidean => cpu::distance::euclidean_forward(&a, &b, n, d),
+                Distance::SquaredEuclidean => {
+                    cpu::distance::squared_euclidean_forward(&a, &b, n, d)
                 }
-            })
-            .collect())
+                Distance::L1 => cpu::distance::l1_forward(&a, &b, n, d),
+                Distance::Cosine => cpu::distance::cosine_forward(&a, &b, n, d),
+            },
+        })
     }
 
     /// The current parameters on the host, when scoring needs them (the BCE head).
@@ -689,22 +694,6 @@ impl<'g> Evaluator<'g> {
             &d,
             &self.test_pairs.labels,
         ))
-    }
-}
-
-/// The distance the model trains with, on the host (evaluation pairs are few).
-fn host_distance(kind: Distance, a: &[f32], b: &[f32]) -> f32 {
-    match kind {
-        Distance::Euclidean => {
-            (a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>() + 1e-12).sqrt()
-        }
-        Distance::SquaredEuclidean => a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum(),
-        Distance::L1 => a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum(),
-        Distance::Cosine => {
-            let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-            let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-8);
-            1.0 - dot / (norm(a) * norm(b))
-        }
     }
 }
 
