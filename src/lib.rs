@@ -5,6 +5,8 @@
 //! module per shader file; [`cpu`] is the plain-loop reference of every kernel entry.
 
 pub mod autograd;
+#[cfg(feature = "checkpoint")]
+pub mod checkpoint;
 pub mod cpu;
 pub mod data;
 pub mod error;

@@ -6,13 +6,13 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
-use siamese_gpu::Gpu;
 use siamese_gpu::model::LossKind;
 use siamese_gpu::nn::spec::REFERENCE_TOWER;
 use siamese_gpu::ops::distance::Distance;
 use siamese_gpu::ops::gather::PixelNorm;
 use siamese_gpu::optim::{OptimizerKind, Schedule};
 use siamese_gpu::train::{self, Progress, TrainConfig, TrainReport};
+use siamese_gpu::{Gpu, checkpoint};
 
 #[derive(Parser)]
 #[command(
@@ -85,7 +85,8 @@ struct TrainArgs {
     /// Input normalisation: unit (pixel/255) or standard:MEAN:STD ((pixel/255 − MEAN)/STD).
     #[arg(long, default_value = "unit")]
     pixel_norm: String,
-    /// Write the run (config.json, metrics.jsonl, result.json) into this directory.
+    /// Write the run (config.json, metrics.jsonl, result.json, model.safetensors) into this
+    /// directory.
     #[arg(long)]
     out: Option<PathBuf>,
     /// Make the last line of stdout one JSON object with the results.
@@ -280,6 +281,20 @@ fn run_train(args: &TrainArgs) -> Result<(), String> {
         let text = serde_json::to_string_pretty(&result).expect("JSON");
         write_atomic(&dir.join("result.json"), &text)
             .map_err(|e| format!("cannot write result.json: {e}"))?;
+        let metadata = [
+            ("seed", cfg.seed.to_string()),
+            ("train_pairs", report.train_pairs.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        checkpoint::save_weights(
+            &dir.join("model.safetensors"),
+            &report.model,
+            &report.params,
+            metadata,
+        )
+        .map_err(|e| e.to_string())?;
     }
     println!(
         "test pair accuracy {:.4} at threshold {:.4} (chosen on validation), ROC AUC {:.4}",

@@ -244,7 +244,7 @@ impl std::fmt::Display for Progress {
 }
 
 /// The result of a run.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct TrainReport {
     pub adapter: String,
     pub train_pairs: usize,
@@ -263,6 +263,9 @@ pub struct TrainReport {
     pub last_loss: f32,
     /// Every step's loss.
     pub losses: Vec<f32>,
+    /// The trained model and its final parameters (its flat layout).
+    pub model: SiameseModel,
+    pub params: Vec<f32>,
 }
 
 /// The dataset on the host and its packed copies on the GPU.
@@ -528,6 +531,8 @@ pub fn train(
         first_loss: head(&losses),
         last_loss: tail(&losses),
         losses,
+        params: gpu.read_f32(&params)?,
+        model,
     })
 }
 

@@ -1,0 +1,104 @@
+//! Model weights in safetensors, named and shaped as PyTorch names the same layers
+//! (`tower.<i>.weight` counting every layer of the spec, conv `[out, in, kh, kw]`, linear
+//! `[out, in]`), so a PyTorch user loads them into the equivalent `nn.Sequential` with
+//! `load_state_dict`. The file also records the tower spec and input shape in its metadata.
+//! Files are written to a temporary name and renamed, so an existing one is never left
+//! half-written.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use crate::error::{Error, Result};
+use crate::model::SiameseModel;
+
+/// Writes the parameters `flat` (the model's flat layout) to `path` with `metadata`.
+pub fn save_weights(
+    path: &Path,
+    model: &SiameseModel,
+    flat: &[f32],
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    if flat.len() != model.layout.len {
+        return Err(Error::Config(format!(
+            "{} parameters given for a model of {}",
+            flat.len(),
+            model.layout.len
+        )));
+    }
+    let bytes: &[u8] = bytemuck::cast_slice(flat);
+    let views = model
+        .layout
+        .params
+        .iter()
+        .map(|p| {
+            let data = &bytes[4 * p.offset..4 * (p.offset + p.len())];
+            TensorView::new(Dtype::F32, p.shape.clone(), data).map(|v| (p.name.clone(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Config(format!("cannot lay out the checkpoint: {e}")))?;
+    let mut info = metadata;
+    info.insert("tower".into(), model.config.tower.to_string());
+    let [c, h, w] = model.config.input;
+    info.insert("input".into(), format!("{c},{h},{w}"));
+    info.insert("loss".into(), model.config.loss.to_string());
+    let buffer = safetensors::serialize(views, Some(info))
+        .map_err(|e| Error::Config(format!("cannot serialise the checkpoint: {e}")))?;
+    let tmp = path.with_extension("safetensors.tmp");
+    let io = |e: std::io::Error| Error::Data(format!("cannot write {}: {e}", path.display()));
+    std::fs::write(&tmp, buffer).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Reads weights written by [`save_weights`] for `model`, checking every tensor's name and
+/// shape; a checkpoint of another architecture is refused with what differs.
+pub fn load_weights(path: &Path, model: &SiameseModel) -> Result<Vec<f32>> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::Data(format!("cannot read {}: {e}", path.display())))?;
+    let file = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::Data(format!("{} is not a safetensors file: {e}", path.display())))?;
+    let mut flat = vec![0.0f32; model.layout.len];
+    let mut differences = Vec::new();
+    for p in &model.layout.params {
+        match file.tensor(&p.name) {
+            Err(_) => differences.push(format!("{} {:?} is missing", p.name, p.shape)),
+            Ok(t) if t.dtype() != Dtype::F32 || t.shape() != p.shape.as_slice() => differences
+                .push(format!(
+                    "{} is {:?} {:?}, the model needs F32 {:?}",
+                    p.name,
+                    t.dtype(),
+                    t.shape(),
+                    p.shape
+                )),
+            Ok(t) => {
+                for (dst, src) in flat[p.offset..p.offset + p.len()]
+                    .iter_mut()
+                    .zip(t.data().chunks_exact(4))
+                {
+                    *dst = f32::from_le_bytes(src.try_into().expect("4-byte chunks"));
+                }
+            }
+        }
+    }
+    let known: Vec<&str> = model
+        .layout
+        .params
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    for name in file.names() {
+        if !known.contains(&name) {
+            differences.push(format!("{name} is not part of this model"));
+        }
+    }
+    if !differences.is_empty() {
+        return Err(Error::Config(format!(
+            "{} does not fit the model `{}`: {}",
+            path.display(),
+            model.config.tower,
+            differences.join("; ")
+        )));
+    }
+    Ok(flat)
+}
