@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
+use siamese_gpu::gpu::list_adapters;
 use siamese_gpu::model::LossKind;
 use siamese_gpu::nn::spec::REFERENCE_TOWER;
 use siamese_gpu::ops::distance::Distance;
@@ -28,7 +29,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a Siamese network and report its test verification accuracy.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
+    /// List the GPU adapters wgpu can see, best first, and open the one that would be used
+    /// (SIAMESE_ADAPTER=<name substring> picks another).
+    Devices,
 }
 
 #[derive(Args)]
@@ -310,10 +314,31 @@ fn run_train(args: &TrainArgs) -> Result<(), String> {
     Ok(())
 }
 
+fn run_devices() -> Result<(), String> {
+    for (i, a) in list_adapters().iter().enumerate() {
+        println!("{i}: {a}");
+    }
+    let gpu = Gpu::new().map_err(|e| e.to_string())?;
+    let limits = gpu.limits();
+    println!("chosen: {}", gpu.adapter());
+    println!(
+        "  max storage binding {} MiB, max buffer {} MiB, max workgroups per dimension {}, \
+         workgroup storage {} KiB, timestamp queries {}, f16 shaders {}",
+        limits.max_storage_buffer_binding_size >> 20,
+        limits.max_buffer_size >> 20,
+        limits.max_compute_workgroups_per_dimension,
+        limits.max_compute_workgroup_storage_size >> 10,
+        gpu.features().contains(wgpu::Features::TIMESTAMP_QUERY),
+        gpu.features().contains(wgpu::Features::SHADER_F16),
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match &cli.command {
         Command::Train(args) => run_train(args),
+        Command::Devices => run_devices(),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
