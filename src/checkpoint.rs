@@ -11,7 +11,17 @@ use std::path::Path;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::error::{Error, Result};
-use crate::model::SiameseModel;
+use crate::model::{ModelConfig, SiameseModel};
+use crate::ops::distance::Distance;
+
+fn distance_name(d: Distance) -> &'static str {
+    match d {
+        Distance::Euclidean => "euclidean",
+        Distance::SquaredEuclidean => "squared_euclidean",
+        Distance::L1 => "l1",
+        Distance::Cosine => "cosine",
+    }
+}
 
 /// Writes the parameters `flat` (the model's flat layout) to `path` with `metadata`.
 pub fn save_weights(
@@ -39,10 +49,14 @@ pub fn save_weights(
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| Error::Config(format!("cannot lay out the checkpoint: {e}")))?;
     let mut info = metadata;
-    info.insert("tower".into(), model.config.tower.to_string());
-    let [c, h, w] = model.config.input;
+    let cfg = &model.config;
+    info.insert("tower".into(), cfg.tower.to_string());
+    let [c, h, w] = cfg.input;
     info.insert("input".into(), format!("{c},{h},{w}"));
-    info.insert("loss".into(), model.config.loss.to_string());
+    info.insert("loss".into(), cfg.loss.to_string());
+    info.insert("margin".into(), cfg.margin.to_string());
+    info.insert("distance".into(), distance_name(cfg.distance).into());
+    info.insert("normalize".into(), cfg.normalize.to_string());
     let buffer = safetensors::serialize(views, Some(info))
         .map_err(|e| Error::Config(format!("cannot serialise the checkpoint: {e}")))?;
     let tmp = path.with_extension("safetensors.tmp");
@@ -101,4 +115,56 @@ pub fn load_weights(path: &Path, model: &SiameseModel) -> Result<Vec<f32>> {
         )));
     }
     Ok(flat)
+}
+
+/// A model rebuilt from a checkpoint's metadata, with its weights and all the metadata
+/// (callers read their own keys, e.g. the pixel normalisation).
+pub fn load_model(path: &Path) -> Result<(SiameseModel, Vec<f32>, HashMap<String, String>)> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::Data(format!("cannot read {}: {e}", path.display())))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| Error::Data(format!("{} is not a safetensors file: {e}", path.display())))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let field = |key: &str| {
+        meta.get(key).cloned().ok_or_else(|| {
+            Error::Data(format!(
+                "{} has no `{key}` in its metadata: it was not written by siamese train",
+                path.display()
+            ))
+        })
+    };
+    let bad = |key: &str, value: &str| {
+        Error::Data(format!(
+            "{}: metadata `{key}` = `{value}` is not understood",
+            path.display()
+        ))
+    };
+    let input: Vec<usize> = field("input")?
+        .split(',')
+        .map(|v| v.parse())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| bad("input", &meta["input"]))?;
+    let input: [usize; 3] = input.try_into().map_err(|_| bad("input", &meta["input"]))?;
+    let distance = match field("distance")?.as_str() {
+        "euclidean" => Distance::Euclidean,
+        "squared_euclidean" => Distance::SquaredEuclidean,
+        "l1" => Distance::L1,
+        "cosine" => Distance::Cosine,
+        other => return Err(bad("distance", other)),
+    };
+    let config = ModelConfig {
+        tower: field("tower")?.parse()?,
+        input,
+        loss: field("loss")?.parse()?,
+        margin: field("margin")?
+            .parse()
+            .map_err(|_| bad("margin", &meta["margin"]))?,
+        distance,
+        normalize: field("normalize")?
+            .parse()
+            .map_err(|_| bad("normalize", &meta["normalize"]))?,
+    };
+    let model = SiameseModel::new(config)?;
+    let params = load_weights(path, &model)?;
+    Ok((model, params, meta))
 }

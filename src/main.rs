@@ -6,10 +6,13 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
+use siamese_gpu::data::dataset;
+use siamese_gpu::eval::embed::Embedder;
 use siamese_gpu::gpu::list_adapters;
 use siamese_gpu::model::LossKind;
 use siamese_gpu::nn::spec::REFERENCE_TOWER;
 use siamese_gpu::ops::distance::Distance;
+use siamese_gpu::ops::gather;
 use siamese_gpu::ops::gather::PixelNorm;
 use siamese_gpu::optim::{OptimizerKind, Schedule};
 use siamese_gpu::train::{self, Progress, TrainConfig, TrainReport};
@@ -33,6 +36,92 @@ enum Command {
     /// List the GPU adapters wgpu can see, best first, and open the one that would be used
     /// (SIAMESE_ADAPTER=<name substring> picks another).
     Devices,
+    /// Embed a dataset split with a trained model; write a float32 [N, D] NumPy array in
+    /// dataset order.
+    Embed(EmbedArgs),
+}
+
+#[derive(Args)]
+struct EmbedArgs {
+    /// The run directory of `train --out` (or its model.safetensors).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Dataset directory (as for train).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Which images: train (without the validation hold-out), val, or test.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Validation images held out of train [default: min(5000, 10%)].
+    #[arg(long)]
+    val_images: Option<usize>,
+    /// Output file (.npy).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn run_embed(args: &EmbedArgs) -> Result<(), String> {
+    let path = if args.checkpoint.is_dir() {
+        args.checkpoint.join("model.safetensors")
+    } else {
+        args.checkpoint.clone()
+    };
+    let (model, flat, meta) = checkpoint::load_model(&path).map_err(|e| e.to_string())?;
+    let meta_f32 = |key: &str, default: f32| {
+        meta.get(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let norm = PixelNorm {
+        shift: meta_f32("pixel_shift", 0.0),
+        scale: meta_f32("pixel_scale", 1.0),
+    };
+    let data = dataset::load(args.data.as_deref(), args.val_images).map_err(|e| e.to_string())?;
+    let set = match args.split.as_str() {
+        "train" => &data.train,
+        "val" => &data.val,
+        "test" => &data.test,
+        other => return Err(format!("unknown split `{other}`: use train, val or test")),
+    };
+    let [_, h, w] = model.config.input;
+    if (set.height, set.width) != (h, w) {
+        return Err(format!(
+            "the model takes {h}×{w} images but the {} split holds {}×{}",
+            args.split, set.height, set.width
+        ));
+    }
+    let gpu = Gpu::new().map_err(|e| e.to_string())?;
+    let embed = || -> siamese_gpu::Result<Vec<f32>> {
+        let images = gather::upload_images(&gpu, &set.images, set.count, h * w)?;
+        let params = gpu.upload_f32(&flat, &[flat.len()])?;
+        Embedder::new(&gpu, &model, &params, norm, 500)?.embed(&images, set.count)
+    };
+    let e = embed().map_err(|e| e.to_string())?;
+    let dim = model.embedding_dim();
+    write_npy(&args.out, &e, set.count, dim)
+        .map_err(|e| format!("cannot write {}: {e}", args.out.display()))?;
+    println!(
+        "wrote the {} split's embeddings, float32 [{}, {dim}], to {}",
+        args.split,
+        set.count,
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// Writes a float32 `[rows, cols]` array as .npy, through a temporary file and a rename.
+fn write_npy(path: &Path, data: &[f32], rows: usize, cols: usize) -> std::io::Result<()> {
+    use npyz::WriterBuilder;
+    let tmp = path.with_extension("npy.tmp");
+    let file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    let mut writer = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(&[rows as u64, cols as u64])
+        .writer(file)
+        .begin_nd()?;
+    writer.extend(data.iter().copied())?;
+    writer.finish()?;
+    std::fs::rename(&tmp, path)
 }
 
 #[derive(Args)]
@@ -288,6 +377,8 @@ fn run_train(args: &TrainArgs) -> Result<(), String> {
         let metadata = [
             ("seed", cfg.seed.to_string()),
             ("train_pairs", report.train_pairs.to_string()),
+            ("pixel_shift", cfg.pixel_norm.shift.to_string()),
+            ("pixel_scale", cfg.pixel_norm.scale.to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -339,6 +430,7 @@ fn main() -> ExitCode {
     let outcome = match &cli.command {
         Command::Train(args) => run_train(args),
         Command::Devices => run_devices(),
+        Command::Embed(args) => run_embed(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

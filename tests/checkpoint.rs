@@ -113,3 +113,44 @@ fn a_failed_write_leaves_the_previous_checkpoint_intact() {
     assert!(save_weights(&path, &m, &m.layout.init(2), HashMap::new()).is_err());
     assert_eq!(std::fs::read(&path).unwrap(), before);
 }
+
+#[test]
+fn a_model_is_rebuilt_from_its_checkpoint() {
+    let mut m = model(
+        "conv 8 3 pad=1 | tanh | avgpool 2 | flatten | dense 12 | l2norm",
+        LossKind::Triplet,
+    );
+    m.config.margin = 0.2;
+    let m = SiameseModel::new(ModelConfig {
+        distance: Distance::Cosine,
+        normalize: true,
+        ..m.config
+    })
+    .unwrap();
+    let flat = m.layout.init(9);
+    let path = temp_dir("rebuild").join("model.safetensors");
+    save_weights(
+        &path,
+        &m,
+        &flat,
+        HashMap::from([("pixel_scale".into(), "2".into())]),
+    )
+    .unwrap();
+    let (loaded, params, meta) = siamese_gpu::checkpoint::load_model(&path).unwrap();
+    assert_eq!(loaded.config, m.config);
+    assert_eq!(params, flat);
+    assert_eq!(meta["pixel_scale"], "2");
+    // A safetensors file without our metadata is refused with what is missing.
+    let foreign = temp_dir("rebuild").join("foreign.safetensors");
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1], &[0u8; 4]).unwrap();
+    std::fs::write(
+        &foreign,
+        safetensors::serialize([("x", view)], None).unwrap(),
+    )
+    .unwrap();
+    let err = siamese_gpu::checkpoint::load_model(&foreign)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("has no `input` in its metadata"), "{err}");
+}
