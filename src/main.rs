@@ -6,10 +6,13 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
-use siamese_gpu::data::dataset;
+use siamese_gpu::data::dataset::{self, ImageSet};
 use siamese_gpu::eval::embed::Embedder;
+use siamese_gpu::eval::protocol::{PairProtocol, Validation};
+use siamese_gpu::eval::verification::Verification;
 use siamese_gpu::gpu::list_adapters;
 use siamese_gpu::model::LossKind;
+use siamese_gpu::model::SiameseModel;
 use siamese_gpu::nn::spec::REFERENCE_TOWER;
 use siamese_gpu::ops::distance::Distance;
 use siamese_gpu::ops::gather;
@@ -39,6 +42,31 @@ enum Command {
     /// Embed a dataset split with a trained model; write a float32 [N, D] NumPy array in
     /// dataset order.
     Embed(EmbedArgs),
+    /// Evaluate a trained model: test pair accuracy at the threshold chosen on validation
+    /// pairs, and ROC AUC.
+    Eval(EvalArgs),
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// The run directory of `train --out` (or its model.safetensors).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Dataset directory (as for train).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Validation images held out of train [default: min(5000, 10%)].
+    #[arg(long)]
+    val_images: Option<usize>,
+    /// Balanced validation pairs that choose the threshold.
+    #[arg(long, default_value_t = TrainConfig::default().val_pairs)]
+    val_pairs: usize,
+    /// Balanced test pairs scored at that threshold.
+    #[arg(long, default_value_t = TrainConfig::default().test_pairs)]
+    test_pairs: usize,
+    /// Make the last line of stdout one JSON object with the results.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -60,11 +88,13 @@ struct EmbedArgs {
     out: PathBuf,
 }
 
-fn run_embed(args: &EmbedArgs) -> Result<(), String> {
-    let path = if args.checkpoint.is_dir() {
-        args.checkpoint.join("model.safetensors")
+/// A trained model from a run directory (or its model.safetensors): the model, its flat
+/// parameters, and the pixel normalisation it was trained with.
+fn load_checkpoint(checkpoint: &Path) -> Result<(SiameseModel, Vec<f32>, PixelNorm), String> {
+    let path = if checkpoint.is_dir() {
+        checkpoint.join("model.safetensors")
     } else {
-        args.checkpoint.clone()
+        checkpoint.to_path_buf()
     };
     let (model, flat, meta) = checkpoint::load_model(&path).map_err(|e| e.to_string())?;
     let meta_f32 = |key: &str, default: f32| {
@@ -76,6 +106,65 @@ fn run_embed(args: &EmbedArgs) -> Result<(), String> {
         shift: meta_f32("pixel_shift", 0.0),
         scale: meta_f32("pixel_scale", 1.0),
     };
+    Ok((model, flat, norm))
+}
+
+/// The dataset's image size must be the model's input size.
+fn check_size(model: &SiameseModel, set: &ImageSet, what: &str) -> Result<(), String> {
+    let [_, h, w] = model.config.input;
+    if (set.height, set.width) != (h, w) {
+        return Err(format!(
+            "the model takes {h}×{w} images but the {what} split holds {}×{}",
+            set.height, set.width
+        ));
+    }
+    Ok(())
+}
+
+fn run_eval(args: &EvalArgs) -> Result<(), String> {
+    let (model, flat, norm) = load_checkpoint(&args.checkpoint)?;
+    let data = dataset::load(args.data.as_deref(), args.val_images).map_err(|e| e.to_string())?;
+    check_size(&model, &data.test, "test")?;
+    let gpu = Gpu::new().map_err(|e| e.to_string())?;
+    let evaluate = || -> siamese_gpu::Result<(Validation, Verification)> {
+        let pixels = data.test.height * data.test.width;
+        let val = gather::upload_images(&gpu, &data.val.images, data.val.count, pixels)?;
+        let test = gather::upload_images(&gpu, &data.test.images, data.test.count, pixels)?;
+        let params = gpu.upload_f32(&flat, &[flat.len()])?;
+        let embedder = Embedder::new(&gpu, &model, &params, norm, 500)?;
+        let protocol = PairProtocol::new(
+            &gpu,
+            &params,
+            &model,
+            (&data.val.labels, args.val_pairs),
+            (&data.test.labels, args.test_pairs),
+        );
+        let v = protocol.validate(&embedder, &val)?;
+        let t = protocol.test(&embedder, &test, &v)?;
+        Ok((v, t))
+    };
+    let (v, t) = evaluate().map_err(|e| e.to_string())?;
+    println!(
+        "validation pair accuracy {:.4}, ROC AUC {:.4} ({} pairs)",
+        v.accuracy, v.roc_auc, args.val_pairs
+    );
+    println!(
+        "test pair accuracy {:.4} at threshold {:.4} (chosen on validation), ROC AUC {:.4} ({} pairs)",
+        t.accuracy, t.threshold, t.roc_auc, args.test_pairs
+    );
+    if args.json {
+        let result = json!({
+            "test_pair_accuracy": t.accuracy, "test_roc_auc": t.roc_auc, "threshold": num(t.threshold),
+            "val_pair_accuracy": v.accuracy, "val_roc_auc": v.roc_auc,
+            "val_pairs": args.val_pairs, "test_pairs": args.test_pairs, "adapter": gpu.adapter().name,
+        });
+        println!("{result}");
+    }
+    Ok(())
+}
+
+fn run_embed(args: &EmbedArgs) -> Result<(), String> {
+    let (model, flat, norm) = load_checkpoint(&args.checkpoint)?;
     let data = dataset::load(args.data.as_deref(), args.val_images).map_err(|e| e.to_string())?;
     let set = match args.split.as_str() {
         "train" => &data.train,
@@ -83,13 +172,8 @@ fn run_embed(args: &EmbedArgs) -> Result<(), String> {
         "test" => &data.test,
         other => return Err(format!("unknown split `{other}`: use train, val or test")),
     };
+    check_size(&model, set, &args.split)?;
     let [_, h, w] = model.config.input;
-    if (set.height, set.width) != (h, w) {
-        return Err(format!(
-            "the model takes {h}×{w} images but the {} split holds {}×{}",
-            args.split, set.height, set.width
-        ));
-    }
     let gpu = Gpu::new().map_err(|e| e.to_string())?;
     let embed = || -> siamese_gpu::Result<Vec<f32>> {
         let images = gather::upload_images(&gpu, &set.images, set.count, h * w)?;
@@ -431,6 +515,7 @@ fn main() -> ExitCode {
         Command::Train(args) => run_train(args),
         Command::Devices => run_devices(),
         Command::Embed(args) => run_embed(args),
+        Command::Eval(args) => run_eval(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

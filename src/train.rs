@@ -15,12 +15,12 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::autograd::Tape;
-use crate::cpu;
 use crate::data::dataset::{self, ImageSet};
-use crate::data::sampler::{PairBatch, PairSampler, TripletBatch, TripletSampler, balanced_pairs};
+use crate::data::sampler::{PairBatch, PairSampler, TripletBatch, TripletSampler};
 use crate::error::{Error, Result};
 use crate::eval::embed::Embedder;
-use crate::eval::verification::{self, Verification};
+use crate::eval::protocol::{PairProtocol, Validation};
+use crate::eval::verification::Verification;
 use crate::gpu::{DType, Gpu, Kernel, Profiler, Tensor};
 use crate::model::{LossKind, ModelConfig, SiameseModel};
 use crate::nn::TowerSpec;
@@ -29,10 +29,6 @@ use crate::ops::distance::Distance;
 use crate::ops::gather::{self, PixelNorm};
 use crate::ops::loss::PairLabel;
 use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind, Schedule};
-
-/// Seeds of the evaluation pairs: fixed, so every run is scored on the same pairs.
-const VAL_PAIR_SEED: u64 = 1234;
-const TEST_PAIR_SEED: u64 = 4321;
 
 /// Everything that defines a run. `Default` is the reference recipe.
 #[derive(Debug, Clone, PartialEq)]
@@ -433,7 +429,13 @@ pub fn train(
         steps,
     )?;
     let embedder = Embedder::new(gpu, &model, &params, cfg.pixel_norm, cfg.eval_chunk)?;
-    let evaluator = Evaluator::new(gpu, &params, &model, &data, cfg)?;
+    let evaluator = PairProtocol::new(
+        gpu,
+        &params,
+        &model,
+        (&data.sets.val.labels, cfg.val_pairs),
+        (&data.sets.test.labels, cfg.test_pairs),
+    );
     let mut profiler = if cfg.profile {
         Profiler::new(gpu, step_program.kernel_count() as u32)
     } else {
@@ -494,7 +496,7 @@ pub fn train(
                 pairs_per_sec: rate,
             });
             if validate {
-                last_val = evaluator.validate(&embedder, &data)?;
+                last_val = evaluator.validate(&embedder, &data.val)?;
                 let recent = &losses[losses.len().saturating_sub(cfg.eval_every / cfg.batch)..];
                 report(&Progress::Validation {
                     pairs: pairs_done,
@@ -515,7 +517,7 @@ pub fn train(
         });
     }
 
-    let test = evaluator.test(&embedder, &data, &last_val)?;
+    let test = evaluator.test(&embedder, &data.test, &last_val)?;
     let head = |v: &[f32]| mean(&v[..v.len().min(20)]);
     let tail = |v: &[f32]| mean(&v[v.len().saturating_sub(20)..]);
     Ok(TrainReport {
@@ -588,117 +590,6 @@ impl BatchSampler {
                 codes.resize(n, PairLabel::Same.code());
             }
         }
-    }
-}
-
-/// The validation pass's result, kept for the test: its scores choose the threshold.
-#[derive(Debug, Clone, Default)]
-struct Validation {
-    accuracy: f64,
-    roc_auc: f64,
-    distances: Vec<f32>,
-}
-
-/// Scores evaluation pairs from embeddings: the model's distance, or for the BCE head the
-/// negated logit (so that lower always means "more likely the same").
-struct Evaluator<'g> {
-    gpu: &'g Gpu,
-    params: Tensor,
-    model: SiameseModel,
-    val_pairs: PairBatch,
-    test_pairs: PairBatch,
-}
-
-impl<'g> Evaluator<'g> {
-    fn new(
-        gpu: &'g Gpu,
-        params: &Tensor,
-        model: &SiameseModel,
-        data: &Data,
-        cfg: &TrainConfig,
-    ) -> Result<Self> {
-        Ok(Evaluator {
-            gpu,
-            params: params.clone(),
-            model: model.clone(),
-            val_pairs: balanced_pairs(&data.sets.val.labels, cfg.val_pairs, VAL_PAIR_SEED),
-            test_pairs: balanced_pairs(&data.sets.test.labels, cfg.test_pairs, TEST_PAIR_SEED),
-        })
-    }
-
-    /// A score per pair from the embeddings of the images the pairs use (each embedded once).
-    fn scores(
-        &self,
-        embedder: &Embedder,
-        images: &Tensor,
-        pairs: &PairBatch,
-        params: Option<&[f32]>,
-    ) -> Result<Vec<f32>> {
-        let mut used: Vec<u32> = pairs.a.iter().chain(&pairs.b).copied().collect();
-        used.sort_unstable();
-        used.dedup();
-        let e = embedder.embed_indices(images, &used)?;
-        let d = embedder.dim();
-        let row = |i: u32| {
-            let k = used
-                .binary_search(&i)
-                .expect("every pair image was embedded");
-            &e[k * d..(k + 1) * d]
-        };
-        // The pairs' rows side by side, scored by the CPU references of the kernels the
-        // model trains with (evaluation pairs are few: 10,000 × D).
-        let gather_rows = |ids: &[u32]| {
-            ids.iter()
-                .flat_map(|&i| row(i))
-                .copied()
-                .collect::<Vec<f32>>()
-        };
-        let (a, b, n) = (gather_rows(&pairs.a), gather_rows(&pairs.b), pairs.a.len());
-        Ok(match params.and_then(|p| self.model.head_weights(p)) {
-            Some((w, bias)) => {
-                let diff = cpu::distance::abs_diff_forward(&a, &b, n, d);
-                let logits = cpu::dense::dense_forward(&diff, w, &[bias], n, d, 1);
-                logits.into_iter().map(|z| -z).collect()
-            }
-            None => match self.model.config.distance {
-                Distance::Euclidean => cpu::distance::euclidean_forward(&a, &b, n, d),
-                Distance::SquaredEuclidean => {
-                    cpu::distance::squared_euclidean_forward(&a, &b, n, d)
-                }
-                Distance::L1 => cpu::distance::l1_forward(&a, &b, n, d),
-                Distance::Cosine => cpu::distance::cosine_forward(&a, &b, n, d),
-            },
-        })
-    }
-
-    /// The current parameters on the host, when scoring needs them (the BCE head).
-    fn head_params(&self) -> Result<Option<Vec<f32>>> {
-        match self.model.config.loss {
-            LossKind::Bce => Ok(Some(self.gpu.read_f32(&self.params)?)),
-            _ => Ok(None),
-        }
-    }
-
-    fn validate(&self, embedder: &Embedder, data: &Data) -> Result<Validation> {
-        let params = self.head_params()?;
-        let d = self.scores(embedder, &data.val, &self.val_pairs, params.as_deref())?;
-        let t = verification::best_threshold(&d, &self.val_pairs.labels);
-        Ok(Validation {
-            accuracy: verification::pair_accuracy(&d, &self.val_pairs.labels, t),
-            roc_auc: verification::roc_auc(&d, &self.val_pairs.labels),
-            distances: d,
-        })
-    }
-
-    fn test(&self, embedder: &Embedder, data: &Data, val: &Validation) -> Result<Verification> {
-        let params = self.head_params()?;
-        let d = self.scores(embedder, &data.test, &self.test_pairs, params.as_deref())?;
-        Ok(verification::verify(
-            &val.distances,
-            &self.val_pairs.labels,
-            &d,
-            &self.test_pairs.labels,
-        ))
     }
 }
 

@@ -79,3 +79,51 @@ fn a_seeded_run_repeats_its_loss_curve_exactly() {
     let other = run(&TrainConfig { seed: 1, ..cfg });
     assert_ne!(a.losses, other.losses, "another seed must give another run");
 }
+
+/// Weights saved after training, loaded back and evaluated again, give the figures the run
+/// reported: the checkpoint holds the whole model, and evaluation is deterministic.
+#[cfg(feature = "checkpoint")]
+#[test]
+fn a_saved_model_evaluates_as_it_did_in_training() {
+    use siamese_gpu::checkpoint::{load_model, save_weights};
+    use siamese_gpu::data::dataset;
+    use siamese_gpu::eval::embed::Embedder;
+    use siamese_gpu::eval::protocol::PairProtocol;
+    use siamese_gpu::ops::gather;
+
+    if !data_present() {
+        return;
+    }
+    let cfg = TrainConfig {
+        val_pairs: 500,
+        test_pairs: 500,
+        ..small_eval(384)
+    };
+    let report = run(&cfg);
+    let path =
+        std::env::temp_dir().join(format!("siamese-eval-{}.safetensors", std::process::id()));
+    save_weights(&path, &report.model, &report.params, Default::default()).unwrap();
+    let (model, flat, _) = load_model(&path).unwrap();
+
+    let gpu = Gpu::new().unwrap();
+    let data = dataset::load(None, cfg.val_images).unwrap();
+    let upload =
+        |set: &dataset::ImageSet| gather::upload_images(&gpu, &set.images, set.count, 784).unwrap();
+    let (val, test) = (upload(&data.val), upload(&data.test));
+    let params = gpu.upload_f32(&flat, &[flat.len()]).unwrap();
+    let embedder = Embedder::new(&gpu, &model, &params, cfg.pixel_norm, cfg.eval_chunk).unwrap();
+    let protocol = PairProtocol::new(
+        &gpu,
+        &params,
+        &model,
+        (&data.val.labels, cfg.val_pairs),
+        (&data.test.labels, cfg.test_pairs),
+    );
+    let v = protocol.validate(&embedder, &val).unwrap();
+    let t = protocol.test(&embedder, &test, &v).unwrap();
+    assert_eq!(
+        (v.accuracy, v.roc_auc),
+        (report.val_accuracy, report.val_roc_auc)
+    );
+    assert_eq!(t, report.test);
+}

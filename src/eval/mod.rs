@@ -1,4 +1,5 @@
 //! Evaluation metrics computed from distances or embeddings.
 
 pub mod embed;
+pub mod protocol;
 pub mod verification;

@@ -1,0 +1,123 @@
+//! The verification protocol of the reference: balanced pairs of held-out validation images
+//! choose the threshold; balanced test pairs are scored at it, with their ROC AUC. The
+//! embeddings come from the GPU; pair scores from the CPU references of the model's own
+//! distance (or, for the BCE head, its negated logit, so lower always means "more likely
+//! the same").
+
+use crate::cpu;
+use crate::data::sampler::{PairBatch, balanced_pairs};
+use crate::error::Result;
+use crate::eval::embed::Embedder;
+use crate::eval::verification::{self, Verification};
+use crate::gpu::{Gpu, Tensor};
+use crate::model::{LossKind, SiameseModel};
+use crate::ops::distance::Distance;
+
+/// Seeds of the evaluation pairs: fixed, so every run is scored on the same pairs.
+pub const VAL_PAIR_SEED: u64 = 1234;
+pub const TEST_PAIR_SEED: u64 = 4321;
+
+/// A validation pass: accuracy at its own best threshold, ROC AUC, and the scores, which
+/// choose the test threshold.
+#[derive(Debug, Clone, Default)]
+pub struct Validation {
+    pub accuracy: f64,
+    pub roc_auc: f64,
+    pub scores: Vec<f32>,
+}
+
+/// The fixed evaluation pairs of a dataset and the model that scores them.
+pub struct PairProtocol<'g> {
+    gpu: &'g Gpu,
+    params: Tensor,
+    model: SiameseModel,
+    val_pairs: PairBatch,
+    test_pairs: PairBatch,
+}
+
+impl<'g> PairProtocol<'g> {
+    /// `val` and `test` are (labels of the set, number of balanced pairs to draw).
+    pub fn new(
+        gpu: &'g Gpu,
+        params: &Tensor,
+        model: &SiameseModel,
+        val: (&[u8], usize),
+        test: (&[u8], usize),
+    ) -> Self {
+        PairProtocol {
+            gpu,
+            params: params.clone(),
+            model: model.clone(),
+            val_pairs: balanced_pairs(val.0, val.1, VAL_PAIR_SEED),
+            test_pairs: balanced_pairs(test.0, test.1, TEST_PAIR_SEED),
+        }
+    }
+
+    /// A score per pair from the embeddings of the images the pairs use (each embedded once).
+    fn scores(&self, embedder: &Embedder, images: &Tensor, pairs: &PairBatch) -> Result<Vec<f32>> {
+        let mut used: Vec<u32> = pairs.a.iter().chain(&pairs.b).copied().collect();
+        used.sort_unstable();
+        used.dedup();
+        let e = embedder.embed_indices(images, &used)?;
+        let d = embedder.dim();
+        let row = |i: u32| {
+            let k = used
+                .binary_search(&i)
+                .expect("every pair image was embedded");
+            &e[k * d..(k + 1) * d]
+        };
+        // The pairs' rows side by side, scored by the CPU references of the kernels the
+        // model trains with (evaluation pairs are few: 10,000 × D).
+        let gather_rows = |ids: &[u32]| {
+            ids.iter()
+                .flat_map(|&i| row(i))
+                .copied()
+                .collect::<Vec<f32>>()
+        };
+        let (a, b, n) = (gather_rows(&pairs.a), gather_rows(&pairs.b), pairs.a.len());
+        if self.model.config.loss == LossKind::Bce {
+            let flat = self.gpu.read_f32(&self.params)?;
+            let (w, bias) = self
+                .model
+                .head_weights(&flat)
+                .expect("a BCE model has a head");
+            let diff = cpu::distance::abs_diff_forward(&a, &b, n, d);
+            let logits = cpu::dense::dense_forward(&diff, w, &[bias], n, d, 1);
+            return Ok(logits.into_iter().map(|z| -z).collect());
+        }
+        Ok(match self.model.config.distance {
+            Distance::Euclidean => cpu::distance::euclidean_forward(&a, &b, n, d),
+            Distance::SquaredEuclidean => cpu::distance::squared_euclidean_forward(&a, &b, n, d),
+            Distance::L1 => cpu::distance::l1_forward(&a, &b, n, d),
+            Distance::Cosine => cpu::distance::cosine_forward(&a, &b, n, d),
+        })
+    }
+
+    /// Scores the validation pairs of the packed validation `images`.
+    pub fn validate(&self, embedder: &Embedder, images: &Tensor) -> Result<Validation> {
+        let scores = self.scores(embedder, images, &self.val_pairs)?;
+        let labels = &self.val_pairs.labels;
+        let t = verification::best_threshold(&scores, labels);
+        Ok(Validation {
+            accuracy: verification::pair_accuracy(&scores, labels, t),
+            roc_auc: verification::roc_auc(&scores, labels),
+            scores,
+        })
+    }
+
+    /// Scores the test pairs of the packed test `images` at the threshold `val` chooses.
+    pub fn test(
+        &self,
+        embedder: &Embedder,
+        images: &Tensor,
+        val: &Validation,
+    ) -> Result<Verification> {
+        let scores = self.scores(embedder, images, &self.test_pairs)?;
+        Ok(verification::verify(
+            &val.scores,
+            &self.val_pairs.labels,
+            &scores,
+            &self.test_pairs.labels,
+        ))
+    }
+}
