@@ -1,10 +1,11 @@
 //! `siamese`: the command-line interface.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use siamese_gpu::data::dataset::{self, ImageSet};
 use siamese_gpu::eval::embed::Embedder;
@@ -389,6 +390,59 @@ fn result_json(r: &TrainReport, cfg: &TrainConfig) -> serde_json::Value {
     })
 }
 
+/// Training progress on stderr: a bar with pairs/s and ETA on a terminal, plain log lines
+/// otherwise (a pipe, a file, CI).
+struct ProgressDisplay {
+    terminal: bool,
+    bar: Option<ProgressBar>,
+}
+
+impl ProgressDisplay {
+    fn new() -> Self {
+        ProgressDisplay {
+            terminal: std::io::stderr().is_terminal(),
+            bar: None,
+        }
+    }
+
+    fn show(&mut self, p: &Progress) {
+        if !self.terminal {
+            eprintln!("{p}");
+            return;
+        }
+        match p {
+            Progress::Started { steps, .. } => {
+                eprintln!("{p}");
+                let style =
+                    ProgressStyle::with_template("{bar:30} step {pos}/{len}  {msg}  ETA {eta}")
+                        .expect("a valid progress template");
+                self.bar = Some(ProgressBar::new(*steps as u64).with_style(style));
+            }
+            Progress::Loss {
+                step,
+                loss,
+                pairs_per_sec,
+                ..
+            } => {
+                if let Some(bar) = &self.bar {
+                    bar.set_position(*step as u64);
+                    bar.set_message(format!("loss {loss:.4}  {pairs_per_sec:.0} pairs/s"));
+                }
+            }
+            _ => match &self.bar {
+                Some(bar) => bar.println(p.to_string()),
+                None => eprintln!("{p}"),
+            },
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
 /// Writes `contents` to `path` through a temporary file and a rename, so that an existing
 /// file is never left half-written.
 fn write_atomic(path: &Path, contents: &str) -> std::io::Result<()> {
@@ -442,13 +496,15 @@ fn run_train(args: &TrainArgs) -> Result<(), String> {
         metrics = Some(std::io::BufWriter::new(file));
     }
     eprintln!("config: {}", config_json(args, &cfg));
+    let mut display = ProgressDisplay::new();
     let mut on_progress = |p: &Progress| {
-        eprintln!("{p}");
+        display.show(p);
         if let Some(m) = metrics.as_mut() {
             let _ = writeln!(m, "{}", progress_json(p));
         }
     };
     let report = train::train(&gpu, &cfg, &mut on_progress).map_err(|e| e.to_string())?;
+    display.finish();
     let result = result_json(&report, &cfg);
     if let Some(dir) = &args.out {
         if let Some(mut m) = metrics {
