@@ -30,6 +30,21 @@ pub fn save_weights(
     flat: &[f32],
     metadata: HashMap<String, String>,
 ) -> Result<()> {
+    save_checkpoint(path, model, flat, &[], metadata)
+}
+
+/// Name prefix of the optimizer's state tensors in a checkpoint (never a model parameter).
+pub const OPTIMIZER_PREFIX: &str = "optimizer.state.";
+
+/// [`save_weights`] plus the optimizer's flat state buffers, as `optimizer.state.<i>`: one
+/// file, so the weights and the state they go with are replaced together.
+pub fn save_checkpoint(
+    path: &Path,
+    model: &SiameseModel,
+    flat: &[f32],
+    optimizer_state: &[Vec<f32>],
+    metadata: HashMap<String, String>,
+) -> Result<()> {
     if flat.len() != model.layout.len {
         return Err(Error::Config(format!(
             "{} parameters given for a model of {}",
@@ -46,6 +61,11 @@ pub fn save_weights(
             let data = &bytes[4 * p.offset..4 * (p.offset + p.len())];
             TensorView::new(Dtype::F32, p.shape.clone(), data).map(|v| (p.name.clone(), v))
         })
+        .chain(optimizer_state.iter().enumerate().map(|(i, state)| {
+            let data: &[u8] = bytemuck::cast_slice(state);
+            TensorView::new(Dtype::F32, vec![state.len()], data)
+                .map(|v| (format!("{OPTIMIZER_PREFIX}{i}"), v))
+        }))
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| Error::Config(format!("cannot lay out the checkpoint: {e}")))?;
     let mut info = metadata;
@@ -102,7 +122,7 @@ pub fn load_weights(path: &Path, model: &SiameseModel) -> Result<Vec<f32>> {
         .map(|p| p.name.as_str())
         .collect();
     for name in file.names() {
-        if !known.contains(&name) {
+        if !known.contains(&name) && !name.starts_with(OPTIMIZER_PREFIX) {
             differences.push(format!("{name} is not part of this model"));
         }
     }
@@ -167,4 +187,22 @@ pub fn load_model(path: &Path) -> Result<(SiameseModel, Vec<f32>, HashMap<String
     let model = SiameseModel::new(config)?;
     let params = load_weights(path, &model)?;
     Ok((model, params, meta))
+}
+
+/// The optimizer state buffers saved by [`save_checkpoint`], in order (empty if none).
+pub fn load_optimizer_state(path: &Path) -> Result<Vec<Vec<f32>>> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::Data(format!("cannot read {}: {e}", path.display())))?;
+    let file = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::Data(format!("{} is not a safetensors file: {e}", path.display())))?;
+    let mut state = Vec::new();
+    while let Ok(t) = file.tensor(&format!("{OPTIMIZER_PREFIX}{}", state.len())) {
+        state.push(
+            t.data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+                .collect(),
+        );
+    }
+    Ok(state)
 }

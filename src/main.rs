@@ -3,6 +3,7 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -19,7 +20,7 @@ use siamese_gpu::ops::distance::Distance;
 use siamese_gpu::ops::gather;
 use siamese_gpu::ops::gather::PixelNorm;
 use siamese_gpu::optim::{OptimizerKind, Schedule};
-use siamese_gpu::train::{self, Progress, TrainConfig, TrainReport};
+use siamese_gpu::train::{self, Progress, RunControl, TrainConfig, TrainReport, TrainingState};
 use siamese_gpu::{Gpu, checkpoint};
 
 #[derive(Parser)]
@@ -273,6 +274,10 @@ struct TrainArgs {
     /// Time every kernel of the last training step (timestamp queries) and print the breakdown.
     #[arg(long)]
     profile: bool,
+    /// Continue the run saved in RUN_DIR (by --out, at every validation and on Ctrl-C) with
+    /// the same flags; the result equals an uninterrupted run's.
+    #[arg(long, value_name = "RUN_DIR")]
+    resume: Option<PathBuf>,
 }
 
 impl TrainArgs {
@@ -481,21 +486,117 @@ fn progress_json(p: &Progress) -> serde_json::Value {
     }
 }
 
+/// The state to continue from `path`, refused unless it was saved by a run of the same
+/// configuration (`fingerprint`).
+fn load_resume_state(
+    path: &Path,
+    cfg: &TrainConfig,
+    fingerprint: &str,
+) -> Result<TrainingState, String> {
+    let (_, params, meta) = checkpoint::load_model(path).map_err(|e| e.to_string())?;
+    let saved = meta.get("config").map(String::as_str).unwrap_or("(none)");
+    if saved != fingerprint {
+        return Err(format!(
+            "{} was trained with another configuration; resume with the same flags (--pairs may grow).\n  saved: {saved}\n  now:   {fingerprint}",
+            path.display()
+        ));
+    }
+    let steps_done: usize = meta
+        .get("steps_done")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| {
+            format!(
+                "{} records no steps_done: it holds weights only",
+                path.display()
+            )
+        })?;
+    if steps_done >= cfg.pairs / cfg.batch {
+        return Err(format!(
+            "{} has already trained {steps_done} steps, all of this budget; give a larger --pairs to train on",
+            path.display()
+        ));
+    }
+    let optimizer = checkpoint::load_optimizer_state(path).map_err(|e| e.to_string())?;
+    Ok(TrainingState {
+        params,
+        optimizer,
+        steps_done,
+    })
+}
+
+/// Raised by Ctrl-C; the trainer saves its state and stops at the next step.
+static STOP: AtomicBool = AtomicBool::new(false);
+
 fn run_train(args: &TrainArgs) -> Result<(), String> {
     let cfg = args.config().map_err(|e| e.to_string())?;
+    let out = args.out.clone().or_else(|| args.resume.clone());
+    let config = config_json(args, &cfg);
+    // What a resumed run must share with the one it continues (the budget may grow).
+    let mut fingerprint = config.clone();
+    fingerprint
+        .as_object_mut()
+        .expect("an object")
+        .remove("pairs");
+    let fingerprint = fingerprint.to_string();
+    let resume = match &args.resume {
+        Some(dir) => Some(load_resume_state(
+            &dir.join("model.safetensors"),
+            &cfg,
+            &fingerprint,
+        )?),
+        None => None,
+    };
     let gpu = Gpu::new().map_err(|e| e.to_string())?;
     let mut metrics = None;
-    if let Some(dir) = &args.out {
+    if let Some(dir) = &out {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create the run directory {}: {e}", dir.display()))?;
-        let config = serde_json::to_string_pretty(&config_json(args, &cfg)).expect("JSON");
-        write_atomic(&dir.join("config.json"), &config)
+        let text = serde_json::to_string_pretty(&config).expect("JSON");
+        write_atomic(&dir.join("config.json"), &text)
             .map_err(|e| format!("cannot write config.json: {e}"))?;
-        let file = std::fs::File::create(dir.join("metrics.jsonl"))
+        // A resumed run appends to the metrics of the run it continues.
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(resume.is_some())
+            .write(true)
+            .truncate(resume.is_none())
+            .open(dir.join("metrics.jsonl"))
             .map_err(|e| format!("cannot write metrics.jsonl: {e}"))?;
         metrics = Some(std::io::BufWriter::new(file));
     }
-    eprintln!("config: {}", config_json(args, &cfg));
+    eprintln!("config: {config}");
+    if let Some(state) = &resume {
+        eprintln!("resuming after step {}", state.steps_done);
+    }
+    ctrlc::set_handler(|| {
+        if STOP.swap(true, Ordering::Relaxed) {
+            std::process::exit(130); // a second Ctrl-C does not wait
+        }
+        eprintln!("\nstopping after this step (Ctrl-C again to quit at once)");
+    })
+    .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
+
+    let mut save_state = |model: &SiameseModel, state: &TrainingState| -> siamese_gpu::Result<()> {
+        let Some(dir) = &out else { return Ok(()) };
+        let metadata = [
+            ("seed", cfg.seed.to_string()),
+            ("steps_done", state.steps_done.to_string()),
+            ("train_pairs", (state.steps_done * cfg.batch).to_string()),
+            ("pixel_shift", cfg.pixel_norm.shift.to_string()),
+            ("pixel_scale", cfg.pixel_norm.scale.to_string()),
+            ("config", fingerprint.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        checkpoint::save_checkpoint(
+            &dir.join("model.safetensors"),
+            model,
+            &state.params,
+            &state.optimizer,
+            metadata,
+        )
+    };
     let mut display = ProgressDisplay::new();
     let mut on_progress = |p: &Progress| {
         display.show(p);
@@ -503,10 +604,25 @@ fn run_train(args: &TrainArgs) -> Result<(), String> {
             let _ = writeln!(m, "{}", progress_json(p));
         }
     };
-    let report = train::train(&gpu, &cfg, &mut on_progress).map_err(|e| e.to_string())?;
+    let control = RunControl {
+        resume,
+        stop: Some(&STOP),
+        save: Some(&mut save_state),
+    };
+    let outcome = train::train_with(&gpu, &cfg, control, &mut on_progress);
     display.finish();
+    let report = match outcome {
+        Ok(report) => report,
+        Err(e) if STOP.load(Ordering::Relaxed) => {
+            return Err(match &out {
+                Some(dir) => format!("{e}: continue with --resume {}", dir.display()),
+                None => format!("{e} nowhere (no --out RUN_DIR): nothing to resume"),
+            });
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     let result = result_json(&report, &cfg);
-    if let Some(dir) = &args.out {
+    if let Some(dir) = &out {
         if let Some(mut m) = metrics {
             m.flush()
                 .map_err(|e| format!("cannot write metrics.jsonl: {e}"))?;
@@ -514,22 +630,6 @@ fn run_train(args: &TrainArgs) -> Result<(), String> {
         let text = serde_json::to_string_pretty(&result).expect("JSON");
         write_atomic(&dir.join("result.json"), &text)
             .map_err(|e| format!("cannot write result.json: {e}"))?;
-        let metadata = [
-            ("seed", cfg.seed.to_string()),
-            ("train_pairs", report.train_pairs.to_string()),
-            ("pixel_shift", cfg.pixel_norm.shift.to_string()),
-            ("pixel_scale", cfg.pixel_norm.scale.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        checkpoint::save_weights(
-            &dir.join("model.safetensors"),
-            &report.model,
-            &report.params,
-            metadata,
-        )
-        .map_err(|e| e.to_string())?;
     }
     println!(
         "test pair accuracy {:.4} at threshold {:.4} (chosen on validation), ROC AUC {:.4}",

@@ -12,6 +12,7 @@
 //! pairs are scored at that threshold, with their ROC AUC.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::autograd::Tape;
@@ -386,12 +387,62 @@ impl<'g> TrainStep<'g> {
     pub fn kernel_count(&self) -> usize {
         self.kernels.len() + 1
     }
+
+    /// Continues after `steps_done` steps: restores the optimizer's state and step count and
+    /// replays the sampler past the batches already trained on, so that the run goes on as
+    /// if it had never stopped. (The caller restores the parameters.)
+    pub fn resume(&mut self, optimizer_state: &[Vec<f32>], steps_done: usize) -> Result<()> {
+        self.optimizer
+            .restore(self.gpu, optimizer_state, steps_done as u32)?;
+        for _ in 0..steps_done {
+            self.sampler
+                .next(self.batch, &mut self.idx, &mut self.codes);
+        }
+        Ok(())
+    }
+
+    /// The optimizer's state buffers, read back (waits for the submitted steps).
+    pub fn optimizer_state(&self) -> Result<Vec<Vec<f32>>> {
+        self.optimizer
+            .state()
+            .iter()
+            .map(|t| self.gpu.read_f32(t))
+            .collect()
+    }
+}
+
+/// Everything needed to continue a run: parameters, optimizer state, steps taken.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainingState {
+    pub params: Vec<f32>,
+    pub optimizer: Vec<Vec<f32>>,
+    pub steps_done: usize,
+}
+
+/// Control of a run from outside: a state to resume from, a flag that stops it (Ctrl-C),
+/// and where its state goes (called after every validation, when stopped, and at the end).
+#[derive(Default)]
+pub struct RunControl<'a> {
+    pub resume: Option<TrainingState>,
+    pub stop: Option<&'a AtomicBool>,
+    #[allow(clippy::type_complexity)] // a callback, named by its field
+    pub save: Option<&'a mut dyn FnMut(&SiameseModel, &TrainingState) -> Result<()>>,
 }
 
 /// Trains as `cfg` says on `gpu`, reporting progress through `report`.
 pub fn train(
     gpu: &Gpu,
     cfg: &TrainConfig,
+    report: &mut dyn FnMut(&Progress),
+) -> Result<TrainReport> {
+    train_with(gpu, cfg, RunControl::default(), report)
+}
+
+/// [`train`] under `control`: resumed, stoppable, saving its state.
+pub fn train_with(
+    gpu: &Gpu,
+    cfg: &TrainConfig,
+    mut control: RunControl,
     report: &mut dyn FnMut(&Progress),
 ) -> Result<TrainReport> {
     let wall = Instant::now();
@@ -428,6 +479,32 @@ pub fn train(
         &grads,
         steps,
     )?;
+    let mut start = 0;
+    if let Some(state) = control.resume.take() {
+        if state.params.len() != len || state.steps_done > steps {
+            return Err(Error::Config(format!(
+                "the saved state ({} parameters, {} steps done) does not continue this run ({len} parameters, {steps} steps)",
+                state.params.len(),
+                state.steps_done
+            )));
+        }
+        gpu.write_f32(&params, &state.params)?;
+        step_program.resume(&state.optimizer, state.steps_done)?;
+        start = state.steps_done;
+    }
+    let mut save = |step_program: &TrainStep, steps_done: usize| -> Result<()> {
+        match control.save.as_mut() {
+            Some(save) => {
+                let state = TrainingState {
+                    params: gpu.read_f32(&params)?,
+                    optimizer: step_program.optimizer_state()?,
+                    steps_done,
+                };
+                save(&model, &state)
+            }
+            None => Ok(()),
+        }
+    };
     let embedder = Embedder::new(gpu, &model, &params, cfg.pixel_norm, cfg.eval_chunk)?;
     let evaluator = PairProtocol::new(
         gpu,
@@ -459,7 +536,17 @@ pub fn train(
     let mut losses: Vec<f32> = Vec::with_capacity(steps);
     let (mut train_s, mut lap, mut lap_pairs) = (0.0f64, Instant::now(), 0usize);
     let mut last_val = Validation::default();
-    for step in 0..steps {
+    for step in start..steps {
+        if control
+            .stop
+            .is_some_and(|stop| stop.load(Ordering::Relaxed))
+        {
+            step_program.take_losses()?;
+            save(&step_program, step)?;
+            return Err(Error::Training(format!(
+                "stopped after step {step} of {steps}; the state of that step was saved"
+            )));
+        }
         // The last step is the profiled one: profiling never changes what is trained.
         let profile_now = if step + 1 == steps {
             profiler.as_mut()
@@ -496,6 +583,7 @@ pub fn train(
                 pairs_per_sec: rate,
             });
             if validate {
+                save(&step_program, step + 1)?;
                 last_val = evaluator.validate(&embedder, &data.val)?;
                 let recent = &losses[losses.len().saturating_sub(cfg.eval_every / cfg.batch)..];
                 report(&Progress::Validation {
@@ -503,7 +591,7 @@ pub fn train(
                     loss: mean(recent),
                     accuracy: last_val.accuracy,
                     roc_auc: last_val.roc_auc,
-                    pairs_per_sec: (pairs_done as f64) / train_s.max(1e-9),
+                    pairs_per_sec: ((step + 1 - start) * cfg.batch) as f64 / train_s.max(1e-9),
                 });
             }
             lap = Instant::now();
@@ -527,7 +615,7 @@ pub fn train(
         test,
         val_accuracy: last_val.accuracy,
         val_roc_auc: last_val.roc_auc,
-        pairs_per_sec: (steps * cfg.batch) as f64 / train_s.max(1e-9),
+        pairs_per_sec: ((steps - start) * cfg.batch) as f64 / train_s.max(1e-9),
         train_s,
         wall_s: wall.elapsed().as_secs_f64(),
         first_loss: head(&losses),

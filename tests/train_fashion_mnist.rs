@@ -127,3 +127,65 @@ fn a_saved_model_evaluates_as_it_did_in_training() {
     );
     assert_eq!(t, report.test);
 }
+
+/// A run stopped mid-way (as Ctrl-C stops it), its state saved, and resumed from that state
+/// ends with exactly the weights of the run that was never stopped.
+#[test]
+fn a_stopped_and_resumed_run_ends_with_the_uninterrupted_weights() {
+    use siamese_gpu::train::{Progress, RunControl, TrainingState, train_with};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    if !data_present() {
+        return;
+    }
+    let cfg = TrainConfig {
+        val_pairs: 200,
+        test_pairs: 200,
+        log_every: 1,
+        ..small_eval(768)
+    };
+    let gpu = Gpu::new().unwrap();
+    let uninterrupted = run(&cfg);
+
+    // Stop after step 3 of 6: the progress callback raises the flag the trainer checks.
+    let stop = AtomicBool::new(false);
+    let mut saved: Option<TrainingState> = None;
+    let mut keep = |_: &siamese_gpu::model::SiameseModel, state: &TrainingState| {
+        saved = Some(state.clone());
+        Ok(())
+    };
+    let control = RunControl {
+        stop: Some(&stop),
+        save: Some(&mut keep),
+        ..Default::default()
+    };
+    let outcome = train_with(&gpu, &cfg, control, &mut |p| {
+        if let Progress::Loss { step: 3, .. } = p {
+            stop.store(true, Ordering::Relaxed);
+        }
+    });
+    let err = outcome.expect_err("the run must stop").to_string();
+    assert!(err.contains("stopped after step 3 of 6"), "{err}");
+    let state = saved.expect("the state is saved when the run stops");
+    assert_eq!(state.steps_done, 3);
+
+    let resumed = train_with(
+        &gpu,
+        &cfg,
+        RunControl {
+            resume: Some(state),
+            ..Default::default()
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(
+        resumed.params, uninterrupted.params,
+        "resuming must give the uninterrupted run's weights"
+    );
+    assert_eq!(
+        resumed.losses,
+        uninterrupted.losses[3..],
+        "and the same losses for the remaining steps"
+    );
+}

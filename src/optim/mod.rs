@@ -153,7 +153,8 @@ pub struct Optimizer {
     total_steps: u32,
     /// Steps taken (the next step is `taken`, from 0).
     taken: u32,
-    _state: Vec<Tensor>,
+    /// Momentum (SGD) or first and second moments (Adam), flat like the parameters.
+    state: Vec<Tensor>,
 }
 
 impl Optimizer {
@@ -204,7 +205,7 @@ impl Optimizer {
             rule,
             total_steps,
             taken: 0,
-            _state: state,
+            state,
         })
     }
 
@@ -231,6 +232,33 @@ impl Optimizer {
 
     pub fn config(&self) -> &OptimizerConfig {
         &self.config
+    }
+
+    /// Steps taken so far.
+    pub fn steps_taken(&self) -> u32 {
+        self.taken
+    }
+
+    /// The state buffers (momentum, or Adam's two moments), for checkpoints.
+    pub fn state(&self) -> &[Tensor] {
+        &self.state
+    }
+
+    /// Continues a run: the state buffers' contents and the steps already taken.
+    pub fn restore(&mut self, gpu: &Gpu, state: &[Vec<f32>], taken: u32) -> Result<()> {
+        if state.len() != self.state.len() {
+            return Err(Error::Config(format!(
+                "the saved optimizer has {} state buffers, {} needs {}",
+                state.len(),
+                self.config.kind.name(),
+                self.state.len()
+            )));
+        }
+        for (buffer, values) in self.state.iter().zip(state) {
+            gpu.write_f32(buffer, values)?;
+        }
+        self.taken = taken;
+        Ok(())
     }
 }
 
