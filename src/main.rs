@@ -577,7 +577,9 @@ fn run_train(args: &TrainArgs) -> Result<(), String> {
     .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
 
     let mut save_state = |model: &SiameseModel, state: &TrainingState| -> siamese_gpu::Result<()> {
-        let Some(dir) = &out else { return Ok(()) };
+        let Some(dir) = &out else {
+            unreachable!("saving only with --out")
+        };
         let metadata = [
             ("seed", cfg.seed.to_string()),
             ("steps_done", state.steps_done.to_string()),
@@ -607,7 +609,11 @@ fn run_train(args: &TrainArgs) -> Result<(), String> {
     let control = RunControl {
         resume,
         stop: Some(&STOP),
-        save: Some(&mut save_state),
+        save: if out.is_some() {
+            Some(&mut save_state)
+        } else {
+            None
+        },
     };
     let outcome = train::train_with(&gpu, &cfg, control, &mut on_progress);
     display.finish();
@@ -616,7 +622,7 @@ fn run_train(args: &TrainArgs) -> Result<(), String> {
         Err(e) if STOP.load(Ordering::Relaxed) => {
             return Err(match &out {
                 Some(dir) => format!("{e}: continue with --resume {}", dir.display()),
-                None => format!("{e} nowhere (no --out RUN_DIR): nothing to resume"),
+                None => format!("{e} (without --out RUN_DIR nothing was saved)"),
             });
         }
         Err(e) => return Err(e.to_string()),

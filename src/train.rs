@@ -492,6 +492,7 @@ pub fn train_with(
         step_program.resume(&state.optimizer, state.steps_done)?;
         start = state.steps_done;
     }
+    let saving = control.save.is_some();
     let mut save = |step_program: &TrainStep, steps_done: usize| -> Result<()> {
         match control.save.as_mut() {
             Some(save) => {
@@ -543,8 +544,13 @@ pub fn train_with(
         {
             step_program.take_losses()?;
             save(&step_program, step)?;
+            let saved = if saving {
+                "; the state of that step was saved"
+            } else {
+                ""
+            };
             return Err(Error::Training(format!(
-                "stopped after step {step} of {steps}; the state of that step was saved"
+                "stopped after step {step} of {steps}{saved}"
             )));
         }
         // The last step is the profiled one: profiling never changes what is trained.
