@@ -463,6 +463,7 @@ pub fn train_with(
         distance: cfg.distance,
         normalize: cfg.normalize,
     })?;
+    check_batch_fits(gpu, &model, cfg)?;
     let len = model.layout.len;
     let params = gpu.upload_f32(&model.layout.init(cfg.seed), &[len])?;
     let grads = gpu.zeros(&[len], DType::F32)?;
@@ -630,6 +631,26 @@ pub fn train_with(
         params: gpu.read_f32(&params)?,
         model,
     })
+}
+
+/// Refuses a batch whose largest activation would exceed one storage binding of the device,
+/// saying the limit and the largest batch that fits (before anything is allocated).
+fn check_batch_fits(gpu: &Gpu, model: &SiameseModel, cfg: &TrainConfig) -> Result<()> {
+    let (per_image, shape) = model.tower.largest_activation();
+    let bytes_per_sample = (cfg.loss.branches() * per_image * 4) as u64;
+    let limit = gpu.limits().max_storage_buffer_binding_size;
+    let fits = limit / bytes_per_sample;
+    if cfg.batch as u64 > fits {
+        return Err(Error::Config(format!(
+            "a batch of {} needs {} activations of shape {shape} ({} MiB) in one buffer, over this device's \
+             max_storage_buffer_binding_size of {} MiB; the largest batch that fits is {fits}",
+            cfg.batch,
+            cfg.loss.branches() * cfg.batch,
+            (bytes_per_sample * cfg.batch as u64) >> 20,
+            limit >> 20
+        )));
+    }
+    Ok(())
 }
 
 fn mean(v: &[f32]) -> f32 {

@@ -189,3 +189,35 @@ fn a_stopped_and_resumed_run_ends_with_the_uninterrupted_weights() {
         "and the same losses for the remaining steps"
     );
 }
+
+/// A batch too large for one storage binding is refused before anything is allocated, with
+/// the device's limit and the largest batch that fits.
+#[test]
+fn a_batch_over_the_device_limit_names_the_largest_that_fits() {
+    if !data_present() {
+        return;
+    }
+    let gpu = Gpu::new().unwrap();
+    let limit = gpu.limits().max_storage_buffer_binding_size;
+    // The reference tower's largest activation: conv1's [32, 24, 24] f32, two images a pair.
+    let fits = limit / (2 * 32 * 24 * 24 * 4);
+    let cfg = TrainConfig {
+        batch: fits as usize + 1,
+        pairs: 2 * (fits as usize + 1),
+        ..TrainConfig::default()
+    };
+    let err = train::train(&gpu, &cfg, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("the largest batch that fits is {fits}")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "max_storage_buffer_binding_size of {} MiB",
+            limit >> 20
+        )),
+        "{err}"
+    );
+}

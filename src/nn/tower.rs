@@ -156,6 +156,23 @@ impl Tower {
         }
     }
 
+    /// The largest per-image tensor the tower holds (its input or a layer's output), in
+    /// elements, with its shape: what bounds the batch under a device's binding limit.
+    pub fn largest_activation(&self) -> (usize, String) {
+        let [c, h, w] = self.input;
+        let input = (c * h * w, format!("[{c}, {h}, {w}]"));
+        self.shapes
+            .iter()
+            .map(|s| match *s {
+                Shape::Map { c, h, w } => (c * h * w, s.to_string()),
+                Shape::Flat(n) => (n, s.to_string()),
+            })
+            .fold(
+                input,
+                |best, next| if next.0 > best.0 { next } else { best },
+            )
+    }
+
     /// A readable summary: one line per layer with its output shape.
     pub fn summary(&self) -> String {
         let [c, h, w] = self.input;
