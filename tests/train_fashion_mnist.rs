@@ -221,3 +221,36 @@ fn a_batch_over_the_device_limit_names_the_largest_that_fits() {
         "{err}"
     );
 }
+
+/// A diverging run (learning rate 1e5) stops at the first non-finite loss, names the step
+/// and the likely cause, and saves nothing over the last good state.
+#[test]
+fn a_diverging_run_stops_and_saves_nothing() {
+    use siamese_gpu::train::{RunControl, TrainingState, train_with};
+
+    if !data_present() {
+        return;
+    }
+    let mut cfg = TrainConfig {
+        log_every: 1,
+        ..small_eval(1280)
+    };
+    cfg.optimizer.lr = 1e5;
+    let mut saves = 0;
+    let mut count = |_: &siamese_gpu::model::SiameseModel, _: &TrainingState| {
+        saves += 1;
+        Ok(())
+    };
+    let control = RunControl {
+        save: Some(&mut count),
+        ..Default::default()
+    };
+    let err = train_with(&Gpu::new().unwrap(), &cfg, control, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("the loss became") && err.contains("at step 2") && err.contains("lower --lr"),
+        "{err}"
+    );
+    assert_eq!(saves, 0, "a diverged state must not be saved");
+}
