@@ -90,6 +90,18 @@ struct EmbedArgs {
     out: PathBuf,
 }
 
+/// The test figures, as `train` and `eval` print them.
+fn print_test(t: &Verification) {
+    println!(
+        "test pair accuracy {:.4} at threshold {:.4} (chosen on validation), ROC AUC {:.4}",
+        t.accuracy, t.threshold, t.roc_auc
+    );
+    println!(
+        "Same-pair precision {:.4}, recall {:.4}, F1 {:.4} at that threshold; equal error rate {:.4}",
+        t.precision, t.recall, t.f1, t.eer
+    );
+}
+
 /// A trained model from a run directory (or its model.safetensors): the model, its flat
 /// parameters, and the pixel normalisation it was trained with.
 fn load_checkpoint(checkpoint: &Path) -> Result<(SiameseModel, Vec<f32>, PixelNorm), String> {
@@ -150,13 +162,11 @@ fn run_eval(args: &EvalArgs) -> Result<(), String> {
         "validation pair accuracy {:.4}, ROC AUC {:.4} ({} pairs)",
         v.accuracy, v.roc_auc, args.val_pairs
     );
-    println!(
-        "test pair accuracy {:.4} at threshold {:.4} (chosen on validation), ROC AUC {:.4} ({} pairs)",
-        t.accuracy, t.threshold, t.roc_auc, args.test_pairs
-    );
+    print_test(&t);
     if args.json {
         let result = json!({
             "test_pair_accuracy": t.accuracy, "test_roc_auc": t.roc_auc, "threshold": num(t.threshold),
+            "test_precision": t.precision, "test_recall": t.recall, "test_f1": t.f1, "test_eer": t.eer,
             "val_pair_accuracy": v.accuracy, "val_roc_auc": v.roc_auc,
             "val_pairs": args.val_pairs, "test_pairs": args.test_pairs, "adapter": gpu.adapter().name,
         });
@@ -374,6 +384,10 @@ fn result_json(r: &TrainReport, cfg: &TrainConfig) -> serde_json::Value {
         "test_pair_accuracy": r.test.accuracy,
         "test_roc_auc": r.test.roc_auc,
         "threshold": num(r.test.threshold),
+        "test_precision": r.test.precision,
+        "test_recall": r.test.recall,
+        "test_f1": r.test.f1,
+        "test_eer": r.test.eer,
         // What the threshold applies to: pairs scoring at most it are called Same.
         "score": match cfg.loss {
             LossKind::Bce => "negated logit".to_string(),
@@ -637,10 +651,7 @@ fn run_train(args: &TrainArgs) -> Result<(), String> {
         write_atomic(&dir.join("result.json"), &text)
             .map_err(|e| format!("cannot write result.json: {e}"))?;
     }
-    println!(
-        "test pair accuracy {:.4} at threshold {:.4} (chosen on validation), ROC AUC {:.4}",
-        report.test.accuracy, report.test.threshold, report.test.roc_auc
-    );
+    print_test(&report.test);
     println!(
         "{} training pairs in {:.0} s ({:.0} pairs/s), {:.0} s in all, on {}",
         report.train_pairs, report.train_s, report.pairs_per_sec, report.wall_s, report.adapter

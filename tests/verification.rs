@@ -203,3 +203,28 @@ fn verify_chooses_the_threshold_on_validation_not_on_test() {
     assert_eq!(w.threshold, 1.2f32, "{w:?}");
     assert!(close(w.accuracy, 0.5), "{w:?}"); // 1.2 predicts every pair of the other set Same
 }
+
+#[test]
+fn precision_recall_f1_and_eer_on_a_worked_example() {
+    use siamese_gpu::eval::verification::{equal_error_rate, precision_recall_f1};
+    let d = [0.1f32, 0.2, 0.3, 0.4, 0.5, 0.6];
+    let labels = [S, S, D, S, D, D];
+    // At 0.35: called Same 0.1 (S), 0.2 (S), 0.3 (D) → tp 2, fp 1, fn 1 (0.4 is S).
+    let (p, r, f1) = precision_recall_f1(&d, &labels, 0.35);
+    for (got, want) in [(p, 2.0 / 3.0), (r, 2.0 / 3.0), (f1, 2.0 / 3.0)] {
+        assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+    }
+    // Sweeping: at 0.3 the false-accept rate (1 of 3 Different) equals the false-reject
+    // rate (1 of 3 Same, the one at 0.4): EER 1/3 at threshold 0.3.
+    let (eer, t) = equal_error_rate(&d, &labels);
+    assert!(
+        (eer - 1.0 / 3.0).abs() < 1e-12 && t == 0.3,
+        "eer {eer} at {t}"
+    );
+    // Perfect separation: EER 0; nothing called Same: precision and F1 0 by convention.
+    let (eer, t) = equal_error_rate(&[0.1, 0.2, 0.8, 0.9], &[S, S, D, D]);
+    assert_eq!((eer, t), (0.0, 0.2));
+    assert_eq!(precision_recall_f1(&d, &labels, 0.0), (0.0, 0.0, 0.0));
+    // One class only: no EER.
+    assert!(equal_error_rate(&[0.1, 0.2], &[S, S]).0.is_nan());
+}

@@ -198,13 +198,81 @@ pub fn pair_accuracy(distances: &[f32], labels: &[PairLabel], threshold: f32) ->
     correct as f64 / distances.len() as f64
 }
 
+/// Precision, recall and F1 of the Same class (predicted Same when d ≤ `threshold`). A
+/// ratio with an empty denominator is 0 (no prediction, or no Same pair).
+pub fn precision_recall_f1(
+    distances: &[f32],
+    labels: &[PairLabel],
+    threshold: f32,
+) -> (f64, f64, f64) {
+    check_lengths("precision_recall_f1", distances, labels);
+    let (mut tp, mut fp, mut fn_) = (0usize, 0usize, 0usize);
+    for (&d, &l) in distances.iter().zip(labels) {
+        match (d <= threshold, l == PairLabel::Same) {
+            (true, true) => tp += 1,
+            (true, false) => fp += 1,
+            (false, true) => fn_ += 1,
+            (false, false) => {}
+        }
+    }
+    let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    let (precision, recall) = (ratio(tp, tp + fp), ratio(tp, tp + fn_));
+    let f1 = if precision + recall == 0.0 {
+        0.0
+    } else {
+        2.0 * precision * recall / (precision + recall)
+    };
+    (precision, recall, f1)
+}
+
+/// The equal error rate: where the false-accept rate (Different pairs called Same) meets
+/// the false-reject rate (Same pairs called Different) as the threshold sweeps the sorted
+/// distances. Returns the mean of the two rates at the threshold where they are closest
+/// (ties: the first), and that threshold; NaN if either class is absent.
+pub fn equal_error_rate(distances: &[f32], labels: &[PairLabel]) -> (f64, f32) {
+    check_lengths("equal_error_rate", distances, labels);
+    let same = labels.iter().filter(|&&l| l == PairLabel::Same).count();
+    let different = labels.len() - same;
+    if same == 0 || different == 0 {
+        return (f64::NAN, f32::NAN);
+    }
+    let mut order: Vec<usize> = (0..distances.len()).collect();
+    order.sort_by(|&a, &b| distances[a].total_cmp(&distances[b]));
+    // Threshold below every distance: everything rejected (FAR 0, FRR 1).
+    let (mut accepted_same, mut accepted_different) = (0usize, 0usize);
+    let mut best = (f64::INFINITY, 0.5, f32::NEG_INFINITY);
+    let mut i = 0;
+    while i < order.len() {
+        let t = distances[order[i]];
+        // Accept every pair at distance t (ties move together).
+        while i < order.len() && distances[order[i]] == t {
+            match labels[order[i]] {
+                PairLabel::Same => accepted_same += 1,
+                PairLabel::Different => accepted_different += 1,
+            }
+            i += 1;
+        }
+        let far = accepted_different as f64 / different as f64;
+        let frr = 1.0 - accepted_same as f64 / same as f64;
+        if (far - frr).abs() < best.0 {
+            best = ((far - frr).abs(), (far + frr) / 2.0, t);
+        }
+    }
+    (best.1, best.2)
+}
+
 /// Verification figures of a model: test accuracy at the threshold chosen on validation,
-/// that threshold, and the test ROC AUC.
+/// that threshold, the test ROC AUC, precision / recall / F1 of the Same class at that
+/// threshold, and the test equal error rate.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Verification {
     pub accuracy: f64,
     pub threshold: f32,
     pub roc_auc: f64,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    pub eer: f64,
 }
 
 /// Chooses the threshold on the validation pairs, then measures accuracy and ROC AUC on
@@ -216,9 +284,14 @@ pub fn verify(
     test_labels: &[PairLabel],
 ) -> Verification {
     let threshold = best_threshold(val_distances, val_labels);
+    let (precision, recall, f1) = precision_recall_f1(test_distances, test_labels, threshold);
     Verification {
         accuracy: pair_accuracy(test_distances, test_labels, threshold),
         threshold,
         roc_auc: roc_auc(test_distances, test_labels),
+        precision,
+        recall,
+        f1,
+        eer: equal_error_rate(test_distances, test_labels).0,
     }
 }
