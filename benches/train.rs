@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use siamese_gpu::data::dataset;
 use siamese_gpu::eval::embed::Embedder;
-use siamese_gpu::model::{ModelConfig, SiameseModel};
+use siamese_gpu::model::SiameseModel;
 use siamese_gpu::ops::gather;
 use siamese_gpu::train::{TrainConfig, TrainStep};
 use siamese_gpu::{DType, Gpu};
@@ -57,15 +57,7 @@ fn main() {
             log_every: TIMED_STEPS + WARMUP_STEPS,
             ..TrainConfig::default()
         };
-        let model = SiameseModel::new(ModelConfig {
-            tower: cfg.tower.clone(),
-            input: [1, 28, 28],
-            loss: cfg.loss,
-            margin: cfg.margin,
-            distance: cfg.distance,
-            normalize: cfg.normalize,
-        })
-        .expect("the reference model");
+        let model = SiameseModel::new(cfg.model_config([1, 28, 28])).expect("the reference model");
         let len = model.layout.len;
         let params = gpu
             .upload_f32(&model.layout.init(0), &[len])

@@ -79,10 +79,17 @@ pub fn save_checkpoint(
     info.insert("normalize".into(), cfg.normalize.to_string());
     let buffer = safetensors::serialize(views, Some(info))
         .map_err(|e| Error::Config(format!("cannot serialise the checkpoint: {e}")))?;
-    let tmp = path.with_extension("safetensors.tmp");
-    let io = |e: std::io::Error| Error::Data(format!("cannot write {}: {e}", path.display()));
-    std::fs::write(&tmp, buffer).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    write_atomic(path, &buffer)
+        .map_err(|e| Error::Data(format!("cannot write {}: {e}", path.display())))
+}
+
+/// Writes `bytes` to `path` through a temporary file beside it (`<name>.tmp`) and a rename,
+/// so that an existing file is never left half-written.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Reads weights written by [`save_weights`] for `model`, checking every tensor's name and

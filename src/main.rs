@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
+use siamese_gpu::Gpu;
+use siamese_gpu::checkpoint::{self, write_atomic};
 use siamese_gpu::data::dataset::{self, ImageSet};
 use siamese_gpu::eval::embed::Embedder;
 use siamese_gpu::eval::protocol::{PairProtocol, Validation};
@@ -21,7 +23,6 @@ use siamese_gpu::ops::gather;
 use siamese_gpu::ops::gather::PixelNorm;
 use siamese_gpu::optim::{OptimizerKind, Schedule};
 use siamese_gpu::train::{self, Progress, RunControl, TrainConfig, TrainReport, TrainingState};
-use siamese_gpu::{Gpu, checkpoint};
 
 #[derive(Parser)]
 #[command(
@@ -208,16 +209,15 @@ fn run_embed(args: &EmbedArgs) -> Result<(), String> {
 /// Writes a float32 `[rows, cols]` array as .npy, through a temporary file and a rename.
 fn write_npy(path: &Path, data: &[f32], rows: usize, cols: usize) -> std::io::Result<()> {
     use npyz::WriterBuilder;
-    let tmp = path.with_extension("npy.tmp");
-    let file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    let mut bytes = Vec::new();
     let mut writer = npyz::WriteOptions::new()
         .default_dtype()
         .shape(&[rows as u64, cols as u64])
-        .writer(file)
+        .writer(&mut bytes)
         .begin_nd()?;
     writer.extend(data.iter().copied())?;
     writer.finish()?;
-    std::fs::rename(&tmp, path)
+    write_atomic(path, &bytes)
 }
 
 #[derive(Args)]
@@ -462,14 +462,6 @@ impl ProgressDisplay {
     }
 }
 
-/// Writes `contents` to `path` through a temporary file and a rename, so that an existing
-/// file is never left half-written.
-fn write_atomic(path: &Path, contents: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, contents)?;
-    std::fs::rename(&tmp, path)
-}
-
 fn progress_json(p: &Progress) -> serde_json::Value {
     match p {
         Progress::Started { .. } => json!({"event": "started"}),
@@ -566,7 +558,7 @@ fn run_train(args: &TrainArgs) -> Result<(), String> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create the run directory {}: {e}", dir.display()))?;
         let text = serde_json::to_string_pretty(&config).expect("JSON");
-        write_atomic(&dir.join("config.json"), &text)
+        write_atomic(&dir.join("config.json"), text.as_bytes())
             .map_err(|e| format!("cannot write config.json: {e}"))?;
         // A resumed run appends to the metrics of the run it continues.
         let file = std::fs::OpenOptions::new()
@@ -648,7 +640,7 @@ fn run_train(args: &TrainArgs) -> Result<(), String> {
                 .map_err(|e| format!("cannot write metrics.jsonl: {e}"))?;
         }
         let text = serde_json::to_string_pretty(&result).expect("JSON");
-        write_atomic(&dir.join("result.json"), &text)
+        write_atomic(&dir.join("result.json"), text.as_bytes())
             .map_err(|e| format!("cannot write result.json: {e}"))?;
     }
     print_test(&report.test);

@@ -97,6 +97,18 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The model this run trains, for images of shape `input` (`[C, H, W]`).
+    pub fn model_config(&self, input: [usize; 3]) -> ModelConfig {
+        ModelConfig {
+            tower: self.tower.clone(),
+            input,
+            loss: self.loss,
+            margin: self.margin,
+            distance: self.distance,
+            normalize: self.normalize,
+        }
+    }
+
     /// Refuses values that cannot make a run, saying which and what is accepted.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
@@ -455,14 +467,7 @@ pub fn train_with(
         test: upload(gpu, &sets.test)?,
         sets,
     };
-    let model = SiameseModel::new(ModelConfig {
-        tower: cfg.tower.clone(),
-        input: [1, h, w],
-        loss: cfg.loss,
-        margin: cfg.margin,
-        distance: cfg.distance,
-        normalize: cfg.normalize,
-    })?;
+    let model = SiameseModel::new(cfg.model_config([1, h, w]))?;
     check_batch_fits(gpu, &model, cfg)?;
     let len = model.layout.len;
     let params = gpu.upload_f32(&model.layout.init(cfg.seed), &[len])?;
