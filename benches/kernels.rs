@@ -177,6 +177,9 @@ fn main() {
                 zeros(&gpu, &g.weight_shape()),
             );
             let flop = 2.0 * (g.n * g.o * g.out_h() * g.out_w() * g.c * g.kh * g.kw) as f64;
+            // grad_weight_tex reads x as the forward packed it.
+            let (pack_x, packed_x) = siamese_gpu::ops::pack::nhwc4(&gpu, &x, 0).expect("pack x");
+            gpu.run(&[&pack_x]);
             let runs = [
                 (
                     "conv2d_forward",
@@ -189,6 +192,18 @@ fn main() {
                 (
                     "conv2d_grad_weight",
                     conv2d::grad_weight(&gpu, &dy, &x, &dw, 1, 0),
+                ),
+                (
+                    "conv2d_forward_tex",
+                    conv2d::forward_packed(&gpu, &x, &w, &b, &y, 0).map(|(k, _)| k),
+                ),
+                (
+                    "conv2d_grad_input_tex",
+                    conv2d::grad_input_packed(&gpu, &dy, &w, &dx, 0),
+                ),
+                (
+                    "conv2d_grad_weight_tex",
+                    conv2d::grad_weight_packed(&gpu, &dy, &packed_x, &dw, &g),
                 ),
             ];
             for (op, kernel) in runs {

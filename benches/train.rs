@@ -2,6 +2,9 @@
 //! loss at batches of 32, 128 and 512 pairs (one step = one submission: gather, forward of
 //! both branches, loss, backward, Adam), and embedding images/s for evaluation.
 //!
+//! Each batch is timed with both kernel paths (the storage-buffer convolutions, and the texel
+//! convolutions that are the default), side by side in one run, and their ratio printed.
+//!
 //! `cargo bench --bench train`; `SIAMESE_BENCH_BATCHES=128` picks the batches. Uses
 //! Fashion-MNIST when installed, random images of the same size otherwise (the speed does
 //! not depend on the pixels). Each figure is a line for people and a JSON object for tools.
@@ -13,13 +16,13 @@ use siamese_gpu::eval::embed::Embedder;
 use siamese_gpu::model::SiameseModel;
 use siamese_gpu::ops::gather;
 use siamese_gpu::train::{TrainConfig, TrainStep};
-use siamese_gpu::{DType, Gpu};
+use siamese_gpu::{DType, Gpu, KernelPath};
 
 const WARMUP_STEPS: usize = 3;
 const TIMED_STEPS: usize = 12;
 
 fn main() {
-    let gpu = Gpu::new().unwrap_or_else(|e| {
+    let mut gpu = Gpu::new().unwrap_or_else(|e| {
         eprintln!("error: {e}");
         std::process::exit(1);
     });
@@ -32,7 +35,7 @@ fn main() {
                 .expect("SIAMESE_BENCH_BATCHES: comma-separated batch sizes")
         })
         .collect();
-    let a = gpu.adapter();
+    let a = gpu.adapter().clone();
     let driver = format!("{} {}", a.driver, a.driver_info);
     println!("adapter: {a}");
 
@@ -58,38 +61,30 @@ fn main() {
             ..TrainConfig::default()
         };
         let model = SiameseModel::new(cfg.model_config([1, 28, 28])).expect("the reference model");
-        let len = model.layout.len;
+        let mut rates = Vec::new();
+        for path in [KernelPath::Storage, KernelPath::Texels] {
+            gpu.set_kernel_path(path);
+            let pairs_per_sec = train_rate(&gpu, &model, &cfg, &packed, &labels);
+            println!(
+                "train   batch {batch:>4} pairs  {:<8} {:>8.1} ms/step  {pairs_per_sec:>8.1} pairs/s",
+                path.name(),
+                1e3 * batch as f64 / pairs_per_sec
+            );
+            println!(
+                "{{\"kind\":\"train\",\"batch\":{batch},\"kernels\":\"{}\",\"pairs_per_sec\":{pairs_per_sec:.2},\"ms_per_step\":{:.3},\"adapter\":\"{}\",\"driver\":\"{driver}\"}}",
+                path.name(),
+                1e3 * batch as f64 / pairs_per_sec,
+                a.name
+            );
+            rates.push(pairs_per_sec);
+        }
+        println!(
+            "train   batch {batch:>4} pairs  texels / storage = {:.2}x",
+            rates[1] / rates[0]
+        );
         let params = gpu
-            .upload_f32(&model.layout.init(0), &[len])
+            .upload_f32(&model.layout.init(0), &[model.layout.len])
             .expect("parameters");
-        let grads = gpu.zeros(&[len], DType::F32).expect("gradients");
-        let steps = WARMUP_STEPS + TIMED_STEPS;
-        let mut step = TrainStep::new(&gpu, &model, &cfg, &packed, &labels, &params, &grads, steps)
-            .expect("build");
-        for _ in 0..WARMUP_STEPS {
-            step.run(None).expect("warm-up step");
-        }
-        gpu.wait().expect("warm-up");
-        let start = Instant::now();
-        for _ in 0..TIMED_STEPS {
-            step.run(None).expect("step");
-        }
-        let losses = step.take_losses().expect("losses (waits for the steps)");
-        let seconds = start.elapsed().as_secs_f64();
-        assert!(
-            losses.iter().all(|l| l.is_finite()),
-            "the benchmark run diverged"
-        );
-        let pairs_per_sec = (TIMED_STEPS * batch) as f64 / seconds;
-        println!(
-            "train   batch {batch:>4} pairs  {:>8.1} ms/step  {pairs_per_sec:>8.1} pairs/s",
-            1e3 * seconds / TIMED_STEPS as f64
-        );
-        println!(
-            "{{\"kind\":\"train\",\"batch\":{batch},\"pairs_per_sec\":{pairs_per_sec:.2},\"ms_per_step\":{:.3},\"adapter\":\"{}\",\"driver\":\"{driver}\"}}",
-            1e3 * seconds / TIMED_STEPS as f64,
-            a.name
-        );
 
         if batch == batches[0] {
             // Embedding for evaluation: 2,000 images in chunks of 500 (the trainer's setting).
@@ -109,4 +104,38 @@ fn main() {
             );
         }
     }
+}
+
+/// Training pairs/s of `model` over TIMED_STEPS steps after WARMUP_STEPS, with the kernel
+/// path the device is set to.
+fn train_rate(
+    gpu: &Gpu,
+    model: &SiameseModel,
+    cfg: &TrainConfig,
+    packed: &siamese_gpu::Tensor,
+    labels: &[u8],
+) -> f64 {
+    let len = model.layout.len;
+    let params = gpu
+        .upload_f32(&model.layout.init(0), &[len])
+        .expect("parameters");
+    let grads = gpu.zeros(&[len], DType::F32).expect("gradients");
+    let steps = WARMUP_STEPS + TIMED_STEPS;
+    let mut step =
+        TrainStep::new(gpu, model, cfg, packed, labels, &params, &grads, steps).expect("build");
+    for _ in 0..WARMUP_STEPS {
+        step.run(None).expect("warm-up step");
+    }
+    gpu.wait().expect("warm-up");
+    let start = Instant::now();
+    for _ in 0..TIMED_STEPS {
+        step.run(None).expect("step");
+    }
+    let losses = step.take_losses().expect("losses (waits for the steps)");
+    let seconds = start.elapsed().as_secs_f64();
+    assert!(
+        losses.iter().all(|l| l.is_finite()),
+        "the benchmark run diverged"
+    );
+    (TIMED_STEPS * cfg.batch) as f64 / seconds
 }

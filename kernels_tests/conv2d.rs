@@ -5,6 +5,7 @@ mod common;
 use common::*;
 use siamese_gpu::cpu::conv2d::{self as cpu, Conv2dGeometry};
 use siamese_gpu::ops::conv2d;
+use siamese_gpu::{Kernel, Tensor, Texels};
 
 #[allow(clippy::too_many_arguments)] // one argument per field of the geometry
 const fn geom(
@@ -355,4 +356,168 @@ fn conv2d_forward_rejects_mismatched_channels() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("does not fit"), "{err}");
+}
+
+// ---- the texel path (stride 1, square kernels) ----
+
+/// Shapes the texel kernels take: channel counts off the 4-channel texel and the 8-channel
+/// block (1, 3, 5, 9, 13), position counts off the 8-position block, padding 0–2, batch 1,
+/// and the reference network's two layers.
+const TEX_SHAPES: &[Conv2dGeometry] = &[
+    geom(1, 1, 1, 1, 1, 1, 1, 1, 0),
+    geom(1, 1, 28, 28, 32, 5, 5, 1, 0),
+    geom(2, 32, 12, 12, 64, 3, 3, 1, 0),
+    geom(3, 3, 7, 9, 5, 3, 3, 1, 1),
+    geom(2, 9, 6, 5, 13, 3, 3, 1, 2),
+    geom(1, 5, 5, 5, 3, 5, 5, 1, 2),
+    geom(4, 6, 11, 13, 9, 1, 1, 1, 0),
+];
+
+fn tex_forward(g: &Conv2dGeometry, c: &Case) -> (Kernel, Texels, Tensor) {
+    let y = zeros(&g.output_shape());
+    let (kernel, xt) = conv2d::forward_packed(
+        gpu(),
+        &upload(&c.x, &g.input_shape()),
+        &upload(&c.w, &g.weight_shape()),
+        &upload(&c.b, &[g.o]),
+        &y,
+        g.pad,
+    )
+    .unwrap();
+    (kernel, xt, y)
+}
+
+#[test]
+fn conv2d_forward_tex_matches_cpu() {
+    for (seed, g) in TEX_SHAPES.iter().enumerate() {
+        let c = case(g, 300 + seed as u64);
+        let (kernel, _, y) = tex_forward(g, &c);
+        let got = run_and_read(&kernel, &y);
+        // As conv2d_forward: C·KH·KW products and the bias in another order.
+        let magnitude = cpu::conv2d_forward(&abs(&c.x), &abs(&c.w), &abs(&c.b), g);
+        assert_within(
+            &format!("conv2d_forward_tex {g:?}"),
+            &got,
+            &cpu::conv2d_forward(&c.x, &c.w, &c.b, g),
+            &linear_bound(g.c * g.kh * g.kw + 1, &magnitude),
+        );
+    }
+}
+
+/// grad_input on the texel path: conv2d_forward_tex over dy padded by KH − 1 − pad with the
+/// weights flipped by pack_conv_weight.
+#[test]
+fn conv2d_forward_tex_computes_grad_input() {
+    for (seed, g) in TEX_SHAPES.iter().enumerate() {
+        let c = case(g, 400 + seed as u64);
+        let dx = zeros(&g.input_shape());
+        let kernel = conv2d::grad_input_packed(
+            gpu(),
+            &upload(&c.dy, &g.output_shape()),
+            &upload(&c.w, &g.weight_shape()),
+            &dx,
+            g.pad,
+        )
+        .unwrap();
+        let got = run_and_read(&kernel, &dx);
+        // At most O·KH·KW products per element (the padded taps add exact zeros).
+        let magnitude = cpu::conv2d_grad_input(&abs(&c.dy), &abs(&c.w), g);
+        assert_within(
+            &format!("conv2d_grad_input (texels) {g:?}"),
+            &got,
+            &cpu::conv2d_grad_input(&c.dy, &c.w, g),
+            &linear_bound(g.o * g.kh * g.kw, &magnitude),
+        );
+    }
+}
+
+fn tex_grad_weight(g: &Conv2dGeometry, c: &Case) -> Vec<f32> {
+    let (forward, xt, _) = tex_forward(g, c);
+    let dw = zeros(&g.weight_shape());
+    let kernel =
+        conv2d::grad_weight_packed(gpu(), &upload(&c.dy, &g.output_shape()), &xt, &dw, g).unwrap();
+    gpu().run(&[&forward, &kernel]);
+    gpu().read_f32(&dw).unwrap()
+}
+
+#[test]
+fn conv2d_grad_weight_tex_matches_cpu() {
+    // The shapes split their positions from 1 chunk (the first) to hundreds (the reference
+    // layers), so both the direct write and the reduce pass are covered.
+    for (seed, g) in TEX_SHAPES.iter().enumerate() {
+        let c = case(g, 500 + seed as u64);
+        let got = tex_grad_weight(g, &c);
+        let magnitude = cpu::conv2d_grad_weight(&abs(&c.dy), &abs(&c.x), g);
+        assert_within(
+            &format!("conv2d_grad_weight_tex {g:?}"),
+            &got,
+            &cpu::conv2d_grad_weight(&c.dy, &c.x, g),
+            &linear_bound(g.n * g.out_h() * g.out_w(), &magnitude),
+        );
+    }
+}
+
+#[test]
+fn conv2d_texel_gradients_match_finite_differences() {
+    let shapes = [
+        geom(1, 2, 5, 4, 3, 3, 3, 1, 1),
+        geom(2, 5, 4, 4, 6, 2, 2, 1, 0),
+    ];
+    for (seed, g) in shapes.iter().enumerate() {
+        let c = case(g, 600 + seed as u64);
+        let (x, w, b, dy) = (to_f64(&c.x), to_f64(&c.w), to_f64(&c.b), to_f64(&c.dy));
+        let loss = |x: &[f64], w: &[f64]| dot(&dy, &cpu::conv2d_forward(x, w, &b, g));
+        let fd_x = finite_difference(|v| loss(v, &w), &x, FD_STEP);
+        let fd_w = finite_difference(|v| loss(&x, v), &w, FD_STEP);
+        let dx = zeros(&g.input_shape());
+        let kernel = conv2d::grad_input_packed(
+            gpu(),
+            &upload(&c.dy, &g.output_shape()),
+            &upload(&c.w, &g.weight_shape()),
+            &dx,
+            g.pad,
+        )
+        .unwrap();
+        assert_gpu_matches_fd(
+            "conv2d_grad_input (texels)",
+            &run_and_read(&kernel, &dx),
+            &fd_x,
+            GPU_FD_RTOL,
+        );
+        assert_gpu_matches_fd(
+            "conv2d_grad_weight_tex",
+            &tex_grad_weight(g, &c),
+            &fd_w,
+            GPU_FD_RTOL,
+        );
+    }
+}
+
+#[test]
+fn conv2d_texel_path_refuses_what_it_does_not_cover() {
+    assert!(geom(1, 2, 6, 6, 3, 3, 3, 1, 2).texel_path_fits());
+    assert!(
+        !geom(1, 2, 6, 6, 3, 3, 3, 2, 0).texel_path_fits(),
+        "stride 2"
+    );
+    assert!(
+        !geom(1, 2, 6, 6, 3, 3, 2, 1, 0).texel_path_fits(),
+        "3x2 kernel"
+    );
+    assert!(
+        !geom(1, 2, 6, 6, 3, 3, 3, 1, 3).texel_path_fits(),
+        "padding 3 of a 3x3"
+    );
+    let g = geom(1, 2, 6, 6, 3, 3, 3, 1, 3);
+    let c = case(&g, 0);
+    let err = conv2d::grad_input_packed(
+        gpu(),
+        &upload(&c.dy, &g.output_shape()),
+        &upload(&c.w, &g.weight_shape()),
+        &zeros(&g.input_shape()),
+        g.pad,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("padding 3"), "{err}");
 }

@@ -11,6 +11,14 @@
 //   conv2d_grad_weight        dy@1, x@5            -> partial@4 [S, O, C·KH·KW]
 //   conv2d_grad_weight_reduce partial@1            -> dw@4 [O, C·KH·KW]
 //   conv2d_grad_bias          dy@1                 -> db@4
+//   conv2d_forward_tex        x texels@6, w texels@7, b@3   -> y@4   (stride 1)
+//   conv2d_grad_weight_tex    x texels@6, dy texels@7       -> partial@4 [S, O, C·KH·KW]
+//
+// The `_tex` entries read operands packed by pack.wgsl: x (or dy) as pack_nhwc4 (channels by
+// fours, borders zero-padded, so no tap needs a bounds test) and w as pack_conv_weight.
+// Each invocation keeps 8 positions × 8 output channels (forward) or 8 × 8 channel pairs
+// of one tap (grad_weight) in registers: 16 texel fetches feed 256 FMAs. grad_input is
+// conv2d_forward_tex on dy padded by KH − 1 − pad with the weights flipped and transposed.
 //
 // Each of the three products is an implicit GEMM: no im2col buffer is built; the index
 // arithmetic that im2col would bake into memory is done on the fly, with out-of-image taps
@@ -36,6 +44,8 @@ struct ConvParams {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read> image: array<f32>;    // x, for grad_weight
+@group(0) @binding(6) var tex_a: texture_2d<f32>;              // x (or dy) as pack_nhwc4
+@group(0) @binding(7) var tex_b: texture_2d<f32>;              // w, or dy for grad_weight
 
 override WG_PIX: u32 = 16u;  // invocations per workgroup along output pixels / columns
 override WG_CH: u32 = 4u;    // ... along channels / rows
@@ -248,4 +258,168 @@ fn conv2d_grad_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
         workgroupBarrier();
     }
     if lid == 0u { out[o] = partial_sums[0]; }
+}
+
+// ---- texel entries (stride 1) ----
+
+const TEX_WG: u32 = 64u;
+const TEX_POS: u32 = 8u;  // output positions per invocation (forward)
+
+fn fetch_a(i: u32) -> vec4<f32> {
+    return textureLoad(tex_a, vec2<u32>(i & 4095u, i >> 12u), 0);
+}
+
+fn fetch_b(i: u32) -> vec4<f32> {
+    return textureLoad(tex_b, vec2<u32>(i & 4095u, i >> 12u), 0);
+}
+
+// y[n, o, oy, ox] = b[o] + Σ_{ky, kx, c} xpad[n, oy + ky, ox + kx, c] · w[o, c, ky, kx], with
+// xpad = tex_a (pack_nhwc4 with `pad`) and w = tex_b (pack_conv_weight). An invocation takes
+// 8 consecutive positions m = (n, oy, ox) and output channels 8·ob .. 8·ob + 7.
+@compute @workgroup_size(TEX_WG)
+fn conv2d_forward_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let c4n = (p.c + 3u) / 4u;
+    let o4n = (p.o + 3u) / 4u;
+    let hp = p.h + 2u * p.pad;
+    let wp = p.w + 2u * p.pad;
+    let plane = p.oh * p.ow;
+    let npos = p.n * plane;
+    let pos_blocks = (npos + TEX_POS - 1u) / TEX_POS;
+    let id = (wid.x + wid.y * nwg.x) * TEX_WG + lid;
+    // Neighbouring invocations share the output channels (the same weight texels).
+    let pb = id % pos_blocks;
+    let o4a = (id / pos_blocks) * 2u;
+    if o4a >= o4n { return; }
+    let o4b = min(o4a + 1u, o4n - 1u);
+    var base: array<u32, TEX_POS>;
+    for (var j = 0u; j < TEX_POS; j++) {
+        let m = min(pb * TEX_POS + j, npos - 1u);
+        let r = m % plane;
+        base[j] = (((m / plane) * hp + r / p.ow) * wp + r % p.ow) * c4n;
+    }
+    var acc: array<vec4<f32>, 16>;  // [2·j + g]: position j, channels 4·(o4a or o4b) ..
+    for (var ky = 0u; ky < p.kh; ky++) {
+        for (var kx = 0u; kx < p.kw; kx++) {
+            let xoff = (ky * wp + kx) * c4n;
+            let wtap = (ky * p.kw + kx) * c4n;
+            for (var c4 = 0u; c4 < c4n; c4++) {
+                let wi = (wtap + c4) * 4u * o4n;
+                let a0 = fetch_b(wi + o4a);
+                let a1 = fetch_b(wi + o4n + o4a);
+                let a2 = fetch_b(wi + 2u * o4n + o4a);
+                let a3 = fetch_b(wi + 3u * o4n + o4a);
+                let b0 = fetch_b(wi + o4b);
+                let b1 = fetch_b(wi + o4n + o4b);
+                let b2 = fetch_b(wi + 2u * o4n + o4b);
+                let b3 = fetch_b(wi + 3u * o4n + o4b);
+                for (var j = 0u; j < TEX_POS; j++) {
+                    let xv = fetch_a(base[j] + xoff + c4);
+                    var s = acc[2u * j];
+                    s = fma(vec4<f32>(xv.x), a0, s);
+                    s = fma(vec4<f32>(xv.y), a1, s);
+                    s = fma(vec4<f32>(xv.z), a2, s);
+                    acc[2u * j] = fma(vec4<f32>(xv.w), a3, s);
+                    var t = acc[2u * j + 1u];
+                    t = fma(vec4<f32>(xv.x), b0, t);
+                    t = fma(vec4<f32>(xv.y), b1, t);
+                    t = fma(vec4<f32>(xv.z), b2, t);
+                    acc[2u * j + 1u] = fma(vec4<f32>(xv.w), b3, t);
+                }
+            }
+        }
+    }
+    for (var j = 0u; j < TEX_POS; j++) {
+        let m = pb * TEX_POS + j;
+        if m >= npos { return; }
+        let n = m / plane;
+        let r = m % plane;
+        for (var g = 0u; g < 2u; g++) {
+            if g == 1u && o4a + 1u >= o4n { break; }
+            for (var e = 0u; e < 4u; e++) {
+                let o = 4u * (o4a + g) + e;
+                if o < p.o {
+                    out[(n * p.o + o) * plane + r] = acc[2u * j + g][e] + bias[o];
+                }
+            }
+        }
+    }
+}
+
+// partial[s, o, c, ky, kx] = Σ_{m in split s} dy[m, o] · xpad[n, oy + ky, ox + kx, c] over
+// positions m = (n, oy, ox), with xpad = tex_a (pack_nhwc4 with `pad`) and dy = tex_b
+// (pack_nhwc4, no padding). An invocation takes one tap, output channels 8·ob .. 8·ob + 7 and
+// input channels 8·cb .. 8·cb + 7; split s covers `images_per_split` output rows (n, oy)
+// (here a count of rows, not images).
+@compute @workgroup_size(TEX_WG)
+fn conv2d_grad_weight_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                          @builtin(local_invocation_index) lid: u32) {
+    let c4n = (p.c + 3u) / 4u;
+    let o4n = (p.o + 3u) / 4u;
+    let c8n = (c4n + 1u) / 2u;
+    let o8n = (o4n + 1u) / 2u;
+    let taps = p.kh * p.kw;
+    let wp = p.w + 2u * p.pad;
+    let hp = p.h + 2u * p.pad;
+    let plane = p.oh * p.ow;
+    let npos = p.n * plane;
+    let id = (wid.x + wid.y * nwg.x) * TEX_WG + lid;
+    let blocks = o8n * c8n * taps;
+    let split = id / blocks;
+    if split >= p.splits { return; }
+    let rem = id % blocks;
+    let o4a = (rem % o8n) * 2u;
+    let c4a = ((rem / o8n) % c8n) * 2u;
+    let tap = rem / (o8n * c8n);
+    let o4b = min(o4a + 1u, o4n - 1u);
+    let c4b = min(c4a + 1u, c4n - 1u);
+    let xoff = ((tap / p.kw) * wp + tap % p.kw) * c4n;
+    // Splits cover whole output rows (n, oy): the position loop is then a plain run along ox.
+    let rows = p.n * p.oh;
+    let r0 = split * p.images_per_split;
+    let r1 = min(r0 + p.images_per_split, rows);
+    // a<e><g>: output channel e of the 8, input channels of c4a (g = 0) or c4b (g = 1).
+    // Named rather than an array, and the position loop innermost, so that the compiler
+    // unrolls it and keeps every index constant.
+    var a00 = vec4<f32>(0.0); var a01 = vec4<f32>(0.0); var a10 = vec4<f32>(0.0); var a11 = vec4<f32>(0.0);
+    var a20 = vec4<f32>(0.0); var a21 = vec4<f32>(0.0); var a30 = vec4<f32>(0.0); var a31 = vec4<f32>(0.0);
+    var a40 = vec4<f32>(0.0); var a41 = vec4<f32>(0.0); var a50 = vec4<f32>(0.0); var a51 = vec4<f32>(0.0);
+    var a60 = vec4<f32>(0.0); var a61 = vec4<f32>(0.0); var a70 = vec4<f32>(0.0); var a71 = vec4<f32>(0.0);
+    for (var row = r0; row < r1; row++) {
+        let xrow = ((row / p.oh) * hp + row % p.oh) * wp * c4n + xoff;
+        let drow = row * p.ow * o4n;
+        for (var ox = 0u; ox < p.ow; ox++) {
+            let xb = xrow + ox * c4n;
+            let xa = fetch_a(xb + c4a);
+            let xc = fetch_a(xb + c4b);
+            let d = drow + ox * o4n;
+            let da = fetch_b(d + o4a);
+            let db = fetch_b(d + o4b);
+            a00 = fma(vec4<f32>(da.x), xa, a00); a01 = fma(vec4<f32>(da.x), xc, a01);
+            a10 = fma(vec4<f32>(da.y), xa, a10); a11 = fma(vec4<f32>(da.y), xc, a11);
+            a20 = fma(vec4<f32>(da.z), xa, a20); a21 = fma(vec4<f32>(da.z), xc, a21);
+            a30 = fma(vec4<f32>(da.w), xa, a30); a31 = fma(vec4<f32>(da.w), xc, a31);
+            a40 = fma(vec4<f32>(db.x), xa, a40); a41 = fma(vec4<f32>(db.x), xc, a41);
+            a50 = fma(vec4<f32>(db.y), xa, a50); a51 = fma(vec4<f32>(db.y), xc, a51);
+            a60 = fma(vec4<f32>(db.z), xa, a60); a61 = fma(vec4<f32>(db.z), xc, a61);
+            a70 = fma(vec4<f32>(db.w), xa, a70); a71 = fma(vec4<f32>(db.w), xc, a71);
+        }
+    }
+    let acc = array<vec4<f32>, 16>(a00, a01, a10, a11, a20, a21, a30, a31,
+                                   a40, a41, a50, a51, a60, a61, a70, a71);
+    let out_base = split * p.o * p.c * taps;
+    for (var e = 0u; e < 8u; e++) {
+        if e >= 4u && o4a + 1u >= o4n { break; }
+        let o = 4u * o4a + e;
+        if o >= p.o { break; }
+        for (var g = 0u; g < 2u; g++) {
+            if g == 1u && c4a + 1u >= c4n { break; }
+            for (var k = 0u; k < 4u; k++) {
+                let c = 4u * (c4a + g) + k;
+                if c < p.c {
+                    out[out_base + (o * p.c + c) * taps + tap] = acc[2u * e + g][k];
+                }
+            }
+        }
+    }
 }

@@ -19,4 +19,4 @@ pub mod optim;
 pub mod train;
 
 pub use error::{Error, Result};
-pub use gpu::{DType, Gpu, Kernel, Tensor};
+pub use gpu::{DType, Gpu, Kernel, KernelPath, Tensor, Texels};

@@ -484,8 +484,12 @@ fn progress_json(p: &Progress) -> serde_json::Value {
             "event": "validation", "pairs": pairs, "loss": num(*loss), "val_pair_accuracy": accuracy,
             "val_roc_auc": roc_auc, "pairs_per_sec": pairs_per_sec,
         }),
-        Progress::Profile { step, kernels } => json!({
-            "event": "profile", "step": step,
+        Progress::Profile {
+            step,
+            host_timed,
+            kernels,
+        } => json!({
+            "event": "profile", "step": step, "host_timed": host_timed,
             "kernels": kernels.iter().map(|(name, ms)| json!({"kernel": name, "ms": ms})).collect::<Vec<_>>(),
         }),
         Progress::Note(text) => json!({"event": "note", "text": text}),

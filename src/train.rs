@@ -183,9 +183,11 @@ pub enum Progress {
         roc_auc: f64,
         pairs_per_sec: f64,
     },
-    /// Device time of every kernel of one step, in recording order (milliseconds).
+    /// Time of every dispatch of one step, in recording order (milliseconds): device
+    /// timestamps, or host wall-clock per dispatch where `host_timed`.
     Profile {
         step: usize,
+        host_timed: bool,
         kernels: Vec<(&'static str, f64)>,
     },
     /// Something the user should know that is not an error.
@@ -231,11 +233,20 @@ impl std::fmt::Display for Progress {
                 "validation after {pairs} pairs: loss {loss:.4}  val pair accuracy {accuracy:.4}  \
                  ROC AUC {roc_auc:.4}  {pairs_per_sec:.0} pairs/s"
             ),
-            Progress::Profile { step, kernels } => {
+            Progress::Profile {
+                step,
+                host_timed,
+                kernels,
+            } => {
                 let total: f64 = kernels.iter().map(|(_, ms)| ms).sum();
+                let how = if *host_timed {
+                    "host wall-clock, one submission per dispatch, optimizer left out"
+                } else {
+                    "device time"
+                };
                 writeln!(
                     f,
-                    "profile of step {step} ({} kernels, {total:.2} ms of device time):",
+                    "profile of step {step} ({} dispatches, {total:.2} ms of {how}):",
                     kernels.len()
                 )?;
                 // Slowest first; `#k` is the kernel's place in the step (layers share names).
@@ -395,9 +406,36 @@ impl<'g> TrainStep<'g> {
         Ok(new)
     }
 
-    /// Kernels per step, the optimizer included.
-    pub fn kernel_count(&self) -> usize {
-        self.kernels.len() + 1
+    /// Dispatches per step, the optimizer's included.
+    pub fn dispatch_count(&self) -> usize {
+        self.kernels
+            .iter()
+            .chain([self.optimizer.kernel()])
+            .map(|k| k.dispatches().len())
+            .sum()
+    }
+
+    /// Host wall-clock time of every dispatch of one step (forward and backward; the
+    /// optimizer is left out, so the parameters do not change), each submitted alone and
+    /// waited for, in milliseconds. Submission overhead is included: read it beside
+    /// timestamp profiles on GPUs, where a dispatch takes microseconds.
+    pub fn time_dispatches(&mut self) -> Result<Vec<(&'static str, f64)>> {
+        self.sampler
+            .next(self.batch, &mut self.idx, &mut self.codes);
+        self.gpu.write_u32(&self.indices, &self.idx)?;
+        self.gpu.write_u32(&self.labels, &self.codes)?;
+        self.gpu.wait()?;
+        let mut times = Vec::new();
+        for kernel in &self.kernels {
+            for d in kernel.dispatches() {
+                let single = Kernel::single(d.clone());
+                let start = Instant::now();
+                self.gpu.run(&[&single]);
+                self.gpu.wait()?;
+                times.push((d.entry(), start.elapsed().as_secs_f64() * 1e3));
+            }
+        }
+        Ok(times)
     }
 
     /// Continues after `steps_done` steps: restores the optimizer's state and step count and
@@ -520,16 +558,15 @@ pub fn train_with(
         (&data.sets.val.labels, cfg.val_pairs),
         (&data.sets.test.labels, cfg.test_pairs),
     );
-    let mut profiler = if cfg.profile {
-        Profiler::new(gpu, step_program.kernel_count() as u32)
+    // lavapipe's timestamps do not bracket dispatches that read textures (the time lands in
+    // one pass), so CPU adapters, and adapters without timestamps, are timed from the host.
+    let host_timed = gpu.adapter().device_type == "Cpu";
+    let mut profiler = if cfg.profile && !host_timed {
+        Profiler::new(gpu, step_program.dispatch_count() as u32)
     } else {
         None
     };
-    if cfg.profile && profiler.is_none() {
-        report(&Progress::Note(
-            "profile: this adapter has no timestamp queries, so no per-kernel times".into(),
-        ));
-    }
+    let host_timed = cfg.profile && profiler.is_none();
 
     report(&Progress::Started {
         adapter: gpu.adapter().to_string(),
@@ -613,7 +650,17 @@ pub fn train_with(
     if let Some(p) = profiler.as_mut() {
         report(&Progress::Profile {
             step: steps,
+            host_timed: false,
             kernels: p.read(gpu)?,
+        });
+    }
+    if host_timed {
+        // After the last step, so it changes nothing that was trained.
+        step_program.take_losses()?;
+        report(&Progress::Profile {
+            step: steps,
+            host_timed: true,
+            kernels: step_program.time_dispatches()?,
         });
     }
 

@@ -15,7 +15,7 @@
 //! sum. Views (reshape, split into rows) alias their input and its gradient.
 
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Gpu, Kernel, Tensor};
+use crate::gpu::{DType, Gpu, Kernel, KernelPath, Tensor};
 use crate::ops::activation::{self, Activation};
 use crate::ops::distance::{self, Distance};
 use crate::ops::{conv2d, dense, loss, normalize, pool};
@@ -183,14 +183,34 @@ impl<'g> Tape<'g> {
             self.tensor(b).clone(),
             self.tensor(y).clone(),
         );
-        let forward = vec![conv2d::forward(self.gpu, &tx, &tw, &tb, &ty, stride, pad)?];
+        // The texel kernels, where chosen and where they cover the layer; a single input
+        // channel fills a quarter of each texel, where the storage kernels are faster.
+        let texels =
+            self.gpu.kernel_path() == KernelPath::Texels && g.texel_path_fits() && g.c >= 4;
+        let (forward, packed_x) = if texels {
+            let (kernel, xt) = conv2d::forward_packed(self.gpu, &tx, &tw, &tb, &ty, pad)?;
+            (kernel, Some(xt))
+        } else {
+            (
+                conv2d::forward(self.gpu, &tx, &tw, &tb, &ty, stride, pad)?,
+                None,
+            )
+        };
+        let forward = vec![forward];
         let mut backward = Vec::new();
         if let Some(dy) = self.grad(y).cloned() {
             if let Some(dx) = self.grad_slot(x)? {
-                backward.push(conv2d::grad_input(self.gpu, &dy, &tw, &dx, stride, pad)?);
+                backward.push(if texels {
+                    conv2d::grad_input_packed(self.gpu, &dy, &tw, &dx, pad)?
+                } else {
+                    conv2d::grad_input(self.gpu, &dy, &tw, &dx, stride, pad)?
+                });
             }
             if let Some(dw) = self.grad_slot(w)? {
-                backward.push(conv2d::grad_weight(self.gpu, &dy, &tx, &dw, stride, pad)?);
+                backward.push(match &packed_x {
+                    Some(xt) => conv2d::grad_weight_packed(self.gpu, &dy, xt, &dw, &g)?,
+                    None => conv2d::grad_weight(self.gpu, &dy, &tx, &dw, stride, pad)?,
+                });
             }
             if let Some(db) = self.grad_slot(b)? {
                 backward.push(conv2d::grad_bias(self.gpu, &dy, &db)?);

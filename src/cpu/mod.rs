@@ -12,6 +12,7 @@ pub mod gather;
 pub mod loss;
 pub mod normalize;
 pub mod optim;
+pub mod pack;
 pub mod pool;
 
 use std::fmt::Debug;

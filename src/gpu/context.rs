@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
 
 use super::adapter::{self, AdapterSummary};
-use super::kernel::{Dispatch, Uniform};
+use super::kernel::{Dispatch, KernelPath, Uniform};
 use super::recorder::Recorder;
-use super::{DType, Kernel, Tensor};
+use super::{DType, Kernel, TEXEL_ROW, Tensor, Texels};
 use crate::error::{Error, Result};
 use crate::ops::Shader;
 
@@ -24,15 +24,28 @@ pub struct Gpu {
     features: wgpu::Features,
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
+    kernel_path: KernelPath,
 }
 
 impl Gpu {
-    /// Opens the adapter named by `SIAMESE_ADAPTER` (a name substring), else the best one.
+    /// Opens the adapter named by `SIAMESE_ADAPTER` (a name substring), else the best one;
+    /// `SIAMESE_KERNELS=storage|texels` picks the convolution kernels (default texels).
     pub fn new() -> Result<Gpu> {
         let requested = std::env::var("SIAMESE_ADAPTER")
             .ok()
             .filter(|s| !s.is_empty());
-        Gpu::with_adapter(requested.as_deref())
+        let mut gpu = Gpu::with_adapter(requested.as_deref())?;
+        if let Ok(name) = std::env::var("SIAMESE_KERNELS")
+            && !name.is_empty()
+        {
+            let path = KernelPath::parse(&name).ok_or_else(|| {
+                Error::Config(format!(
+                    "SIAMESE_KERNELS must be `storage` or `texels`, got `{name}`"
+                ))
+            })?;
+            gpu.set_kernel_path(path);
+        }
+        Ok(gpu)
     }
 
     /// Opens the first adapter whose name contains `requested`, or the best one if `None`.
@@ -61,7 +74,18 @@ impl Gpu {
             features,
             modules: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(HashMap::new()),
+            kernel_path: KernelPath::Texels,
         })
+    }
+
+    /// The convolution kernels that tapes built on this device use.
+    pub fn kernel_path(&self) -> KernelPath {
+        self.kernel_path
+    }
+
+    /// Chooses the convolution kernels for tapes built from now on.
+    pub fn set_kernel_path(&mut self, path: KernelPath) {
+        self.kernel_path = path;
     }
 
     /// Name, backend, type and driver of the adapter in use.
@@ -166,6 +190,22 @@ impl Gpu {
         bindings: &[(u32, &Tensor)],
         workgroups: [u32; 3],
     ) -> Result<Dispatch> {
+        self.dispatch_with_texels(shader, entry, constants, params, bindings, &[], workgroups)
+    }
+
+    /// [`dispatch`](Self::dispatch) with texel arrays too, each bound as the entry declares
+    /// it (sampled `texture_2d<f32>` or write-only `texture_storage_2d<rgba32float, write>`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn dispatch_with_texels<P: Uniform>(
+        &self,
+        shader: &Shader,
+        entry: &'static str,
+        constants: &[(&'static str, f64)],
+        params: &P,
+        bindings: &[(u32, &Tensor)],
+        texels: &[(u32, &Texels)],
+        workgroups: [u32; 3],
+    ) -> Result<Dispatch> {
         let max = self.limits.max_compute_workgroups_per_dimension;
         if workgroups.iter().any(|&g| g > max) {
             return Err(Error::Shape {
@@ -194,6 +234,10 @@ impl Gpu {
         entries.extend(bindings.iter().map(|&(binding, t)| wgpu::BindGroupEntry {
             binding,
             resource: t.binding(),
+        }));
+        entries.extend(texels.iter().map(|&(binding, t)| wgpu::BindGroupEntry {
+            binding,
+            resource: wgpu::BindingResource::TextureView(&t.view),
         }));
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -269,6 +313,68 @@ impl Gpu {
             }),
         };
         Ok(Tensor::new(Arc::new(buffer), 0, shape, dtype))
+    }
+
+    /// An uninitialised array of `len` texels (see [`Texels`]), written by a pack kernel.
+    pub fn texels(&self, len: usize) -> Result<Texels> {
+        let rows = len.div_ceil(TEXEL_ROW).max(1);
+        let max = self.limits.max_texture_dimension_2d as usize;
+        if rows > max {
+            return Err(Error::TooLarge {
+                what: format!("a texel array of {len} texels ({rows} rows of {TEXEL_ROW})"),
+                bytes: len as u64 * 16,
+                limit: (max * TEXEL_ROW * 16) as u64,
+                limit_name: "max_texture_dimension_2d",
+            });
+        }
+        let texture = self.device.create_texture(&wgpu::TextureDescriptor {
+            label: Some("texels"),
+            size: wgpu::Extent3d {
+                width: TEXEL_ROW as u32,
+                height: rows as u32,
+                depth_or_array_layers: 1,
+            },
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format: wgpu::TextureFormat::Rgba32Float,
+            usage: wgpu::TextureUsages::TEXTURE_BINDING
+                | wgpu::TextureUsages::STORAGE_BINDING
+                | wgpu::TextureUsages::COPY_SRC,
+            view_formats: &[],
+        });
+        Ok(Texels::new(texture, len))
+    }
+
+    /// Reads a texel array back as `4·len` f32 (waits for all submitted work).
+    pub fn read_texels(&self, texels: &Texels) -> Result<Vec<f32>> {
+        let row_bytes = (TEXEL_ROW * 16) as u32;
+        let size = row_bytes as u64 * texels.rows() as u64;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("texel readback"),
+            size,
+            usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        encoder.copy_texture_to_buffer(
+            texels.texture.as_image_copy(),
+            wgpu::TexelCopyBufferInfo {
+                buffer: &staging,
+                layout: wgpu::TexelCopyBufferLayout {
+                    offset: 0,
+                    bytes_per_row: Some(row_bytes),
+                    rows_per_image: None,
+                },
+            },
+            texels.texture.size(),
+        );
+        self.queue.submit([encoder.finish()]);
+        let floats = (size / 4) as usize;
+        let tensor = Tensor::new(Arc::new(staging), 0, &[floats], DType::F32);
+        let mut all = self.read_f32(&tensor)?;
+        all.truncate(texels.len() * 4);
+        Ok(all)
     }
 
     /// A zero-filled tensor.

@@ -9,6 +9,33 @@ use super::Tensor;
 /// Largest workgroup count per dimension that every adapter accepts (WebGPU's default limit).
 pub const MAX_WORKGROUPS_PER_DIM: u32 = 65_535;
 
+/// Which implementation the convolutions take where both exist: the storage-buffer
+/// kernels, or the texel kernels that read operands packed into textures (several times
+/// faster on lavapipe, where a texel fetch is vectorised and a storage load is not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelPath {
+    Storage,
+    Texels,
+}
+
+impl KernelPath {
+    /// `storage` or `texels`.
+    pub fn parse(s: &str) -> Option<KernelPath> {
+        match s {
+            "storage" => Some(KernelPath::Storage),
+            "texels" => Some(KernelPath::Texels),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelPath::Storage => "storage",
+            KernelPath::Texels => "texels",
+        }
+    }
+}
+
 /// Parameters passed to a shader as its `@binding(0)` uniform.
 pub trait Uniform: bytemuck::Pod {}
 impl<T: bytemuck::Pod> Uniform for T {}
@@ -55,6 +82,16 @@ impl Kernel {
             dispatches,
             _scratch: scratch,
         }
+    }
+
+    /// The dispatches of `kernels`, in order, as one kernel (e.g. packing, then a product).
+    pub fn chain(kernels: impl IntoIterator<Item = Kernel>) -> Kernel {
+        let mut all = Kernel::with_scratch(Vec::new(), Vec::new());
+        for k in kernels {
+            all.dispatches.extend(k.dispatches);
+            all._scratch.extend(k._scratch);
+        }
+        all
     }
 
     pub fn dispatches(&self) -> &[Dispatch] {

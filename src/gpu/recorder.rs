@@ -1,6 +1,6 @@
 //! Recording kernels into one command encoder, submitted once.
 
-use super::{Gpu, Kernel, Profiler, Tensor};
+use super::{Dispatch, Gpu, Kernel, Profiler, Tensor};
 
 /// Collects kernels, clears and copies into one command buffer; [`Recorder::submit`] sends it.
 pub struct Recorder<'g> {
@@ -24,11 +24,17 @@ impl<'g> Recorder<'g> {
         self.record_pass(kernel, None);
     }
 
-    /// [`record`](Self::record), with the pass's begin and end timestamps written for
-    /// `profiler` (silently unprofiled once the profiler is full).
+    /// [`record`](Self::record), each dispatch in a pass of its own whose begin and end
+    /// timestamps are written for `profiler` (silently unprofiled once the profiler is full).
     pub fn record_timed(&mut self, kernel: &Kernel, profiler: &mut Profiler) {
-        let slot = profiler.next_slot(kernel.label());
-        self.record_pass(kernel, slot.map(|i| (&profiler.query_set, i)));
+        for d in &kernel.dispatches {
+            let slot = profiler.next_slot(d.entry);
+            self.record_dispatches(
+                d.entry,
+                std::slice::from_ref(d),
+                slot.map(|i| (&profiler.query_set, i)),
+            );
+        }
     }
 
     /// Resolves the profiler's timestamps at the end of this command buffer.
@@ -37,6 +43,15 @@ impl<'g> Recorder<'g> {
     }
 
     fn record_pass(&mut self, kernel: &Kernel, timestamps: Option<(&wgpu::QuerySet, u32)>) {
+        self.record_dispatches(kernel.label(), &kernel.dispatches, timestamps);
+    }
+
+    fn record_dispatches(
+        &mut self,
+        label: &str,
+        dispatches: &[Dispatch],
+        timestamps: Option<(&wgpu::QuerySet, u32)>,
+    ) {
         let timestamp_writes = timestamps.map(|(query_set, i)| wgpu::ComputePassTimestampWrites {
             query_set,
             beginning_of_pass_write_index: Some(i),
@@ -45,10 +60,10 @@ impl<'g> Recorder<'g> {
         let mut pass = self
             .encoder
             .begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(kernel.label()),
+                label: Some(label),
                 timestamp_writes,
             });
-        for d in &kernel.dispatches {
+        for d in dispatches {
             pass.set_pipeline(&d.pipeline);
             pass.set_bind_group(0, &d.bind_group, &[]);
             let [x, y, z] = d.workgroups;

@@ -3,9 +3,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{Shader, expect_f32, expect_rank, to_u32};
+use super::{Shader, expect_f32, expect_rank, pack, to_u32};
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Gpu, Kernel, Tensor, grid_1d};
+use crate::gpu::{DType, Gpu, Kernel, Tensor, Texels, grid_1d};
 
 pub const SHADER: Shader = Shader {
     name: "conv2d",
@@ -324,4 +324,188 @@ pub fn grad_bias(gpu: &Gpu, dy: &Tensor, db: &Tensor) -> Result<Kernel> {
         &[(1, dy), (4, db)],
         [o as u32, 1, 1],
     )?))
+}
+
+// ---- texel path (stride 1): operands packed by `ops::pack`, see the shader's header ----
+
+const TEX_WG: u32 = 64;
+const TEX_POS: usize = 8;
+
+impl Conv2dGeometry {
+    /// Whether the texel kernels cover this convolution: stride 1, a square kernel and a
+    /// padding under it (grad_input pads dy by KH − 1 − pad).
+    pub fn texel_path_fits(&self) -> bool {
+        self.stride == 1 && self.kh == self.kw && self.pad < self.kh
+    }
+
+    /// The convolution grad_input runs: dy padded by KH − 1 − pad, through the flipped
+    /// weights, back to x's shape.
+    fn transposed(&self) -> Conv2dGeometry {
+        Conv2dGeometry {
+            c: self.o,
+            h: self.out_h(),
+            w: self.out_w(),
+            o: self.c,
+            pad: self.kh - 1 - self.pad,
+            ..*self
+        }
+    }
+
+    fn positions(&self) -> usize {
+        self.n * self.out_h() * self.out_w()
+    }
+}
+
+fn texel_groups(invocations: usize) -> [u32; 3] {
+    grid_1d((invocations as u32).div_ceil(TEX_WG))
+}
+
+fn expect_texel_path(op: &'static str, g: &Conv2dGeometry) -> Result<()> {
+    if g.texel_path_fits() {
+        return Ok(());
+    }
+    Err(Error::Shape {
+        op,
+        detail: format!(
+            "the texel kernels need stride 1, a square kernel and padding under its size; got \
+             stride {}, a {}x{} kernel, padding {}",
+            g.stride, g.kh, g.kw, g.pad
+        ),
+    })
+}
+
+/// `y = conv2d(x, w) + b` from `xt` (x packed by [`pack::nhwc4`] with `g.pad`) and `wt`
+/// (w packed by [`pack::conv_weight`], not flipped).
+pub fn forward_tex(
+    gpu: &Gpu,
+    g: &Conv2dGeometry,
+    xt: &Texels,
+    wt: &Texels,
+    b: &Tensor,
+    y: &Tensor,
+) -> Result<Kernel> {
+    const OP: &str = "conv2d_forward_tex";
+    expect_texel_path(OP, g)?;
+    expect_f32(OP, "b", b, &[g.o])?;
+    expect_f32(OP, "y", y, &g.output_shape())?;
+    let params = g.params(OP, 1, 0)?;
+    let invocations = g.positions().div_ceil(TEX_POS) * g.o.div_ceil(8);
+    Ok(Kernel::single(gpu.dispatch_with_texels(
+        &SHADER,
+        OP,
+        &[],
+        &params,
+        &[(3, b), (4, y)],
+        &[(6, xt), (7, wt)],
+        texel_groups(invocations),
+    )?))
+}
+
+/// `dw` from `xt` (x packed by [`pack::nhwc4`] with `g.pad`) and `dyt` (dy packed by
+/// [`pack::nhwc4`] without padding), split over chunks of output rows like
+/// [`grad_weight`] over images.
+pub fn grad_weight_tex(
+    gpu: &Gpu,
+    g: &Conv2dGeometry,
+    xt: &Texels,
+    dyt: &Texels,
+    dw: &Tensor,
+) -> Result<Kernel> {
+    const OP: &str = "conv2d_grad_weight_tex";
+    expect_texel_path(OP, g)?;
+    expect_f32(OP, "dw", dw, &g.weight_shape())?;
+    let taps = g.kh * g.kw;
+    let blocks = g.o.div_ceil(8) * g.c.div_ceil(8) * taps;
+    // Splits take whole output rows (n, oy), at least 64 positions' worth each.
+    let rows = g.n * g.out_h();
+    let min_rows = 64usize.div_ceil(g.out_w());
+    let splits = (TARGET_INVOCATIONS as usize / blocks).clamp(1, rows.div_ceil(min_rows));
+    let per_split = rows.div_ceil(splits);
+    let splits = rows.div_ceil(per_split);
+    let params = g.params(OP, splits as u32, to_u32(OP, "rows per split", per_split)?)?;
+    let groups = texel_groups(blocks * splits);
+    let textures = [(6, xt), (7, dyt)];
+    if splits == 1 {
+        return Ok(Kernel::single(gpu.dispatch_with_texels(
+            &SHADER,
+            OP,
+            &[],
+            &params,
+            &[(4, dw)],
+            &textures,
+            groups,
+        )?));
+    }
+    let partial = gpu.zeros(&[splits, g.o * g.c * taps], DType::F32)?;
+    let partial_pass = gpu.dispatch_with_texels(
+        &SHADER,
+        OP,
+        &[],
+        &params,
+        &[(4, &partial)],
+        &textures,
+        groups,
+    )?;
+    let reduce = grad_weight_reduce(gpu, &partial, dw)?;
+    let mut dispatches = vec![partial_pass];
+    dispatches.extend(reduce.dispatches);
+    Ok(Kernel::with_scratch(dispatches, vec![partial]))
+}
+
+/// The forward through the texel kernels: packs x and w, convolves. Also returns x's
+/// texels, which [`grad_weight_packed`] reads in the backward.
+pub fn forward_packed(
+    gpu: &Gpu,
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    y: &Tensor,
+    pad: usize,
+) -> Result<(Kernel, Texels)> {
+    let g = Conv2dGeometry::of("conv2d_forward_tex", x, w, 1, pad)?;
+    expect_texel_path("conv2d_forward_tex", &g)?;
+    let (pack_x, xt) = pack::nhwc4(gpu, x, pad)?;
+    let (pack_w, wt) = pack::conv_weight(gpu, w, false)?;
+    let conv = forward_tex(gpu, &g, &xt, &wt, b, y)?;
+    Ok((Kernel::chain([pack_x, pack_w, conv]), xt))
+}
+
+/// grad_input through the texel kernels: dy padded and the weights flipped, then the
+/// forward kernel (with a zero bias).
+pub fn grad_input_packed(
+    gpu: &Gpu,
+    dy: &Tensor,
+    w: &Tensor,
+    dx: &Tensor,
+    pad: usize,
+) -> Result<Kernel> {
+    const OP: &str = "conv2d_grad_input";
+    let g = Conv2dGeometry::of(OP, dx, w, 1, pad)?;
+    expect_texel_path(OP, &g)?;
+    expect_f32(OP, "dy", dy, &g.output_shape())?;
+    let t = g.transposed();
+    let (pack_dy, dyt) = pack::nhwc4(gpu, dy, t.pad)?;
+    let (pack_w, wt) = pack::conv_weight(gpu, w, true)?;
+    let zero_bias = gpu.zeros(&[g.c], DType::F32)?;
+    let conv = forward_tex(gpu, &t, &dyt, &wt, &zero_bias, dx)?;
+    Ok(Kernel::chain([
+        pack_dy,
+        pack_w,
+        conv,
+        Kernel::with_scratch(Vec::new(), vec![zero_bias]),
+    ]))
+}
+
+/// grad_weight through the texel kernels, from x's texels of [`forward_packed`].
+pub fn grad_weight_packed(
+    gpu: &Gpu,
+    dy: &Tensor,
+    xt: &Texels,
+    dw: &Tensor,
+    g: &Conv2dGeometry,
+) -> Result<Kernel> {
+    expect_f32("conv2d_grad_weight_tex", "dy", dy, &g.output_shape())?;
+    let (pack_dy, dyt) = pack::nhwc4(gpu, dy, 0)?;
+    let product = grad_weight_tex(gpu, g, xt, &dyt, dw)?;
+    Ok(Kernel::chain([pack_dy, product]))
 }

@@ -10,6 +10,7 @@ pub mod gather;
 pub mod loss;
 pub mod normalize;
 pub mod optim;
+pub mod pack;
 pub mod pool;
 
 use crate::error::{Error, Result};

@@ -1,0 +1,84 @@
+//! `shaders/pack.wgsl` against `cpu::pack`: layout copies, so exact.
+
+mod common;
+
+use common::*;
+use siamese_gpu::cpu::pack as cpu;
+use siamese_gpu::ops::pack;
+
+#[test]
+fn pack_nhwc4_matches_cpu() {
+    // Channel counts around the texel's four, padding 0–2, batch 1.
+    for (seed, (shape, pad)) in [
+        ([1, 1, 1, 1], 0),
+        ([2, 3, 5, 4], 1),
+        ([1, 4, 3, 3], 2),
+        ([3, 9, 4, 6], 0),
+        ([2, 32, 12, 12], 0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let x = uniform(&mut rng(seed as u64), shape.iter().product(), -1.0, 1.0);
+        let (kernel, texels) = pack::nhwc4(gpu(), &upload(&x, &shape), pad).unwrap();
+        gpu().run(&[&kernel]);
+        let got = gpu().read_texels(&texels).unwrap();
+        assert_eq!(
+            got,
+            cpu::nhwc4(&x, shape, pad),
+            "pack_nhwc4 {shape:?} pad {pad}"
+        );
+    }
+}
+
+#[test]
+fn pack_conv_weight_matches_cpu() {
+    for (seed, shape) in [
+        [1, 1, 1, 1],
+        [5, 3, 3, 3],
+        [32, 1, 5, 5],
+        [64, 32, 3, 3],
+        [7, 9, 2, 2],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let w = uniform(
+            &mut rng(10 + seed as u64),
+            shape.iter().product(),
+            -1.0,
+            1.0,
+        );
+        for flip in [false, true] {
+            let (kernel, texels) = pack::conv_weight(gpu(), &upload(&w, &shape), flip).unwrap();
+            gpu().run(&[&kernel]);
+            let got = gpu().read_texels(&texels).unwrap();
+            assert_eq!(
+                got,
+                cpu::conv_weight(&w, shape, flip),
+                "pack_conv_weight {shape:?} flip {flip}"
+            );
+        }
+    }
+}
+
+#[test]
+fn pack_rows4_matches_cpu() {
+    for (seed, [r, k]) in [[1, 1], [3, 5], [256, 1600], [7, 128], [128, 33]]
+        .into_iter()
+        .enumerate()
+    {
+        let a = uniform(&mut rng(20 + seed as u64), r * k, -1.0, 1.0);
+        for transposed in [false, true] {
+            let shape = if transposed { [k, r] } else { [r, k] };
+            let (kernel, texels) = pack::rows4(gpu(), &upload(&a, &shape), transposed).unwrap();
+            gpu().run(&[&kernel]);
+            let got = gpu().read_texels(&texels).unwrap();
+            assert_eq!(
+                got,
+                cpu::rows4(&a, r, k, transposed),
+                "pack_rows4 [{r}, {k}] transposed {transposed}"
+            );
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! References of `shaders/pack.wgsl`: each returns the texels as `4·len` f32, in order.
+
+use super::Real;
+
+/// See `pack_nhwc4`.
+pub fn nhwc4<T: Real>(x: &[T], [n, c, h, w]: [usize; 4], pad: usize) -> Vec<T> {
+    let (c4, hp, wp) = (c.div_ceil(4), h + 2 * pad, w + 2 * pad);
+    let mut out = vec![T::zero(); n * hp * wp * c4 * 4];
+    for img in 0..n {
+        for ch in 0..c {
+            for y in 0..h {
+                for xx in 0..w {
+                    let texel = ((img * hp + y + pad) * wp + xx + pad) * c4 + ch / 4;
+                    out[texel * 4 + ch % 4] = x[((img * c + ch) * h + y) * w + xx];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// See `pack_conv_weight`.
+pub fn conv_weight<T: Real>(wt: &[T], [o, c, kh, kw]: [usize; 4], flip: bool) -> Vec<T> {
+    let (ci, co) = if flip { (o, c) } else { (c, o) };
+    let (ci4, co4, taps) = (ci.div_ceil(4), co.div_ceil(4), kh * kw);
+    let mut out = vec![T::zero(); taps * ci4 * 4 * co4 * 4];
+    for tap in 0..taps {
+        for i in 0..ci {
+            for j in 0..co {
+                let v = if flip {
+                    wt[(i * c + j) * taps + taps - 1 - tap]
+                } else {
+                    wt[(j * c + i) * taps + tap]
+                };
+                let texel = ((tap * ci4 + i / 4) * 4 + i % 4) * co4 + j / 4;
+                out[texel * 4 + j % 4] = v;
+            }
+        }
+    }
+    out
+}
+
+/// See `pack_rows4`: `a` is `[r, k]`, or `[k, r]` when `transposed`.
+pub fn rows4<T: Real>(a: &[T], r: usize, k: usize, transposed: bool) -> Vec<T> {
+    let k4 = k.div_ceil(4);
+    let mut out = vec![T::zero(); r * k4 * 4];
+    for i in 0..r {
+        for j in 0..k {
+            out[i * k4 * 4 + j] = if transposed {
+                a[j * r + i]
+            } else {
+                a[i * k + j]
+            };
+        }
+    }
+    out
+}

@@ -1,0 +1,122 @@
+//! Launchers for `shaders/pack.wgsl`: tensors copied into [`Texels`] in the layouts the
+//! texel kernels read (see the shader's header for each layout).
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{Shader, expect_rank, to_u32};
+use crate::error::Result;
+use crate::gpu::{Gpu, Kernel, Tensor, Texels, grid_1d};
+
+pub const SHADER: Shader = Shader {
+    name: "pack",
+    source: include_str!("../../shaders/pack.wgsl"),
+};
+
+const WG: u32 = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Default)]
+struct PackParams {
+    texels: u32,
+    n: u32,
+    c: u32,
+    h: u32,
+    w: u32,
+    pad: u32,
+    c4: u32,
+    hp: u32,
+    wp: u32,
+    flip: u32,
+    _pad: [u32; 2],
+}
+
+fn launch(
+    gpu: &Gpu,
+    entry: &'static str,
+    params: PackParams,
+    src: &Tensor,
+    texels: usize,
+) -> Result<(Kernel, Texels)> {
+    let dst = gpu.texels(texels)?;
+    let params = PackParams {
+        texels: to_u32(entry, "texels", texels)?,
+        ..params
+    };
+    let groups = grid_1d(params.texels.div_ceil(WG));
+    let dispatch = gpu.dispatch_with_texels(
+        &SHADER,
+        entry,
+        &[],
+        &params,
+        &[(1, src)],
+        &[(2, &dst)],
+        groups,
+    )?;
+    Ok((Kernel::single(dispatch), dst))
+}
+
+/// `x [N, C, H, W]` as channels-by-fours with `pad` zero borders: texel
+/// `((n·(H+2·pad) + h)·(W+2·pad) + w)·⌈C/4⌉ + c4`.
+pub fn nhwc4(gpu: &Gpu, x: &Tensor, pad: usize) -> Result<(Kernel, Texels)> {
+    const OP: &str = "pack_nhwc4";
+    let &[n, c, h, w] = expect_rank(OP, "x", x, 4)? else {
+        unreachable!()
+    };
+    let (c4, hp, wp) = (c.div_ceil(4), h + 2 * pad, w + 2 * pad);
+    let u = |what, v| to_u32(OP, what, v);
+    let params = PackParams {
+        n: u("N", n)?,
+        c: u("C", c)?,
+        h: u("H", h)?,
+        w: u("W", w)?,
+        pad: u("pad", pad)?,
+        c4: u("C4", c4)?,
+        hp: u("HP", hp)?,
+        wp: u("WP", wp)?,
+        ..Default::default()
+    };
+    launch(gpu, OP, params, x, n * hp * wp * c4)
+}
+
+/// Convolution weights `w [O, C, KH, KW]` as four output channels per texel, for the
+/// forward (`flip` false) or, transposed and rotated by 180°, for grad_input (`flip` true).
+pub fn conv_weight(gpu: &Gpu, w: &Tensor, flip: bool) -> Result<(Kernel, Texels)> {
+    const OP: &str = "pack_conv_weight";
+    let &[o, c, kh, kw] = expect_rank(OP, "w", w, 4)? else {
+        unreachable!()
+    };
+    let (ci, co) = if flip { (o, c) } else { (c, o) };
+    let (ci4, co4) = (ci.div_ceil(4), co.div_ceil(4));
+    let u = |what, v| to_u32(OP, what, v);
+    let params = PackParams {
+        n: u("O", o)?,
+        c: u("C", c)?,
+        h: u("KH", kh)?,
+        w: u("KW", kw)?,
+        c4: u("CI4", ci4)?,
+        hp: u("CO4", co4)?,
+        flip: flip as u32,
+        ..Default::default()
+    };
+    launch(gpu, OP, params, w, kh * kw * ci4 * 4 * co4)
+}
+
+/// A matrix `a [R, K]` (or, `transposed`, the transpose of `a [K, R]`) as rows of
+/// ⌈K/4⌉ texels: texel `r·⌈K/4⌉ + k4`.
+pub fn rows4(gpu: &Gpu, a: &Tensor, transposed: bool) -> Result<(Kernel, Texels)> {
+    const OP: &str = "pack_rows4";
+    let &[d0, d1] = expect_rank(OP, "a", a, 2)? else {
+        unreachable!()
+    };
+    let (r, k) = if transposed { (d1, d0) } else { (d0, d1) };
+    let k4 = k.div_ceil(4);
+    let u = |what, v| to_u32(OP, what, v);
+    let params = PackParams {
+        n: u("R", r)?,
+        c: u("K", k)?,
+        c4: u("K4", k4)?,
+        flip: transposed as u32,
+        ..Default::default()
+    };
+    launch(gpu, OP, params, a, r * k4)
+}
