@@ -122,6 +122,18 @@ fn main() {
             ("dense_forward", dense::forward(&gpu, &x, &w, &b, &y)),
             ("dense_grad_input", dense::grad_input(&gpu, &dy, &w, &dx)),
             ("dense_grad_weight", dense::grad_weight(&gpu, &dy, &x, &dw)),
+            (
+                "dense_forward_tex",
+                dense::forward_packed(&gpu, &x, &w, &b, &y),
+            ),
+            (
+                "dense_grad_input_tex",
+                dense::grad_input_packed(&gpu, &dy, &w, &dx),
+            ),
+            (
+                "dense_grad_weight_tex",
+                dense::grad_weight_packed(&gpu, &dy, &x, &dw),
+            ),
         ];
         for (op, kernel) in runs {
             report(
@@ -178,7 +190,8 @@ fn main() {
             );
             let flop = 2.0 * (g.n * g.o * g.out_h() * g.out_w() * g.c * g.kh * g.kw) as f64;
             // grad_weight_tex reads x as the forward packed it.
-            let (pack_x, packed_x) = siamese_gpu::ops::pack::nhwc4(&gpu, &x, 0).expect("pack x");
+            let (pack_x, packed_x) =
+                siamese_gpu::ops::pack::nhwc4(&gpu, &x, 0, g.unfold()).expect("pack x");
             gpu.run(&[&pack_x]);
             let runs = [
                 (

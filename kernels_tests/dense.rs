@@ -253,3 +253,78 @@ fn dense_forward_rejects_mismatched_shapes() {
         "{err}"
     );
 }
+
+// ---- the texel path: dense_matmul_tex over packed operands ----
+
+/// The three products of the layer through dense_matmul_tex: (forward, grad_input,
+/// grad_weight) read back.
+fn tex_products(n: usize, k: usize, m: usize, c: &Case) -> [Vec<f32>; 3] {
+    let (x, w, dy) = (
+        upload(&c.x, &[n, k]),
+        upload(&c.w, &[m, k]),
+        upload(&c.dy, &[n, m]),
+    );
+    let (y, dx, dw) = (zeros(&[n, m]), zeros(&[n, k]), zeros(&[m, k]));
+    let forward = dense::forward_packed(gpu(), &x, &w, &upload(&c.b, &[m]), &y).unwrap();
+    let grad_input = dense::grad_input_packed(gpu(), &dy, &w, &dx).unwrap();
+    let grad_weight = dense::grad_weight_packed(gpu(), &dy, &x, &dw).unwrap();
+    for k in [&forward, &grad_input, &grad_weight] {
+        assert_eq!(k.dispatches().last().unwrap().entry(), "dense_matmul_tex");
+    }
+    gpu().run(&[&forward, &grad_input, &grad_weight]);
+    [y, dx, dw].map(|t| gpu().read_f32(&t).unwrap())
+}
+
+#[test]
+fn dense_matmul_tex_matches_cpu() {
+    // The shared shapes (depths off the 4-wide texel, outputs off the 8×8 block) and the
+    // reference layer at batch 256.
+    for (seed, &(n, k, m)) in SHAPES.iter().chain(&[(256, 1600, 128)]).enumerate() {
+        let c = case(n, k, m, 100 + seed as u64);
+        let [y, dx, dw] = tex_products(n, k, m, &c);
+        // Linear bounds as for the storage entries above (padding adds exact zeros).
+        let mag = cpu::dense_forward(&abs(&c.x), &abs(&c.w), &abs(&c.b), n, k, m);
+        assert_within(
+            &format!("dense_matmul_tex forward {n}x{k}x{m}"),
+            &y,
+            &cpu::dense_forward(&c.x, &c.w, &c.b, n, k, m),
+            &linear_bound(k + 1, &mag),
+        );
+        let mag = cpu::dense_grad_input(&abs(&c.dy), &abs(&c.w), n, k, m);
+        assert_within(
+            &format!("dense_matmul_tex grad_input {n}x{k}x{m}"),
+            &dx,
+            &cpu::dense_grad_input(&c.dy, &c.w, n, k, m),
+            &linear_bound(m, &mag),
+        );
+        let mag = cpu::dense_grad_weight(&abs(&c.dy), &abs(&c.x), n, k, m);
+        assert_within(
+            &format!("dense_matmul_tex grad_weight {n}x{k}x{m}"),
+            &dw,
+            &cpu::dense_grad_weight(&c.dy, &c.x, n, k, m),
+            &linear_bound(n, &mag),
+        );
+    }
+}
+
+#[test]
+fn dense_matmul_tex_gradients_match_finite_differences() {
+    for (seed, &(n, k, m)) in FD_SHAPES.iter().enumerate() {
+        let c = case(n, k, m, 700 + seed as u64);
+        let (x, w, b, dy) = (to_f64(&c.x), to_f64(&c.w), to_f64(&c.b), to_f64(&c.dy));
+        let loss = |x: &[f64], w: &[f64]| dot(&dy, &cpu::dense_forward(x, w, &b, n, k, m));
+        let [_, dx, dw] = tex_products(n, k, m, &c);
+        assert_gpu_matches_fd(
+            "dense_matmul_tex grad_input",
+            &dx,
+            &finite_difference(|v| loss(v, &w), &x, FD_STEP),
+            GPU_FD_RTOL,
+        );
+        assert_gpu_matches_fd(
+            "dense_matmul_tex grad_weight",
+            &dw,
+            &finite_difference(|v| loss(&x, v), &w, FD_STEP),
+            GPU_FD_RTOL,
+        );
+    }
+}

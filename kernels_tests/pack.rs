@@ -8,25 +8,29 @@ use siamese_gpu::ops::pack;
 
 #[test]
 fn pack_nhwc4_matches_cpu() {
-    // Channel counts around the texel's four, padding 0–2, batch 1.
-    for (seed, (shape, pad)) in [
-        ([1, 1, 1, 1], 0),
-        ([2, 3, 5, 4], 1),
-        ([1, 4, 3, 3], 2),
-        ([3, 9, 4, 6], 0),
-        ([2, 32, 12, 12], 0),
+    // Channel counts around the texel's four, padding 0–2, batch 1, and unfolding 1, 3 and
+    // 5 taps (5 with padding 2: every packed column has taps outside x).
+    for (seed, (shape, pad, unfold)) in [
+        ([1, 1, 1, 1], 0, 1),
+        ([2, 3, 5, 4], 1, 1),
+        ([1, 4, 3, 3], 2, 1),
+        ([3, 9, 4, 6], 0, 1),
+        ([2, 32, 12, 12], 0, 1),
+        ([2, 1, 28, 28], 0, 5),
+        ([1, 3, 5, 7], 1, 3),
+        ([2, 2, 4, 3], 2, 5),
     ]
     .into_iter()
     .enumerate()
     {
         let x = uniform(&mut rng(seed as u64), shape.iter().product(), -1.0, 1.0);
-        let (kernel, texels) = pack::nhwc4(gpu(), &upload(&x, &shape), pad).unwrap();
+        let (kernel, texels) = pack::nhwc4(gpu(), &upload(&x, &shape), pad, unfold).unwrap();
         gpu().run(&[&kernel]);
         let got = gpu().read_texels(&texels).unwrap();
         assert_eq!(
             got,
-            cpu::nhwc4(&x, shape, pad),
-            "pack_nhwc4 {shape:?} pad {pad}"
+            cpu::nhwc4(&x, shape, pad, unfold),
+            "pack_nhwc4 {shape:?} pad {pad} unfold {unfold}"
         );
     }
 }
@@ -49,14 +53,15 @@ fn pack_conv_weight_matches_cpu() {
             -1.0,
             1.0,
         );
-        for flip in [false, true] {
-            let (kernel, texels) = pack::conv_weight(gpu(), &upload(&w, &shape), flip).unwrap();
+        for (flip, unfold) in [(false, 1), (true, 1), (false, shape[3])] {
+            let (kernel, texels) =
+                pack::conv_weight(gpu(), &upload(&w, &shape), flip, unfold).unwrap();
             gpu().run(&[&kernel]);
             let got = gpu().read_texels(&texels).unwrap();
             assert_eq!(
                 got,
-                cpu::conv_weight(&w, shape, flip),
-                "pack_conv_weight {shape:?} flip {flip}"
+                cpu::conv_weight(&w, shape, flip, unfold),
+                "pack_conv_weight {shape:?} flip {flip} unfold {unfold}"
             );
         }
     }

@@ -117,6 +117,44 @@ fn max_pool2d_backward_matches_cpu() {
     }
 }
 
+/// Windows that tile the input (s = k) take max_pool2d_backward_tiled, which must write
+/// every dx element, those past the last window included (dx starts as NaN here).
+#[test]
+fn max_pool2d_backward_tiled_matches_cpu() {
+    for (seed, &(n, c, h, w, k)) in [
+        (1, 1, 5, 7, 2),
+        (2, 3, 9, 11, 3),
+        (3, 32, 24, 24, 2),
+        (1, 2, 4, 4, 4),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let x = input(n * c * h * w, 50 + seed as u64);
+        let (oh, ow) = cpu::output_size(h, w, k, k);
+        let (_, argmax) = cpu::max_pool2d_forward(&x, n, c, h, w, k, k);
+        let dy = uniform(&mut rng(1050 + seed as u64), n * c * oh * ow, -1.0, 1.0);
+        let dx = upload(&vec![f32::NAN; n * c * h * w], &[n, c, h, w]);
+        let kernel = pool::max_backward(
+            gpu(),
+            &upload(&dy, &[n, c, oh, ow]),
+            &gpu().upload_u32(&argmax, &[n, c, oh, ow]).unwrap(),
+            k,
+            k,
+            &dx,
+        )
+        .unwrap();
+        assert_eq!(kernel.dispatches()[0].entry(), "max_pool2d_backward_tiled");
+        // Each dx element is one dy entry or zero: exact.
+        assert_within(
+            &format!("max_pool2d_backward_tiled {n}x{c}x{h}x{w} k{k}"),
+            &run_and_read(&kernel, &dx),
+            &cpu::max_pool2d_backward(&dy, &argmax, n, c, h, w, k, k),
+            &vec![0.0; n * c * h * w],
+        );
+    }
+}
+
 #[test]
 fn avg_pool2d_forward_matches_cpu() {
     for (seed, &(n, c, h, w, k, s)) in SHAPES.iter().enumerate() {

@@ -16,6 +16,8 @@
 //
 // The `_tex` entries read operands packed by pack.wgsl: x (or dy) as pack_nhwc4 (channels by
 // fours, borders zero-padded, so no tap needs a bounds test) and w as pack_conv_weight.
+// Layers of 1–3 channels are packed unfolded (`unfold` = KW: horizontal taps become
+// channels), so the entries see a KH × 1 convolution over C·KW channels.
 // Each invocation keeps 8 positions × 8 output channels (forward) or 8 × 8 channel pairs
 // of one tap (grad_weight) in registers: 16 texel fetches feed 256 FMAs. grad_input is
 // conv2d_forward_tex on dy padded by KH − 1 − pad with the weights flipped and transposed.
@@ -35,7 +37,7 @@ struct ConvParams {
     n: u32, c: u32, h: u32, w: u32,
     o: u32, kh: u32, kw: u32, stride: u32,
     pad: u32, oh: u32, ow: u32, splits: u32,
-    images_per_split: u32, _p0: u32, _p1: u32, _p2: u32,
+    images_per_split: u32, unfold: u32, _p1: u32, _p2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: ConvParams;
@@ -282,7 +284,7 @@ fn conv2d_forward_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     let c4n = (p.c + 3u) / 4u;
     let o4n = (p.o + 3u) / 4u;
     let hp = p.h + 2u * p.pad;
-    let wp = p.w + 2u * p.pad;
+    let wp = p.w + 2u * p.pad + 1u - p.unfold;
     let plane = p.oh * p.ow;
     let npos = p.n * plane;
     let pos_blocks = (npos + TEX_POS - 1u) / TEX_POS;
@@ -329,6 +331,11 @@ fn conv2d_forward_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
             }
         }
     }
+    // The eight biases, loaded once (past the last channel they are never stored).
+    var bv: array<vec4<f32>, 2>;
+    for (var e = 0u; e < 8u; e++) {
+        bv[e / 4u][e % 4u] = bias[min(4u * o4a + e, p.o - 1u)];
+    }
     for (var j = 0u; j < TEX_POS; j++) {
         let m = pb * TEX_POS + j;
         if m >= npos { return; }
@@ -336,10 +343,11 @@ fn conv2d_forward_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
         let r = m % plane;
         for (var g = 0u; g < 2u; g++) {
             if g == 1u && o4a + 1u >= o4n { break; }
+            let v = acc[2u * j + g] + bv[g];
             for (var e = 0u; e < 4u; e++) {
                 let o = 4u * (o4a + g) + e;
                 if o < p.o {
-                    out[(n * p.o + o) * plane + r] = acc[2u * j + g][e] + bias[o];
+                    out[(n * p.o + o) * plane + r] = v[e];
                 }
             }
         }
@@ -359,7 +367,7 @@ fn conv2d_grad_weight_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
     let c8n = (c4n + 1u) / 2u;
     let o8n = (o4n + 1u) / 2u;
     let taps = p.kh * p.kw;
-    let wp = p.w + 2u * p.pad;
+    let wp = p.w + 2u * p.pad + 1u - p.unfold;
     let hp = p.h + 2u * p.pad;
     let plane = p.oh * p.ow;
     let npos = p.n * plane;
@@ -407,6 +415,8 @@ fn conv2d_grad_weight_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
     }
     let acc = array<vec4<f32>, 16>(a00, a01, a10, a11, a20, a21, a30, a31,
                                    a40, a41, a50, a51, a60, a61, a70, a71);
+    // dw is [O, C, KH, KW] of the layer; unfolded, channel c' = c·U + kx of tap kh is
+    // (c, kh, kx) there (C = p.c / U, KW = U).
     let out_base = split * p.o * p.c * taps;
     for (var e = 0u; e < 8u; e++) {
         if e >= 4u && o4a + 1u >= o4n { break; }
@@ -417,7 +427,8 @@ fn conv2d_grad_weight_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
             for (var k = 0u; k < 4u; k++) {
                 let c = 4u * (c4a + g) + k;
                 if c < p.c {
-                    out[out_base + (o * p.c + c) * taps + tap] = acc[2u * e + g][k];
+                    let w_index = ((o * (p.c / p.unfold) + c / p.unfold) * taps + tap) * p.unfold + c % p.unfold;
+                    out[out_base + w_index] = acc[2u * e + g][k];
                 }
             }
         }

@@ -5,6 +5,12 @@
 //   dense_grad_input   a = dY [N, M], b = W [M, K]              ->  out = dX [N, K]
 //   dense_grad_weight  a = dY [N, M], b = X [N, K]              ->  out = dW [M, K]
 //   dense_grad_bias    a = dY [N, M]                            ->  out = db [M]
+//   dense_matmul_tex   tex_a = A, tex_b = B (pack_rows4), bias  ->  out = A·Bᵀ + bias
+//                      A [rows, K], B [cols, K] as rows of `depth` = ⌈K/4⌉ texels; the
+//                      forward is X·Wᵀ, grad_input dY·(Wᵀ)ᵀ, grad_weight dYᵀ·(Xᵀ)ᵀ, each
+//                      operand packed (transposed where needed) by pack.wgsl (the
+//                      gradients pass a zero bias). 8×8 outputs per invocation: 16 texel fetches feed
+//                      256 FMAs (see conv2d.wgsl on why texels).
 //
 // The three products share one body: out[i, j] = Σ_k A(i, k)·B(k, j), with A and B read
 // through strides, so X·Wᵀ, dY·W and dYᵀ·X need no transposed copy. Each invocation keeps a
@@ -27,6 +33,8 @@ struct MatmulParams {
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var tex_a: texture_2d<f32>;
+@group(0) @binding(6) var tex_b: texture_2d<f32>;
 
 override WG_COLS: u32 = 8u;  // invocations per workgroup along output columns
 override WG_ROWS: u32 = 8u;  // ... along output rows
@@ -115,4 +123,64 @@ fn dense_grad_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
         workgroupBarrier();
     }
     if lid == 0u && j < p.cols { out[j] = partial[0]; }
+}
+
+const TEX_WG: u32 = 64u;
+
+fn fetch_a(i: u32) -> vec4<f32> {
+    return textureLoad(tex_a, vec2<u32>(i & 4095u, i >> 12u), 0);
+}
+
+fn fetch_b(i: u32) -> vec4<f32> {
+    return textureLoad(tex_b, vec2<u32>(i & 4095u, i >> 12u), 0);
+}
+
+// out[i, j] = Σ_k A[i, k]·B[j, k] + bias[j] for i in 8·rb .. 8·rb + 7, j in 8·cb .. 8·cb + 7.
+// Neighbouring invocations share cb (the same B texels). Rows and columns past the edge
+// read the last valid one and are never stored.
+@compute @workgroup_size(TEX_WG)
+fn dense_matmul_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let row_blocks = (p.rows + 7u) / 8u;
+    let id = (wid.x + wid.y * nwg.x) * TEX_WG + lid;
+    let row0 = (id % row_blocks) * 8u;
+    let col0 = (id / row_blocks) * 8u;
+    if col0 >= p.cols { return; }
+    var ra: array<u32, 8>;
+    var cbase: array<u32, 8>;
+    for (var r = 0u; r < 8u; r++) {
+        ra[r] = min(row0 + r, p.rows - 1u) * p.depth;
+        cbase[r] = min(col0 + r, p.cols - 1u) * p.depth;
+    }
+    var acc: array<vec4<f32>, 16>;  // [2·r + h]: row r, columns col0 + 4·h ..
+    for (var k = 0u; k < p.depth; k++) {
+        let b0 = fetch_b(cbase[0] + k);
+        let b1 = fetch_b(cbase[1] + k);
+        let b2 = fetch_b(cbase[2] + k);
+        let b3 = fetch_b(cbase[3] + k);
+        let b4 = fetch_b(cbase[4] + k);
+        let b5 = fetch_b(cbase[5] + k);
+        let b6 = fetch_b(cbase[6] + k);
+        let b7 = fetch_b(cbase[7] + k);
+        for (var r = 0u; r < 8u; r++) {
+            let a = fetch_a(ra[r] + k);
+            acc[2u * r] += vec4<f32>(dot(a, b0), dot(a, b1), dot(a, b2), dot(a, b3));
+            acc[2u * r + 1u] += vec4<f32>(dot(a, b4), dot(a, b5), dot(a, b6), dot(a, b7));
+        }
+    }
+    var bv: array<vec4<f32>, 2>;
+    for (var c = 0u; c < 8u; c++) {
+        bv[c / 4u][c % 4u] = bias[min(col0 + c, p.cols - 1u)];
+    }
+    for (var r = 0u; r < 8u; r++) {
+        let i = row0 + r;
+        if i >= p.rows { return; }
+        for (var h = 0u; h < 2u; h++) {
+            let v = acc[2u * r + h] + bv[h];
+            for (var c = 0u; c < 4u; c++) {
+                let j = col0 + 4u * h + c;
+                if j < p.cols { out[i * p.cols + j] = v[c]; }
+            }
+        }
+    }
 }

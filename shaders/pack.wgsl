@@ -5,13 +5,18 @@
 //
 // Entry points (binding 0 is always `p: PackParams`; binding 1 the f32 source, binding 2
 // the texel array written):
-//   pack_nhwc4         x [N, C, H, W]        -> texel ((n·HP + h)·WP + w)·C4 + c4 =
+//   pack_nhwc4         x [N, C, H, W]        -> texel ((n·HP + h)·WU + w)·C4 + c4 =
 //                      x[n, 4·c4 .. 4·c4+3, h − pad, w − pad], zero outside x (HP = H + 2·pad,
-//                      WP = W + 2·pad, C4 = ⌈C/4⌉): channels by fours, zero-padded borders
+//                      WU = W + 2·pad, C4 = ⌈C/4⌉): channels by fours, zero-padded borders.
+//                      With `unfold` U > 1, channel c' = c·U + kx holds x[.., c, h, w + kx]:
+//                      U horizontal taps become channels (C4 = ⌈C·U/4⌉, WU = W + 2·pad − U + 1),
+//                      so that a layer of 1–3 channels still fills its texels
 //   pack_conv_weight   w [O, C, KH, KW]      -> texel (((kh·KW + kw)·CI4 + c4)·4 + ci)·CO4 + o4
 //                      = four output channels of one input channel, for a convolution with
 //                      CI inputs and CO outputs: the forward's w (CI = C, CO = O), or with
-//                      `flip` the grad_input's (CI = O, CO = C, w[o, c, KH−1−kh, KW−1−kw])
+//                      `flip` the grad_input's (CI = O, CO = C, w[o, c, KH−1−kh, KW−1−kw]).
+//                      With `unfold` U = KW (matching pack_nhwc4's) the packed kernel is
+//                      KH × 1 over CI = C·KW channels: channel c·KW + kx is w[.., c, kh, kx]
 //   pack_rows4         a [R, K] (or, with `transpose`, a [K, R]) -> texel r·K4 + k4 =
 //                      a[r, 4·k4 .. 4·k4+3], zero past K: matrix rows by fours along K
 
@@ -26,7 +31,7 @@ struct PackParams {
     hp: u32,
     wp: u32,
     flip: u32,
-    _pad0: u32,
+    unfold: u32,
     _pad1: u32,
 }
 
@@ -57,19 +62,21 @@ fn pack_nhwc4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     var v = vec4<f32>(0.0);
     // Unsigned wrap-around makes the pad-side test one comparison each way.
     let hs = hq - p.pad;
-    let ws = wq - p.pad;
-    if hs < p.h && ws < p.w {
+    if hs < p.h {
         let plane = p.h * p.w;
-        let base = (n * p.c + 4u * c4) * plane + hs * p.w + ws;
         for (var j = 0u; j < 4u; j++) {
-            if 4u * c4 + j < p.c { v[j] = src[base + j * plane]; }
+            let cu = 4u * c4 + j;
+            let ws = wq + cu % p.unfold - p.pad;
+            let c = cu / p.unfold;
+            if c < p.c && ws < p.w { v[j] = src[(n * p.c + c) * plane + hs * p.w + ws]; }
         }
     }
     store(i, v);
 }
 
 // Uses n = O, c = C (the weight's own dims), h = KH, w = KW, c4 = CI4, hp = CO4 (of the
-// convolution being packed for), flip = 0 (forward) or 1 (grad_input).
+// convolution being packed for), flip = 0 (forward) or 1 (grad_input), unfold = U (1 or KW,
+// not with flip).
 @compute @workgroup_size(WG)
 fn pack_conv_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                     @builtin(local_invocation_index) lid: u32) {
@@ -79,20 +86,21 @@ fn pack_conv_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     let o4 = i % co4;
     let ci = (i / co4) % 4u;
     let c4 = (i / (co4 * 4u)) % p.c4;
+    // The packed convolution's tap: (kh, kw), or kh alone when unfolded.
     let tap = i / (co4 * 4u * p.c4);
-    let kh = tap / p.w;
-    let kw = tap % p.w;
     let taps = p.h * p.w;
     let in_ch = 4u * c4 + ci;
     var v = vec4<f32>(0.0);
     for (var j = 0u; j < 4u; j++) {
         let out_ch = 4u * o4 + j;
-        if p.flip == 0u {
-            if out_ch < p.n && in_ch < p.c {
-                v[j] = src[(out_ch * p.c + in_ch) * taps + tap];
+        if p.flip == 1u {
+            if out_ch < p.c && in_ch < p.n {
+                v[j] = src[(in_ch * p.c + out_ch) * taps + taps - 1u - tap];
             }
-        } else if out_ch < p.c && in_ch < p.n {
-            v[j] = src[(in_ch * p.c + out_ch) * taps + taps - 1u - tap];
+        } else if out_ch < p.n && in_ch < p.c * p.unfold {
+            let c = in_ch / p.unfold;
+            let t = tap * p.unfold + in_ch % p.unfold;
+            v[j] = src[(out_ch * p.c + c) * taps + t];
         }
     }
     store(i, v);

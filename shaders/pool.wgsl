@@ -7,6 +7,8 @@
 //                                                       argmax_out [N, C, OH, OW] u32
 //   max_pool2d_backward  dy [N, C, OH, OW] f32,
 //                        argmax [N, C, OH, OW] u32  ->  dx [N, C, H, W] f32
+//   max_pool2d_backward_tiled   the same, for windows that tile the input (s = k): one
+//                        invocation per k×k cell writes the cell's k² dx elements
 //   avg_pool2d_forward   x [N, C, H, W] f32        ->  y [N, C, OH, OW] f32
 //   avg_pool2d_backward  dy [N, C, OH, OW] f32     ->  dx [N, C, H, W] f32
 // argmax holds the in-plane index h·W + w of the element each window chose.
@@ -106,6 +108,39 @@ fn max_pool2d_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
         }
     }
     dx[i] = sum;
+}
+
+// Cells cover ⌈H/k⌉ × ⌈W/k⌉ per plane, so that rows and columns past the last window are
+// written (as zeros) too. A cell needs one index decomposition where the gather form needs
+// one per element: integer division is done lane by lane on CPUs (lavapipe).
+@compute @workgroup_size(WG)
+fn max_pool2d_backward_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                             @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    let ch = (p.h + p.k - 1u) / p.k;
+    let cw = (p.w + p.k - 1u) / p.k;
+    if i >= p.planes * ch * cw { return; }
+    let cx = i % cw;
+    let cy = (i / cw) % ch;
+    let plane = i / (cw * ch);
+    var g = 0.0;
+    var chosen = 0xffffffffu;
+    if cy < p.oh && cx < p.ow {
+        let o = (plane * p.oh + cy) * p.ow + cx;
+        g = dy[o];
+        chosen = argmax[o];
+    }
+    let base = plane * p.h * p.w;
+    for (var ky = 0u; ky < p.k; ky++) {
+        let iy = cy * p.k + ky;
+        if iy >= p.h { break; }
+        for (var kx = 0u; kx < p.k; kx++) {
+            let ix = cx * p.k + kx;
+            if ix >= p.w { break; }
+            let idx = iy * p.w + ix;
+            dx[base + idx] = select(0.0, g, idx == chosen);
+        }
+    }
 }
 
 @compute @workgroup_size(WG)

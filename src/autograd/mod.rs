@@ -183,10 +183,11 @@ impl<'g> Tape<'g> {
             self.tensor(b).clone(),
             self.tensor(y).clone(),
         );
-        // The texel kernels, where chosen and where they cover the layer; a single input
-        // channel fills a quarter of each texel, where the storage kernels are faster.
-        let texels =
-            self.gpu.kernel_path() == KernelPath::Texels && g.texel_path_fits() && g.c >= 4;
+        // The texel kernels, where chosen and where they cover the layer. For layers of 1–3
+        // channels grad_weight stays on the storage kernel: there the texel one must first
+        // pack dy, as large as the layer's output, and gains nothing (benches/kernels.rs).
+        let texels = self.gpu.kernel_path() == KernelPath::Texels && g.texel_path_fits();
+        let texel_grad_weight = texels && g.unfold() == 1;
         let (forward, packed_x) = if texels {
             let (kernel, xt) = conv2d::forward_packed(self.gpu, &tx, &tw, &tb, &ty, pad)?;
             (kernel, Some(xt))
@@ -208,8 +209,10 @@ impl<'g> Tape<'g> {
             }
             if let Some(dw) = self.grad_slot(w)? {
                 backward.push(match &packed_x {
-                    Some(xt) => conv2d::grad_weight_packed(self.gpu, &dy, xt, &dw, &g)?,
-                    None => conv2d::grad_weight(self.gpu, &dy, &tx, &dw, stride, pad)?,
+                    Some(xt) if texel_grad_weight => {
+                        conv2d::grad_weight_packed(self.gpu, &dy, xt, &dw, &g)?
+                    }
+                    _ => conv2d::grad_weight(self.gpu, &dy, &tx, &dw, stride, pad)?,
                 });
             }
             if let Some(db) = self.grad_slot(b)? {
@@ -282,14 +285,27 @@ impl<'g> Tape<'g> {
             self.tensor(b).clone(),
             self.tensor(y).clone(),
         );
-        let forward = vec![dense::forward(self.gpu, &tx, &tw, &tb, &ty)?];
+        let texels = self.gpu.kernel_path() == KernelPath::Texels;
+        let forward = vec![if texels {
+            dense::forward_packed(self.gpu, &tx, &tw, &tb, &ty)?
+        } else {
+            dense::forward(self.gpu, &tx, &tw, &tb, &ty)?
+        }];
         let mut backward = Vec::new();
         if let Some(dy) = self.grad(y).cloned() {
             if let Some(dx) = self.grad_slot(x)? {
-                backward.push(dense::grad_input(self.gpu, &dy, &tw, &dx)?);
+                backward.push(if texels {
+                    dense::grad_input_packed(self.gpu, &dy, &tw, &dx)?
+                } else {
+                    dense::grad_input(self.gpu, &dy, &tw, &dx)?
+                });
             }
             if let Some(dw) = self.grad_slot(w)? {
-                backward.push(dense::grad_weight(self.gpu, &dy, &tx, &dw)?);
+                backward.push(if texels {
+                    dense::grad_weight_packed(self.gpu, &dy, &tx, &dw)?
+                } else {
+                    dense::grad_weight(self.gpu, &dy, &tx, &dw)?
+                });
             }
             if let Some(db) = self.grad_slot(b)? {
                 backward.push(dense::grad_bias(self.gpu, &dy, &db)?);

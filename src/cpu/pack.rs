@@ -2,16 +2,22 @@
 
 use super::Real;
 
-/// See `pack_nhwc4`.
-pub fn nhwc4<T: Real>(x: &[T], [n, c, h, w]: [usize; 4], pad: usize) -> Vec<T> {
-    let (c4, hp, wp) = (c.div_ceil(4), h + 2 * pad, w + 2 * pad);
-    let mut out = vec![T::zero(); n * hp * wp * c4 * 4];
+/// See `pack_nhwc4` (`unfold` 1 for the plain layout).
+pub fn nhwc4<T: Real>(x: &[T], [n, c, h, w]: [usize; 4], pad: usize, unfold: usize) -> Vec<T> {
+    let (cu, hp, wu) = (c * unfold, h + 2 * pad, w + 2 * pad + 1 - unfold);
+    let c4 = cu.div_ceil(4);
+    let mut out = vec![T::zero(); n * hp * wu * c4 * 4];
     for img in 0..n {
-        for ch in 0..c {
+        for ch in 0..cu {
+            let (src_ch, kx) = (ch / unfold, ch % unfold);
             for y in 0..h {
-                for xx in 0..w {
-                    let texel = ((img * hp + y + pad) * wp + xx + pad) * c4 + ch / 4;
-                    out[texel * 4 + ch % 4] = x[((img * c + ch) * h + y) * w + xx];
+                for xq in 0..wu {
+                    // Source column of packed column xq at tap kx, if inside x.
+                    let Some(xs) = (xq + kx).checked_sub(pad).filter(|&v| v < w) else {
+                        continue;
+                    };
+                    let texel = ((img * hp + y + pad) * wu + xq) * c4 + ch / 4;
+                    out[texel * 4 + ch % 4] = x[((img * c + src_ch) * h + y) * w + xs];
                 }
             }
         }
@@ -19,18 +25,24 @@ pub fn nhwc4<T: Real>(x: &[T], [n, c, h, w]: [usize; 4], pad: usize) -> Vec<T> {
     out
 }
 
-/// See `pack_conv_weight`.
-pub fn conv_weight<T: Real>(wt: &[T], [o, c, kh, kw]: [usize; 4], flip: bool) -> Vec<T> {
-    let (ci, co) = if flip { (o, c) } else { (c, o) };
+/// See `pack_conv_weight` (`unfold` 1 for the plain layout, or KW; not with `flip`).
+pub fn conv_weight<T: Real>(
+    wt: &[T],
+    [o, c, kh, kw]: [usize; 4],
+    flip: bool,
+    unfold: usize,
+) -> Vec<T> {
+    let (ci, co) = if flip { (o, c) } else { (c * unfold, o) };
     let (ci4, co4, taps) = (ci.div_ceil(4), co.div_ceil(4), kh * kw);
-    let mut out = vec![T::zero(); taps * ci4 * 4 * co4 * 4];
-    for tap in 0..taps {
+    let packed_taps = taps / unfold;
+    let mut out = vec![T::zero(); packed_taps * ci4 * 4 * co4 * 4];
+    for tap in 0..packed_taps {
         for i in 0..ci {
             for j in 0..co {
                 let v = if flip {
                     wt[(i * c + j) * taps + taps - 1 - tap]
                 } else {
-                    wt[(j * c + i) * taps + tap]
+                    wt[(j * c + i / unfold) * taps + tap * unfold + i % unfold]
                 };
                 let texel = ((tap * ci4 + i / 4) * 4 + i % 4) * co4 + j / 4;
                 out[texel * 4 + j % 4] = v;

@@ -124,7 +124,8 @@ impl Conv2dGeometry {
             ow: u("OW", self.out_w())?,
             splits,
             images_per_split,
-            _pad: [0; 3],
+            unfold: 1,
+            _pad: [0; 2],
         })
     }
 }
@@ -145,7 +146,8 @@ struct ConvParams {
     ow: u32,
     splits: u32,
     images_per_split: u32,
-    _pad: [u32; 3],
+    unfold: u32,
+    _pad: [u32; 2],
 }
 
 fn blocks(rows: usize, cols: usize) -> [u32; 3] {
@@ -354,6 +356,29 @@ impl Conv2dGeometry {
     fn positions(&self) -> usize {
         self.n * self.out_h() * self.out_w()
     }
+
+    /// How many horizontal taps the texel path packs as channels: KW for layers of 1–3
+    /// channels (which would fill a quarter to three quarters of each texel), else 1.
+    pub fn unfold(&self) -> usize {
+        if self.c < 4 { self.kw } else { 1 }
+    }
+
+    /// The shader's parameters for the texel entries over operands packed with `unfold`:
+    /// a KH × KW/U convolution over C·U channels, with the layer's own output size.
+    fn packed_params(
+        &self,
+        op: &'static str,
+        unfold: usize,
+        splits: u32,
+        per_split: u32,
+    ) -> Result<ConvParams> {
+        Ok(ConvParams {
+            c: to_u32(op, "C·unfold", self.c * unfold)?,
+            kw: (self.kw / unfold) as u32,
+            unfold: unfold as u32,
+            ..self.params(op, splits, per_split)?
+        })
+    }
 }
 
 fn texel_groups(invocations: usize) -> [u32; 3] {
@@ -374,11 +399,12 @@ fn expect_texel_path(op: &'static str, g: &Conv2dGeometry) -> Result<()> {
     })
 }
 
-/// `y = conv2d(x, w) + b` from `xt` (x packed by [`pack::nhwc4`] with `g.pad`) and `wt`
-/// (w packed by [`pack::conv_weight`], not flipped).
+/// `y = conv2d(x, w) + b` from `xt` (x packed by [`pack::nhwc4`] with `g.pad` and
+/// `unfold`) and `wt` (w packed by [`pack::conv_weight`], not flipped, the same `unfold`).
 pub fn forward_tex(
     gpu: &Gpu,
     g: &Conv2dGeometry,
+    unfold: usize,
     xt: &Texels,
     wt: &Texels,
     b: &Tensor,
@@ -388,7 +414,7 @@ pub fn forward_tex(
     expect_texel_path(OP, g)?;
     expect_f32(OP, "b", b, &[g.o])?;
     expect_f32(OP, "y", y, &g.output_shape())?;
-    let params = g.params(OP, 1, 0)?;
+    let params = g.packed_params(OP, unfold, 1, 0)?;
     let invocations = g.positions().div_ceil(TEX_POS) * g.o.div_ceil(8);
     Ok(Kernel::single(gpu.dispatch_with_texels(
         &SHADER,
@@ -401,7 +427,7 @@ pub fn forward_tex(
     )?))
 }
 
-/// `dw` from `xt` (x packed by [`pack::nhwc4`] with `g.pad`) and `dyt` (dy packed by
+/// `dw` from `xt` (x packed by [`pack::nhwc4`] with `g.pad` and `g.unfold()`) and `dyt` (dy packed by
 /// [`pack::nhwc4`] without padding), split over chunks of output rows like
 /// [`grad_weight`] over images.
 pub fn grad_weight_tex(
@@ -414,15 +440,21 @@ pub fn grad_weight_tex(
     const OP: &str = "conv2d_grad_weight_tex";
     expect_texel_path(OP, g)?;
     expect_f32(OP, "dw", dw, &g.weight_shape())?;
+    let unfold = g.unfold();
     let taps = g.kh * g.kw;
-    let blocks = g.o.div_ceil(8) * g.c.div_ceil(8) * taps;
+    let blocks = g.o.div_ceil(8) * (g.c * unfold).div_ceil(8) * taps / unfold;
     // Splits take whole output rows (n, oy), at least 64 positions' worth each.
     let rows = g.n * g.out_h();
     let min_rows = 64usize.div_ceil(g.out_w());
     let splits = (TARGET_INVOCATIONS as usize / blocks).clamp(1, rows.div_ceil(min_rows));
     let per_split = rows.div_ceil(splits);
     let splits = rows.div_ceil(per_split);
-    let params = g.params(OP, splits as u32, to_u32(OP, "rows per split", per_split)?)?;
+    let params = g.packed_params(
+        OP,
+        unfold,
+        splits as u32,
+        to_u32(OP, "rows per split", per_split)?,
+    )?;
     let groups = texel_groups(blocks * splits);
     let textures = [(6, xt), (7, dyt)];
     if splits == 1 {
@@ -464,9 +496,10 @@ pub fn forward_packed(
 ) -> Result<(Kernel, Texels)> {
     let g = Conv2dGeometry::of("conv2d_forward_tex", x, w, 1, pad)?;
     expect_texel_path("conv2d_forward_tex", &g)?;
-    let (pack_x, xt) = pack::nhwc4(gpu, x, pad)?;
-    let (pack_w, wt) = pack::conv_weight(gpu, w, false)?;
-    let conv = forward_tex(gpu, &g, &xt, &wt, b, y)?;
+    let unfold = g.unfold();
+    let (pack_x, xt) = pack::nhwc4(gpu, x, pad, unfold)?;
+    let (pack_w, wt) = pack::conv_weight(gpu, w, false, unfold)?;
+    let conv = forward_tex(gpu, &g, unfold, &xt, &wt, b, y)?;
     Ok((Kernel::chain([pack_x, pack_w, conv]), xt))
 }
 
@@ -484,10 +517,10 @@ pub fn grad_input_packed(
     expect_texel_path(OP, &g)?;
     expect_f32(OP, "dy", dy, &g.output_shape())?;
     let t = g.transposed();
-    let (pack_dy, dyt) = pack::nhwc4(gpu, dy, t.pad)?;
-    let (pack_w, wt) = pack::conv_weight(gpu, w, true)?;
+    let (pack_dy, dyt) = pack::nhwc4(gpu, dy, t.pad, 1)?;
+    let (pack_w, wt) = pack::conv_weight(gpu, w, true, 1)?;
     let zero_bias = gpu.zeros(&[g.c], DType::F32)?;
-    let conv = forward_tex(gpu, &t, &dyt, &wt, &zero_bias, dx)?;
+    let conv = forward_tex(gpu, &t, 1, &dyt, &wt, &zero_bias, dx)?;
     Ok(Kernel::chain([
         pack_dy,
         pack_w,
@@ -505,7 +538,7 @@ pub fn grad_weight_packed(
     g: &Conv2dGeometry,
 ) -> Result<Kernel> {
     expect_f32("conv2d_grad_weight_tex", "dy", dy, &g.output_shape())?;
-    let (pack_dy, dyt) = pack::nhwc4(gpu, dy, 0)?;
+    let (pack_dy, dyt) = pack::nhwc4(gpu, dy, 0, 1)?;
     let product = grad_weight_tex(gpu, g, xt, &dyt, dw)?;
     Ok(Kernel::chain([pack_dy, product]))
 }

@@ -3,9 +3,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{Shader, expect_f32, expect_rank, to_u32};
+use super::{Shader, expect_f32, expect_rank, pack, to_u32};
 use crate::error::Result;
-use crate::gpu::{Gpu, Kernel, Tensor, grid_1d};
+use crate::gpu::{DType, Gpu, Kernel, Tensor, Texels, grid_1d};
 
 pub const SHADER: Shader = Shader {
     name: "dense",
@@ -162,4 +162,98 @@ pub fn grad_bias(gpu: &Gpu, dy: &Tensor, db: &Tensor) -> Result<Kernel> {
         &[(1, dy), (4, db)],
         grid_1d(m),
     )?))
+}
+
+// ---- texel path: operands packed by `ops::pack::rows4` (see the shader's header) ----
+
+const TEX_WG: u32 = 64;
+
+/// `out [rows, cols] = A·Bᵀ + bias` (no bias: zero) from `a` (A packed by
+/// [`pack::rows4`]) and `b` (B likewise), both of depth `k` elements.
+#[allow(clippy::too_many_arguments)] // the product's operands and sizes, each named
+pub fn matmul_tex(
+    gpu: &Gpu,
+    a: &Texels,
+    b: &Texels,
+    rows: usize,
+    cols: usize,
+    k: usize,
+    bias: Option<&Tensor>,
+    out: &Tensor,
+) -> Result<Kernel> {
+    const OP: &str = "dense_matmul_tex";
+    expect_f32(OP, "out", out, &[rows, cols])?;
+    let depth = k.div_ceil(4);
+    let params = MatmulParams {
+        rows: to_u32(OP, "rows", rows)?,
+        cols: to_u32(OP, "cols", cols)?,
+        depth: to_u32(OP, "depth", depth)?,
+        a_row: 0,
+        a_k: 0,
+        b_k: 0,
+        b_col: 0,
+        _pad: 0,
+    };
+    // Without a bias, a zero one (the kernel always adds it).
+    let zero_bias;
+    let bias = match bias {
+        Some(bias) => {
+            expect_f32(OP, "bias", bias, &[cols])?;
+            bias
+        }
+        None => {
+            zero_bias = gpu.zeros(&[cols], DType::F32)?;
+            &zero_bias
+        }
+    };
+    let invocations = rows.div_ceil(8) * cols.div_ceil(8);
+    let dispatch = gpu.dispatch_with_texels(
+        &SHADER,
+        OP,
+        &[],
+        &params,
+        &[(3, bias), (4, out)],
+        &[(5, a), (6, b)],
+        grid_1d((invocations as u32).div_ceil(TEX_WG)),
+    )?;
+    Ok(Kernel::with_scratch(vec![dispatch], vec![bias.clone()]))
+}
+
+/// [`forward`] through the texel kernel: packs x and w, then multiplies.
+pub fn forward_packed(gpu: &Gpu, x: &Tensor, w: &Tensor, b: &Tensor, y: &Tensor) -> Result<Kernel> {
+    let &[n, k] = expect_rank("dense_forward", "x", x, 2)? else {
+        unreachable!()
+    };
+    let m = w.dim(0);
+    expect_f32("dense_forward", "w", w, &[m, k])?;
+    let (pack_x, xt) = pack::rows4(gpu, x, false)?;
+    let (pack_w, wt) = pack::rows4(gpu, w, false)?;
+    let product = matmul_tex(gpu, &xt, &wt, n, m, k, Some(b), y)?;
+    Ok(Kernel::chain([pack_x, pack_w, product]))
+}
+
+/// [`grad_input`] through the texel kernel: dX = dY·W, with W packed transposed.
+pub fn grad_input_packed(gpu: &Gpu, dy: &Tensor, w: &Tensor, dx: &Tensor) -> Result<Kernel> {
+    let &[m, k] = expect_rank("dense_grad_input", "w", w, 2)? else {
+        unreachable!()
+    };
+    let n = dx.dim(0);
+    expect_f32("dense_grad_input", "dy", dy, &[n, m])?;
+    let (pack_dy, dyt) = pack::rows4(gpu, dy, false)?;
+    let (pack_w, wt) = pack::rows4(gpu, w, true)?;
+    let product = matmul_tex(gpu, &dyt, &wt, n, k, m, None, dx)?;
+    Ok(Kernel::chain([pack_dy, pack_w, product]))
+}
+
+/// [`grad_weight`] through the texel kernel: dW = dYᵀ·X, both packed transposed.
+pub fn grad_weight_packed(gpu: &Gpu, dy: &Tensor, x: &Tensor, dw: &Tensor) -> Result<Kernel> {
+    let &[n, k] = expect_rank("dense_grad_weight", "x", x, 2)? else {
+        unreachable!()
+    };
+    let m = dw.dim(0);
+    expect_f32("dense_grad_weight", "dy", dy, &[n, m])?;
+    let (pack_dy, dyt) = pack::rows4(gpu, dy, true)?;
+    let (pack_x, xt) = pack::rows4(gpu, x, true)?;
+    let product = matmul_tex(gpu, &dyt, &xt, m, k, n, None, dw)?;
+    Ok(Kernel::chain([pack_dy, pack_x, product]))
 }

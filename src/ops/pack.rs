@@ -4,7 +4,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::{Shader, expect_rank, to_u32};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernel, Tensor, Texels, grid_1d};
 
 pub const SHADER: Shader = Shader {
@@ -27,7 +27,8 @@ struct PackParams {
     hp: u32,
     wp: u32,
     flip: u32,
-    _pad: [u32; 2],
+    unfold: u32,
+    _pad: u32,
 }
 
 fn launch(
@@ -40,6 +41,7 @@ fn launch(
     let dst = gpu.texels(texels)?;
     let params = PackParams {
         texels: to_u32(entry, "texels", texels)?,
+        unfold: params.unfold.max(1),
         ..params
     };
     let groups = grid_1d(params.texels.div_ceil(WG));
@@ -56,13 +58,24 @@ fn launch(
 }
 
 /// `x [N, C, H, W]` as channels-by-fours with `pad` zero borders: texel
-/// `((n·(H+2·pad) + h)·(W+2·pad) + w)·⌈C/4⌉ + c4`.
-pub fn nhwc4(gpu: &Gpu, x: &Tensor, pad: usize) -> Result<(Kernel, Texels)> {
+/// `((n·(H+2·pad) + h)·(W+2·pad) + w)·⌈C/4⌉ + c4`; with `unfold` U > 1, U horizontal taps
+/// as channels (see the shader's header).
+pub fn nhwc4(gpu: &Gpu, x: &Tensor, pad: usize, unfold: usize) -> Result<(Kernel, Texels)> {
     const OP: &str = "pack_nhwc4";
     let &[n, c, h, w] = expect_rank(OP, "x", x, 4)? else {
         unreachable!()
     };
-    let (c4, hp, wp) = (c.div_ceil(4), h + 2 * pad, w + 2 * pad);
+    if unfold == 0 || unfold > w + 2 * pad {
+        return Err(Error::Shape {
+            op: OP,
+            detail: format!("cannot unfold {unfold} taps of a row of {w} with padding {pad}"),
+        });
+    }
+    let (c4, hp, wu) = (
+        (c * unfold).div_ceil(4),
+        h + 2 * pad,
+        w + 2 * pad + 1 - unfold,
+    );
     let u = |what, v| to_u32(OP, what, v);
     let params = PackParams {
         n: u("N", n)?,
@@ -72,20 +85,28 @@ pub fn nhwc4(gpu: &Gpu, x: &Tensor, pad: usize) -> Result<(Kernel, Texels)> {
         pad: u("pad", pad)?,
         c4: u("C4", c4)?,
         hp: u("HP", hp)?,
-        wp: u("WP", wp)?,
+        wp: u("WU", wu)?,
+        unfold: u("unfold", unfold)?,
         ..Default::default()
     };
-    launch(gpu, OP, params, x, n * hp * wp * c4)
+    launch(gpu, OP, params, x, n * hp * wu * c4)
 }
 
 /// Convolution weights `w [O, C, KH, KW]` as four output channels per texel, for the
-/// forward (`flip` false) or, transposed and rotated by 180°, for grad_input (`flip` true).
-pub fn conv_weight(gpu: &Gpu, w: &Tensor, flip: bool) -> Result<(Kernel, Texels)> {
+/// forward (`flip` false) or, transposed and rotated by 180°, for grad_input (`flip` true);
+/// `unfold` (1, or KW for a forward packed so) matches [`nhwc4`]'s.
+pub fn conv_weight(gpu: &Gpu, w: &Tensor, flip: bool, unfold: usize) -> Result<(Kernel, Texels)> {
     const OP: &str = "pack_conv_weight";
     let &[o, c, kh, kw] = expect_rank(OP, "w", w, 4)? else {
         unreachable!()
     };
-    let (ci, co) = if flip { (o, c) } else { (c, o) };
+    if unfold != 1 && (flip || unfold != kw) {
+        return Err(Error::Shape {
+            op: OP,
+            detail: format!("unfold must be 1 or KW = {kw} (not flipped), got {unfold}"),
+        });
+    }
+    let (ci, co) = if flip { (o, c) } else { (c * unfold, o) };
     let (ci4, co4) = (ci.div_ceil(4), co.div_ceil(4));
     let u = |what, v| to_u32(OP, what, v);
     let params = PackParams {
@@ -96,9 +117,10 @@ pub fn conv_weight(gpu: &Gpu, w: &Tensor, flip: bool) -> Result<(Kernel, Texels)
         c4: u("CI4", ci4)?,
         hp: u("CO4", co4)?,
         flip: flip as u32,
+        unfold: u("unfold", unfold)?,
         ..Default::default()
     };
-    launch(gpu, OP, params, w, kh * kw * ci4 * 4 * co4)
+    launch(gpu, OP, params, w, kh * (kw / unfold) * ci4 * 4 * co4)
 }
 
 /// A matrix `a [R, K]` (or, `transposed`, the transpose of `a [K, R]`) as rows of

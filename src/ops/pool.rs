@@ -146,7 +146,16 @@ pub fn max_backward(
     let (params, out_shape) = check(OP, "dx", dx, kernel, stride)?;
     expect_f32(OP, "dy", dy, &out_shape)?;
     expect(OP, "argmax", argmax, &out_shape, DType::U32)?;
-    launch(gpu, OP, &params, &[(4, dy), (5, argmax), (6, dx)], dx.len())
+    let bindings = [(4, dy), (5, argmax), (6, dx)];
+    if kernel == stride {
+        // Windows tile the input: one invocation per k×k cell.
+        let &[n, c, h, w] = dx.shape() else {
+            unreachable!("checked rank 4")
+        };
+        let cells = n * c * h.div_ceil(kernel) * w.div_ceil(kernel);
+        return launch(gpu, "max_pool2d_backward_tiled", &params, &bindings, cells);
+    }
+    launch(gpu, OP, &params, &bindings, dx.len())
 }
 
 /// Average pooling: `y [N, C, OH, OW]` = window means of `x [N, C, H, W]`.
