@@ -7,6 +7,7 @@ use super::spec::{Layer, TowerSpec};
 use crate::autograd::{Tape, ValueId};
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
+use crate::ops::activation::Activation;
 
 /// Per-sample shape between layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,7 +196,25 @@ impl Tower {
     ) -> Result<ValueId> {
         let n = tape.shape(x)[0];
         let mut v = x;
-        for (layer, p) in self.spec.layers.iter().zip(&self.params) {
+        let layers = &self.spec.layers;
+        let mut skip_next = false;
+        for (i, (layer, p)) in layers.iter().zip(&self.params).enumerate() {
+            if std::mem::take(&mut skip_next) {
+                continue;
+            }
+            // ReLU then max-pooling is recorded as pooling then ReLU: max commutes with the
+            // monotone ReLU (values and gradients are the same, bit for bit), and the ReLU
+            // then runs over a quarter of the elements.
+            if let (
+                Layer::Activation(Activation::Relu),
+                Some(Layer::MaxPool2d { kernel, stride }),
+            ) = (*layer, layers.get(i + 1).copied())
+            {
+                let pooled = tape.max_pool2d(v, kernel, stride)?;
+                v = tape.activation(pooled, Activation::Relu)?;
+                skip_next = true;
+                continue;
+            }
             let bind = |tape: &mut Tape, index: usize| {
                 tape.param(
                     layout.view(params, index),
