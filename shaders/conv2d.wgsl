@@ -18,8 +18,10 @@
 // fours, borders zero-padded, so no tap needs a bounds test) and w as pack_conv_weight.
 // Layers of 1–3 channels are packed unfolded (`unfold` = KW: horizontal taps become
 // channels), so the entries see a KH × 1 convolution over C·KW channels.
-// Each invocation keeps 8 positions × 8 output channels (forward) or 8 × 8 channel pairs
-// of one tap (grad_weight) in registers: 16 texel fetches feed 256 FMAs. grad_input is
+// Each invocation keeps 16 positions × 16 output channels as accumulators (forward: 32 texel
+// fetches feed 1,024 FMAs, since on lavapipe a fetch costs far more than an FMA or an
+// accumulator spilled to the stack), or 8 × 8 channel pairs of one tap (grad_weight: 4
+// fetches feed 64 FMAs per position; larger blocks there were slower on lavapipe). grad_input is
 // conv2d_forward_tex on dy padded by KH − 1 − pad with the weights flipped and transposed.
 //
 // Each of the three products is an implicit GEMM: no im2col buffer is built; the index
@@ -265,7 +267,7 @@ fn conv2d_grad_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
 // ---- texel entries (stride 1) ----
 
 const TEX_WG: u32 = 64u;
-const TEX_POS: u32 = 8u;  // output positions per invocation (forward)
+const TEX_POS: u32 = 16u;  // output positions per invocation (forward)
 
 fn fetch_a(i: u32) -> vec4<f32> {
     return textureLoad(tex_a, vec2<u32>(i & 4095u, i >> 12u), 0);
@@ -277,7 +279,7 @@ fn fetch_b(i: u32) -> vec4<f32> {
 
 // y[n, o, oy, ox] = b[o] + Σ_{ky, kx, c} xpad[n, oy + ky, ox + kx, c] · w[o, c, ky, kx], with
 // xpad = tex_a (pack_nhwc4 with `pad`) and w = tex_b (pack_conv_weight). An invocation takes
-// 8 consecutive positions m = (n, oy, ox) and output channels 8·ob .. 8·ob + 7.
+// 16 consecutive positions m = (n, oy, ox) and output channels 16·ob .. 16·ob + 15.
 @compute @workgroup_size(TEX_WG)
 fn conv2d_forward_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
@@ -291,16 +293,18 @@ fn conv2d_forward_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     let id = (wid.x + wid.y * nwg.x) * TEX_WG + lid;
     // Neighbouring invocations share the output channels (the same weight texels).
     let pb = id % pos_blocks;
-    let o4a = (id / pos_blocks) * 2u;
+    let o4a = (id / pos_blocks) * 4u;
     if o4a >= o4n { return; }
     let o4b = min(o4a + 1u, o4n - 1u);
+    let o4c = min(o4a + 2u, o4n - 1u);
+    let o4d = min(o4a + 3u, o4n - 1u);
     var base: array<u32, TEX_POS>;
     for (var j = 0u; j < TEX_POS; j++) {
         let m = min(pb * TEX_POS + j, npos - 1u);
         let r = m % plane;
         base[j] = (((m / plane) * hp + r / p.ow) * wp + r % p.ow) * c4n;
     }
-    var acc: array<vec4<f32>, 16>;  // [2·j + g]: position j, channels 4·(o4a or o4b) ..
+    var acc: array<vec4<f32>, 64>;  // [4·j + g]: position j, channels 4·(o4a + g) ..
     for (var ky = 0u; ky < p.kh; ky++) {
         for (var kx = 0u; kx < p.kw; kx++) {
             let xoff = (ky * wp + kx) * c4n;
@@ -315,25 +319,31 @@ fn conv2d_forward_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
                 let b1 = fetch_b(wi + o4n + o4b);
                 let b2 = fetch_b(wi + 2u * o4n + o4b);
                 let b3 = fetch_b(wi + 3u * o4n + o4b);
+                let c0 = fetch_b(wi + o4c);
+                let c1 = fetch_b(wi + o4n + o4c);
+                let c2 = fetch_b(wi + 2u * o4n + o4c);
+                let c3 = fetch_b(wi + 3u * o4n + o4c);
+                let d0 = fetch_b(wi + o4d);
+                let d1 = fetch_b(wi + o4n + o4d);
+                let d2 = fetch_b(wi + 2u * o4n + o4d);
+                let d3 = fetch_b(wi + 3u * o4n + o4d);
                 for (var j = 0u; j < TEX_POS; j++) {
                     let xv = fetch_a(base[j] + xoff + c4);
-                    var s = acc[2u * j];
-                    s = fma(vec4<f32>(xv.x), a0, s);
-                    s = fma(vec4<f32>(xv.y), a1, s);
-                    s = fma(vec4<f32>(xv.z), a2, s);
-                    acc[2u * j] = fma(vec4<f32>(xv.w), a3, s);
-                    var t = acc[2u * j + 1u];
-                    t = fma(vec4<f32>(xv.x), b0, t);
-                    t = fma(vec4<f32>(xv.y), b1, t);
-                    t = fma(vec4<f32>(xv.z), b2, t);
-                    acc[2u * j + 1u] = fma(vec4<f32>(xv.w), b3, t);
+                    let x0 = vec4<f32>(xv.x);
+                    let x1 = vec4<f32>(xv.y);
+                    let x2 = vec4<f32>(xv.z);
+                    let x3 = vec4<f32>(xv.w);
+                    acc[4u * j] = fma(x3, a3, fma(x2, a2, fma(x1, a1, fma(x0, a0, acc[4u * j]))));
+                    acc[4u * j + 1u] = fma(x3, b3, fma(x2, b2, fma(x1, b1, fma(x0, b0, acc[4u * j + 1u]))));
+                    acc[4u * j + 2u] = fma(x3, c3, fma(x2, c2, fma(x1, c1, fma(x0, c0, acc[4u * j + 2u]))));
+                    acc[4u * j + 3u] = fma(x3, d3, fma(x2, d2, fma(x1, d1, fma(x0, d0, acc[4u * j + 3u]))));
                 }
             }
         }
     }
-    // The eight biases, loaded once (past the last channel they are never stored).
-    var bv: array<vec4<f32>, 2>;
-    for (var e = 0u; e < 8u; e++) {
+    // The sixteen biases, loaded once (past the last channel they are never stored).
+    var bv: array<vec4<f32>, 4>;
+    for (var e = 0u; e < 16u; e++) {
         bv[e / 4u][e % 4u] = bias[min(4u * o4a + e, p.o - 1u)];
     }
     for (var j = 0u; j < TEX_POS; j++) {
@@ -341,9 +351,9 @@ fn conv2d_forward_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
         if m >= npos { return; }
         let n = m / plane;
         let r = m % plane;
-        for (var g = 0u; g < 2u; g++) {
-            if g == 1u && o4a + 1u >= o4n { break; }
-            let v = acc[2u * j + g] + bv[g];
+        for (var g = 0u; g < 4u; g++) {
+            if o4a + g >= o4n { break; }
+            let v = acc[4u * j + g] + bv[g];
             for (var e = 0u; e < 4u; e++) {
                 let o = 4u * (o4a + g) + e;
                 if o < p.o {

@@ -331,7 +331,7 @@ pub fn grad_bias(gpu: &Gpu, dy: &Tensor, db: &Tensor) -> Result<Kernel> {
 // ---- texel path (stride 1): operands packed by `ops::pack`, see the shader's header ----
 
 const TEX_WG: u32 = 64;
-const TEX_POS: usize = 8;
+const TEX_POS: usize = 16;
 
 impl Conv2dGeometry {
     /// Whether the texel kernels cover this convolution: stride 1, a square kernel and a
@@ -415,7 +415,7 @@ pub fn forward_tex(
     expect_f32(OP, "b", b, &[g.o])?;
     expect_f32(OP, "y", y, &g.output_shape())?;
     let params = g.packed_params(OP, unfold, 1, 0)?;
-    let invocations = g.positions().div_ceil(TEX_POS) * g.o.div_ceil(8);
+    let invocations = g.positions().div_ceil(TEX_POS) * g.o.div_ceil(16);
     Ok(Kernel::single(gpu.dispatch_with_texels(
         &SHADER,
         OP,
