@@ -94,13 +94,22 @@ impl Default for RunSettings {
 impl RunSettings {
     /// Settings from a TOML file; keys it leaves out keep their defaults.
     pub fn from_file(path: &Path) -> Result<RunSettings> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Config(format!("cannot read the config file {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Config(format!(
+                "cannot read the config file {}: {e}",
+                path.display()
+            ))
+        })?;
         toml::from_str(&text).map_err(|e| {
             Error::Config(format!(
                 "in the config file {}: {}",
                 path.display(),
-                e.to_string().trim_end()
+                // serde's type names, in words a user reads.
+                e.to_string()
+                    .trim_end()
+                    .replace("expected usize", "expected a whole number ≥ 0")
+                    .replace("expected u64", "expected a whole number ≥ 0")
+                    .replace("expected f64", "expected a number")
             ))
         })
     }
@@ -140,7 +149,11 @@ impl RunSettings {
             });
             match last_dense {
                 Some(out) if dim > 0 => *out = dim,
-                Some(_) => return Err(Error::Config("embedding_dim must be at least 1, got 0".into())),
+                Some(_) => {
+                    return Err(Error::Config(
+                        "embedding_dim must be at least 1, got 0".into(),
+                    ));
+                }
                 None => {
                     return Err(Error::Config(format!(
                         "embedding_dim = {dim}: the tower `{}` has no dense layer to resize; \
@@ -175,11 +188,19 @@ impl RunSettings {
         cfg.test_pairs = self.test_pairs;
         cfg.eval_every = self.eval_every;
         cfg.pixel_norm = parse_pixel_norm(&self.pixel_norm)?;
-        cfg.dataset.image_size = self.image_size.as_deref().map(parse_image_size).transpose()?;
+        cfg.dataset.image_size = self
+            .image_size
+            .as_deref()
+            .map(parse_image_size)
+            .transpose()?;
         cfg.dataset.color = match self.color.to_lowercase().as_str() {
             "grey" | "gray" => Color::Grey,
             "rgb" => Color::Rgb,
-            other => return Err(Error::Config(format!("color: unknown colour `{other}`: use grey or rgb"))),
+            other => {
+                return Err(Error::Config(format!(
+                    "color: unknown colour `{other}`: use grey or rgb"
+                )));
+            }
         };
         cfg.dataset.on_bad_image = match self.on_bad_image.to_lowercase().as_str() {
             "skip" => OnBadImage::Skip,
@@ -216,11 +237,15 @@ impl RunSettings {
             serde_json::to_value(self).expect("JSON"),
             serde_json::to_value(other).expect("JSON"),
         );
-        let (a, b) = (a.as_object().expect("object"), b.as_object().expect("object"));
+        let (a, b) = (
+            a.as_object().expect("object"),
+            b.as_object().expect("object"),
+        );
         let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
         keys.sort();
         keys.dedup();
-        let show = |v: Option<&serde_json::Value>| v.map_or("(unset)".to_string(), |v| v.to_string());
+        let show =
+            |v: Option<&serde_json::Value>| v.map_or("(unset)".to_string(), |v| v.to_string());
         keys.into_iter()
             .filter(|k| a.get(*k) != b.get(*k))
             .map(|k| format!("{k}: {} → {}", show(a.get(k)), show(b.get(k))))

@@ -116,7 +116,12 @@ pub fn random(axes: &[Axis], ranges: &[Range], n: usize, seed: u64) -> Vec<Point
         .map(|_| {
             let mut point: Point = axes
                 .iter()
-                .map(|a| (a.key.clone(), a.values[rng.random_range(0..a.values.len())].clone()))
+                .map(|a| {
+                    (
+                        a.key.clone(),
+                        a.values[rng.random_range(0..a.values.len())].clone(),
+                    )
+                })
                 .collect();
             for r in ranges {
                 let u: f64 = rng.random();
@@ -128,7 +133,10 @@ pub fn random(axes: &[Axis], ranges: &[Range], n: usize, seed: u64) -> Vec<Point
                 let text = if r.integer {
                     (v.round() as i64).to_string()
                 } else {
-                    format!("{:.2e}", v).parse::<f64>().expect("a float").to_string()
+                    format!("{:.2e}", v)
+                        .parse::<f64>()
+                        .expect("a float")
+                        .to_string()
                 };
                 point.push((r.key.clone(), text));
             }
@@ -153,7 +161,13 @@ pub fn run_name(index: usize, point: &Point) -> String {
     for (k, v) in point {
         let v: String = v
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || ".-+".contains(c) { c } else { '-' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || ".-+".contains(c) {
+                    c
+                } else {
+                    '-'
+                }
+            })
             .collect();
         name.push_str(&format!("_{k}={v}"));
     }
@@ -263,7 +277,11 @@ fn rows(ranked: &[Outcome]) -> Vec<Vec<String>> {
     for (i, o) in ranked.iter().enumerate() {
         let mut row = vec![(i + 1).to_string(), o.name.clone()];
         for k in &keys {
-            let v = o.point.iter().find(|(pk, _)| pk == k).map(|(_, v)| v.clone());
+            let v = o
+                .point
+                .iter()
+                .find(|(pk, _)| pk == k)
+                .map(|(_, v)| v.clone());
             row.push(v.unwrap_or_default());
         }
         match &o.result {
@@ -326,7 +344,11 @@ mod tests {
     #[test]
     fn a_grid_is_every_combination_first_axis_slowest() {
         let points = grid(&[axis("margin=0.5,1.0"), axis("lr=1e-3,3e-4")]);
-        let names: Vec<String> = points.iter().enumerate().map(|(i, p)| run_name(i, p)).collect();
+        let names: Vec<String> = points
+            .iter()
+            .enumerate()
+            .map(|(i, p)| run_name(i, p))
+            .collect();
         assert_eq!(
             names,
             [
@@ -345,7 +367,10 @@ mod tests {
             .map(|r| r.parse().unwrap())
             .collect();
         let points = random(&[axis("loss=contrastive,triplet")], &ranges, 50, 7);
-        assert_eq!(points, random(&[axis("loss=contrastive,triplet")], &ranges, 50, 7));
+        assert_eq!(
+            points,
+            random(&[axis("loss=contrastive,triplet")], &ranges, 50, 7)
+        );
         for p in &points {
             assert!(["contrastive", "triplet"].contains(&p[0].1.as_str()));
             let lr: f64 = p[1].1.parse().unwrap();
@@ -356,25 +381,68 @@ mod tests {
             assert!((0.2..=2.0).contains(&margin));
         }
         // Log-uniform: about half the draws below the geometric middle 1e-3.
-        let below = points.iter().filter(|p| p[1].1.parse::<f64>().unwrap() < 1e-3).count();
+        let below = points
+            .iter()
+            .filter(|p| p[1].1.parse::<f64>().unwrap() < 1e-3)
+            .count();
         assert!((10..=40).contains(&below), "{below} of 50 below 1e-3");
     }
 
     #[test]
     fn bad_axes_ranges_and_settings_are_refused_naming_them() {
-        assert!("margin".parse::<Axis>().unwrap_err().to_string().contains("KEY=V1,V2"));
-        assert!("lr=1:0".parse::<Range>().unwrap_err().to_string().contains("LO < HI"));
-        assert!("lr=0:1:log".parse::<Range>().unwrap_err().to_string().contains("LO > 0"));
+        assert!(
+            "margin"
+                .parse::<Axis>()
+                .unwrap_err()
+                .to_string()
+                .contains("KEY=V1,V2")
+        );
+        assert!(
+            "lr=1:0"
+                .parse::<Range>()
+                .unwrap_err()
+                .to_string()
+                .contains("LO < HI")
+        );
+        assert!(
+            "lr=0:1:log"
+                .parse::<Range>()
+                .unwrap_err()
+                .to_string()
+                .contains("LO > 0")
+        );
         let base = RunSettings::default();
-        let e = apply(&base, &vec![("marign".into(), "1".into())]).unwrap_err().to_string();
+        let e = apply(&base, &vec![("marign".into(), "1".into())])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("marign") && e.contains("unknown field"), "{e}");
-        let e = apply(&base, &vec![("margin".into(), "-1".into())]).unwrap_err().to_string();
-        assert!(e.contains("margin must be a finite number ≥ 0, got -1"), "{e}");
-        let e = apply(&base, &vec![("batch".into(), "0.5".into())]).unwrap_err().to_string();
+        let e = apply(&base, &vec![("margin".into(), "-1".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("margin must be a finite number ≥ 0, got -1"),
+            "{e}"
+        );
+        let e = apply(&base, &vec![("batch".into(), "0.5".into())])
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("batch = 0.5"), "{e}");
-        let s = apply(&base, &vec![("loss".into(), "triplet".into()), ("embedding_dim".into(), "32".into())]).unwrap();
+        let s = apply(
+            &base,
+            &vec![
+                ("loss".into(), "triplet".into()),
+                ("embedding_dim".into(), "32".into()),
+            ],
+        )
+        .unwrap();
         assert_eq!(s.loss, "triplet");
-        assert!(s.to_train_config().unwrap().tower.to_string().ends_with("dense 32"));
+        assert!(
+            s.to_train_config()
+                .unwrap()
+                .tower
+                .to_string()
+                .ends_with("dense 32")
+        );
     }
 
     #[test]
@@ -402,9 +470,18 @@ mod tests {
         rank(&mut outcomes, RankBy::ValPairAccuracy);
         assert_eq!(outcomes[0].name, "a");
         let t = table(&outcomes);
-        assert!(t.lines().next().unwrap().starts_with("rank  run  margin  val_roc_auc"), "{t}");
+        assert!(
+            t.lines()
+                .next()
+                .unwrap()
+                .starts_with("rank  run  margin  val_roc_auc"),
+            "{t}"
+        );
         assert!(t.contains("failed: the loss became NaN at step 2"));
         let c = csv(&outcomes);
-        assert_eq!(c.lines().nth(1).unwrap(), "1,a,a,0.8000,0.9000,0.5000,0.5000,10,ok");
+        assert_eq!(
+            c.lines().nth(1).unwrap(),
+            "1,a,a,0.8000,0.9000,0.5000,0.5000,10,ok"
+        );
     }
 }

@@ -361,7 +361,11 @@ pub fn load(explicit: Option<&Path>, val: Option<usize>) -> Result<Dataset> {
 /// not apply to the data; held-out classes that do not exist or leave fewer than 2 classes
 /// on a side; a validation size of 0 (the threshold must be chosen on validation) or not
 /// smaller than the training set.
-pub fn load_with(explicit: Option<&Path>, val: Option<usize>, options: &DataOptions) -> Result<Dataset> {
+pub fn load_with(
+    explicit: Option<&Path>,
+    val: Option<usize>,
+    options: &DataOptions,
+) -> Result<Dataset> {
     let root = locate(explicit)?;
     let (full, test, classes, warnings) = if missing_files(&root).is_empty() {
         let (full, test) = read_idx_sets(&root, options)?;
@@ -483,7 +487,11 @@ fn hold_out(
             }
         }
     }
-    let name = |old: Vec<u8>| old.iter().map(|&c| classes[c as usize].clone()).collect::<Vec<_>>();
+    let name = |old: Vec<u8>| {
+        old.iter()
+            .map(|&c| classes[c as usize].clone())
+            .collect::<Vec<_>>()
+    };
     let train_classes = name(train.retain_classes(|c| !held.contains(&c)));
     let test_classes = name(test.retain_classes(|c| held.contains(&c)));
     for (split, kept) in [("training", &train_classes), ("test", &test_classes)] {

@@ -51,7 +51,8 @@ fn class_dirs(split: &Path) -> Result<Vec<String>> {
         .map_err(|e| Error::Data(format!("cannot list {}: {e}", split.display())))?;
     let mut names = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|e| Error::Data(format!("cannot list {}: {e}", split.display())))?;
+        let entry =
+            entry.map_err(|e| Error::Data(format!("cannot list {}: {e}", split.display())))?;
         if entry.path().is_dir() {
             names.push(entry.file_name().to_string_lossy().into_owned());
         }
@@ -147,7 +148,11 @@ fn read_split(
 }
 
 /// One image as `[C, H, W]` u8 planes at `size` (set to the image's own size if unset).
-fn decode(path: &Path, color: Color, size: &mut Option<[usize; 2]>) -> std::result::Result<Vec<u8>, String> {
+fn decode(
+    path: &Path,
+    color: Color,
+    size: &mut Option<[usize; 2]>,
+) -> std::result::Result<Vec<u8>, String> {
     let img = image::ImageReader::open(path)
         .map_err(|e| e.to_string())?
         .with_guessed_format()
