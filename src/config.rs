@@ -287,9 +287,9 @@ pub fn parse_image_size(s: &str) -> Result<[usize; 2]> {
         .split(['x', 'X', '×'])
         .map(|p| p.trim().parse().map_err(|_| bad()))
         .collect::<Result<_>>()?;
-    match parts.as_slice() {
-        &[n] if n > 0 => Ok([n, n]),
-        &[h, w] if h > 0 && w > 0 => Ok([h, w]),
+    match *parts.as_slice() {
+        [n] if n > 0 => Ok([n, n]),
+        [h, w] if h > 0 && w > 0 => Ok([h, w]),
         _ => Err(bad()),
     }
 }

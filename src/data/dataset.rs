@@ -428,16 +428,16 @@ fn read_idx_sets(root: &Path, options: &DataOptions) -> Result<(ImageSet, ImageS
             root.display()
         )));
     }
-    if let Some([h, w]) = options.image_size {
-        if [h, w] != [full.height, full.width] {
-            return Err(Error::Config(format!(
-                "image_size = {h}x{w}: the IDX files in {} hold {}x{} images, and IDX images \
+    if let Some([h, w]) = options.image_size
+        && [h, w] != [full.height, full.width]
+    {
+        return Err(Error::Config(format!(
+            "image_size = {h}x{w}: the IDX files in {} hold {}x{} images, and IDX images \
                  are not resized (that applies to image folders); leave image_size out",
-                root.display(),
-                full.height,
-                full.width
-            )));
-        }
+            root.display(),
+            full.height,
+            full.width
+        )));
     }
     Ok((full, test))
 }
