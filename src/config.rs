@@ -104,12 +104,7 @@ impl RunSettings {
             Error::Config(format!(
                 "in the config file {}: {}",
                 path.display(),
-                // serde's type names, in words a user reads.
-                e.to_string()
-                    .trim_end()
-                    .replace("expected usize", "expected a whole number ≥ 0")
-                    .replace("expected u64", "expected a whole number ≥ 0")
-                    .replace("expected f64", "expected a number")
+                in_words(e.to_string().trim_end())
             ))
         })
     }
@@ -122,16 +117,23 @@ impl RunSettings {
     /// Sets `key` from its written value (`0.5`, `1e-3`, `triplet`), typed as a config file
     /// types it; unknown keys and ill-typed values are refused naming the key.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
-        let mut table = toml::Table::try_from(&*self).expect("settings serialise to TOML");
-        // A TOML literal if it is one (numbers, booleans, arrays), else a bare string.
-        let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        let with = |v: toml::Value| -> std::result::Result<RunSettings, toml::de::Error> {
+            let mut table = toml::Table::try_from(&*self).expect("settings serialise to TOML");
+            table.insert(key.to_string(), v);
+            table.try_into()
+        };
+        // As a TOML literal if it is one (numbers, booleans, arrays); failing that, as a bare
+        // string (`triplet`, or `0x4` for a string-valued key).
+        let literal = toml::from_str::<toml::Table>(&format!("v = {value}"))
             .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or_else(|| toml::Value::String(value.to_string()));
-        table.insert(key.to_string(), parsed);
-        *self = table.try_into().map_err(|e: toml::de::Error| {
-            Error::Config(format!("{key} = {value}: {}", e.message()))
-        })?;
+            .and_then(|mut t| t.remove("v"));
+        let string = toml::Value::String(value.to_string());
+        let outcome = match literal {
+            Some(v) => with(v).or_else(|e| with(string).map_err(|_| e)),
+            None => with(string),
+        };
+        *self = outcome
+            .map_err(|e| Error::Config(format!("{key} = {value}: {}", in_words(e.message()))))?;
         Ok(())
     }
 
@@ -253,6 +255,14 @@ impl RunSettings {
     }
 }
 
+/// serde's type names in a message, in words a user reads.
+fn in_words(message: &str) -> String {
+    message
+        .replace("expected usize", "expected a whole number ≥ 0")
+        .replace("expected u64", "expected a whole number ≥ 0")
+        .replace("expected f64", "expected a number")
+}
+
 /// `unit` or `standard:MEAN:STD`.
 pub fn parse_pixel_norm(s: &str) -> Result<PixelNorm> {
     let bad = || {
@@ -291,5 +301,60 @@ pub fn parse_image_size(s: &str) -> Result<[usize; 2]> {
         [n] if n > 0 => Ok([n, n]),
         [h, w] if h > 0 && w > 0 => Ok([h, w]),
         _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_read_back_from_their_toml_and_their_fingerprint() {
+        let mut s = RunSettings {
+            held_out_classes: vec!["7".into(), "8".into()],
+            image_size: Some("32x24".into()),
+            ..RunSettings::default()
+        };
+        s.set("lr", "3e-4").unwrap();
+        s.set("loss", "triplet").unwrap();
+        assert_eq!(toml::from_str::<RunSettings>(&s.to_toml()).unwrap(), s);
+        let back = RunSettings::from_fingerprint(&s.fingerprint()).unwrap();
+        assert_eq!(
+            back,
+            RunSettings {
+                pairs: RunSettings::default().pairs,
+                ..s.clone()
+            }
+        );
+        let cfg = s.to_train_config().unwrap();
+        assert_eq!(cfg.dataset.image_size, Some([32, 24]));
+        assert_eq!(cfg.optimizer.lr, 3e-4);
+        assert_eq!(
+            RunSettings::default().differences(&s),
+            [
+                "held_out_classes: (unset) → [\"7\",\"8\"]",
+                "image_size: (unset) → \"32x24\"",
+                "loss: \"contrastive\" → \"triplet\"",
+                "lr: 0.001 → 0.0003",
+            ]
+        );
+    }
+
+    #[test]
+    fn values_out_of_range_are_refused_naming_the_key() {
+        let refused = |key: &str, value: &str| {
+            let mut s = RunSettings::default();
+            match s.set(key, value) {
+                Err(e) => e.to_string(),
+                Ok(()) => s.to_train_config().unwrap_err().to_string(),
+            }
+        };
+        assert!(refused("image_size", "0x4").contains("image_size: `0x4` is not a size"));
+        assert!(refused("color", "cmyk").contains("color: unknown colour `cmyk`"));
+        assert!(refused("on_bad_image", "ignore").contains("on_bad_image: unknown policy"));
+        assert!(refused("embedding_dim", "0").contains("embedding_dim must be at least 1"));
+        assert!(refused("weight_decay", "-1").contains("weight_decay must be a finite number ≥ 0"));
+        assert!(refused("pixel_norm", "standard:0.5:0").contains("pixel_norm:"));
+        assert!(refused("seed", "-1").starts_with("seed = -1"));
     }
 }
