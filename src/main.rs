@@ -104,6 +104,7 @@ struct EmbedArgs {
 
 /// The settings flags of `train` and `sweep`; each overrides the same key of `--config`.
 #[derive(Args)]
+#[command(next_help_heading = "Run settings (each also a key of --config)")]
 struct SettingsArgs {
     /// A TOML file of settings (keys as these flags, with `_` for `-`); flags given override it.
     #[arg(long, value_name = "FILE")]
@@ -211,8 +212,6 @@ impl SettingsArgs {
 
 #[derive(Args)]
 struct TrainArgs {
-    #[command(flatten)]
-    settings: SettingsArgs,
     /// Write the run (config.toml, metrics.jsonl, result.json, model.safetensors) into this
     /// directory.
     #[arg(long)]
@@ -227,13 +226,13 @@ struct TrainArgs {
     /// the same settings; the result equals an uninterrupted run's.
     #[arg(long, value_name = "RUN_DIR")]
     resume: Option<PathBuf>,
+    // Last: the settings' help heading applies to every flag after it.
+    #[command(flatten)]
+    settings: SettingsArgs,
 }
 
 #[derive(Args)]
 struct SweepArgs {
-    /// The base settings of every run (any train flag, or --config).
-    #[command(flatten)]
-    settings: SettingsArgs,
     /// Values of one setting, KEY=V1,V2,… (repeat for more keys): a grid runs every
     /// combination; with --random, each run draws one of them.
     #[arg(long, value_name = "KEY=V1,V2")]
@@ -258,6 +257,9 @@ struct SweepArgs {
     /// Make the last line of stdout one JSON object with the ranked runs.
     #[arg(long)]
     json: bool,
+    /// The base settings of every run (last: its help heading applies to every flag after it).
+    #[command(flatten)]
+    settings: SettingsArgs,
 }
 
 /// The verification figures, as `train` and `eval` print them.
@@ -419,12 +421,32 @@ fn run_embed(args: &EmbedArgs) -> Result<(), String> {
     };
     check_size(&model, set, &args.split)?;
     let gpu = Gpu::new().map_err(|e| e.to_string())?;
+    // A bar with images/s and ETA on a terminal; nothing in a pipe (the result line follows).
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let style =
+            ProgressStyle::with_template("{bar:30} {pos}/{len} images  {per_sec}  ETA {eta}")
+                .expect("a valid progress template");
+        ProgressBar::new(set.count as u64).with_style(style)
+    });
     let embed = || -> siamese_gpu::Result<Vec<f32>> {
         let images = gather::upload_images(&gpu, &set.images, set.count, set.pixels())?;
         let params = gpu.upload_f32(&flat, &[flat.len()])?;
-        Embedder::new(&gpu, &model, &params, norm, 500)?.embed(&images, set.count)
+        let all: Vec<u32> = (0..set.count as u32).collect();
+        Embedder::new(&gpu, &model, &params, norm, 500)?.embed_indices_reporting(
+            &images,
+            &all,
+            &mut |done| {
+                if let Some(bar) = &bar {
+                    bar.set_position(done as u64);
+                }
+            },
+        )
     };
-    let e = embed().map_err(|e| e.to_string())?;
+    let e = embed().map_err(|e| e.to_string());
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let e = e?;
     let dim = model.embedding_dim();
     let written = if format == "npy" {
         write_npy(&args.out, &e, set.count, dim)
