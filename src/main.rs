@@ -772,7 +772,15 @@ fn train_run(
             (Some(dir), None)
         }
         RunDir::Resume(dir) => {
-            let state = load_resume_state(&dir.join("model.safetensors"), &cfg, settings)?;
+            let path = dir.join("model.safetensors");
+            if !path.exists() {
+                return Err(format!(
+                    "{} holds no model.safetensors: the run stopped before its first checkpoint \
+                     (or this is not a run directory); start it again with --out {0}",
+                    dir.display()
+                ));
+            }
+            let state = load_resume_state(&path, &cfg, settings)?;
             eprintln!("resuming after step {}", state.steps_done);
             (Some(dir), Some(state))
         }
@@ -932,6 +940,23 @@ fn run_sweep(args: &SweepArgs, matches: &ArgMatches) -> Result<(), String> {
             Ok((sweep::run_name(i, p), p.clone(), settings))
         })
         .collect::<Result<Vec<_>, String>>()?;
+    // A run directory left by an earlier call is continued only if it is the same run.
+    for (name, _, settings) in &runs {
+        let saved = args.out.join(name).join("config.toml");
+        if saved.exists() {
+            let differences = RunSettings::from_file(&saved)
+                .map_err(|e| e.to_string())?
+                .differences(settings);
+            if !differences.is_empty() {
+                return Err(format!(
+                    "{} holds a run of other settings ({}); sweep into another --out, or delete \
+                     that directory",
+                    saved.parent().expect("a run directory").display(),
+                    differences.join("; ")
+                ));
+            }
+        }
+    }
     print_settings(&base);
     let gpu = Gpu::new().map_err(|e| e.to_string())?;
     std::fs::create_dir_all(&args.out).map_err(|e| {

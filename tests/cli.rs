@@ -664,6 +664,15 @@ fn a_two_by_two_sweep_ranks_its_runs_and_a_second_call_reuses_them() {
         std::fs::read_to_string(root.path().join("sw/summary.csv")).unwrap(),
         csv
     );
+    // Other base settings in the same directory are refused, not mixed with the old runs.
+    let before = snapshot(root.path());
+    let mut other = a.clone();
+    other.extend(args(&["--seed", "7"]));
+    assert_refused(
+        &siamese(root.path(), &other),
+        &["00_margin=0.5_lr=1e-3 holds a run of other settings (seed: 0 → 7)"],
+    );
+    assert!(snapshot(root.path()) == before);
 }
 
 /// `model.safetensors` of a run: parameters and optimizer state.
