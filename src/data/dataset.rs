@@ -259,8 +259,9 @@ fn install_advice() -> String {
 }
 
 /// Finds the data directory: `explicit` if given, else `$SIAMESE_DATA` if set, else
-/// [`DEFAULT_DATA_DIR`]. The chosen directory must hold all four files; if it does not,
-/// the error lists the missing ones and says how to install the data. A directory named
+/// [`DEFAULT_DATA_DIR`]. The chosen directory must hold all four IDX files or `train/` and
+/// `test/` directories (an image folder); if it does not, the error lists the missing files
+/// and says how to install the data. A directory named
 /// explicitly or by the environment is never silently replaced by the default.
 pub fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
     let (dir, source) = match explicit {
