@@ -7,6 +7,8 @@
 pub mod autograd;
 #[cfg(feature = "checkpoint")]
 pub mod checkpoint;
+#[cfg(feature = "cli")]
+pub mod config;
 pub mod cpu;
 pub mod data;
 pub mod error;
@@ -16,6 +18,8 @@ pub mod model;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+#[cfg(feature = "cli")]
+pub mod sweep;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::autograd::Tape;
-use crate::data::dataset::{self, ImageSet};
+use crate::data::dataset::{self, DataOptions, ImageSet};
 use crate::data::sampler::{PairBatch, PairSampler, TripletBatch, TripletSampler};
 use crate::error::{Error, Result};
 use crate::eval::embed::Embedder;
@@ -52,6 +52,8 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Validation images held out of training (None: min(5,000, 10%)).
     pub val_images: Option<usize>,
+    /// Image size and colour, unreadable images, held-out classes.
+    pub dataset: DataOptions,
     pub val_pairs: usize,
     pub test_pairs: usize,
     /// Validate every this many training samples (and at the end).
@@ -85,6 +87,7 @@ impl Default for TrainConfig {
             positive_fraction: 0.5,
             seed: 0,
             val_images: None,
+            dataset: DataOptions::default(),
             val_pairs: 10_000,
             test_pairs: 10_000,
             eval_every: 10_000,
@@ -113,11 +116,11 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
         if self.batch == 0 {
-            return bad("batch must be at least 1".into());
+            return bad("batch must be at least 1, got 0".into());
         }
         if self.pairs < self.batch {
             return bad(format!(
-                "the budget of {} pairs is smaller than one batch of {}",
+                "pairs (the budget) = {} is smaller than one batch of {}; it must be at least batch",
                 self.pairs, self.batch
             ));
         }
@@ -129,13 +132,19 @@ impl TrainConfig {
         }
         if !(self.optimizer.lr.is_finite() && self.optimizer.lr > 0.0) {
             return bad(format!(
-                "learning rate must be a positive number, got {}",
+                "lr (the learning rate) must be a positive number, got {}",
                 self.optimizer.lr
+            ));
+        }
+        if !(self.optimizer.weight_decay.is_finite() && self.optimizer.weight_decay >= 0.0) {
+            return bad(format!(
+                "weight_decay must be a finite number ≥ 0, got {}",
+                self.optimizer.weight_decay
             ));
         }
         if !(0.0..=1.0).contains(&self.positive_fraction) {
             return bad(format!(
-                "positive fraction must be in [0, 1], got {}",
+                "positive_fraction must be in [0, 1], got {}",
                 self.positive_fraction
             ));
         }
@@ -146,8 +155,8 @@ impl TrainConfig {
             || self.log_every == 0
         {
             return bad(
-                "val pairs, test pairs, the validation interval, eval chunk and log interval must \
-                 be at least 1"
+                "val_pairs, test_pairs, eval_every (the validation interval), the eval chunk and \
+                 the log interval must be at least 1"
                     .into(),
             );
         }
@@ -297,7 +306,7 @@ struct Data {
 }
 
 fn upload(gpu: &Gpu, set: &ImageSet) -> Result<Tensor> {
-    gather::upload_images(gpu, &set.images, set.count, set.height * set.width)
+    gather::upload_images(gpu, &set.images, set.count, set.pixels())
 }
 
 /// One training step of a model, built once and submitted once per step: sample a batch,
@@ -497,15 +506,18 @@ pub fn train_with(
 ) -> Result<TrainReport> {
     let wall = Instant::now();
     cfg.validate()?;
-    let sets = dataset::load(cfg.data.as_deref(), cfg.val_images)?;
-    let (h, w) = (sets.train.height, sets.train.width);
+    let sets = dataset::load_with(cfg.data.as_deref(), cfg.val_images, &cfg.dataset)?;
+    for warning in &sets.warnings {
+        report(&Progress::Note(warning.clone()));
+    }
+    let (c, h, w) = (sets.train.channels, sets.train.height, sets.train.width);
     let data = Data {
         train: upload(gpu, &sets.train)?,
         val: upload(gpu, &sets.val)?,
         test: upload(gpu, &sets.test)?,
         sets,
     };
-    let model = SiameseModel::new(cfg.model_config([1, h, w]))?;
+    let model = SiameseModel::new(cfg.model_config([c, h, w]))?;
     check_batch_fits(gpu, &model, cfg)?;
     let len = model.layout.len;
     let params = gpu.upload_f32(&model.layout.init(cfg.seed), &[len])?;
@@ -796,7 +808,7 @@ mod tests {
         );
         let mut cfg = TrainConfig::default();
         cfg.optimizer.lr = 0.0;
-        assert!(refused(cfg).contains("learning rate must be a positive number"));
+        assert!(refused(cfg).contains("lr (the learning rate) must be a positive number"));
         assert!(
             refused(TrainConfig {
                 positive_fraction: 1.5,
@@ -809,7 +821,7 @@ mod tests {
                 eval_every: 0,
                 ..Default::default()
             })
-            .contains("validation interval")
+            .contains("eval_every (the validation interval)")
         );
     }
 }

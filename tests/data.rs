@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use siamese_gpu::Error;
-use siamese_gpu::data::dataset::{DEFAULT_DATA_DIR, ImageSet, default_val, load, locate};
+use siamese_gpu::data::dataset::{
+    DEFAULT_DATA_DIR, DataOptions, ImageSet, default_val, load, load_with, locate,
+};
 use siamese_gpu::data::idx::{encode_idx, parse_idx, read_idx};
 use siamese_gpu::data::sampler::{PairSampler, TripletSampler, balanced_pairs, try_balanced_pairs};
 use siamese_gpu::ops::loss::PairLabel;
@@ -361,6 +363,48 @@ fn locate_on_an_empty_directory_gives_the_install_advice() {
     std::fs::remove_file(tmp.path().join("t10k-labels-idx1-ubyte")).unwrap();
     let msg = data_err(locate(Some(tmp.path())));
     assert_mentions(&msg, &["lacks t10k-labels-idx1-ubyte."]);
+}
+
+#[test]
+fn held_out_classes_leave_training_and_make_up_the_test_split_relabelled() {
+    let tmp = TempDir::new("heldout");
+    Synth::ok(100, 50).write(tmp.path());
+    let options = DataOptions {
+        held_out_classes: vec!["2".into(), "7".into()],
+        ..DataOptions::default()
+    };
+    let ds = load_with(Some(tmp.path()), Some(10), &options).unwrap();
+    // Labels are i % 10: training keeps 80 of 100 images, 10 of them validation.
+    assert_eq!((ds.train.len(), ds.val.len(), ds.test.len()), (70, 10, 10));
+    assert_eq!(ds.train_classes, ["0", "1", "3", "4", "5", "6", "8", "9"]);
+    assert_eq!(ds.test_classes, ["2", "7"]);
+    assert_eq!(
+        &ds.train.labels[..4],
+        [0, 1, 2, 3],
+        "dense labels: class 3 is now 2"
+    );
+    assert_eq!(
+        ds.train.image(2)[0],
+        3,
+        "the image of old class 3 kept its pixels"
+    );
+    assert_eq!(&ds.test.labels[..4], [0, 1, 0, 1]);
+    assert_eq!(ds.test.image(1)[0], 7);
+
+    let refused = |classes: &[&str]| {
+        let options = DataOptions {
+            held_out_classes: classes.iter().map(|c| c.to_string()).collect(),
+            ..DataOptions::default()
+        };
+        load_with(Some(tmp.path()), Some(10), &options)
+            .unwrap_err()
+            .to_string()
+    };
+    assert_mentions(
+        &refused(&["3"]),
+        &["leaves the test split", "1 class(es) (3)"],
+    );
+    assert_mentions(&refused(&["10"]), &["no class `10`", "0, 1, 2"]);
 }
 
 #[test]

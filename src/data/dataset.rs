@@ -1,5 +1,8 @@
-//! Fashion-MNIST (or any MNIST-layout dataset) on the host: finding the files, loading
-//! them, checking that they agree, and holding out the validation split.
+//! Datasets on the host: finding the files, loading them, checking that they agree, and
+//! holding out the validation split. A dataset directory holds either the four IDX files
+//! of the MNIST family (any image size) or, with the `images` feature, images per class in
+//! torchvision's ImageFolder layout (`train/<class>/*.png|jpg`, `test/<class>/…`; see
+//! [`super::image_folder`]).
 //!
 //! The split follows the PyTorch reference exactly: validation is the LAST
 //! `min(5000, train/10)` training images (or `--val N`), removed from training, so the
@@ -33,14 +36,16 @@ const TEST_LABELS: &str = "t10k-labels-idx1-ubyte";
 /// Most validation images held out by default (the reference's `min(5000, len/10)`).
 pub const DEFAULT_VAL_MAX: usize = 5000;
 
-/// Grey u8 images with their class labels.
+/// u8 images (grey, or RGB as planes) with their class labels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageSet {
-    /// Row-major `[count, height, width]`.
+    /// Row-major `[count, channels, height, width]`.
     pub images: Vec<u8>,
     /// One class label per image.
     pub labels: Vec<u8>,
     pub count: usize,
+    /// 1 (grey) or 3 (RGB).
+    pub channels: usize,
     pub height: usize,
     pub width: usize,
 }
@@ -62,14 +67,20 @@ impl ImageSet {
             images,
             labels,
             count,
+            channels: 1,
             height,
             width,
         })
     }
 
-    /// Pixels of image `i`, row-major `[height, width]`. Panics if `i >= len()`.
+    /// Bytes per image: channels × height × width.
+    pub fn pixels(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    /// Pixels of image `i`, row-major `[channels, height, width]`. Panics if `i >= len()`.
     pub fn image(&self, i: usize) -> &[u8] {
-        let n = self.height * self.width;
+        let n = self.pixels();
         &self.images[i * n..(i + 1) * n]
     }
 
@@ -102,16 +113,39 @@ impl ImageSet {
             self.count
         );
         let keep = self.count - n;
-        let pixels = self.height * self.width;
+        let pixels = self.pixels();
         let tail = ImageSet {
             images: self.images.split_off(keep * pixels),
             labels: self.labels.split_off(keep),
             count: n,
+            channels: self.channels,
             height: self.height,
             width: self.width,
         };
         self.count = keep;
         (self, tail)
+    }
+
+    /// Keeps the images whose label `keep` accepts, relabelled densely in ascending order of
+    /// their old labels (the samplers need classes `0..k` with no gaps); returns the old
+    /// label of each new one.
+    pub fn retain_classes(&mut self, keep: impl Fn(u8) -> bool) -> Vec<u8> {
+        let old: Vec<u8> = (0..self.num_classes())
+            .map(|c| c as u8)
+            .filter(|&c| keep(c) && self.labels.contains(&c))
+            .collect();
+        let pixels = self.pixels();
+        let (mut images, mut labels) = (Vec::new(), Vec::new());
+        for (i, &l) in self.labels.iter().enumerate() {
+            if let Some(new) = old.iter().position(|&c| c == l) {
+                images.extend_from_slice(&self.images[i * pixels..(i + 1) * pixels]);
+                labels.push(new as u8);
+            }
+        }
+        self.count = labels.len();
+        self.images = images;
+        self.labels = labels;
+        old
     }
 }
 
@@ -136,6 +170,55 @@ pub struct Dataset {
     pub train: ImageSet,
     pub val: ImageSet,
     pub test: ImageSet,
+    /// The class name of each label of `train` and `val`, and of `test` (they differ when
+    /// classes are held out; IDX classes are named by their number).
+    pub train_classes: Vec<String>,
+    pub test_classes: Vec<String>,
+    /// What the user should know about the data that is not an error (skipped images).
+    pub warnings: Vec<String>,
+}
+
+/// Colour of the network's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Color {
+    /// One channel (images in colour are converted to luma).
+    #[default]
+    Grey,
+    /// Three channels, R, G, B planes.
+    Rgb,
+}
+
+impl Color {
+    pub fn channels(self) -> usize {
+        match self {
+            Color::Grey => 1,
+            Color::Rgb => 3,
+        }
+    }
+}
+
+/// What to do with an image file of a folder dataset that cannot be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnBadImage {
+    /// Leave it out, with a warning naming it.
+    #[default]
+    Skip,
+    /// Refuse the dataset, naming the file.
+    Stop,
+}
+
+/// How a dataset is read, beyond its directory and the validation size.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DataOptions {
+    /// `[height, width]` that folder images are resized to (default: the first training
+    /// image's size). IDX images keep their size: a different one here is an error.
+    pub image_size: Option<[usize; 2]>,
+    pub color: Color,
+    pub on_bad_image: OnBadImage,
+    /// Classes left out of training and validation; the test split keeps only these, so the
+    /// model is tested on classes it never saw (the one-shot protocol). Empty: all classes
+    /// everywhere. IDX classes are named by their label number.
+    pub held_out_classes: Vec<String>,
 }
 
 /// The path of `name` in `dir`, raw preferred over `.gz` (a user who unpacked the files
@@ -156,11 +239,17 @@ fn missing_files(dir: &Path) -> Vec<&'static str> {
         .collect()
 }
 
+/// Whether `dir` has the ImageFolder layout: `train/` and `test/` directories.
+fn is_image_folder(dir: &Path) -> bool {
+    dir.join("train").is_dir() && dir.join("test").is_dir()
+}
+
 fn install_advice() -> String {
     format!(
         "Install Fashion-MNIST with `apt-get install dataset-fashion-mnist` (Debian package; \
          files under {DEFAULT_DATA_DIR}), or pass --data DIR / set {DATA_ENV}=DIR to a \
-         directory holding {} (each raw or .gz)",
+         directory holding either train/<class>/<image>.png|jpg and test/<class>/… \
+         (ImageFolder layout) or {} (each raw or .gz)",
         FILES
             .iter()
             .map(|f| format!("{f}(.gz)"))
@@ -170,8 +259,9 @@ fn install_advice() -> String {
 }
 
 /// Finds the data directory: `explicit` if given, else `$SIAMESE_DATA` if set, else
-/// [`DEFAULT_DATA_DIR`]. The chosen directory must hold all four files; if it does not,
-/// the error lists the missing ones and says how to install the data. A directory named
+/// [`DEFAULT_DATA_DIR`]. The chosen directory must hold all four IDX files or `train/` and
+/// `test/` directories (an image folder); if it does not, the error lists the missing files
+/// and says how to install the data. A directory named
 /// explicitly or by the environment is never silently replaced by the default.
 pub fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
     let (dir, source) = match explicit {
@@ -192,7 +282,7 @@ pub fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
         )));
     }
     let missing = missing_files(&dir);
-    if !missing.is_empty() {
+    if !missing.is_empty() && !is_image_folder(&dir) {
         return Err(Error::Data(format!(
             "the dataset directory {} ({source}) lacks {}. {}",
             dir.display(),
@@ -246,6 +336,7 @@ fn read_pair(dir: &Path, images: &str, labels: &str) -> Result<ImageSet> {
         images: data,
         labels: lab.data,
         count,
+        channels: 1,
         height,
         width,
     })
@@ -257,28 +348,36 @@ pub fn default_val(train: usize) -> usize {
     DEFAULT_VAL_MAX.min(train / 10)
 }
 
-/// Loads the dataset found by [`locate`] and holds out the last
-/// `val.unwrap_or(min(5000, train/10))` training images as validation.
+/// [`load_with`] with the default options.
+pub fn load(explicit: Option<&Path>, val: Option<usize>) -> Result<Dataset> {
+    load_with(explicit, val, &DataOptions::default())
+}
+
+/// Loads the dataset found by [`locate`] (IDX files, else an image folder), holds out the
+/// classes `options` names, then holds out the last `val.unwrap_or(min(5000, train/10))`
+/// training images as validation.
 ///
 /// Errors: files missing, corrupt or truncated; images not 3-D or labels not 1-D; image
-/// and label counts that differ; train and test images of different sizes; a validation
-/// size of 0 (the threshold must be chosen on validation) or not smaller than the
-/// training set.
-pub fn load(explicit: Option<&Path>, val: Option<usize>) -> Result<Dataset> {
+/// and label counts that differ; train and test images of different sizes; options that do
+/// not apply to the data; held-out classes that do not exist or leave fewer than 2 classes
+/// on a side; a validation size of 0 (the threshold must be chosen on validation) or not
+/// smaller than the training set.
+pub fn load_with(
+    explicit: Option<&Path>,
+    val: Option<usize>,
+    options: &DataOptions,
+) -> Result<Dataset> {
     let root = locate(explicit)?;
-    let full = read_pair(&root, TRAIN_IMAGES, TRAIN_LABELS)?;
-    let test = read_pair(&root, TEST_IMAGES, TEST_LABELS)?;
-    if (full.height, full.width) != (test.height, test.width) {
-        return Err(Error::Data(format!(
-            "in {}: training images are {}x{} but test images are {}x{}; the files come from \
-             different datasets. Put the four files of one dataset in one directory.",
-            root.display(),
-            full.height,
-            full.width,
-            test.height,
-            test.width
-        )));
-    }
+    let (full, test, classes, warnings) = if missing_files(&root).is_empty() {
+        let (full, test) = read_idx_sets(&root, options)?;
+        let classes = (0..full.num_classes().max(test.num_classes()))
+            .map(|c| c.to_string())
+            .collect();
+        (full, test, classes, Vec::new())
+    } else {
+        read_folder_sets(&root, options)?
+    };
+    let (full, test, train_classes, test_classes) = hold_out(full, test, classes, options, &root)?;
     let v = val.unwrap_or_else(|| default_val(full.count));
     if v == 0 {
         return Err(Error::Config(format!(
@@ -303,5 +402,110 @@ pub fn load(explicit: Option<&Path>, val: Option<usize>) -> Result<Dataset> {
         train,
         val,
         test,
+        train_classes,
+        test_classes,
+        warnings,
     })
+}
+
+/// The training and test IDX files of `root`, checked against each other and `options`.
+fn read_idx_sets(root: &Path, options: &DataOptions) -> Result<(ImageSet, ImageSet)> {
+    let full = read_pair(root, TRAIN_IMAGES, TRAIN_LABELS)?;
+    let test = read_pair(root, TEST_IMAGES, TEST_LABELS)?;
+    if (full.height, full.width) != (test.height, test.width) {
+        return Err(Error::Data(format!(
+            "in {}: training images are {}x{} but test images are {}x{}; the files come from \
+             different datasets. Put the four files of one dataset in one directory.",
+            root.display(),
+            full.height,
+            full.width,
+            test.height,
+            test.width
+        )));
+    }
+    if options.color != Color::Grey {
+        return Err(Error::Config(format!(
+            "color = rgb: the IDX files in {} hold grey images; rgb applies to image folders",
+            root.display()
+        )));
+    }
+    if let Some([h, w]) = options.image_size
+        && [h, w] != [full.height, full.width]
+    {
+        return Err(Error::Config(format!(
+            "image_size = {h}x{w}: the IDX files in {} hold {}x{} images, and IDX images \
+                 are not resized (that applies to image folders); leave image_size out",
+            root.display(),
+            full.height,
+            full.width
+        )));
+    }
+    Ok((full, test))
+}
+
+#[cfg(feature = "images")]
+fn read_folder_sets(
+    root: &Path,
+    options: &DataOptions,
+) -> Result<(ImageSet, ImageSet, Vec<String>, Vec<String>)> {
+    super::image_folder::read(root, options)
+}
+
+#[cfg(not(feature = "images"))]
+fn read_folder_sets(
+    root: &Path,
+    _: &DataOptions,
+) -> Result<(ImageSet, ImageSet, Vec<String>, Vec<String>)> {
+    Err(Error::Config(format!(
+        "{} is an image folder, but this build has no image decoding: build with the \
+         `images` feature (on by default)",
+        root.display()
+    )))
+}
+
+/// Splits the classes as `options.held_out_classes` says: training keeps the others,
+/// test keeps those. Returns both sets and the class names of each.
+fn hold_out(
+    mut train: ImageSet,
+    mut test: ImageSet,
+    classes: Vec<String>,
+    options: &DataOptions,
+    root: &Path,
+) -> Result<(ImageSet, ImageSet, Vec<String>, Vec<String>)> {
+    if options.held_out_classes.is_empty() {
+        return Ok((train, test, classes.clone(), classes));
+    }
+    let mut held = Vec::new();
+    for name in &options.held_out_classes {
+        match classes.iter().position(|c| c == name) {
+            Some(c) => held.push(c as u8),
+            None => {
+                return Err(Error::Config(format!(
+                    "held_out_classes: no class `{name}` in {}; its classes are {}",
+                    root.display(),
+                    classes.join(", ")
+                )));
+            }
+        }
+    }
+    let name = |old: Vec<u8>| {
+        old.iter()
+            .map(|&c| classes[c as usize].clone())
+            .collect::<Vec<_>>()
+    };
+    let train_classes = name(train.retain_classes(|c| !held.contains(&c)));
+    let test_classes = name(test.retain_classes(|c| held.contains(&c)));
+    for (split, kept) in [("training", &train_classes), ("test", &test_classes)] {
+        if kept.len() < 2 {
+            return Err(Error::Config(format!(
+                "held_out_classes = [{}] leaves the {split} split of {} with {} class(es) \
+                 ({}); pairs need at least 2 classes on each side",
+                options.held_out_classes.join(", "),
+                root.display(),
+                kept.len(),
+                kept.join(", ")
+            )));
+        }
+    }
+    Ok((train, test, train_classes, test_classes))
 }

@@ -1,5 +1,8 @@
-//! Datasets on the host: IDX files, Fashion-MNIST discovery and splits, pair and triplet samplers.
+//! Datasets on the host: IDX files and image folders, discovery and splits, pair and triplet
+//! samplers.
 
 pub mod dataset;
 pub mod idx;
+#[cfg(feature = "images")]
+pub mod image_folder;
 pub mod sampler;

@@ -60,6 +60,17 @@ impl<'g> Embedder<'g> {
 
     /// Embeddings `[indices.len(), D]` of the images `indices` of a packed set, in that order.
     pub fn embed_indices(&self, images: &Tensor, indices: &[u32]) -> Result<Vec<f32>> {
+        self.embed_indices_reporting(images, indices, &mut |_| ())
+    }
+
+    /// [`embed_indices`](Self::embed_indices), telling `done` the number of images embedded
+    /// after each chunk (for a progress bar).
+    pub fn embed_indices_reporting(
+        &self,
+        images: &Tensor,
+        indices: &[u32],
+        done: &mut dyn FnMut(usize),
+    ) -> Result<Vec<f32>> {
         let gather =
             gather::gather_images(self.gpu, images, &self.indices, &self.input, self.norm)?;
         let mut out = Vec::with_capacity(indices.len() * self.dim);
@@ -79,6 +90,7 @@ impl<'g> Embedder<'g> {
             rec.submit();
             let e = self.gpu.read_f32(&self.output)?;
             out.extend_from_slice(&e[..chunk.len() * self.dim]);
+            done(out.len() / self.dim);
         }
         Ok(out)
     }
