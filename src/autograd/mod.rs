@@ -183,11 +183,8 @@ impl<'g> Tape<'g> {
             self.tensor(b).clone(),
             self.tensor(y).clone(),
         );
-        // The texel kernels, where chosen and where they cover the layer. For layers of 1–3
-        // channels grad_weight stays on the storage kernel: there the texel one must first
-        // pack dy, as large as the layer's output, and gains nothing (benches/kernels.rs).
+        // The texel kernels, where chosen and where they cover the layer.
         let texels = self.gpu.kernel_path() == KernelPath::Texels && g.texel_path_fits();
-        let texel_grad_weight = texels && g.unfold() == 1;
         let (forward, packed_x) = if texels {
             let (kernel, xt) = conv2d::forward_packed(self.gpu, &tx, &tw, &tb, &ty, pad)?;
             (kernel, Some(xt))
@@ -209,10 +206,8 @@ impl<'g> Tape<'g> {
             }
             if let Some(dw) = self.grad_slot(w)? {
                 backward.push(match &packed_x {
-                    Some(xt) if texel_grad_weight => {
-                        conv2d::grad_weight_packed(self.gpu, &dy, xt, &dw, &g)?
-                    }
-                    _ => conv2d::grad_weight(self.gpu, &dy, &tx, &dw, stride, pad)?,
+                    Some(xt) => conv2d::grad_weight_packed(self.gpu, &dy, xt, &dw, &g)?,
+                    None => conv2d::grad_weight(self.gpu, &dy, &tx, &dw, stride, pad)?,
                 });
             }
             if let Some(db) = self.grad_slot(b)? {

@@ -446,7 +446,14 @@ pub fn grad_weight_tex(
     // Splits take whole output rows (n, oy), at least 64 positions' worth each.
     let rows = g.n * g.out_h();
     let min_rows = 64usize.div_ceil(g.out_w());
-    let splits = (TARGET_INVOCATIONS as usize / blocks).clamp(1, rows.div_ceil(min_rows));
+    // A CPU adapter runs a few invocations per core at a time; more splits there only
+    // lengthen the reduce pass.
+    let target = if gpu.adapter().device_type == "Cpu" {
+        1024
+    } else {
+        TARGET_INVOCATIONS as usize
+    };
+    let splits = (target / blocks).clamp(1, rows.div_ceil(min_rows));
     let per_split = rows.div_ceil(splits);
     let splits = rows.div_ceil(per_split);
     let params = g.packed_params(
