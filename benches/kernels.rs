@@ -216,7 +216,7 @@ fn main() {
                 ),
                 (
                     "conv2d_grad_weight_tex",
-                    conv2d::grad_weight_packed(&gpu, &dy, &packed_x, &dw, &g),
+                    conv2d::grad_weight_packed(&gpu, &dy, &packed_x, &dw, None, &g),
                 ),
             ];
             for (op, kernel) in runs {

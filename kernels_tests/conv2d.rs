@@ -431,28 +431,56 @@ fn conv2d_forward_tex_computes_grad_input() {
     }
 }
 
-fn tex_grad_weight(g: &Conv2dGeometry, c: &Case) -> Vec<f32> {
+/// dw and db through conv2d_grad_weight_tex (db summed from the same dy fetches).
+fn tex_grad_weight(g: &Conv2dGeometry, c: &Case) -> (Vec<f32>, Vec<f32>) {
     let (forward, xt, _) = tex_forward(g, c);
-    let dw = zeros(&g.weight_shape());
-    let kernel =
-        conv2d::grad_weight_packed(gpu(), &upload(&c.dy, &g.output_shape()), &xt, &dw, g).unwrap();
+    let (dw, db) = (zeros(&g.weight_shape()), zeros(&[g.o]));
+    let dy = upload(&c.dy, &g.output_shape());
+    let kernel = conv2d::grad_weight_packed(gpu(), &dy, &xt, &dw, Some(&db), g).unwrap();
     gpu().run(&[&forward, &kernel]);
-    gpu().read_f32(&dw).unwrap()
+    (gpu().read_f32(&dw).unwrap(), gpu().read_f32(&db).unwrap())
 }
 
 #[test]
 fn conv2d_grad_weight_tex_matches_cpu() {
-    // The shapes split their positions from 1 chunk (the first) to hundreds (the reference
-    // layers), so both the direct write and the reduce pass are covered.
+    // The shapes split their positions from 1 chunk (the first) to many (the reference
+    // layers), so the bias partials are summed from one split and from many.
     for (seed, g) in TEX_SHAPES.iter().enumerate() {
         let c = case(g, 500 + seed as u64);
-        let got = tex_grad_weight(g, &c);
+        let (dw, db) = tex_grad_weight(g, &c);
+        let terms = g.n * g.out_h() * g.out_w();
         let magnitude = cpu::conv2d_grad_weight(&abs(&c.dy), &abs(&c.x), g);
         assert_within(
             &format!("conv2d_grad_weight_tex {g:?}"),
-            &got,
+            &dw,
             &cpu::conv2d_grad_weight(&c.dy, &c.x, g),
-            &linear_bound(g.n * g.out_h() * g.out_w(), &magnitude),
+            &linear_bound(terms, &magnitude),
+        );
+        // db sums N·OH·OW entries of dy.
+        let magnitude = cpu::conv2d_grad_bias(&abs(&c.dy), g.n, g.o, g.out_h() * g.out_w());
+        assert_within(
+            &format!("conv2d_grad_weight_tex bias {g:?}"),
+            &db,
+            &cpu::conv2d_grad_bias(&c.dy, g.n, g.o, g.out_h() * g.out_w()),
+            &linear_bound(terms, &magnitude),
+        );
+        // Without db the single-split case writes dw directly.
+        let (forward, xt, _) = tex_forward(g, &c);
+        let dw_only = zeros(&g.weight_shape());
+        let kernel = conv2d::grad_weight_packed(
+            gpu(),
+            &upload(&c.dy, &g.output_shape()),
+            &xt,
+            &dw_only,
+            None,
+            g,
+        )
+        .unwrap();
+        gpu().run(&[&forward, &kernel]);
+        assert_eq!(
+            gpu().read_f32(&dw_only).unwrap(),
+            dw,
+            "dw with and without db {g:?}"
         );
     }
 }
@@ -484,12 +512,14 @@ fn conv2d_texel_gradients_match_finite_differences() {
             &fd_x,
             GPU_FD_RTOL,
         );
-        assert_gpu_matches_fd(
-            "conv2d_grad_weight_tex",
-            &tex_grad_weight(g, &c),
-            &fd_w,
-            GPU_FD_RTOL,
+        let fd_b = finite_difference(
+            |v| dot(&dy, &cpu::conv2d_forward(&x, &w, v, g)),
+            &b,
+            FD_STEP,
         );
+        let (dw, db) = tex_grad_weight(g, &c);
+        assert_gpu_matches_fd("conv2d_grad_weight_tex", &dw, &fd_w, GPU_FD_RTOL);
+        assert_gpu_matches_fd("conv2d_grad_weight_tex bias", &db, &fd_b, GPU_FD_RTOL);
     }
 }
 

@@ -12,7 +12,9 @@
 //   conv2d_grad_weight_reduce partial@1            -> dw@4 [O, C·KH·KW]
 //   conv2d_grad_bias          dy@1                 -> db@4
 //   conv2d_forward_tex        x texels@6, w texels@7, b@3   -> y@4   (stride 1)
-//   conv2d_grad_weight_tex    x texels@6, dy texels@7       -> partial@4 [S, O, C·KH·KW]
+//   conv2d_grad_weight_tex    x texels@6, dy texels@7       -> partial@4 [S, O, C·KH·KW], and
+//                             with `bias_partials` > 0 the bias gradient's partials
+//                             [S, O] from that element of partial@4 on
 //
 // The `_tex` entries read operands packed by pack.wgsl: x (or dy) as pack_nhwc4 (channels by
 // fours, borders zero-padded, so no tap needs a bounds test) and w as pack_conv_weight.
@@ -39,7 +41,7 @@ struct ConvParams {
     n: u32, c: u32, h: u32, w: u32,
     o: u32, kh: u32, kw: u32, stride: u32,
     pad: u32, oh: u32, ow: u32, splits: u32,
-    images_per_split: u32, unfold: u32, _p1: u32, _p2: u32,
+    images_per_split: u32, unfold: u32, bias_partials: u32, _p2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: ConvParams;
@@ -403,6 +405,10 @@ fn conv2d_grad_weight_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
     var a20 = vec4<f32>(0.0); var a21 = vec4<f32>(0.0); var a30 = vec4<f32>(0.0); var a31 = vec4<f32>(0.0);
     var a40 = vec4<f32>(0.0); var a41 = vec4<f32>(0.0); var a50 = vec4<f32>(0.0); var a51 = vec4<f32>(0.0);
     var a60 = vec4<f32>(0.0); var a61 = vec4<f32>(0.0); var a70 = vec4<f32>(0.0); var a71 = vec4<f32>(0.0);
+    // Σ dy of the eight output channels: the bias gradient, which the invocations of the
+    // first tap and input block store (every invocation sums: two adds beside 64 FMAs).
+    var sa = vec4<f32>(0.0);
+    var sb = vec4<f32>(0.0);
     for (var row = r0; row < r1; row++) {
         let xrow = ((row / p.oh) * hp + row % p.oh) * wp * c4n + xoff;
         let drow = row * p.ow * o4n;
@@ -413,6 +419,8 @@ fn conv2d_grad_weight_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
             let d = drow + ox * o4n;
             let da = fetch_b(d + o4a);
             let db = fetch_b(d + o4b);
+            sa += da;
+            sb += db;
             a00 = fma(vec4<f32>(da.x), xa, a00); a01 = fma(vec4<f32>(da.x), xc, a01);
             a10 = fma(vec4<f32>(da.y), xa, a10); a11 = fma(vec4<f32>(da.y), xc, a11);
             a20 = fma(vec4<f32>(da.z), xa, a20); a21 = fma(vec4<f32>(da.z), xc, a21);
@@ -427,6 +435,14 @@ fn conv2d_grad_weight_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
                                    a40, a41, a50, a51, a60, a61, a70, a71);
     // dw is [O, C, KH, KW] of the layer; unfolded, channel c' = c·U + kx of tap kh is
     // (c, kh, kx) there (C = p.c / U, KW = U).
+    if p.bias_partials > 0u && tap == 0u && c4a == 0u {
+        for (var e = 0u; e < 8u; e++) {
+            if e >= 4u && o4a + 1u >= o4n { break; }
+            let o = 4u * o4a + e;
+            if o >= p.o { break; }
+            out[p.bias_partials + split * p.o + o] = select(sb, sa, e < 4u)[e % 4u];
+        }
+    }
     let out_base = split * p.o * p.c * taps;
     for (var e = 0u; e < 8u; e++) {
         if e >= 4u && o4a + 1u >= o4n { break; }

@@ -23,4 +23,4 @@ pub mod sweep;
 pub mod train;
 
 pub use error::{Error, Result};
-pub use gpu::{DType, Gpu, Kernel, KernelPath, Tensor, Texels};
+pub use gpu::{DType, Gpu, Kernel, KernelPath, Tensor, TexelOp, Texels};

@@ -15,10 +15,10 @@
 //! sum. Views (reshape, split into rows) alias their input and its gradient.
 
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Gpu, Kernel, KernelPath, Tensor};
+use crate::gpu::{DType, Gpu, Kernel, Tensor, TexelOp};
 use crate::ops::activation::{self, Activation};
 use crate::ops::distance::{self, Distance};
-use crate::ops::{conv2d, dense, loss, normalize, pool};
+use crate::ops::{conv2d, dense, loss, normalize, pack, pool};
 
 /// A value on the tape.
 pub type ValueId = usize;
@@ -183,9 +183,11 @@ impl<'g> Tape<'g> {
             self.tensor(b).clone(),
             self.tensor(y).clone(),
         );
-        // The texel kernels, where chosen and where they cover the layer.
-        let texels = self.gpu.kernel_path() == KernelPath::Texels && g.texel_path_fits();
-        let (forward, packed_x) = if texels {
+        // Each product on the texel kernels where the device's path says so and they cover
+        // the layer; grad_weight reads x as the texel forward packed it, or packs it itself.
+        let fits = g.texel_path_fits();
+        let tex = |op| fits && self.gpu.takes_texels(op);
+        let (forward, packed_x) = if tex(TexelOp::ConvForward) {
             let (kernel, xt) = conv2d::forward_packed(self.gpu, &tx, &tw, &tb, &ty, pad)?;
             (kernel, Some(xt))
         } else {
@@ -198,20 +200,35 @@ impl<'g> Tape<'g> {
         let mut backward = Vec::new();
         if let Some(dy) = self.grad(y).cloned() {
             if let Some(dx) = self.grad_slot(x)? {
-                backward.push(if texels {
+                backward.push(if tex(TexelOp::ConvGradInput) {
                     conv2d::grad_input_packed(self.gpu, &dy, &tw, &dx, pad)?
                 } else {
                     conv2d::grad_input(self.gpu, &dy, &tw, &dx, stride, pad)?
                 });
             }
-            if let Some(dw) = self.grad_slot(w)? {
-                backward.push(match &packed_x {
-                    Some(xt) => conv2d::grad_weight_packed(self.gpu, &dy, xt, &dw, &g)?,
-                    None => conv2d::grad_weight(self.gpu, &dy, &tx, &dw, stride, pad)?,
-                });
-            }
-            if let Some(db) = self.grad_slot(b)? {
-                backward.push(conv2d::grad_bias(self.gpu, &dy, &db)?);
+            let (dw, db) = (self.grad_slot(w)?, self.grad_slot(b)?);
+            match dw {
+                // The texel grad_weight also sums the bias gradient from the dy it fetches.
+                Some(dw) if tex(TexelOp::ConvGradWeight) => {
+                    let (pack_x, xt) = match &packed_x {
+                        Some(xt) => (None, xt.clone()),
+                        None => {
+                            let (kernel, xt) = pack::nhwc4(self.gpu, &tx, pad, g.unfold())?;
+                            (Some(kernel), xt)
+                        }
+                    };
+                    let product =
+                        conv2d::grad_weight_packed(self.gpu, &dy, &xt, &dw, db.as_ref(), &g)?;
+                    backward.push(Kernel::chain(pack_x.into_iter().chain([product])));
+                }
+                dw => {
+                    if let Some(dw) = dw {
+                        backward.push(conv2d::grad_weight(self.gpu, &dy, &tx, &dw, stride, pad)?);
+                    }
+                    if let Some(db) = db {
+                        backward.push(conv2d::grad_bias(self.gpu, &dy, &db)?);
+                    }
+                }
             }
         }
         self.record("conv2d", Some(y), forward, backward);
@@ -280,7 +297,7 @@ impl<'g> Tape<'g> {
             self.tensor(b).clone(),
             self.tensor(y).clone(),
         );
-        let texels = self.gpu.kernel_path() == KernelPath::Texels;
+        let texels = self.gpu.takes_texels(TexelOp::Dense);
         let forward = vec![if texels {
             dense::forward_packed(self.gpu, &tx, &tw, &tb, &ty)?
         } else {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
 
 use super::adapter::{self, AdapterSummary};
-use super::kernel::{Dispatch, KernelPath, Uniform};
+use super::kernel::{Dispatch, KernelPath, TexelOp, Uniform};
 use super::recorder::Recorder;
 use super::{DType, Kernel, TEXEL_ROW, Tensor, Texels};
 use crate::error::{Error, Result};
@@ -29,7 +29,8 @@ pub struct Gpu {
 
 impl Gpu {
     /// Opens the adapter named by `SIAMESE_ADAPTER` (a name substring), else the best one;
-    /// `SIAMESE_KERNELS=storage|texels` picks the convolution kernels (default texels).
+    /// `SIAMESE_KERNELS=auto|storage|texels` picks the matmul-shaped kernels (default auto,
+    /// see [`KernelPath`]).
     pub fn new() -> Result<Gpu> {
         let requested = std::env::var("SIAMESE_ADAPTER")
             .ok()
@@ -40,7 +41,7 @@ impl Gpu {
         {
             let path = KernelPath::parse(&name).ok_or_else(|| {
                 Error::Config(format!(
-                    "SIAMESE_KERNELS must be `storage` or `texels`, got `{name}`"
+                    "SIAMESE_KERNELS must be `auto`, `storage` or `texels`, got `{name}`"
                 ))
             })?;
             gpu.set_kernel_path(path);
@@ -74,16 +75,21 @@ impl Gpu {
             features,
             modules: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(HashMap::new()),
-            kernel_path: KernelPath::Texels,
+            kernel_path: KernelPath::Auto,
         })
     }
 
-    /// The convolution kernels that tapes built on this device use.
+    /// The kernel path tapes built on this device follow.
     pub fn kernel_path(&self) -> KernelPath {
         self.kernel_path
     }
 
-    /// Chooses the convolution kernels for tapes built from now on.
+    /// Whether tapes built on this device give `op` its texel kernel.
+    pub fn takes_texels(&self, op: TexelOp) -> bool {
+        self.kernel_path.takes_texels(op, &self.summary.device_type)
+    }
+
+    /// Chooses the kernel path for tapes built from now on.
     pub fn set_kernel_path(&mut self, path: KernelPath) {
         self.kernel_path = path;
     }

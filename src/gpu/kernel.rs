@@ -9,19 +9,33 @@ use super::Tensor;
 /// Largest workgroup count per dimension that every adapter accepts (WebGPU's default limit).
 pub const MAX_WORKGROUPS_PER_DIM: u32 = 65_535;
 
-/// Which implementation the convolutions take where both exist: the storage-buffer
+/// Which implementation the matmul-shaped ops take where two exist: the storage-buffer
 /// kernels, or the texel kernels that read operands packed into textures (several times
 /// faster on lavapipe, where a texel fetch is vectorised and a storage load is not).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelPath {
+    /// Per adapter, as `cargo bench` measured them: on CPU adapters (lavapipe) the texel
+    /// kernels throughout; on GPUs the storage kernels, except convolution grad_weight,
+    /// whose texel kernel was 2-3x faster on an NVIDIA H100.
+    Auto,
     Storage,
     Texels,
 }
 
+/// The ops that have both kernels, for [`KernelPath::takes_texels`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TexelOp {
+    ConvForward,
+    ConvGradInput,
+    ConvGradWeight,
+    Dense,
+}
+
 impl KernelPath {
-    /// `storage` or `texels`.
+    /// `auto`, `storage` or `texels`.
     pub fn parse(s: &str) -> Option<KernelPath> {
         match s {
+            "auto" => Some(KernelPath::Auto),
             "storage" => Some(KernelPath::Storage),
             "texels" => Some(KernelPath::Texels),
             _ => None,
@@ -30,8 +44,19 @@ impl KernelPath {
 
     pub fn name(self) -> &'static str {
         match self {
+            KernelPath::Auto => "auto",
             KernelPath::Storage => "storage",
             KernelPath::Texels => "texels",
+        }
+    }
+
+    /// Whether `op` takes its texel kernel on an adapter of `device_type` (wgpu's
+    /// `DeviceType` as text: "Cpu", "DiscreteGpu", …).
+    pub fn takes_texels(self, op: TexelOp, device_type: &str) -> bool {
+        match self {
+            KernelPath::Storage => false,
+            KernelPath::Texels => true,
+            KernelPath::Auto => device_type == "Cpu" || op == TexelOp::ConvGradWeight,
         }
     }
 }

@@ -15,7 +15,7 @@ mod texels;
 
 pub use adapter::{AdapterSummary, list_adapters};
 pub use context::Gpu;
-pub use kernel::{Dispatch, Kernel, KernelPath, MAX_WORKGROUPS_PER_DIM, Uniform, grid_1d};
+pub use kernel::{Dispatch, Kernel, KernelPath, MAX_WORKGROUPS_PER_DIM, TexelOp, Uniform, grid_1d};
 pub use profiler::Profiler;
 pub use recorder::Recorder;
 pub use tensor::{DType, Tensor};

@@ -125,7 +125,8 @@ impl Conv2dGeometry {
             splits,
             images_per_split,
             unfold: 1,
-            _pad: [0; 2],
+            bias_partials: 0,
+            _pad: 0,
         })
     }
 }
@@ -147,7 +148,8 @@ struct ConvParams {
     splits: u32,
     images_per_split: u32,
     unfold: u32,
-    _pad: [u32; 2],
+    bias_partials: u32,
+    _pad: u32,
 }
 
 fn blocks(rows: usize, cols: usize) -> [u32; 3] {
@@ -427,19 +429,23 @@ pub fn forward_tex(
     )?))
 }
 
-/// `dw` from `xt` (x packed by [`pack::nhwc4`] with `g.pad` and `g.unfold()`) and `dyt` (dy packed by
-/// [`pack::nhwc4`] without padding), split over chunks of output rows like
-/// [`grad_weight`] over images.
+/// `dw` from `xt` (x packed by [`pack::nhwc4`] with `g.pad` and `g.unfold()`) and `dyt` (dy
+/// packed by [`pack::nhwc4`] without padding), split over chunks of output rows like
+/// [`grad_weight`] over images; with `db`, the bias gradient too (from the same dy fetches).
 pub fn grad_weight_tex(
     gpu: &Gpu,
     g: &Conv2dGeometry,
     xt: &Texels,
     dyt: &Texels,
     dw: &Tensor,
+    db: Option<&Tensor>,
 ) -> Result<Kernel> {
     const OP: &str = "conv2d_grad_weight_tex";
     expect_texel_path(OP, g)?;
     expect_f32(OP, "dw", dw, &g.weight_shape())?;
+    if let Some(db) = db {
+        expect_f32(OP, "db", db, &[g.o])?;
+    }
     let unfold = g.unfold();
     let taps = g.kh * g.kw;
     let blocks = g.o.div_ceil(8) * (g.c * unfold).div_ceil(8) * taps / unfold;
@@ -456,7 +462,11 @@ pub fn grad_weight_tex(
     let splits = (target / blocks).clamp(1, rows.div_ceil(min_rows));
     let per_split = rows.div_ceil(splits);
     let splits = rows.div_ceil(per_split);
-    let params = g.packed_params(
+    let weights = g.o * g.c * taps;
+    // The bias partials follow the weight partials at a 256-byte-aligned offset, so that
+    // each part can be bound as a view of its own.
+    let bias_partials = (splits * weights).div_ceil(64) * 64;
+    let mut params = g.packed_params(
         OP,
         unfold,
         splits as u32,
@@ -464,7 +474,7 @@ pub fn grad_weight_tex(
     )?;
     let groups = texel_groups(blocks * splits);
     let textures = [(6, xt), (7, dyt)];
-    if splits == 1 {
+    if splits == 1 && db.is_none() {
         return Ok(Kernel::single(gpu.dispatch_with_texels(
             &SHADER,
             OP,
@@ -475,7 +485,10 @@ pub fn grad_weight_tex(
             groups,
         )?));
     }
-    let partial = gpu.zeros(&[splits, g.o * g.c * taps], DType::F32)?;
+    if db.is_some() {
+        params.bias_partials = to_u32(OP, "partials", bias_partials)?;
+    }
+    let partial = gpu.zeros(&[bias_partials + splits * g.o], DType::F32)?;
     let partial_pass = gpu.dispatch_with_texels(
         &SHADER,
         OP,
@@ -485,9 +498,14 @@ pub fn grad_weight_tex(
         &textures,
         groups,
     )?;
-    let reduce = grad_weight_reduce(gpu, &partial, dw)?;
+    let view = |offset, shape: &[usize]| partial.view(offset, shape).expect("inside the partials");
     let mut dispatches = vec![partial_pass];
-    dispatches.extend(reduce.dispatches);
+    dispatches.extend(grad_weight_reduce(gpu, &view(0, &[splits, weights]), dw)?.dispatches);
+    if let Some(db) = db {
+        let db4 = db.reshaped(&[g.o, 1, 1, 1]).expect("same length");
+        let reduce = grad_weight_reduce(gpu, &view(bias_partials, &[splits, g.o]), &db4)?;
+        dispatches.extend(reduce.dispatches);
+    }
     Ok(Kernel::with_scratch(dispatches, vec![partial]))
 }
 
@@ -536,16 +554,18 @@ pub fn grad_input_packed(
     ]))
 }
 
-/// grad_weight through the texel kernels, from x's texels of [`forward_packed`].
+/// grad_weight (and with `db` grad_bias) through the texel kernels, from x's texels as
+/// [`forward_packed`] or [`pack::nhwc4`] made them.
 pub fn grad_weight_packed(
     gpu: &Gpu,
     dy: &Tensor,
     xt: &Texels,
     dw: &Tensor,
+    db: Option<&Tensor>,
     g: &Conv2dGeometry,
 ) -> Result<Kernel> {
     expect_f32("conv2d_grad_weight_tex", "dy", dy, &g.output_shape())?;
     let (pack_dy, dyt) = pack::nhwc4(gpu, dy, 0, 1)?;
-    let product = grad_weight_tex(gpu, g, xt, &dyt, dw)?;
+    let product = grad_weight_tex(gpu, g, xt, &dyt, dw, db)?;
     Ok(Kernel::chain([pack_dy, product]))
 }
