@@ -15,7 +15,6 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use siamese_gpu::Gpu;
 use siamese_gpu::checkpoint::{self, write_atomic};
 use siamese_gpu::config::{RunSettings, parse_image_size};
 use siamese_gpu::data::dataset::{self, Color, DataOptions, Dataset, ImageSet, OnBadImage};
@@ -29,6 +28,7 @@ use siamese_gpu::ops::gather;
 use siamese_gpu::ops::gather::PixelNorm;
 use siamese_gpu::sweep::{self, Axis, Metrics, Outcome, RankBy};
 use siamese_gpu::train::{self, Progress, RunControl, TrainConfig, TrainReport, TrainingState};
+use siamese_gpu::{Gpu, TexelOp};
 
 #[derive(Parser)]
 #[command(
@@ -104,7 +104,10 @@ struct EmbedArgs {
 
 /// The settings flags of `train` and `sweep`; each overrides the same key of `--config`.
 #[derive(Args)]
-#[command(next_help_heading = "Run settings (each also a key of --config)")]
+#[command(
+    next_help_heading = "Run settings (each also a key of --config)",
+    allow_negative_numbers = true
+)]
 struct SettingsArgs {
     /// A TOML file of settings (keys as these flags, with `_` for `-`); flags given override it.
     #[arg(long, value_name = "FILE")]
@@ -1068,6 +1071,22 @@ fn run_devices() -> Result<(), String> {
         limits.max_compute_workgroup_storage_size >> 10,
         gpu.features().contains(wgpu::Features::TIMESTAMP_QUERY),
         gpu.features().contains(wgpu::Features::SHADER_F16),
+    );
+    let side = |op| {
+        if gpu.takes_texels(op) {
+            "texels"
+        } else {
+            "storage"
+        }
+    };
+    println!(
+        "  kernels ({}; SIAMESE_KERNELS=auto|storage|texels): conv forward {}, conv grad_input {}, \
+         conv grad_weight {}, dense {}",
+        gpu.kernel_path().name(),
+        side(TexelOp::ConvForward),
+        side(TexelOp::ConvGradInput),
+        side(TexelOp::ConvGradWeight),
+        side(TexelOp::Dense),
     );
     Ok(())
 }

@@ -12,6 +12,8 @@ use siamese_gpu::cpu::{self, Real, conv2d::Conv2dGeometry};
 use siamese_gpu::model::{LossKind, ModelConfig, SiameseModel};
 use siamese_gpu::ops::distance::Distance;
 use siamese_gpu::ops::loss::PairLabel;
+use siamese_gpu::{Gpu, KernelPath};
+use std::sync::OnceLock;
 
 const B: usize = 4; // samples per batch
 const DIM: usize = 16; // embedding size: B·DIM·4 bytes keeps the branch views 256-byte aligned
@@ -108,27 +110,39 @@ fn triplet_head<T: Real>(e: &[T]) -> (T, Vec<T>) {
     (loss, [da, dp, dn].concat())
 }
 
-/// Runs forward and backward on the GPU in one submission; returns (loss, flat gradients).
-fn gpu_loss_and_grads(m: &SiameseModel, flat: &[f32], x: &[f32]) -> (f32, Vec<f32>) {
+/// A device whose tapes take `path`'s kernels (one per path, opened once).
+fn gpu_on(path: KernelPath) -> &'static Gpu {
+    static DEVICES: [OnceLock<Gpu>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    gpu(); // exits with the usual message where there is no adapter
+    DEVICES[path as usize].get_or_init(|| {
+        let mut g = Gpu::new().expect("the adapter opened once already");
+        g.set_kernel_path(path);
+        g
+    })
+}
+
+/// Runs forward and backward on `g` in one submission; returns (loss, flat gradients).
+fn gpu_loss_and_grads(g: &Gpu, m: &SiameseModel, flat: &[f32], x: &[f32]) -> (f32, Vec<f32>) {
     let images = m.config.loss.branches() * B;
-    let params = upload(flat, &[flat.len()]);
-    let grads = zeros(&[flat.len()]);
-    let labels = PairLabel::upload(gpu(), &labels()).unwrap();
-    let mut tape = Tape::new(gpu());
-    let xv = tape.input(upload(x, &[images, 1, 8, 8]));
+    let params = g.upload_f32(flat, &[flat.len()]).unwrap();
+    let grads = g.zeros(&[flat.len()], siamese_gpu::DType::F32).unwrap();
+    let labels = PairLabel::upload(g, &labels()).unwrap();
+    let mut tape = Tape::new(g);
+    let xv = tape.input(g.upload_f32(x, &[images, 1, 8, 8]).unwrap());
     let loss = m
         .record_loss(&mut tape, xv, &labels, &params, Some(&grads))
         .unwrap();
     let backward = tape.backward(loss).unwrap();
     let kernels: Vec<_> = tape.forward_kernels().chain(backward.iter()).collect();
-    gpu().run(&kernels);
+    g.run(&kernels);
     (
-        gpu().read_f32(tape.tensor(loss)).unwrap()[0],
-        gpu().read_f32(&grads).unwrap(),
+        g.read_f32(tape.tensor(loss)).unwrap()[0],
+        g.read_f32(&grads).unwrap(),
     )
 }
 
 fn check(
+    path: KernelPath,
     loss_kind: LossKind,
     head32: fn(&[f32]) -> (f32, Vec<f32>),
     head64: fn(&[f64]) -> (f64, Vec<f64>),
@@ -141,7 +155,7 @@ fn check(
     // GPU tape against the CPU composition in f32. Each gradient passes through five or six
     // ops of short sums (≤ 54 terms); 1e-4 of the largest gradient is ~1000 ulps, room for
     // the reordered sums compounding, and far below a missing or misrouted term.
-    let (gpu_loss, gpu_grads) = gpu_loss_and_grads(&m, &flat, &x);
+    let (gpu_loss, gpu_grads) = gpu_loss_and_grads(gpu_on(path), &m, &flat, &x);
     let (cpu_loss, cpu_grads) = cpu_loss_and_grads(&m, &flat, &x, head32);
     assert!(
         (gpu_loss - cpu_loss).abs() <= 1e-5 * cpu_loss.abs().max(1.0),
@@ -153,7 +167,7 @@ fn check(
         "the gradients must not vanish for the check to mean anything"
     );
     assert_close(
-        &format!("{loss_kind} model gradients"),
+        &format!("{loss_kind} model gradients ({} kernels)", path.name()),
         &gpu_grads,
         &cpu_grads,
         1e-4 * scale as f64,
@@ -174,17 +188,31 @@ fn check(
     assert_gpu_matches_fd(&format!("gpu {loss_kind} model"), &gpu_grads, &fd, 1e-4);
 }
 
+// Each test runs the tape on every kernel path: the storage kernels, the texel kernels,
+// and the adapter's own mix (`auto`).
+const PATHS: [KernelPath; 3] = [KernelPath::Storage, KernelPath::Texels, KernelPath::Auto];
+
 #[test]
 fn contrastive_model_gradients_match_cpu_and_finite_differences() {
-    check(
-        LossKind::Contrastive,
-        contrastive_head::<f32>,
-        contrastive_head::<f64>,
-    );
+    for path in PATHS {
+        check(
+            path,
+            LossKind::Contrastive,
+            contrastive_head::<f32>,
+            contrastive_head::<f64>,
+        );
+    }
 }
 
 /// The anchor feeds two distances: its gradient is the sum the tape accumulates.
 #[test]
 fn triplet_model_gradients_match_cpu_and_finite_differences() {
-    check(LossKind::Triplet, triplet_head::<f32>, triplet_head::<f64>);
+    for path in PATHS {
+        check(
+            path,
+            LossKind::Triplet,
+            triplet_head::<f32>,
+            triplet_head::<f64>,
+        );
+    }
 }

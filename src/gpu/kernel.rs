@@ -156,3 +156,32 @@ pub fn grid_1d(groups: u32) -> [u32; 3] {
         [groups.div_ceil(y), y, 1]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{KernelPath, TexelOp};
+
+    const OPS: [TexelOp; 4] = [
+        TexelOp::ConvForward,
+        TexelOp::ConvGradInput,
+        TexelOp::ConvGradWeight,
+        TexelOp::Dense,
+    ];
+
+    #[test]
+    fn auto_takes_texels_throughout_on_cpus_and_for_conv_grad_weight_on_gpus() {
+        for op in OPS {
+            assert!(KernelPath::Auto.takes_texels(op, "Cpu"));
+            assert_eq!(
+                KernelPath::Auto.takes_texels(op, "DiscreteGpu"),
+                op == TexelOp::ConvGradWeight
+            );
+            assert!(KernelPath::Texels.takes_texels(op, "DiscreteGpu"));
+            assert!(!KernelPath::Storage.takes_texels(op, "Cpu"));
+        }
+        for name in ["auto", "storage", "texels"] {
+            assert_eq!(KernelPath::parse(name).map(KernelPath::name), Some(name));
+        }
+        assert_eq!(KernelPath::parse("fast"), None);
+    }
+}
