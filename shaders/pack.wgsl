@@ -29,9 +29,9 @@ struct PackParams {
     pad: u32,
     c4: u32,
     hp: u32,
-    wp: u32,
     flip: u32,
     unfold: u32,
+    _pad0: u32,
     _pad1: u32,
 }
 
@@ -40,6 +40,14 @@ struct PackParams {
 @group(0) @binding(2) var dst: texture_storage_2d<rgba32float, write>;
 
 const WG: u32 = 64u;
+
+// pack_nhwc4's divisors, as pipeline constants: integer division by a runtime value is done
+// lane by lane on a CPU (lavapipe), by a constant it is a multiply and a shift. The launcher
+// sets them to the layer's values (one pipeline per layer shape).
+override C4: u32 = 1u;      // texels per pixel
+override WU: u32 = 1u;      // packed row width
+override HP: u32 = 1u;      // padded height
+override UNFOLD: u32 = 1u;  // horizontal taps per channel
 
 fn texel_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.x + wid.y * nwg.x) * WG + lid;
@@ -54,11 +62,11 @@ fn pack_nhwc4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
               @builtin(local_invocation_index) lid: u32) {
     let i = texel_index(wid, nwg, lid);
     if i >= p.texels { return; }
-    let c4 = i % p.c4;
-    let pix = i / p.c4;
-    let wq = pix % p.wp;
-    let hq = (pix / p.wp) % p.hp;
-    let n = pix / (p.wp * p.hp);
+    let c4 = i % C4;
+    let pix = i / C4;
+    let wq = pix % WU;
+    let hq = (pix / WU) % HP;
+    let n = pix / (WU * HP);
     var v = vec4<f32>(0.0);
     // Unsigned wrap-around makes the pad-side test one comparison each way.
     let hs = hq - p.pad;
@@ -66,8 +74,8 @@ fn pack_nhwc4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         let plane = p.h * p.w;
         for (var j = 0u; j < 4u; j++) {
             let cu = 4u * c4 + j;
-            let ws = wq + cu % p.unfold - p.pad;
-            let c = cu / p.unfold;
+            let ws = wq + cu % UNFOLD - p.pad;
+            let c = cu / UNFOLD;
             if c < p.c && ws < p.w { v[j] = src[(n * p.c + c) * plane + hs * p.w + ws]; }
         }
     }

@@ -25,15 +25,15 @@ struct PackParams {
     pad: u32,
     c4: u32,
     hp: u32,
-    wp: u32,
     flip: u32,
     unfold: u32,
-    _pad: u32,
+    _pad: [u32; 2],
 }
 
 fn launch(
     gpu: &Gpu,
     entry: &'static str,
+    constants: &[(&'static str, f64)],
     params: PackParams,
     src: &Tensor,
     texels: usize,
@@ -48,7 +48,7 @@ fn launch(
     let dispatch = gpu.dispatch_with_texels(
         &SHADER,
         entry,
-        &[],
+        constants,
         &params,
         &[(1, src)],
         &[(2, &dst)],
@@ -85,11 +85,16 @@ pub fn nhwc4(gpu: &Gpu, x: &Tensor, pad: usize, unfold: usize) -> Result<(Kernel
         pad: u("pad", pad)?,
         c4: u("C4", c4)?,
         hp: u("HP", hp)?,
-        wp: u("WU", wu)?,
         unfold: u("unfold", unfold)?,
         ..Default::default()
     };
-    launch(gpu, OP, params, x, n * hp * wu * c4)
+    let constants = [
+        ("C4", c4 as f64),
+        ("WU", wu as f64),
+        ("HP", hp as f64),
+        ("UNFOLD", unfold as f64),
+    ];
+    launch(gpu, OP, &constants, params, x, n * hp * wu * c4)
 }
 
 /// Convolution weights `w [O, C, KH, KW]` as four output channels per texel, for the
@@ -120,7 +125,7 @@ pub fn conv_weight(gpu: &Gpu, w: &Tensor, flip: bool, unfold: usize) -> Result<(
         unfold: u("unfold", unfold)?,
         ..Default::default()
     };
-    launch(gpu, OP, params, w, kh * (kw / unfold) * ci4 * 4 * co4)
+    launch(gpu, OP, &[], params, w, kh * (kw / unfold) * ci4 * 4 * co4)
 }
 
 /// A matrix `a [R, K]` (or, `transposed`, the transpose of `a [K, R]`) as rows of
@@ -140,5 +145,5 @@ pub fn rows4(gpu: &Gpu, a: &Tensor, transposed: bool) -> Result<(Kernel, Texels)
         flip: transposed as u32,
         ..Default::default()
     };
-    launch(gpu, OP, params, a, r * k4)
+    launch(gpu, OP, &[], params, a, r * k4)
 }
