@@ -22,14 +22,20 @@
 
 struct PoolParams {
     planes: u32,  // N·C
-    h: u32,
-    w: u32,
-    oh: u32,      // (h − k)/s + 1
-    ow: u32,      // (w − k)/s + 1
-    k: u32,
-    s: u32,
-    _pad: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
+
+// The plane and window sizes are pipeline constants (one pipeline per layer shape): the
+// index arithmetic divides by them, which a CPU (lavapipe) does lane by lane for a runtime
+// divisor but as a multiply and a shift for a constant one.
+override H: u32;
+override W: u32;
+override OH: u32;  // (H − K)/S + 1
+override OW: u32;  // (W − K)/S + 1
+override K: u32;
+override S: u32;
 
 @group(0) @binding(0) var<uniform> p: PoolParams;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -48,33 +54,33 @@ fn linear_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
 // The first window row (or column) containing input row `i`: the smallest o with
 // o·s + k > i, i.e. ⌈(i − k + 1)/s⌉ clamped at 0 (written to stay in unsigned arithmetic).
 fn first_window(i: u32) -> u32 {
-    if i + 1u < p.k { return 0u; }
-    return (i + 1u - p.k + p.s - 1u) / p.s;
+    if i + 1u < K { return 0u; }
+    return (i + 1u - K + S - 1u) / S;
 }
 
 // The last window row (or column) containing input row `i`, given `count` windows: the
 // largest o with o·s ≤ i. May be below first_window(i) when i falls in a gap (s > k) or in
 // the trailing rows no window reaches: the loops then run zero times.
 fn last_window(i: u32, count: u32) -> u32 {
-    return min(i / p.s, count - 1u);
+    return min(i / S, count - 1u);
 }
 
 @compute @workgroup_size(WG)
 fn max_pool2d_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
     let o = linear_index(wid, nwg, lid);
-    if o >= p.planes * p.oh * p.ow { return; }
-    let ox = o % p.ow;
-    let oy = (o / p.ow) % p.oh;
-    let base = (o / (p.ow * p.oh)) * p.h * p.w;
-    let corner = oy * p.s * p.w + ox * p.s;
+    if o >= p.planes * OH * OW { return; }
+    let ox = o % OW;
+    let oy = (o / OW) % OH;
+    let base = (o / (OW * OH)) * H * W;
+    let corner = oy * S * W + ox * S;
     // Start from the window's first element rather than −∞, so argmax is always a valid
     // index; strict `>` keeps the first of equal maxima (PyTorch's rule).
     var best_idx = corner;
     var best = x[base + corner];
-    for (var ky = 0u; ky < p.k; ky++) {
-        for (var kx = 0u; kx < p.k; kx++) {
-            let idx = corner + ky * p.w + kx;
+    for (var ky = 0u; ky < K; ky++) {
+        for (var kx = 0u; kx < K; kx++) {
+            let idx = corner + ky * W + kx;
             let v = x[base + idx];
             if v > best {
                 best = v;
@@ -90,20 +96,20 @@ fn max_pool2d_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
 fn max_pool2d_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                        @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wid, nwg, lid);
-    if i >= p.planes * p.h * p.w { return; }
-    let ix = i % p.w;
-    let iy = (i / p.w) % p.h;
-    let plane = i / (p.w * p.h);
-    let idx = iy * p.w + ix;
-    let out_base = plane * p.oh * p.ow;
-    let oy_end = last_window(iy, p.oh) + 1u;
-    let ox_end = last_window(ix, p.ow) + 1u;
+    if i >= p.planes * H * W { return; }
+    let ix = i % W;
+    let iy = (i / W) % H;
+    let plane = i / (W * H);
+    let idx = iy * W + ix;
+    let out_base = plane * OH * OW;
+    let oy_end = last_window(iy, OH) + 1u;
+    let ox_end = last_window(ix, OW) + 1u;
     // Windows in row-major order: the same order in which a scatter over the outputs would
     // add them, so overlapping windows sum identically either way.
     var sum = 0.0;
     for (var oy = first_window(iy); oy < oy_end; oy++) {
         for (var ox = first_window(ix); ox < ox_end; ox++) {
-            let o = out_base + oy * p.ow + ox;
+            let o = out_base + oy * OW + ox;
             if argmax[o] == idx { sum += dy[o]; }
         }
     }
@@ -117,27 +123,27 @@ fn max_pool2d_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
 fn max_pool2d_backward_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                              @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wid, nwg, lid);
-    let ch = (p.h + p.k - 1u) / p.k;
-    let cw = (p.w + p.k - 1u) / p.k;
+    let ch = (H + K - 1u) / K;
+    let cw = (W + K - 1u) / K;
     if i >= p.planes * ch * cw { return; }
     let cx = i % cw;
     let cy = (i / cw) % ch;
     let plane = i / (cw * ch);
     var g = 0.0;
     var chosen = 0xffffffffu;
-    if cy < p.oh && cx < p.ow {
-        let o = (plane * p.oh + cy) * p.ow + cx;
+    if cy < OH && cx < OW {
+        let o = (plane * OH + cy) * OW + cx;
         g = dy[o];
         chosen = argmax[o];
     }
-    let base = plane * p.h * p.w;
-    for (var ky = 0u; ky < p.k; ky++) {
-        let iy = cy * p.k + ky;
-        if iy >= p.h { break; }
-        for (var kx = 0u; kx < p.k; kx++) {
-            let ix = cx * p.k + kx;
-            if ix >= p.w { break; }
-            let idx = iy * p.w + ix;
+    let base = plane * H * W;
+    for (var ky = 0u; ky < K; ky++) {
+        let iy = cy * K + ky;
+        if iy >= H { break; }
+        for (var kx = 0u; kx < K; kx++) {
+            let ix = cx * K + kx;
+            if ix >= W { break; }
+            let idx = iy * W + ix;
             dx[base + idx] = select(0.0, g, idx == chosen);
         }
     }
@@ -147,35 +153,35 @@ fn max_pool2d_backward_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
 fn avg_pool2d_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
     let o = linear_index(wid, nwg, lid);
-    if o >= p.planes * p.oh * p.ow { return; }
-    let ox = o % p.ow;
-    let oy = (o / p.ow) % p.oh;
-    let start = (o / (p.ow * p.oh)) * p.h * p.w + oy * p.s * p.w + ox * p.s;
+    if o >= p.planes * OH * OW { return; }
+    let ox = o % OW;
+    let oy = (o / OW) % OH;
+    let start = (o / (OW * OH)) * H * W + oy * S * W + ox * S;
     var sum = 0.0;
-    for (var ky = 0u; ky < p.k; ky++) {
-        for (var kx = 0u; kx < p.k; kx++) {
-            sum += x[start + ky * p.w + kx];
+    for (var ky = 0u; ky < K; ky++) {
+        for (var kx = 0u; kx < K; kx++) {
+            sum += x[start + ky * W + kx];
         }
     }
-    y[o] = sum / f32(p.k * p.k);
+    y[o] = sum / f32(K * K);
 }
 
 @compute @workgroup_size(WG)
 fn avg_pool2d_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                        @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wid, nwg, lid);
-    if i >= p.planes * p.h * p.w { return; }
-    let ix = i % p.w;
-    let iy = (i / p.w) % p.h;
-    let out_base = (i / (p.w * p.h)) * p.oh * p.ow;
-    let oy_end = last_window(iy, p.oh) + 1u;
-    let ox_end = last_window(ix, p.ow) + 1u;
+    if i >= p.planes * H * W { return; }
+    let ix = i % W;
+    let iy = (i / W) % H;
+    let out_base = (i / (W * H)) * OH * OW;
+    let oy_end = last_window(iy, OH) + 1u;
+    let ox_end = last_window(ix, OW) + 1u;
     var sum = 0.0;
     for (var oy = first_window(iy); oy < oy_end; oy++) {
         for (var ox = first_window(ix); ox < ox_end; ox++) {
-            sum += dy[out_base + oy * p.ow + ox];
+            sum += dy[out_base + oy * OW + ox];
         }
     }
     // Every window has k² elements, so the 1/k² factors out of the sum.
-    dx[i] = sum / f32(p.k * p.k);
+    dx[i] = sum / f32(K * K);
 }

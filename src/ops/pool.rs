@@ -24,8 +24,8 @@ pub const SHADER: Shader = Shader {
 /// Invocations per workgroup (one output element, or one input element, each).
 const WG: u32 = 256;
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
+/// The sizes of one pooling, as the launchers check them.
+#[derive(Clone, Copy)]
 struct PoolParams {
     planes: u32,
     h: u32,
@@ -34,7 +34,14 @@ struct PoolParams {
     ow: u32,
     k: u32,
     s: u32,
-    _pad: u32,
+}
+
+/// The uniform the shader reads; the sizes go in as pipeline constants (see the shader).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct PlaneCount {
+    planes: u32,
+    _pad: [u32; 3],
 }
 
 /// (OH, OW) of a `kernel`×`kernel` pooling with `stride` over an H×W plane, or an error
@@ -86,7 +93,6 @@ fn check(
         ow: to_u32(op, "OW", ow)?,
         k: to_u32(op, "kernel", kernel)?,
         s: to_u32(op, "stride", stride)?,
-        _pad: 0,
     };
     Ok((params, [n, c, oh, ow]))
 }
@@ -99,11 +105,24 @@ fn launch(
     invocations: usize,
 ) -> Result<Kernel> {
     let groups = (invocations as u32).div_ceil(WG);
+    let constants = [
+        ("WG", WG as f64),
+        ("H", params.h as f64),
+        ("W", params.w as f64),
+        ("OH", params.oh as f64),
+        ("OW", params.ow as f64),
+        ("K", params.k as f64),
+        ("S", params.s as f64),
+    ];
+    let uniform = PlaneCount {
+        planes: params.planes,
+        _pad: [0; 3],
+    };
     Ok(Kernel::single(gpu.dispatch(
         &SHADER,
         entry,
-        &[("WG", WG as f64)],
-        params,
+        &constants,
+        &uniform,
         bindings,
         grid_1d(groups),
     )?))
