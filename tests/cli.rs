@@ -5,43 +5,20 @@
 //! byte for byte. A process killed at random moments (SIGKILL) resumes to the weights of an
 //! uninterrupted run.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use siamese_gpu::checkpoint;
 use siamese_gpu::data::idx::encode_idx;
+use support::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_siamese");
 const TOWER: &str = "conv 4 3 | relu | maxpool 2 | flatten | dense 16";
-
-/// A fresh directory under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("siamese-cli-test-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A deterministic byte stream (64-bit LCG), so the data needs no seeded RNG crate.
 struct Lcg(u64);

@@ -6,9 +6,10 @@
 //! correct sampler would exceed with probability about 1e-5 or less (stated at each one);
 //! the alternative they guard against misses the bound by orders of magnitude.
 
+mod support;
+
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
@@ -19,34 +20,10 @@ use siamese_gpu::data::dataset::{
 use siamese_gpu::data::idx::{encode_idx, parse_idx, read_idx};
 use siamese_gpu::data::sampler::{PairSampler, TripletSampler, balanced_pairs, try_balanced_pairs};
 use siamese_gpu::ops::loss::PairLabel;
+use support::TempDir;
 
 // ---------------------------------------------------------------------------------------
 // helpers
-
-/// A fresh, empty directory under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("siamese-gpu-test-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut enc = GzEncoder::new(Vec::new(), Compression::default());
