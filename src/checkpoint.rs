@@ -5,6 +5,7 @@
 //! Files are written to a temporary name and renamed, so an existing one is never left
 //! half-written.
 
+pub use crate::files::write_atomic;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -81,15 +82,6 @@ pub fn save_checkpoint(
         .map_err(|e| Error::Config(format!("cannot serialise the checkpoint: {e}")))?;
     write_atomic(path, &buffer)
         .map_err(|e| Error::Data(format!("cannot write {}: {e}", path.display())))
-}
-
-/// Writes `bytes` to `path` through a temporary file beside it (`<name>.tmp`) and a rename,
-/// so that an existing file is never left half-written.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }
 
 /// Reads weights written by [`save_weights`] for `model`, checking every tensor's name and

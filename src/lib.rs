@@ -13,11 +13,14 @@ pub mod cpu;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod files;
 pub mod gpu;
 pub mod model;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+#[cfg(feature = "report")]
+pub mod report;
 #[cfg(feature = "cli")]
 pub mod sweep;
 pub mod train;

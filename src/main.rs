@@ -26,6 +26,7 @@ use siamese_gpu::model::LossKind;
 use siamese_gpu::model::SiameseModel;
 use siamese_gpu::ops::gather;
 use siamese_gpu::ops::gather::PixelNorm;
+use siamese_gpu::report::{verification_json, write_report};
 use siamese_gpu::sweep::{self, Axis, Metrics, Outcome, RankBy};
 use siamese_gpu::train::{self, Progress, RunControl, TrainConfig, TrainReport, TrainingState};
 use siamese_gpu::{Gpu, TexelOp};
@@ -624,10 +625,11 @@ fn progress_json(p: &Progress) -> serde_json::Value {
             loss,
             accuracy,
             roc_auc,
+            train_accuracy,
             pairs_per_sec,
         } => json!({
             "event": "validation", "pairs": pairs, "loss": num(*loss), "val_pair_accuracy": accuracy,
-            "val_roc_auc": roc_auc, "pairs_per_sec": pairs_per_sec,
+            "val_roc_auc": roc_auc, "train_pair_accuracy": train_accuracy, "pairs_per_sec": pairs_per_sec,
         }),
         Progress::Profile {
             step,
@@ -852,6 +854,19 @@ fn train_run(
                 None => format!("{e} (without --out RUN_DIR nothing was saved)"),
             });
         }
+        Err(siamese_gpu::Error::Diverged { message, diagnosis }) => {
+            // The doctor still reads what the run did before it blew up.
+            eprintln!("{diagnosis}");
+            if let Some(dir) = out {
+                write_report(dir, &diagnosis, json!({}))
+                    .map_err(|e| format!("{message}; and report.json could not be written: {e}"))?;
+                return Err(format!(
+                    "{message} (the doctor's report is in {})",
+                    dir.display()
+                ));
+            }
+            return Err(message);
+        }
         Err(e) => return Err(e.to_string()),
     };
     let result = result_json(&report, &cfg);
@@ -859,6 +874,11 @@ fn train_run(
         let text = serde_json::to_string_pretty(&result).expect("JSON");
         write_atomic(&dir.join("result.json"), text.as_bytes())
             .map_err(|e| format!("cannot write result.json: {e}"))?;
+        let metrics = json!({
+            "verification": verification_json(&report.diagnosis.evidence, &report.test),
+        });
+        write_report(dir, &report.diagnosis, metrics)
+            .map_err(|e| format!("cannot write the report: {e}"))?;
     }
     Ok((report, result))
 }
@@ -883,12 +903,21 @@ fn run_train(args: &TrainArgs, matches: &ArgMatches) -> Result<(), String> {
         (None, Some(out)) => RunDir::Fresh(out),
         (None, None) => RunDir::None,
     };
+    let out = args.resume.as_ref().or(args.out.as_ref()).cloned();
     let (report, result) = train_run(&gpu, &settings, dir, args.profile)?;
     print_test(&report.test);
     println!(
         "{} training pairs in {:.0} s ({:.0} pairs/s), {:.0} s in all, on {}",
         report.train_pairs, report.train_s, report.pairs_per_sec, report.wall_s, report.adapter
     );
+    println!("{}", report.diagnosis);
+    match out {
+        Some(dir) => println!(
+            "report.json and plots (curves, distances, roc, embeddings_pca .svg) in {}",
+            dir.display()
+        ),
+        None => println!("add --out RUN_DIR to keep the model, report.json and the plots"),
+    }
     if args.json {
         println!("{result}");
     }

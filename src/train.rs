@@ -19,7 +19,10 @@ use crate::autograd::Tape;
 use crate::data::dataset::{self, DataOptions, ImageSet};
 use crate::data::sampler::{PairBatch, PairSampler, TripletBatch, TripletSampler};
 use crate::error::{Error, Result};
+use crate::eval::doctor::{Diagnosis, Evidence, GradSample, PairScores, ValidationPoint};
 use crate::eval::embed::Embedder;
+use crate::eval::embedding_stats::{embedding_stats, pca_2d};
+use crate::eval::probe;
 use crate::eval::protocol::{PairProtocol, Validation};
 use crate::eval::verification::Verification;
 use crate::gpu::{DType, Gpu, Kernel, Profiler, Tensor};
@@ -65,6 +68,15 @@ pub struct TrainConfig {
     pub eval_chunk: usize,
     /// Time every kernel of the last step with timestamp queries and report the breakdown.
     pub profile: bool,
+    /// Balanced pairs of training images scored at every validation, for the train/validation
+    /// gap (0: none).
+    pub train_eval_pairs: usize,
+    /// Test images embedded after training for the doctor's spread statistics and the PCA
+    /// plot (a seeded sample when the test set is larger).
+    pub doctor_images: usize,
+    /// Swap Same and Different in every training pair: reproduces the inverted-labels bug, so
+    /// that the doctor can be shown (and tested) recognising it. Never set in a real run.
+    pub invert_pair_labels: bool,
 }
 
 impl Default for TrainConfig {
@@ -95,6 +107,9 @@ impl Default for TrainConfig {
             pixel_norm: PixelNorm::UNIT,
             eval_chunk: 500,
             profile: false,
+            train_eval_pairs: 2_000,
+            doctor_images: 10_000,
+            invert_pair_labels: false,
         }
     }
 }
@@ -153,10 +168,11 @@ impl TrainConfig {
             || self.eval_every == 0
             || self.eval_chunk == 0
             || self.log_every == 0
+            || self.doctor_images < 2
         {
             return bad(
                 "val_pairs, test_pairs, eval_every (the validation interval), the eval chunk and \
-                 the log interval must be at least 1"
+                 the log interval must be at least 1, and doctor_images at least 2"
                     .into(),
             );
         }
@@ -184,12 +200,13 @@ pub enum Progress {
         lr: f32,
         pairs_per_sec: f64,
     },
-    /// A validation pass.
+    /// A validation pass (and the training pairs' accuracy, if they are scored).
     Validation {
         pairs: usize,
         loss: f32,
         accuracy: f64,
         roc_auc: f64,
+        train_accuracy: Option<f64>,
         pairs_per_sec: f64,
     },
     /// Time of every dispatch of one step, in recording order (milliseconds): device
@@ -236,12 +253,19 @@ impl std::fmt::Display for Progress {
                 loss,
                 accuracy,
                 roc_auc,
+                train_accuracy,
                 pairs_per_sec,
-            } => write!(
-                f,
-                "validation after {pairs} pairs: loss {loss:.4}  val pair accuracy {accuracy:.4}  \
-                 ROC AUC {roc_auc:.4}  {pairs_per_sec:.0} pairs/s"
-            ),
+            } => {
+                write!(
+                    f,
+                    "validation after {pairs} pairs: loss {loss:.4}  val pair accuracy {accuracy:.4}  \
+                     ROC AUC {roc_auc:.4}"
+                )?;
+                if let Some(t) = train_accuracy {
+                    write!(f, "  (train pairs {t:.4})")?;
+                }
+                write!(f, "  {pairs_per_sec:.0} pairs/s")
+            }
             Progress::Profile {
                 step,
                 host_timed,
@@ -295,6 +319,8 @@ pub struct TrainReport {
     /// The trained model and its final parameters (its flat layout).
     pub model: SiameseModel,
     pub params: Vec<f32>,
+    /// What the run looked like, and what the doctor made of it.
+    pub diagnosis: Diagnosis,
 }
 
 /// The dataset on the host and its packed copies on the GPU.
@@ -325,6 +351,10 @@ pub struct TrainStep<'g> {
     codes: Vec<u32>,
     loss_log: Tensor,
     logged: usize,
+    invert_labels: bool,
+    /// Same pairs and all pairs sampled so far (pair losses).
+    pub sampled_same: u64,
+    pub sampled_pairs: u64,
 }
 
 impl<'g> TrainStep<'g> {
@@ -367,6 +397,9 @@ impl<'g> TrainStep<'g> {
             codes: Vec::new(),
             loss_log: gpu.zeros(&[cfg.log_every], DType::F32)?,
             logged: 0,
+            invert_labels: cfg.invert_pair_labels && cfg.loss != LossKind::Triplet,
+            sampled_same: 0,
+            sampled_pairs: 0,
         })
     }
 
@@ -380,6 +413,17 @@ impl<'g> TrainStep<'g> {
         );
         self.sampler
             .next(self.batch, &mut self.idx, &mut self.codes);
+        if self.sampler.is_pairs() {
+            let same = PairLabel::Same.code();
+            self.sampled_same += self.codes.iter().filter(|&&c| c == same).count() as u64;
+            self.sampled_pairs += self.codes.len() as u64;
+            if self.invert_labels {
+                let different = PairLabel::Different.code();
+                for c in &mut self.codes {
+                    *c = if *c == same { different } else { same };
+                }
+            }
+        }
         self.gpu.write_u32(&self.indices, &self.idx)?;
         self.gpu.write_u32(&self.labels, &self.codes)?;
         let lr = self.optimizer.prepare(self.gpu)?;
@@ -563,13 +607,27 @@ pub fn train_with(
         }
     };
     let embedder = Embedder::new(gpu, &model, &params, cfg.pixel_norm, cfg.eval_chunk)?;
-    let evaluator = PairProtocol::new(
+    let mut evaluator = PairProtocol::new(
         gpu,
         &params,
         &model,
         (&data.sets.val.labels, cfg.val_pairs),
         (&data.sets.test.labels, cfg.test_pairs),
     );
+    if cfg.train_eval_pairs > 0 {
+        evaluator = evaluator.with_train_pairs(train_labels, cfg.train_eval_pairs);
+    }
+    let layers = LayerGroups::new(&model);
+    let mut evidence = Evidence {
+        loss: Some(cfg.loss),
+        margin: cfg.margin,
+        distance: Some(cfg.distance),
+        normalized: cfg.normalize,
+        layers: layers.names.clone(),
+        class_disjoint: !cfg.dataset.held_out_classes.is_empty(),
+        initial_weight_norm: layers.sample(gpu, &params, &grads, start)?.weight_norm,
+        ..Default::default()
+    };
     // lavapipe's timestamps do not bracket dispatches that read textures (the time lands in
     // one pass), so CPU adapters, and adapters without timestamps, are timed from the host.
     let host_timed = gpu.adapter().device_type == "Cpu";
@@ -624,13 +682,25 @@ pub fn train_with(
             // 1-based number of the first step in this read.
             let first = step + 2 - step_program.pending();
             let new = step_program.take_losses()?;
+            evidence
+                .grads
+                .push(layers.sample(gpu, &params, &grads, step + 1)?);
             if let Some(bad) = new.iter().position(|l| !l.is_finite()) {
-                return Err(Error::Training(format!(
+                let message = format!(
                     "the loss became {} at step {} (lr {lr}): the learning rate is probably too high for this \
                      model; lower --lr (e.g. by 10×)",
                     new[bad],
                     first + bad
-                )));
+                );
+                losses.extend_from_slice(&new[..bad]);
+                evidence.losses = losses;
+                evidence.diverged = Some(message.clone());
+                evidence.sampled_same = step_program.sampled_same;
+                evidence.sampled_pairs = step_program.sampled_pairs;
+                return Err(Error::Diverged {
+                    message,
+                    diagnosis: Box::new(Diagnosis::new(evidence)),
+                });
             }
             losses.extend_from_slice(&new);
             let elapsed = lap.elapsed().as_secs_f64();
@@ -646,12 +716,21 @@ pub fn train_with(
             if validate {
                 save(&step_program, step + 1)?;
                 last_val = evaluator.validate(&embedder, &data.val)?;
+                let train_accuracy = evaluator.train_accuracy(&embedder, &data.train)?;
                 let recent = &losses[losses.len().saturating_sub(cfg.eval_every / cfg.batch)..];
+                evidence.validations.push(ValidationPoint {
+                    pairs: pairs_done,
+                    loss: mean(recent),
+                    accuracy: last_val.accuracy,
+                    roc_auc: last_val.roc_auc,
+                    train_accuracy,
+                });
                 report(&Progress::Validation {
                     pairs: pairs_done,
                     loss: mean(recent),
                     accuracy: last_val.accuracy,
                     roc_auc: last_val.roc_auc,
+                    train_accuracy,
                     pairs_per_sec: ((step + 1 - start) * cfg.batch) as f64 / train_s.max(1e-9),
                 });
             }
@@ -676,7 +755,47 @@ pub fn train_with(
         });
     }
 
-    let test = evaluator.test(&embedder, &data.test, &last_val)?;
+    let (test, test_scores) = evaluator.test_scored(&embedder, &data.test, &last_val)?;
+
+    // The doctor's look at the trained model: the test embeddings' spread, ReLU activity on
+    // validation images, and the distance distributions of the last validation.
+    let test_set = &data.sets.test;
+    let sample = seeded_sample(test_set.count, cfg.doctor_images, cfg.seed);
+    let embedded = embedder.embed_indices(&data.test, &sample)?;
+    let dim = embedder.dim();
+    evidence.embeddings = Some(embedding_stats(&embedded, sample.len(), dim, cfg.seed));
+    let pca_rows = sample.len().min(PCA_POINTS);
+    let (points, explained) = pca_2d(&embedded[..pca_rows * dim], pca_rows, dim);
+    evidence.pca = points;
+    evidence.pca_labels = sample[..pca_rows]
+        .iter()
+        .map(|&i| test_set.labels[i as usize])
+        .collect();
+    evidence.pca_explained = explained;
+    evidence.test_classes = data.sets.test_classes.clone();
+    let probe: Vec<u32> = (0..data.sets.val.count.min(PROBE_IMAGES) as u32).collect();
+    if !probe.is_empty() {
+        evidence.relu =
+            probe::relu_activity(gpu, &model, &params, cfg.pixel_norm, &data.val, &probe)?;
+    }
+    evidence.val = PairScores {
+        scores: last_val.scores.clone(),
+        labels: evaluator.val_labels().to_vec(),
+    };
+    evidence.val_accuracy = last_val.accuracy;
+    evidence.val_threshold = last_val.threshold;
+    evidence.val_roc_auc = last_val.roc_auc;
+    evidence.train_accuracy = evidence.validations.last().and_then(|v| v.train_accuracy);
+    evidence.test_accuracy = Some(test.accuracy);
+    evidence.test = PairScores {
+        scores: test_scores,
+        labels: evaluator.test_labels().to_vec(),
+    };
+    evidence.sampled_same = step_program.sampled_same;
+    evidence.sampled_pairs = step_program.sampled_pairs;
+    evidence.losses = losses.clone();
+    let diagnosis = Diagnosis::new(evidence);
+
     let head = |v: &[f32]| mean(&v[..v.len().min(20)]);
     let tail = |v: &[f32]| mean(&v[v.len().saturating_sub(20)..]);
     Ok(TrainReport {
@@ -694,7 +813,83 @@ pub fn train_with(
         losses,
         params: gpu.read_f32(&params)?,
         model,
+        diagnosis,
     })
+}
+
+/// Points in the PCA plot.
+const PCA_POINTS: usize = 3_000;
+/// Validation images the ReLU probe runs on.
+const PROBE_IMAGES: usize = 256;
+
+/// `min(n, k)` distinct indices below `n` in a seeded random order (all of them, shuffled,
+/// when `n ≤ k`).
+fn seeded_sample(n: usize, k: usize, seed: u64) -> Vec<u32> {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    let mut all: Vec<u32> = (0..n as u32).collect();
+    all.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed));
+    all.truncate(k);
+    all
+}
+
+/// The model's parameters grouped by layer (weight and bias together), for the doctor's
+/// per-layer gradient norms.
+struct LayerGroups {
+    names: Vec<String>,
+    /// (offset, len) of each layer's parameters in the flat buffer.
+    spans: Vec<Vec<(usize, usize)>>,
+}
+
+impl LayerGroups {
+    fn new(model: &SiameseModel) -> Self {
+        let (mut names, mut spans): (Vec<String>, Vec<Vec<(usize, usize)>>) = (vec![], vec![]);
+        for p in &model.layout.params {
+            let prefix = p.name.rsplit_once('.').map_or(p.name.as_str(), |(a, _)| a);
+            // `tower.<i>` names the spec's layer i.
+            let name = match prefix
+                .strip_prefix("tower.")
+                .and_then(|i| i.parse::<usize>().ok())
+                .and_then(|i| model.tower.spec.layers.get(i))
+            {
+                Some(layer) => format!("{prefix} ({layer})"),
+                None => prefix.to_string(),
+            };
+            if names.last() != Some(&name) {
+                names.push(name);
+                spans.push(Vec::new());
+            }
+            spans
+                .last_mut()
+                .expect("pushed above")
+                .push((p.offset, p.len()));
+        }
+        LayerGroups { names, spans }
+    }
+
+    /// Every layer's ‖∇w‖ and ‖w‖ now (the gradient of the last step submitted).
+    fn sample(
+        &self,
+        gpu: &Gpu,
+        params: &Tensor,
+        grads: &Tensor,
+        step: usize,
+    ) -> Result<GradSample> {
+        let (p, g) = (gpu.read_f32(params)?, gpu.read_f32(grads)?);
+        let norm = |flat: &[f32], spans: &[(usize, usize)]| {
+            spans
+                .iter()
+                .flat_map(|&(o, n)| &flat[o..o + n])
+                .map(|&x| (x as f64) * (x as f64))
+                .sum::<f64>()
+                .sqrt()
+        };
+        Ok(GradSample {
+            step,
+            grad_norm: self.spans.iter().map(|s| norm(&g, s)).collect(),
+            weight_norm: self.spans.iter().map(|s| norm(&p, s)).collect(),
+        })
+    }
 }
 
 /// Refuses a batch whose largest activation would exceed one storage binding of the device,
@@ -732,6 +927,10 @@ enum BatchSampler {
 }
 
 impl BatchSampler {
+    fn is_pairs(&self) -> bool {
+        matches!(self, BatchSampler::Pairs(..))
+    }
+
     fn new(cfg: &TrainConfig, labels: &[u8]) -> Result<Self> {
         Ok(match cfg.loss {
             LossKind::Triplet => BatchSampler::Triplets(

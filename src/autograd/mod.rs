@@ -101,6 +101,14 @@ impl<'g> Tape<'g> {
         self.entries.iter().map(|e| e.op).collect()
     }
 
+    /// Each recorded op's name and the value it produced, in forward order (ops that only
+    /// write gradients are left out).
+    pub fn outputs(&self) -> impl Iterator<Item = (&'static str, &Tensor)> {
+        self.entries
+            .iter()
+            .filter_map(|e| e.output.map(|id| (e.op, &self.values[id].tensor)))
+    }
+
     /// Every forward kernel, in order.
     pub fn forward_kernels(&self) -> impl Iterator<Item = &Kernel> {
         self.entries.iter().flat_map(|e| e.forward.iter())

@@ -12,16 +12,20 @@ use crate::eval::verification::{self, Verification};
 use crate::gpu::{Gpu, Tensor};
 use crate::model::{LossKind, SiameseModel};
 use crate::ops::distance::Distance;
+use crate::ops::loss::PairLabel;
 
 /// Seeds of the evaluation pairs: fixed, so every run is scored on the same pairs.
 pub const VAL_PAIR_SEED: u64 = 1234;
 pub const TEST_PAIR_SEED: u64 = 4321;
+pub const TRAIN_PAIR_SEED: u64 = 2468;
 
 /// A validation pass: accuracy at its own best threshold, ROC AUC, and the scores, which
 /// choose the test threshold.
 #[derive(Debug, Clone, Default)]
 pub struct Validation {
     pub accuracy: f64,
+    /// The threshold that gave `accuracy`.
+    pub threshold: f32,
     pub roc_auc: f64,
     pub scores: Vec<f32>,
 }
@@ -33,6 +37,7 @@ pub struct PairProtocol<'g> {
     model: SiameseModel,
     val_pairs: PairBatch,
     test_pairs: PairBatch,
+    train_pairs: Option<PairBatch>,
 }
 
 impl<'g> PairProtocol<'g> {
@@ -50,7 +55,34 @@ impl<'g> PairProtocol<'g> {
             model: model.clone(),
             val_pairs: balanced_pairs(val.0, val.1, VAL_PAIR_SEED),
             test_pairs: balanced_pairs(test.0, test.1, TEST_PAIR_SEED),
+            train_pairs: None,
         }
+    }
+
+    /// Also draws `n` balanced pairs of training images (labels `labels`), scored like the
+    /// validation pairs to measure the train/validation gap.
+    pub fn with_train_pairs(mut self, labels: &[u8], n: usize) -> Self {
+        self.train_pairs = Some(balanced_pairs(labels, n, TRAIN_PAIR_SEED));
+        self
+    }
+
+    pub fn val_labels(&self) -> &[PairLabel] {
+        &self.val_pairs.labels
+    }
+
+    pub fn test_labels(&self) -> &[PairLabel] {
+        &self.test_pairs.labels
+    }
+
+    /// Accuracy of the training pairs of the packed training `images` at their own best
+    /// threshold (None without [`with_train_pairs`](Self::with_train_pairs)).
+    pub fn train_accuracy(&self, embedder: &Embedder, images: &Tensor) -> Result<Option<f64>> {
+        let Some(pairs) = &self.train_pairs else {
+            return Ok(None);
+        };
+        let scores = self.scores(embedder, images, pairs)?;
+        let t = verification::best_threshold(&scores, &pairs.labels);
+        Ok(Some(verification::pair_accuracy(&scores, &pairs.labels, t)))
     }
 
     /// A score per pair from the embeddings of the images the pairs use (each embedded once).
@@ -100,6 +132,7 @@ impl<'g> PairProtocol<'g> {
         let t = verification::best_threshold(&scores, labels);
         Ok(Validation {
             accuracy: verification::pair_accuracy(&scores, labels, t),
+            threshold: t,
             roc_auc: verification::roc_auc(&scores, labels),
             scores,
         })
@@ -112,12 +145,23 @@ impl<'g> PairProtocol<'g> {
         images: &Tensor,
         val: &Validation,
     ) -> Result<Verification> {
+        Ok(self.test_scored(embedder, images, val)?.0)
+    }
+
+    /// [`test`](Self::test), and the test pairs' scores.
+    pub fn test_scored(
+        &self,
+        embedder: &Embedder,
+        images: &Tensor,
+        val: &Validation,
+    ) -> Result<(Verification, Vec<f32>)> {
         let scores = self.scores(embedder, images, &self.test_pairs)?;
-        Ok(verification::verify(
+        let v = verification::verify(
             &val.scores,
             &self.val_pairs.labels,
             &scores,
             &self.test_pairs.labels,
-        ))
+        );
+        Ok((v, scores))
     }
 }

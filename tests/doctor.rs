@@ -1,0 +1,228 @@
+//! The doctor on real runs: each classic failure, crafted on Fashion-MNIST, gets its finding,
+//! and a healthy run of the reference recipe gets none of them. Runs are small (a few dozen
+//! steps, 1,000 evaluation pairs) so the file takes about a minute on lavapipe.
+
+mod support;
+
+use std::path::Path;
+
+use siamese_gpu::Gpu;
+use siamese_gpu::data::dataset::DEFAULT_DATA_DIR;
+use siamese_gpu::data::idx;
+use siamese_gpu::eval::doctor::{Diagnosis, Severity};
+use siamese_gpu::train::{self, TrainConfig};
+use support::TempDir;
+
+const IDS: [&str; 10] = [
+    "embedding_collapse",
+    "dead_relu",
+    "vanishing_gradient",
+    "exploding_gradient",
+    "margin_too_small",
+    "margin_too_large",
+    "inverted_labels",
+    "chance_accuracy",
+    "overfitting",
+    "pair_imbalance",
+];
+
+fn data_present() -> bool {
+    let present = Path::new(DEFAULT_DATA_DIR)
+        .join("train-images-idx3-ubyte.gz")
+        .exists();
+    if !present {
+        eprintln!(
+            "Fashion-MNIST not found: apt-get install dataset-fashion-mnist to run this test"
+        );
+    }
+    present
+}
+
+/// A short run with small evaluation sets.
+fn small(pairs: usize) -> TrainConfig {
+    TrainConfig {
+        data: Some(DEFAULT_DATA_DIR.into()),
+        pairs,
+        val_images: Some(1000),
+        val_pairs: 1000,
+        test_pairs: 1000,
+        train_eval_pairs: 1000,
+        doctor_images: 1000,
+        eval_every: pairs,
+        ..TrainConfig::default()
+    }
+}
+
+/// The diagnosis of a run, finished or diverged.
+fn diagnose(cfg: &TrainConfig) -> Diagnosis {
+    let gpu = Gpu::new().unwrap_or_else(|e| panic!("{e}"));
+    let diagnosis = match train::train(&gpu, cfg, &mut |_| ()) {
+        Ok(report) => report.diagnosis,
+        Err(siamese_gpu::Error::Diverged { diagnosis, .. }) => *diagnosis,
+        Err(e) => panic!("{e}"),
+    };
+    let e = &diagnosis.evidence;
+    eprintln!(
+        "val accuracy {:.3}, AUC {:.3}; embeddings {:?}\n{diagnosis}",
+        e.val_accuracy,
+        e.val_roc_auc,
+        e.embeddings
+            .as_ref()
+            .map(|s| (s.mean_pairwise_distance, s.mean_norm, s.effective_rank))
+    );
+    diagnosis
+}
+
+fn has(d: &Diagnosis, id: &str, at_least: Severity) -> bool {
+    d.findings
+        .iter()
+        .any(|f| f.id == id && f.severity >= at_least)
+}
+
+#[track_caller]
+fn assert_finds(d: &Diagnosis, id: &str, at_least: Severity) {
+    assert!(
+        has(d, id, at_least),
+        "expected `{id}` at {at_least} or worse; found:\n{d}"
+    );
+}
+
+#[test]
+fn a_healthy_run_reports_nothing() {
+    if !data_present() {
+        return;
+    }
+    let d = diagnose(&small(3072));
+    assert!(!d.failed(), "a healthy run reported a failure:\n{d}");
+    for id in IDS {
+        assert!(
+            !has(&d, id, Severity::Info),
+            "healthy run reported `{id}`:\n{d}"
+        );
+    }
+}
+
+#[test]
+fn labels_swapped_in_the_loss_are_inverted_labels() {
+    if !data_present() {
+        return;
+    }
+    // The Keras head (|a − b| → logit, BCE) taught that Same is 0 and Different 1.
+    let d = diagnose(&TrainConfig {
+        loss: siamese_gpu::model::LossKind::Bce,
+        invert_pair_labels: true,
+        ..small(2048)
+    });
+    assert_finds(&d, "inverted_labels", Severity::Fail);
+}
+
+#[test]
+fn margin_zero_is_too_small_and_collapses_the_embedding() {
+    if !data_present() {
+        return;
+    }
+    let d = diagnose(&TrainConfig {
+        margin: 0.0,
+        ..small(2048)
+    });
+    assert_finds(&d, "margin_too_small", Severity::Fail);
+    assert_finds(&d, "embedding_collapse", Severity::Warn);
+}
+
+#[test]
+fn a_margin_beyond_any_distance_is_too_large() {
+    if !data_present() {
+        return;
+    }
+    let d = diagnose(&TrainConfig {
+        normalize: true,
+        margin: 3.0,
+        ..small(2048)
+    });
+    assert_finds(&d, "margin_too_large", Severity::Fail);
+}
+
+#[test]
+fn learning_rate_ten_explodes() {
+    if !data_present() {
+        return;
+    }
+    let mut cfg = small(2048);
+    cfg.optimizer.lr = 10.0;
+    assert_finds(&diagnose(&cfg), "exploding_gradient", Severity::Fail);
+}
+
+#[test]
+fn a_tower_ending_in_a_relu_dies_and_passes_no_gradient() {
+    if !data_present() {
+        return;
+    }
+    let mut cfg = TrainConfig {
+        tower: "conv 32 5 | relu | maxpool 2 | conv 64 3 | relu | maxpool 2 | flatten | dense 128 | relu"
+            .parse()
+            .unwrap(),
+        ..small(2048)
+    };
+    cfg.optimizer.lr = 0.05;
+    let d = diagnose(&cfg);
+    assert_finds(&d, "dead_relu", Severity::Fail);
+    assert_finds(&d, "vanishing_gradient", Severity::Fail);
+}
+
+#[test]
+fn labels_shuffled_against_their_images_give_chance_accuracy() {
+    if !data_present() {
+        return;
+    }
+    // A copy of the dataset whose training labels are shuffled: images and labels out of step.
+    let dir = TempDir::new("doctor-shuffled");
+    let src = Path::new(DEFAULT_DATA_DIR);
+    for name in [
+        "train-images-idx3-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ] {
+        std::fs::copy(src.join(name), dir.path().join(name)).unwrap();
+    }
+    let labels = idx::read_idx(&src.join("train-labels-idx1-ubyte.gz")).unwrap();
+    let mut shuffled = labels.data.clone();
+    // A fixed permutation (multiplication by a unit mod n): far from the identity everywhere.
+    let n = shuffled.len();
+    for (i, l) in shuffled.iter_mut().enumerate() {
+        *l = labels.data[(i * 7919 + 13) % n];
+    }
+    std::fs::write(
+        dir.path().join("train-labels-idx1-ubyte"),
+        idx::encode_idx(&[n], &shuffled).unwrap(),
+    )
+    .unwrap();
+    let d = diagnose(&TrainConfig {
+        data: Some(dir.path().to_path_buf()),
+        ..small(2048)
+    });
+    assert_finds(&d, "chance_accuracy", Severity::Fail);
+}
+
+#[test]
+fn almost_only_different_pairs_are_an_imbalance() {
+    if !data_present() {
+        return;
+    }
+    let d = diagnose(&TrainConfig {
+        positive_fraction: 0.02,
+        ..small(2048)
+    });
+    assert_finds(&d, "pair_imbalance", Severity::Fail);
+}
+
+#[test]
+fn two_hundred_training_images_overfit() {
+    if !data_present() {
+        return;
+    }
+    let d = diagnose(&TrainConfig {
+        val_images: Some(59_900),
+        ..small(6144)
+    });
+    assert_finds(&d, "overfitting", Severity::Warn);
+}
