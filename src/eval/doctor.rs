@@ -754,3 +754,157 @@ fn imbalance(e: &Evidence, out: &mut Vec<Finding>) {
          classes, pairs drawn at random are nearly all Different.",
     ));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Evidence of a healthy contrastive run: Same pairs near 0.3, Different near 1.2 with a
+    /// margin of 1, lively gradients, no dead units, a spread embedding.
+    fn healthy() -> Evidence {
+        let mut val = PairScores::default();
+        for i in 0..500 {
+            let t = i as f32 / 500.0;
+            val.scores.push(0.1 + 0.4 * t);
+            val.labels.push(PairLabel::Same);
+            val.scores.push(0.45 + 1.2 * t);
+            val.labels.push(PairLabel::Different);
+        }
+        Evidence {
+            loss: Some(LossKind::Contrastive),
+            margin: 1.0,
+            distance: Some(Distance::Euclidean),
+            losses: (0..100).map(|i| 0.2 - 0.001 * i as f32).collect(),
+            layers: vec!["conv".into(), "dense".into()],
+            grads: vec![GradSample {
+                step: 100,
+                grad_norm: vec![0.2, 0.3],
+                weight_norm: vec![3.0, 6.0],
+            }],
+            initial_weight_norm: vec![2.5, 5.0],
+            relu: vec![ReluActivity {
+                layer: "the ReLU after conv 1".into(),
+                units: 32,
+                dead: 2,
+                is_output: false,
+            }],
+            embeddings: Some(EmbeddingStats {
+                count: 100,
+                dim: 4,
+                mean_pairwise_distance: 0.9,
+                mean_norm: 0.86,
+                dim_variance: vec![0.1; 4],
+                effective_rank: 3.5,
+                eigenvalues: vec![0.1; 4],
+            }),
+            val,
+            val_accuracy: 0.87,
+            val_threshold: 0.5,
+            val_roc_auc: 0.93,
+            train_accuracy: Some(0.88),
+            test_accuracy: Some(0.86),
+            sampled_same: 5000,
+            sampled_pairs: 10_000,
+            ..Default::default()
+        }
+    }
+
+    fn ids(e: &Evidence) -> Vec<&'static str> {
+        diagnose(e).iter().map(|f| f.id).collect()
+    }
+
+    #[test]
+    fn healthy_evidence_gives_no_finding() {
+        assert_eq!(diagnose(&healthy()), vec![]);
+    }
+
+    #[test]
+    fn each_rule_fires_on_its_failure_alone() {
+        let mut e = healthy();
+        e.margin = 0.0;
+        assert_eq!(ids(&e), ["margin_too_small"]);
+
+        let mut e = healthy();
+        e.normalized = true;
+        e.margin = 2.5;
+        assert_eq!(ids(&e), ["margin_too_large"]);
+
+        let mut e = healthy();
+        e.sampled_same = 300;
+        assert_eq!(ids(&e), ["pair_imbalance"]);
+        assert_eq!(diagnose(&e)[0].severity, Severity::Fail);
+        e.sampled_same = 1500;
+        assert_eq!(diagnose(&e)[0].severity, Severity::Warn);
+
+        let mut e = healthy();
+        e.train_accuracy = Some(0.99);
+        assert_eq!(ids(&e), ["overfitting"]);
+        assert_eq!(diagnose(&e)[0].severity, Severity::Warn);
+
+        let mut e = healthy();
+        e.test_accuracy = Some(0.7);
+        assert_eq!(ids(&e), ["val_test_gap"]);
+        e.class_disjoint = true;
+        assert_eq!(diagnose(&e)[0].severity, Severity::Info);
+
+        let mut e = healthy();
+        e.relu[0].dead = 30;
+        assert_eq!(ids(&e), ["dead_relu"]);
+        e.relu[0].dead = 14;
+        assert_eq!(diagnose(&e)[0].severity, Severity::Warn);
+
+        let mut e = healthy();
+        e.grads[0].grad_norm[0] = 0.0;
+        assert_eq!(ids(&e), ["vanishing_gradient"]);
+        e.grads[0].grad_norm[0] = 1e-7;
+        assert_eq!(diagnose(&e)[0].severity, Severity::Warn);
+
+        let mut e = healthy();
+        e.grads[0].weight_norm[1] = 500.0;
+        assert_eq!(ids(&e), ["exploding_gradient"]);
+        let mut e = healthy();
+        e.diverged = Some("the loss became NaN".into());
+        assert_eq!(ids(&e), ["exploding_gradient"]);
+
+        let mut e = healthy();
+        e.embeddings.as_mut().unwrap().mean_pairwise_distance = 0.05;
+        assert_eq!(ids(&e), ["embedding_collapse"]);
+        assert_eq!(diagnose(&e)[0].severity, Severity::Warn);
+        e.embeddings.as_mut().unwrap().mean_pairwise_distance = 0.0;
+        assert_eq!(diagnose(&e)[0].severity, Severity::Fail);
+    }
+
+    #[test]
+    fn auc_below_half_is_inversion_only_beyond_noise() {
+        // 1,000 balanced pairs: a chance model's AUC has a standard error of 0.018, so the
+        // line sits at 0.5 − 4·0.018 ≈ 0.427.
+        let mut e = healthy();
+        e.val_roc_auc = 0.44;
+        e.val_accuracy = 0.55;
+        e.train_accuracy = None;
+        assert_eq!(ids(&e), ["chance_accuracy"]);
+        e.val_roc_auc = 0.40;
+        assert_eq!(ids(&e), ["inverted_labels"]);
+    }
+
+    #[test]
+    fn a_threshold_calling_every_pair_one_way_is_chance() {
+        let mut e = healthy();
+        e.val_threshold = 10.0;
+        assert_eq!(ids(&e), ["chance_accuracy"]);
+        assert!(diagnose(&e)[0].message.contains("100%"));
+    }
+
+    #[test]
+    fn margin_placement_is_read_from_the_distances() {
+        // Every Different pair inside a margin of 3 (unnormalised: a warning, not a failure).
+        let mut e = healthy();
+        e.margin = 3.0;
+        assert_eq!(ids(&e), ["margin_too_large"]);
+        assert_eq!(diagnose(&e)[0].severity, Severity::Warn);
+        // Same pairs mostly beyond a margin of 0.2.
+        let mut e = healthy();
+        e.margin = 0.2;
+        assert_eq!(ids(&e), ["margin_too_small"]);
+    }
+}
