@@ -212,7 +212,7 @@ struct SettingsArgs {
     #[arg(long, default_value_t = RunSettings::default().fill_mode)]
     fill_mode: String,
     /// Preset: --rotation-range 10 --width-shift-range 0.1 --height-shift-range 0.1
-    /// --zoom-range 0.1 (flags given beside it override it).
+    /// --zoom-range 0.1 --fill-mode constant (flags given beside it override it).
     #[arg(long)]
     augment: bool,
 }
@@ -232,6 +232,7 @@ impl SettingsArgs {
             s.width_shift_range = preset.width_shift_range;
             s.height_shift_range = preset.height_shift_range;
             s.zoom_range = preset.zoom_range;
+            s.fill_mode = preset.fill_mode.to_string();
         }
         macro_rules! overlay {
             ($($key:ident),*; optional: $($opt:ident),*) => {
