@@ -5,6 +5,7 @@ mod common;
 use common::*;
 use rand::RngExt;
 use siamese_gpu::cpu::gather as cpu;
+use siamese_gpu::data::augment::{Augment, AugmentSampler, FillMode, TRANSFORM_LEN, Transform};
 use siamese_gpu::ops::gather::{self, PixelNorm};
 
 /// (images, pixels, batch): one image and index, pixel counts that are not multiples of 4
@@ -67,4 +68,248 @@ fn gather_images_rejects_a_mismatched_image_size() {
             .contains("196 words each, but 1024 pixels need 256"),
         "{err}"
     );
+}
+
+/// (images, [C, H, W], batch) of the augmenting gather: a single pixel, non-square grey and
+/// RGB images, output counts off the 256-wide workgroup grid (3·35 = 105, 37·3·9·6 = 5,994),
+/// Fashion-MNIST at the reference batch of 2·128 images, and RGB 32×32.
+const AFFINE_SHAPES: &[(usize, [usize; 3], usize)] = &[
+    (1, [1, 1, 1], 1),
+    (5, [1, 5, 7], 3),
+    (7, [3, 9, 6], 37),
+    (300, [1, 28, 28], 256),
+    (4, [3, 32, 32], 9),
+];
+
+/// Strong ranges on every transform, so that sources fall outside the image, between pixels
+/// and across flips.
+const STRONG: Augment = Augment {
+    rotation_range: 40.0,
+    width_shift_range: 0.3,
+    height_shift_range: 0.3,
+    shear_range: 30.0,
+    zoom_range: 0.4,
+    horizontal_flip: true,
+    fill_mode: FillMode::Nearest,
+};
+
+fn random_images(r: &mut rand::rngs::StdRng, n: usize, pixels: usize) -> Vec<u8> {
+    (0..n * pixels)
+        .map(|_| r.random_range(0..=255u32) as u8)
+        .collect()
+}
+
+/// Runs `gather_images_affine` on `bytes` ([N, C, H, W]) and returns the batch.
+fn affine_on_gpu(
+    bytes: &[u8],
+    n: usize,
+    chw: [usize; 3],
+    indices: &[u32],
+    rows: &[f32],
+    norm: PixelNorm,
+    fill: FillMode,
+) -> Vec<f32> {
+    let [c, h, w] = chw;
+    let m = indices.len();
+    let images = gather::upload_images(gpu(), bytes, n, c * h * w).unwrap();
+    let idx = gpu().upload_u32(indices, &[m]).unwrap();
+    let transforms = upload(rows, &[m, TRANSFORM_LEN]);
+    let out = zeros(&[m, c, h, w]);
+    let kernel =
+        gather::gather_images_affine(gpu(), &images, &idx, &transforms, &out, norm, fill).unwrap();
+    run_and_read(&kernel, &out)
+}
+
+#[test]
+fn gather_images_affine_matches_cpu() {
+    for (seed, &(n, chw, m)) in AFFINE_SHAPES.iter().enumerate() {
+        let [c, h, w] = chw;
+        let mut r = rng(100 + seed as u64);
+        let bytes = random_images(&mut r, n, c * h * w);
+        let indices: Vec<u32> = (0..m).map(|_| r.random_range(0..n as u32)).collect();
+        let mut rows = Vec::new();
+        AugmentSampler::new(STRONG, h, w, seed as u64).sample_into(m, &mut rows);
+        for fill in [FillMode::Nearest, FillMode::Constant] {
+            for norm in [PixelNorm::UNIT, PixelNorm::standardize(0.2860, 0.3530)] {
+                let got = affine_on_gpu(&bytes, n, chw, &indices, &rows, norm, fill);
+                let want = cpu::gather_images_affine(
+                    &bytes,
+                    chw,
+                    &indices,
+                    &rows,
+                    fill == FillMode::Constant,
+                    norm.shift,
+                    norm.scale,
+                );
+                // The sampled image is continuous in the source point (sx, sy), with slope at
+                // most 255 per pixel along each axis (bilinear between bytes, zeros or edge
+                // copies outside), so a floor() that lands on the other side of an integer
+                // costs no more than the coordinate error itself. Each coordinate is two
+                // products and two sums (fused or not on the GPU): |Δs| ≤ 2·γ₃·S, S the sum of
+                // the magnitudes of its terms. The four weighted taps (weights summing to 1,
+                // values ≤ 255) round within γ₈·255 on each side. Divided by 255 and scaled:
+                // |scale|·(Δsx + Δsy + 2·γ₈), plus the 8 ulps of the plain gather's
+                // normalisation.
+                let bound: Vec<f64> = (0..got.len())
+                    .map(|i| {
+                        let (mi, q) = (i / (c * h * w), i % (c * h * w));
+                        let (y, x) = (((q % (h * w)) / w) as f64, (q % w) as f64);
+                        let t: Vec<f64> = to_f64(&rows[mi * TRANSFORM_LEN..][..6]);
+                        let sx = t[0].abs() * x + t[1].abs() * y + t[2].abs();
+                        let sy = t[3].abs() * x + t[4].abs() * y + t[5].abs();
+                        let coords = 2.0 * gamma(3) * (sx + sy);
+                        norm.scale.abs() as f64 * (coords + 2.0 * gamma(8))
+                            + 8.0 * U32 * (want[i].abs() as f64 + 1.0)
+                    })
+                    .collect();
+                assert_within(
+                    &format!("gather_images_affine {n}x{chw:?} -> {m}, fill {fill}"),
+                    &got,
+                    &want,
+                    &bound,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_identity_transform_reproduces_the_plain_gather_bit_for_bit() {
+    for (seed, &(n, chw, m)) in AFFINE_SHAPES.iter().enumerate() {
+        let [c, h, w] = chw;
+        let mut r = rng(200 + seed as u64);
+        let bytes = random_images(&mut r, n, c * h * w);
+        let indices: Vec<u32> = (0..m).map(|_| r.random_range(0..n as u32)).collect();
+        let rows = Transform::IDENTITY.row(h, w).repeat(m);
+        let norm = PixelNorm::standardize(0.2860, 0.3530);
+        let images = gather::upload_images(gpu(), &bytes, n, c * h * w).unwrap();
+        let idx = gpu().upload_u32(&indices, &[m]).unwrap();
+        let out = zeros(&[m, c, h, w]);
+        let plain = run_and_read(
+            &gather::gather_images(gpu(), &images, &idx, &out, norm).unwrap(),
+            &out,
+        );
+        for fill in [FillMode::Nearest, FillMode::Constant] {
+            let got = affine_on_gpu(&bytes, n, chw, &indices, &rows, norm, fill);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&plain), "{n}x{chw:?} -> {m}, fill {fill}");
+        }
+    }
+}
+
+/// A hand-computed case: `image` ([C, H, W] bytes) through `t` gives `want` (bytes), on the
+/// GPU and in the CPU reference.
+fn check_by_hand(
+    what: &str,
+    chw: [usize; 3],
+    image: &[u8],
+    t: Transform,
+    fill: FillMode,
+    want: &[u8],
+) {
+    let [_, h, w] = chw;
+    let rows = t.row(h, w);
+    let got = affine_on_gpu(image, 1, chw, &[0], &rows, PixelNorm::UNIT, fill);
+    let reference = cpu::gather_images_affine(
+        image,
+        chw,
+        &[0],
+        &rows,
+        fill == FillMode::Constant,
+        0.0,
+        1.0,
+    );
+    let want: Vec<f32> = want.iter().map(|&b| b as f32 / 255.0).collect();
+    // Transforms by whole pixels and right angles land on pixel centres up to the f32
+    // rounding of the row (cos 90° is 6e-17, not 0): a weight off 0 or 1 by < 1e-6, i.e.
+    // < 3e-4 of a grey level. 1e-5 (0.0026 of a grey level) is far below one level (0.0039).
+    assert_close(&format!("{what} (GPU)"), &got, &want, 1e-5, 0.0);
+    assert_close(
+        &format!("{what} (CPU reference)"),
+        &reference,
+        &want,
+        1e-5,
+        0.0,
+    );
+}
+
+#[test]
+fn shift_flip_and_rotation_of_small_images_give_the_hand_computed_result() {
+    #[rustfmt::skip]
+    let image: [u8; 12] = [
+        10, 20, 30, 40,
+        50, 60, 70, 80,
+        90, 100, 110, 120,
+    ];
+    // One row down, two columns right in the source: output (y, x) reads (y + 1, x − 2).
+    let shift = Transform {
+        tx: 1.0,
+        ty: -2.0,
+        ..Transform::IDENTITY
+    };
+    #[rustfmt::skip]
+    check_by_hand("shift, constant", [1, 3, 4], &image, shift, FillMode::Constant, &[
+        0, 0, 50, 60,
+        0, 0, 90, 100,
+        0, 0, 0, 0,
+    ]);
+    #[rustfmt::skip]
+    check_by_hand("shift, nearest", [1, 3, 4], &image, shift, FillMode::Nearest, &[
+        50, 50, 50, 60,
+        90, 90, 90, 100,
+        90, 90, 90, 100,
+    ]);
+    let flip = Transform {
+        flip: true,
+        ..Transform::IDENTITY
+    };
+    #[rustfmt::skip]
+    check_by_hand("flip", [1, 3, 4], &image, flip, FillMode::Constant, &[
+        40, 30, 20, 10,
+        80, 70, 60, 50,
+        120, 110, 100, 90,
+    ]);
+    // +90° with Keras's matrix: output (r, c) reads (2 − c, r) of a 3×3 image, i.e. the
+    // picture turns a quarter clockwise on screen. Three channels, each its own values.
+    #[rustfmt::skip]
+    let square: Vec<u8> = [
+        10, 20, 30,
+        40, 50, 60,
+        70, 80, 90,
+    ].iter().cycle().take(27).enumerate().map(|(i, &v)| v + (i / 9) as u8).collect();
+    #[rustfmt::skip]
+    let turned: Vec<u8> = [
+        70, 40, 10,
+        80, 50, 20,
+        90, 60, 30,
+    ].iter().cycle().take(27).enumerate().map(|(i, &v)| v + (i / 9) as u8).collect();
+    let quarter = Transform {
+        theta: 90.0,
+        ..Transform::IDENTITY
+    };
+    check_by_hand(
+        "rotation 90°",
+        [3, 3, 3],
+        &square,
+        quarter,
+        FillMode::Nearest,
+        &turned,
+    );
+}
+
+#[test]
+fn gather_images_affine_rejects_a_transform_buffer_of_the_wrong_shape() {
+    let images = gather::upload_images(gpu(), &[0; 2 * 784], 2, 784).unwrap();
+    let idx = gpu().upload_u32(&[0, 1], &[2]).unwrap();
+    let err = gather::gather_images_affine(
+        gpu(),
+        &images,
+        &idx,
+        &zeros(&[2, 6]),
+        &zeros(&[2, 1, 28, 28]),
+        PixelNorm::UNIT,
+        FillMode::Nearest,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("transforms must be"), "{err}");
 }

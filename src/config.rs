@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::augment::Augment;
 use crate::data::dataset::{Color, OnBadImage};
 use crate::error::{Error, Result};
 use crate::nn::spec::{Layer, REFERENCE_TOWER};
@@ -57,6 +58,14 @@ pub struct RunSettings {
     pub on_bad_image: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub held_out_classes: Vec<String>,
+    // Augmentation of training images, Keras's `ImageDataGenerator` keys (all 0: off).
+    pub rotation_range: f64,
+    pub width_shift_range: f64,
+    pub height_shift_range: f64,
+    pub shear_range: f64,
+    pub zoom_range: f64,
+    pub horizontal_flip: bool,
+    pub fill_mode: String,
 }
 
 impl Default for RunSettings {
@@ -87,6 +96,13 @@ impl Default for RunSettings {
             color: "grey".into(),
             on_bad_image: "skip".into(),
             held_out_classes: Vec::new(),
+            rotation_range: 0.0,
+            width_shift_range: 0.0,
+            height_shift_range: 0.0,
+            shear_range: 0.0,
+            zoom_range: 0.0,
+            horizontal_flip: false,
+            fill_mode: cfg.augment.fill_mode.to_string(),
         }
     }
 }
@@ -215,6 +231,15 @@ impl RunSettings {
             }
         };
         cfg.dataset.held_out_classes = self.held_out_classes.clone();
+        cfg.augment = Augment {
+            rotation_range: self.rotation_range,
+            width_shift_range: self.width_shift_range,
+            height_shift_range: self.height_shift_range,
+            shear_range: self.shear_range,
+            zoom_range: self.zoom_range,
+            horizontal_flip: self.horizontal_flip,
+            fill_mode: self.fill_mode.parse()?,
+        };
         cfg.validate()?;
         Ok(cfg)
     }
@@ -341,6 +366,37 @@ mod tests {
     }
 
     #[test]
+    fn augmentation_keys_reach_the_engine_and_are_off_by_default() {
+        use crate::data::augment::FillMode;
+        assert!(
+            RunSettings::default()
+                .to_train_config()
+                .unwrap()
+                .augment
+                .is_off()
+        );
+        let mut s = RunSettings::default();
+        for (key, value) in [
+            ("rotation_range", "10"),
+            ("zoom_range", "0.2"),
+            ("horizontal_flip", "true"),
+            ("fill_mode", "constant"),
+        ] {
+            s.set(key, value).unwrap();
+        }
+        assert_eq!(
+            s.to_train_config().unwrap().augment,
+            Augment {
+                rotation_range: 10.0,
+                zoom_range: 0.2,
+                horizontal_flip: true,
+                fill_mode: FillMode::Constant,
+                ..Augment::default()
+            }
+        );
+    }
+
+    #[test]
     fn values_out_of_range_are_refused_naming_the_key() {
         let refused = |key: &str, value: &str| {
             let mut s = RunSettings::default();
@@ -356,5 +412,7 @@ mod tests {
         assert!(refused("weight_decay", "-1").contains("weight_decay must be a finite number ≥ 0"));
         assert!(refused("pixel_norm", "standard:0.5:0").contains("pixel_norm:"));
         assert!(refused("seed", "-1").starts_with("seed = -1"));
+        assert!(refused("zoom_range", "1").contains("zoom_range must be in [0, 1)"));
+        assert!(refused("fill_mode", "wrap").contains("fill_mode: unknown fill mode `wrap`"));
     }
 }

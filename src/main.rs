@@ -17,6 +17,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use siamese_gpu::checkpoint::{self, write_atomic};
 use siamese_gpu::config::{RunSettings, parse_image_size};
+use siamese_gpu::data::augment::Augment;
 use siamese_gpu::data::dataset::{self, Color, DataOptions, Dataset, ImageSet, OnBadImage};
 use siamese_gpu::eval::embed::Embedder;
 use siamese_gpu::eval::protocol::{PairProtocol, Validation};
@@ -188,6 +189,33 @@ struct SettingsArgs {
     /// split): names of folder classes, or IDX label numbers; comma-separated.
     #[arg(long, value_delimiter = ',')]
     held_out_classes: Vec<String>,
+    /// Augmentation of training images (never validation or test), as Keras's
+    /// ImageDataGenerator: rotation uniform in ±DEGREES.
+    #[arg(long, value_name = "DEGREES", default_value_t = RunSettings::default().rotation_range)]
+    rotation_range: f64,
+    /// Horizontal shift uniform in ±FRACTION of the width.
+    #[arg(long, value_name = "FRACTION", default_value_t = RunSettings::default().width_shift_range)]
+    width_shift_range: f64,
+    /// Vertical shift uniform in ±FRACTION of the height.
+    #[arg(long, value_name = "FRACTION", default_value_t = RunSettings::default().height_shift_range)]
+    height_shift_range: f64,
+    /// Shear angle uniform in ±DEGREES.
+    #[arg(long, value_name = "DEGREES", default_value_t = RunSettings::default().shear_range)]
+    shear_range: f64,
+    /// Zoom of rows and of columns, each uniform in [1 − Z, 1 + Z] (Z < 1).
+    #[arg(long, value_name = "Z", default_value_t = RunSettings::default().zoom_range)]
+    zoom_range: f64,
+    /// Mirror training images left–right with probability 0.5.
+    #[arg(long)]
+    horizontal_flip: bool,
+    /// What augmented images show beyond their edges: nearest (the edge pixel, Keras's
+    /// default) or constant (black).
+    #[arg(long, default_value_t = RunSettings::default().fill_mode)]
+    fill_mode: String,
+    /// Preset: --rotation-range 10 --width-shift-range 0.1 --height-shift-range 0.1
+    /// --zoom-range 0.1 --fill-mode constant (flags given beside it override it).
+    #[arg(long)]
+    augment: bool,
 }
 
 impl SettingsArgs {
@@ -199,6 +227,14 @@ impl SettingsArgs {
             None => RunSettings::default(),
         };
         let given = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+        if self.augment {
+            let preset = Augment::PRESET;
+            s.rotation_range = preset.rotation_range;
+            s.width_shift_range = preset.width_shift_range;
+            s.height_shift_range = preset.height_shift_range;
+            s.zoom_range = preset.zoom_range;
+            s.fill_mode = preset.fill_mode.to_string();
+        }
         macro_rules! overlay {
             ($($key:ident),*; optional: $($opt:ident),*) => {
                 $(if given(stringify!($key)) { s.$key = self.$key.clone(); })*
@@ -207,7 +243,8 @@ impl SettingsArgs {
         }
         overlay!(pairs, batch, lr, margin, loss, distance, normalize_embeddings, tower, optimizer,
             weight_decay, schedule, positive_fraction, seed, val_pairs, test_pairs, eval_every,
-            pixel_norm, color, on_bad_image, held_out_classes;
+            pixel_norm, color, on_bad_image, held_out_classes, rotation_range, width_shift_range,
+            height_shift_range, shear_range, zoom_range, horizontal_flip, fill_mode;
             optional: data, embedding_dim, val_images, image_size);
         s.to_train_config().map_err(|e| e.to_string())?;
         Ok(s)

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::autograd::Tape;
+use crate::data::augment::{Augment, AugmentSampler, TRANSFORM_LEN};
 use crate::data::dataset::{self, DataOptions, ImageSet};
 use crate::data::sampler::{PairBatch, PairSampler, TripletBatch, TripletSampler};
 use crate::error::{Error, Result};
@@ -64,6 +65,9 @@ pub struct TrainConfig {
     /// Read the loss log back every this many steps.
     pub log_every: usize,
     pub pixel_norm: PixelNorm,
+    /// Random affine transforms of training images (Keras's `ImageDataGenerator` set);
+    /// off by default. Validation and test images are never augmented.
+    pub augment: Augment,
     /// Images per embedding dispatch during evaluation.
     pub eval_chunk: usize,
     /// Time every kernel of the last step with timestamp queries and report the breakdown.
@@ -105,6 +109,7 @@ impl Default for TrainConfig {
             eval_every: 10_000,
             log_every: 20,
             pixel_norm: PixelNorm::UNIT,
+            augment: Augment::default(),
             eval_chunk: 500,
             profile: false,
             train_eval_pairs: 2_000,
@@ -176,7 +181,7 @@ impl TrainConfig {
                     .into(),
             );
         }
-        Ok(())
+        self.augment.validate()
     }
 }
 
@@ -349,6 +354,8 @@ pub struct TrainStep<'g> {
     sampler: BatchSampler,
     idx: Vec<u32>,
     codes: Vec<u32>,
+    /// With augmentation on: the transform sampler and the `[M, 8]` buffer it fills.
+    augment: Option<(AugmentSampler, Tensor, Vec<f32>)>,
     loss_log: Tensor,
     logged: usize,
     invert_labels: bool,
@@ -376,7 +383,25 @@ impl<'g> TrainStep<'g> {
         let indices = gpu.zeros(&[branches * cfg.batch], DType::U32)?;
         let label_codes = gpu.zeros(&[cfg.batch], DType::U32)?;
         let x = gpu.zeros(&[branches * cfg.batch, c, h, w], DType::F32)?;
-        let gather = gather::gather_images(gpu, images, &indices, &x, cfg.pixel_norm)?;
+        // Augmentation off keeps the plain gather: the batches are bit for bit as before.
+        let (gather, augment) = if cfg.augment.is_off() {
+            let kernel = gather::gather_images(gpu, images, &indices, &x, cfg.pixel_norm)?;
+            (kernel, None)
+        } else {
+            let m = branches * cfg.batch;
+            let transforms = gpu.zeros(&[m, TRANSFORM_LEN], DType::F32)?;
+            let kernel = gather::gather_images_affine(
+                gpu,
+                images,
+                &indices,
+                &transforms,
+                &x,
+                cfg.pixel_norm,
+                cfg.augment.fill_mode,
+            )?;
+            let sampler = AugmentSampler::new(cfg.augment, h, w, cfg.seed);
+            (kernel, Some((sampler, transforms, Vec::new())))
+        };
         let mut tape = Tape::new(gpu);
         let xv = tape.input(x);
         let loss = model.record_loss(&mut tape, xv, &label_codes, params, Some(grads))?;
@@ -395,6 +420,7 @@ impl<'g> TrainStep<'g> {
             sampler: BatchSampler::new(cfg, labels)?,
             idx: Vec::new(),
             codes: Vec::new(),
+            augment,
             loss_log: gpu.zeros(&[cfg.log_every], DType::F32)?,
             logged: 0,
             invert_labels: cfg.invert_pair_labels && cfg.loss != LossKind::Triplet,
@@ -411,21 +437,7 @@ impl<'g> TrainStep<'g> {
             self.logged < self.loss_log.len(),
             "the loss log is full: read it with take_losses"
         );
-        self.sampler
-            .next(self.batch, &mut self.idx, &mut self.codes);
-        if self.sampler.is_pairs() {
-            let same = PairLabel::Same.code();
-            self.sampled_same += self.codes.iter().filter(|&&c| c == same).count() as u64;
-            self.sampled_pairs += self.codes.len() as u64;
-            if self.invert_labels {
-                let different = PairLabel::Different.code();
-                for c in &mut self.codes {
-                    *c = if *c == same { different } else { same };
-                }
-            }
-        }
-        self.gpu.write_u32(&self.indices, &self.idx)?;
-        self.gpu.write_u32(&self.labels, &self.codes)?;
+        self.next_batch()?;
         let lr = self.optimizer.prepare(self.gpu)?;
         let mut rec = self.gpu.recorder();
         let kernels = self.kernels.iter().chain([self.optimizer.kernel()]);
@@ -444,6 +456,30 @@ impl<'g> TrainStep<'g> {
         rec.submit();
         self.logged += 1;
         Ok(lr)
+    }
+
+    /// Samples the next batch (indices, labels, and transforms if augmenting) and writes it.
+    fn next_batch(&mut self) -> Result<()> {
+        self.sampler
+            .next(self.batch, &mut self.idx, &mut self.codes);
+        if self.sampler.is_pairs() {
+            let same = PairLabel::Same.code();
+            self.sampled_same += self.codes.iter().filter(|&&c| c == same).count() as u64;
+            self.sampled_pairs += self.codes.len() as u64;
+            if self.invert_labels {
+                let different = PairLabel::Different.code();
+                for c in &mut self.codes {
+                    *c = if *c == same { different } else { same };
+                }
+            }
+        }
+        self.gpu.write_u32(&self.indices, &self.idx)?;
+        self.gpu.write_u32(&self.labels, &self.codes)?;
+        if let Some((sampler, transforms, rows)) = self.augment.as_mut() {
+            sampler.sample_into(self.idx.len(), rows);
+            self.gpu.write_f32(transforms, rows)?;
+        }
+        Ok(())
     }
 
     /// Steps submitted since the losses were last read.
@@ -473,10 +509,7 @@ impl<'g> TrainStep<'g> {
     /// waited for, in milliseconds. Submission overhead is included: read it beside
     /// timestamp profiles on GPUs, where a dispatch takes microseconds.
     pub fn time_dispatches(&mut self) -> Result<Vec<(&'static str, f64)>> {
-        self.sampler
-            .next(self.batch, &mut self.idx, &mut self.codes);
-        self.gpu.write_u32(&self.indices, &self.idx)?;
-        self.gpu.write_u32(&self.labels, &self.codes)?;
+        self.next_batch()?;
         self.gpu.wait()?;
         let mut times = Vec::new();
         for kernel in &self.kernels {
@@ -492,7 +525,7 @@ impl<'g> TrainStep<'g> {
     }
 
     /// Continues after `steps_done` steps: restores the optimizer's state and step count and
-    /// replays the sampler past the batches already trained on, so that the run goes on as
+    /// replays the samplers past the batches already trained on, so that the run goes on as
     /// if it had never stopped. (The caller restores the parameters.)
     pub fn resume(&mut self, optimizer_state: &[Vec<f32>], steps_done: usize) -> Result<()> {
         self.optimizer
@@ -500,6 +533,9 @@ impl<'g> TrainStep<'g> {
         for _ in 0..steps_done {
             self.sampler
                 .next(self.batch, &mut self.idx, &mut self.codes);
+            if let Some((sampler, _, rows)) = self.augment.as_mut() {
+                sampler.sample_into(self.idx.len(), rows);
+            }
         }
         Ok(())
     }
@@ -1021,6 +1057,16 @@ mod tests {
                 ..Default::default()
             })
             .contains("eval_every (the validation interval)")
+        );
+        assert!(
+            refused(TrainConfig {
+                augment: Augment {
+                    zoom_range: 1.5,
+                    ..Augment::default()
+                },
+                ..Default::default()
+            })
+            .contains("zoom_range must be in [0, 1)")
         );
     }
 }

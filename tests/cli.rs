@@ -734,6 +734,47 @@ fn a_run_killed_at_random_moments_resumes_to_the_uninterrupted_weights() {
 }
 
 #[test]
+fn an_augmented_run_resumes_to_the_uninterrupted_weights_and_differs_from_a_plain_one() {
+    let root = TempDir::new("augment");
+    write_idx_dataset(&root.path().join("data"), 16);
+    let run = |pairs: &str, extra: &[&str]| {
+        let mut a = train_args(&["--pairs", pairs, "--eval-every", "32"]);
+        a.extend(args(&[
+            "--augment",
+            "--shear-range",
+            "10",
+            "--horizontal-flip",
+        ]));
+        a.extend(args(extra));
+        assert_ok(&siamese(root.path(), &a));
+    };
+    run("64", &["--out", "whole"]);
+    // Half the budget, then resumed to all of it: the transforms of the first half are
+    // replayed, so the second half draws what the uninterrupted run drew.
+    run("32", &["--out", "halves"]);
+    run("64", &["--resume", "halves"]);
+    assert!(
+        weights(&root.path().join("halves")) == weights(&root.path().join("whole")),
+        "the resumed augmented run differs from the uninterrupted one"
+    );
+    let saved = std::fs::read_to_string(root.path().join("whole/config.toml")).unwrap();
+    for key in [
+        "rotation_range = 10.0",
+        "shear_range = 10.0",
+        "horizontal_flip = true",
+        "fill_mode = \"constant\"",
+    ] {
+        assert!(saved.contains(key), "config.toml lacks `{key}`:\n{saved}");
+    }
+    let plain = train_args(&["--pairs", "64", "--eval-every", "32", "--out", "plain"]);
+    assert_ok(&siamese(root.path(), &plain));
+    assert!(
+        weights(&root.path().join("plain")).0 != weights(&root.path().join("whole")).0,
+        "augmentation changed nothing that was trained"
+    );
+}
+
+#[test]
 fn ctrl_c_saves_and_exits_with_status_130() {
     let root = TempDir::new("ctrlc");
     write_idx_dataset(&root.path().join("data"), 16);

@@ -216,7 +216,7 @@ fn almost_only_different_pairs_are_an_imbalance() {
 }
 
 #[test]
-fn two_hundred_training_images_overfit() {
+fn a_hundred_training_images_overfit() {
     if !data_present() {
         return;
     }

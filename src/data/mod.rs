@@ -1,6 +1,7 @@
 //! Datasets on the host: IDX files and image folders, discovery and splits, pair and triplet
-//! samplers.
+//! samplers, augmentation parameters.
 
+pub mod augment;
 pub mod dataset;
 pub mod idx;
 #[cfg(feature = "images")]

@@ -1,9 +1,11 @@
 //! Launcher for `shaders/gather.wgsl`: the dataset lives on the GPU as packed u8, and each
-//! step gathers and normalises a batch from a buffer of image indices.
+//! step gathers and normalises a batch from a buffer of image indices — as stored, or each
+//! image resampled through its own affine transform (augmentation, see `data::augment`).
 
 use bytemuck::{Pod, Zeroable};
 
 use super::{Shader, expect, expect_f32, to_u32};
+use crate::data::augment::{FillMode, TRANSFORM_LEN};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Kernel, Tensor, grid_1d};
 
@@ -43,10 +45,11 @@ struct GatherParams {
     count: u32,
     pixels: u32,
     words: u32,
-    _pad: u32,
+    height: u32,
     shift: f32,
     scale: f32,
-    _pad1: [u32; 2],
+    width: u32,
+    fill: u32,
 }
 
 /// Packs `count` images of `pixels` bytes each into u32 words, four pixels per word
@@ -91,40 +94,7 @@ pub fn gather_images(
     norm: PixelNorm,
 ) -> Result<Kernel> {
     const OP: &str = "gather_images";
-    let m = indices.len();
-    expect(OP, "indices", indices, &[m], DType::U32)?;
-    let shape = out.shape();
-    if shape.first() != Some(&m) || m == 0 {
-        return Err(Error::Shape {
-            op: OP,
-            detail: format!("out {shape:?} must have one row per index ({m})"),
-        });
-    }
-    let pixels: usize = shape[1..].iter().product();
-    expect_f32(OP, "out", out, shape)?;
-    let &[n, words] = expect_rank_u32(OP, images)? else {
-        unreachable!()
-    };
-    if words != pixels.div_ceil(4) {
-        return Err(Error::Shape {
-            op: OP,
-            detail: format!(
-                "packed images hold {words} words each, but {pixels} pixels need {}",
-                pixels.div_ceil(4)
-            ),
-        });
-    }
-    let params = GatherParams {
-        count: to_u32(OP, "M", m)?,
-        pixels: to_u32(OP, "pixels", pixels)?,
-        words: to_u32(OP, "words", words)?,
-        _pad: 0,
-        shift: norm.shift,
-        scale: norm.scale,
-        _pad1: [0; 2],
-    };
-    to_u32(OP, "packed words", n * words)?;
-    let total = to_u32(OP, "output elements", m * pixels)?;
+    let (params, total) = checked_params(OP, images, indices, out, norm)?;
     let bindings = [(1, images), (2, indices), (3, out)];
     Ok(Kernel::single(gpu.dispatch(
         &SHADER,
@@ -134,6 +104,94 @@ pub fn gather_images(
         &bindings,
         grid_1d(total.div_ceil(WG)),
     )?))
+}
+
+/// [`gather_images`] with image m resampled through row m of `transforms` `[M, 8]` (the
+/// inverse map output pixel → source pixel of `data::augment`), bilinearly, outside pixels
+/// read as `fill` says. `out` must be `[M, C, H, W]`.
+pub fn gather_images_affine(
+    gpu: &Gpu,
+    images: &Tensor,
+    indices: &Tensor,
+    transforms: &Tensor,
+    out: &Tensor,
+    norm: PixelNorm,
+    fill: FillMode,
+) -> Result<Kernel> {
+    const OP: &str = "gather_images_affine";
+    let (mut params, total) = checked_params(OP, images, indices, out, norm)?;
+    let &[m, _c, h, w] = out.shape() else {
+        return Err(Error::Shape {
+            op: OP,
+            detail: format!("out {:?} must be [M, C, H, W]", out.shape()),
+        });
+    };
+    expect(
+        OP,
+        "transforms",
+        transforms,
+        &[m, TRANSFORM_LEN],
+        DType::F32,
+    )?;
+    params.height = to_u32(OP, "H", h)?;
+    params.width = to_u32(OP, "W", w)?;
+    params.fill = fill.code();
+    let bindings = [(1, images), (2, indices), (3, out), (4, transforms)];
+    Ok(Kernel::single(gpu.dispatch(
+        &SHADER,
+        OP,
+        &[],
+        &params,
+        &bindings,
+        grid_1d(total.div_ceil(WG)),
+    )?))
+}
+
+/// The shapes both entries share, checked; their uniform (image size and fill left 0) and
+/// the number of output elements.
+fn checked_params(
+    op: &'static str,
+    images: &Tensor,
+    indices: &Tensor,
+    out: &Tensor,
+    norm: PixelNorm,
+) -> Result<(GatherParams, u32)> {
+    let m = indices.len();
+    expect(op, "indices", indices, &[m], DType::U32)?;
+    let shape = out.shape();
+    if shape.first() != Some(&m) || m == 0 {
+        return Err(Error::Shape {
+            op,
+            detail: format!("out {shape:?} must have one row per index ({m})"),
+        });
+    }
+    let pixels: usize = shape[1..].iter().product();
+    expect_f32(op, "out", out, shape)?;
+    let &[n, words] = expect_rank_u32(op, images)? else {
+        unreachable!()
+    };
+    if words != pixels.div_ceil(4) {
+        return Err(Error::Shape {
+            op,
+            detail: format!(
+                "packed images hold {words} words each, but {pixels} pixels need {}",
+                pixels.div_ceil(4)
+            ),
+        });
+    }
+    let params = GatherParams {
+        count: to_u32(op, "M", m)?,
+        pixels: to_u32(op, "pixels", pixels)?,
+        words: to_u32(op, "words", words)?,
+        height: 0,
+        shift: norm.shift,
+        scale: norm.scale,
+        width: 0,
+        fill: 0,
+    };
+    to_u32(op, "packed words", n * words)?;
+    let total = to_u32(op, "output elements", m * pixels)?;
+    Ok((params, total))
 }
 
 fn expect_rank_u32<'t>(op: &'static str, t: &'t Tensor) -> Result<&'t [usize]> {
