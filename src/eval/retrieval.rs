@@ -22,7 +22,8 @@
 //! `topk.wgsl`, so the GPU and CPU rankings agree exactly on equal distances.
 //!
 //! Where the work runs: the distance matrix is computed on the GPU
-//! (`ops::distance::pairwise_forward`) in chunks of query rows sized to stay under a byte
+//! (`ops::distance::pairwise_forward`, or its texel kernel where the adapter takes the texel
+//! path for matmul-shaped ops, as lavapipe does) in chunks of query rows sized to stay under a byte
 //! budget and the device's storage-binding limit (10,000 × 10,000 is 400 MB as f32; lavapipe
 //! binds 128 MiB); the k nearest of each row (precision@1, recall@k) are selected on the GPU
 //! (`ops::topk`). R-precision and MAP@R need the R nearest with R up to the class size
@@ -40,9 +41,10 @@ use rand::{RngExt, SeedableRng};
 use crate::cpu::topk::NO_EXCLUDE;
 use crate::data::dataset::ImageSet;
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Gpu, Kernel, Tensor};
+use crate::gpu::{DType, Gpu, Kernel, Tensor, TexelOp};
 use crate::ops::distance::{self, Distance, PairwiseMetric};
 use crate::ops::gather::PixelNorm;
+use crate::ops::pack;
 use crate::ops::topk::{self, K_MAX};
 
 /// The k of recall@k reported by default.
@@ -424,6 +426,15 @@ fn search(
     let chunk = ((options.chunk_bytes.min(limit) / row_bytes) as usize).clamp(1, q);
 
     let references = gpu.upload_f32(ref_rows, &[n, dim])?;
+    // The distance matrix is matmul-shaped: it takes the texel kernel where the dense layer
+    // does (CPU adapters), the references packed once.
+    let packed_references = if gpu.takes_texels(TexelOp::Dense) {
+        let (pack, texels) = pack::rows4(gpu, &references, false)?;
+        gpu.run(&[&pack]);
+        Some(texels)
+    } else {
+        None
+    };
     let query_buf = gpu.zeros(&[chunk, dim], DType::F32)?;
     let dm = gpu.zeros(&[chunk, n], DType::F32)?;
     let exclude_buf = gpu.zeros(&[chunk], DType::U32)?;
@@ -440,13 +451,27 @@ fn search(
             nearest: view(&index, &[m, k_max]),
             kernel: None,
         };
-        let pairwise = distance::pairwise_forward(
-            gpu,
-            options.metric,
-            &program.queries,
-            &references,
-            &program.distances,
-        )?;
+        let pairwise = match &packed_references {
+            Some(refs_tex) => {
+                let (pack, queries_tex) = pack::rows4(gpu, &program.queries, false)?;
+                let product = distance::pairwise_forward_tex(
+                    gpu,
+                    options.metric,
+                    &queries_tex,
+                    refs_tex,
+                    (m, n, dim),
+                    &program.distances,
+                )?;
+                Kernel::chain([pack, product])
+            }
+            None => distance::pairwise_forward(
+                gpu,
+                options.metric,
+                &program.queries,
+                &references,
+                &program.distances,
+            )?,
+        };
         let select = topk::topk_rows(
             gpu,
             &program.distances,
