@@ -26,6 +26,46 @@ use siamese_gpu::ops::gather::{self, PixelNorm};
 use siamese_gpu::train::TrainConfig;
 use siamese_gpu::{Gpu, Result};
 
+/// Wall-clock and CPU time (all threads, lavapipe's included) since `start`: on a shared
+/// machine the wall clock depends on the other load, CPU seconds much less.
+struct Clock {
+    wall: Instant,
+    cpu: f64,
+}
+
+impl Clock {
+    fn start() -> Clock {
+        Clock {
+            wall: Instant::now(),
+            cpu: cpu_seconds(),
+        }
+    }
+
+    fn report(&self) -> String {
+        format!(
+            "{:.2} s wall, {:.2} CPU-s",
+            self.wall.elapsed().as_secs_f64(),
+            cpu_seconds() - self.cpu
+        )
+    }
+}
+
+/// User + system CPU time of this process (Linux /proc; 0 elsewhere).
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    f.iter().sum::<f64>() / 100.0 // clock ticks (USER_HZ = 100 on Linux)
+}
+
 fn main() {
     if let Err(e) = run() {
         eprintln!("error: {e}");
@@ -85,19 +125,19 @@ fn run() -> Result<()> {
     println!("model: {what}; metric {metric:?}");
 
     let test = &data.test;
-    let t = Instant::now();
+    let t = Clock::start();
     let images = gather::upload_images(&gpu, &test.images, test.count, test.pixels())?;
     let params = gpu.upload_f32(&flat, &[flat.len()])?;
     let embedder = Embedder::new(&gpu, &model, &params, norm, 500)?;
     let embeddings = embedder.embed(&images, test.count)?;
     let dim = embedder.dim();
     println!(
-        "embedded {} test images (D = {dim}) in {:.2} s",
+        "embedded {} test images (D = {dim}) in {}",
         test.count,
-        t.elapsed().as_secs_f64()
+        t.report()
     );
 
-    let t = Instant::now();
+    let t = Clock::start();
     let options = RetrievalOptions::new(metric);
     let m = evaluate_retrieval(
         &gpu,
@@ -107,18 +147,18 @@ fn run() -> Result<()> {
         References::LeaveOneOut,
         &options,
     )?;
-    println!("embeddings: {m}\n  in {:.2} s", t.elapsed().as_secs_f64());
+    println!("embeddings: {m}\n  in {}", t.report());
 
-    let t = Instant::now();
+    let t = Clock::start();
     let pixel_options = RetrievalOptions {
         max_queries: pixel_queries,
-        ..RetrievalOptions::new(retrieval::retrieval_metric(model.config.distance).unwrap())
+        ..RetrievalOptions::new(metric)
     };
     let p = retrieval::pixel_baseline(&gpu, test, None, norm, &pixel_options)?;
-    println!("raw pixels: {p}\n  in {:.2} s", t.elapsed().as_secs_f64());
+    println!("raw pixels: {p}\n  in {}", t.report());
 
     for n in DEFAULT_WAYS {
-        let t = Instant::now();
+        let t = Clock::start();
         match oneshot::one_shot(
             &embeddings,
             &test.labels,
@@ -128,18 +168,18 @@ fn run() -> Result<()> {
             DEFAULT_EPISODES,
             oneshot::DEFAULT_SEED,
         ) {
-            Ok(o) => println!("{o}  in {:.3} s", t.elapsed().as_secs_f64()),
+            Ok(o) => println!("{o}  in {}", t.report()),
             Err(e) => println!("{n}-way one-shot: not available: {e}"),
         }
     }
 
     if flag("--gallery") {
         let train = &data.train;
-        let t = Instant::now();
+        let t = Clock::start();
         let train_images = gather::upload_images(&gpu, &train.images, train.count, train.pixels())?;
         let gallery = embedder.embed(&train_images, train.count)?;
-        let embed_s = t.elapsed().as_secs_f64();
-        let t = Instant::now();
+        let embed_time = t.report();
+        let t = Clock::start();
         let g = evaluate_retrieval(
             &gpu,
             &embeddings,
@@ -152,10 +192,10 @@ fn run() -> Result<()> {
             &options,
         )?;
         println!(
-            "test among training embeddings: {g}\n  embedding {} training images {embed_s:.2} s, \
-             retrieval {:.2} s",
+            "test among training embeddings: {g}\n  embedding {} training images {embed_time}, \
+             retrieval {}",
             train.count,
-            t.elapsed().as_secs_f64()
+            t.report()
         );
     }
     Ok(())

@@ -13,7 +13,8 @@ use siamese_gpu::cpu::topk::{self as cpu, NO_EXCLUDE};
 use siamese_gpu::ops::topk::{self, K_MAX};
 
 /// (rows, cols, k): one row, one column, k = cols, rows that are not a multiple of the
-/// 64-wide workgroup (65, 130), k = K_MAX, and a retrieval-like row of 2,000 columns.
+/// 64-wide workgroup (65, 130), k = K_MAX, a retrieval-like row of 2,000 columns, and rows
+/// of 60,000 columns (a gallery of training images), which take several dispatches.
 const SHAPES: &[(usize, usize, usize)] = &[
     (1, 1, 1),
     (1, 9, 4),
@@ -22,6 +23,7 @@ const SHAPES: &[(usize, usize, usize)] = &[
     (130, 200, 1),
     (70, 300, K_MAX),
     (17, 2000, 16),
+    (3, 60000, 8),
 ];
 
 /// Runs the kernel; returns (dist, index).
@@ -32,11 +34,23 @@ fn gpu_topk(
     cols: usize,
     k: usize,
 ) -> (Vec<f32>, Vec<u32>) {
+    gpu_topk_in_segments(dm, exclude, rows, cols, k, topk::columns_per_dispatch(k))
+}
+
+/// Runs the kernel with `segment` columns per dispatch.
+fn gpu_topk_in_segments(
+    dm: &[f32],
+    exclude: &[u32],
+    rows: usize,
+    cols: usize,
+    k: usize,
+    segment: usize,
+) -> (Vec<f32>, Vec<u32>) {
     let dm_t = upload(dm, &[rows, cols]);
     let ex = gpu().upload_u32(exclude, &[rows]).unwrap();
     let dist = zeros(&[rows, k]);
     let index = gpu().zeros(&[rows, k], DType::U32).unwrap();
-    let kernel = topk::topk_rows(gpu(), &dm_t, &ex, k, &dist, &index).unwrap();
+    let kernel = topk::topk_rows_in_segments(gpu(), &dm_t, &ex, k, &dist, &index, segment).unwrap();
     let d = run_and_read(&kernel, &dist);
     (d, gpu().read_u32(&index).unwrap())
 }
@@ -107,4 +121,36 @@ fn topk_rows_refuses_k_out_of_range() {
             "cols = {cols}, k = {k}"
         );
     }
+}
+
+#[test]
+fn topk_rows_in_short_segments_matches_cpu() {
+    // Segments of k + 1 columns (the least allowed) and a ragged last one; descending runs
+    // make nearly every column enter the list, across segment boundaries.
+    for (seed, &(rows, cols, k)) in [(5, 23, 4), (66, 100, 9), (2, 64, 1)].iter().enumerate() {
+        let mut dm = grid_matrix(300 + seed as u64, rows, cols);
+        for (j, v) in dm.iter_mut().enumerate().filter(|(j, _)| j % 3 == 0) {
+            *v = -(j as f32);
+        }
+        let mut r = rng(400 + seed as u64);
+        let exclude: Vec<u32> = (0..rows).map(|_| r.random_range(0..cols as u32)).collect();
+        let got = gpu_topk_in_segments(&dm, &exclude, rows, cols, k, k + 1);
+        let want = cpu::topk_rows(&dm, &exclude, rows, cols, k);
+        assert_eq!(
+            got,
+            want,
+            "topk_rows {rows}x{cols} k={k} in segments of {}",
+            k + 1
+        );
+    }
+}
+
+#[test]
+fn topk_rows_survives_a_row_where_every_column_enters() {
+    // Strictly decreasing: each column displaces the k-th and shifts the whole list, the most
+    // loop iterations a column can cost (lavapipe cuts a shader's loops off at 65,535).
+    let (cols, k) = (20_000, K_MAX);
+    let dm: Vec<f32> = (0..cols).map(|j| (cols - j) as f32).collect();
+    let got = gpu_topk(&dm, &[NO_EXCLUDE], 1, cols, k);
+    assert_eq!(got, cpu::topk_rows(&dm, &[NO_EXCLUDE], 1, cols, k));
 }

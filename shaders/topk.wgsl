@@ -2,6 +2,7 @@
 //
 // Entry:
 //   topk_rows   dm [rows, cols] f32, exclude [rows] u32   -> dist [rows, k] f32, index [rows, k] u32
+//               (read too, with `carry`)
 // Bindings: 0 p: TopkParams (uniform), 1 dm, 2 exclude, 3 dist, 4 index. Row-major.
 //
 // Row r's output is its k smallest entries, ascending by (distance, column): equal distances
@@ -13,7 +14,12 @@
 //
 // One invocation per row, a sorted list of k in private memory, one pass over the row's
 // columns in order: a column enters only if it beats the current k-th (strictly, so a later
-// equal distance never displaces an earlier column). After the first few hundred columns
+// equal distance never displaces an earlier column). A dispatch scans the columns
+// [col_begin, col_end) only; with `carry` it first reads back the full list the previous
+// segment left in dist/index, so consecutive segments give the one-pass result. Why
+// segments: llvmpipe (lavapipe) stops a shader's loops after 65,535 iterations in all
+// (outer and inner counted together, a guard against endless loops) and the results are
+// garbage past it; the host sizes segments under that (ops::topk::columns_per_dispatch). After the first few hundred columns
 // almost every entry fails that one comparison, so the pass costs about one load and one
 // compare per element — the distance matrix it reads is the expensive part, and k ≤ 64
 // (recall@k is reported for small k) keeps the insertion cheap.
@@ -22,7 +28,11 @@ struct TopkParams {
     rows: u32,
     cols: u32,
     k: u32,
-    _pad: u32,
+    col_begin: u32,
+    col_end: u32,
+    carry: u32,  // 1: start from the k entries in dist/index (a later segment)
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: TopkParams;
@@ -45,7 +55,15 @@ fn topk_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     var best_d: array<f32, K_MAX>;
     var best_i: array<u32, K_MAX>;
     var n = 0u;
-    for (var j = 0u; j < p.cols; j++) {
+    let out = r * p.k;
+    if p.carry != 0u {
+        for (var t = 0u; t < p.k; t++) {
+            best_d[t] = dist[out + t];
+            best_i[t] = index[out + t];
+        }
+        n = p.k;
+    }
+    for (var j = p.col_begin; j < p.col_end; j++) {
         if j == skip { continue; }
         let d = dm[base + j];
         // Full list: only a strictly smaller distance enters, displacing the k-th.
@@ -61,7 +79,6 @@ fn topk_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         best_d[pos] = d;
         best_i[pos] = j;
     }
-    let out = r * p.k;
     for (var t = 0u; t < p.k; t++) {
         dist[out + t] = best_d[t];
         index[out + t] = best_i[t];

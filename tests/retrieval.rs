@@ -333,6 +333,43 @@ fn gallery_and_a_single_query_match_brute_force() {
 }
 
 #[test]
+fn a_gallery_wider_than_one_selection_dispatch_matches_brute_force() {
+    // 40,000 references: the k-nearest selection scans them in several dispatches (one pass
+    // would overrun lavapipe's 65,535 loop iterations)
+    // (ops::topk::columns_per_dispatch), and the chunks of queries are ragged.
+    let (g, gl) = integer_clusters(13, 40_000, 2, 10);
+    let (q, ql) = integer_clusters(14, 37, 2, 10);
+    let ks = [1, 2, 4, 8];
+    let got = evaluate_retrieval(
+        gpu(),
+        &q,
+        &ql,
+        2,
+        References::Gallery {
+            embeddings: &g,
+            labels: &gl,
+        },
+        &RetrievalOptions {
+            chunk_bytes: 16 * 40_000 * 4,
+            ..options(PairwiseMetric::Euclidean, &ks)
+        },
+    )
+    .unwrap();
+    let (want, _) = reference(
+        PairwiseMetric::Euclidean,
+        &q,
+        &ql,
+        &g,
+        &gl,
+        &[None; 37],
+        2,
+        &ks,
+        0.0,
+    );
+    assert_metrics("gallery of 40,000", &got, &want, EXACT);
+}
+
+#[test]
 fn cosine_matches_brute_force_up_to_near_ties() {
     for (seed, &(n, dim)) in [(50, 4), (61, 7)].iter().enumerate() {
         let mut r = rng(20 + seed as u64);
