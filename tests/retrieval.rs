@@ -129,6 +129,7 @@ fn a_gallery_on_a_line_matches_the_hand_computed_values() {
 /// The metrics from f64 distances by fully sorting each row (ties → lower index), and the
 /// number of queries whose row holds two distances within `near` of each other (ambiguous
 /// in f32). `exclude[i]` is the reference query i skips, if any.
+#[allow(clippy::too_many_arguments)] // the two sets, their labels and the protocol, each named
 fn reference(
     metric: PairwiseMetric,
     queries: &[f32],
