@@ -40,7 +40,7 @@ const LOOP_BUDGET: usize = 65_535;
 /// Columns one dispatch scans: each costs at most k + 3 iterations (2 for the column, k + 1
 /// for the insertion's shifts), the list's read and write 2k, with a tenth of the budget to
 /// spare; at least k + 1, so that the first segment fills the list (one column may be
-/// excluded). 5,450 columns at k = 8, 890 at k = 64. Applied on every adapter, so the path
+/// excluded). 5,360 columns at k = 8, 878 at k = 64. Applied on every adapter, so the path
 /// the tests check is the one that runs everywhere.
 pub fn columns_per_dispatch(k: usize) -> usize {
     ((LOOP_BUDGET * 9 / 10 - 2 * k) / (k + 3)).max(k + 1)
