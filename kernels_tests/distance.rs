@@ -12,8 +12,10 @@ mod common;
 use common::*;
 use rand::RngExt;
 use rand::rngs::StdRng;
+use siamese_gpu::Kernel;
 use siamese_gpu::cpu::distance as cpu;
 use siamese_gpu::ops::distance::{self, Distance, PairwiseMetric};
+use siamese_gpu::ops::pack;
 
 /// (B, D) of the paired entries: batch 1, D = 1, row and element counts that are not
 /// multiples of the 64-wide workgroup (67·33, 130 rows), and the reference embedding
@@ -21,7 +23,9 @@ use siamese_gpu::ops::distance::{self, Distance, PairwiseMetric};
 const SHAPES: &[(usize, usize)] = &[(1, 1), (1, 7), (3, 17), (67, 33), (130, 5), (128, 128)];
 
 /// (B1, B2, D) of the pairwise matrix: batch 1 on either side, B1 ≠ B2, sizes off the 4×4
-/// block and the 32×32 workgroup tile (70, 37, 130), and the reference embedding at B = 128.
+/// block and the 32×32 workgroup tile (70, 37, 130), and the reference embedding at B = 128;
+/// 21 × 700 spans several 64-invocation workgroups of the texel kernel's 8×8 blocks, with
+/// ragged edges both ways.
 const PAIRWISE_SHAPES: &[(usize, usize, usize)] = &[
     (1, 1, 1),
     (1, 5, 7),
@@ -30,6 +34,7 @@ const PAIRWISE_SHAPES: &[(usize, usize, usize)] = &[
     (70, 33, 17),
     (37, 130, 128),
     (128, 128, 128),
+    (21, 700, 6),
 ];
 
 /// Small shapes for finite differences (two forwards per input element).
@@ -220,6 +225,20 @@ fn gpu_pairwise_forward(
     )
     .unwrap();
     run_and_read(&k, &dm)
+}
+
+/// The texel kernel, after packing both operands with `pack::rows4`.
+fn gpu_pairwise_forward_tex(
+    metric: PairwiseMetric,
+    a: &[f32],
+    b: &[f32],
+    (b1, b2, dim): (usize, usize, usize),
+) -> Vec<f32> {
+    let dm = zeros(&[b1, b2]);
+    let (pack_a, ta) = pack::rows4(gpu(), &upload(a, &[b1, dim]), false).unwrap();
+    let (pack_b, tb) = pack::rows4(gpu(), &upload(b, &[b2, dim]), false).unwrap();
+    let k = distance::pairwise_forward_tex(gpu(), metric, &ta, &tb, (b1, b2, dim), &dm).unwrap();
+    run_and_read(&Kernel::chain([pack_a, pack_b, k]), &dm)
 }
 
 /// The pairwise backward, fed `dm` as the forward output (`None`: the GPU forward's, in the
@@ -583,6 +602,17 @@ fn abs_diff_backward_matches_finite_differences() {
 
 #[test]
 fn pairwise_euclidean_forward_matches_cpu() {
+    check_pairwise_euclidean_forward(gpu_pairwise_forward);
+}
+
+#[test]
+fn pairwise_euclidean_forward_tex_matches_cpu() {
+    check_pairwise_euclidean_forward(gpu_pairwise_forward_tex);
+}
+
+type PairwiseForward = fn(PairwiseMetric, &[f32], &[f32], (usize, usize, usize)) -> Vec<f32>;
+
+fn check_pairwise_euclidean_forward(gpu_pairwise_forward: PairwiseForward) {
     for (seed, &shape) in PAIRWISE_SHAPES.iter().enumerate() {
         let (b1, b2, dim) = shape;
         let m = matrix(b1, b2, dim, seed as u64);
@@ -610,6 +640,15 @@ fn pairwise_euclidean_forward_matches_cpu() {
 
 #[test]
 fn pairwise_cosine_forward_matches_cpu() {
+    check_pairwise_cosine_forward(gpu_pairwise_forward);
+}
+
+#[test]
+fn pairwise_cosine_forward_tex_matches_cpu() {
+    check_pairwise_cosine_forward(gpu_pairwise_forward_tex);
+}
+
+fn check_pairwise_cosine_forward(gpu_pairwise_forward: PairwiseForward) {
     for (seed, &shape) in PAIRWISE_SHAPES.iter().enumerate() {
         let (b1, b2, dim) = shape;
         let mut m = matrix(b1, b2, dim, seed as u64);

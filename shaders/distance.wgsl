@@ -23,6 +23,10 @@
 //   pairwise_cosine_forward     a, b                        -> out = Dm
 //   cosine_norms                a, b                        -> out = na [B1], out2 = nb [B2]
 //   pairwise_cosine_backward    a, b, fwd = Dm, grad = dDm, na, nb -> out = dA, out2 = dB
+// Texel path of the pairwise forward (9 tex_a, 10 tex_b: A and B packed by pack.wgsl's
+// pack_rows4, row r as ⌈D/4⌉ texels, zero past D; dim = ⌈D/4⌉ here):
+//   pairwise_euclidean_forward_tex  tex_a, tex_b            -> out = Dm
+//   pairwise_cosine_forward_tex     tex_a, tex_b            -> out = Dm
 //
 // Definitions (src/cpu/distance.rs is the executable specification):
 //   euclidean  d = sqrt(Σ(a−b)² + 1e-12): the epsilon sits inside the sqrt so that the gradient
@@ -47,6 +51,8 @@ struct DistanceParams {
 @group(0) @binding(6) var<storage, read> nb: array<f32>;
 @group(0) @binding(7) var<storage, read_write> out: array<f32>;
 @group(0) @binding(8) var<storage, read_write> out2: array<f32>;
+@group(0) @binding(9) var tex_a: texture_2d<f32>;
+@group(0) @binding(10) var tex_b: texture_2d<f32>;
 
 const EUCLIDEAN_EPS: f32 = 1e-12;
 const COSINE_EPS: f32 = 1e-8;
@@ -414,4 +420,126 @@ fn pairwise_cosine_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_
         let own = select(0.0, coef / (n * n), n > COSINE_EPS);
         store_quad_b(j, k0, own * b_quad(j, kc) - other / n);
     }
+}
+
+// ---- Pairwise matrix, texel path ------------------------------------------------------------
+//
+// The same definitions as the storage-buffer forwards, reading A and B as texels: on lavapipe
+// a texel fetch is vectorised and a storage load is not (DESIGN.md's table), which is what
+// retrieval over 10k × 10k rows pays for. Each invocation computes an 8×8 block of Dm like
+// dense_matmul_tex: 16 fetches feed 64 vec4 differences (or products); neighbouring
+// invocations share the block's columns. The zero padding past D adds 0 to every sum. Rows
+// and columns past the edge read the last valid one and are never stored.
+
+const TEX_WG: u32 = 64u;
+
+fn tex_row_a(i: u32) -> vec4<f32> {
+    return textureLoad(tex_a, vec2<u32>(i & 4095u, i >> 12u), 0);
+}
+
+fn tex_row_b(i: u32) -> vec4<f32> {
+    return textureLoad(tex_b, vec2<u32>(i & 4095u, i >> 12u), 0);
+}
+
+struct TexBlock {
+    row0: u32,
+    col0: u32,
+    ra: array<u32, 8>,     // first texel of each of the block's A rows
+    cb: array<u32, 8>,     // ... of its B rows
+}
+
+fn tex_block(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> TexBlock {
+    let row_blocks = (p.rows + 7u) / 8u;
+    let id = (wid.x + wid.y * nwg.x) * TEX_WG + lid;
+    var blk: TexBlock;
+    blk.row0 = (id % row_blocks) * 8u;
+    blk.col0 = (id / row_blocks) * 8u;
+    for (var r = 0u; r < 8u; r++) {
+        blk.ra[r] = min(blk.row0 + r, p.rows - 1u) * p.dim;
+        blk.cb[r] = min(blk.col0 + r, p.rows_b - 1u) * p.dim;
+    }
+    return blk;
+}
+
+// acc[2·r + h] holds Dm[row0 + r, col0 + 4·h .. col0 + 4·h + 3].
+fn store_tex_block(row0: u32, col0: u32, acc: array<vec4<f32>, 16>) {
+    for (var r = 0u; r < 8u; r++) {
+        let i = row0 + r;
+        if i >= p.rows { return; }
+        for (var c = 0u; c < 8u; c++) {
+            let j = col0 + c;
+            if j < p.rows_b { out[i * p.rows_b + j] = acc[2u * r + c / 4u][c % 4u]; }
+        }
+    }
+}
+
+@compute @workgroup_size(TEX_WG)
+fn pairwise_euclidean_forward_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                                  @builtin(local_invocation_index) lid: u32) {
+    let blk = tex_block(wid, nwg, lid);
+    if blk.col0 >= p.rows_b { return; }
+    var acc: array<vec4<f32>, 16>;
+    for (var k = 0u; k < p.dim; k++) {
+        let b0 = tex_row_b(blk.cb[0] + k);
+        let b1 = tex_row_b(blk.cb[1] + k);
+        let b2 = tex_row_b(blk.cb[2] + k);
+        let b3 = tex_row_b(blk.cb[3] + k);
+        let b4 = tex_row_b(blk.cb[4] + k);
+        let b5 = tex_row_b(blk.cb[5] + k);
+        let b6 = tex_row_b(blk.cb[6] + k);
+        let b7 = tex_row_b(blk.cb[7] + k);
+        for (var r = 0u; r < 8u; r++) {
+            let a = tex_row_a(blk.ra[r] + k);
+            let t0 = a - b0;
+            let t1 = a - b1;
+            let t2 = a - b2;
+            let t3 = a - b3;
+            let t4 = a - b4;
+            let t5 = a - b5;
+            let t6 = a - b6;
+            let t7 = a - b7;
+            acc[2u * r] += vec4<f32>(dot(t0, t0), dot(t1, t1), dot(t2, t2), dot(t3, t3));
+            acc[2u * r + 1u] += vec4<f32>(dot(t4, t4), dot(t5, t5), dot(t6, t6), dot(t7, t7));
+        }
+    }
+    for (var e = 0u; e < 16u; e++) {
+        acc[e] = sqrt(acc[e] + vec4<f32>(EUCLIDEAN_EPS));
+    }
+    store_tex_block(blk.row0, blk.col0, acc);
+}
+
+@compute @workgroup_size(TEX_WG)
+fn pairwise_cosine_forward_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                               @builtin(local_invocation_index) lid: u32) {
+    let blk = tex_block(wid, nwg, lid);
+    if blk.col0 >= p.rows_b { return; }
+    var acc: array<vec4<f32>, 16>;
+    var sa: array<f32, 8>;
+    var sb: array<vec4<f32>, 2>;
+    for (var k = 0u; k < p.dim; k++) {
+        let b0 = tex_row_b(blk.cb[0] + k);
+        let b1 = tex_row_b(blk.cb[1] + k);
+        let b2 = tex_row_b(blk.cb[2] + k);
+        let b3 = tex_row_b(blk.cb[3] + k);
+        let b4 = tex_row_b(blk.cb[4] + k);
+        let b5 = tex_row_b(blk.cb[5] + k);
+        let b6 = tex_row_b(blk.cb[6] + k);
+        let b7 = tex_row_b(blk.cb[7] + k);
+        sb[0] += vec4<f32>(dot(b0, b0), dot(b1, b1), dot(b2, b2), dot(b3, b3));
+        sb[1] += vec4<f32>(dot(b4, b4), dot(b5, b5), dot(b6, b6), dot(b7, b7));
+        for (var r = 0u; r < 8u; r++) {
+            let a = tex_row_a(blk.ra[r] + k);
+            sa[r] += dot(a, a);
+            acc[2u * r] += vec4<f32>(dot(a, b0), dot(a, b1), dot(a, b2), dot(a, b3));
+            acc[2u * r + 1u] += vec4<f32>(dot(a, b4), dot(a, b5), dot(a, b6), dot(a, b7));
+        }
+    }
+    let norm_b0 = max(sqrt(sb[0]), vec4<f32>(COSINE_EPS));
+    let norm_b1 = max(sqrt(sb[1]), vec4<f32>(COSINE_EPS));
+    for (var r = 0u; r < 8u; r++) {
+        let norm_a = max(sqrt(sa[r]), COSINE_EPS);
+        acc[2u * r] = vec4<f32>(1.0) - acc[2u * r] / (norm_a * norm_b0);
+        acc[2u * r + 1u] = vec4<f32>(1.0) - acc[2u * r + 1u] / (norm_a * norm_b1);
+    }
+    store_tex_block(blk.row0, blk.col0, acc);
 }

@@ -20,6 +20,7 @@ use siamese_gpu::config::{RunSettings, parse_image_size};
 use siamese_gpu::data::augment::Augment;
 use siamese_gpu::data::dataset::{self, Color, DataOptions, Dataset, ImageSet, OnBadImage};
 use siamese_gpu::eval::embed::Embedder;
+use siamese_gpu::eval::embedding_metrics::{EmbeddingMetrics, embedding_metrics};
 use siamese_gpu::eval::protocol::{PairProtocol, Validation};
 use siamese_gpu::eval::verification::Verification;
 use siamese_gpu::gpu::list_adapters;
@@ -27,7 +28,7 @@ use siamese_gpu::model::LossKind;
 use siamese_gpu::model::SiameseModel;
 use siamese_gpu::ops::gather;
 use siamese_gpu::ops::gather::PixelNorm;
-use siamese_gpu::report::{verification_json, write_report};
+use siamese_gpu::report::{embedding_metrics_json, verification_json, write_report};
 use siamese_gpu::sweep::{self, Axis, Metrics, Outcome, RankBy};
 use siamese_gpu::train::{self, Progress, RunControl, TrainConfig, TrainReport, TrainingState};
 use siamese_gpu::{Gpu, TexelOp};
@@ -407,9 +408,9 @@ fn run_eval(args: &EvalArgs) -> Result<(), String> {
         args.test_pairs.unwrap_or(saved.test_pairs),
     );
     let gpu = Gpu::new().map_err(|e| e.to_string())?;
-    // Each family of metrics of the evaluation module is one section here (retrieval and
-    // one-shot join verification when the module has them).
-    let verification = || -> siamese_gpu::Result<(Validation, Verification)> {
+    // Verification on the run's pairs; then retrieval, its raw-pixel baseline and one-shot
+    // accuracy on the whole test split's embeddings.
+    let verification = || -> siamese_gpu::Result<(Validation, Verification, EmbeddingMetrics)> {
         let val = gather::upload_images(&gpu, &data.val.images, data.val.count, data.val.pixels())?;
         let test =
             gather::upload_images(&gpu, &data.test.images, data.test.count, data.test.pixels())?;
@@ -424,18 +425,31 @@ fn run_eval(args: &EvalArgs) -> Result<(), String> {
         );
         let v = protocol.validate(&embedder, &val)?;
         let t = protocol.test(&embedder, &test, &v)?;
-        Ok((v, t))
+        let embedded = embedder.embed(&test, data.test.count)?;
+        let m = embedding_metrics(
+            &gpu,
+            &embedded,
+            &data.test.labels,
+            embedder.dim(),
+            model.config.distance,
+            Some((&data.test, norm)),
+        )?;
+        Ok((v, t, m))
     };
-    let (v, t) = verification().map_err(|e| e.to_string())?;
+    let (v, t, m) = verification().map_err(|e| e.to_string())?;
     println!("verification ({}):", data.root.display());
     print_verification(&v, &t, val_pairs);
+    println!("{m}");
     if args.json {
-        let result = json!({
+        let mut result = json!({
             "test_pair_accuracy": t.accuracy, "test_roc_auc": t.roc_auc, "threshold": num(t.threshold),
             "test_precision": t.precision, "test_recall": t.recall, "test_f1": t.f1, "test_eer": t.eer,
             "val_pair_accuracy": v.accuracy, "val_roc_auc": v.roc_auc,
             "val_pairs": val_pairs, "test_pairs": test_pairs, "adapter": gpu.adapter().name,
         });
+        for (key, section) in embedding_metrics_json(&m).as_object().expect("an object") {
+            result[key] = section.clone();
+        }
         println!("{result}");
     }
     Ok(())
@@ -911,9 +925,8 @@ fn train_run(
         let text = serde_json::to_string_pretty(&result).expect("JSON");
         write_atomic(&dir.join("result.json"), text.as_bytes())
             .map_err(|e| format!("cannot write result.json: {e}"))?;
-        let metrics = json!({
-            "verification": verification_json(&report.diagnosis.evidence, &report.test),
-        });
+        let mut metrics = embedding_metrics_json(&report.embedding_metrics);
+        metrics["verification"] = verification_json(&report.diagnosis.evidence, &report.test);
         write_report(dir, &report.diagnosis, metrics)
             .map_err(|e| format!("cannot write the report: {e}"))?;
     }
@@ -947,6 +960,7 @@ fn run_train(args: &TrainArgs, matches: &ArgMatches) -> Result<(), String> {
         "{} training pairs in {:.0} s ({:.0} pairs/s), {:.0} s in all, on {}",
         report.train_pairs, report.train_s, report.pairs_per_sec, report.wall_s, report.adapter
     );
+    println!("{}", report.embedding_metrics);
     println!("{}", report.diagnosis);
     match out {
         Some(dir) => println!(

@@ -22,6 +22,7 @@ use crate::data::sampler::{PairBatch, PairSampler, TripletBatch, TripletSampler}
 use crate::error::{Error, Result};
 use crate::eval::doctor::{Diagnosis, Evidence, GradSample, PairScores, ValidationPoint};
 use crate::eval::embed::Embedder;
+use crate::eval::embedding_metrics::{EmbeddingMetrics, embedding_metrics};
 use crate::eval::embedding_stats::{embedding_stats, pca_2d};
 use crate::eval::probe;
 use crate::eval::protocol::{PairProtocol, Validation};
@@ -78,6 +79,8 @@ pub struct TrainConfig {
     /// Test images embedded after training for the doctor's spread statistics and the PCA
     /// plot (a seeded sample when the test set is larger).
     pub doctor_images: usize,
+    /// Also score retrieval on raw test pixels, the baseline beside the embeddings' P@1.
+    pub pixel_baseline: bool,
     /// Swap Same and Different in every training pair: reproduces the inverted-labels bug, so
     /// that the doctor can be shown (and tested) recognising it. Never set in a real run.
     pub invert_pair_labels: bool,
@@ -114,6 +117,7 @@ impl Default for TrainConfig {
             profile: false,
             train_eval_pairs: 2_000,
             doctor_images: 10_000,
+            pixel_baseline: true,
             invert_pair_labels: false,
         }
     }
@@ -324,6 +328,8 @@ pub struct TrainReport {
     /// The trained model and its final parameters (its flat layout).
     pub model: SiameseModel,
     pub params: Vec<f32>,
+    /// Retrieval (with the raw-pixel baseline) and one-shot accuracy of the test embeddings.
+    pub embedding_metrics: EmbeddingMetrics,
     /// What the run looked like, and what the doctor made of it.
     pub diagnosis: Diagnosis,
 }
@@ -800,13 +806,22 @@ pub fn train_with(
     let embedded = embedder.embed_indices(&data.test, &sample)?;
     let dim = embedder.dim();
     evidence.embeddings = Some(embedding_stats(&embedded, sample.len(), dim, cfg.seed));
-    let pca_rows = sample.len().min(PCA_POINTS);
-    let (points, explained) = pca_2d(&embedded[..pca_rows * dim], pca_rows, dim);
-    evidence.pca = points;
-    evidence.pca_labels = sample[..pca_rows]
+    let sample_labels: Vec<u8> = sample
         .iter()
         .map(|&i| test_set.labels[i as usize])
         .collect();
+    let embedding_metrics = embedding_metrics(
+        gpu,
+        &embedded,
+        &sample_labels,
+        dim,
+        cfg.distance,
+        cfg.pixel_baseline.then_some((test_set, cfg.pixel_norm)),
+    )?;
+    let pca_rows = sample.len().min(PCA_POINTS);
+    let (points, explained) = pca_2d(&embedded[..pca_rows * dim], pca_rows, dim);
+    evidence.pca = points;
+    evidence.pca_labels = sample_labels[..pca_rows].to_vec();
     evidence.pca_explained = explained;
     evidence.test_classes = data.sets.test_classes.clone();
     let probe: Vec<u32> = (0..data.sets.val.count.min(PROBE_IMAGES) as u32).collect();
@@ -849,6 +864,7 @@ pub fn train_with(
         losses,
         params: gpu.read_f32(&params)?,
         model,
+        embedding_metrics,
         diagnosis,
     })
 }

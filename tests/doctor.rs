@@ -48,6 +48,7 @@ fn small(pairs: usize) -> TrainConfig {
         test_pairs: 1000,
         train_eval_pairs: 1000,
         doctor_images: 1000,
+        pixel_baseline: false,
         eval_every: pairs,
         ..TrainConfig::default()
     }

@@ -14,6 +14,7 @@ pub mod normalize;
 pub mod optim;
 pub mod pack;
 pub mod pool;
+pub mod topk;
 
 use std::fmt::Debug;
 use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub};

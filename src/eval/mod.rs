@@ -2,7 +2,10 @@
 
 pub mod doctor;
 pub mod embed;
+pub mod embedding_metrics;
 pub mod embedding_stats;
+pub mod oneshot;
 pub mod probe;
 pub mod protocol;
+pub mod retrieval;
 pub mod verification;

@@ -12,6 +12,7 @@ pub mod normalize;
 pub mod optim;
 pub mod pack;
 pub mod pool;
+pub mod topk;
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Tensor};

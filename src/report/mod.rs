@@ -10,8 +10,11 @@ use std::path::Path;
 use serde_json::{Value, json};
 
 use crate::eval::doctor::{Diagnosis, Evidence, Finding, PairScores};
+use crate::eval::embedding_metrics::EmbeddingMetrics;
+use crate::eval::retrieval::{Protocol, RetrievalMetrics};
 use crate::eval::verification::Verification;
 use crate::files::write_atomic;
+use crate::ops::distance::PairwiseMetric;
 use crate::ops::loss::PairLabel;
 
 /// The file names the report writes into a run directory.
@@ -92,6 +95,35 @@ pub fn verification_json(e: &Evidence, test: &Verification) -> Value {
         "val_pair_accuracy": f(e.val_accuracy),
         "val_roc_auc": f(e.val_roc_auc),
         "train_pair_accuracy": e.train_accuracy.map(f),
+    })
+}
+
+/// Retrieval metrics as JSON.
+pub fn retrieval_json(r: &RetrievalMetrics) -> Value {
+    json!({
+        "precision_at_1": f(r.precision_at_1),
+        "recall_at_k": r.recall_at_k.iter().map(|&(k, v)| json!({"k": k, "recall": f(v)})).collect::<Vec<_>>(),
+        "r_precision": f(r.r_precision),
+        "map_at_r": f(r.map_at_r),
+        "queries": r.queries,
+        "queries_without_match": r.queries_without_match,
+        "references": r.references,
+        "protocol": match r.protocol { Protocol::LeaveOneOut => "leave-one-out", Protocol::Gallery => "gallery" },
+        "metric": match r.metric { PairwiseMetric::Euclidean => "euclidean", PairwiseMetric::Cosine => "cosine" },
+        "query_sample": r.sample.map(|s| json!({"drawn": s.drawn, "of": s.of, "seed": s.seed})),
+    })
+}
+
+/// The embedding metrics' sections of `metrics`: `retrieval`, `pixel_baseline`, `one_shot`.
+pub fn embedding_metrics_json(m: &EmbeddingMetrics) -> Value {
+    json!({
+        "retrieval": retrieval_json(&m.retrieval),
+        "pixel_baseline": m.pixel_baseline.as_ref().map(retrieval_json),
+        "one_shot": m.one_shot.iter().map(|(n, r)| match r {
+            Ok(o) => json!({"n": n, "accuracy": f(o.accuracy), "ci95": [f(o.ci95.0), f(o.ci95.1)],
+                            "episodes": o.episodes, "seed": o.seed}),
+            Err(e) => json!({"n": n, "accuracy": null, "why": e.to_string()}),
+        }).collect::<Vec<_>>(),
     })
 }
 

@@ -1,0 +1,97 @@
+//! The metrics read from a set of embeddings (retrieval, its raw-pixel baseline, n-way
+//! one-shot), gathered the same way by `train` and `eval`.
+
+use std::fmt;
+
+use crate::data::dataset::ImageSet;
+use crate::error::Result;
+use crate::eval::oneshot::{self, OneShot, OneShotError};
+use crate::eval::retrieval::{
+    self, DEFAULT_PIXEL_QUERIES, References, RetrievalMetrics, RetrievalOptions,
+};
+use crate::gpu::Gpu;
+use crate::ops::distance::{Distance, PairwiseMetric};
+use crate::ops::gather::PixelNorm;
+
+/// Retrieval on the embeddings (leave-one-out over the set, Musgrave et al.'s protocol),
+/// the same on raw pixels, and n-way one-shot accuracy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddingMetrics {
+    pub retrieval: RetrievalMetrics,
+    /// Raw pixels under the same protocol (a seeded sample of queries): the figure a
+    /// learned embedding must beat.
+    pub pixel_baseline: Option<RetrievalMetrics>,
+    pub one_shot: Vec<(usize, std::result::Result<OneShot, OneShotError>)>,
+}
+
+/// The metrics of `embeddings` (`[labels.len(), dim]`) ranked by the model's `distance`
+/// (Euclidean for one the pairwise kernel lacks, and for the BCE head's embedding); the
+/// pixel baseline over `images` (the set the embeddings came from, whole) when given.
+pub fn embedding_metrics(
+    gpu: &Gpu,
+    embeddings: &[f32],
+    labels: &[u8],
+    dim: usize,
+    distance: Distance,
+    images: Option<(&ImageSet, PixelNorm)>,
+) -> Result<EmbeddingMetrics> {
+    let metric = retrieval::retrieval_metric(distance).unwrap_or(PairwiseMetric::Euclidean);
+    let retrieval = retrieval::evaluate_retrieval(
+        gpu,
+        embeddings,
+        labels,
+        dim,
+        References::LeaveOneOut,
+        &RetrievalOptions::new(metric),
+    )?;
+    let pixel_baseline = match images {
+        Some((set, norm)) => Some(retrieval::pixel_baseline(
+            gpu,
+            set,
+            None,
+            norm,
+            &RetrievalOptions {
+                max_queries: Some(DEFAULT_PIXEL_QUERIES),
+                ..RetrievalOptions::new(PairwiseMetric::Euclidean)
+            },
+        )?),
+        None => None,
+    };
+    let one_shot = oneshot::DEFAULT_WAYS
+        .iter()
+        .map(|&n| {
+            let r = oneshot::one_shot(
+                embeddings,
+                labels,
+                dim,
+                metric,
+                n,
+                oneshot::DEFAULT_EPISODES,
+                oneshot::DEFAULT_SEED,
+            );
+            (n, r)
+        })
+        .collect();
+    Ok(EmbeddingMetrics {
+        retrieval,
+        pixel_baseline,
+        one_shot,
+    })
+}
+
+impl fmt::Display for EmbeddingMetrics {
+    /// The retrieval line, the pixel baseline beside it, and one line per one-shot n.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "retrieval: {}", self.retrieval)?;
+        if let Some(p) = &self.pixel_baseline {
+            write!(f, "\nraw pixels: {p}")?;
+        }
+        for (n, r) in &self.one_shot {
+            match r {
+                Ok(o) => write!(f, "\n{o}")?,
+                Err(e) => write!(f, "\n{n}-way one-shot: {e}")?,
+            }
+        }
+        Ok(())
+    }
+}
