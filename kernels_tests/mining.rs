@@ -464,3 +464,81 @@ fn miner_names_parse() {
             .contains("batch-hard")
     );
 }
+
+/// Embeddings `e [n, dim]` whose f64 distance matrix (by `dist`) keeps every row's entries,
+/// and entry pairs shifted by the margin, at least `gap` apart (see `separated`).
+fn separated_embeddings(
+    r: &mut StdRng,
+    n: usize,
+    dim: usize,
+    dist: impl Fn(&[f64]) -> Vec<f64>,
+    gap: f64,
+) -> Vec<f32> {
+    let m = MARGIN as f64;
+    'retry: loop {
+        let e = uniform(r, n * dim, -1.0, 1.0);
+        let dm = dist(&to_f64(&e));
+        for a in 0..n {
+            for j in 0..n {
+                for k in 0..n {
+                    let (x, y) = (dm[a * n + j], dm[a * n + k]);
+                    if j != k && ((x - y).abs() < gap || (x - y + m).abs() < gap) {
+                        continue 'retry;
+                    }
+                }
+            }
+        }
+        return e;
+    }
+}
+
+/// The tape's `pairwise_self` + `mined_triplet_loss` on the GPU: d loss / d e against
+/// central differences of the composed f64 references. Both sides of the pairwise matrix
+/// are e, so a tape that kept only one side's gradient would be off by about half.
+#[test]
+fn tape_gradient_of_embeddings_matches_finite_differences() {
+    use siamese_gpu::autograd::Tape;
+    use siamese_gpu::cpu::distance as cpu_distance;
+    use siamese_gpu::ops::distance::PairwiseMetric;
+
+    let (n, dim) = (8, 4);
+    let l: Vec<u32> = vec![0, 1, 2, 0, 1, 2, 0, 1];
+    for (seed, metric) in [PairwiseMetric::Euclidean, PairwiseMetric::Cosine]
+        .into_iter()
+        .enumerate()
+    {
+        let dist = move |e: &[f64]| match metric {
+            PairwiseMetric::Euclidean => cpu_distance::pairwise_euclidean_forward(e, e, n, n, dim),
+            PairwiseMetric::Cosine => cpu_distance::pairwise_cosine_forward(e, e, n, n, dim),
+        };
+        let mut r = rng(400 + seed as u64);
+        // A gap of 1e-3 keeps the FD step's change of dm (≤ 2h·|∂d/∂e| ≈ 1e-4 for these
+        // scales) from crossing a kink.
+        let e = separated_embeddings(&mut r, n, dim, dist, 1e-3);
+        for miner in MINERS {
+            let mut tape = Tape::new(gpu());
+            let grad = zeros(&[n, dim]);
+            let ev = tape
+                .param(upload(&e, &[n, dim]), Some(grad.clone()))
+                .unwrap();
+            let dm = tape.pairwise_self(metric, ev).unwrap();
+            let (loss, _) = tape
+                .mined_triplet_loss(dm, &upload_labels(&l), miner, MARGIN)
+                .unwrap();
+            let mut kernels: Vec<Kernel> = tape.forward_kernels().cloned().collect();
+            kernels.extend(tape.backward(loss).unwrap());
+            gpu().run(&kernels.iter().collect::<Vec<_>>());
+            let got = gpu().read_f32(&grad).unwrap();
+            let f = |x: &[f64]| cpu::forward(miner, &dist(x), &l, n, MARGIN as f64).0;
+            let fd = finite_difference(f, &to_f64(&e), FD_STEP);
+            let what = format!("{miner} {metric:?} tape gradient");
+            assert!(
+                fd.iter().any(|&g| g != 0.0),
+                "{what}: a zero gradient tests nothing"
+            );
+            // f32 distances and their gradients carry ~1e-6 relative error; 1e-4 of the largest
+            // entry is well above that and far below a missing side (≈ 50%).
+            assert_gpu_matches_fd(&what, &got, &fd, 1e-4);
+        }
+    }
+}

@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::nn::spec::{Layer, REFERENCE_TOWER};
 use crate::ops::distance::Distance;
 use crate::ops::gather::PixelNorm;
+use crate::ops::mining::Miner;
 use crate::optim::{OptimizerKind, Schedule};
 use crate::train::TrainConfig;
 
@@ -43,6 +44,11 @@ pub struct RunSettings {
     pub weight_decay: f64,
     pub schedule: String,
     pub positive_fraction: f64,
+    /// Online triplet mining for `loss = "triplet"`: none, batch-all, batch-hard, semi-hard.
+    pub miner: String,
+    /// P of the P×K batches a miner trains on [default: 10, or all classes if fewer].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classes_per_batch: Option<usize>,
     pub seed: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub val_images: Option<usize>,
@@ -77,6 +83,8 @@ impl Default for RunSettings {
             weight_decay: 0.0,
             schedule: "constant".into(),
             positive_fraction: cfg.positive_fraction,
+            miner: "none".into(),
+            classes_per_batch: None,
             seed: cfg.seed,
             val_images: None,
             val_pairs: cfg.val_pairs,
@@ -184,6 +192,8 @@ impl RunSettings {
         cfg.batch = self.batch;
         cfg.pairs = self.pairs;
         cfg.positive_fraction = self.positive_fraction;
+        cfg.miner = Miner::parse_setting(&self.miner)?;
+        cfg.classes_per_batch = self.classes_per_batch;
         cfg.seed = self.seed;
         cfg.val_images = self.val_images;
         cfg.val_pairs = self.val_pairs;

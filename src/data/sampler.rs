@@ -388,12 +388,21 @@ mod tests {
             assert_eq!(b.images.len(), 20);
             let classes: HashSet<u32> = b.classes.iter().copied().collect();
             assert_eq!(classes.len(), 5, "P distinct classes: {:?}", b.classes);
-            assert!(!classes.contains(&11), "a class of one image cannot give a positive");
+            assert!(
+                !classes.contains(&11),
+                "a class of one image cannot give a positive"
+            );
             for (img, c) in b.images.iter().zip(&b.classes) {
-                assert_eq!(l[*img as usize] as u32, *c, "image {img} is not of class {c}");
+                assert_eq!(
+                    l[*img as usize] as u32, *c,
+                    "image {img} is not of class {c}"
+                );
             }
             for chunk in b.images.chunks(4).zip(b.classes.chunks(4)) {
-                assert!(chunk.1.iter().all(|&c| c == chunk.1[0]), "K images per class, in a block");
+                assert!(
+                    chunk.1.iter().all(|&c| c == chunk.1[0]),
+                    "K images per class, in a block"
+                );
                 let distinct: HashSet<u32> = chunk.0.iter().copied().collect();
                 // Class 10 has 3 < K images: drawn with replacement; the others without.
                 if chunk.1[0] != 10 {
@@ -429,7 +438,10 @@ mod tests {
         assert_eq!(seen.len(), 11);
         let expect = batches as f64 * 3.0 / 11.0; // 3000; binomial sd ≈ 47
         for (c, n) in seen {
-            assert!((n as f64 - expect).abs() < 250.0, "class {c} drawn {n} times, expected ≈ {expect}");
+            assert!(
+                (n as f64 - expect).abs() < 250.0,
+                "class {c} drawn {n} times, expected ≈ {expect}"
+            );
         }
     }
 
