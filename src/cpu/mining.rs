@@ -154,7 +154,7 @@ pub fn mining_rows<T: Real>(miner: Miner, dm: &[T], labels: &[u32], n: usize, ma
 
 /// Column `c` of `rows` summed as the shader does: 256 strided partial sums, then a tree.
 fn column_sum<T: Real>(rows: &[T], n: usize, c: usize) -> T {
-    let mut partial = vec![T::zero(); REDUCE_WG];
+    let mut partial = [T::zero(); REDUCE_WG];
     for (lid, s) in partial.iter_mut().enumerate() {
         let mut a = lid;
         while a < n {
