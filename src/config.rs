@@ -45,6 +45,8 @@ pub struct RunSettings {
     pub schedule: String,
     pub positive_fraction: f64,
     /// Online triplet mining for `loss = "triplet"`: none, batch-all, batch-hard, semi-hard.
+    /// Left out of the written settings when none, so runs saved before it existed match.
+    #[serde(skip_serializing_if = "is_no_miner")]
     pub miner: String,
     /// P of the P×K batches a miner trains on [default: 10, or all classes if fewer].
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -97,6 +99,10 @@ impl Default for RunSettings {
             held_out_classes: Vec::new(),
         }
     }
+}
+
+fn is_no_miner(miner: &str) -> bool {
+    miner.eq_ignore_ascii_case("none")
 }
 
 impl RunSettings {
@@ -366,5 +372,19 @@ mod tests {
         assert!(refused("weight_decay", "-1").contains("weight_decay must be a finite number ≥ 0"));
         assert!(refused("pixel_norm", "standard:0.5:0").contains("pixel_norm:"));
         assert!(refused("seed", "-1").starts_with("seed = -1"));
+        assert!(refused("miner", "hardest").contains("unknown miner `hardest`"));
+    }
+
+    #[test]
+    fn a_miner_reads_from_toml() {
+        let s: RunSettings = toml::from_str(
+            "loss = \"triplet\"\nminer = \"semi-hard\"\nclasses_per_batch = 8\nbatch = 64",
+        )
+        .unwrap();
+        let cfg = s.to_train_config().unwrap();
+        assert_eq!(cfg.miner, Some(crate::ops::mining::Miner::SemiHard));
+        assert_eq!(cfg.classes_per_batch, Some(8));
+        assert_eq!(toml::from_str::<RunSettings>(&s.to_toml()).unwrap(), s);
+        assert!(!RunSettings::default().to_toml().contains("miner"));
     }
 }
