@@ -2,24 +2,30 @@
 // and batch-all triplet losses, with their gradient with respect to the matrix.
 //
 // Tensors (flat, row-major): dm [N, N] f32 the distances between the batch's embeddings;
-// labels [N] u32 class ids; rows [N, ROW_STATS] f32 per-anchor partial sums; loss [1];
-// stats [4] = (mined, active, mean d_ap, mean d_an) of the step; dloss [1]; ddm [N, N].
+// labels [N] u32 class ids; rows [R, ROW_STATS] f32 partial sums, R = N (batch-hard: one per
+// anchor) or N² (semi-hard, batch-all: one per (anchor, positive) slot a·N + j); loss [1];
+// stats [4] = (mined, active, mean d_ap, mean d_an) of the step; dloss [1]; ddm [N, N];
+// choice [N, N] u32 scratch of the semi-hard backward.
 //
 // Entry points (binding 0 is always `p: MiningParams`):
-//   batch_hard_rows     1 dm, 2 labels              -> 5 rows
-//   semi_hard_rows      1 dm, 2 labels              -> 5 rows
-//   batch_all_rows      1 dm, 2 labels              -> 5 rows
-//   mining_reduce       5 rows                      -> 6 loss, 7 stats
-//   batch_hard_backward 1 dm, 2 labels, 3 dloss, 7 stats -> 4 ddm
-//   semi_hard_backward  1 dm, 2 labels, 3 dloss, 7 stats -> 4 ddm
-//   batch_all_backward  1 dm, 2 labels, 3 dloss, 7 stats -> 4 ddm
+//   batch_hard_rows     1 dm, 2 labels                   -> 5 rows [N, 5]     per anchor
+//   semi_hard_pairs     1 dm, 2 labels                   -> 5 rows [N², 5]    per (a, j)
+//   batch_all_pairs     1 dm, 2 labels                   -> 5 rows [N², 5]    per (a, j)
+//   mining_reduce       5 rows                           -> 6 loss, 7 stats   one workgroup
+//   batch_hard_backward 1 dm, 2 labels, 3 dloss, 7 stats -> 4 ddm             per anchor row
+//   semi_hard_choices   1 dm, 2 labels                   -> 8 choice          per (a, j)
+//   semi_hard_backward  2 labels, 3 dloss, 7 stats, 8 choice -> 4 ddm         per (a, j)
+//   batch_all_backward  1 dm, 2 labels, 3 dloss, 7 stats -> 4 ddm             per (a, j)
 //
-// A forward is two dispatches: one invocation per anchor row sums that row's triplets into
-// `rows`, then ONE workgroup tree-reduces the rows (as loss.wgsl: fixed summation order, no
-// float atomics, bit-reproducible) and divides by the GLOBAL normaliser. A backward is one
-// invocation per anchor that writes the whole of its own row of ddm (the loss reads only
-// dm[a][·] for anchor a), so no two invocations write one element; batch-all's backward has
-// one invocation per element instead (see there).
+// A forward is two dispatches: a pass that writes each anchor's (or anchor-positive pair's)
+// partial sums into `rows`, then ONE workgroup that tree-reduces them (as loss.wgsl: fixed
+// summation order, no float atomics, bit-reproducible) and divides by the GLOBAL normaliser.
+// Every ddm element has exactly one writer: batch-hard's backward writes a whole anchor row
+// per invocation (the loss reads only dm[a][·] for anchor a), the others one element per
+// invocation. No invocation loops more than about 2N times (the reduction: R/256): llvmpipe
+// (Mesa 22.3) cuts a longer loop short, silently (a per-anchor loop over K positives × N
+// negatives stopped after about 2¹⁵ steps at N = 300), so per-pair and per-element
+// invocations replace per-anchor ones wherever an anchor's work is O(K·N).
 //
 // Only row a's entries are read for anchor a: dm need not be symmetric, and the gradient of
 // dm[p][a] is zero. The diagonal is never read (a positive is never the anchor itself).
@@ -38,7 +44,7 @@ struct MiningParams {
     n: u32,             // N
     margin: f32,        // m
     by_active: u32,     // 1: the normaliser is the active count (batch-all), 0: the mined count
-    _pad: u32,
+    rows_len: u32,      // R, the rows mining_reduce sums: N or N²
 }
 
 @group(0) @binding(0) var<uniform> p: MiningParams;
@@ -49,6 +55,7 @@ struct MiningParams {
 @group(0) @binding(5) var<storage, read_write> rows: array<f32>;
 @group(0) @binding(6) var<storage, read_write> loss: array<f32>;
 @group(0) @binding(7) var<storage, read_write> stats: array<f32>;
+@group(0) @binding(8) var<storage, read_write> choice: array<u32>;
 
 // Columns of `rows`: Σ hinge, mined, active, Σ d_ap, Σ d_an (the last two over mined triplets).
 const ROW_STATS: u32 = 5u;
@@ -62,8 +69,8 @@ fn invocation(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.x + wid.y * nwg.x) * WG + lid;
 }
 
-fn write_row(a: u32, hinge_sum: f32, n_mined: f32, n_active: f32, dap_sum: f32, dan_sum: f32) {
-    let o = a * ROW_STATS;
+fn write_row(r: u32, hinge_sum: f32, n_mined: f32, n_active: f32, dap_sum: f32, dan_sum: f32) {
+    let o = r * ROW_STATS;
     rows[o] = hinge_sum;
     rows[o + 1u] = n_mined;
     rows[o + 2u] = n_active;
@@ -133,7 +140,8 @@ fn batch_hard_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
 
 // ---- semi-hard (Schroff et al. 2015, as TensorFlow's triplet_semihard_loss) ----
 
-// The negative of the pair (a, pos): the nearest one farther than d_ap, else the farthest.
+// The negative of the pair (a, pos): the nearest one farther than d_ap, else the farthest;
+// NONE if a has no negative.
 fn semi_hard_negative(a: u32, d_ap: f32) -> u32 {
     var outside = NONE;  // smallest d_an with d_an > d_ap
     var inside = NONE;   // largest d_an
@@ -146,67 +154,81 @@ fn semi_hard_negative(a: u32, d_ap: f32) -> u32 {
     return select(outside, inside, outside == NONE);
 }
 
-@compute @workgroup_size(WG)
-fn semi_hard_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                  @builtin(local_invocation_index) lid: u32) {
-    let a = invocation(wid, nwg, lid);
-    if a >= p.n { return; }
-    var hinge_sum = 0.0;
-    var n_mined = 0.0;
-    var n_active = 0.0;
-    var dap_sum = 0.0;
-    var dan_sum = 0.0;
-    for (var pos = 0u; pos < p.n; pos++) {
-        if pos == a || labels[pos] != labels[a] { continue; }
-        let d_ap = dm[a * p.n + pos];
-        let neg = semi_hard_negative(a, d_ap);
-        if neg == NONE { break; }  // no negative at all: the anchor has no triplet
-        let d_an = dm[a * p.n + neg];
-        let t = d_ap - d_an + p.margin;
-        hinge_sum += max(t, 0.0);
-        n_mined += 1.0;
-        n_active += select(0.0, 1.0, t > 0.0);
-        dap_sum += d_ap;
-        dan_sum += d_an;
-    }
-    write_row(a, hinge_sum, n_mined, n_active, dap_sum, dan_sum);
+// Whether invocation e = a·N + j is an anchor-positive pair (j ≠ a, same class).
+fn is_pair(a: u32, j: u32) -> bool {
+    return j != a && labels[j] == labels[a];
 }
 
 @compute @workgroup_size(WG)
+fn semi_hard_pairs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let e = invocation(wid, nwg, lid);
+    if e >= p.n * p.n { return; }
+    let a = e / p.n;
+    let pos = e % p.n;
+    write_row(e, 0.0, 0.0, 0.0, 0.0, 0.0);
+    if !is_pair(a, pos) { return; }
+    let d_ap = dm[e];
+    let neg = semi_hard_negative(a, d_ap);
+    if neg == NONE { return; }  // no negative at all: the anchor has no triplet
+    let d_an = dm[a * p.n + neg];
+    let t = d_ap - d_an + p.margin;
+    write_row(e, max(t, 0.0), 1.0, select(0.0, 1.0, t > 0.0), d_ap, d_an);
+}
+
+// choice [N, N]: the negative of pair (a, j) where its hinge is on, NONE elsewhere (the
+// first dispatch of the backward).
+@compute @workgroup_size(WG)
+fn semi_hard_choices(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let e = invocation(wid, nwg, lid);
+    if e >= p.n * p.n { return; }
+    let a = e / p.n;
+    let pos = e % p.n;
+    var chosen = NONE;
+    if is_pair(a, pos) {
+        let neg = semi_hard_negative(a, dm[e]);
+        // Subgradient 0 at the kink (as the triplet loss in loss.wgsl).
+        if neg != NONE && dm[e] - dm[a * p.n + neg] + p.margin > 0.0 { chosen = neg; }
+    }
+    choice[e] = chosen;
+}
+
+// ∂/∂dm[a][j]: +s for an active pair (a, j); −s per active pair of a whose negative is j.
+@compute @workgroup_size(WG)
 fn semi_hard_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
-    let a = invocation(wid, nwg, lid);
-    if a >= p.n { return; }
-    zero_row(a);
-    let s = scale();
-    // Positives come in increasing index, so the sums into a shared negative run in a fixed order.
-    for (var pos = 0u; pos < p.n; pos++) {
-        if pos == a || labels[pos] != labels[a] { continue; }
-        let d_ap = dm[a * p.n + pos];
-        let neg = semi_hard_negative(a, d_ap);
-        if neg == NONE { break; }
-        if d_ap - dm[a * p.n + neg] + p.margin > 0.0 {
-            ddm[a * p.n + pos] = s;
-            ddm[a * p.n + neg] -= s;
+    let e = invocation(wid, nwg, lid);
+    if e >= p.n * p.n { return; }
+    let a = e / p.n;
+    let j = e % p.n;
+    var count = 0.0;
+    if is_pair(a, j) {
+        count = select(0.0, 1.0, choice[e] != NONE);
+    } else if labels[j] != labels[a] {
+        for (var pos = 0u; pos < p.n; pos++) {
+            if choice[a * p.n + pos] == j { count -= 1.0; }
         }
     }
+    ddm[e] = scale() * count;
 }
 
 // ---- batch-all: every valid triplet, averaged over those with a positive loss ----
 
 @compute @workgroup_size(WG)
-fn batch_all_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                  @builtin(local_invocation_index) lid: u32) {
-    let a = invocation(wid, nwg, lid);
-    if a >= p.n { return; }
+fn batch_all_pairs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let e = invocation(wid, nwg, lid);
+    if e >= p.n * p.n { return; }
+    let a = e / p.n;
+    let pos = e % p.n;
     var hinge_sum = 0.0;
     var n_mined = 0.0;
     var n_active = 0.0;
     var dap_sum = 0.0;
     var dan_sum = 0.0;
-    for (var pos = 0u; pos < p.n; pos++) {
-        if pos == a || labels[pos] != labels[a] { continue; }
-        let d_ap = dm[a * p.n + pos];
+    if is_pair(a, pos) {
+        let d_ap = dm[e];
         for (var n = 0u; n < p.n; n++) {
             if labels[n] == labels[a] { continue; }
             let d_an = dm[a * p.n + n];
@@ -218,12 +240,9 @@ fn batch_all_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
             dan_sum += d_an;
         }
     }
-    write_row(a, hinge_sum, n_mined, n_active, dap_sum, dan_sum);
+    write_row(e, hinge_sum, n_mined, n_active, dap_sum, dan_sum);
 }
 
-// One invocation per ELEMENT (a, j) of ddm, not per row: a row's count takes N² steps, and
-// lavapipe cut such a loop short at N = 257 (about 2¹⁶ iterations in one invocation: the
-// last columns of every row stayed 0). Each element still has exactly one writer.
 @compute @workgroup_size(WG)
 fn batch_all_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
@@ -235,7 +254,7 @@ fn batch_all_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     // A j is either a positive or a negative of a (or a itself), so one count per element.
     var count = 0.0;
     if j != a {
-        let d_aj = dm[a * p.n + j];
+        let d_aj = dm[e];
         let positive = labels[j] == labels[a];
         for (var k = 0u; k < p.n; k++) {
             if k == a { continue; }
@@ -255,11 +274,11 @@ fn batch_all_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
 
 var<workgroup> partial: array<f32, REDUCE_WG>;
 
-// Sum of column c of `rows` over all anchors: strided partial sums, then a fixed-shape tree.
+// Sum of column c of `rows` over its R rows: strided partial sums, then a fixed-shape tree.
 // Every invocation of the workgroup must call it (it holds barriers).
 fn column_sum(lid: u32, c: u32) -> f32 {
     var s = 0.0;
-    for (var a = lid; a < p.n; a += REDUCE_WG) { s += rows[a * ROW_STATS + c]; }
+    for (var r = lid; r < p.rows_len; r += REDUCE_WG) { s += rows[r * ROW_STATS + c]; }
     partial[lid] = s;
     workgroupBarrier();
     for (var stride = REDUCE_WG / 2u; stride > 0u; stride /= 2u) {

@@ -102,64 +102,65 @@ pub fn batch_hard_rows<T: Real>(dm: &[T], labels: &[u32], n: usize, margin: T) -
     rows
 }
 
-/// `rows [N, 5]` of semi-hard: one triplet per anchor-positive pair (none for an anchor
-/// without negatives).
-pub fn semi_hard_rows<T: Real>(dm: &[T], labels: &[u32], n: usize, margin: T) -> Vec<T> {
-    let mut rows = vec![T::zero(); n * ROW_STATS];
-    for a in 0..n {
+fn is_pair(labels: &[u32], a: usize, j: usize) -> bool {
+    j != a && labels[j] == labels[a]
+}
+
+/// `rows [N², 5]` of semi-hard: row a·N + j holds the triplet of the pair (a, j) when j is a
+/// positive of a and a has a negative, zeros elsewhere.
+pub fn semi_hard_pairs<T: Real>(dm: &[T], labels: &[u32], n: usize, margin: T) -> Vec<T> {
+    let mut rows = vec![T::zero(); n * n * ROW_STATS];
+    for e in 0..n * n {
+        let (a, p) = (e / n, e % n);
         let mut row = Row::default();
-        for p in 0..n {
-            if p == a || labels[p] != labels[a] {
-                continue;
-            }
-            let d_ap = dm[a * n + p];
-            let Some(q) = semi_hard_negative(dm, labels, n, a, d_ap) else {
-                break;
-            };
-            row.add(d_ap, dm[a * n + q], margin);
+        if is_pair(labels, a, p)
+            && let Some(q) = semi_hard_negative(dm, labels, n, a, dm[e])
+        {
+            row.add(dm[e], dm[a * n + q], margin);
         }
-        row.write(&mut rows[a * ROW_STATS..(a + 1) * ROW_STATS]);
+        row.write(&mut rows[e * ROW_STATS..(e + 1) * ROW_STATS]);
     }
     rows
 }
 
-/// `rows [N, 5]` of batch-all: every (a, p, n) with p ≠ a of a's class and n of another.
-pub fn batch_all_rows<T: Real>(dm: &[T], labels: &[u32], n: usize, margin: T) -> Vec<T> {
-    let mut rows = vec![T::zero(); n * ROW_STATS];
-    for a in 0..n {
+/// `rows [N², 5]` of batch-all: row a·N + j sums the triplets (a, j, q) over a's negatives q
+/// when j is a positive of a, zeros elsewhere.
+pub fn batch_all_pairs<T: Real>(dm: &[T], labels: &[u32], n: usize, margin: T) -> Vec<T> {
+    let mut rows = vec![T::zero(); n * n * ROW_STATS];
+    for e in 0..n * n {
+        let (a, p) = (e / n, e % n);
         let mut row = Row::default();
-        for p in 0..n {
-            if p == a || labels[p] != labels[a] {
-                continue;
-            }
+        if is_pair(labels, a, p) {
             for q in 0..n {
                 if labels[q] != labels[a] {
-                    row.add(dm[a * n + p], dm[a * n + q], margin);
+                    row.add(dm[e], dm[a * n + q], margin);
                 }
             }
         }
-        row.write(&mut rows[a * ROW_STATS..(a + 1) * ROW_STATS]);
+        row.write(&mut rows[e * ROW_STATS..(e + 1) * ROW_STATS]);
     }
     rows
 }
 
-/// The per-row pass of `miner`.
+/// The first pass of `miner`: `rows [R, 5]`, R = `miner.partial_rows(n)`.
 pub fn mining_rows<T: Real>(miner: Miner, dm: &[T], labels: &[u32], n: usize, margin: T) -> Vec<T> {
     match miner {
         Miner::BatchHard => batch_hard_rows(dm, labels, n, margin),
-        Miner::SemiHard => semi_hard_rows(dm, labels, n, margin),
-        Miner::BatchAll => batch_all_rows(dm, labels, n, margin),
+        Miner::SemiHard => semi_hard_pairs(dm, labels, n, margin),
+        Miner::BatchAll => batch_all_pairs(dm, labels, n, margin),
     }
 }
 
-/// Column `c` of `rows` summed as the shader does: 256 strided partial sums, then a tree.
-fn column_sum<T: Real>(rows: &[T], n: usize, c: usize) -> T {
+/// Column `c` of `rows [R, 5]` summed as the shader does: 256 strided partial sums, then a
+/// tree.
+fn column_sum<T: Real>(rows: &[T], c: usize) -> T {
+    let r_len = rows.len() / ROW_STATS;
     let mut partial = [T::zero(); REDUCE_WG];
     for (lid, s) in partial.iter_mut().enumerate() {
-        let mut a = lid;
-        while a < n {
-            *s += rows[a * ROW_STATS + c];
-            a += REDUCE_WG;
+        let mut r = lid;
+        while r < r_len {
+            *s += rows[r * ROW_STATS + c];
+            r += REDUCE_WG;
         }
     }
     let mut stride = REDUCE_WG / 2;
@@ -173,14 +174,14 @@ fn column_sum<T: Real>(rows: &[T], n: usize, c: usize) -> T {
     partial[0]
 }
 
-/// (loss, stats) from `rows [N, 5]`: loss = Σ hinge / (mined, or active for batch-all),
+/// (loss, stats) from `rows [R, 5]`: loss = Σ hinge / (mined, or active for batch-all),
 /// 0 when that count is 0; stats = (mined, active, mean d_ap, mean d_an).
-pub fn mining_reduce<T: Real>(miner: Miner, rows: &[T], n: usize) -> (T, [T; 4]) {
-    let hinge = column_sum(rows, n, 0);
-    let mined = column_sum(rows, n, 1);
-    let active = column_sum(rows, n, 2);
-    let d_ap = column_sum(rows, n, 3);
-    let d_an = column_sum(rows, n, 4);
+pub fn mining_reduce<T: Real>(miner: Miner, rows: &[T]) -> (T, [T; 4]) {
+    let hinge = column_sum(rows, 0);
+    let mined = column_sum(rows, 1);
+    let active = column_sum(rows, 2);
+    let d_ap = column_sum(rows, 3);
+    let d_an = column_sum(rows, 4);
     let count = if miner.averages_active() {
         active
     } else {
@@ -201,7 +202,7 @@ pub fn forward<T: Real>(
     n: usize,
     margin: T,
 ) -> (T, [T; 4]) {
-    mining_reduce(miner, &mining_rows(miner, dm, labels, n, margin), n)
+    mining_reduce(miner, &mining_rows(miner, dm, labels, n, margin))
 }
 
 /// dloss / normaliser, as the backward entries read it from the forward's stats.
@@ -242,7 +243,29 @@ pub fn batch_hard_backward<T: Real>(
     ddm
 }
 
-/// ddm [N, N] of semi-hard: per active pair, +s at (a, p) and −s summed at (a, its negative).
+/// `choice [N, N]`: the negative of the pair (a, j) where its hinge is on, `None` elsewhere
+/// (the first dispatch of the semi-hard backward).
+pub fn semi_hard_choices<T: Real>(
+    dm: &[T],
+    labels: &[u32],
+    n: usize,
+    margin: T,
+) -> Vec<Option<usize>> {
+    (0..n * n)
+        .map(|e| {
+            let a = e / n;
+            if !is_pair(labels, a, e % n) {
+                return None;
+            }
+            // Subgradient 0 at the kink.
+            semi_hard_negative(dm, labels, n, a, dm[e])
+                .filter(|&q| dm[e] - dm[a * n + q] + margin > T::zero())
+        })
+        .collect()
+}
+
+/// ddm [N, N] of semi-hard: +s at each active pair (a, j), −s at (a, j) per active pair of a
+/// whose negative is j.
 pub fn semi_hard_backward<T: Real>(
     dm: &[T],
     labels: &[u32],
@@ -251,23 +274,24 @@ pub fn semi_hard_backward<T: Real>(
     stats: &[T; 4],
     dloss: T,
 ) -> Vec<T> {
-    let mut ddm = vec![T::zero(); n * n];
+    let choice = semi_hard_choices(dm, labels, n, margin);
     let s = scale(Miner::SemiHard, stats, dloss);
-    for a in 0..n {
-        for p in 0..n {
-            if p == a || labels[p] != labels[a] {
-                continue;
+    let mut ddm = vec![T::zero(); n * n];
+    for e in 0..n * n {
+        let (a, j) = (e / n, e % n);
+        let mut count = T::zero();
+        if is_pair(labels, a, j) {
+            if choice[e].is_some() {
+                count = T::one();
             }
-            let d_ap = dm[a * n + p];
-            let Some(q) = semi_hard_negative(dm, labels, n, a, d_ap) else {
-                break;
-            };
-            if d_ap - dm[a * n + q] + margin > T::zero() {
-                ddm[a * n + p] = s;
-                let v = ddm[a * n + q] - s;
-                ddm[a * n + q] = v;
+        } else if labels[j] != labels[a] {
+            for p in 0..n {
+                if choice[a * n + p] == Some(j) {
+                    count += -T::one();
+                }
             }
         }
+        ddm[e] = s * count;
     }
     ddm
 }
@@ -285,6 +309,7 @@ pub fn batch_all_backward<T: Real>(
     let s = scale(Miner::BatchAll, stats, dloss);
     for a in 0..n {
         for j in 0..n {
+            // One GPU invocation per element a·N + j.
             let mut count = T::zero();
             if j != a {
                 let d_aj = dm[a * n + j];

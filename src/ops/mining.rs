@@ -34,6 +34,7 @@ const DDM: u32 = 4;
 const ROWS: u32 = 5;
 const LOSS: u32 = 6;
 const STATS: u32 = 7;
+const CHOICE: u32 = 8;
 
 /// Which triplets of a batch the loss trains on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -51,9 +52,18 @@ impl Miner {
     /// The WGSL entries of the per-row forward pass and of the backward.
     pub fn entries(self) -> (&'static str, &'static str) {
         match self {
-            Miner::BatchAll => ("batch_all_rows", "batch_all_backward"),
+            Miner::BatchAll => ("batch_all_pairs", "batch_all_backward"),
             Miner::BatchHard => ("batch_hard_rows", "batch_hard_backward"),
-            Miner::SemiHard => ("semi_hard_rows", "semi_hard_backward"),
+            Miner::SemiHard => ("semi_hard_pairs", "semi_hard_backward"),
+        }
+    }
+
+    /// Rows of partial sums the forward's first pass writes for a batch of `n`: one per
+    /// anchor (batch-hard) or one per (anchor, positive) slot, `n²` (see the shader).
+    pub fn partial_rows(self, n: usize) -> usize {
+        match self {
+            Miner::BatchHard => n,
+            Miner::SemiHard | Miner::BatchAll => n * n,
         }
     }
 
@@ -134,7 +144,7 @@ struct MiningParams {
     n: u32,
     margin: f32,
     by_active: u32,
-    _pad: u32,
+    rows_len: u32,
 }
 
 /// Checks `dm [N, N]` and `labels [N]` u32 and the margin; returns the shader's parameters.
@@ -161,28 +171,36 @@ fn params(
             detail: format!("margin must be a finite number, got {margin}"),
         });
     }
-    to_u32(op, "N·N", n * n)?;
+    to_u32(op, "N·N·5", n * n * ROW_STATS)?;
     Ok(MiningParams {
         n: to_u32(op, "N", n)?,
         margin,
         by_active: miner.averages_active() as u32,
-        _pad: 0,
+        rows_len: miner.partial_rows(n) as u32,
     })
 }
 
-/// One invocation per anchor row.
-fn per_row(
+/// One invocation per anchor (`invocations` = N) or per element of dm (N²).
+fn launch(
     gpu: &Gpu,
     entry: &'static str,
     p: &MiningParams,
     bindings: &[(u32, &Tensor)],
+    invocations: u32,
 ) -> Result<Dispatch> {
-    gpu.dispatch(&SHADER, entry, &[], p, bindings, grid_1d(p.n.div_ceil(WG)))
+    gpu.dispatch(
+        &SHADER,
+        entry,
+        &[],
+        p,
+        bindings,
+        grid_1d(invocations.div_ceil(WG)),
+    )
 }
 
 /// `loss [1]` and `stats [4]` of the triplets `miner` selects from `dm [N, N]` with class
-/// `labels [N]` (u32) and margin `margin`: a per-row pass into a scratch `[N, 5]`, then one
-/// workgroup's reduction.
+/// `labels [N]` (u32) and margin `margin`: a pass of partial sums into a scratch `[R, 5]`
+/// (R = [`Miner::partial_rows`]), then one workgroup's reduction.
 pub fn forward(
     gpu: &Gpu,
     miner: Miner,
@@ -196,8 +214,14 @@ pub fn forward(
     let p = params(op, miner, dm, labels, margin)?;
     expect_f32(op, "loss", loss, &[1])?;
     expect_f32(op, "stats", stats, &[4])?;
-    let rows = gpu.zeros(&[p.n as usize, ROW_STATS], DType::F32)?;
-    let pass = per_row(gpu, op, &p, &[(DM, dm), (LABELS, labels), (ROWS, &rows)])?;
+    let rows = gpu.zeros(&[p.rows_len as usize, ROW_STATS], DType::F32)?;
+    let pass = launch(
+        gpu,
+        op,
+        &p,
+        &[(DM, dm), (LABELS, labels), (ROWS, &rows)],
+        p.rows_len,
+    )?;
     let reduce = reduce_dispatch(gpu, &p, &rows, loss, stats)?;
     Ok(Kernel::with_scratch(vec![pass, reduce], vec![rows]))
 }
@@ -220,8 +244,9 @@ fn reduce_dispatch(
     )
 }
 
-/// The per-row pass alone: `rows [N, 5]` = (Σ hinge, mined, active, Σ d_ap, Σ d_an) of each
-/// anchor (the first dispatch of [`forward`], exposed for testing).
+/// The first pass alone: `rows [R, 5]` = (Σ hinge, mined, active, Σ d_ap, Σ d_an) of each
+/// anchor (batch-hard, R = N) or (anchor, positive) slot a·N + j (R = N²; zeros where j is
+/// not a positive of a); the first dispatch of [`forward`], exposed for testing.
 pub fn rows(
     gpu: &Gpu,
     miner: Miner,
@@ -232,16 +257,17 @@ pub fn rows(
 ) -> Result<Kernel> {
     let op = miner.entries().0;
     let p = params(op, miner, dm, labels, margin)?;
-    expect_f32(op, "rows", rows, &[p.n as usize, ROW_STATS])?;
-    Ok(Kernel::single(per_row(
+    expect_f32(op, "rows", rows, &[p.rows_len as usize, ROW_STATS])?;
+    Ok(Kernel::single(launch(
         gpu,
         op,
         &p,
         &[(DM, dm), (LABELS, labels), (ROWS, rows)],
+        p.rows_len,
     )?))
 }
 
-/// The reduction alone: `loss [1]`, `stats [4]` from `rows [N, 5]` (the second dispatch of
+/// The reduction alone: `loss [1]`, `stats [4]` from `rows [R, 5]` (the second dispatch of
 /// [`forward`], exposed for testing).
 pub fn reduce(
     gpu: &Gpu,
@@ -251,22 +277,23 @@ pub fn reduce(
     stats: &Tensor,
 ) -> Result<Kernel> {
     const OP: &str = "mining_reduce";
-    let n = expect_rank(OP, "rows", rows, 2)?[0];
-    expect_f32(OP, "rows", rows, &[n, ROW_STATS])?;
+    let r = expect_rank(OP, "rows", rows, 2)?[0];
+    expect_f32(OP, "rows", rows, &[r, ROW_STATS])?;
     expect_f32(OP, "loss", loss, &[1])?;
     expect_f32(OP, "stats", stats, &[4])?;
     let p = MiningParams {
-        n: to_u32(OP, "N", n)?,
+        n: 0, // the reduction reads rows only
         margin: 0.0,
         by_active: miner.averages_active() as u32,
-        _pad: 0,
+        rows_len: to_u32(OP, "R", r)?,
     };
     Ok(Kernel::single(reduce_dispatch(gpu, &p, rows, loss, stats)?))
 }
 
 /// `ddm [N, N] = dloss·∂loss/∂dm`, given the forward's `stats` (its normaliser) and the
-/// upstream `dloss [1]`. Each anchor's row is written whole by one invocation (batch-all:
-/// one invocation per element, whose N-step count replaces a row's N²).
+/// upstream `dloss [1]`. Batch-hard writes each anchor's row with one invocation; semi-hard
+/// (after a dispatch that records each active pair's negative in a scratch `[N, N]`) and
+/// batch-all write one element per invocation.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     gpu: &Gpu,
@@ -283,22 +310,35 @@ pub fn backward(
     expect_f32(op, "stats", stats, &[4])?;
     expect_f32(op, "dloss", dloss, &[1])?;
     expect_f32(op, "ddm", ddm, dm.shape())?;
-    let invocations = match miner {
-        Miner::BatchAll => p.n * p.n,
-        Miner::BatchHard | Miner::SemiHard => p.n,
-    };
-    Ok(Kernel::single(gpu.dispatch(
-        &SHADER,
-        op,
-        &[],
-        &p,
-        &[
-            (DM, dm),
-            (LABELS, labels),
-            (DLOSS, dloss),
-            (STATS, stats),
-            (DDM, ddm),
-        ],
-        grid_1d(invocations.div_ceil(WG)),
-    )?))
+    let common = [
+        (DM, dm),
+        (LABELS, labels),
+        (DLOSS, dloss),
+        (STATS, stats),
+        (DDM, ddm),
+    ];
+    match miner {
+        Miner::BatchHard => Ok(Kernel::single(launch(gpu, op, &p, &common, p.n)?)),
+        Miner::BatchAll => Ok(Kernel::single(launch(gpu, op, &p, &common, p.n * p.n)?)),
+        Miner::SemiHard => {
+            let choice = gpu.zeros(&[p.n as usize, p.n as usize], DType::U32)?;
+            let choose = launch(
+                gpu,
+                "semi_hard_choices",
+                &p,
+                &[(DM, dm), (LABELS, labels), (CHOICE, &choice)],
+                p.n * p.n,
+            )?;
+            // The gradient reads the choices, not dm.
+            let bindings = [
+                (LABELS, labels),
+                (DLOSS, dloss),
+                (STATS, stats),
+                (DDM, ddm),
+                (CHOICE, &choice),
+            ];
+            let grad = launch(gpu, op, &p, &bindings, p.n * p.n)?;
+            Ok(Kernel::with_scratch(vec![choose, grad], vec![choice]))
+        }
+    }
 }
