@@ -59,12 +59,12 @@ struct MiningParams {
 
 // Columns of `rows`: Σ hinge, mined, active, Σ d_ap, Σ d_an (the last two over mined triplets).
 const ROW_STATS: u32 = 5u;
-const WG: u32 = 64u;          // invocations per workgroup of the per-row entries
+const WG: u32 = 64u;          // invocations per workgroup of all but the reduction
 const REDUCE_WG: u32 = 256u;  // invocations of the reduction (a power of 2)
 const NONE: u32 = 0xffffffffu;
 
-// Linear index of an invocation: the anchor row, or batch-all backward's element (may
-// overshoot: callers check).
+// Linear index of an invocation: the anchor a, or the element e = a·N + j (may overshoot:
+// callers check).
 fn invocation(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.x + wid.y * nwg.x) * WG + lid;
 }

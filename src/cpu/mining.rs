@@ -194,7 +194,7 @@ pub fn mining_reduce<T: Real>(miner: Miner, rows: &[T]) -> (T, [T; 4]) {
     )
 }
 
-/// The whole forward: the per-row pass, then the reduction.
+/// The whole forward: the first pass, then the reduction.
 pub fn forward<T: Real>(
     miner: Miner,
     dm: &[T],

@@ -21,9 +21,9 @@ pub const SHADER: Shader = Shader {
     source: include_str!("../../shaders/mining.wgsl"),
 };
 
-/// Invocations per workgroup of the per-row entries (`WG` in the shader).
+/// Invocations per workgroup of every entry but the reduction (`WG` in the shader).
 const WG: u32 = 64;
-/// Columns of the per-row partial sums (`ROW_STATS` in the shader).
+/// Columns of the first pass's partial sums (`ROW_STATS` in the shader).
 pub const ROW_STATS: usize = 5;
 
 // Binding numbers of the shader (see its header).
@@ -49,7 +49,7 @@ pub enum Miner {
 }
 
 impl Miner {
-    /// The WGSL entries of the per-row forward pass and of the backward.
+    /// The WGSL entries of the forward's first pass and of the backward.
     pub fn entries(self) -> (&'static str, &'static str) {
         match self {
             Miner::BatchAll => ("batch_all_pairs", "batch_all_backward"),
