@@ -181,7 +181,6 @@ impl SiameseModel {
     /// Records the triplet loss of `miner` on a batch `x [N, C, H, W]` of N images with class
     /// ids `classes [N]` (u32): embeddings, their distance matrix `[N, N]`, the mined loss.
     /// Returns the scalar loss and the step's mining stats tensor (`ops::mining::MiningStats`).
-    #[allow(clippy::too_many_arguments)] // record_loss's arguments and the miner
     pub fn record_mined_loss(
         &self,
         tape: &mut Tape,
