@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::nn::spec::{Layer, REFERENCE_TOWER};
 use crate::ops::distance::Distance;
 use crate::ops::gather::PixelNorm;
+use crate::ops::mining::Miner;
 use crate::optim::{OptimizerKind, Schedule};
 use crate::train::TrainConfig;
 
@@ -44,6 +45,13 @@ pub struct RunSettings {
     pub weight_decay: f64,
     pub schedule: String,
     pub positive_fraction: f64,
+    /// Online triplet mining for `loss = "triplet"`: none, batch-all, batch-hard, semi-hard.
+    /// Left out of the written settings when none, so runs saved before it existed match.
+    #[serde(skip_serializing_if = "is_no_miner")]
+    pub miner: String,
+    /// P of the P×K batches a miner trains on [default: 10, or all classes if fewer].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classes_per_batch: Option<usize>,
     pub seed: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub val_images: Option<usize>,
@@ -86,6 +94,8 @@ impl Default for RunSettings {
             weight_decay: 0.0,
             schedule: "constant".into(),
             positive_fraction: cfg.positive_fraction,
+            miner: "none".into(),
+            classes_per_batch: None,
             seed: cfg.seed,
             val_images: None,
             val_pairs: cfg.val_pairs,
@@ -105,6 +115,10 @@ impl Default for RunSettings {
             fill_mode: cfg.augment.fill_mode.to_string(),
         }
     }
+}
+
+fn is_no_miner(miner: &str) -> bool {
+    miner.eq_ignore_ascii_case("none")
 }
 
 impl RunSettings {
@@ -200,6 +214,8 @@ impl RunSettings {
         cfg.batch = self.batch;
         cfg.pairs = self.pairs;
         cfg.positive_fraction = self.positive_fraction;
+        cfg.miner = Miner::parse_setting(&self.miner)?;
+        cfg.classes_per_batch = self.classes_per_batch;
         cfg.seed = self.seed;
         cfg.val_images = self.val_images;
         cfg.val_pairs = self.val_pairs;
@@ -414,5 +430,19 @@ mod tests {
         assert!(refused("seed", "-1").starts_with("seed = -1"));
         assert!(refused("zoom_range", "1").contains("zoom_range must be in [0, 1)"));
         assert!(refused("fill_mode", "wrap").contains("fill_mode: unknown fill mode `wrap`"));
+        assert!(refused("miner", "hardest").contains("unknown miner `hardest`"));
+    }
+
+    #[test]
+    fn a_miner_reads_from_toml() {
+        let s: RunSettings = toml::from_str(
+            "loss = \"triplet\"\nminer = \"semi-hard\"\nclasses_per_batch = 8\nbatch = 64",
+        )
+        .unwrap();
+        let cfg = s.to_train_config().unwrap();
+        assert_eq!(cfg.miner, Some(crate::ops::mining::Miner::SemiHard));
+        assert_eq!(cfg.classes_per_batch, Some(8));
+        assert_eq!(toml::from_str::<RunSettings>(&s.to_toml()).unwrap(), s);
+        assert!(!RunSettings::default().to_toml().contains("miner"));
     }
 }

@@ -120,10 +120,10 @@ struct SettingsArgs {
     /// /usr/share/datasets/fashion-mnist.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Training budget, in pairs (triplets for --loss triplet).
+    /// Training budget, in pairs (triplets for --loss triplet; images seen with a --miner).
     #[arg(long, default_value_t = RunSettings::default().pairs)]
     pairs: usize,
-    /// Pairs (or triplets) per step.
+    /// Pairs (or triplets) per step; with a --miner, images per step (P × K).
     #[arg(long, default_value_t = RunSettings::default().batch)]
     batch: usize,
     /// Learning rate.
@@ -159,6 +159,13 @@ struct SettingsArgs {
     /// Fraction of Same pairs in training batches.
     #[arg(long, default_value_t = RunSettings::default().positive_fraction)]
     positive_fraction: f64,
+    /// Online triplet mining (--loss triplet) from each batch's distance matrix: none
+    /// (random triplets), batch-all, batch-hard or semi-hard.
+    #[arg(long, default_value_t = RunSettings::default().miner)]
+    miner: String,
+    /// P, the classes of a mined P×K batch (K = batch / P) [default: 10, or all if fewer].
+    #[arg(long)]
+    classes_per_batch: Option<usize>,
     /// Seed of initialisation and sampling.
     #[arg(long, default_value_t = RunSettings::default().seed)]
     seed: u64,
@@ -243,10 +250,10 @@ impl SettingsArgs {
             };
         }
         overlay!(pairs, batch, lr, margin, loss, distance, normalize_embeddings, tower, optimizer,
-            weight_decay, schedule, positive_fraction, seed, val_pairs, test_pairs, eval_every,
+            weight_decay, schedule, positive_fraction, miner, seed, val_pairs, test_pairs, eval_every,
             pixel_norm, color, on_bad_image, held_out_classes, rotation_range, width_shift_range,
             height_shift_range, shear_range, zoom_range, horizontal_flip, fill_mode;
-            optional: data, embedding_dim, val_images, image_size);
+            optional: data, embedding_dim, val_images, image_size, classes_per_batch);
         s.to_train_config().map_err(|e| e.to_string())?;
         Ok(s)
     }

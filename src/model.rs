@@ -12,7 +12,8 @@ use crate::autograd::{Tape, ValueId};
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
 use crate::nn::{ParamLayout, Tower, TowerSpec};
-use crate::ops::distance::Distance;
+use crate::ops::distance::{Distance, PairwiseMetric};
+use crate::ops::mining::Miner;
 
 /// The training objective, with the head it implies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,6 +176,32 @@ impl SiameseModel {
                 tape.bce_with_logits(z, labels)
             }
         }
+    }
+
+    /// Records the triplet loss of `miner` on a batch `x [N, C, H, W]` of N images with class
+    /// ids `classes [N]` (u32): embeddings, their distance matrix `[N, N]`, the mined loss.
+    /// Returns the scalar loss and the step's mining stats tensor (`ops::mining::MiningStats`).
+    pub fn record_mined_loss(
+        &self,
+        tape: &mut Tape,
+        x: ValueId,
+        classes: &Tensor,
+        miner: Miner,
+        params: &Tensor,
+        grads: Option<&Tensor>,
+    ) -> Result<(ValueId, Tensor)> {
+        let metric = match self.config.distance {
+            Distance::Euclidean => PairwiseMetric::Euclidean,
+            Distance::Cosine => PairwiseMetric::Cosine,
+            other => {
+                return Err(Error::Config(format!(
+                    "miner {miner} works on euclidean or cosine distances, not {other:?}"
+                )));
+            }
+        };
+        let e = self.record_embedding(tape, x, params, grads)?;
+        let dm = tape.pairwise_self(metric, e)?;
+        tape.mined_triplet_loss(dm, classes, miner, self.config.margin)
     }
 
     /// The BCE head's weights `(w [D], b)` within host parameters `flat`, if the model has one.

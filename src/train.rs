@@ -17,8 +17,11 @@ use std::time::Instant;
 
 use crate::autograd::Tape;
 use crate::data::augment::{Augment, AugmentSampler, TRANSFORM_LEN};
+use crate::data::dataset::by_class;
 use crate::data::dataset::{self, DataOptions, ImageSet};
-use crate::data::sampler::{PairBatch, PairSampler, TripletBatch, TripletSampler};
+use crate::data::sampler::{
+    PairBatch, PairSampler, PkBatch, PkSampler, TripletBatch, TripletSampler,
+};
 use crate::error::{Error, Result};
 use crate::eval::doctor::{Diagnosis, Evidence, GradSample, PairScores, ValidationPoint};
 use crate::eval::embed::Embedder;
@@ -34,6 +37,7 @@ use crate::nn::spec::REFERENCE_TOWER;
 use crate::ops::distance::Distance;
 use crate::ops::gather::{self, PixelNorm};
 use crate::ops::loss::PairLabel;
+use crate::ops::mining::{Miner, MiningStats};
 use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind, Schedule};
 
 /// Everything that defines a run. `Default` is the reference recipe.
@@ -48,12 +52,16 @@ pub struct TrainConfig {
     /// L2-normalise embeddings before the distance.
     pub normalize: bool,
     pub optimizer: OptimizerConfig,
-    /// Samples (pairs, or triplets) per step.
+    /// Samples (pairs, or triplets) per step; with a miner, images per step (P × K).
     pub batch: usize,
-    /// Training budget in samples.
+    /// Training budget in samples (with a miner: in images seen).
     pub pairs: usize,
     /// Fraction of Same pairs the training sampler draws.
     pub positive_fraction: f64,
+    /// Online triplet mining (triplet loss only): None trains on random triplets.
+    pub miner: Option<Miner>,
+    /// P of the P×K batches of a miner (None: 10, or all classes if fewer).
+    pub classes_per_batch: Option<usize>,
     pub seed: u64,
     /// Validation images held out of training (None: min(5,000, 10%)).
     pub val_images: Option<usize>,
@@ -104,6 +112,8 @@ impl Default for TrainConfig {
             batch: 128,
             pairs: 20_000,
             positive_fraction: 0.5,
+            miner: None,
+            classes_per_batch: None,
             seed: 0,
             val_images: None,
             dataset: DataOptions::default(),
@@ -172,6 +182,22 @@ impl TrainConfig {
                 self.positive_fraction
             ));
         }
+        if let Some(miner) = self.miner {
+            if self.loss != LossKind::Triplet {
+                return bad(format!(
+                    "miner {miner} mines triplets: use it with loss = triplet, or miner = none"
+                ));
+            }
+            if let Some(p) = self.classes_per_batch
+                && (p < 2 || !self.batch.is_multiple_of(p))
+            {
+                return bad(format!(
+                    "with a miner, batch = classes_per_batch × K images: batch {} is not a multiple \
+                     of classes_per_batch {p} (which must be at least 2)",
+                    self.batch
+                ));
+            }
+        }
         if self.val_pairs == 0
             || self.test_pairs == 0
             || self.eval_every == 0
@@ -186,6 +212,16 @@ impl TrainConfig {
             );
         }
         self.augment.validate()
+    }
+
+    /// Images through the tower per sample: 1 with a miner (a sample is an image), else the
+    /// loss's branches.
+    pub fn images_per_sample(&self) -> usize {
+        if self.miner.is_some() {
+            1
+        } else {
+            self.loss.branches()
+        }
     }
 }
 
@@ -368,6 +404,8 @@ pub struct TrainStep<'g> {
     /// Same pairs and all pairs sampled so far (pair losses).
     pub sampled_same: u64,
     pub sampled_pairs: u64,
+    /// The mined loss's stats of the last step (see `ops::mining::MiningStats`).
+    mining_stats: Option<Tensor>,
 }
 
 impl<'g> TrainStep<'g> {
@@ -384,17 +422,18 @@ impl<'g> TrainStep<'g> {
         grads: &Tensor,
         steps: usize,
     ) -> Result<Self> {
-        let branches = cfg.loss.branches();
+        let images_per_step = cfg.images_per_sample() * cfg.batch;
         let [c, h, w] = model.config.input;
-        let indices = gpu.zeros(&[branches * cfg.batch], DType::U32)?;
+        let indices = gpu.zeros(&[images_per_step], DType::U32)?;
+        // Pair label codes, or (with a miner) the class id of every image.
         let label_codes = gpu.zeros(&[cfg.batch], DType::U32)?;
-        let x = gpu.zeros(&[branches * cfg.batch, c, h, w], DType::F32)?;
+        let x = gpu.zeros(&[images_per_step, c, h, w], DType::F32)?;
         // Augmentation off keeps the plain gather: the batches are bit for bit as before.
         let (gather, augment) = if cfg.augment.is_off() {
             let kernel = gather::gather_images(gpu, images, &indices, &x, cfg.pixel_norm)?;
             (kernel, None)
         } else {
-            let m = branches * cfg.batch;
+            let m = images_per_step;
             let transforms = gpu.zeros(&[m, TRANSFORM_LEN], DType::F32)?;
             let kernel = gather::gather_images_affine(
                 gpu,
@@ -410,7 +449,23 @@ impl<'g> TrainStep<'g> {
         };
         let mut tape = Tape::new(gpu);
         let xv = tape.input(x);
-        let loss = model.record_loss(&mut tape, xv, &label_codes, params, Some(grads))?;
+        let (loss, mining_stats) = match cfg.miner {
+            Some(miner) => {
+                let (loss, stats) = model.record_mined_loss(
+                    &mut tape,
+                    xv,
+                    &label_codes,
+                    miner,
+                    params,
+                    Some(grads),
+                )?;
+                (loss, Some(stats))
+            }
+            None => (
+                model.record_loss(&mut tape, xv, &label_codes, params, Some(grads))?,
+                None,
+            ),
+        };
         let optimizer = Optimizer::new(gpu, cfg.optimizer, params, grads, steps as u32)?;
         let mut kernels = vec![gather];
         kernels.extend(tape.forward_kernels().cloned());
@@ -432,6 +487,7 @@ impl<'g> TrainStep<'g> {
             invert_labels: cfg.invert_pair_labels && cfg.loss != LossKind::Triplet,
             sampled_same: 0,
             sampled_pairs: 0,
+            mining_stats,
         })
     }
 
@@ -486,6 +542,14 @@ impl<'g> TrainStep<'g> {
             self.gpu.write_f32(transforms, rows)?;
         }
         Ok(())
+    }
+
+    /// The mining stats of the last submitted step (waits for it), None without a miner.
+    pub fn mining_stats(&self) -> Result<Option<MiningStats>> {
+        self.mining_stats
+            .as_ref()
+            .map(|t| Ok(MiningStats::from_slice(&self.gpu.read_f32(t)?)))
+            .transpose()
     }
 
     /// Steps submitted since the losses were last read.
@@ -757,6 +821,16 @@ pub fn train_with(
             });
             if validate {
                 save(&step_program, step + 1)?;
+                if let Some(m) = step_program.mining_stats()? {
+                    report(&Progress::Note(format!(
+                        "mining, last step: {:.1}% of {} mined triplets violate the margin; mean \
+                         d(a,p) {:.4}, d(a,n) {:.4}",
+                        100.0 * m.active_fraction(),
+                        m.mined,
+                        m.mean_d_ap,
+                        m.mean_d_an
+                    )));
+                }
                 last_val = evaluator.validate(&embedder, &data.val)?;
                 let train_accuracy = evaluator.train_accuracy(&embedder, &data.train)?;
                 let recent = &losses[losses.len().saturating_sub(cfg.eval_every / cfg.batch)..];
@@ -948,7 +1022,7 @@ impl LayerGroups {
 /// saying the limit and the largest batch that fits (before anything is allocated).
 fn check_batch_fits(gpu: &Gpu, model: &SiameseModel, cfg: &TrainConfig) -> Result<()> {
     let (per_image, shape) = model.tower.largest_activation();
-    let bytes_per_sample = (cfg.loss.branches() * per_image * 4) as u64;
+    let bytes_per_sample = (cfg.images_per_sample() * per_image * 4) as u64;
     let limit = gpu.limits().max_storage_buffer_binding_size;
     let fits = limit / bytes_per_sample;
     if cfg.batch as u64 > fits {
@@ -956,7 +1030,7 @@ fn check_batch_fits(gpu: &Gpu, model: &SiameseModel, cfg: &TrainConfig) -> Resul
             "a batch of {} needs {} activations of shape {shape} ({} MiB) in one buffer, over this device's \
              max_storage_buffer_binding_size of {} MiB; the largest batch that fits is {fits}",
             cfg.batch,
-            cfg.loss.branches() * cfg.batch,
+            cfg.images_per_sample() * cfg.batch,
             (bytes_per_sample * cfg.batch as u64) >> 20,
             limit >> 20
         )));
@@ -972,10 +1046,29 @@ fn mean(v: &[f32]) -> f32 {
     }
 }
 
-/// The training sampler of the loss: pairs, or triplets.
+/// The training sampler of the loss: pairs, triplets, or P×K batches for a miner.
 enum BatchSampler {
     Pairs(PairSampler, PairBatch),
     Triplets(TripletSampler, TripletBatch),
+    ClassBalanced(PkSampler, PkBatch),
+}
+
+/// (P, K) of a miner's batches: P given, or 10 (all classes with ≥ 2 images if fewer).
+fn pk_shape(cfg: &TrainConfig, labels: &[u8]) -> Result<(usize, usize)> {
+    let p = cfg.classes_per_batch.unwrap_or_else(|| {
+        let eligible = by_class(labels).iter().filter(|c| c.len() >= 2).count();
+        eligible.clamp(2, 10)
+    });
+    if !cfg.batch.is_multiple_of(p) {
+        return Err(Error::Config(format!(
+            "with a miner, batch = classes_per_batch × K images: batch {} is not a multiple of \
+             the {p} classes per batch; use a batch of {} or {}, or set --classes-per-batch",
+            cfg.batch,
+            (cfg.batch / p).max(1) * p,
+            (cfg.batch / p + 1) * p
+        )));
+    }
+    Ok((p, cfg.batch / p))
 }
 
 impl BatchSampler {
@@ -984,6 +1077,13 @@ impl BatchSampler {
     }
 
     fn new(cfg: &TrainConfig, labels: &[u8]) -> Result<Self> {
+        if cfg.miner.is_some() {
+            let (p, k) = pk_shape(cfg, labels)?;
+            return Ok(BatchSampler::ClassBalanced(
+                PkSampler::new(labels, p, k, cfg.seed)?,
+                PkBatch::default(),
+            ));
+        }
         Ok(match cfg.loss {
             LossKind::Triplet => BatchSampler::Triplets(
                 TripletSampler::new(labels, cfg.seed)?,
@@ -1018,6 +1118,12 @@ impl BatchSampler {
                 );
                 // The triplet loss reads no labels; the buffer still has to hold B codes.
                 codes.resize(n, PairLabel::Same.code());
+            }
+            BatchSampler::ClassBalanced(sampler, batch) => {
+                debug_assert_eq!(sampler.batch_len(), n);
+                sampler.sample_into(batch);
+                idx.extend(&batch.images);
+                codes.extend(&batch.classes);
             }
         }
     }
@@ -1083,6 +1189,23 @@ mod tests {
                 ..Default::default()
             })
             .contains("zoom_range must be in [0, 1)")
+        );
+        assert!(
+            refused(TrainConfig {
+                miner: Some(Miner::BatchHard),
+                ..Default::default()
+            })
+            .contains("use it with loss = triplet")
+        );
+        assert!(
+            refused(TrainConfig {
+                loss: LossKind::Triplet,
+                miner: Some(Miner::SemiHard),
+                batch: 100,
+                classes_per_batch: Some(8),
+                ..Default::default()
+            })
+            .contains("batch 100 is not a multiple of classes_per_batch 8")
         );
     }
 }

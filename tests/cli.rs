@@ -818,3 +818,45 @@ fn ctrl_c_saves_and_exits_with_status_130() {
     let (_, _, meta) = checkpoint::load_model(&root.path().join("run/model.safetensors")).unwrap();
     assert!(meta["steps_done"].parse::<usize>().unwrap() >= 20);
 }
+
+#[test]
+fn a_mined_triplet_run_trains_on_pk_batches_and_refuses_a_batch_that_does_not_split() {
+    let root = TempDir::new("mined");
+    write_idx_dataset(&root.path().join("data"), 16);
+    // The synthetic set has 5 classes, so P defaults to 5, which does not divide a batch of 8.
+    let triplet = |extra: &[&str]| {
+        let mut a = vec!["--loss", "triplet", "--pairs", "32"];
+        a.extend(extra);
+        train_args(&a)
+    };
+    assert_refused(
+        &siamese(root.path(), &triplet(&["--miner", "batch-hard"])),
+        &[
+            "batch 8 is not a multiple of the 5 classes per batch",
+            "--classes-per-batch",
+        ],
+    );
+    assert_refused(
+        &siamese(
+            root.path(),
+            &train_args(&["--miner", "semi-hard", "--pairs", "32"]),
+        ),
+        &["use it with loss = triplet"],
+    );
+    let out = siamese(
+        root.path(),
+        &triplet(&[
+            "--miner",
+            "semi-hard",
+            "--classes-per-batch",
+            "4",
+            "--out",
+            "run",
+        ]),
+    );
+    assert_ok(&out);
+    let log = stderr(&out) + &stdout(&out);
+    assert!(log.contains("mined triplets violate the margin"), "{log}");
+    let config = std::fs::read_to_string(root.path().join("run/config.toml")).unwrap();
+    assert!(config.contains("miner = \"semi-hard\""), "{config}");
+}

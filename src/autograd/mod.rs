@@ -17,7 +17,8 @@
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Kernel, Tensor, TexelOp};
 use crate::ops::activation::{self, Activation};
-use crate::ops::distance::{self, Distance};
+use crate::ops::distance::{self, Distance, PairwiseMetric};
+use crate::ops::mining::{self, Miner};
 use crate::ops::{conv2d, dense, loss, normalize, pack, pool};
 
 /// A value on the tape.
@@ -436,6 +437,54 @@ impl<'g> Tape<'g> {
         }
         self.record(kind.entries().0, Some(d), forward, backward);
         Ok(d)
+    }
+
+    /// The distance matrix `Dm [N, N]` between every two rows of `e [N, D]`. Both sides of the
+    /// pairwise kernel are `e`, so its backward writes two gradients of `e`: through
+    /// [`pair_slots`](Self::pair_slots), `e` counts two consumers and the walk sums the second
+    /// buffer into the first.
+    pub fn pairwise_self(&mut self, metric: PairwiseMetric, e: ValueId) -> Result<ValueId> {
+        let rows = self.shape(e)[0];
+        let dm = self.output(&[rows, rows], &[e])?;
+        let (te, tdm) = (self.tensor(e).clone(), self.tensor(dm).clone());
+        let forward = vec![distance::pairwise_forward(
+            self.gpu, metric, &te, &te, &tdm,
+        )?];
+        let mut backward = Vec::new();
+        if let Some(ddm) = self.grad(dm).cloned() {
+            let (d_rows, d_cols) = self.pair_slots(e, e)?;
+            backward.push(distance::pairwise_backward(
+                self.gpu, metric, &te, &te, &tdm, &ddm, &d_rows, &d_cols,
+            )?);
+        }
+        self.record("pairwise_self", Some(dm), forward, backward);
+        Ok(dm)
+    }
+
+    /// Triplet loss mined by `miner` from the distance matrix `dm [N, N]` with class
+    /// `labels [N]` (u32): the scalar loss, and the step's `stats [4]` (see
+    /// [`mining::MiningStats`]), a tensor the caller may copy or read.
+    pub fn mined_triplet_loss(
+        &mut self,
+        dm: ValueId,
+        labels: &Tensor,
+        miner: Miner,
+        margin: f32,
+    ) -> Result<(ValueId, Tensor)> {
+        let l = self.output(&[1], &[dm])?;
+        let stats = self.zeros(&[4])?;
+        let (tdm, tl) = (self.tensor(dm).clone(), self.tensor(l).clone());
+        let forward = vec![mining::forward(
+            self.gpu, miner, &tdm, labels, margin, &tl, &stats,
+        )?];
+        let mut backward = Vec::new();
+        if let (Some(dl), Some(ddm)) = (self.grad(l).cloned(), self.grad_slot(dm)?) {
+            backward.push(mining::backward(
+                self.gpu, miner, &tdm, labels, margin, &stats, &dl, &ddm,
+            )?);
+        }
+        self.record("mined_triplet_loss", Some(l), forward, backward);
+        Ok((l, stats))
     }
 
     /// Elementwise `|a − b|` of `a [B, D]` and `b [B, D]` (the Keras Siamese head).

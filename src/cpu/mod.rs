@@ -10,6 +10,7 @@ pub mod dense;
 pub mod distance;
 pub mod gather;
 pub mod loss;
+pub mod mining;
 pub mod normalize;
 pub mod optim;
 pub mod pack;

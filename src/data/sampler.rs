@@ -1,5 +1,6 @@
-//! Pair and triplet samplers: which image indices go into each training step (and into
-//! the evaluation pairs).
+//! Pair, triplet and P×K samplers: which image indices go into each training step (and into
+//! the evaluation pairs). The P×K sampler feeds online mining: P classes × K images per batch,
+//! so that every anchor has positives and negatives among the others.
 //!
 //! The pair sampler reproduces the PyTorch reference's `sample_pairs` in distribution:
 //! the anchor is uniform over ALL images (so classes are seen in proportion to their
@@ -248,6 +249,108 @@ impl TripletSampler {
     }
 }
 
+/// A class-balanced batch for online mining: `P × K` image indices, K of each of P classes
+/// (class after class), and each image's class id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PkBatch {
+    pub images: Vec<u32>,
+    pub classes: Vec<u32>,
+}
+
+/// Draws P×K batches: P classes uniformly without replacement among the classes with at
+/// least 2 images (a class of one cannot give a positive), then K images of each, without
+/// replacement when the class has K or more (else with replacement, so small classes still
+/// fill their K slots).
+#[derive(Debug)]
+pub struct PkSampler {
+    /// Images of each class, permuted in place by the partial Fisher–Yates draws: a draw
+    /// from any order is uniform, and nothing is allocated per batch.
+    pools: Vec<Vec<u32>>,
+    /// Class ids of the classes with ≥ 2 images, permuted in place likewise.
+    eligible: Vec<u32>,
+    p: usize,
+    k: usize,
+    rng: StdRng,
+}
+
+impl PkSampler {
+    /// A sampler over `labels` of `p` classes × `k` images per batch. Errors
+    /// ([`Error::Config`]): `p < 2` (no negatives) or `k < 2` (no positives); ([`Error::Data`]):
+    /// fewer than `p` classes with at least 2 images.
+    pub fn new(labels: &[u8], p: usize, k: usize, seed: u64) -> Result<Self> {
+        if p < 2 || k < 2 {
+            return Err(Error::Config(format!(
+                "a P×K batch needs P ≥ 2 classes (for negatives) and K ≥ 2 images per class (for \
+                 positives), got P = {p}, K = {k}; batch = P × K images"
+            )));
+        }
+        if u32::try_from(labels.len()).is_err() {
+            return Err(Error::Data(format!(
+                "P×K sampler: {} images is more than u32 indices can address",
+                labels.len()
+            )));
+        }
+        let pools = by_class(labels);
+        let eligible: Vec<u32> = (0..pools.len() as u32)
+            .filter(|&c| pools[c as usize].len() >= 2)
+            .collect();
+        if eligible.len() < p {
+            return Err(Error::Data(format!(
+                "P×K sampler: {p} classes per batch were asked for, but only {} of the {} \
+                 classes among these {} images have 2 or more images; lower --classes-per-batch \
+                 to at most {} (and keep batch = classes-per-batch × K)",
+                eligible.len(),
+                pools.iter().filter(|c| !c.is_empty()).count(),
+                labels.len(),
+                eligible.len()
+            )));
+        }
+        Ok(PkSampler {
+            pools,
+            eligible,
+            p,
+            k,
+            rng: StdRng::seed_from_u64(seed),
+        })
+    }
+
+    /// Images per batch, P × K.
+    pub fn batch_len(&self) -> usize {
+        self.p * self.k
+    }
+
+    pub fn sample(&mut self) -> PkBatch {
+        let mut batch = PkBatch::default();
+        self.sample_into(&mut batch);
+        batch
+    }
+
+    /// Like [`sample`](Self::sample), reusing `batch`'s allocations.
+    pub fn sample_into(&mut self, batch: &mut PkBatch) {
+        batch.images.clear();
+        batch.classes.clear();
+        let rng = &mut self.rng;
+        for i in 0..self.p {
+            // Partial Fisher–Yates: position i gets a uniform class among those not yet drawn.
+            let j = rng.random_range(i..self.eligible.len());
+            self.eligible.swap(i, j);
+            let c = self.eligible[i];
+            let pool = &mut self.pools[c as usize];
+            for r in 0..self.k {
+                let image = if pool.len() >= self.k {
+                    let j = rng.random_range(r..pool.len());
+                    pool.swap(r, j);
+                    pool[r]
+                } else {
+                    pool[rng.random_range(0..pool.len())]
+                };
+                batch.images.push(image);
+                batch.classes.push(c);
+            }
+        }
+    }
+}
+
 /// The evaluation pairs: `n` pairs drawn by a [`PairSampler`] with positive fraction 0.5
 /// (each pair Same with probability 1/2, as the reference's evaluation does), seeded.
 ///
@@ -261,4 +364,96 @@ pub fn balanced_pairs(labels: &[u8], n: usize, seed: u64) -> PairBatch {
 /// panicking.
 pub fn try_balanced_pairs(labels: &[u8], n: usize, seed: u64) -> Result<PairBatch> {
     Ok(PairSampler::new(labels, 0.5, seed)?.sample(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{HashMap, HashSet};
+
+    /// 10 classes of 20 images, then class 10 with 3 images and class 11 with 1.
+    fn labels() -> Vec<u8> {
+        let mut l: Vec<u8> = (0..200).map(|i| (i % 10) as u8).collect();
+        l.extend([10, 10, 10, 11]);
+        l
+    }
+
+    #[test]
+    fn pk_batches_hold_p_distinct_classes_of_k_images() {
+        let l = labels();
+        let mut s = PkSampler::new(&l, 5, 4, 7).unwrap();
+        assert_eq!(s.batch_len(), 20);
+        for _ in 0..200 {
+            let b = s.sample();
+            assert_eq!(b.images.len(), 20);
+            let classes: HashSet<u32> = b.classes.iter().copied().collect();
+            assert_eq!(classes.len(), 5, "P distinct classes: {:?}", b.classes);
+            assert!(
+                !classes.contains(&11),
+                "a class of one image cannot give a positive"
+            );
+            for (img, c) in b.images.iter().zip(&b.classes) {
+                assert_eq!(
+                    l[*img as usize] as u32, *c,
+                    "image {img} is not of class {c}"
+                );
+            }
+            for chunk in b.images.chunks(4).zip(b.classes.chunks(4)) {
+                assert!(
+                    chunk.1.iter().all(|&c| c == chunk.1[0]),
+                    "K images per class, in a block"
+                );
+                let distinct: HashSet<u32> = chunk.0.iter().copied().collect();
+                // Class 10 has 3 < K images: drawn with replacement; the others without.
+                if chunk.1[0] != 10 {
+                    assert_eq!(distinct.len(), 4, "without replacement: {:?}", chunk.0);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn pk_sampling_is_seeded() {
+        let l = labels();
+        let draw = |seed| {
+            let mut s = PkSampler::new(&l, 3, 2, seed).unwrap();
+            (0..5).map(|_| s.sample()).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(1), draw(1));
+        assert_ne!(draw(1), draw(2));
+    }
+
+    #[test]
+    fn pk_classes_are_uniform() {
+        // 11 eligible classes, 3 per batch: each is drawn in 3/11 of the batches.
+        let l = labels();
+        let mut s = PkSampler::new(&l, 3, 2, 3).unwrap();
+        let batches = 11_000;
+        let mut seen: HashMap<u32, usize> = HashMap::new();
+        for _ in 0..batches {
+            for c in s.sample().classes.iter().step_by(2) {
+                *seen.entry(*c).or_default() += 1;
+            }
+        }
+        assert_eq!(seen.len(), 11);
+        let expect = batches as f64 * 3.0 / 11.0; // 3000; binomial sd ≈ 47
+        for (c, n) in seen {
+            assert!(
+                (n as f64 - expect).abs() < 250.0,
+                "class {c} drawn {n} times, expected ≈ {expect}"
+            );
+        }
+    }
+
+    #[test]
+    fn pk_refusals_say_what_is_wrong() {
+        let l = labels();
+        let err = PkSampler::new(&l, 12, 2, 0).unwrap_err().to_string();
+        assert!(err.contains("only 11 of the 12 classes"), "{err}");
+        assert!(err.contains("--classes-per-batch"), "{err}");
+        let err = PkSampler::new(&l, 4, 1, 0).unwrap_err().to_string();
+        assert!(err.contains("K ≥ 2"), "{err}");
+        let err = PkSampler::new(&l, 1, 4, 0).unwrap_err().to_string();
+        assert!(err.contains("P ≥ 2"), "{err}");
+    }
 }
