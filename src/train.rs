@@ -727,6 +727,7 @@ pub fn train_with(
     let mut evidence = Evidence {
         loss: Some(cfg.loss),
         margin: cfg.margin,
+        miner: cfg.miner,
         distance: Some(cfg.distance),
         normalized: cfg.normalize,
         layers: layers.names.clone(),

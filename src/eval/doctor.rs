@@ -29,6 +29,7 @@ use crate::eval::embedding_stats::EmbeddingStats;
 use crate::model::LossKind;
 use crate::ops::distance::Distance;
 use crate::ops::loss::PairLabel;
+use crate::ops::mining::Miner;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -125,6 +126,8 @@ pub struct ValidationPoint {
 pub struct Evidence {
     pub loss: Option<LossKind>,
     pub margin: f32,
+    /// The triplet miner, if the run mined its triplets.
+    pub miner: Option<Miner>,
     pub distance: Option<Distance>,
     /// Embeddings L2-normalised before the distance.
     pub normalized: bool,
@@ -452,14 +455,17 @@ fn collapse(e: &Evidence, out: &mut Vec<Finding>) {
                 s.effective_rank, s.dim
             )
         };
-        out.push(finding(
-            "embedding_collapse",
-            severity,
-            what,
+        let advice = if e.miner == Some(Miner::BatchHard) {
+            "Batch-hard mining from scratch is known to collapse: the hardest positive and negative \
+             of an untrained embedding are best served by shrinking everything. Use --miner \
+             semi-hard or batch-all, or start from a model trained on random triplets, or lower \
+             the learning rate."
+        } else {
             "The loss is satisfied by mapping everything to the same place: give the contrastive or \
              triplet loss a margin > 0 (e.g. 1.0, or 0.2 with --normalize-embeddings), check that \
-             Different pairs are sampled, and that no ReLU ends the tower (see dead_relu).",
-        ));
+             Different pairs are sampled, and that no ReLU ends the tower (see dead_relu)."
+        };
+        out.push(finding("embedding_collapse", severity, what, advice));
     }
 }
 

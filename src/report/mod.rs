@@ -79,6 +79,7 @@ pub fn evidence_json(e: &Evidence) -> Value {
             "val_roc_auc": f(v.roc_auc), "train_pair_accuracy": v.train_accuracy.map(f),
         })).collect::<Vec<_>>(),
         "diverged": e.diverged,
+        "miner": e.miner.map(|m| m.to_string()),
     })
 }
 
