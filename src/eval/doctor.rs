@@ -215,6 +215,12 @@ fn finding(id: &'static str, severity: Severity, message: String, advice: &str) 
     }
 }
 
+/// An f32 setting as the f64 it was written as (0.2, not 0.20000000298023224), for
+/// comparisons and messages alike.
+pub fn margin_f64(m: f32) -> f64 {
+    m.to_string().parse().unwrap_or(m as f64)
+}
+
 fn median(sorted: &[f32]) -> Option<f64> {
     (!sorted.is_empty()).then(|| sorted[sorted.len() / 2] as f64)
 }
@@ -572,7 +578,7 @@ fn margins(e: &Evidence, broken: bool, out: &mut Vec<Finding>) {
     if loss == LossKind::Bce {
         return;
     }
-    let m = e.margin as f64;
+    let m = margin_f64(e.margin);
     if m == 0.0 {
         out.push(finding(
             "margin_too_small",

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::eval::doctor::{Evidence, PairScores};
+use crate::eval::doctor::{Evidence, PairScores, margin_f64};
 use crate::eval::verification;
 use crate::files::write_atomic;
 use crate::model::LossKind;
@@ -194,7 +194,7 @@ fn distances(e: &Evidence) -> Drawn {
     // The bulk of the data, not a far outlier, sets the axis (0.5% at the top may fall off).
     let top = all[((all.len() - 1) as f64 * 0.995) as usize] as f64;
     let bottom = all[0] as f64;
-    let margin = (!bce && e.margin > 0.0).then_some(e.margin as f64);
+    let margin = (!bce && e.margin > 0.0).then_some(margin_f64(e.margin));
     let threshold = e.val_threshold as f64;
     let mut hi = top.max(threshold);
     if let Some(m) = margin {
