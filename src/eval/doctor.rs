@@ -729,6 +729,13 @@ fn gaps(e: &Evidence, out: &mut Vec<Finding>) {
                      or test images come from another distribution",
                 )
             };
+            let advice = if e.class_disjoint {
+                "On unseen classes a threshold chosen on seen ones transfers poorly: read the test \
+                 ROC AUC and the retrieval figures, which need no threshold; more training classes \
+                 or a normalised embedding usually generalise better."
+            } else {
+                "Make sure validation images are held out of training and drawn like the test set."
+            };
             out.push(finding(
                 "val_test_gap",
                 severity,
@@ -736,7 +743,7 @@ fn gaps(e: &Evidence, out: &mut Vec<Finding>) {
                     "validation pairs score {:.3} but test pairs {test:.3}: {why}",
                     e.val_accuracy
                 ),
-                "Make sure validation images are held out of training and drawn like the test set.",
+                advice,
             ));
         }
     }
