@@ -362,7 +362,9 @@ fn conv2d_forward_rejects_mismatched_channels() {
 
 /// Shapes the texel kernels take: channel counts off the 4-channel texel and the 8-channel
 /// block (1, 3, 5, 9, 13), position counts off the 8-position block, padding 0–2, batch 1,
-/// and the reference network's two layers.
+/// and the reference network's two layers. Over padding (and in every grad_input) positions
+/// run images innermost and border taps are skipped per block of 16: batches of 16 and 37
+/// give blocks of one (oy, ox) and blocks that straddle two.
 const TEX_SHAPES: &[Conv2dGeometry] = &[
     geom(1, 1, 1, 1, 1, 1, 1, 1, 0),
     geom(1, 1, 28, 28, 32, 5, 5, 1, 0),
@@ -371,6 +373,8 @@ const TEX_SHAPES: &[Conv2dGeometry] = &[
     geom(2, 9, 6, 5, 13, 3, 3, 1, 2),
     geom(1, 5, 5, 5, 3, 5, 5, 1, 2),
     geom(4, 6, 11, 13, 9, 1, 1, 1, 0),
+    geom(16, 7, 6, 5, 10, 3, 3, 1, 1),
+    geom(37, 2, 7, 6, 5, 3, 3, 1, 2),
 ];
 
 fn tex_forward(g: &Conv2dGeometry, c: &Case) -> (Kernel, Texels, Tensor) {

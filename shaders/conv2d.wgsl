@@ -281,7 +281,7 @@ fn fetch_b(i: u32) -> vec4<f32> {
 
 // y[n, o, oy, ox] = b[o] + Σ_{ky, kx, c} xpad[n, oy + ky, ox + kx, c] · w[o, c, ky, kx], with
 // xpad = tex_a (pack_nhwc4 with `pad`) and w = tex_b (pack_conv_weight). An invocation takes
-// 16 consecutive positions m = (n, oy, ox) and output channels 16·ob .. 16·ob + 15.
+// 16 consecutive positions m (see below for their order) and output channels 16·ob .. 16·ob + 15.
 @compute @workgroup_size(TEX_WG)
 fn conv2d_forward_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
@@ -300,15 +300,43 @@ fn conv2d_forward_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     let o4b = min(o4a + 1u, o4n - 1u);
     let o4c = min(o4a + 2u, o4n - 1u);
     let o4d = min(o4a + 3u, o4n - 1u);
+    // Over zero borders (pad > 0: grad_input, or a padded forward) positions run images
+    // innermost, m = (oy·OW + ox)·N + n, so that an invocation's 16 positions, and its
+    // neighbours', share (oy, ox) when N is a multiple of 16; the taps that meet only the
+    // border for all 16 are skipped (31% of grad_input's FMAs in the reference network's
+    // second layer). Unpadded, images outermost: neighbouring positions share texels.
+    let images_inner = p.pad > 0u;
+    var oy_min = p.oh;
+    var oy_max = 0u;
+    var ox_min = p.ow;
+    var ox_max = 0u;
     var base: array<u32, TEX_POS>;
     for (var j = 0u; j < TEX_POS; j++) {
         let m = min(pb * TEX_POS + j, npos - 1u);
-        let r = m % plane;
-        base[j] = (((m / plane) * hp + r / p.ow) * wp + r % p.ow) * c4n;
+        let n = select(m / plane, m % p.n, images_inner);
+        let r = select(m % plane, m / p.n, images_inner);
+        let oy = r / p.ow;
+        let ox = r % p.ow;
+        oy_min = min(oy_min, oy);
+        oy_max = max(oy_max, oy);
+        ox_min = min(ox_min, ox);
+        ox_max = max(ox_max, ox);
+        base[j] = ((n * hp + oy) * wp + ox) * c4n;
+    }
+    // Padded row oy + ky is x's row oy + ky − pad: inside x for some position of the block
+    // iff ky ≥ pad − oy_max and ky < pad + H − oy_min (never empty, as pad < KH). Columns
+    // likewise, unless unfolded (a texel's channels then span several columns).
+    let ky_lo = select(0u, p.pad - oy_max, oy_max < p.pad);
+    let ky_hi = min(p.kh, p.pad + p.h - oy_min);
+    var kx_lo = 0u;
+    var kx_hi = p.kw;
+    if p.unfold == 1u {
+        kx_lo = select(0u, p.pad - ox_max, ox_max < p.pad);
+        kx_hi = min(p.kw, p.pad + p.w - ox_min);
     }
     var acc: array<vec4<f32>, 64>;  // [4·j + g]: position j, channels 4·(o4a + g) ..
-    for (var ky = 0u; ky < p.kh; ky++) {
-        for (var kx = 0u; kx < p.kw; kx++) {
+    for (var ky = ky_lo; ky < ky_hi; ky++) {
+        for (var kx = kx_lo; kx < kx_hi; kx++) {
             let xoff = (ky * wp + kx) * c4n;
             let wtap = (ky * p.kw + kx) * c4n;
             for (var c4 = 0u; c4 < c4n; c4++) {
@@ -351,8 +379,8 @@ fn conv2d_forward_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     for (var j = 0u; j < TEX_POS; j++) {
         let m = pb * TEX_POS + j;
         if m >= npos { return; }
-        let n = m / plane;
-        let r = m % plane;
+        let n = select(m / plane, m % p.n, images_inner);
+        let r = select(m % plane, m / p.n, images_inner);
         for (var g = 0u; g < 4u; g++) {
             if o4a + g >= o4n { break; }
             let v = acc[4u * j + g] + bv[g];
