@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use siamese_gpu::cpu::conv2d::{self as cpu, Conv2dGeometry};
-use siamese_gpu::ops::conv2d;
+use siamese_gpu::ops::{conv2d, pack};
 use siamese_gpu::{Kernel, Tensor, Texels};
 
 #[allow(clippy::too_many_arguments)] // one argument per field of the geometry
@@ -486,6 +486,28 @@ fn conv2d_grad_weight_tex_matches_cpu() {
             dw,
             "dw with and without db {g:?}"
         );
+        // From dy packed with grad_input's border (the one packing both products share):
+        // the same products in the same order, so the same bits.
+        let dy_pad = g.kh - 1 - g.pad;
+        let (pack_dy, dyt) =
+            pack::nhwc4(gpu(), &upload(&c.dy, &g.output_shape()), dy_pad, 1).unwrap();
+        let (dw_pad, db_pad) = (zeros(&g.weight_shape()), zeros(&[g.o]));
+        let kernel =
+            conv2d::grad_weight_tex(gpu(), g, &xt, &dyt, dy_pad, &dw_pad, Some(&db_pad)).unwrap();
+        gpu().run(&[&forward, &pack_dy, &kernel]);
+        assert_eq!(
+            gpu().read_f32(&dw_pad).unwrap(),
+            dw,
+            "dw from padded dy {g:?}"
+        );
+        assert_eq!(
+            gpu().read_f32(&db_pad).unwrap(),
+            db,
+            "db from padded dy {g:?}"
+        );
+        // Texels packed with another border are refused.
+        let err = conv2d::grad_weight_tex(gpu(), g, &xt, &dyt, dy_pad + 1, &dw_pad, None);
+        assert!(err.is_err(), "{g:?}: texels of another border accepted");
     }
 }
 

@@ -155,6 +155,53 @@ fn max_pool2d_backward_tiled_matches_cpu() {
     }
 }
 
+/// The tiled backward written as texels for the texel convolution kernels: every texel,
+/// borders included, is written (the texels start as NaN here), and equals dx packed by
+/// pack_nhwc4. Channel counts off the texel's four, padding 0–2, sizes the windows do not
+/// tile, batch 1, and the reference network's two pools (pad 0 for the first layer's dy, 2
+/// for the second's, which grad_input reads padded).
+#[test]
+fn max_pool2d_backward_tex_matches_cpu() {
+    for (seed, &(n, c, h, w, k, pad)) in [
+        (1, 1, 5, 7, 2, 0),
+        (2, 3, 9, 11, 3, 1),
+        (1, 6, 7, 5, 2, 2),
+        (1, 2, 4, 4, 4, 1),
+        (3, 32, 24, 24, 2, 0),
+        (2, 64, 10, 10, 2, 2),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let x = input(n * c * h * w, 70 + seed as u64);
+        let (oh, ow) = cpu::output_size(h, w, k, k);
+        let (_, argmax) = cpu::max_pool2d_forward(&x, n, c, h, w, k, k);
+        let dy = uniform(&mut rng(1070 + seed as u64), n * c * oh * ow, -1.0, 1.0);
+        // Texels of the same count, filled with NaN by packing a NaN tensor without padding.
+        let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+        let nan_shape = [n, c, hp, wp];
+        let nans = upload(&vec![f32::NAN; n * c * hp * wp], &nan_shape);
+        let (fill, dxt) = siamese_gpu::ops::pack::nhwc4(gpu(), &nans, 0, 1).unwrap();
+        let kernel = pool::max_backward_texels(
+            gpu(),
+            &upload(&dy, &[n, c, oh, ow]),
+            &gpu().upload_u32(&argmax, &[n, c, oh, ow]).unwrap(),
+            k,
+            [n, c, h, w],
+            &dxt,
+            pad,
+        )
+        .unwrap();
+        gpu().run(&[&fill, &kernel]);
+        // Each texel lane is one dy entry or zero: exact.
+        assert_eq!(
+            gpu().read_texels(&dxt).unwrap(),
+            cpu::max_pool2d_backward_nhwc4(&dy, &argmax, n, c, h, w, k, pad),
+            "max_pool2d_backward_tex {n}x{c}x{h}x{w} k{k} pad {pad}"
+        );
+    }
+}
+
 #[test]
 fn avg_pool2d_forward_matches_cpu() {
     for (seed, &(n, c, h, w, k, s)) in SHAPES.iter().enumerate() {

@@ -12,7 +12,8 @@
 //   conv2d_grad_weight_reduce partial@1            -> dw@4 [O, C·KH·KW]
 //   conv2d_grad_bias          dy@1                 -> db@4
 //   conv2d_forward_tex        x texels@6, w texels@7, b@3   -> y@4   (stride 1)
-//   conv2d_grad_weight_tex    x texels@6, dy texels@7       -> partial@4 [S, O, C·KH·KW], and
+//   conv2d_grad_weight_tex    x texels@6, dy texels@7 (borders of `dy_pad`)
+//                                                           -> partial@4 [S, O, C·KH·KW], and
 //                             with `bias_partials` > 0 the bias gradient's partials
 //                             [S, O] from that element of partial@4 on
 //
@@ -41,7 +42,7 @@ struct ConvParams {
     n: u32, c: u32, h: u32, w: u32,
     o: u32, kh: u32, kw: u32, stride: u32,
     pad: u32, oh: u32, ow: u32, splits: u32,
-    images_per_split: u32, unfold: u32, bias_partials: u32, _p2: u32,
+    images_per_split: u32, unfold: u32, bias_partials: u32, dy_pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: ConvParams;
@@ -396,7 +397,7 @@ fn conv2d_forward_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
 
 // partial[s, o, c, ky, kx] = Σ_{m in split s} dy[m, o] · xpad[n, oy + ky, ox + kx, c] over
 // positions m = (n, oy, ox), with xpad = tex_a (pack_nhwc4 with `pad`) and dy = tex_b
-// (pack_nhwc4, no padding). An invocation takes one tap, output channels 8·ob .. 8·ob + 7 and
+// (pack_nhwc4 with `dy_pad`: the padded dy grad_input reads serves both). An invocation takes one tap, output channels 8·ob .. 8·ob + 7 and
 // input channels 8·cb .. 8·cb + 7; split s covers `images_per_split` output rows (n, oy)
 // (here a count of rows, not images).
 @compute @workgroup_size(TEX_WG)
@@ -439,7 +440,8 @@ fn conv2d_grad_weight_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
     var sb = vec4<f32>(0.0);
     for (var row = r0; row < r1; row++) {
         let xrow = ((row / p.oh) * hp + row % p.oh) * wp * c4n + xoff;
-        let drow = row * p.ow * o4n;
+        let drow = (((row / p.oh) * (p.oh + 2u * p.dy_pad) + row % p.oh + p.dy_pad)
+                    * (p.ow + 2u * p.dy_pad) + p.dy_pad) * o4n;
         for (var ox = 0u; ox < p.ow; ox++) {
             let xb = xrow + ox * c4n;
             let xa = fetch_a(xb + c4a);

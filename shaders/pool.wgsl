@@ -9,6 +9,9 @@
 //                        argmax [N, C, OH, OW] u32  ->  dx [N, C, H, W] f32
 //   max_pool2d_backward_tiled   the same, for windows that tile the input (s = k): one
 //                        invocation per k×k cell writes the cell's k² dx elements
+//   max_pool2d_backward_tex     the tiled backward, dx written as texels in pack_nhwc4's
+//                        layout (pack.wgsl: channels by fours, PAD zero borders, no unfolding):
+//                        one invocation per k×k cell and four channels, borders included
 //   avg_pool2d_forward   x [N, C, H, W] f32        ->  y [N, C, OH, OW] f32
 //   avg_pool2d_backward  dy [N, C, OH, OW] f32     ->  dx [N, C, H, W] f32
 // argmax holds the in-plane index h·W + w of the element each window chose.
@@ -46,6 +49,11 @@ override S: u32;
 @group(0) @binding(6) var<storage, read_write> dx: array<f32>;
 
 override WG: u32 = 256u;  // invocations per workgroup
+// max_pool2d_backward_tex only: channels per image, and the zero border of the texels.
+override C: u32 = 1u;
+override PAD: u32 = 0u;
+
+@group(0) @binding(7) var dx_tex: texture_storage_2d<rgba32float, write>;
 
 fn linear_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.x + wid.y * nwg.x) * WG + lid;
@@ -145,6 +153,55 @@ fn max_pool2d_backward_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
             if ix >= W { break; }
             let idx = iy * W + ix;
             dx[base + idx] = select(0.0, g, idx == chosen);
+        }
+    }
+}
+
+// When the convolution that produced x runs on texel kernels, they read its gradient only
+// as texels: writing them here saves the store of dx and its packing. Cell (cy, cx) owns
+// padded rows PAD + cy·K .. PAD + (cy + 1)·K, the first and last cells the borders beyond,
+// so every texel is written, zero where no window chose it.
+@compute @workgroup_size(WG)
+fn max_pool2d_backward_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                           @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    let ch = (H + K - 1u) / K;
+    let cw = (W + K - 1u) / K;
+    let c4n = (C + 3u) / 4u;
+    if i >= (p.planes / C) * ch * cw * c4n { return; }
+    let c4 = i % c4n;
+    let cx = (i / c4n) % cw;
+    let cy = (i / (c4n * cw)) % ch;
+    let img = i / (c4n * cw * ch);
+    var g = vec4<f32>(0.0);
+    var chosen = vec4<u32>(0xffffffffu);
+    if cy < OH && cx < OW {
+        for (var e = 0u; e < 4u; e++) {
+            let c = 4u * c4 + e;
+            if c < C {
+                let o = ((img * C + c) * OH + cy) * OW + cx;
+                g[e] = dy[o];
+                chosen[e] = argmax[o];
+            }
+        }
+    }
+    let hp = H + 2u * PAD;
+    let wp = W + 2u * PAD;
+    let r0 = select(PAD + cy * K, 0u, cy == 0u);
+    let r1 = select(PAD + (cy + 1u) * K, hp, cy + 1u == ch);
+    let q0 = select(PAD + cx * K, 0u, cx == 0u);
+    let q1 = select(PAD + (cx + 1u) * K, wp, cx + 1u == cw);
+    for (var r = r0; r < r1; r++) {
+        // Unsigned wrap-around: rows and columns in the border fail `< H` / `< W`.
+        let iy = r - PAD;
+        for (var q = q0; q < q1; q++) {
+            let ix = q - PAD;
+            var v = vec4<f32>(0.0);
+            if iy < H && ix < W {
+                v = select(v, g, chosen == vec4<u32>(iy * W + ix));
+            }
+            let t = ((img * hp + r) * wp + q) * c4n + c4;
+            textureStore(dx_tex, vec2<u32>(t & 4095u, t >> 12u), v);
         }
     }
 }

@@ -80,6 +80,23 @@ pub fn max_pool2d_backward<T: Real>(
     dx
 }
 
+/// See `max_pool2d_backward_tex`: [`max_pool2d_backward`] with s = k, packed as
+/// `cpu::pack::nhwc4` with `pad` packs it (the texels as `4·len` values).
+#[allow(clippy::too_many_arguments)]
+pub fn max_pool2d_backward_nhwc4<T: Real>(
+    dy: &[T],
+    argmax: &[u32],
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    pad: usize,
+) -> Vec<T> {
+    let dx = max_pool2d_backward(dy, argmax, n, c, h, w, k, k);
+    super::pack::nhwc4(&dx, [n, c, h, w], pad, 1)
+}
+
 /// y[n, c, oy, ox] = (Σ over the k×k window of x) / k².
 pub fn avg_pool2d_forward<T: Real>(
     x: &[T],
