@@ -5,6 +5,9 @@
 // planes are independent, so they are flattened into one `planes` axis):
 //   max_pool2d_forward   x [N, C, H, W] f32        ->  y [N, C, OH, OW] f32,
 //                                                       argmax_out [N, C, OH, OW] u32
+//   max_pool2d_relu_forward     relu(max_pool2d(x)) (= max_pool2d(relu(x))), argmax NONE
+//                        where the window's max is not above 0: the backward entries then
+//                        give the ReLU's zero gradient without a pass of their own
 //   max_pool2d_backward  dy [N, C, OH, OW] f32,
 //                        argmax [N, C, OH, OW] u32  ->  dx [N, C, H, W] f32
 //   max_pool2d_backward_tiled   the same, for windows that tile the input (s = k): one
@@ -14,7 +17,8 @@
 //                        one invocation per k×k cell and four channels, borders included
 //   avg_pool2d_forward   x [N, C, H, W] f32        ->  y [N, C, OH, OW] f32
 //   avg_pool2d_backward  dy [N, C, OH, OW] f32     ->  dx [N, C, H, W] f32
-// argmax holds the in-plane index h·W + w of the element each window chose.
+// argmax holds the in-plane index h·W + w of the element each window chose, or NONE
+// (0xffffffff, which matches no element) for a window that passes no gradient.
 //
 // One invocation per output element. The backward passes gather: each dx element loops
 // over the (at most ⌈k/s⌉²) windows that contain it. A scatter from dy would need float
@@ -73,31 +77,55 @@ fn last_window(i: u32, count: u32) -> u32 {
     return min(i / S, count - 1u);
 }
 
+const NONE: u32 = 0xffffffffu;
+
+struct WindowMax {
+    value: f32,
+    index: u32,  // in-plane
+}
+
+// The maximum of output o's window. It starts from the window's first element rather than
+// −∞, so the index is always valid; strict `>` keeps the first of equal maxima (PyTorch's
+// rule).
+fn window_max(o: u32) -> WindowMax {
+    let ox = o % OW;
+    let oy = (o / OW) % OH;
+    let base = (o / (OW * OH)) * H * W;
+    let corner = oy * S * W + ox * S;
+    var best = WindowMax(x[base + corner], corner);
+    for (var ky = 0u; ky < K; ky++) {
+        for (var kx = 0u; kx < K; kx++) {
+            let idx = corner + ky * W + kx;
+            let v = x[base + idx];
+            if v > best.value {
+                best = WindowMax(v, idx);
+            }
+        }
+    }
+    return best;
+}
+
 @compute @workgroup_size(WG)
 fn max_pool2d_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
     let o = linear_index(wid, nwg, lid);
     if o >= p.planes * OH * OW { return; }
-    let ox = o % OW;
-    let oy = (o / OW) % OH;
-    let base = (o / (OW * OH)) * H * W;
-    let corner = oy * S * W + ox * S;
-    // Start from the window's first element rather than −∞, so argmax is always a valid
-    // index; strict `>` keeps the first of equal maxima (PyTorch's rule).
-    var best_idx = corner;
-    var best = x[base + corner];
-    for (var ky = 0u; ky < K; ky++) {
-        for (var kx = 0u; kx < K; kx++) {
-            let idx = corner + ky * W + kx;
-            let v = x[base + idx];
-            if v > best {
-                best = v;
-                best_idx = idx;
-            }
-        }
-    }
-    y[o] = best;
-    argmax_out[o] = best_idx;
+    let best = window_max(o);
+    y[o] = best.value;
+    argmax_out[o] = best.index;
+}
+
+// A ReLU after (or before: max commutes with it) the pooling, in the same pass. ReLU's
+// gradient is dy·[max > 0]: a window whose max is not above 0 records NONE.
+@compute @workgroup_size(WG)
+fn max_pool2d_relu_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                           @builtin(local_invocation_index) lid: u32) {
+    let o = linear_index(wid, nwg, lid);
+    if o >= p.planes * OH * OW { return; }
+    let best = window_max(o);
+    let passes = best.value > 0.0;
+    y[o] = select(0.0, best.value, passes);
+    argmax_out[o] = select(NONE, best.index, passes);
 }
 
 @compute @workgroup_size(WG)
@@ -138,7 +166,7 @@ fn max_pool2d_backward_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
     let cy = (i / cw) % ch;
     let plane = i / (cw * ch);
     var g = 0.0;
-    var chosen = 0xffffffffu;
+    var chosen = NONE;
     if cy < OH && cx < OW {
         let o = (plane * OH + cy) * OW + cx;
         g = dy[o];
@@ -174,7 +202,7 @@ fn max_pool2d_backward_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_w
     let cy = (i / (c4n * cw)) % ch;
     let img = i / (c4n * cw * ch);
     var g = vec4<f32>(0.0);
-    var chosen = vec4<u32>(0xffffffffu);
+    var chosen = vec4<u32>(NONE);
     if cy < OH && cx < OW {
         for (var e = 0u; e < 4u; e++) {
             let c = 4u * c4 + e;

@@ -305,13 +305,37 @@ impl<'g> Tape<'g> {
 
     /// Max-pooling with a square `kernel` and `stride`, no padding.
     pub fn max_pool2d(&mut self, x: ValueId, kernel: usize, stride: usize) -> Result<ValueId> {
-        let shape = pooled_shape("max_pool2d", self.shape(x), kernel, stride)?;
+        self.max_pool2d_maybe_relu(x, kernel, stride, false)
+    }
+
+    /// `relu(max_pool2d(x))`, equal to `max_pool2d(relu(x))`, in one forward pass; the
+    /// backward is the pooling's alone (windows with a max not above 0 pass no gradient).
+    pub fn max_pool2d_relu(&mut self, x: ValueId, kernel: usize, stride: usize) -> Result<ValueId> {
+        self.max_pool2d_maybe_relu(x, kernel, stride, true)
+    }
+
+    fn max_pool2d_maybe_relu(
+        &mut self,
+        x: ValueId,
+        kernel: usize,
+        stride: usize,
+        relu: bool,
+    ) -> Result<ValueId> {
+        let op = if relu {
+            "max_pool2d_relu"
+        } else {
+            "max_pool2d"
+        };
+        let shape = pooled_shape(op, self.shape(x), kernel, stride)?;
         let y = self.output(&shape, &[x])?;
         let argmax = self.gpu.zeros(&shape, DType::U32)?;
         let (tx, ty) = (self.tensor(x).clone(), self.tensor(y).clone());
-        let forward = vec![pool::max_forward(
-            self.gpu, &tx, kernel, stride, &ty, &argmax,
-        )?];
+        let launch = if relu {
+            pool::max_relu_forward
+        } else {
+            pool::max_forward
+        };
+        let forward = vec![launch(self.gpu, &tx, kernel, stride, &ty, &argmax)?];
         let mut backward = Vec::new();
         let mut texel_backward = None;
         if let (Some(dy), Some(dx)) = (self.grad(y).cloned(), self.grad_slot(x)?) {
@@ -343,7 +367,7 @@ impl<'g> Tape<'g> {
         {
             gt.consumer_writes = true;
         }
-        self.record("max_pool2d", Some(y), forward, backward);
+        self.record(op, Some(y), forward, backward);
         self.entries
             .last_mut()
             .expect("just recorded")

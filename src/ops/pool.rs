@@ -162,6 +162,30 @@ pub fn max_forward(
     )
 }
 
+/// `y = relu(max_pool2d(x))` in one pass (the two commute); `argmax` is [`max_forward`]'s,
+/// except where the window's max is not above 0: there it matches no element, so the max
+/// backwards give ReLU's zero gradient too.
+pub fn max_relu_forward(
+    gpu: &Gpu,
+    x: &Tensor,
+    kernel: usize,
+    stride: usize,
+    y: &Tensor,
+    argmax: &Tensor,
+) -> Result<Kernel> {
+    const OP: &str = "max_pool2d_relu_forward";
+    let (params, out_shape) = check(OP, "x", x, kernel, stride)?;
+    expect_f32(OP, "y", y, &out_shape)?;
+    expect(OP, "argmax", argmax, &out_shape, DType::U32)?;
+    launch(
+        gpu,
+        OP,
+        &params,
+        &[(1, x), (2, y), (3, argmax)],
+        out_shape.iter().product(),
+    )
+}
+
 /// Gradient of max pooling: `dx [N, C, H, W]`, each element the sum of the `dy` entries
 /// whose `argmax` chose it (0 if none did). `argmax` is [`max_forward`]'s, same window.
 pub fn max_backward(
