@@ -200,9 +200,9 @@ fn max_pool2d_backward_tiled_matches_cpu() {
     }
 }
 
-/// The tiled backward written as texels for the texel convolution kernels: every texel,
-/// borders included, is written (the texels start as NaN here), and equals dx packed by
-/// pack_nhwc4. Channel counts off the texel's four, padding 0–2, sizes the windows do not
+/// The tiled backward written as texels for the texel convolution kernels equals dx packed
+/// by pack_nhwc4. It runs twice, on two different dy: the second run must overwrite every
+/// texel inside x (the borders it leaves as created, zero). Channel counts off the texel's four, padding 0–2, sizes the windows do not
 /// tile, batch 1, and the reference network's two pools (pad 0 for the first layer's dy, 2
 /// for the second's, which grad_input reads padded).
 #[test]
@@ -222,22 +222,28 @@ fn max_pool2d_backward_tex_matches_cpu() {
         let (oh, ow) = cpu::output_size(h, w, k, k);
         let argmax = argmax_of(&x, n, c, h, w, k, k, seed);
         let dy = uniform(&mut rng(1070 + seed as u64), n * c * oh * ow, -1.0, 1.0);
-        // Texels of the same count, filled with NaN by packing a NaN tensor without padding.
-        let (hp, wp) = (h + 2 * pad, w + 2 * pad);
-        let nan_shape = [n, c, hp, wp];
-        let nans = upload(&vec![f32::NAN; n * c * hp * wp], &nan_shape);
-        let (fill, dxt) = siamese_gpu::ops::pack::nhwc4(gpu(), &nans, 0, 1).unwrap();
-        let kernel = pool::max_backward_texels(
-            gpu(),
-            &upload(&dy, &[n, c, oh, ow]),
-            &gpu().upload_u32(&argmax, &[n, c, oh, ow]).unwrap(),
-            k,
-            [n, c, h, w],
-            &dxt,
-            pad,
-        )
-        .unwrap();
-        gpu().run(&[&fill, &kernel]);
+        let first_dy = vec![f32::NAN; dy.len()];
+        // Each window's first element, in-plane.
+        let first_argmax: Vec<u32> = (0..argmax.len())
+            .map(|o| (((o / ow) % oh * k) * w + o % ow * k) as u32)
+            .collect();
+        let dxt = gpu()
+            .texels(n * (h + 2 * pad) * (w + 2 * pad) * c.div_ceil(4))
+            .unwrap();
+        let launch = |dy: &[f32], argmax: &[u32]| {
+            pool::max_backward_texels(
+                gpu(),
+                &upload(dy, &[n, c, oh, ow]),
+                &gpu().upload_u32(argmax, &[n, c, oh, ow]).unwrap(),
+                k,
+                [n, c, h, w],
+                &dxt,
+                pad,
+            )
+            .unwrap()
+        };
+        // The first run routes NaN to each window's first element.
+        gpu().run(&[&launch(&first_dy, &first_argmax), &launch(&dy, &argmax)]);
         // Each texel lane is one dy entry or zero: exact.
         assert_eq!(
             gpu().read_texels(&dxt).unwrap(),

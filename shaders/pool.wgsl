@@ -14,7 +14,8 @@
 //                        invocation per k×k cell writes the cell's k² dx elements
 //   max_pool2d_backward_tex     the tiled backward, dx written as texels in pack_nhwc4's
 //                        layout (pack.wgsl: channels by fours, PAD zero borders, no unfolding):
-//                        one invocation per k×k cell and four channels, borders included
+//                        one invocation per k×k cell and four channels; the borders are left
+//                        as they are (zero: see the entry)
 //   avg_pool2d_forward   x [N, C, H, W] f32        ->  y [N, C, OH, OW] f32
 //   avg_pool2d_backward  dy [N, C, OH, OW] f32     ->  dx [N, C, H, W] f32
 // argmax holds the in-plane index h·W + w of the element each window chose, or NONE
@@ -186,9 +187,11 @@ fn max_pool2d_backward_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
 }
 
 // When the convolution that produced x runs on texel kernels, they read its gradient only
-// as texels: writing them here saves the store of dx and its packing. Cell (cy, cx) owns
-// padded rows PAD + cy·K .. PAD + (cy + 1)·K, the first and last cells the borders beyond,
-// so every texel is written, zero where no window chose it.
+// as texels: writing them here saves the store of dx and its packing. Every texel inside
+// x is written (zero where no window chose it); the borders are not: wgpu zero-initialises
+// textures, and the texels the launcher is given receive nothing else. A texel store costs
+// lavapipe about ten scalar stores, and the second reference layer's border (PAD 2 around
+// 10×10) is half of its texels.
 @compute @workgroup_size(WG)
 fn max_pool2d_backward_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                            @builtin(local_invocation_index) lid: u32) {
@@ -215,20 +218,14 @@ fn max_pool2d_backward_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_w
     }
     let hp = H + 2u * PAD;
     let wp = W + 2u * PAD;
-    let r0 = select(PAD + cy * K, 0u, cy == 0u);
-    let r1 = select(PAD + (cy + 1u) * K, hp, cy + 1u == ch);
-    let q0 = select(PAD + cx * K, 0u, cx == 0u);
-    let q1 = select(PAD + (cx + 1u) * K, wp, cx + 1u == cw);
-    for (var r = r0; r < r1; r++) {
-        // Unsigned wrap-around: rows and columns in the border fail `< H` / `< W`.
-        let iy = r - PAD;
-        for (var q = q0; q < q1; q++) {
-            let ix = q - PAD;
-            var v = vec4<f32>(0.0);
-            if iy < H && ix < W {
-                v = select(v, g, chosen == vec4<u32>(iy * W + ix));
-            }
-            let t = ((img * hp + r) * wp + q) * c4n + c4;
+    for (var ky = 0u; ky < K; ky++) {
+        let iy = cy * K + ky;
+        if iy >= H { break; }
+        for (var kx = 0u; kx < K; kx++) {
+            let ix = cx * K + kx;
+            if ix >= W { break; }
+            let v = select(vec4<f32>(0.0), g, chosen == vec4<u32>(iy * W + ix));
+            let t = ((img * hp + iy + PAD) * wp + ix + PAD) * c4n + c4;
             textureStore(dx_tex, vec2<u32>(t & 4095u, t >> 12u), v);
         }
     }

@@ -214,8 +214,9 @@ pub fn max_backward(
 
 /// Gradient of max pooling with windows that tile the input (`stride` = `kernel`), written
 /// as texels: `dxt` receives dx `[N, C, H, W]` = `dx_shape` as [`super::pack::nhwc4`] with
-/// `pad` (no unfolding) would pack it, borders included. For a convolution on the texel
-/// kernels, which read its gradient only so: no dx store and no packing pass.
+/// `pad` (no unfolding) would pack it. The `pad` borders are not written: `dxt` must be
+/// texels that nothing else writes, which wgpu creates zeroed. For a convolution on the
+/// texel kernels, which read its gradient only so: no dx store and no packing pass.
 pub fn max_backward_texels(
     gpu: &Gpu,
     dy: &Tensor,
