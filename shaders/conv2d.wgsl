@@ -25,7 +25,8 @@
 // fetches feed 1,024 FMAs, since on lavapipe a fetch costs far more than an FMA or an
 // accumulator spilled to the stack), or 8 × 8 channel pairs of one tap (grad_weight: 4
 // fetches feed 64 FMAs per position; larger blocks there were slower on lavapipe). grad_input is
-// conv2d_forward_tex on dy padded by KH − 1 − pad with the weights flipped and transposed.
+// conv2d_forward_tex on dy padded by KH − 1 − pad with the weights flipped and transposed;
+// grad_weight reads the same padded dy (one packing serves both), past its border.
 //
 // Each of the three products is an implicit GEMM: no im2col buffer is built; the index
 // arithmetic that im2col would bake into memory is done on the fly, with out-of-image taps
