@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use siamese_gpu::cpu::conv2d::{self as cpu, Conv2dGeometry};
-use siamese_gpu::ops::conv2d;
+use siamese_gpu::ops::{conv2d, pack};
 use siamese_gpu::{Kernel, Tensor, Texels};
 
 #[allow(clippy::too_many_arguments)] // one argument per field of the geometry
@@ -362,7 +362,9 @@ fn conv2d_forward_rejects_mismatched_channels() {
 
 /// Shapes the texel kernels take: channel counts off the 4-channel texel and the 8-channel
 /// block (1, 3, 5, 9, 13), position counts off the 8-position block, padding 0–2, batch 1,
-/// and the reference network's two layers.
+/// and the reference network's two layers. Over padding (and in every grad_input) positions
+/// run images innermost and border taps are skipped per block of 16: batches of 16 and 37
+/// give blocks of one (oy, ox) and blocks that straddle two.
 const TEX_SHAPES: &[Conv2dGeometry] = &[
     geom(1, 1, 1, 1, 1, 1, 1, 1, 0),
     geom(1, 1, 28, 28, 32, 5, 5, 1, 0),
@@ -371,6 +373,8 @@ const TEX_SHAPES: &[Conv2dGeometry] = &[
     geom(2, 9, 6, 5, 13, 3, 3, 1, 2),
     geom(1, 5, 5, 5, 3, 5, 5, 1, 2),
     geom(4, 6, 11, 13, 9, 1, 1, 1, 0),
+    geom(16, 7, 6, 5, 10, 3, 3, 1, 1),
+    geom(37, 2, 7, 6, 5, 3, 3, 1, 2),
 ];
 
 fn tex_forward(g: &Conv2dGeometry, c: &Case) -> (Kernel, Texels, Tensor) {
@@ -482,6 +486,28 @@ fn conv2d_grad_weight_tex_matches_cpu() {
             dw,
             "dw with and without db {g:?}"
         );
+        // From dy packed with grad_input's border (the one packing both products share):
+        // the same products in the same order, so the same bits.
+        let dy_pad = g.kh - 1 - g.pad;
+        let (pack_dy, dyt) =
+            pack::nhwc4(gpu(), &upload(&c.dy, &g.output_shape()), dy_pad, 1).unwrap();
+        let (dw_pad, db_pad) = (zeros(&g.weight_shape()), zeros(&[g.o]));
+        let kernel =
+            conv2d::grad_weight_tex(gpu(), g, &xt, &dyt, dy_pad, &dw_pad, Some(&db_pad)).unwrap();
+        gpu().run(&[&forward, &pack_dy, &kernel]);
+        assert_eq!(
+            gpu().read_f32(&dw_pad).unwrap(),
+            dw,
+            "dw from padded dy {g:?}"
+        );
+        assert_eq!(
+            gpu().read_f32(&db_pad).unwrap(),
+            db,
+            "db from padded dy {g:?}"
+        );
+        // Texels packed with another border are refused.
+        let err = conv2d::grad_weight_tex(gpu(), g, &xt, &dyt, dy_pad + 1, &dw_pad, None);
+        assert!(err.is_err(), "{g:?}: texels of another border accepted");
     }
 }
 

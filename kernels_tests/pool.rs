@@ -86,12 +86,57 @@ fn max_pool2d_forward_matches_cpu() {
     }
 }
 
+/// relu(max_pool2d(x)) in one pass: windows whose max is not above 0 (about half of them
+/// here, and some exactly 0 among the five-level inputs) give 0 and argmax NONE.
+#[test]
+fn max_pool2d_relu_forward_matches_cpu() {
+    for (seed, &(n, c, h, w, k, s)) in SHAPES.iter().enumerate() {
+        let x = input(n * c * h * w, 20 + seed as u64);
+        let (oh, ow) = cpu::output_size(h, w, k, s);
+        let (y, argmax) = (
+            zeros(&[n, c, oh, ow]),
+            gpu()
+                .zeros(&[n, c, oh, ow], siamese_gpu::DType::U32)
+                .unwrap(),
+        );
+        let kernel =
+            pool::max_relu_forward(gpu(), &upload(&x, &[n, c, h, w]), k, s, &y, &argmax).unwrap();
+        let got = run_and_read(&kernel, &y);
+        let got_argmax = gpu().read_u32(&argmax).unwrap();
+        let (want, want_argmax) = cpu::max_pool2d_relu_forward(&x, n, c, h, w, k, s);
+        let what = format!("max_pool2d_relu_forward {n}x{c}x{h}x{w} k{k} s{s}");
+        // A copied input or 0: exact.
+        assert_within(&what, &got, &want, &vec![0.0; want.len()]);
+        assert_eq!(got_argmax, want_argmax, "{what}: argmax");
+    }
+}
+
+/// The argmax the backward tests route through: every third seed that of the fused ReLU,
+/// with NONE entries that must pass no gradient.
+#[allow(clippy::too_many_arguments)]
+fn argmax_of(
+    x: &[f32],
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    s: usize,
+    seed: usize,
+) -> Vec<u32> {
+    if seed % 3 == 2 {
+        cpu::max_pool2d_relu_forward(x, n, c, h, w, k, s).1
+    } else {
+        cpu::max_pool2d_forward(x, n, c, h, w, k, s).1
+    }
+}
+
 #[test]
 fn max_pool2d_backward_matches_cpu() {
     for (seed, &(n, c, h, w, k, s)) in SHAPES.iter().enumerate() {
         let x = input(n * c * h * w, seed as u64);
         let (oh, ow) = cpu::output_size(h, w, k, s);
-        let (_, argmax) = cpu::max_pool2d_forward(&x, n, c, h, w, k, s);
+        let argmax = argmax_of(&x, n, c, h, w, k, s, seed);
         let dy = uniform(&mut rng(1000 + seed as u64), n * c * oh * ow, -1.0, 1.0);
         let dx = zeros(&[n, c, h, w]);
         let kernel = pool::max_backward(
@@ -132,7 +177,7 @@ fn max_pool2d_backward_tiled_matches_cpu() {
     {
         let x = input(n * c * h * w, 50 + seed as u64);
         let (oh, ow) = cpu::output_size(h, w, k, k);
-        let (_, argmax) = cpu::max_pool2d_forward(&x, n, c, h, w, k, k);
+        let argmax = argmax_of(&x, n, c, h, w, k, k, seed);
         let dy = uniform(&mut rng(1050 + seed as u64), n * c * oh * ow, -1.0, 1.0);
         let dx = upload(&vec![f32::NAN; n * c * h * w], &[n, c, h, w]);
         let kernel = pool::max_backward(
@@ -151,6 +196,59 @@ fn max_pool2d_backward_tiled_matches_cpu() {
             &run_and_read(&kernel, &dx),
             &cpu::max_pool2d_backward(&dy, &argmax, n, c, h, w, k, k),
             &vec![0.0; n * c * h * w],
+        );
+    }
+}
+
+/// The tiled backward written as texels for the texel convolution kernels equals dx packed
+/// by pack_nhwc4. It runs twice, on two different dy: the second run must overwrite every
+/// texel inside x (the borders it leaves as created, zero). Channel counts off the texel's four, padding 0–2, sizes the windows do not
+/// tile, batch 1, and the reference network's two pools (pad 0 for the first layer's dy, 2
+/// for the second's, which grad_input reads padded).
+#[test]
+fn max_pool2d_backward_tex_matches_cpu() {
+    for (seed, &(n, c, h, w, k, pad)) in [
+        (1, 1, 5, 7, 2, 0),
+        (2, 3, 9, 11, 3, 1),
+        (1, 6, 7, 5, 2, 2),
+        (1, 2, 4, 4, 4, 1),
+        (3, 32, 24, 24, 2, 0),
+        (2, 64, 10, 10, 2, 2),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let x = input(n * c * h * w, 70 + seed as u64);
+        let (oh, ow) = cpu::output_size(h, w, k, k);
+        let argmax = argmax_of(&x, n, c, h, w, k, k, seed);
+        let dy = uniform(&mut rng(1070 + seed as u64), n * c * oh * ow, -1.0, 1.0);
+        let first_dy = vec![f32::NAN; dy.len()];
+        // Each window's first element, in-plane.
+        let first_argmax: Vec<u32> = (0..argmax.len())
+            .map(|o| (((o / ow) % oh * k) * w + o % ow * k) as u32)
+            .collect();
+        let dxt = gpu()
+            .texels(n * (h + 2 * pad) * (w + 2 * pad) * c.div_ceil(4))
+            .unwrap();
+        let launch = |dy: &[f32], argmax: &[u32]| {
+            pool::max_backward_texels(
+                gpu(),
+                &upload(dy, &[n, c, oh, ow]),
+                &gpu().upload_u32(argmax, &[n, c, oh, ow]).unwrap(),
+                k,
+                [n, c, h, w],
+                &dxt,
+                pad,
+            )
+            .unwrap()
+        };
+        // The first run routes NaN to each window's first element.
+        gpu().run(&[&launch(&first_dy, &first_argmax), &launch(&dy, &argmax)]);
+        // Each texel lane is one dy entry or zero: exact.
+        assert_eq!(
+            gpu().read_texels(&dxt).unwrap(),
+            cpu::max_pool2d_backward_nhwc4(&dy, &argmax, n, c, h, w, k, pad),
+            "max_pool2d_backward_tex {n}x{c}x{h}x{w} k{k} pad {pad}"
         );
     }
 }
@@ -199,17 +297,35 @@ fn avg_pool2d_backward_matches_cpu() {
     }
 }
 
-/// L = Σ r ⊙ max_pool2d_forward(x): its gradient is max_pool2d_backward with dy = r.
+/// L = Σ r ⊙ max_pool2d_forward(x): its gradient is max_pool2d_backward with dy = r. With
+/// `relu`, L = Σ r ⊙ relu(max_pool2d(x)) through max_pool2d_relu_forward's argmax.
 #[test]
 fn max_pool2d_backward_matches_finite_differences() {
-    for (seed, &(n, c, h, w, k, s)) in FD_SHAPES.iter().enumerate() {
+    for (seed, &(n, c, h, w, k, s), relu) in FD_SHAPES
+        .iter()
+        .enumerate()
+        .flat_map(|(i, shape)| [(i, shape, false), (i, shape, true)])
+    {
         let (oh, ow) = cpu::output_size(h, w, k, s);
-        let x32 = distinct_input(n * c * h * w, 100 + seed as u64);
+        let len = n * c * h * w;
+        // Shifted by half the grid's spacing under ReLU, so that no value sits at its kink.
+        let shift = if relu { 0.5 / len as f32 } else { 0.0 };
+        let x32: Vec<f32> = distinct_input(len, 100 + seed as u64)
+            .iter()
+            .map(|v| v + shift)
+            .collect();
         let r32 = uniform(&mut rng(200 + seed as u64), n * c * oh * ow, -1.0, 1.0);
         let (x, r) = (to_f64(&x32), to_f64(&r32));
-        let loss = |v: &[f64]| dot(&r, &cpu::max_pool2d_forward(v, n, c, h, w, k, s).0);
+        let cpu_forward = |v: &[f64]| {
+            if relu {
+                cpu::max_pool2d_relu_forward(v, n, c, h, w, k, s)
+            } else {
+                cpu::max_pool2d_forward(v, n, c, h, w, k, s)
+            }
+        };
+        let loss = |v: &[f64]| dot(&r, &cpu_forward(v).0);
         let fd = finite_difference(loss, &x, FD_STEP);
-        let (_, argmax) = cpu::max_pool2d_forward(&x, n, c, h, w, k, s);
+        let (_, argmax) = cpu_forward(&x);
         assert_matches_fd(
             "cpu max_pool2d_backward",
             &cpu::max_pool2d_backward(&r, &argmax, n, c, h, w, k, s),
@@ -224,8 +340,12 @@ fn max_pool2d_backward_matches_finite_differences() {
                 .unwrap(),
             zeros(&[n, c, h, w]),
         );
-        let forward =
-            pool::max_forward(gpu(), &upload(&x32, &[n, c, h, w]), k, s, &y, &argmax).unwrap();
+        let launch = if relu {
+            pool::max_relu_forward
+        } else {
+            pool::max_forward
+        };
+        let forward = launch(gpu(), &upload(&x32, &[n, c, h, w]), k, s, &y, &argmax).unwrap();
         let backward =
             pool::max_backward(gpu(), &upload(&r32, &[n, c, oh, ow]), &argmax, k, s, &dx).unwrap();
         gpu().run(&[&forward, &backward]);

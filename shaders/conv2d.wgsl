@@ -12,7 +12,8 @@
 //   conv2d_grad_weight_reduce partial@1            -> dw@4 [O, C·KH·KW]
 //   conv2d_grad_bias          dy@1                 -> db@4
 //   conv2d_forward_tex        x texels@6, w texels@7, b@3   -> y@4   (stride 1)
-//   conv2d_grad_weight_tex    x texels@6, dy texels@7       -> partial@4 [S, O, C·KH·KW], and
+//   conv2d_grad_weight_tex    x texels@6, dy texels@7 (borders of `dy_pad`)
+//                                                           -> partial@4 [S, O, C·KH·KW], and
 //                             with `bias_partials` > 0 the bias gradient's partials
 //                             [S, O] from that element of partial@4 on
 //
@@ -24,7 +25,8 @@
 // fetches feed 1,024 FMAs, since on lavapipe a fetch costs far more than an FMA or an
 // accumulator spilled to the stack), or 8 × 8 channel pairs of one tap (grad_weight: 4
 // fetches feed 64 FMAs per position; larger blocks there were slower on lavapipe). grad_input is
-// conv2d_forward_tex on dy padded by KH − 1 − pad with the weights flipped and transposed.
+// conv2d_forward_tex on dy padded by KH − 1 − pad with the weights flipped and transposed;
+// grad_weight reads the same padded dy (one packing serves both), past its border.
 //
 // Each of the three products is an implicit GEMM: no im2col buffer is built; the index
 // arithmetic that im2col would bake into memory is done on the fly, with out-of-image taps
@@ -41,7 +43,7 @@ struct ConvParams {
     n: u32, c: u32, h: u32, w: u32,
     o: u32, kh: u32, kw: u32, stride: u32,
     pad: u32, oh: u32, ow: u32, splits: u32,
-    images_per_split: u32, unfold: u32, bias_partials: u32, _p2: u32,
+    images_per_split: u32, unfold: u32, bias_partials: u32, dy_pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: ConvParams;
@@ -281,7 +283,7 @@ fn fetch_b(i: u32) -> vec4<f32> {
 
 // y[n, o, oy, ox] = b[o] + Σ_{ky, kx, c} xpad[n, oy + ky, ox + kx, c] · w[o, c, ky, kx], with
 // xpad = tex_a (pack_nhwc4 with `pad`) and w = tex_b (pack_conv_weight). An invocation takes
-// 16 consecutive positions m = (n, oy, ox) and output channels 16·ob .. 16·ob + 15.
+// 16 consecutive positions m (see below for their order) and output channels 16·ob .. 16·ob + 15.
 @compute @workgroup_size(TEX_WG)
 fn conv2d_forward_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
@@ -300,15 +302,43 @@ fn conv2d_forward_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     let o4b = min(o4a + 1u, o4n - 1u);
     let o4c = min(o4a + 2u, o4n - 1u);
     let o4d = min(o4a + 3u, o4n - 1u);
+    // Over zero borders (pad > 0: grad_input, or a padded forward) positions run images
+    // innermost, m = (oy·OW + ox)·N + n, so that an invocation's 16 positions, and its
+    // neighbours', share (oy, ox) when N is a multiple of 16; the taps that meet only the
+    // border for all 16 are skipped (31% of grad_input's FMAs in the reference network's
+    // second layer). Unpadded, images outermost: neighbouring positions share texels.
+    let images_inner = p.pad > 0u;
+    var oy_min = p.oh;
+    var oy_max = 0u;
+    var ox_min = p.ow;
+    var ox_max = 0u;
     var base: array<u32, TEX_POS>;
     for (var j = 0u; j < TEX_POS; j++) {
         let m = min(pb * TEX_POS + j, npos - 1u);
-        let r = m % plane;
-        base[j] = (((m / plane) * hp + r / p.ow) * wp + r % p.ow) * c4n;
+        let n = select(m / plane, m % p.n, images_inner);
+        let r = select(m % plane, m / p.n, images_inner);
+        let oy = r / p.ow;
+        let ox = r % p.ow;
+        oy_min = min(oy_min, oy);
+        oy_max = max(oy_max, oy);
+        ox_min = min(ox_min, ox);
+        ox_max = max(ox_max, ox);
+        base[j] = ((n * hp + oy) * wp + ox) * c4n;
+    }
+    // Padded row oy + ky is x's row oy + ky − pad: inside x for some position of the block
+    // iff ky ≥ pad − oy_max and ky < pad + H − oy_min (never empty, as pad < KH). Columns
+    // likewise, unless unfolded (a texel's channels then span several columns).
+    let ky_lo = select(0u, p.pad - oy_max, oy_max < p.pad);
+    let ky_hi = min(p.kh, p.pad + p.h - oy_min);
+    var kx_lo = 0u;
+    var kx_hi = p.kw;
+    if p.unfold == 1u {
+        kx_lo = select(0u, p.pad - ox_max, ox_max < p.pad);
+        kx_hi = min(p.kw, p.pad + p.w - ox_min);
     }
     var acc: array<vec4<f32>, 64>;  // [4·j + g]: position j, channels 4·(o4a + g) ..
-    for (var ky = 0u; ky < p.kh; ky++) {
-        for (var kx = 0u; kx < p.kw; kx++) {
+    for (var ky = ky_lo; ky < ky_hi; ky++) {
+        for (var kx = kx_lo; kx < kx_hi; kx++) {
             let xoff = (ky * wp + kx) * c4n;
             let wtap = (ky * p.kw + kx) * c4n;
             for (var c4 = 0u; c4 < c4n; c4++) {
@@ -351,8 +381,8 @@ fn conv2d_forward_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     for (var j = 0u; j < TEX_POS; j++) {
         let m = pb * TEX_POS + j;
         if m >= npos { return; }
-        let n = m / plane;
-        let r = m % plane;
+        let n = select(m / plane, m % p.n, images_inner);
+        let r = select(m % plane, m / p.n, images_inner);
         for (var g = 0u; g < 4u; g++) {
             if o4a + g >= o4n { break; }
             let v = acc[4u * j + g] + bv[g];
@@ -368,7 +398,7 @@ fn conv2d_forward_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
 
 // partial[s, o, c, ky, kx] = Σ_{m in split s} dy[m, o] · xpad[n, oy + ky, ox + kx, c] over
 // positions m = (n, oy, ox), with xpad = tex_a (pack_nhwc4 with `pad`) and dy = tex_b
-// (pack_nhwc4, no padding). An invocation takes one tap, output channels 8·ob .. 8·ob + 7 and
+// (pack_nhwc4 with `dy_pad`: the padded dy grad_input reads serves both). An invocation takes one tap, output channels 8·ob .. 8·ob + 7 and
 // input channels 8·cb .. 8·cb + 7; split s covers `images_per_split` output rows (n, oy)
 // (here a count of rows, not images).
 @compute @workgroup_size(TEX_WG)
@@ -411,7 +441,8 @@ fn conv2d_grad_weight_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
     var sb = vec4<f32>(0.0);
     for (var row = r0; row < r1; row++) {
         let xrow = ((row / p.oh) * hp + row % p.oh) * wp * c4n + xoff;
-        let drow = row * p.ow * o4n;
+        let drow = (((row / p.oh) * (p.oh + 2u * p.dy_pad) + row % p.oh + p.dy_pad)
+                    * (p.ow + 2u * p.dy_pad) + p.dy_pad) * o4n;
         for (var ox = 0u; ox < p.ow; ox++) {
             let xb = xrow + ox * c4n;
             let xa = fetch_a(xb + c4a);

@@ -5,13 +5,21 @@
 // planes are independent, so they are flattened into one `planes` axis):
 //   max_pool2d_forward   x [N, C, H, W] f32        ->  y [N, C, OH, OW] f32,
 //                                                       argmax_out [N, C, OH, OW] u32
+//   max_pool2d_relu_forward     relu(max_pool2d(x)) (= max_pool2d(relu(x))), argmax NONE
+//                        where the window's max is not above 0: the backward entries then
+//                        give the ReLU's zero gradient without a pass of their own
 //   max_pool2d_backward  dy [N, C, OH, OW] f32,
 //                        argmax [N, C, OH, OW] u32  ->  dx [N, C, H, W] f32
 //   max_pool2d_backward_tiled   the same, for windows that tile the input (s = k): one
 //                        invocation per k×k cell writes the cell's k² dx elements
+//   max_pool2d_backward_tex     the tiled backward, dx written as texels in pack_nhwc4's
+//                        layout (pack.wgsl: channels by fours, PAD zero borders, no unfolding):
+//                        one invocation per k×k cell and four channels; the borders are left
+//                        as they are (zero: see the entry)
 //   avg_pool2d_forward   x [N, C, H, W] f32        ->  y [N, C, OH, OW] f32
 //   avg_pool2d_backward  dy [N, C, OH, OW] f32     ->  dx [N, C, H, W] f32
-// argmax holds the in-plane index h·W + w of the element each window chose.
+// argmax holds the in-plane index h·W + w of the element each window chose, or NONE
+// (0xffffffff, which matches no element) for a window that passes no gradient.
 //
 // One invocation per output element. The backward passes gather: each dx element loops
 // over the (at most ⌈k/s⌉²) windows that contain it. A scatter from dy would need float
@@ -46,6 +54,11 @@ override S: u32;
 @group(0) @binding(6) var<storage, read_write> dx: array<f32>;
 
 override WG: u32 = 256u;  // invocations per workgroup
+// max_pool2d_backward_tex only: channels per image, and the zero border of the texels.
+override C: u32 = 1u;
+override PAD: u32 = 0u;
+
+@group(0) @binding(7) var dx_tex: texture_storage_2d<rgba32float, write>;
 
 fn linear_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.x + wid.y * nwg.x) * WG + lid;
@@ -65,31 +78,55 @@ fn last_window(i: u32, count: u32) -> u32 {
     return min(i / S, count - 1u);
 }
 
+const NONE: u32 = 0xffffffffu;
+
+struct WindowMax {
+    value: f32,
+    index: u32,  // in-plane
+}
+
+// The maximum of output o's window. It starts from the window's first element rather than
+// −∞, so the index is always valid; strict `>` keeps the first of equal maxima (PyTorch's
+// rule).
+fn window_max(o: u32) -> WindowMax {
+    let ox = o % OW;
+    let oy = (o / OW) % OH;
+    let base = (o / (OW * OH)) * H * W;
+    let corner = oy * S * W + ox * S;
+    var best = WindowMax(x[base + corner], corner);
+    for (var ky = 0u; ky < K; ky++) {
+        for (var kx = 0u; kx < K; kx++) {
+            let idx = corner + ky * W + kx;
+            let v = x[base + idx];
+            if v > best.value {
+                best = WindowMax(v, idx);
+            }
+        }
+    }
+    return best;
+}
+
 @compute @workgroup_size(WG)
 fn max_pool2d_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
     let o = linear_index(wid, nwg, lid);
     if o >= p.planes * OH * OW { return; }
-    let ox = o % OW;
-    let oy = (o / OW) % OH;
-    let base = (o / (OW * OH)) * H * W;
-    let corner = oy * S * W + ox * S;
-    // Start from the window's first element rather than −∞, so argmax is always a valid
-    // index; strict `>` keeps the first of equal maxima (PyTorch's rule).
-    var best_idx = corner;
-    var best = x[base + corner];
-    for (var ky = 0u; ky < K; ky++) {
-        for (var kx = 0u; kx < K; kx++) {
-            let idx = corner + ky * W + kx;
-            let v = x[base + idx];
-            if v > best {
-                best = v;
-                best_idx = idx;
-            }
-        }
-    }
-    y[o] = best;
-    argmax_out[o] = best_idx;
+    let best = window_max(o);
+    y[o] = best.value;
+    argmax_out[o] = best.index;
+}
+
+// A ReLU after (or before: max commutes with it) the pooling, in the same pass. ReLU's
+// gradient is dy·[max > 0]: a window whose max is not above 0 records NONE.
+@compute @workgroup_size(WG)
+fn max_pool2d_relu_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                           @builtin(local_invocation_index) lid: u32) {
+    let o = linear_index(wid, nwg, lid);
+    if o >= p.planes * OH * OW { return; }
+    let best = window_max(o);
+    let passes = best.value > 0.0;
+    y[o] = select(0.0, best.value, passes);
+    argmax_out[o] = select(NONE, best.index, passes);
 }
 
 @compute @workgroup_size(WG)
@@ -130,7 +167,7 @@ fn max_pool2d_backward_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
     let cy = (i / cw) % ch;
     let plane = i / (cw * ch);
     var g = 0.0;
-    var chosen = 0xffffffffu;
+    var chosen = NONE;
     if cy < OH && cx < OW {
         let o = (plane * OH + cy) * OW + cx;
         g = dy[o];
@@ -145,6 +182,51 @@ fn max_pool2d_backward_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
             if ix >= W { break; }
             let idx = iy * W + ix;
             dx[base + idx] = select(0.0, g, idx == chosen);
+        }
+    }
+}
+
+// When the convolution that produced x runs on texel kernels, they read its gradient only
+// as texels: writing them here saves the store of dx and its packing. Every texel inside
+// x is written (zero where no window chose it); the borders are not: wgpu zero-initialises
+// textures, and the texels the launcher is given receive nothing else. A texel store costs
+// lavapipe about ten scalar stores, and the second reference layer's border (PAD 2 around
+// 10×10) is half of its texels.
+@compute @workgroup_size(WG)
+fn max_pool2d_backward_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                           @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    let ch = (H + K - 1u) / K;
+    let cw = (W + K - 1u) / K;
+    let c4n = (C + 3u) / 4u;
+    if i >= (p.planes / C) * ch * cw * c4n { return; }
+    let c4 = i % c4n;
+    let cx = (i / c4n) % cw;
+    let cy = (i / (c4n * cw)) % ch;
+    let img = i / (c4n * cw * ch);
+    var g = vec4<f32>(0.0);
+    var chosen = vec4<u32>(NONE);
+    if cy < OH && cx < OW {
+        for (var e = 0u; e < 4u; e++) {
+            let c = 4u * c4 + e;
+            if c < C {
+                let o = ((img * C + c) * OH + cy) * OW + cx;
+                g[e] = dy[o];
+                chosen[e] = argmax[o];
+            }
+        }
+    }
+    let hp = H + 2u * PAD;
+    let wp = W + 2u * PAD;
+    for (var ky = 0u; ky < K; ky++) {
+        let iy = cy * K + ky;
+        if iy >= H { break; }
+        for (var kx = 0u; kx < K; kx++) {
+            let ix = cx * K + kx;
+            if ix >= W { break; }
+            let v = select(vec4<f32>(0.0), g, chosen == vec4<u32>(iy * W + ix));
+            let t = ((img * hp + iy + PAD) * wp + ix + PAD) * c4n + c4;
+            textureStore(dx_tex, vec2<u32>(t & 4095u, t >> 12u), v);
         }
     }
 }

@@ -168,6 +168,16 @@ fn a_tower_ending_in_a_relu_dies_and_passes_no_gradient() {
     let d = diagnose(&cfg);
     assert_finds(&d, "dead_relu", Severity::Fail);
     assert_finds(&d, "vanishing_gradient", Severity::Fail);
+    // Every ReLU is probed, those fused into the max-pooling after a convolution included.
+    let probed: Vec<&str> = d.evidence.relu.iter().map(|r| r.layer.as_str()).collect();
+    assert_eq!(
+        probed,
+        [
+            "the ReLU after conv 1",
+            "the ReLU after conv 2",
+            "the ReLU after dense 1"
+        ]
+    );
 }
 
 #[test]

@@ -216,3 +216,87 @@ fn triplet_model_gradients_match_cpu_and_finite_differences() {
         );
     }
 }
+
+/// Parameter gradients of a two-convolution graph taped on `path`: x [4, 3, 8, 8] →
+/// conv 4 3 pad 1 → relu+maxpool 2 → conv 5 3 pad 1 → maxpool 2 → distance of the first
+/// two images' embeddings to the last two's → contrastive loss. With `shared`, the second convolution's output
+/// also feeds an average pooling whose embedding is the distance's second side (its
+/// gradient then has two consumers). Returns the gradients and the backward's entry points.
+fn two_conv_grads(path: KernelPath, shared: bool) -> (Vec<f32>, Vec<&'static str>) {
+    let g = gpu_on(path);
+    let shapes: [&[usize]; 4] = [&[4, 3, 3, 3], &[4], &[5, 4, 3, 3], &[5]];
+    let mut tape = Tape::new(g);
+    let x = uniform(&mut rng(21), 4 * 3 * 64, -1.0, 1.0);
+    let xv = tape.input(g.upload_f32(&x, &[4, 3, 8, 8]).unwrap());
+    let mut params = Vec::new();
+    let mut grads = Vec::new();
+    for (i, shape) in shapes.iter().enumerate() {
+        let len = shape.iter().product();
+        let values = uniform(&mut rng(30 + i as u64), len, -0.5, 0.5);
+        let grad = g.zeros(shape, siamese_gpu::DType::F32).unwrap();
+        let p = tape.param(g.upload_f32(&values, shape).unwrap(), Some(grad.clone()));
+        params.push(p.unwrap());
+        grads.push(grad);
+    }
+    let y1 = tape.conv2d(xv, params[0], params[1], 1, 1).unwrap();
+    let p1 = tape.max_pool2d_relu(y1, 2, 2).unwrap();
+    let y2 = tape.conv2d(p1, params[2], params[3], 1, 1).unwrap();
+    let p2 = tape.max_pool2d(y2, 2, 2).unwrap();
+    let e = tape.reshape(p2, &[4, 20]).unwrap();
+    let (a, b) = if shared {
+        let q2 = tape.avg_pool2d(y2, 2, 2).unwrap();
+        (e, tape.reshape(q2, &[4, 20]).unwrap())
+    } else {
+        let rows = tape.split_rows(e, 2).unwrap();
+        (rows[0], rows[1])
+    };
+    let d = tape.distance(Distance::Euclidean, a, b).unwrap();
+    let rows = tape.shape(d)[0];
+    let labels = PairLabel::upload(g, &labels()[..rows]).unwrap();
+    let loss = tape.contrastive_loss(d, &labels, MARGIN as f32).unwrap();
+    let backward = tape.backward(loss).unwrap();
+    let kernels: Vec<_> = tape.forward_kernels().chain(backward.iter()).collect();
+    g.run(&kernels);
+    let entries = backward
+        .iter()
+        .flat_map(|k| k.dispatches().iter().map(|d| d.entry()))
+        .collect();
+    let flat = grads.iter().flat_map(|t| g.read_f32(t).unwrap()).collect();
+    (flat, entries)
+}
+
+/// On the texel kernels a max-pooling writes the gradient of the convolution before it as
+/// texels, bordered for grad_input, when it is that output's only consumer; with a second
+/// consumer the gradient is summed in its buffer and packed. Both against the storage
+/// kernels (checked against the CPU above): the same gradients up to summation order.
+#[test]
+fn texel_gradient_handoff_matches_the_storage_kernels() {
+    for shared in [false, true] {
+        let (want, _) = two_conv_grads(KernelPath::Storage, shared);
+        let (got, entries) = two_conv_grads(KernelPath::Texels, shared);
+        let scale = want.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+        assert!(scale > 1e-3, "the gradients must not vanish");
+        // Sums of at most a few hundred terms, reordered: 1e-4 of the largest gradient.
+        assert_close(
+            &format!("two-conv gradients, shared {shared}"),
+            &got,
+            &want,
+            1e-4 * scale as f64,
+            0.0,
+        );
+        let handoffs = entries
+            .iter()
+            .filter(|&&e| e == "max_pool2d_backward_tex")
+            .count();
+        let packs = entries.iter().filter(|&&e| e == "pack_nhwc4").count();
+        // Unshared, both convolutions' gradients arrive as texels and the backward packs
+        // no activation (grad_weight reads x as the forward packed it). Shared, the second
+        // convolution's dy is summed, then packed.
+        let (want_handoffs, want_packs) = if shared { (1, 1) } else { (2, 0) };
+        assert_eq!(
+            (handoffs, packs),
+            (want_handoffs, want_packs),
+            "shared {shared}: {entries:?}"
+        );
+    }
+}

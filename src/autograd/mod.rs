@@ -13,9 +13,15 @@
 //! its first consumer write its gradient and gives every later consumer a buffer of its
 //! own; the walk adds those in (`accumulate_grad`) before the value's producer reads the
 //! sum. Views (reshape, split into rows) alias their input and its gradient.
+//!
+//! A convolution on the texel kernels reads its output's gradient only as texels: it packs
+//! that gradient once for both products, and a max-pooling that is the output's only
+//! consumer writes the texels directly instead (no store of the gradient, no packing pass).
+//! Whether the pooling's direct write applies is settled in [`Tape::backward`], once every
+//! consumer is known.
 
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Gpu, Kernel, Tensor, TexelOp};
+use crate::gpu::{DType, Gpu, Kernel, Tensor, TexelOp, Texels};
 use crate::ops::activation::{self, Activation};
 use crate::ops::distance::{self, Distance, PairwiseMetric};
 use crate::ops::mining::{self, Miner};
@@ -32,6 +38,18 @@ struct Value {
     consumers: usize,
     /// Gradient buffers of the second and later consumers, summed into `grad`.
     extra_grads: Vec<Tensor>,
+    /// Set when the producer's backward reads the gradient only as texels.
+    grad_texels: Option<GradTexels>,
+}
+
+/// A gradient read only as texels ([`pack::nhwc4`]'s layout with `pad`, no unfolding).
+struct GradTexels {
+    texels: Texels,
+    pad: usize,
+    /// Packs `grad` into `texels`; left out when the consumer writes them.
+    pack: Kernel,
+    /// The first consumer can write the texels itself (its entry's `texel_backward`).
+    consumer_writes: bool,
 }
 
 struct Entry {
@@ -40,6 +58,9 @@ struct Entry {
     output: Option<ValueId>,
     forward: Vec<Kernel>,
     backward: Vec<Kernel>,
+    /// A backward that writes the gradient of the value named as texels instead of into
+    /// its buffer; taken in place of `backward` when that value has no other consumer.
+    texel_backward: Option<(ValueId, Vec<Kernel>)>,
 }
 
 /// Records ops on GPU tensors; see the module documentation.
@@ -121,6 +142,7 @@ impl<'g> Tape<'g> {
             grad,
             consumers: 0,
             extra_grads: Vec::new(),
+            grad_texels: None,
         });
         self.values.len() - 1
     }
@@ -172,7 +194,18 @@ impl<'g> Tape<'g> {
             output,
             forward,
             backward,
+            texel_backward: None,
         });
+    }
+
+    /// Whether `id`'s gradient reaches its producer as texels written by its consumer.
+    fn consumer_writes_texels(&self, id: ValueId) -> bool {
+        let value = &self.values[id];
+        value.extra_grads.is_empty()
+            && value
+                .grad_texels
+                .as_ref()
+                .is_some_and(|t| t.consumer_writes)
     }
 
     /// `conv2d(x, w) + b`, NCHW (see `ops::conv2d`).
@@ -208,14 +241,28 @@ impl<'g> Tape<'g> {
         let forward = vec![forward];
         let mut backward = Vec::new();
         if let Some(dy) = self.grad(y).cloned() {
-            if let Some(dx) = self.grad_slot(x)? {
-                backward.push(if tex(TexelOp::ConvGradInput) {
-                    conv2d::grad_input_packed(self.gpu, &dy, &tw, &dx, pad)?
-                } else {
-                    conv2d::grad_input(self.gpu, &dy, &tw, &dx, stride, pad)?
+            let dx = self.grad_slot(x)?;
+            let (dw, db) = (self.grad_slot(w)?, self.grad_slot(b)?);
+            let input_tex = dx.is_some() && tex(TexelOp::ConvGradInput);
+            let weight_tex = dw.is_some() && tex(TexelOp::ConvGradWeight);
+            // The texel products share one packing of dy, with grad_input's border when it
+            // takes part (grad_weight reads past it).
+            let dy_pad = if input_tex { g.grad_input_pad() } else { 0 };
+            let packed_dy = if input_tex || weight_tex {
+                Some(pack::nhwc4(self.gpu, &dy, dy_pad, 1)?)
+            } else {
+                None
+            };
+            if let Some(dx) = dx {
+                backward.push(match &packed_dy {
+                    Some((_, dyt)) if input_tex => {
+                        conv2d::grad_input_tex(self.gpu, dyt, &tw, &dx, pad)?
+                    }
+                    _ => conv2d::grad_input(self.gpu, &dy, &tw, &dx, stride, pad)?,
                 });
             }
-            let (dw, db) = (self.grad_slot(w)?, self.grad_slot(b)?);
+            let storage_reads_dy = !input_tex && self.needs_grad(x)
+                || !weight_tex && (self.needs_grad(w) || self.needs_grad(b));
             match dw {
                 // The texel grad_weight also sums the bias gradient from the dy it fetches.
                 Some(dw) if tex(TexelOp::ConvGradWeight) => {
@@ -226,8 +273,9 @@ impl<'g> Tape<'g> {
                             (Some(kernel), xt)
                         }
                     };
+                    let dyt = &packed_dy.as_ref().expect("packed for grad_weight").1;
                     let product =
-                        conv2d::grad_weight_packed(self.gpu, &dy, &xt, &dw, db.as_ref(), &g)?;
+                        conv2d::grad_weight_tex(self.gpu, &g, &xt, dyt, dy_pad, &dw, db.as_ref())?;
                     backward.push(Kernel::chain(pack_x.into_iter().chain([product])));
                 }
                 dw => {
@@ -239,6 +287,18 @@ impl<'g> Tape<'g> {
                     }
                 }
             }
+            if let Some((pack, texels)) = packed_dy {
+                if storage_reads_dy {
+                    backward.insert(0, pack);
+                } else {
+                    self.values[y].grad_texels = Some(GradTexels {
+                        texels,
+                        pad: dy_pad,
+                        pack,
+                        consumer_writes: false,
+                    });
+                }
+            }
         }
         self.record("conv2d", Some(y), forward, backward);
         Ok(y)
@@ -246,20 +306,73 @@ impl<'g> Tape<'g> {
 
     /// Max-pooling with a square `kernel` and `stride`, no padding.
     pub fn max_pool2d(&mut self, x: ValueId, kernel: usize, stride: usize) -> Result<ValueId> {
-        let shape = pooled_shape("max_pool2d", self.shape(x), kernel, stride)?;
+        self.max_pool2d_maybe_relu(x, kernel, stride, false)
+    }
+
+    /// `relu(max_pool2d(x))`, equal to `max_pool2d(relu(x))`, in one forward pass; the
+    /// backward is the pooling's alone (windows with a max not above 0 pass no gradient).
+    pub fn max_pool2d_relu(&mut self, x: ValueId, kernel: usize, stride: usize) -> Result<ValueId> {
+        self.max_pool2d_maybe_relu(x, kernel, stride, true)
+    }
+
+    fn max_pool2d_maybe_relu(
+        &mut self,
+        x: ValueId,
+        kernel: usize,
+        stride: usize,
+        relu: bool,
+    ) -> Result<ValueId> {
+        let op = if relu {
+            "max_pool2d_relu"
+        } else {
+            "max_pool2d"
+        };
+        let shape = pooled_shape(op, self.shape(x), kernel, stride)?;
         let y = self.output(&shape, &[x])?;
         let argmax = self.gpu.zeros(&shape, DType::U32)?;
         let (tx, ty) = (self.tensor(x).clone(), self.tensor(y).clone());
-        let forward = vec![pool::max_forward(
-            self.gpu, &tx, kernel, stride, &ty, &argmax,
-        )?];
+        let launch = if relu {
+            pool::max_relu_forward
+        } else {
+            pool::max_forward
+        };
+        let forward = vec![launch(self.gpu, &tx, kernel, stride, &ty, &argmax)?];
         let mut backward = Vec::new();
+        let mut texel_backward = None;
         if let (Some(dy), Some(dx)) = (self.grad(y).cloned(), self.grad_slot(x)?) {
             backward.push(pool::max_backward(
                 self.gpu, &dy, &argmax, kernel, stride, &dx,
             )?);
+            // The first consumer of a gradient read as texels, with windows that tile.
+            let first = self.values[x].consumers == 1;
+            if let (true, true, Some(gt), &[n, c, h, w]) = (
+                first,
+                kernel == stride,
+                &self.values[x].grad_texels,
+                self.shape(x),
+            ) {
+                let kernels = vec![pool::max_backward_texels(
+                    self.gpu,
+                    &dy,
+                    &argmax,
+                    kernel,
+                    [n, c, h, w],
+                    &gt.texels,
+                    gt.pad,
+                )?];
+                texel_backward = Some((x, kernels));
+            }
         }
-        self.record("max_pool2d", Some(y), forward, backward);
+        if let Some((x, _)) = &texel_backward
+            && let Some(gt) = &mut self.values[*x].grad_texels
+        {
+            gt.consumer_writes = true;
+        }
+        self.record(op, Some(y), forward, backward);
+        self.entries
+            .last_mut()
+            .expect("just recorded")
+            .texel_backward = texel_backward;
         Ok(y)
     }
 
@@ -594,8 +707,18 @@ impl<'g> Tape<'g> {
             if let Some(out) = entry.output {
                 produced[out] = true;
                 self.accumulate(out, &mut kernels)?;
+                if let Some(gt) = &self.values[out].grad_texels
+                    && !self.consumer_writes_texels(out)
+                {
+                    kernels.push(gt.pack.clone());
+                }
             }
-            kernels.extend(entry.backward.iter().cloned());
+            match &entry.texel_backward {
+                Some((v, fused)) if self.consumer_writes_texels(*v) => {
+                    kernels.extend(fused.iter().cloned())
+                }
+                _ => kernels.extend(entry.backward.iter().cloned()),
+            }
         }
         // Leaves (parameters) used by several ops: their sums come last.
         for id in (0..self.values.len()).filter(|&i| !produced[i]) {

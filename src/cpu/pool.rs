@@ -57,8 +57,32 @@ pub fn max_pool2d_forward<T: Real>(
     (y, argmax)
 }
 
-/// dx[n, c, argmax[n, c, oy, ox]] += dy[n, c, oy, ox] for every output; inputs no window
-/// chose get 0.
+/// The `argmax` of a window that passes no gradient (see [`max_pool2d_relu_forward`]).
+pub const NONE: u32 = u32::MAX;
+
+/// relu(max_pool2d(x)): y = max(window max, 0); argmax as [`max_pool2d_forward`]'s where the
+/// window max is above 0, else [`NONE`] (ReLU's gradient there is 0).
+pub fn max_pool2d_relu_forward<T: Real>(
+    x: &[T],
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    s: usize,
+) -> (Vec<T>, Vec<u32>) {
+    let (mut y, mut argmax) = max_pool2d_forward(x, n, c, h, w, k, s);
+    for (v, a) in y.iter_mut().zip(&mut argmax) {
+        if *v <= T::zero() {
+            *v = T::zero();
+            *a = NONE;
+        }
+    }
+    (y, argmax)
+}
+
+/// dx[n, c, argmax[n, c, oy, ox]] += dy[n, c, oy, ox] for every output but those with
+/// argmax [`NONE`]; inputs no window chose get 0.
 #[allow(clippy::too_many_arguments)]
 pub fn max_pool2d_backward<T: Real>(
     dy: &[T],
@@ -74,10 +98,29 @@ pub fn max_pool2d_backward<T: Real>(
     let mut dx = vec![T::zero(); n * c * h * w];
     for plane in 0..n * c {
         for o in plane * oh * ow..(plane + 1) * oh * ow {
-            dx[plane * h * w + argmax[o] as usize] += dy[o];
+            if argmax[o] != NONE {
+                dx[plane * h * w + argmax[o] as usize] += dy[o];
+            }
         }
     }
     dx
+}
+
+/// See `max_pool2d_backward_tex`: [`max_pool2d_backward`] with s = k, packed as
+/// `cpu::pack::nhwc4` with `pad` packs it (the texels as `4·len` values).
+#[allow(clippy::too_many_arguments)]
+pub fn max_pool2d_backward_nhwc4<T: Real>(
+    dy: &[T],
+    argmax: &[u32],
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    pad: usize,
+) -> Vec<T> {
+    let dx = max_pool2d_backward(dy, argmax, n, c, h, w, k, k);
+    super::pack::nhwc4(&dx, [n, c, h, w], pad, 1)
 }
 
 /// y[n, c, oy, ox] = (Σ over the k×k window of x) / k².

@@ -3,8 +3,8 @@
 //! A forward-only tape of the tower over a fixed probe batch; after one submission every
 //! ReLU output is read back and each unit (a conv channel, over all positions and images; a
 //! dense feature, over all images) is dead if it is never above 0. The tower records
-//! ReLU→max-pool as max-pool→ReLU; a channel is positive somewhere after pooling exactly when
-//! it is before, so the count is the same.
+//! ReLU→max-pool as one op, relu(max-pool) (`max_pool2d_relu`); a channel is positive
+//! somewhere after pooling exactly when it is before, so the count is the same.
 
 use crate::autograd::Tape;
 use crate::error::Result;
@@ -57,7 +57,7 @@ pub fn relu_activity(
                 denses += 1;
                 after = format!("dense {denses}");
             }
-            _ if *op == relu => {
+            _ if *op == relu || *op == "max_pool2d_relu" => {
                 let values = gpu.read_f32(t)?;
                 let shape = t.shape();
                 // [N, C, H, W]: a channel over all positions; [N, F]: a feature.

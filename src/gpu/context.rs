@@ -321,7 +321,8 @@ impl Gpu {
         Ok(Tensor::new(Arc::new(buffer), 0, shape, dtype))
     }
 
-    /// An uninitialised array of `len` texels (see [`Texels`]), written by a pack kernel.
+    /// An array of `len` texels (see [`Texels`]), zero until a kernel writes it (wgpu
+    /// zero-initialises textures).
     pub fn texels(&self, len: usize) -> Result<Texels> {
         let rows = len.div_ceil(TEXEL_ROW).max(1);
         let max = self.limits.max_texture_dimension_2d as usize;

@@ -202,16 +202,15 @@ impl Tower {
             if std::mem::take(&mut skip_next) {
                 continue;
             }
-            // ReLU then max-pooling is recorded as pooling then ReLU: max commutes with the
-            // monotone ReLU (values and gradients are the same, bit for bit), and the ReLU
-            // then runs over a quarter of the elements.
+            // ReLU then max-pooling is recorded as one pass of pooling then ReLU: max
+            // commutes with the monotone ReLU (values and gradients are the same, bit for
+            // bit), and the ReLU costs neither a pass nor a store of its own.
             if let (
                 Layer::Activation(Activation::Relu),
                 Some(Layer::MaxPool2d { kernel, stride }),
             ) = (*layer, layers.get(i + 1).copied())
             {
-                let pooled = tape.max_pool2d(v, kernel, stride)?;
-                v = tape.activation(pooled, Activation::Relu)?;
+                v = tape.max_pool2d_relu(v, kernel, stride)?;
                 skip_next = true;
                 continue;
             }

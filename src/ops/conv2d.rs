@@ -126,7 +126,7 @@ impl Conv2dGeometry {
             images_per_split,
             unfold: 1,
             bias_partials: 0,
-            _pad: 0,
+            dy_pad: 0,
         })
     }
 }
@@ -149,7 +149,7 @@ struct ConvParams {
     images_per_split: u32,
     unfold: u32,
     bias_partials: u32,
-    _pad: u32,
+    dy_pad: u32,
 }
 
 fn blocks(rows: usize, cols: usize) -> [u32; 3] {
@@ -350,9 +350,20 @@ impl Conv2dGeometry {
             h: self.out_h(),
             w: self.out_w(),
             o: self.c,
-            pad: self.kh - 1 - self.pad,
+            pad: self.grad_input_pad(),
             ..*self
         }
+    }
+
+    /// The zero border of dy that grad_input on the texel path reads: KH − 1 − pad. The dy
+    /// texels of a layer are packed so once, and grad_weight reads them too.
+    pub fn grad_input_pad(&self) -> usize {
+        self.kh - 1 - self.pad
+    }
+
+    /// Texels of dy packed with `dy_pad` (channels by fours, no unfolding).
+    fn dy_texels(&self, dy_pad: usize) -> usize {
+        self.n * (self.out_h() + 2 * dy_pad) * (self.out_w() + 2 * dy_pad) * self.o.div_ceil(4)
     }
 
     fn positions(&self) -> usize {
@@ -429,20 +440,43 @@ pub fn forward_tex(
     )?))
 }
 
+fn expect_dy_texels(
+    op: &'static str,
+    g: &Conv2dGeometry,
+    dyt: &Texels,
+    dy_pad: usize,
+) -> Result<()> {
+    let want = g.dy_texels(dy_pad);
+    if dyt.len() == want {
+        return Ok(());
+    }
+    Err(Error::Shape {
+        op,
+        detail: format!(
+            "{} dy texels given; dy {:?} with padding {dy_pad} packs into {want}",
+            dyt.len(),
+            g.output_shape()
+        ),
+    })
+}
+
 /// `dw` from `xt` (x packed by [`pack::nhwc4`] with `g.pad` and `g.unfold()`) and `dyt` (dy
-/// packed by [`pack::nhwc4`] without padding), split over chunks of output rows like
-/// [`grad_weight`] over images; with `db`, the bias gradient too (from the same dy fetches).
+/// packed by [`pack::nhwc4`] with `dy_pad`, no unfolding), split over chunks of output rows
+/// like [`grad_weight`] over images; with `db`, the bias gradient too (from the same dy
+/// fetches).
 pub fn grad_weight_tex(
     gpu: &Gpu,
     g: &Conv2dGeometry,
     xt: &Texels,
     dyt: &Texels,
+    dy_pad: usize,
     dw: &Tensor,
     db: Option<&Tensor>,
 ) -> Result<Kernel> {
     const OP: &str = "conv2d_grad_weight_tex";
     expect_texel_path(OP, g)?;
     expect_f32(OP, "dw", dw, &g.weight_shape())?;
+    expect_dy_texels(OP, g, dyt, dy_pad)?;
     if let Some(db) = db {
         expect_f32(OP, "db", db, &[g.o])?;
     }
@@ -472,6 +506,7 @@ pub fn grad_weight_tex(
         splits as u32,
         to_u32(OP, "rows per split", per_split)?,
     )?;
+    params.dy_pad = to_u32(OP, "dy padding", dy_pad)?;
     let groups = texel_groups(blocks * splits);
     let textures = [(6, xt), (7, dyt)];
     if splits == 1 && db.is_none() {
@@ -541,13 +576,29 @@ pub fn grad_input_packed(
     let g = Conv2dGeometry::of(OP, dx, w, 1, pad)?;
     expect_texel_path(OP, &g)?;
     expect_f32(OP, "dy", dy, &g.output_shape())?;
-    let t = g.transposed();
-    let (pack_dy, dyt) = pack::nhwc4(gpu, dy, t.pad, 1)?;
+    let (pack_dy, dyt) = pack::nhwc4(gpu, dy, g.grad_input_pad(), 1)?;
+    let conv = grad_input_tex(gpu, &dyt, w, dx, pad)?;
+    Ok(Kernel::chain([pack_dy, conv]))
+}
+
+/// grad_input from `dyt`, dy packed by [`pack::nhwc4`] with the border
+/// [`Conv2dGeometry::grad_input_pad`]: the weights flipped, then the forward kernel (with a
+/// zero bias).
+pub fn grad_input_tex(
+    gpu: &Gpu,
+    dyt: &Texels,
+    w: &Tensor,
+    dx: &Tensor,
+    pad: usize,
+) -> Result<Kernel> {
+    const OP: &str = "conv2d_grad_input";
+    let g = Conv2dGeometry::of(OP, dx, w, 1, pad)?;
+    expect_texel_path(OP, &g)?;
+    expect_dy_texels(OP, &g, dyt, g.grad_input_pad())?;
     let (pack_w, wt) = pack::conv_weight(gpu, w, true, 1)?;
     let zero_bias = gpu.zeros(&[g.c], DType::F32)?;
-    let conv = forward_tex(gpu, &t, 1, &dyt, &wt, &zero_bias, dx)?;
+    let conv = forward_tex(gpu, &g.transposed(), 1, dyt, &wt, &zero_bias, dx)?;
     Ok(Kernel::chain([
-        pack_dy,
         pack_w,
         conv,
         Kernel::with_scratch(Vec::new(), vec![zero_bias]),
@@ -566,6 +617,6 @@ pub fn grad_weight_packed(
 ) -> Result<Kernel> {
     expect_f32("conv2d_grad_weight_tex", "dy", dy, &g.output_shape())?;
     let (pack_dy, dyt) = pack::nhwc4(gpu, dy, 0, 1)?;
-    let product = grad_weight_tex(gpu, g, xt, &dyt, dw, db)?;
+    let product = grad_weight_tex(gpu, g, xt, &dyt, 0, dw, db)?;
     Ok(Kernel::chain([pack_dy, product]))
 }

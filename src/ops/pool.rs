@@ -14,7 +14,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::{Shader, expect, expect_f32, expect_rank, to_u32};
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Gpu, Kernel, Tensor, grid_1d};
+use crate::gpu::{DType, Gpu, Kernel, Tensor, Texels, grid_1d};
 
 pub const SHADER: Shader = Shader {
     name: "pool",
@@ -82,9 +82,20 @@ fn check(
     let &[n, c, h, w] = expect_rank(op, what, x, 4)? else {
         unreachable!()
     };
+    check_dims(op, what, [n, c, h, w], kernel, stride)
+}
+
+/// [`check`] on the input side's shape alone.
+fn check_dims(
+    op: &'static str,
+    what: &str,
+    [n, c, h, w]: [usize; 4],
+    kernel: usize,
+    stride: usize,
+) -> Result<(PoolParams, [usize; 4])> {
     let (oh, ow) = output_size(op, h, w, kernel, stride)?;
     // The shaders index inputs and outputs with u32: the larger count must fit.
-    to_u32(op, &format!("{what}'s element count"), x.len())?;
+    to_u32(op, &format!("{what}'s element count"), n * c * h * w)?;
     let params = PoolParams {
         planes: to_u32(op, "N·C", n * c)?,
         h: to_u32(op, "H", h)?,
@@ -151,6 +162,30 @@ pub fn max_forward(
     )
 }
 
+/// `y = relu(max_pool2d(x))` in one pass (the two commute); `argmax` is [`max_forward`]'s,
+/// except where the window's max is not above 0: there it matches no element, so the max
+/// backwards give ReLU's zero gradient too.
+pub fn max_relu_forward(
+    gpu: &Gpu,
+    x: &Tensor,
+    kernel: usize,
+    stride: usize,
+    y: &Tensor,
+    argmax: &Tensor,
+) -> Result<Kernel> {
+    const OP: &str = "max_pool2d_relu_forward";
+    let (params, out_shape) = check(OP, "x", x, kernel, stride)?;
+    expect_f32(OP, "y", y, &out_shape)?;
+    expect(OP, "argmax", argmax, &out_shape, DType::U32)?;
+    launch(
+        gpu,
+        OP,
+        &params,
+        &[(1, x), (2, y), (3, argmax)],
+        out_shape.iter().product(),
+    )
+}
+
 /// Gradient of max pooling: `dx [N, C, H, W]`, each element the sum of the `dy` entries
 /// whose `argmax` chose it (0 if none did). `argmax` is [`max_forward`]'s, same window.
 pub fn max_backward(
@@ -175,6 +210,64 @@ pub fn max_backward(
         return launch(gpu, "max_pool2d_backward_tiled", &params, &bindings, cells);
     }
     launch(gpu, OP, &params, &bindings, dx.len())
+}
+
+/// Gradient of max pooling with windows that tile the input (`stride` = `kernel`), written
+/// as texels: `dxt` receives dx `[N, C, H, W]` = `dx_shape` as [`super::pack::nhwc4`] with
+/// `pad` (no unfolding) would pack it. The `pad` borders are not written: `dxt` must be
+/// texels that nothing else writes, which wgpu creates zeroed. For a convolution on the
+/// texel kernels, which read its gradient only so: no dx store and no packing pass.
+pub fn max_backward_texels(
+    gpu: &Gpu,
+    dy: &Tensor,
+    argmax: &Tensor,
+    kernel: usize,
+    dx_shape: [usize; 4],
+    dxt: &Texels,
+    pad: usize,
+) -> Result<Kernel> {
+    const OP: &str = "max_pool2d_backward_tex";
+    let [n, c, h, w] = dx_shape;
+    let (params, out_shape) = check_dims(OP, "dx", dx_shape, kernel, kernel)?;
+    expect_f32(OP, "dy", dy, &out_shape)?;
+    expect(OP, "argmax", argmax, &out_shape, DType::U32)?;
+    let c4 = c.div_ceil(4);
+    let texels = n * (h + 2 * pad) * (w + 2 * pad) * c4;
+    if dxt.len() != texels {
+        return Err(Error::Shape {
+            op: OP,
+            detail: format!(
+                "{} texels given, dx {dx_shape:?} with padding {pad} packs into {texels}",
+                dxt.len()
+            ),
+        });
+    }
+    let invocations = n * h.div_ceil(kernel) * w.div_ceil(kernel) * c4;
+    let constants = [
+        ("WG", WG as f64),
+        ("H", params.h as f64),
+        ("W", params.w as f64),
+        ("OH", params.oh as f64),
+        ("OW", params.ow as f64),
+        ("K", params.k as f64),
+        ("S", params.s as f64),
+        ("C", c as f64),
+        ("PAD", to_u32(OP, "pad", pad)? as f64),
+    ];
+    let uniform = PlaneCount {
+        planes: params.planes,
+        _pad: [0; 3],
+    };
+    let groups = grid_1d(to_u32(OP, "cells", invocations)?.div_ceil(WG));
+    Ok(Kernel::single(gpu.dispatch_with_texels(
+        &SHADER,
+        OP,
+        &constants,
+        &uniform,
+        &[(4, dy), (5, argmax)],
+        &[(7, dxt)],
+        groups,
+    )?))
 }
 
 /// Average pooling: `y [N, C, OH, OW]` = window means of `x [N, C, H, W]`.
