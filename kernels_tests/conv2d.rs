@@ -577,3 +577,29 @@ fn conv2d_texel_path_refuses_what_it_does_not_cover() {
     .to_string();
     assert!(err.contains("padding 3"), "{err}");
 }
+
+#[test]
+fn conv2d_grad_weight_tex_survives_long_reductions() {
+    // 64 → 64 channels leave one split on a CPU adapter, so one invocation would walk all
+    // 340·14 output rows of 14 positions (~71,000 loop iterations): past llvmpipe's 65,535
+    // iterations per invocation, beyond which it silently stops looping. The launcher must
+    // split the rows finer than that.
+    let g = geom(340, 64, 16, 16, 64, 3, 3, 1, 0);
+    let c = case(&g, 900);
+    let (dw, db) = tex_grad_weight(&g, &c);
+    let terms = g.n * g.out_h() * g.out_w();
+    let magnitude = cpu::conv2d_grad_weight(&abs(&c.dy), &abs(&c.x), &g);
+    assert_within(
+        "conv2d_grad_weight_tex, long reduction",
+        &dw,
+        &cpu::conv2d_grad_weight(&c.dy, &c.x, &g),
+        &linear_bound(terms, &magnitude),
+    );
+    let magnitude = cpu::conv2d_grad_bias(&abs(&c.dy), g.n, g.o, g.out_h() * g.out_w());
+    assert_within(
+        "conv2d_grad_weight_tex bias, long reduction",
+        &db,
+        &cpu::conv2d_grad_bias(&c.dy, g.n, g.o, g.out_h() * g.out_w()),
+        &linear_bound(terms, &magnitude),
+    );
+}

@@ -18,6 +18,11 @@ const BLOCK: u32 = 4;
 const CONSTANTS: [(&str, f64); 2] = [("WG_PIX", WG_PIX as f64), ("WG_CH", WG_CH as f64)];
 /// grad_weight splits its reduction until about this many invocations run at once.
 const TARGET_INVOCATIONS: u32 = 16_384;
+/// llvmpipe stops an invocation's loops after 65,535 iterations in all, silently (the
+/// gradient comes out partly zero). grad_weight splits its reduction so that no invocation
+/// walks more output positions than this, half that limit; elsewhere the extra splits only
+/// appear for reductions far longer than the reference network's.
+const MAX_POSITIONS_PER_INVOCATION: usize = 32_768;
 
 /// Sizes of one convolution, as the shader sees them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,8 +224,12 @@ pub fn grad_weight(
 ) -> Result<Kernel> {
     let g = Conv2dGeometry::of("conv2d_grad_weight", x, dw, stride, pad)?;
     let block_count = (g.o as u32).div_ceil(BLOCK) * ((g.c * g.kh * g.kw) as u32).div_ceil(BLOCK);
-    let splits = (TARGET_INVOCATIONS / block_count).clamp(1, g.n as u32);
-    grad_weight_split(gpu, dy, x, dw, stride, pad, splits as usize)
+    let splits = (TARGET_INVOCATIONS / block_count).clamp(1, g.n as u32) as usize;
+    // Whole images per split, each walked row by row (a row's loop exit counts too).
+    let per_image = g.out_h() * (g.out_w() + 1);
+    let max_images = (MAX_POSITIONS_PER_INVOCATION / per_image).max(1);
+    let splits = splits.max(g.n.div_ceil(max_images));
+    grad_weight_split(gpu, dy, x, dw, stride, pad, splits)
 }
 
 /// [`grad_weight`] with an explicit number of splits (1 writes `dw` in a single dispatch).
@@ -493,7 +502,10 @@ pub fn grad_weight_tex(
     } else {
         TARGET_INVOCATIONS as usize
     };
-    let splits = (target / blocks).clamp(1, rows.div_ceil(min_rows));
+    let max_rows = (MAX_POSITIONS_PER_INVOCATION / (g.out_w() + 1)).max(1);
+    let splits = (target / blocks)
+        .clamp(1, rows.div_ceil(min_rows))
+        .max(rows.div_ceil(max_rows));
     let per_split = rows.div_ceil(splits);
     let splits = rows.div_ceil(per_split);
     let weights = g.o * g.c * taps;
