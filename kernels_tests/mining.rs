@@ -5,6 +5,13 @@
 //! comparisons of the same f32 inputs, which the f32 reference makes on the same values in
 //! the same order: counts must agree EXACTLY, and so must every index a gradient lands on.
 //! Sums are compared under the stated rounding bounds.
+//!
+//! Entry points, through their launchers: `rows_match_cpu` checks the first passes
+//! (`batch_hard_rows`, `semi_hard_pairs`, `batch_all_pairs`), `forward_matches_cpu` adds
+//! `mining_reduce`, and `backward_matches_cpu` checks `batch_hard_backward`,
+//! `semi_hard_choices` + `semi_hard_backward` and `batch_all_backward` against the CPU
+//! backward, which `backward_matches_finite_differences` checks against f64 finite
+//! differences of the CPU forward.
 
 mod common;
 
