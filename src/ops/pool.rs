@@ -149,17 +149,7 @@ pub fn max_forward(
     y: &Tensor,
     argmax: &Tensor,
 ) -> Result<Kernel> {
-    const OP: &str = "max_pool2d_forward";
-    let (params, out_shape) = check(OP, "x", x, kernel, stride)?;
-    expect_f32(OP, "y", y, &out_shape)?;
-    expect(OP, "argmax", argmax, &out_shape, DType::U32)?;
-    launch(
-        gpu,
-        OP,
-        &params,
-        &[(1, x), (2, y), (3, argmax)],
-        out_shape.iter().product(),
-    )
+    max_forward_entry(gpu, "max_pool2d_forward", x, kernel, stride, y, argmax)
 }
 
 /// `y = relu(max_pool2d(x))` in one pass (the two commute); `argmax` is [`max_forward`]'s,
@@ -173,13 +163,25 @@ pub fn max_relu_forward(
     y: &Tensor,
     argmax: &Tensor,
 ) -> Result<Kernel> {
-    const OP: &str = "max_pool2d_relu_forward";
-    let (params, out_shape) = check(OP, "x", x, kernel, stride)?;
-    expect_f32(OP, "y", y, &out_shape)?;
-    expect(OP, "argmax", argmax, &out_shape, DType::U32)?;
+    max_forward_entry(gpu, "max_pool2d_relu_forward", x, kernel, stride, y, argmax)
+}
+
+/// The two max-pooling forwards share their bindings and checks; only the entry differs.
+fn max_forward_entry(
+    gpu: &Gpu,
+    op: &'static str,
+    x: &Tensor,
+    kernel: usize,
+    stride: usize,
+    y: &Tensor,
+    argmax: &Tensor,
+) -> Result<Kernel> {
+    let (params, out_shape) = check(op, "x", x, kernel, stride)?;
+    expect_f32(op, "y", y, &out_shape)?;
+    expect(op, "argmax", argmax, &out_shape, DType::U32)?;
     launch(
         gpu,
-        OP,
+        op,
         &params,
         &[(1, x), (2, y), (3, argmax)],
         out_shape.iter().product(),
