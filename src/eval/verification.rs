@@ -29,7 +29,7 @@ const BETA: f64 = 1.0;
 
 /// Orders distances ascending with NaN after everything (and all NaNs equal); `-0.0`
 /// and `0.0` compare equal, so they tie as numbers do.
-fn cmp_distance(x: f32, y: f32) -> Ordering {
+pub fn cmp_distance(x: f32, y: f32) -> Ordering {
     match (x.is_nan(), y.is_nan()) {
         (false, false) => x.partial_cmp(&y).unwrap(),
         (a, b) => a.cmp(&b),

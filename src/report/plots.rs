@@ -274,10 +274,8 @@ fn distances(e: &Evidence) -> Drawn {
 /// rate) as the threshold rises through the sorted scores (NaN last, as in `verification`).
 pub fn roc_points(s: &PairScores) -> Vec<(f64, f64)> {
     let mut order: Vec<usize> = (0..s.scores.len()).collect();
-    order.sort_by(|&i, &j| {
-        let (a, b) = (s.scores[i], s.scores[j]);
-        a.is_nan().cmp(&b.is_nan()).then(a.total_cmp(&b))
-    });
+    // Ordered and tied exactly as `roc_auc` ranks them, so the curve's area is its AUC.
+    order.sort_by(|&i, &j| verification::cmp_distance(s.scores[i], s.scores[j]));
     let n_same = s.labels.iter().filter(|&&l| l == PairLabel::Same).count() as f64;
     let n_diff = s.labels.len() as f64 - n_same;
     if n_same == 0.0 || n_diff == 0.0 {
@@ -292,9 +290,9 @@ pub fn roc_points(s: &PairScores) -> Vec<(f64, f64)> {
             fp += 1.0;
         }
         // One point per group of tied scores.
-        let tied_next = order
-            .get(k + 1)
-            .is_some_and(|&j| s.scores[j].to_bits() == s.scores[i].to_bits());
+        let tied_next = order.get(k + 1).is_some_and(|&j| {
+            verification::cmp_distance(s.scores[j], s.scores[i]) == std::cmp::Ordering::Equal
+        });
         if !tied_next {
             points.push((fp / n_diff, tp / n_same));
         }
