@@ -14,10 +14,7 @@ use siamese_gpu::ops::conv2d::{self, Conv2dGeometry};
 use siamese_gpu::ops::{Shader, dense};
 use siamese_gpu::{DType, Gpu, Kernel, Tensor};
 
-const PEAK: Shader = Shader {
-    name: "fma_peak",
-    source: include_str!("fma_peak.wgsl"),
-};
+const PEAK: Shader = Shader::new("fma_peak", include_str!("fma_peak.wgsl"));
 
 fn seconds_per_run(gpu: &Gpu, kernel: &Kernel) -> f64 {
     gpu.run(&[kernel]);

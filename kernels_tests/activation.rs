@@ -364,3 +364,98 @@ fn accumulate_grad_matches_cpu() {
         );
     }
 }
+
+/// The f16 variants (mixed precision) against the CPU reference on the f16 values the kernel
+/// reads. ReLU, its backward and the sum select or add exactly representable values, so
+/// they match the reference rounded to f16 exactly; sigmoid and tanh compute in f32 and
+/// round once to f16 on store: within U16·|reference| plus the f32 kernels' own few ulps.
+#[test]
+fn f16_variants_match_cpu() {
+    if !has_f16() {
+        return;
+    }
+    for (seed, &shape) in SHAPES.iter().enumerate() {
+        let len: usize = shape.iter().product();
+        let mut r = rng(4000 + seed as u64);
+        // Within f16's normal range, with exact zeros (ReLU's kink) planted.
+        let mut x = round_f16(&uniform(&mut r, len, -8.0, 8.0));
+        for v in x.iter_mut().step_by(11) {
+            *v = 0.0;
+        }
+        let dy = round_f16(&uniform(&mut r, len, -1.0, 1.0));
+        let what = |name: &str| format!("{name} f16 {shape:?}");
+        let fwd = |act| {
+            let y = zeros_f16(shape);
+            let k = activation::forward(gpu(), act, &upload_f16(&x, shape), &y).unwrap();
+            run_and_read_floats(&k, &y)
+        };
+        let bwd = |act, saved: &[f32]| {
+            let dx = zeros_f16(shape);
+            let k = activation::backward(
+                gpu(),
+                act,
+                &upload_f16(saved, shape),
+                &upload_f16(&dy, shape),
+                &dx,
+            )
+            .unwrap();
+            run_and_read_floats(&k, &dx)
+        };
+        let exact = vec![0.0; len];
+        assert_within(
+            &what("relu_forward"),
+            &fwd(Activation::Relu),
+            &cpu::relu_forward(&x),
+            &exact,
+        );
+        assert_within(
+            &what("relu_backward"),
+            &bwd(Activation::Relu, &x),
+            &cpu::relu_backward(&x, &dy),
+            &exact,
+        );
+        let rounded = |want: &[f32]| -> Vec<f64> {
+            want.iter()
+                .map(|&w| (U16 + 8.0 * U32) * w.abs() as f64 + 1e-7)
+                .collect()
+        };
+        let sig = cpu::sigmoid_forward(&x);
+        assert_within(
+            &what("sigmoid_forward"),
+            &fwd(Activation::Sigmoid),
+            &sig,
+            &rounded(&sig),
+        );
+        let th = cpu::tanh_forward(&x);
+        assert_within(
+            &what("tanh_forward"),
+            &fwd(Activation::Tanh),
+            &th,
+            &rounded(&th),
+        );
+        // The backwards read y as f16: the reference takes the same rounded y.
+        let sig16 = round_f16(&sig);
+        let want = cpu::sigmoid_backward(&sig16, &dy);
+        assert_within(
+            &what("sigmoid_backward"),
+            &bwd(Activation::Sigmoid, &sig16),
+            &want,
+            &rounded(&want),
+        );
+        let th16 = round_f16(&th);
+        let want = cpu::tanh_backward(&th16, &dy);
+        assert_within(
+            &what("tanh_backward"),
+            &bwd(Activation::Tanh, &th16),
+            &want,
+            &rounded(&want),
+        );
+        // accumulate_grad adds in f16: the sum of two f16 values rounded once to f16.
+        let dx = upload_f16(&x, shape);
+        let k = activation::accumulate_grad(gpu(), &upload_f16(&dy, shape), &dx).unwrap();
+        let got = run_and_read_floats(&k, &dx);
+        let mut sum = x.clone();
+        cpu::accumulate_grad(&dy, &mut sum);
+        assert_within(&what("accumulate_grad"), &got, &round_f16(&sum), &exact);
+    }
+}

@@ -1,5 +1,6 @@
 // activation.wgsl — elementwise activations and their gradients, over tensors of any shape
-// (seen as flat arrays of `len` f32 elements).
+// (seen as flat arrays of `len` elements of type `elem`: f32, or f16 under mixed precision,
+// where the launcher compiles the f16 variant; sigmoid and tanh compute in f32 either way).
 //
 // Entry points (binding 0 is always `p: ElementwiseParams`; every tensor has `len` elements,
 // any shape, row-major):
@@ -26,12 +27,14 @@ struct ElementwiseParams {
     _pad2: u32,
 }
 
+alias elem = f32;
+
 @group(0) @binding(0) var<uniform> p: ElementwiseParams;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
-@group(0) @binding(3) var<storage, read> saved: array<f32>;
-@group(0) @binding(4) var<storage, read> dy: array<f32>;
-@group(0) @binding(5) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<elem>;
+@group(0) @binding(2) var<storage, read_write> y: array<elem>;
+@group(0) @binding(3) var<storage, read> saved: array<elem>;
+@group(0) @binding(4) var<storage, read> dy: array<elem>;
+@group(0) @binding(5) var<storage, read_write> dx: array<elem>;
 
 override WG: u32 = 256u;  // invocations per workgroup
 
@@ -44,7 +47,7 @@ fn relu_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
                 @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wid, nwg, lid);
     if i >= p.len { return; }
-    y[i] = max(x[i], 0.0);
+    y[i] = max(x[i], elem(0.0));
 }
 
 @compute @workgroup_size(WG)
@@ -53,7 +56,7 @@ fn relu_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let i = linear_index(wid, nwg, lid);
     if i >= p.len { return; }
     // The gradient at x = 0 is taken as 0 (PyTorch's choice).
-    dx[i] = select(0.0, dy[i], saved[i] > 0.0);
+    dx[i] = select(elem(0.0), dy[i], saved[i] > elem(0.0));
 }
 
 @compute @workgroup_size(WG)
@@ -61,13 +64,13 @@ fn sigmoid_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
                    @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wid, nwg, lid);
     if i >= p.len { return; }
-    let v = x[i];
+    let v = f32(x[i]);
     // e = e^−|v| ∈ (0, 1] never overflows, and 1 + e ≥ 1 never cancels: 1/(1 + e) for
     // v ≥ 0 and e/(1 + e) for v < 0 are accurate for every finite v (the naive
     // 1/(1 + e^−v) overflows e^−v for v < −88).
     let e = exp(-abs(v));
     let r = 1.0 / (1.0 + e);
-    y[i] = select(e * r, r, v >= 0.0);
+    y[i] = elem(select(e * r, r, v >= 0.0));
 }
 
 @compute @workgroup_size(WG)
@@ -75,8 +78,8 @@ fn sigmoid_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
                     @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wid, nwg, lid);
     if i >= p.len { return; }
-    let s = saved[i];
-    dx[i] = dy[i] * s * (1.0 - s);
+    let s = f32(saved[i]);
+    dx[i] = elem(f32(dy[i]) * s * (1.0 - s));
 }
 
 // tanh with a few ulps of relative error everywhere. The builtin is not used: WGSL only
@@ -102,7 +105,7 @@ fn tanh_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
                 @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wid, nwg, lid);
     if i >= p.len { return; }
-    y[i] = stable_tanh(x[i]);
+    y[i] = elem(stable_tanh(f32(x[i])));
 }
 
 @compute @workgroup_size(WG)
@@ -110,8 +113,8 @@ fn tanh_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
                  @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wid, nwg, lid);
     if i >= p.len { return; }
-    let t = saved[i];
-    dx[i] = dy[i] * (1.0 - t * t);
+    let t = f32(saved[i]);
+    dx[i] = elem(f32(dy[i]) * (1.0 - t * t));
 }
 
 @compute @workgroup_size(WG)

@@ -16,6 +16,10 @@ use siamese_gpu::{Gpu, Kernel, Tensor};
 /// Unit roundoff of f32 (half the machine epsilon).
 pub const U32: f64 = f32::EPSILON as f64 / 2.0;
 
+/// Unit roundoff of f16 (2⁻¹¹): storing an f32 value as f16 moves it by at most U16·|v|
+/// (normal range, round to nearest even).
+pub const U16: f64 = 1.0 / 2048.0;
+
 /// The device every test in a binary shares. Without an adapter the binary prints the
 /// engine's actionable message (e.g. `apt-get install mesa-vulkan-drivers`) once and exits
 /// with status 1: every test would fail the same way, and a panic per test buries the advice.
@@ -57,6 +61,43 @@ pub fn abs(v: &[f32]) -> Vec<f32> {
 
 pub fn upload(data: &[f32], shape: &[usize]) -> Tensor {
     gpu().upload_f32(data, shape).expect("upload")
+}
+
+/// Uploads `data` rounded to f16 (the values the kernel sees are [`round_f16`] of them).
+pub fn upload_f16(data: &[f32], shape: &[usize]) -> Tensor {
+    gpu().upload_f16(data, shape).expect("upload")
+}
+
+/// `data` rounded to the nearest f16 and widened back: what an f16 tensor holds.
+pub fn round_f16(data: &[f32]) -> Vec<f32> {
+    data.iter()
+        .map(|&v| half::f16::from_f32(v).to_f32())
+        .collect()
+}
+
+pub fn zeros_f16(shape: &[usize]) -> Tensor {
+    gpu()
+        .zeros(shape, siamese_gpu::DType::F16)
+        .expect("allocate")
+}
+
+/// Whether the adapter runs f16 shaders. Tests of the f16 variants print a note and pass
+/// where it does not (lavapipe does run them).
+pub fn has_f16() -> bool {
+    let has = gpu().has_f16();
+    if !has {
+        eprintln!(
+            "note: {} has no SHADER_F16; f16 variants not tested",
+            gpu().adapter()
+        );
+    }
+    has
+}
+
+/// Runs the kernel (one submission) and reads `out` (f32 or f16) back as f32.
+pub fn run_and_read_floats(kernel: &Kernel, out: &Tensor) -> Vec<f32> {
+    gpu().run(&[kernel]);
+    gpu().read_floats(out).expect("readback")
 }
 
 pub fn zeros(shape: &[usize]) -> Tensor {

@@ -10,10 +10,12 @@ use super::kernel::{Dispatch, KernelPath, TexelOp, Uniform};
 use super::recorder::Recorder;
 use super::{DType, Kernel, TEXEL_ROW, Tensor, Texels};
 use crate::error::{Error, Result};
-use crate::ops::Shader;
+use crate::ops::{F16Variant, Shader};
 
-/// Pipelines are keyed by shader, entry point and override constants (as bit patterns).
-type PipelineKey = (&'static str, &'static str, Vec<(&'static str, u64)>);
+/// Pipelines are keyed by shader and its f16 variant, entry point and override constants
+/// (as bit patterns).
+type PipelineKey = (ModuleKey, &'static str, Vec<(&'static str, u64)>);
+type ModuleKey = (&'static str, F16Variant);
 
 /// An open device on the chosen adapter, with the caches every launcher shares.
 pub struct Gpu {
@@ -22,7 +24,7 @@ pub struct Gpu {
     summary: AdapterSummary,
     limits: wgpu::Limits,
     features: wgpu::Features,
-    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    modules: Mutex<HashMap<ModuleKey, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     kernel_path: KernelPath,
 }
@@ -107,6 +109,11 @@ impl Gpu {
         self.features
     }
 
+    /// Whether shaders may use f16 (the adapter offers SHADER_F16): what mixed precision needs.
+    pub fn has_f16(&self) -> bool {
+        self.features.contains(wgpu::Features::SHADER_F16)
+    }
+
     pub fn device(&self) -> &wgpu::Device {
         &self.device
     }
@@ -123,7 +130,7 @@ impl Gpu {
         constants: &[(&'static str, f64)],
     ) -> Result<Arc<wgpu::ComputePipeline>> {
         let key: PipelineKey = (
-            shader.name,
+            (shader.name, shader.f16),
             entry,
             constants.iter().map(|&(k, v)| (k, v.to_bits())).collect(),
         );
@@ -142,20 +149,28 @@ impl Gpu {
         };
         let module = {
             let mut modules = self.modules.lock().expect("shader cache poisoned");
-            match modules.get(shader.name) {
+            match modules.get(&key.0) {
                 Some(m) => m.clone(),
                 None => {
+                    if !shader.f16.is_f32() && !self.has_f16() {
+                        return Err(pipeline_error(format!(
+                            "this f16 variant needs 16-bit float shaders (wgpu's SHADER_F16), \
+                             which {} does not offer; train with --precision f32",
+                            self.summary.name
+                        )));
+                    }
+                    let source = shader.wgsl().map_err(pipeline_error)?;
                     let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
                     let m = self
                         .device
                         .create_shader_module(wgpu::ShaderModuleDescriptor {
                             label: Some(shader.name),
-                            source: wgpu::ShaderSource::Wgsl(shader.source.into()),
+                            source: wgpu::ShaderSource::Wgsl(source),
                         });
                     if let Some(e) = pollster::block_on(scope.pop()) {
                         return Err(pipeline_error(e.to_string()));
                     }
-                    modules.insert(shader.name, m.clone());
+                    modules.insert(key.0, m.clone());
                     m
                 }
             }
@@ -324,13 +339,29 @@ impl Gpu {
     /// An array of `len` texels (see [`Texels`]), zero until a kernel writes it (wgpu
     /// zero-initialises textures).
     pub fn texels(&self, len: usize) -> Result<Texels> {
+        self.texels_of(len, DType::F32)
+    }
+
+    /// [`texels`](Self::texels) of f32 (rgba32float) or f16 (rgba16float) components.
+    pub fn texels_of(&self, len: usize, dtype: DType) -> Result<Texels> {
+        let format = match dtype {
+            DType::F32 => wgpu::TextureFormat::Rgba32Float,
+            DType::F16 => wgpu::TextureFormat::Rgba16Float,
+            DType::U32 => {
+                return Err(Error::Shape {
+                    op: "texels",
+                    detail: "texels hold f32 or f16 components, not u32".into(),
+                });
+            }
+        };
+        let texel_bytes = 4 * dtype.size_bytes();
         let rows = len.div_ceil(TEXEL_ROW).max(1);
         let max = self.limits.max_texture_dimension_2d as usize;
         if rows > max {
             return Err(Error::TooLarge {
                 what: format!("a texel array of {len} texels ({rows} rows of {TEXEL_ROW})"),
-                bytes: len as u64 * 16,
-                limit: (max * TEXEL_ROW * 16) as u64,
+                bytes: len as u64 * texel_bytes,
+                limit: max as u64 * TEXEL_ROW as u64 * texel_bytes,
                 limit_name: "max_texture_dimension_2d",
             });
         }
@@ -344,18 +375,18 @@ impl Gpu {
             mip_level_count: 1,
             sample_count: 1,
             dimension: wgpu::TextureDimension::D2,
-            format: wgpu::TextureFormat::Rgba32Float,
+            format,
             usage: wgpu::TextureUsages::TEXTURE_BINDING
                 | wgpu::TextureUsages::STORAGE_BINDING
                 | wgpu::TextureUsages::COPY_SRC,
             view_formats: &[],
         });
-        Ok(Texels::new(texture, len))
+        Ok(Texels::new(texture, len, dtype))
     }
 
     /// Reads a texel array back as `4·len` f32 (waits for all submitted work).
     pub fn read_texels(&self, texels: &Texels) -> Result<Vec<f32>> {
-        let row_bytes = (TEXEL_ROW * 16) as u32;
+        let row_bytes = (TEXEL_ROW as u64 * 4 * texels.dtype().size_bytes()) as u32;
         let size = row_bytes as u64 * texels.rows() as u64;
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("texel readback"),
@@ -377,9 +408,10 @@ impl Gpu {
             texels.texture.size(),
         );
         self.queue.submit([encoder.finish()]);
-        let floats = (size / 4) as usize;
-        let tensor = Tensor::new(Arc::new(staging), 0, &[floats], DType::F32);
-        let mut all = self.read_f32(&tensor)?;
+        let dtype = texels.dtype();
+        let floats = (size / dtype.size_bytes()) as usize;
+        let tensor = Tensor::new(Arc::new(staging), 0, &[floats], dtype);
+        let mut all = self.read_floats(&tensor)?;
         all.truncate(texels.len() * 4);
         Ok(all)
     }
@@ -393,6 +425,22 @@ impl Gpu {
     pub fn upload_f32(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
         check_len("upload_f32", data.len(), shape)?;
         self.storage_buffer(shape, DType::F32, Some(bytemuck::cast_slice(data)))
+    }
+
+    /// Uploads f32 data rounded to f16 (to nearest even, by `half`) as an f16 tensor.
+    pub fn upload_f16(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
+        check_len("upload_f16", data.len(), shape)?;
+        let halves: Vec<half::f16> = data.iter().map(|&v| half::f16::from_f32(v)).collect();
+        self.storage_buffer(shape, DType::F16, Some(bytemuck::cast_slice(&halves)))
+    }
+
+    /// Uploads f32 data as a tensor of `shape` and float `dtype` (f16 rounds, as
+    /// [`upload_f16`](Self::upload_f16)).
+    pub fn upload_floats(&self, data: &[f32], shape: &[usize], dtype: DType) -> Result<Tensor> {
+        match dtype {
+            DType::F16 => self.upload_f16(data, shape),
+            _ => self.upload_f32(data, shape),
+        }
     }
 
     /// Uploads u32 data as a tensor of `shape`.
@@ -486,6 +534,26 @@ impl Gpu {
         expect_dtype("read_f32", tensor, DType::F32)?;
         let bytes = self.read_bytes(tensor)?;
         Ok(bytemuck::cast_slice::<u8, f32>(&bytes)[..tensor.len()].to_vec())
+    }
+
+    /// Reads an f16 tensor back, widened to f32 (waits for all submitted work).
+    pub fn read_f16(&self, tensor: &Tensor) -> Result<Vec<f32>> {
+        expect_dtype("read_f16", tensor, DType::F16)?;
+        let bytes = self.read_bytes(tensor)?;
+        Ok(
+            bytemuck::cast_slice::<u8, half::f16>(&bytes)[..tensor.len()]
+                .iter()
+                .map(|h| h.to_f32())
+                .collect(),
+        )
+    }
+
+    /// Reads an f32 or f16 tensor back as f32 (waits for all submitted work).
+    pub fn read_floats(&self, tensor: &Tensor) -> Result<Vec<f32>> {
+        match tensor.dtype() {
+            DType::F16 => self.read_f16(tensor),
+            _ => self.read_f32(tensor),
+        }
     }
 
     /// Reads a u32 tensor back (waits for all submitted work).

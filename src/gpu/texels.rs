@@ -1,4 +1,6 @@
-//! [`Texels`]: a linear array of `vec4<f32>` held in an rgba32float 2-D texture.
+//! [`Texels`]: a linear array of `vec4<f32>` held in an rgba32float 2-D texture (or of
+//! f16 components in an rgba16float one, for mixed precision; shaders read both as
+//! `vec4<f32>`).
 //!
 //! On lavapipe a storage-buffer load is done lane by lane, while a texel fetch takes
 //! llvmpipe's vectorised path (see DESIGN.md, "Performance design"): the matmul and
@@ -7,25 +9,34 @@
 
 use std::sync::Arc;
 
+use super::DType;
+
 /// Texels per texture row (shaders hard-code `i & 4095u`, `i >> 12u`).
 pub const TEXEL_ROW: usize = 4096;
 
-/// `len` texels of four f32 each. Cloning shares the texture.
+/// `len` texels of four components each. Cloning shares the texture.
 #[derive(Debug, Clone)]
 pub struct Texels {
     pub(crate) texture: Arc<wgpu::Texture>,
     pub(crate) view: wgpu::TextureView,
     len: usize,
+    dtype: DType,
 }
 
 impl Texels {
-    pub(crate) fn new(texture: wgpu::Texture, len: usize) -> Self {
+    pub(crate) fn new(texture: wgpu::Texture, len: usize, dtype: DType) -> Self {
         let view = texture.create_view(&Default::default());
         Texels {
             texture: Arc::new(texture),
             view,
             len,
+            dtype,
         }
+    }
+
+    /// The components' type: f32 (rgba32float) or f16 (rgba16float).
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// Number of texels.

@@ -1,5 +1,5 @@
 //! Launchers for `shaders/activation.wgsl`: ReLU, sigmoid and tanh, forward and backward,
-//! elementwise over f32 tensors of any shape (tens of millions of elements included: the
+//! elementwise over f32 or f16 tensors of any shape (all of one op's tensors share the type) (tens of millions of elements included: the
 //! workgroup grid is folded past 65535 workgroups).
 //!
 //! Not in place: the input and output must be different buffers, since wgpu refuses one
@@ -7,14 +7,11 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{Shader, expect_f32, to_u32};
+use super::{F16Variant, Shader, expect, float_dtype, to_u32};
 use crate::error::Result;
-use crate::gpu::{Gpu, Kernel, Tensor, grid_1d};
+use crate::gpu::{DType, Gpu, Kernel, Tensor, grid_1d};
 
-pub const SHADER: Shader = Shader {
-    name: "activation",
-    source: include_str!("../../shaders/activation.wgsl"),
-};
+pub const SHADER: Shader = Shader::new("activation", include_str!("../../shaders/activation.wgsl"));
 
 /// Invocations per workgroup (one element each).
 const WG: u32 = 256;
@@ -66,30 +63,49 @@ impl Activation {
     }
 }
 
+/// The shader with every tensor of type `dtype`.
+fn shader(dtype: DType) -> Shader {
+    match dtype {
+        DType::F16 => SHADER.with_f16(F16Variant {
+            aliases: &["elem"],
+            texels: false,
+        }),
+        _ => SHADER,
+    }
+}
+
+/// Checks that every tensor has `shape` and the first tensor's float type, then launches.
 fn launch(
     gpu: &Gpu,
     entry: &'static str,
-    len: usize,
-    bindings: &[(u32, &Tensor)],
+    shape: &[usize],
+    tensors: &[(&str, u32, &Tensor)],
 ) -> Result<Kernel> {
-    let len = to_u32(entry, "the element count", len)?;
+    let dtype = float_dtype(entry, tensors[0].0, tensors[0].2)?;
+    for &(what, _, t) in tensors {
+        expect(entry, what, t, shape, dtype)?;
+    }
+    let bindings: Vec<(u32, &Tensor)> = tensors.iter().map(|&(_, b, t)| (b, t)).collect();
+    let len = to_u32(entry, "the element count", shape.iter().product())?;
     let params = ElementwiseParams { len, _pad: [0; 3] };
     Ok(Kernel::single(gpu.dispatch(
-        &SHADER,
+        &shader(dtype),
         entry,
         &[("WG", WG as f64)],
         &params,
-        bindings,
+        &bindings,
         grid_1d(len.div_ceil(WG)),
     )?))
 }
 
 /// `y = act(x)`, elementwise; `y` has `x`'s shape.
 pub fn forward(gpu: &Gpu, act: Activation, x: &Tensor, y: &Tensor) -> Result<Kernel> {
-    let op = act.forward_entry();
-    expect_f32(op, "x", x, x.shape())?;
-    expect_f32(op, "y", y, x.shape())?;
-    launch(gpu, op, x.len(), &[(1, x), (2, y)])
+    launch(
+        gpu,
+        act.forward_entry(),
+        x.shape(),
+        &[("x", 1, x), ("y", 2, y)],
+    )
 }
 
 /// `dx = dy·act'(…)`, elementwise. `saved` is the forward's input x for [`Activation::Relu`]
@@ -102,22 +118,25 @@ pub fn backward(
     dy: &Tensor,
     dx: &Tensor,
 ) -> Result<Kernel> {
-    let op = act.backward_entry();
     let what = if act.backward_takes_output() {
         "saved (the forward output y)"
     } else {
         "saved (the forward input x)"
     };
-    expect_f32(op, "dy", dy, dy.shape())?;
-    expect_f32(op, what, saved, dy.shape())?;
-    expect_f32(op, "dx", dx, dy.shape())?;
-    launch(gpu, op, dy.len(), &[(3, saved), (4, dy), (5, dx)])
+    launch(
+        gpu,
+        act.backward_entry(),
+        dy.shape(),
+        &[("dy", 4, dy), (what, 3, saved), ("dx", 5, dx)],
+    )
 }
 
 /// `dx += dy`, elementwise: how the tape sums the gradients of a value that feeds several ops.
 pub fn accumulate_grad(gpu: &Gpu, dy: &Tensor, dx: &Tensor) -> Result<Kernel> {
-    const OP: &str = "accumulate_grad";
-    expect_f32(OP, "dy", dy, dy.shape())?;
-    expect_f32(OP, "dx", dx, dy.shape())?;
-    launch(gpu, OP, dy.len(), &[(4, dy), (5, dx)])
+    launch(
+        gpu,
+        "accumulate_grad",
+        dy.shape(),
+        &[("dy", 4, dy), ("dx", 5, dx)],
+    )
 }

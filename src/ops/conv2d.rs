@@ -7,10 +7,7 @@ use super::{Shader, expect_f32, expect_rank, pack, to_u32};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Kernel, Tensor, Texels, grid_1d};
 
-pub const SHADER: Shader = Shader {
-    name: "conv2d",
-    source: include_str!("../../shaders/conv2d.wgsl"),
-};
+pub const SHADER: Shader = Shader::new("conv2d", include_str!("../../shaders/conv2d.wgsl"));
 
 const WG_PIX: u32 = 16;
 const WG_CH: u32 = 4;

@@ -7,10 +7,7 @@ use super::{Shader, expect_f32, expect_rank, pack, to_u32};
 use crate::error::Result;
 use crate::gpu::{DType, Gpu, Kernel, Tensor, Texels, grid_1d};
 
-pub const SHADER: Shader = Shader {
-    name: "dense",
-    source: include_str!("../../shaders/dense.wgsl"),
-};
+pub const SHADER: Shader = Shader::new("dense", include_str!("../../shaders/dense.wgsl"));
 
 const WG_COLS: u32 = 8;
 const WG_ROWS: u32 = 8;

@@ -13,10 +13,7 @@ use super::{Shader, expect_f32, expect_rank, to_u32};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Dispatch, Gpu, Kernel, Tensor, Texels, grid_1d};
 
-pub const SHADER: Shader = Shader {
-    name: "distance",
-    source: include_str!("../../shaders/distance.wgsl"),
-};
+pub const SHADER: Shader = Shader::new("distance", include_str!("../../shaders/distance.wgsl"));
 
 /// Invocations per workgroup of the 1-D entries (`WG` in the shader).
 const WG: u32 = 64;

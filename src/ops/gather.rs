@@ -9,10 +9,7 @@ use crate::data::augment::{FillMode, TRANSFORM_LEN};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Kernel, Tensor, grid_1d};
 
-pub const SHADER: Shader = Shader {
-    name: "gather",
-    source: include_str!("../../shaders/gather.wgsl"),
-};
+pub const SHADER: Shader = Shader::new("gather", include_str!("../../shaders/gather.wgsl"));
 
 const WG: u32 = 256;
 

@@ -16,10 +16,7 @@ use super::{Shader, expect, expect_f32, expect_rank, to_u32};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Kernel, Tensor, grid_1d};
 
-pub const SHADER: Shader = Shader {
-    name: "loss",
-    source: include_str!("../../shaders/loss.wgsl"),
-};
+pub const SHADER: Shader = Shader::new("loss", include_str!("../../shaders/loss.wgsl"));
 
 /// Invocations per workgroup of every loss entry (`REDUCE_WG` in the shader).
 const REDUCE_WG: u32 = 256;

@@ -16,10 +16,7 @@ use super::{Shader, expect, expect_f32, expect_rank, to_u32};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Dispatch, Gpu, Kernel, Tensor, grid_1d};
 
-pub const SHADER: Shader = Shader {
-    name: "mining",
-    source: include_str!("../../shaders/mining.wgsl"),
-};
+pub const SHADER: Shader = Shader::new("mining", include_str!("../../shaders/mining.wgsl"));
 
 /// Invocations per workgroup of every entry but the reduction (`WG` in the shader).
 const WG: u32 = 64;

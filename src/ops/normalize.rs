@@ -13,10 +13,7 @@ use super::{Shader, expect_f32, expect_rank, to_u32};
 use crate::error::Result;
 use crate::gpu::{Gpu, Kernel, Tensor, grid_1d};
 
-pub const SHADER: Shader = Shader {
-    name: "normalize",
-    source: include_str!("../../shaders/normalize.wgsl"),
-};
+pub const SHADER: Shader = Shader::new("normalize", include_str!("../../shaders/normalize.wgsl"));
 
 /// The clamp on the norm (the shader's `EPS`; PyTorch's default).
 pub const EPS: f32 = 1e-12;

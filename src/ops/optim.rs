@@ -17,10 +17,7 @@ use super::{Shader, expect_f32, expect_rank, to_u32};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernel, Tensor, grid_1d};
 
-pub const SHADER: Shader = Shader {
-    name: "optim",
-    source: include_str!("../../shaders/optim.wgsl"),
-};
+pub const SHADER: Shader = Shader::new("optim", include_str!("../../shaders/optim.wgsl"));
 
 /// Invocations per workgroup (`WG` in the shader).
 const WG: u32 = 256;

@@ -7,10 +7,7 @@ use super::{Shader, expect_rank, to_u32};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernel, Tensor, Texels, grid_1d};
 
-pub const SHADER: Shader = Shader {
-    name: "pack",
-    source: include_str!("../../shaders/pack.wgsl"),
-};
+pub const SHADER: Shader = Shader::new("pack", include_str!("../../shaders/pack.wgsl"));
 
 const WG: u32 = 64;
 

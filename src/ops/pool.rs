@@ -16,10 +16,7 @@ use super::{Shader, expect, expect_f32, expect_rank, to_u32};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Kernel, Tensor, Texels, grid_1d};
 
-pub const SHADER: Shader = Shader {
-    name: "pool",
-    source: include_str!("../../shaders/pool.wgsl"),
-};
+pub const SHADER: Shader = Shader::new("pool", include_str!("../../shaders/pool.wgsl"));
 
 /// Invocations per workgroup (one output element, or one input element, each).
 const WG: u32 = 256;

@@ -8,10 +8,7 @@ use super::{Shader, expect, expect_f32, expect_rank, to_u32};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Kernel, Tensor, grid_1d};
 
-pub const SHADER: Shader = Shader {
-    name: "topk",
-    source: include_str!("../../shaders/topk.wgsl"),
-};
+pub const SHADER: Shader = Shader::new("topk", include_str!("../../shaders/topk.wgsl"));
 
 /// Largest `k` (the length of the kernel's private list, `K_MAX` in the shader).
 pub const K_MAX: usize = 64;
