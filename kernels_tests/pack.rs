@@ -1,4 +1,5 @@
-//! `shaders/pack.wgsl` against `cpu::pack`: layout copies, so exact.
+//! `shaders/pack.wgsl` against `cpu::pack`: layout copies, so exact, from f32 tensors into
+//! f32 texels and from f16 tensors into f16 texels (the reference then packs the f16 values).
 
 mod common;
 
@@ -23,15 +24,22 @@ fn pack_nhwc4_matches_cpu() {
     .into_iter()
     .enumerate()
     {
-        let x = uniform(&mut rng(seed as u64), shape.iter().product(), -1.0, 1.0);
-        let (kernel, texels) = pack::nhwc4(gpu(), &upload(&x, &shape), pad, unfold).unwrap();
-        gpu().run(&[&kernel]);
-        let got = gpu().read_texels(&texels).unwrap();
-        assert_eq!(
-            got,
-            cpu::nhwc4(&x, shape, pad, unfold),
-            "pack_nhwc4 {shape:?} pad {pad} unfold {unfold}"
-        );
+        for dtype in float_dtypes() {
+            let x = as_dtype(
+                &uniform(&mut rng(seed as u64), shape.iter().product(), -1.0, 1.0),
+                dtype,
+            );
+            let (kernel, texels) =
+                pack::nhwc4(gpu(), &upload_as(&x, &shape, dtype), pad, unfold).unwrap();
+            assert_eq!(texels.dtype(), dtype);
+            gpu().run(&[&kernel]);
+            let got = gpu().read_texels(&texels).unwrap();
+            assert_eq!(
+                got,
+                cpu::nhwc4(&x, shape, pad, unfold),
+                "pack_nhwc4 {dtype:?} {shape:?} pad {pad} unfold {unfold}"
+            );
+        }
     }
 }
 
@@ -47,22 +55,27 @@ fn pack_conv_weight_matches_cpu() {
     .into_iter()
     .enumerate()
     {
-        let w = uniform(
-            &mut rng(10 + seed as u64),
-            shape.iter().product(),
-            -1.0,
-            1.0,
-        );
-        for (flip, unfold) in [(false, 1), (true, 1), (false, shape[3])] {
-            let (kernel, texels) =
-                pack::conv_weight(gpu(), &upload(&w, &shape), flip, unfold).unwrap();
-            gpu().run(&[&kernel]);
-            let got = gpu().read_texels(&texels).unwrap();
-            assert_eq!(
-                got,
-                cpu::conv_weight(&w, shape, flip, unfold),
-                "pack_conv_weight {shape:?} flip {flip} unfold {unfold}"
+        for dtype in float_dtypes() {
+            let w = as_dtype(
+                &uniform(
+                    &mut rng(10 + seed as u64),
+                    shape.iter().product(),
+                    -1.0,
+                    1.0,
+                ),
+                dtype,
             );
+            for (flip, unfold) in [(false, 1), (true, 1), (false, shape[3])] {
+                let (kernel, texels) =
+                    pack::conv_weight(gpu(), &upload_as(&w, &shape, dtype), flip, unfold).unwrap();
+                gpu().run(&[&kernel]);
+                let got = gpu().read_texels(&texels).unwrap();
+                assert_eq!(
+                    got,
+                    cpu::conv_weight(&w, shape, flip, unfold),
+                    "pack_conv_weight {dtype:?} {shape:?} flip {flip} unfold {unfold}"
+                );
+            }
         }
     }
 }
@@ -73,17 +86,23 @@ fn pack_rows4_matches_cpu() {
         .into_iter()
         .enumerate()
     {
-        let a = uniform(&mut rng(20 + seed as u64), r * k, -1.0, 1.0);
-        for transposed in [false, true] {
-            let shape = if transposed { [k, r] } else { [r, k] };
-            let (kernel, texels) = pack::rows4(gpu(), &upload(&a, &shape), transposed).unwrap();
-            gpu().run(&[&kernel]);
-            let got = gpu().read_texels(&texels).unwrap();
-            assert_eq!(
-                got,
-                cpu::rows4(&a, r, k, transposed),
-                "pack_rows4 [{r}, {k}] transposed {transposed}"
+        for dtype in float_dtypes() {
+            let a = as_dtype(
+                &uniform(&mut rng(20 + seed as u64), r * k, -1.0, 1.0),
+                dtype,
             );
+            for transposed in [false, true] {
+                let shape = if transposed { [k, r] } else { [r, k] };
+                let (kernel, texels) =
+                    pack::rows4(gpu(), &upload_as(&a, &shape, dtype), transposed).unwrap();
+                gpu().run(&[&kernel]);
+                let got = gpu().read_texels(&texels).unwrap();
+                assert_eq!(
+                    got,
+                    cpu::rows4(&a, r, k, transposed),
+                    "pack_rows4 {dtype:?} [{r}, {k}] transposed {transposed}"
+                );
+            }
         }
     }
 }

@@ -1,9 +1,10 @@
 // pack.wgsl — copies tensors into texel arrays (rgba32float textures read as linear arrays
-// of vec4<f32>; texel i at (i & 4095, i >> 12)), in the layouts the texel kernels of
+// of vec4<f32>; texel i at (i & 4095, i >> 12); under mixed precision the f16 variant reads
+// an f16 source into rgba16float textures), in the layouts the texel kernels of
 // conv2d.wgsl and dense.wgsl read. On lavapipe a texel fetch is several times cheaper than
 // a storage load, so the GEMM-shaped kernels read packed operands; packing is one pass.
 //
-// Entry points (binding 0 is always `p: PackParams`; binding 1 the f32 source, binding 2
+// Entry points (binding 0 is always `p: PackParams`; binding 1 the source, binding 2
 // the texel array written):
 //   pack_nhwc4         x [N, C, H, W]        -> texel ((n·HP + h)·WU + w)·C4 + c4 =
 //                      x[n, 4·c4 .. 4·c4+3, h − pad, w − pad], zero outside x (HP = H + 2·pad,
@@ -36,7 +37,9 @@ struct PackParams {
 }
 
 @group(0) @binding(0) var<uniform> p: PackParams;
-@group(0) @binding(1) var<storage, read> src: array<f32>;
+alias elem = f32;
+
+@group(0) @binding(1) var<storage, read> src: array<elem>;
 @group(0) @binding(2) var dst: texture_storage_2d<rgba32float, write>;
 
 const WG: u32 = 64u;
@@ -76,7 +79,7 @@ fn pack_nhwc4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
             let cu = 4u * c4 + j;
             let ws = wq + cu % UNFOLD - p.pad;
             let c = cu / UNFOLD;
-            if c < p.c && ws < p.w { v[j] = src[(n * p.c + c) * plane + hs * p.w + ws]; }
+            if c < p.c && ws < p.w { v[j] = f32(src[(n * p.c + c) * plane + hs * p.w + ws]); }
         }
     }
     store(i, v);
@@ -103,12 +106,12 @@ fn pack_conv_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
         let out_ch = 4u * o4 + j;
         if p.flip == 1u {
             if out_ch < p.c && in_ch < p.n {
-                v[j] = src[(in_ch * p.c + out_ch) * taps + taps - 1u - tap];
+                v[j] = f32(src[(in_ch * p.c + out_ch) * taps + taps - 1u - tap]);
             }
         } else if out_ch < p.n && in_ch < p.c * p.unfold {
             let c = in_ch / p.unfold;
             let t = tap * p.unfold + in_ch % p.unfold;
-            v[j] = src[(out_ch * p.c + c) * taps + t];
+            v[j] = f32(src[(out_ch * p.c + c) * taps + t]);
         }
     }
     store(i, v);
@@ -126,7 +129,7 @@ fn pack_rows4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     for (var j = 0u; j < 4u; j++) {
         let k = 4u * k4 + j;
         if k < p.c {
-            if p.flip == 0u { v[j] = src[r * p.c + k]; } else { v[j] = src[k * p.n + r]; }
+            if p.flip == 0u { v[j] = f32(src[r * p.c + k]); } else { v[j] = f32(src[k * p.n + r]); }
         }
     }
     store(i, v);

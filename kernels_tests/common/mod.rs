@@ -94,6 +94,33 @@ pub fn has_f16() -> bool {
     has
 }
 
+/// The element types a test of a kernel with an f16 variant runs: f32, and f16 where the
+/// adapter has it.
+pub fn float_dtypes() -> Vec<siamese_gpu::DType> {
+    let mut all = vec![siamese_gpu::DType::F32];
+    if has_f16() {
+        all.push(siamese_gpu::DType::F16);
+    }
+    all
+}
+
+/// `data` as the values a tensor of `dtype` holds: rounded to f16 for f16, else unchanged.
+pub fn as_dtype(data: &[f32], dtype: siamese_gpu::DType) -> Vec<f32> {
+    match dtype {
+        siamese_gpu::DType::F16 => round_f16(data),
+        _ => data.to_vec(),
+    }
+}
+
+/// Uploads `data` as a tensor of float `dtype` (f16 rounds it, as [`as_dtype`]).
+pub fn upload_as(data: &[f32], shape: &[usize], dtype: siamese_gpu::DType) -> Tensor {
+    gpu().upload_floats(data, shape, dtype).expect("upload")
+}
+
+pub fn zeros_as(shape: &[usize], dtype: siamese_gpu::DType) -> Tensor {
+    gpu().zeros(shape, dtype).expect("allocate")
+}
+
 /// Runs the kernel (one submission) and reads `out` (f32 or f16) back as f32.
 pub fn run_and_read_floats(kernel: &Kernel, out: &Tensor) -> Vec<f32> {
     gpu().run(&[kernel]);

@@ -147,6 +147,27 @@ pub(crate) fn expect_rank<'t>(
     Ok(t.shape())
 }
 
+/// [`expect_rank`] for a tensor of f32 or f16 (a kernel with an f16 variant): its shape and
+/// element type.
+pub(crate) fn expect_float_rank<'t>(
+    op: &'static str,
+    what: &str,
+    t: &'t Tensor,
+    rank: usize,
+) -> Result<(&'t [usize], DType)> {
+    let dtype = float_dtype(op, what, t)?;
+    if t.shape().len() != rank || t.is_empty() {
+        return Err(Error::Shape {
+            op,
+            detail: format!(
+                "{what} must be a non-empty tensor of rank {rank}, got shape {:?}",
+                t.shape()
+            ),
+        });
+    }
+    Ok((t.shape(), dtype))
+}
+
 /// Converts a size to the u32 the shaders index with, refusing what would overflow.
 pub(crate) fn to_u32(op: &'static str, what: &str, n: usize) -> Result<u32> {
     u32::try_from(n).map_err(|_| Error::Shape {

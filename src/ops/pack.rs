@@ -1,11 +1,12 @@
 //! Launchers for `shaders/pack.wgsl`: tensors copied into [`Texels`] in the layouts the
-//! texel kernels read (see the shader's header for each layout).
+//! texel kernels read (see the shader's header for each layout). An f16 tensor is packed
+//! into f16 (rgba16float) texels, which the kernels read exactly as they read f32 ones.
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{Shader, expect_rank, to_u32};
+use super::{F16Variant, Shader, expect_float_rank, to_u32};
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Kernel, Tensor, Texels, grid_1d};
+use crate::gpu::{DType, Gpu, Kernel, Tensor, Texels, grid_1d};
 
 pub const SHADER: Shader = Shader::new("pack", include_str!("../../shaders/pack.wgsl"));
 
@@ -35,7 +36,15 @@ fn launch(
     src: &Tensor,
     texels: usize,
 ) -> Result<(Kernel, Texels)> {
-    let dst = gpu.texels(texels)?;
+    let dtype = src.dtype();
+    let dst = gpu.texels_of(texels, dtype)?;
+    let shader = match dtype {
+        DType::F16 => SHADER.with_f16(F16Variant {
+            aliases: &["elem"],
+            texels: true,
+        }),
+        _ => SHADER,
+    };
     let params = PackParams {
         texels: to_u32(entry, "texels", texels)?,
         unfold: params.unfold.max(1),
@@ -43,7 +52,7 @@ fn launch(
     };
     let groups = grid_1d(params.texels.div_ceil(WG));
     let dispatch = gpu.dispatch_with_texels(
-        &SHADER,
+        &shader,
         entry,
         constants,
         &params,
@@ -54,12 +63,12 @@ fn launch(
     Ok((Kernel::single(dispatch), dst))
 }
 
-/// `x [N, C, H, W]` as channels-by-fours with `pad` zero borders: texel
+/// `x [N, C, H, W]` (f32 or f16, giving texels of the same) as channels-by-fours with `pad` zero borders: texel
 /// `((n·(H+2·pad) + h)·(W+2·pad) + w)·⌈C/4⌉ + c4`; with `unfold` U > 1, U horizontal taps
 /// as channels (see the shader's header).
 pub fn nhwc4(gpu: &Gpu, x: &Tensor, pad: usize, unfold: usize) -> Result<(Kernel, Texels)> {
     const OP: &str = "pack_nhwc4";
-    let &[n, c, h, w] = expect_rank(OP, "x", x, 4)? else {
+    let (&[n, c, h, w], _) = expect_float_rank(OP, "x", x, 4)? else {
         unreachable!()
     };
     if unfold == 0 || unfold > w + 2 * pad {
@@ -99,7 +108,7 @@ pub fn nhwc4(gpu: &Gpu, x: &Tensor, pad: usize, unfold: usize) -> Result<(Kernel
 /// `unfold` (1, or KW for a forward packed so) matches [`nhwc4`]'s.
 pub fn conv_weight(gpu: &Gpu, w: &Tensor, flip: bool, unfold: usize) -> Result<(Kernel, Texels)> {
     const OP: &str = "pack_conv_weight";
-    let &[o, c, kh, kw] = expect_rank(OP, "w", w, 4)? else {
+    let (&[o, c, kh, kw], _) = expect_float_rank(OP, "w", w, 4)? else {
         unreachable!()
     };
     if unfold != 1 && (flip || unfold != kw) {
@@ -129,7 +138,7 @@ pub fn conv_weight(gpu: &Gpu, w: &Tensor, flip: bool, unfold: usize) -> Result<(
 /// ⌈K/4⌉ texels: texel `r·⌈K/4⌉ + k4`.
 pub fn rows4(gpu: &Gpu, a: &Tensor, transposed: bool) -> Result<(Kernel, Texels)> {
     const OP: &str = "pack_rows4";
-    let &[d0, d1] = expect_rank(OP, "a", a, 2)? else {
+    let (&[d0, d1], _) = expect_float_rank(OP, "a", a, 2)? else {
         unreachable!()
     };
     let (r, k) = if transposed { (d1, d0) } else { (d0, d1) };
