@@ -10,6 +10,7 @@ mod common;
 use common::*;
 use rand::rngs::StdRng;
 use siamese_gpu::cpu::optim as cpu;
+use siamese_gpu::ops::amp::LossScaler;
 use siamese_gpu::ops::optim::{self, Adam, Sgd};
 
 /// One element, sizes off the 256-wide workgroup, and 100 003 (391 workgroups).
@@ -70,7 +71,7 @@ fn sgd_step_matches_cpu() {
             let mut r = rng((ci * 100 + li) as u64);
             let p0 = uniform(&mut r, n, -1.0, 1.0);
             let (p, g, v) = (upload(&p0, &[n]), zeros(&[n]), zeros(&[n]));
-            let mut step = optim::sgd(gpu(), cfg, &p, &g, &v).unwrap();
+            let mut step = optim::sgd(gpu(), cfg, &p, &g, &v, None).unwrap();
 
             let (mut p_ref, mut v_ref) = (to_f64(&p0), vec![0.0; n]);
             // The same recurrence on |inputs| with −lr: Σ|terms| of every quantity.
@@ -156,7 +157,7 @@ fn sgd_step_matches_pytorch_formula() {
     ];
     for (cfg, want) in cases {
         let (p, g, v) = (upload(&[1.0], &[1]), upload(&[0.5], &[1]), zeros(&[1]));
-        let step = optim::sgd(gpu(), &cfg, &p, &g, &v).unwrap();
+        let step = optim::sgd(gpu(), &cfg, &p, &g, &v, None).unwrap();
         for (t, (want_p, want_v)) in want.into_iter().enumerate() {
             gpu().run(&[step.kernel()]);
             // About eight f32 roundings of values below 2 (plus the f32 representation of
@@ -199,6 +200,7 @@ fn adam_matches_cpu(
         &siamese_gpu::Tensor,
         &siamese_gpu::Tensor,
         &siamese_gpu::Tensor,
+        Option<&LossScaler>,
     ) -> siamese_gpu::Result<optim::AdamStep>,
     reference: AdamCpu,
 ) {
@@ -207,7 +209,7 @@ fn adam_matches_cpu(
             let mut r = rng((1000 + ci * 100 + li) as u64);
             let p0 = uniform(&mut r, n, -1.0, 1.0);
             let (p, g, m, v) = (upload(&p0, &[n]), zeros(&[n]), zeros(&[n]), zeros(&[n]));
-            let mut step = launcher(gpu(), cfg, &p, &g, &m, &v).unwrap();
+            let mut step = launcher(gpu(), cfg, &p, &g, &m, &v, None).unwrap();
 
             let (mut p_ref, mut m_ref, mut v_ref) = (to_f64(&p0), vec![0.0; n], vec![0.0; n]);
             let mut m_mag = vec![0.0f64; n]; // β1-average of |g|: Σ|terms| of m
@@ -320,7 +322,7 @@ fn adam_step_matches_pytorch_formula() {
             zeros(&[1]),
         );
         let launcher = if decoupled { optim::adamw } else { optim::adam };
-        let mut step = launcher(gpu(), &cfg, &p, &g, &m, &v).unwrap();
+        let mut step = launcher(gpu(), &cfg, &p, &g, &m, &v, None).unwrap();
         for (i, want_p) in want.into_iter().enumerate() {
             let t = i as u32 + 1;
             step.set_step(gpu(), cfg.lr, t).unwrap();
@@ -345,7 +347,7 @@ fn adam_step_matches_pytorch_formula() {
 fn optimizers_reject_mismatched_shapes_and_bad_settings() {
     let p = zeros(&[10]);
     let cfg = SGD_CONFIGS[1];
-    let err = optim::sgd(gpu(), &cfg, &p, &zeros(&[10]), &zeros(&[9])).unwrap_err();
+    let err = optim::sgd(gpu(), &cfg, &p, &zeros(&[10]), &zeros(&[9]), None).unwrap_err();
     assert!(
         err.to_string().contains(
             "sgd_step: velocity must be a F32 tensor of shape [10], got F32 of shape [9]"
@@ -359,6 +361,7 @@ fn optimizers_reject_mismatched_shapes_and_bad_settings() {
         &zeros(&[11]),
         &zeros(&[10]),
         &zeros(&[10]),
+        None,
     )
     .unwrap_err();
     assert!(
@@ -377,6 +380,7 @@ fn optimizers_reject_mismatched_shapes_and_bad_settings() {
         &p,
         &zeros(&[10]),
         &zeros(&[10]),
+        None,
     )
     .unwrap_err();
     assert!(
@@ -385,7 +389,7 @@ fn optimizers_reject_mismatched_shapes_and_bad_settings() {
         "{err}"
     );
     let (m, v) = (zeros(&[10]), zeros(&[10]));
-    let mut step = optim::adam(gpu(), &Adam::default(), &p, &zeros(&[10]), &m, &v).unwrap();
+    let mut step = optim::adam(gpu(), &Adam::default(), &p, &zeros(&[10]), &m, &v, None).unwrap();
     let err = step.set_step(gpu(), 1e-3, 0).unwrap_err();
     assert!(err.to_string().contains("t starts at 1"), "{err}");
 }

@@ -466,7 +466,7 @@ impl<'g> TrainStep<'g> {
                 None,
             ),
         };
-        let optimizer = Optimizer::new(gpu, cfg.optimizer, params, grads, steps as u32)?;
+        let optimizer = Optimizer::new(gpu, cfg.optimizer, params, grads, steps as u32, None)?;
         let mut kernels = vec![gather];
         kernels.extend(tape.forward_kernels().cloned());
         kernels.extend(tape.backward(loss)?);

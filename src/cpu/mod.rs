@@ -5,6 +5,7 @@
 //! the GPU) and in f64 (for finite-difference gradient checks).
 
 pub mod activation;
+pub mod amp;
 pub mod conv2d;
 pub mod dense;
 pub mod distance;

@@ -3,6 +3,7 @@
 //! Outputs are passed in, so a caller (the tape) owns and reuses every buffer.
 
 pub mod activation;
+pub mod amp;
 pub mod conv2d;
 pub mod dense;
 pub mod distance;

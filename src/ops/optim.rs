@@ -8,11 +8,15 @@
 //! or bind group. The rewrite is queued before the next submission, so record one optimizer
 //! step per submission (as a training step does) when the values change between steps.
 //!
+//! Under mixed precision a launcher takes the run's [`LossScaler`]: its `_amp` entry
+//! unscales the gradients and skips a step whose gradients overflowed.
+//!
 //! Invalid hyperparameters (those PyTorch rejects) are reported as [`Error::Shape`], the
 //! crate's error for arguments a launcher cannot accept.
 
 use bytemuck::{Pod, Zeroable};
 
+use super::amp::LossScaler;
 use super::{Shader, expect_f32, expect_rank, to_u32};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernel, Tensor, grid_1d};
@@ -145,15 +149,46 @@ impl SgdStep {
     }
 }
 
+/// The dispatch of `entry` (or, with a loss scale, its `_amp` entry `amp_entry`) over `len`
+/// parameters, binding the scaler's state where it takes part.
+#[allow(clippy::too_many_arguments)]
+fn step_dispatch<P: bytemuck::Pod>(
+    gpu: &Gpu,
+    entry: &'static str,
+    amp_entry: &'static str,
+    scale: Option<&LossScaler>,
+    uniform: &P,
+    buffers: &[(u32, &Tensor)],
+    len: u32,
+) -> Result<Kernel> {
+    let mut bindings = buffers.to_vec();
+    let entry = match scale {
+        Some(s) => {
+            bindings.extend([(5, s.state()), (6, s.found_inf())]);
+            amp_entry
+        }
+        None => entry,
+    };
+    Ok(Kernel::single(gpu.dispatch(
+        &SHADER,
+        entry,
+        &[],
+        uniform,
+        &bindings,
+        grid_1d(len.div_ceil(WG)),
+    )?))
+}
+
 /// Builds an SGD step over `params [N]` with `grads [N]` and the momentum buffer
 /// `velocity [N]` (zeros before the first step; bound even with μ = 0, when it just holds
-/// the last gradient).
+/// the last gradient); under mixed precision, with the run's loss `scale`.
 pub fn sgd(
     gpu: &Gpu,
     cfg: &Sgd,
     params: &Tensor,
     grads: &Tensor,
     velocity: &Tensor,
+    scale: Option<&LossScaler>,
 ) -> Result<SgdStep> {
     const OP: &str = "sgd_step";
     let len = check_buffers(OP, params, &[("grads", grads), ("velocity", velocity)])?;
@@ -174,16 +209,17 @@ pub fn sgd(
         nesterov: cfg.nesterov as u32,
         _pad: [0; 3],
     };
-    let dispatch = gpu.dispatch(
-        &SHADER,
+    let kernel = step_dispatch(
+        gpu,
         OP,
-        &[],
+        "sgd_step_amp",
+        scale,
         &uniform,
         &[(1, params), (2, grads), (3, velocity)],
-        grid_1d(len.div_ceil(WG)),
+        len,
     )?;
     Ok(SgdStep {
-        kernel: Kernel::single(dispatch),
+        kernel,
         params: uniform,
     })
 }
@@ -234,6 +270,7 @@ impl AdamStep {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn adam_kernel(
     gpu: &Gpu,
     op: &'static str,
@@ -242,6 +279,7 @@ fn adam_kernel(
     grads: &Tensor,
     exp_avg: &Tensor,
     exp_avg_sq: &Tensor,
+    scale: Option<&LossScaler>,
 ) -> Result<AdamStep> {
     let len = check_buffers(
         op,
@@ -271,16 +309,22 @@ fn adam_kernel(
         bias_correction1: bc1,
         bias_correction2: bc2,
     };
-    let dispatch = gpu.dispatch(
-        &SHADER,
+    let amp_entry = if op == "adam_step" {
+        "adam_step_amp"
+    } else {
+        "adamw_step_amp"
+    };
+    let kernel = step_dispatch(
+        gpu,
         op,
-        &[],
+        amp_entry,
+        scale,
         &uniform,
         &[(1, params), (2, grads), (3, exp_avg), (4, exp_avg_sq)],
-        grid_1d(len.div_ceil(WG)),
+        len,
     )?;
     Ok(AdamStep {
-        kernel: Kernel::single(dispatch),
+        kernel,
         params: uniform,
         op,
         beta1: cfg.beta1,
@@ -290,7 +334,9 @@ fn adam_kernel(
 }
 
 /// Builds an Adam step (L2 weight decay g ← g + λ·p) over `params [N]` with `grads [N]` and
-/// the moment buffers `exp_avg [N]`, `exp_avg_sq [N]` (zeros before the first step).
+/// the moment buffers `exp_avg [N]`, `exp_avg_sq [N]` (zeros before the first step); under
+/// mixed precision, with the run's loss `scale` (the step count t is then the scaler's count
+/// of applied steps, and [`AdamStep::set_step`]'s t is not used).
 pub fn adam(
     gpu: &Gpu,
     cfg: &Adam,
@@ -298,12 +344,22 @@ pub fn adam(
     grads: &Tensor,
     exp_avg: &Tensor,
     exp_avg_sq: &Tensor,
+    scale: Option<&LossScaler>,
 ) -> Result<AdamStep> {
-    adam_kernel(gpu, "adam_step", cfg, params, grads, exp_avg, exp_avg_sq)
+    adam_kernel(
+        gpu,
+        "adam_step",
+        cfg,
+        params,
+        grads,
+        exp_avg,
+        exp_avg_sq,
+        scale,
+    )
 }
 
 /// Builds an AdamW step (decoupled decay p ← p·(1 − lr·λ), then Adam without the L2 term);
-/// same buffers as [`adam`].
+/// same buffers and loss scale as [`adam`].
 pub fn adamw(
     gpu: &Gpu,
     cfg: &Adam,
@@ -311,6 +367,16 @@ pub fn adamw(
     grads: &Tensor,
     exp_avg: &Tensor,
     exp_avg_sq: &Tensor,
+    scale: Option<&LossScaler>,
 ) -> Result<AdamStep> {
-    adam_kernel(gpu, "adamw_step", cfg, params, grads, exp_avg, exp_avg_sq)
+    adam_kernel(
+        gpu,
+        "adamw_step",
+        cfg,
+        params,
+        grads,
+        exp_avg,
+        exp_avg_sq,
+        scale,
+    )
 }

@@ -9,6 +9,7 @@ use std::str::FromStr;
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Kernel, Tensor};
+use crate::ops::amp::LossScaler;
 use crate::ops::optim::{self, Adam, AdamStep, Sgd, SgdStep};
 
 /// Which update rule, with its own settings.
@@ -159,13 +160,15 @@ pub struct Optimizer {
 
 impl Optimizer {
     /// Builds the update of `params` from `grads` (flat buffers of equal length) for a run of
-    /// `total_steps` steps (the cosine schedule needs the end).
+    /// `total_steps` steps (the cosine schedule needs the end); under mixed precision the
+    /// gradients carry the loss `scale`, which the update removes.
     pub fn new(
         gpu: &Gpu,
         config: OptimizerConfig,
         params: &Tensor,
         grads: &Tensor,
         total_steps: u32,
+        scale: Option<&LossScaler>,
     ) -> Result<Self> {
         let state = |gpu: &Gpu| gpu.zeros(params.shape(), DType::F32);
         let (rule, state) = match config.kind {
@@ -178,7 +181,7 @@ impl Optimizer {
                     nesterov,
                 };
                 (
-                    Rule::Sgd(optim::sgd(gpu, &cfg, params, grads, &velocity)?),
+                    Rule::Sgd(optim::sgd(gpu, &cfg, params, grads, &velocity, scale)?),
                     vec![velocity],
                 )
             }
@@ -193,9 +196,9 @@ impl Optimizer {
                     weight_decay: config.weight_decay,
                 };
                 let step = if matches!(config.kind, OptimizerKind::Adam { .. }) {
-                    optim::adam(gpu, &cfg, params, grads, &m, &v)?
+                    optim::adam(gpu, &cfg, params, grads, &m, &v, scale)?
                 } else {
-                    optim::adamw(gpu, &cfg, params, grads, &m, &v)?
+                    optim::adamw(gpu, &cfg, params, grads, &m, &v, scale)?
                 };
                 (Rule::Adam(step), vec![m, v])
             }
