@@ -188,20 +188,22 @@ const ADAM_CONFIGS: &[Adam] = &[
     },
 ];
 
+type AdamLauncher = fn(
+    &siamese_gpu::Gpu,
+    &Adam,
+    &siamese_gpu::Tensor,
+    &siamese_gpu::Tensor,
+    &siamese_gpu::Tensor,
+    &siamese_gpu::Tensor,
+    Option<&LossScaler>,
+) -> siamese_gpu::Result<optim::AdamStep>;
+
 type AdamCpu = fn(&mut [f64], &[f64], &mut [f64], &mut [f64], f64, f64, f64, f64, f64, f64, f64);
 
 /// Runs STEPS steps of `launcher` on the GPU and `reference` in f64 and compares.
 fn adam_matches_cpu(
     name: &str,
-    launcher: fn(
-        &siamese_gpu::Gpu,
-        &Adam,
-        &siamese_gpu::Tensor,
-        &siamese_gpu::Tensor,
-        &siamese_gpu::Tensor,
-        &siamese_gpu::Tensor,
-        Option<&LossScaler>,
-    ) -> siamese_gpu::Result<optim::AdamStep>,
+    launcher: AdamLauncher,
     reference: AdamCpu,
 ) {
     for (ci, cfg) in ADAM_CONFIGS.iter().enumerate() {
