@@ -201,11 +201,7 @@ type AdamLauncher = fn(
 type AdamCpu = fn(&mut [f64], &[f64], &mut [f64], &mut [f64], f64, f64, f64, f64, f64, f64, f64);
 
 /// Runs STEPS steps of `launcher` on the GPU and `reference` in f64 and compares.
-fn adam_matches_cpu(
-    name: &str,
-    launcher: AdamLauncher,
-    reference: AdamCpu,
-) {
+fn adam_matches_cpu(name: &str, launcher: AdamLauncher, reference: AdamCpu) {
     for (ci, cfg) in ADAM_CONFIGS.iter().enumerate() {
         for (li, &n) in LENS.iter().enumerate() {
             let mut r = rng((1000 + ci * 100 + li) as u64);

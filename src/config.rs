@@ -21,6 +21,7 @@ use crate::ops::distance::Distance;
 use crate::ops::gather::PixelNorm;
 use crate::ops::mining::Miner;
 use crate::optim::{OptimizerKind, Schedule};
+use crate::precision::Precision;
 use crate::train::TrainConfig;
 
 /// The settings of a run, as written. `Default` is the reference recipe.
@@ -74,6 +75,10 @@ pub struct RunSettings {
     pub zoom_range: f64,
     pub horizontal_flip: bool,
     pub fill_mode: String,
+    /// f32, or mixed (f16 activations, f32 master weights, dynamic loss scaling). Left out
+    /// of the written settings when f32, so runs saved before it existed match.
+    #[serde(skip_serializing_if = "is_f32")]
+    pub precision: String,
 }
 
 impl Default for RunSettings {
@@ -113,8 +118,13 @@ impl Default for RunSettings {
             zoom_range: 0.0,
             horizontal_flip: false,
             fill_mode: cfg.augment.fill_mode.to_string(),
+            precision: cfg.precision.to_string(),
         }
     }
+}
+
+fn is_f32(precision: &str) -> bool {
+    precision.parse::<Precision>().ok() == Some(Precision::F32)
 }
 
 fn is_no_miner(miner: &str) -> bool {
@@ -256,6 +266,7 @@ impl RunSettings {
             horizontal_flip: self.horizontal_flip,
             fill_mode: self.fill_mode.parse()?,
         };
+        cfg.precision = self.precision.parse()?;
         cfg.validate()?;
         Ok(cfg)
     }

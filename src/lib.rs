@@ -19,6 +19,7 @@ pub mod model;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod precision;
 #[cfg(feature = "report")]
 pub mod report;
 #[cfg(feature = "cli")]

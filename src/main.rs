@@ -220,6 +220,10 @@ struct SettingsArgs {
     /// default) or constant (black).
     #[arg(long, default_value_t = RunSettings::default().fill_mode)]
     fill_mode: String,
+    /// Arithmetic of training: f32, or mixed (f16 activations and weight copies with f32
+    /// master weights and a dynamic loss scale; needs an adapter with f16 shaders).
+    #[arg(long, default_value_t = RunSettings::default().precision)]
+    precision: String,
     /// Preset: --rotation-range 10 --width-shift-range 0.1 --height-shift-range 0.1
     /// --zoom-range 0.1 --fill-mode constant (flags given beside it override it).
     #[arg(long)]
@@ -252,7 +256,7 @@ impl SettingsArgs {
         overlay!(pairs, batch, lr, margin, loss, distance, normalize_embeddings, tower, optimizer,
             weight_decay, schedule, positive_fraction, miner, seed, val_pairs, test_pairs, eval_every,
             pixel_norm, color, on_bad_image, held_out_classes, rotation_range, width_shift_range,
-            height_shift_range, shear_range, zoom_range, horizontal_flip, fill_mode;
+            height_shift_range, shear_range, zoom_range, horizontal_flip, fill_mode, precision;
             optional: data, embedding_dim, val_images, image_size, classes_per_batch);
         s.to_train_config().map_err(|e| e.to_string())?;
         Ok(s)

@@ -123,15 +123,18 @@ impl SiameseModel {
     }
 
     /// Records the embedding of `x [N, C, H, W]`: the tower, then the L2 normalisation if
-    /// the model asks for it.
+    /// the model asks for it. `params` are the flat f32 weights; under mixed precision the
+    /// tower reads their f16 copy `half` instead (and `x` is f16).
     pub fn record_embedding(
         &self,
         tape: &mut Tape,
         x: ValueId,
         params: &Tensor,
+        half: Option<&Tensor>,
         grads: Option<&Tensor>,
     ) -> Result<ValueId> {
-        let e = self.tower.record(tape, x, &self.layout, params, grads)?;
+        let weights = half.unwrap_or(params);
+        let e = self.tower.record(tape, x, &self.layout, weights, grads)?;
         if self.config.normalize {
             tape.l2_normalize(e)
         } else {
@@ -140,16 +143,18 @@ impl SiameseModel {
     }
 
     /// Records the training loss of a batch `x [k·B, C, H, W]` (k = branches), with pair
-    /// labels `labels [B]` (unused by the triplet loss). Returns the scalar loss.
+    /// labels `labels [B]` (unused by the triplet loss). Returns the scalar loss. `half` as
+    /// in [`record_embedding`](Self::record_embedding); the BCE head reads the f32 `params`.
     pub fn record_loss(
         &self,
         tape: &mut Tape,
         x: ValueId,
         labels: &Tensor,
         params: &Tensor,
+        half: Option<&Tensor>,
         grads: Option<&Tensor>,
     ) -> Result<ValueId> {
-        let e = self.record_embedding(tape, x, params, grads)?;
+        let e = self.record_embedding(tape, x, params, half, grads)?;
         let parts = tape.split_rows(e, self.config.loss.branches())?;
         let margin = self.config.margin;
         match self.config.loss {
@@ -181,6 +186,7 @@ impl SiameseModel {
     /// Records the triplet loss of `miner` on a batch `x [N, C, H, W]` of N images with class
     /// ids `classes [N]` (u32): embeddings, their distance matrix `[N, N]`, the mined loss.
     /// Returns the scalar loss and the step's mining stats tensor (`ops::mining::MiningStats`).
+    #[allow(clippy::too_many_arguments)] // the buffers it binds, each named
     pub fn record_mined_loss(
         &self,
         tape: &mut Tape,
@@ -188,6 +194,7 @@ impl SiameseModel {
         classes: &Tensor,
         miner: Miner,
         params: &Tensor,
+        half: Option<&Tensor>,
         grads: Option<&Tensor>,
     ) -> Result<(ValueId, Tensor)> {
         let metric = match self.config.distance {
@@ -199,7 +206,7 @@ impl SiameseModel {
                 )));
             }
         };
-        let e = self.record_embedding(tape, x, params, grads)?;
+        let e = self.record_embedding(tape, x, params, half, grads)?;
         let dm = tape.pairwise_self(metric, e)?;
         tape.mined_triplet_loss(dm, classes, miner, self.config.margin)
     }

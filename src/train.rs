@@ -34,11 +34,13 @@ use crate::gpu::{DType, Gpu, Kernel, Profiler, Tensor};
 use crate::model::{LossKind, ModelConfig, SiameseModel};
 use crate::nn::TowerSpec;
 use crate::nn::spec::REFERENCE_TOWER;
+use crate::ops::amp::{self, LossScaleConfig, LossScaler, ScaleState};
 use crate::ops::distance::Distance;
 use crate::ops::gather::{self, PixelNorm};
 use crate::ops::loss::PairLabel;
 use crate::ops::mining::{Miner, MiningStats};
 use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind, Schedule};
+use crate::precision::Precision;
 
 /// Everything that defines a run. `Default` is the reference recipe.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,6 +91,8 @@ pub struct TrainConfig {
     pub doctor_images: usize,
     /// Also score retrieval on raw test pixels, the baseline beside the embeddings' P@1.
     pub pixel_baseline: bool,
+    /// f32, or mixed precision (f16 activations, f32 master weights, a dynamic loss scale).
+    pub precision: Precision,
     /// Swap Same and Different in every training pair: reproduces the inverted-labels bug, so
     /// that the doctor can be shown (and tested) recognising it. Never set in a real run.
     pub invert_pair_labels: bool,
@@ -128,6 +132,7 @@ impl Default for TrainConfig {
             train_eval_pairs: 2_000,
             doctor_images: 10_000,
             pixel_baseline: true,
+            precision: Precision::F32,
             invert_pair_labels: false,
         }
     }
@@ -390,9 +395,13 @@ pub struct TrainStep<'g> {
     batch: usize,
     indices: Tensor,
     labels: Tensor,
+    /// Gather, forward, backward (and under mixed precision the f16 weight copy first and
+    /// the overflow check last): everything before the optimizer.
     kernels: Vec<Kernel>,
     loss: Tensor,
     optimizer: Optimizer,
+    /// Mixed precision's loss scale, whose update follows the optimizer.
+    scaler: Option<LossScaler>,
     sampler: BatchSampler,
     idx: Vec<u32>,
     codes: Vec<u32>,
@@ -427,7 +436,21 @@ impl<'g> TrainStep<'g> {
         let indices = gpu.zeros(&[images_per_step], DType::U32)?;
         // Pair label codes, or (with a miner) the class id of every image.
         let label_codes = gpu.zeros(&[cfg.batch], DType::U32)?;
-        let x = gpu.zeros(&[images_per_step, c, h, w], DType::F32)?;
+        let mixed = cfg.precision == Precision::Mixed;
+        if mixed && !gpu.has_f16() {
+            return Err(Error::Config(format!(
+                "--precision mixed needs 16-bit float shaders (wgpu's SHADER_F16), which {} does \
+                 not offer; train with --precision f32",
+                gpu.adapter().name
+            )));
+        }
+        let x = gpu.zeros(&[images_per_step, c, h, w], cfg.precision.activations())?;
+        // Mixed precision: the tower reads an f16 copy of the weights, made each step.
+        let half = if mixed {
+            Some(gpu.zeros(params.shape(), DType::F16)?)
+        } else {
+            None
+        };
         // Augmentation off keeps the plain gather: the batches are bit for bit as before.
         let (gather, augment) = if cfg.augment.is_off() {
             let kernel = gather::gather_images(gpu, images, &indices, &x, cfg.pixel_norm)?;
@@ -457,19 +480,53 @@ impl<'g> TrainStep<'g> {
                     &label_codes,
                     miner,
                     params,
+                    half.as_ref(),
                     Some(grads),
                 )?;
                 (loss, Some(stats))
             }
             None => (
-                model.record_loss(&mut tape, xv, &label_codes, params, Some(grads))?,
+                model.record_loss(
+                    &mut tape,
+                    xv,
+                    &label_codes,
+                    params,
+                    half.as_ref(),
+                    Some(grads),
+                )?,
                 None,
             ),
         };
-        let optimizer = Optimizer::new(gpu, cfg.optimizer, params, grads, steps as u32, None)?;
-        let mut kernels = vec![gather];
+        let mut kernels = Vec::new();
+        if let Some(half) = &half {
+            kernels.push(amp::cast(gpu, params, half)?);
+        }
+        kernels.push(gather);
         kernels.extend(tape.forward_kernels().cloned());
         kernels.extend(tape.backward(loss)?);
+        let scaler = match mixed {
+            true => {
+                let seed = tape.grad(loss).expect("backward checked the seed");
+                Some(LossScaler::new(
+                    gpu,
+                    LossScaleConfig::default(),
+                    grads,
+                    seed,
+                )?)
+            }
+            false => None,
+        };
+        if let Some(s) = &scaler {
+            kernels.push(s.check().clone());
+        }
+        let optimizer = Optimizer::new(
+            gpu,
+            cfg.optimizer,
+            params,
+            grads,
+            steps as u32,
+            scaler.as_ref(),
+        )?;
         Ok(TrainStep {
             gpu,
             batch: cfg.batch,
@@ -478,6 +535,7 @@ impl<'g> TrainStep<'g> {
             kernels,
             loss: tape.tensor(loss).clone(),
             optimizer,
+            scaler,
             sampler: BatchSampler::new(cfg, labels)?,
             idx: Vec::new(),
             codes: Vec::new(),
@@ -502,7 +560,7 @@ impl<'g> TrainStep<'g> {
         self.next_batch()?;
         let lr = self.optimizer.prepare(self.gpu)?;
         let mut rec = self.gpu.recorder();
-        let kernels = self.kernels.iter().chain([self.optimizer.kernel()]);
+        let kernels = self.kernels.iter().chain(self.after_backward());
         match profiler {
             Some(p) => {
                 kernels.for_each(|k| rec.record_timed(k, p));
@@ -565,13 +623,26 @@ impl<'g> TrainStep<'g> {
         Ok(new)
     }
 
+    /// The optimizer, and the loss scale's update after it.
+    fn after_backward(&self) -> impl Iterator<Item = &Kernel> {
+        [self.optimizer.kernel()]
+            .into_iter()
+            .chain(self.scaler.as_ref().map(|s| s.update()))
+    }
+
     /// Dispatches per step, the optimizer's included.
     pub fn dispatch_count(&self) -> usize {
         self.kernels
             .iter()
-            .chain([self.optimizer.kernel()])
+            .chain(self.after_backward())
             .map(|k| k.dispatches().len())
             .sum()
+    }
+
+    /// Under mixed precision, the loss scale's state after the submitted steps (waits for
+    /// them); None in f32.
+    pub fn loss_scale(&self) -> Result<Option<ScaleState>> {
+        self.scaler.as_ref().map(|s| s.read(self.gpu)).transpose()
     }
 
     /// Host wall-clock time of every dispatch of one step (forward and backward; the
@@ -598,6 +669,15 @@ impl<'g> TrainStep<'g> {
     /// replays the samplers past the batches already trained on, so that the run goes on as
     /// if it had never stopped. (The caller restores the parameters.)
     pub fn resume(&mut self, optimizer_state: &[Vec<f32>], steps_done: usize) -> Result<()> {
+        // Under mixed precision the loss scale's state follows the optimizer's buffers.
+        let mut optimizer_state = optimizer_state;
+        if let Some(scaler) = &self.scaler {
+            let Some((scale, rest)) = optimizer_state.split_last() else {
+                return Err(Error::Config("the saved state has no loss scale".into()));
+            };
+            scaler.restore(self.gpu, scale)?;
+            optimizer_state = rest;
+        }
         self.optimizer
             .restore(self.gpu, optimizer_state, steps_done as u32)?;
         for _ in 0..steps_done {
@@ -610,11 +690,13 @@ impl<'g> TrainStep<'g> {
         Ok(())
     }
 
-    /// The optimizer's state buffers, read back (waits for the submitted steps).
+    /// The optimizer's state buffers, and under mixed precision the loss scale's, read back
+    /// (waits for the submitted steps).
     pub fn optimizer_state(&self) -> Result<Vec<Vec<f32>>> {
         self.optimizer
             .state()
             .iter()
+            .chain(self.scaler.as_ref().map(|s| s.state()))
             .map(|t| self.gpu.read_f32(t))
             .collect()
     }
@@ -732,7 +814,7 @@ pub fn train_with(
         normalized: cfg.normalize,
         layers: layers.names.clone(),
         class_disjoint: !cfg.dataset.held_out_classes.is_empty(),
-        initial_weight_norm: layers.sample(gpu, &params, &grads, start)?.weight_norm,
+        initial_weight_norm: layers.sample(gpu, &params, &grads, start, 1.0)?.weight_norm,
         ..Default::default()
     };
     // lavapipe's timestamps do not bracket dispatches that read textures (the time lands in
@@ -789,9 +871,32 @@ pub fn train_with(
             // 1-based number of the first step in this read.
             let first = step + 2 - step_program.pending();
             let new = step_program.take_losses()?;
-            evidence
-                .grads
-                .push(layers.sample(gpu, &params, &grads, step + 1)?);
+            // Under mixed precision the gradients carry the loss scale; a skipped step's
+            // overflowed ones are no evidence.
+            let scale = step_program.loss_scale()?;
+            if !scale.is_some_and(|s| s.last_skipped) {
+                let unscale = scale.map_or(1.0, |s| s.last_scale as f64);
+                evidence
+                    .grads
+                    .push(layers.sample(gpu, &params, &grads, step + 1, unscale)?);
+            }
+            if let Some(s) = scale
+                && s.scale < MIN_LOSS_SCALE
+            {
+                let message = format!(
+                    "under mixed precision the gradients overflowed f16 at every loss scale down \
+                     to {:e} ({} of {} steps skipped): train with --precision f32",
+                    s.scale,
+                    s.skipped,
+                    s.skipped + s.applied
+                );
+                evidence.losses = losses;
+                evidence.diverged = Some(message.clone());
+                return Err(Error::Diverged {
+                    message,
+                    diagnosis: Box::new(Diagnosis::new(evidence)),
+                });
+            }
             if let Some(bad) = new.iter().position(|l| !l.is_finite()) {
                 let message = format!(
                     "the loss became {} at step {} (lr {lr}): the learning rate is probably too high for this \
@@ -872,6 +977,12 @@ pub fn train_with(
         });
     }
 
+    if let Some(s) = step_program.loss_scale()? {
+        report(&Progress::Note(format!(
+            "mixed precision: {} steps applied, {} skipped for overflowing f16; loss scale now {}",
+            s.applied, s.skipped, s.scale
+        )));
+    }
     let (test, test_scores) = evaluator.test_scored(&embedder, &data.test, &last_val)?;
 
     // The doctor's look at the trained model: the test embeddings' spread, ReLU activity on
@@ -944,6 +1055,10 @@ pub fn train_with(
     })
 }
 
+/// Below this loss scale a mixed-precision run stops: gradients that overflow f16 even when
+/// scaled by 2⁻²⁴ are not a matter of range (f16's smallest normal is 2⁻¹⁴).
+const MIN_LOSS_SCALE: f32 = 1.0 / 16_777_216.0;
+
 /// Points in the PCA plot.
 const PCA_POINTS: usize = 3_000;
 /// Validation images the ReLU probe runs on.
@@ -994,13 +1109,15 @@ impl LayerGroups {
         LayerGroups { names, spans }
     }
 
-    /// Every layer's ‖∇w‖ and ‖w‖ now (the gradient of the last step submitted).
+    /// Every layer's ‖∇w‖ and ‖w‖ now (the gradient of the last step submitted, divided by
+    /// the loss scale it carries: 1 in f32).
     fn sample(
         &self,
         gpu: &Gpu,
         params: &Tensor,
         grads: &Tensor,
         step: usize,
+        grad_scale: f64,
     ) -> Result<GradSample> {
         let (p, g) = (gpu.read_f32(params)?, gpu.read_f32(grads)?);
         let norm = |flat: &[f32], spans: &[(usize, usize)]| {
@@ -1013,7 +1130,11 @@ impl LayerGroups {
         };
         Ok(GradSample {
             step,
-            grad_norm: self.spans.iter().map(|s| norm(&g, s)).collect(),
+            grad_norm: self
+                .spans
+                .iter()
+                .map(|s| norm(&g, s) / grad_scale)
+                .collect(),
             weight_norm: self.spans.iter().map(|s| norm(&p, s)).collect(),
         })
     }

@@ -130,7 +130,7 @@ fn gpu_loss_and_grads(g: &Gpu, m: &SiameseModel, flat: &[f32], x: &[f32]) -> (f3
     let mut tape = Tape::new(g);
     let xv = tape.input(g.upload_f32(x, &[images, 1, 8, 8]).unwrap());
     let loss = m
-        .record_loss(&mut tape, xv, &labels, &params, Some(&grads))
+        .record_loss(&mut tape, xv, &labels, &params, None, Some(&grads))
         .unwrap();
     let backward = tape.backward(loss).unwrap();
     let kernels: Vec<_> = tape.forward_kernels().chain(backward.iter()).collect();

@@ -19,13 +19,17 @@
 //! consumer writes the texels directly instead (no store of the gradient, no packing pass).
 //! Whether the pooling's direct write applies is settled in [`Tape::backward`], once every
 //! consumer is known.
+//!
+//! Mixed precision: a value's type follows its op's first input, so a tower fed f16 images
+//! and f16 weights computes in f16 (values and their gradients) until [`Tape::to_f32`];
+//! parameter gradients are always the f32 buffers the caller passes.
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Kernel, Tensor, TexelOp, Texels};
 use crate::ops::activation::{self, Activation};
 use crate::ops::distance::{self, Distance, PairwiseMetric};
 use crate::ops::mining::{self, Miner};
-use crate::ops::{conv2d, dense, loss, normalize, pack, pool};
+use crate::ops::{amp, conv2d, dense, loss, normalize, pack, pool};
 
 /// A value on the tape.
 pub type ValueId = usize;
@@ -155,11 +159,17 @@ impl<'g> Tape<'g> {
         self.gpu.zeros(shape, DType::F32)
     }
 
-    /// A new op output of `shape`, with a gradient buffer when any of `inputs` needs one.
+    /// A new op output of `shape`, of the first input's type, with a gradient buffer when any
+    /// of `inputs` needs one.
     fn output(&mut self, shape: &[usize], inputs: &[ValueId]) -> Result<ValueId> {
-        let tensor = self.zeros(shape)?;
+        let dtype = self.tensor(inputs[0]).dtype();
+        self.output_as(shape, inputs, dtype)
+    }
+
+    fn output_as(&mut self, shape: &[usize], inputs: &[ValueId], dtype: DType) -> Result<ValueId> {
+        let tensor = self.gpu.zeros(shape, dtype)?;
         let grad = if inputs.iter().any(|&i| self.needs_grad(i)) {
-            Some(self.zeros(shape)?)
+            Some(self.gpu.zeros(shape, dtype)?)
         } else {
             None
         };
@@ -177,7 +187,7 @@ impl<'g> Tape<'g> {
         if value.consumers == 1 {
             return Ok(Some(grad));
         }
-        let extra = self.gpu.zeros(grad.shape(), DType::F32)?;
+        let extra = self.gpu.zeros(grad.shape(), grad.dtype())?;
         self.values[id].extra_grads.push(extra.clone());
         Ok(Some(extra))
     }
@@ -478,11 +488,12 @@ impl<'g> Tape<'g> {
         part_shape[0] /= parts;
         let part_len: usize = part_shape.iter().product();
         let align = self.gpu.limits().min_storage_buffer_offset_alignment as usize;
-        if parts > 1 && !(part_len * 4).is_multiple_of(align) {
+        let dtype = self.tensor(x).dtype();
+        if parts > 1 && !(part_len * dtype.size_bytes() as usize).is_multiple_of(align) {
             return Err(Error::Shape {
                 op: "split_rows",
                 detail: format!(
-                    "blocks of {part_len} f32 of {shape:?} do not start on this device's {align}-byte storage alignment"
+                    "blocks of {part_len} {dtype:?} of {shape:?} do not start on this device's {align}-byte storage alignment"
                 ),
             });
         }
@@ -500,6 +511,22 @@ impl<'g> Tape<'g> {
             ids.push(id);
         }
         Ok(ids)
+    }
+
+    /// `x` as f32: itself if it is f32, else an f16 → f32 cast whose backward casts the
+    /// gradient back to f16 (where mixed precision hands the embedding to the f32 head).
+    pub fn to_f32(&mut self, x: ValueId) -> Result<ValueId> {
+        if self.tensor(x).dtype() == DType::F32 {
+            return Ok(x);
+        }
+        let y = self.output_as(&self.shape(x).to_vec(), &[x], DType::F32)?;
+        let forward = vec![amp::cast(self.gpu, self.tensor(x), self.tensor(y))?];
+        let mut backward = Vec::new();
+        if let (Some(dy), Some(dx)) = (self.grad(y).cloned(), self.grad_slot(x)?) {
+            backward.push(amp::cast(self.gpu, &dy, &dx)?);
+        }
+        self.record("to_f32", Some(y), forward, backward);
+        Ok(y)
     }
 
     /// Row-wise `x / max(‖x‖, 1e-12)` of `x [B, D]`.
@@ -520,13 +547,15 @@ impl<'g> Tape<'g> {
     /// Two gradient buffers for a binary op's inputs; a side that needs none still gets a
     /// scratch buffer, since the kernels write both.
     fn pair_slots(&mut self, a: ValueId, b: ValueId) -> Result<(Tensor, Tensor)> {
+        let scratch =
+            |tape: &Self, v: ValueId| tape.gpu.zeros(tape.shape(v), tape.tensor(v).dtype());
         let da = match self.grad_slot(a)? {
             Some(g) => g,
-            None => self.zeros(self.shape(a))?,
+            None => scratch(self, a)?,
         };
         let db = match self.grad_slot(b)? {
             Some(g) => g,
-            None => self.zeros(self.shape(b))?,
+            None => scratch(self, b)?,
         };
         Ok((da, db))
     }

@@ -33,7 +33,7 @@ impl<'g> Embedder<'g> {
         let input = gpu.zeros(&[chunk, c, h, w], DType::F32)?;
         let mut tape = Tape::new(gpu);
         let x = tape.input(input.clone());
-        let e = model.record_embedding(&mut tape, x, params, None)?;
+        let e = model.record_embedding(&mut tape, x, params, None, None)?;
         let output = tape.tensor(e).clone();
         let forward = tape.forward_kernels().cloned().collect();
         Ok(Embedder {

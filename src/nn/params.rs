@@ -1,11 +1,12 @@
 //! The flat parameter layout: every parameter is a view into one buffer (and its gradient a
 //! view into another), so zeroing is one clear and the optimizer is one dispatch. Offsets are
-//! aligned to 256 bytes, the largest storage-binding offset alignment WebGPU allows.
+//! aligned to 256 bytes, the largest storage-binding offset alignment WebGPU allows, in f16
+//! as well as f32: mixed precision views its f16 copy of the weights at the same offsets.
 
 use crate::gpu::Tensor;
 
-/// f32 elements per 256 bytes.
-pub const ALIGN_ELEMS: usize = 64;
+/// f16 elements per 256 bytes (512 bytes of f32).
+pub const ALIGN_ELEMS: usize = 128;
 
 /// One named parameter tensor in the flat buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -185,7 +185,9 @@ impl Tower {
     }
 
     /// Records the tower on `x [N, C, H, W]`. Parameters are views of `params`; their
-    /// gradients views of `grads` (None: the tower is constant, e.g. for evaluation).
+    /// gradients views of `grads` (None: the tower is constant, e.g. for evaluation). Under
+    /// mixed precision `x` and `params` (the f16 copy of the weights) are f16, the gradients
+    /// f32, and every layer runs its f16 kernels; the embedding comes out f32.
     pub fn record(
         &self,
         tape: &mut Tape,
@@ -236,12 +238,16 @@ impl Tower {
                     let len: usize = tape.shape(v)[1..].iter().product();
                     tape.reshape(v, &[n, len])?
                 }
-                (Layer::L2Normalize, _) => tape.l2_normalize(v)?,
+                (Layer::L2Normalize, _) => {
+                    // Normalisation divides by a norm: f32 under mixed precision too.
+                    let v = tape.to_f32(v)?;
+                    tape.l2_normalize(v)?
+                }
                 (Layer::Conv2d { .. } | Layer::Linear { .. }, None) => {
                     unreachable!("layers with weights have them")
                 }
             };
         }
-        Ok(v)
+        tape.to_f32(v)
     }
 }
