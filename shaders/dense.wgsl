@@ -1,6 +1,14 @@
 // dense.wgsl — fully connected layer Y = X·Wᵀ + b and its gradients.
 //
-// Entry points (binding 0 is always `p: MatmulParams`; tensors row-major f32):
+// Element types: `a`, `b` and `bias` are `elem` (X, W, b, dY: f32, or f16 under mixed
+// precision, where W and b are the f16 copies of the master weights); `out` is `out_elem`,
+// which is `elem` where it holds Y or dX and f32 where it holds dW or db (weight gradients
+// feed the f32 master weights). The launcher compiles the variant: f16 `elem` and
+// `out_elem` for the forward and grad_input of f16 tensors, f16 `elem` alone for their
+// grad_weight and grad_bias. Products and sums are computed in f32 whatever the storage
+// (f16·f16 products are exact in f32); an f16 output is rounded once, when stored.
+//
+// Entry points (binding 0 is always `p: MatmulParams`; tensors row-major):
 //   dense_forward      a = X [N, K], b = W [M, K], bias = b [M]  ->  out = Y [N, M]
 //   dense_grad_input   a = dY [N, M], b = W [M, K]              ->  out = dX [N, K]
 //   dense_grad_weight  a = dY [N, M], b = X [N, K]              ->  out = dW [M, K]
@@ -10,7 +18,10 @@
 //                      forward is X·Wᵀ, grad_input dY·(Wᵀ)ᵀ, grad_weight dYᵀ·(Xᵀ)ᵀ, each
 //                      operand packed (transposed where needed) by pack.wgsl (the
 //                      gradients pass a zero bias). 8×8 outputs per invocation: 16 texel fetches feed
-//                      256 FMAs (see conv2d.wgsl on why texels).
+//                      256 FMAs (see conv2d.wgsl on why texels). The texels may be
+//                      rgba32float or rgba16float (read as vec4<f32> either way); bias and
+//                      out have the output's type: the f16 variant (elem and out_elem f16)
+//                      for an f16 Y or dX, the f32 shader for an f32 output (dW always).
 //
 // The three products share one body: out[i, j] = Σ_k A(i, k)·B(k, j), with A and B read
 // through strides, so X·Wᵀ, dY·W and dYᵀ·X need no transposed copy. Each invocation keeps a
@@ -29,10 +40,13 @@ struct MatmulParams {
 }
 
 @group(0) @binding(0) var<uniform> p: MatmulParams;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+alias elem = f32;      // X, W, b, dY
+alias out_elem = f32;  // Y, dX (elem) or dW, db (always f32)
+
+@group(0) @binding(1) var<storage, read> a: array<elem>;
+@group(0) @binding(2) var<storage, read> b: array<elem>;
+@group(0) @binding(3) var<storage, read> bias: array<elem>;
+@group(0) @binding(4) var<storage, read_write> out: array<out_elem>;
 @group(0) @binding(5) var tex_a: texture_2d<f32>;
 @group(0) @binding(6) var tex_b: texture_2d<f32>;
 
@@ -52,11 +66,11 @@ fn block_product(row0: u32, col0: u32) -> array<vec4<f32>, 4> {
     for (var k = 0u; k < p.depth; k++) {
         let ka = k * p.a_k;
         let kb = k * p.b_k;
-        let bv = vec4<f32>(b[kb + cb.x], b[kb + cb.y], b[kb + cb.z], b[kb + cb.w]);
-        acc[0] = fma(vec4<f32>(a[ra.x + ka]), bv, acc[0]);
-        acc[1] = fma(vec4<f32>(a[ra.y + ka]), bv, acc[1]);
-        acc[2] = fma(vec4<f32>(a[ra.z + ka]), bv, acc[2]);
-        acc[3] = fma(vec4<f32>(a[ra.w + ka]), bv, acc[3]);
+        let bv = vec4<f32>(f32(b[kb + cb.x]), f32(b[kb + cb.y]), f32(b[kb + cb.z]), f32(b[kb + cb.w]));
+        acc[0] = fma(vec4<f32>(f32(a[ra.x + ka])), bv, acc[0]);
+        acc[1] = fma(vec4<f32>(f32(a[ra.y + ka])), bv, acc[1]);
+        acc[2] = fma(vec4<f32>(f32(a[ra.z + ka])), bv, acc[2]);
+        acc[3] = fma(vec4<f32>(f32(a[ra.w + ka])), bv, acc[3]);
     }
     return acc;
 }
@@ -68,7 +82,7 @@ fn store_block(row0: u32, col0: u32, acc: array<vec4<f32>, 4>) {
         for (var c = 0u; c < 4u; c++) {
             let j = col0 + c;
             if j < p.cols {
-                out[i * p.cols + j] = acc[r][c];
+                out[i * p.cols + j] = out_elem(acc[r][c]);
             }
         }
     }
@@ -81,7 +95,7 @@ fn dense_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
     if row0 >= p.rows || col0 >= p.cols { return; }
     var acc = block_product(row0, col0);
     let last_col = p.cols - 1u;
-    let bv = vec4<f32>(bias[col0], bias[min(col0 + 1u, last_col)], bias[min(col0 + 2u, last_col)], bias[min(col0 + 3u, last_col)]);
+    let bv = vec4<f32>(f32(bias[col0]), f32(bias[min(col0 + 1u, last_col)]), f32(bias[min(col0 + 2u, last_col)]), f32(bias[min(col0 + 3u, last_col)]));
     for (var r = 0u; r < 4u; r++) { acc[r] += bv; }
     store_block(row0, col0, acc);
 }
@@ -103,7 +117,8 @@ fn dense_grad_weight(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 // db[j] = Σ_n dY[n, j]: one workgroup per column, a fixed-shape tree in workgroup memory so
-// the sum (and a seeded run) is bit-reproducible. Uses rows = N, cols = M.
+// the sum (and a seeded run) is bit-reproducible; it sums in f32 whatever dY's type. Uses
+// rows = N, cols = M.
 var<workgroup> partial: array<f32, REDUCE_WG>;
 
 @compute @workgroup_size(REDUCE_WG)
@@ -113,7 +128,7 @@ fn dense_grad_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     var s = 0.0;
     if j < p.cols {
         for (var n = lid; n < p.rows; n += REDUCE_WG) {
-            s += a[n * p.cols + j];
+            s += f32(a[n * p.cols + j]);
         }
     }
     partial[lid] = s;
@@ -122,7 +137,7 @@ fn dense_grad_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
         if lid < stride { partial[lid] += partial[lid + stride]; }
         workgroupBarrier();
     }
-    if lid == 0u && j < p.cols { out[j] = partial[0]; }
+    if lid == 0u && j < p.cols { out[j] = out_elem(partial[0]); }
 }
 
 const TEX_WG: u32 = 64u;
@@ -170,7 +185,7 @@ fn dense_matmul_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     }
     var bv: array<vec4<f32>, 2>;
     for (var c = 0u; c < 8u; c++) {
-        bv[c / 4u][c % 4u] = bias[min(col0 + c, p.cols - 1u)];
+        bv[c / 4u][c % 4u] = f32(bias[min(col0 + c, p.cols - 1u)]);
     }
     for (var r = 0u; r < 8u; r++) {
         let i = row0 + r;
@@ -179,7 +194,7 @@ fn dense_matmul_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
             let v = acc[2u * r + h] + bv[h];
             for (var c = 0u; c < 4u; c++) {
                 let j = col0 + 4u * h + c;
-                if j < p.cols { out[i * p.cols + j] = v[c]; }
+                if j < p.cols { out[i * p.cols + j] = out_elem(v[c]); }
             }
         }
     }

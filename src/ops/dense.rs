@@ -1,13 +1,34 @@
 //! Launchers for `shaders/dense.wgsl`: `Y = X·Wᵀ + b` (PyTorch `nn.Linear` layout, W is
 //! `[out, in]`) and its three gradients.
+//!
+//! Each takes f32 or f16 activations: x, w, b, y, dy and dx share one float type (under
+//! mixed precision w and b are the f16 copies of the master weights), while dw and db are
+//! always f32. The kernels accumulate in f32 either way; an f16 y or dx is rounded once, when
+//! stored.
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{Shader, expect_f32, expect_rank, pack, to_u32};
+use super::{F16Variant, Shader, expect, expect_float_rank, float_dtype, pack, to_u32};
 use crate::error::Result;
 use crate::gpu::{DType, Gpu, Kernel, Tensor, Texels, grid_1d};
 
 pub const SHADER: Shader = Shader::new("dense", include_str!("../../shaders/dense.wgsl"));
+
+/// The shader for operands of float type `dtype`, writing an output of the same type
+/// (`out_f32` false: y, dx) or f32 (`out_f32` true: dw, db).
+fn shader(dtype: DType, out_f32: bool) -> Shader {
+    match dtype {
+        DType::F16 => SHADER.with_f16(F16Variant {
+            aliases: if out_f32 {
+                &["elem"]
+            } else {
+                &["elem", "out_elem"]
+            },
+            texels: false,
+        }),
+        _ => SHADER,
+    }
+}
 
 const WG_COLS: u32 = 8;
 const WG_ROWS: u32 = 8;
@@ -27,8 +48,10 @@ struct MatmulParams {
     _pad: u32,
 }
 
+#[allow(clippy::too_many_arguments)] // the product's operands, each named
 fn matmul(
     gpu: &Gpu,
+    shader: &Shader,
     entry: &'static str,
     params: MatmulParams,
     a: &Tensor,
@@ -47,20 +70,20 @@ fn matmul(
     ];
     let constants = [("WG_COLS", WG_COLS as f64), ("WG_ROWS", WG_ROWS as f64)];
     Ok(Kernel::single(gpu.dispatch(
-        &SHADER, entry, &constants, &params, &bindings, groups,
+        shader, entry, &constants, &params, &bindings, groups,
     )?))
 }
 
-/// `y [N, M] = x [N, K] · wᵀ + b`, with `w [M, K]`, `b [M]`.
+/// `y [N, M] = x [N, K] · wᵀ + b`, with `w [M, K]`, `b [M]`; all four f32, or all f16.
 pub fn forward(gpu: &Gpu, x: &Tensor, w: &Tensor, b: &Tensor, y: &Tensor) -> Result<Kernel> {
     const OP: &str = "dense_forward";
-    let &[n, k] = expect_rank(OP, "x", x, 2)? else {
+    let (&[n, k], dtype) = expect_float_rank(OP, "x", x, 2)? else {
         unreachable!()
     };
-    let m = expect_rank(OP, "w", w, 2)?[0];
-    expect_f32(OP, "w", w, &[m, k])?;
-    expect_f32(OP, "b", b, &[m])?;
-    expect_f32(OP, "y", y, &[n, m])?;
+    let m = expect_float_rank(OP, "w", w, 2)?.0[0];
+    expect(OP, "w", w, &[m, k], dtype)?;
+    expect(OP, "b", b, &[m], dtype)?;
+    expect(OP, "y", y, &[n, m], dtype)?;
     let (n, k, m) = (
         to_u32(OP, "N", n)?,
         to_u32(OP, "K", k)?,
@@ -76,18 +99,18 @@ pub fn forward(gpu: &Gpu, x: &Tensor, w: &Tensor, b: &Tensor, y: &Tensor) -> Res
         b_col: k,
         _pad: 0,
     };
-    matmul(gpu, OP, params, x, w, Some(b), y)
+    matmul(gpu, &shader(dtype, false), OP, params, x, w, Some(b), y)
 }
 
-/// `dx [N, K] = dy [N, M] · w [M, K]`.
+/// `dx [N, K] = dy [N, M] · w [M, K]`; all three f32, or all f16.
 pub fn grad_input(gpu: &Gpu, dy: &Tensor, w: &Tensor, dx: &Tensor) -> Result<Kernel> {
     const OP: &str = "dense_grad_input";
-    let &[n, m] = expect_rank(OP, "dy", dy, 2)? else {
+    let (&[n, m], dtype) = expect_float_rank(OP, "dy", dy, 2)? else {
         unreachable!()
     };
-    let k = expect_rank(OP, "w", w, 2)?[1];
-    expect_f32(OP, "w", w, &[m, k])?;
-    expect_f32(OP, "dx", dx, &[n, k])?;
+    let k = expect_float_rank(OP, "w", w, 2)?.0[1];
+    expect(OP, "w", w, &[m, k], dtype)?;
+    expect(OP, "dx", dx, &[n, k], dtype)?;
     let (n, k, m) = (
         to_u32(OP, "N", n)?,
         to_u32(OP, "K", k)?,
@@ -103,18 +126,18 @@ pub fn grad_input(gpu: &Gpu, dy: &Tensor, w: &Tensor, dx: &Tensor) -> Result<Ker
         b_col: 1,
         _pad: 0,
     };
-    matmul(gpu, OP, params, dy, w, None, dx)
+    matmul(gpu, &shader(dtype, false), OP, params, dy, w, None, dx)
 }
 
-/// `dw [M, K] = dyᵀ · x`, with `dy [N, M]`, `x [N, K]`.
+/// `dw [M, K] = dyᵀ · x`, with `dy [N, M]`, `x [N, K]` (both f32, or both f16); dw is f32.
 pub fn grad_weight(gpu: &Gpu, dy: &Tensor, x: &Tensor, dw: &Tensor) -> Result<Kernel> {
     const OP: &str = "dense_grad_weight";
-    let &[n, m] = expect_rank(OP, "dy", dy, 2)? else {
+    let (&[n, m], dtype) = expect_float_rank(OP, "dy", dy, 2)? else {
         unreachable!()
     };
-    let k = expect_rank(OP, "x", x, 2)?[1];
-    expect_f32(OP, "x", x, &[n, k])?;
-    expect_f32(OP, "dw", dw, &[m, k])?;
+    let k = expect_float_rank(OP, "x", x, 2)?.0[1];
+    expect(OP, "x", x, &[n, k], dtype)?;
+    expect(OP, "dw", dw, &[m, k], DType::F32)?;
     let (n, k, m) = (
         to_u32(OP, "N", n)?,
         to_u32(OP, "K", k)?,
@@ -130,16 +153,16 @@ pub fn grad_weight(gpu: &Gpu, dy: &Tensor, x: &Tensor, dw: &Tensor) -> Result<Ke
         b_col: 1,
         _pad: 0,
     };
-    matmul(gpu, OP, params, dy, x, None, dw)
+    matmul(gpu, &shader(dtype, true), OP, params, dy, x, None, dw)
 }
 
-/// `db [M] = Σ_n dy[n, :]`.
+/// `db [M] = Σ_n dy[n, :]`, with `dy` f32 or f16; db is f32.
 pub fn grad_bias(gpu: &Gpu, dy: &Tensor, db: &Tensor) -> Result<Kernel> {
     const OP: &str = "dense_grad_bias";
-    let &[n, m] = expect_rank(OP, "dy", dy, 2)? else {
+    let (&[n, m], dtype) = expect_float_rank(OP, "dy", dy, 2)? else {
         unreachable!()
     };
-    expect_f32(OP, "db", db, &[m])?;
+    expect(OP, "db", db, &[m], DType::F32)?;
     let (n, m) = (to_u32(OP, "N", n)?, to_u32(OP, "M", m)?);
     let params = MatmulParams {
         rows: n,
@@ -152,7 +175,7 @@ pub fn grad_bias(gpu: &Gpu, dy: &Tensor, db: &Tensor) -> Result<Kernel> {
         _pad: 0,
     };
     Ok(Kernel::single(gpu.dispatch(
-        &SHADER,
+        &shader(dtype, true),
         OP,
         &[],
         &params,
@@ -166,7 +189,9 @@ pub fn grad_bias(gpu: &Gpu, dy: &Tensor, db: &Tensor) -> Result<Kernel> {
 const TEX_WG: u32 = 64;
 
 /// `out [rows, cols] = A·Bᵀ + bias` (no bias: zero) from `a` (A packed by
-/// [`pack::rows4`]) and `b` (B likewise), both of depth `k` elements.
+/// [`pack::rows4`]) and `b` (B likewise), both of depth `k` elements. The texels may be f32
+/// or f16 (what `rows4` gives for an f32 or f16 tensor); `out` is f32 or f16 (y, dx of
+/// either type, or an f32 dw of f16 operands), and `bias` has `out`'s type.
 #[allow(clippy::too_many_arguments)] // the product's operands and sizes, each named
 pub fn matmul_tex(
     gpu: &Gpu,
@@ -179,7 +204,8 @@ pub fn matmul_tex(
     out: &Tensor,
 ) -> Result<Kernel> {
     const OP: &str = "dense_matmul_tex";
-    expect_f32(OP, "out", out, &[rows, cols])?;
+    let dtype = float_dtype(OP, "out", out)?;
+    expect(OP, "out", out, &[rows, cols], dtype)?;
     let depth = k.div_ceil(4);
     let params = MatmulParams {
         rows: to_u32(OP, "rows", rows)?,
@@ -195,17 +221,19 @@ pub fn matmul_tex(
     let zero_bias;
     let bias = match bias {
         Some(bias) => {
-            expect_f32(OP, "bias", bias, &[cols])?;
+            expect(OP, "bias", bias, &[cols], dtype)?;
             bias
         }
         None => {
-            zero_bias = gpu.zeros(&[cols], DType::F32)?;
+            zero_bias = gpu.zeros(&[cols], dtype)?;
             &zero_bias
         }
     };
     let invocations = rows.div_ceil(8) * cols.div_ceil(8);
+    // Every storage binding (bias, out) has out's type: the f16 variant is the one the
+    // storage forward uses.
     let dispatch = gpu.dispatch_with_texels(
-        &SHADER,
+        &shader(dtype, false),
         OP,
         &[],
         &params,
@@ -216,39 +244,49 @@ pub fn matmul_tex(
     Ok(Kernel::with_scratch(vec![dispatch], vec![bias.clone()]))
 }
 
-/// [`forward`] through the texel kernel: packs x and w, then multiplies.
+/// [`forward`] through the texel kernel: packs x and w (f16 tensors into f16 texels), then
+/// multiplies. Takes the tensors [`forward`] takes.
 pub fn forward_packed(gpu: &Gpu, x: &Tensor, w: &Tensor, b: &Tensor, y: &Tensor) -> Result<Kernel> {
-    let &[n, k] = expect_rank("dense_forward", "x", x, 2)? else {
+    const OP: &str = "dense_forward";
+    let (&[n, k], dtype) = expect_float_rank(OP, "x", x, 2)? else {
         unreachable!()
     };
-    let m = w.dim(0);
-    expect_f32("dense_forward", "w", w, &[m, k])?;
+    let m = expect_float_rank(OP, "w", w, 2)?.0[0];
+    expect(OP, "w", w, &[m, k], dtype)?;
+    expect(OP, "b", b, &[m], dtype)?;
+    expect(OP, "y", y, &[n, m], dtype)?;
     let (pack_x, xt) = pack::rows4(gpu, x, false)?;
     let (pack_w, wt) = pack::rows4(gpu, w, false)?;
     let product = matmul_tex(gpu, &xt, &wt, n, m, k, Some(b), y)?;
     Ok(Kernel::chain([pack_x, pack_w, product]))
 }
 
-/// [`grad_input`] through the texel kernel: dX = dY·W, with W packed transposed.
+/// [`grad_input`] through the texel kernel: dX = dY·W, with W packed transposed. Takes the
+/// tensors [`grad_input`] takes.
 pub fn grad_input_packed(gpu: &Gpu, dy: &Tensor, w: &Tensor, dx: &Tensor) -> Result<Kernel> {
-    let &[m, k] = expect_rank("dense_grad_input", "w", w, 2)? else {
+    const OP: &str = "dense_grad_input";
+    let (&[n, m], dtype) = expect_float_rank(OP, "dy", dy, 2)? else {
         unreachable!()
     };
-    let n = dx.dim(0);
-    expect_f32("dense_grad_input", "dy", dy, &[n, m])?;
+    let k = expect_float_rank(OP, "w", w, 2)?.0[1];
+    expect(OP, "w", w, &[m, k], dtype)?;
+    expect(OP, "dx", dx, &[n, k], dtype)?;
     let (pack_dy, dyt) = pack::rows4(gpu, dy, false)?;
     let (pack_w, wt) = pack::rows4(gpu, w, true)?;
     let product = matmul_tex(gpu, &dyt, &wt, n, k, m, None, dx)?;
     Ok(Kernel::chain([pack_dy, pack_w, product]))
 }
 
-/// [`grad_weight`] through the texel kernel: dW = dYᵀ·X, both packed transposed.
+/// [`grad_weight`] through the texel kernel: dW = dYᵀ·X, both packed transposed. Takes the
+/// tensors [`grad_weight`] takes (dw f32).
 pub fn grad_weight_packed(gpu: &Gpu, dy: &Tensor, x: &Tensor, dw: &Tensor) -> Result<Kernel> {
-    let &[n, k] = expect_rank("dense_grad_weight", "x", x, 2)? else {
+    const OP: &str = "dense_grad_weight";
+    let (&[n, m], dtype) = expect_float_rank(OP, "dy", dy, 2)? else {
         unreachable!()
     };
-    let m = dw.dim(0);
-    expect_f32("dense_grad_weight", "dy", dy, &[n, m])?;
+    let k = expect_float_rank(OP, "x", x, 2)?.0[1];
+    expect(OP, "x", x, &[n, k], dtype)?;
+    expect(OP, "dw", dw, &[m, k], DType::F32)?;
     let (pack_dy, dyt) = pack::rows4(gpu, dy, true)?;
     let (pack_x, xt) = pack::rows4(gpu, x, true)?;
     let product = matmul_tex(gpu, &dyt, &xt, m, k, n, None, dw)?;
