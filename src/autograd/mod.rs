@@ -519,7 +519,8 @@ impl<'g> Tape<'g> {
         if self.tensor(x).dtype() == DType::F32 {
             return Ok(x);
         }
-        let y = self.output_as(&self.shape(x).to_vec(), &[x], DType::F32)?;
+        let shape = self.shape(x).to_vec();
+        let y = self.output_as(&shape, &[x], DType::F32)?;
         let forward = vec![amp::cast(self.gpu, self.tensor(x), self.tensor(y))?];
         let mut backward = Vec::new();
         if let (Some(dy), Some(dx)) = (self.grad(y).cloned(), self.grad_slot(x)?) {
