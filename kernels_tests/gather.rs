@@ -1,9 +1,11 @@
-//! `shaders/gather.wgsl` against `cpu::gather`.
+//! `shaders/gather.wgsl` against `cpu::gather`. Both entries also write f16 batches (where
+//! the adapter has SHADER_F16): the same f32 arithmetic, rounded once to f16 on the store.
 
 mod common;
 
 use common::*;
 use rand::RngExt;
+use siamese_gpu::DType;
 use siamese_gpu::cpu::gather as cpu;
 use siamese_gpu::data::augment::{Augment, AugmentSampler, FillMode, TRANSFORM_LEN, Transform};
 use siamese_gpu::ops::gather::{self, PixelNorm};
@@ -30,25 +32,58 @@ fn gather_images_matches_cpu() {
         let images = gather::upload_images(gpu(), &bytes, n, pixels).unwrap();
         let idx = gpu().upload_u32(&indices, &[m]).unwrap();
         for norm in [PixelNorm::UNIT, PixelNorm::standardize(0.2860, 0.3530)] {
-            let out = zeros(&[m, pixels]);
-            let kernel = gather::gather_images(gpu(), &images, &idx, &out, norm).unwrap();
-            let got = run_and_read(&kernel, &out);
             let want = cpu::gather_images(&bytes, pixels, &indices, norm.shift, norm.scale);
-            // Division by 255 (≤ 2.5 ulp in WGSL, 0.5 on the CPU), a subtraction and a product
-            // of values below 3.5 in magnitude: 8 ulps of the result, plus 8 ulps of 1 for the
-            // cancellation in byte/255 − shift.
+            // Division by 255 (≤ 2.5 ulp in WGSL, 0.5 on the CPU), a subtraction and a
+            // product of values below 3.5 in magnitude: 8 ulps of the result, plus 8 ulps of
+            // 1 for the cancellation in byte/255 − shift.
             let bound: Vec<f64> = want
                 .iter()
                 .map(|&w| 8.0 * U32 * (w.abs() as f64 + 1.0))
                 .collect();
-            assert_within(
-                &format!("gather_images {n}x{pixels} -> {m}"),
-                &got,
-                &want,
-                &bound,
-            );
+            for dtype in float_dtypes() {
+                let out = zeros_as(&[m, pixels], dtype);
+                let kernel = gather::gather_images(gpu(), &images, &idx, &out, norm).unwrap();
+                let got = run_and_read_floats(&kernel, &out);
+                let what = format!("gather_images {dtype:?} {n}x{pixels} -> {m}");
+                match dtype {
+                    DType::F16 => {
+                        let (want16, bound16) = rounded_once(&want, &bound);
+                        assert_within(&what, &got, &want16, &bound16);
+                    }
+                    _ => assert_within(&what, &got, &want, &bound),
+                }
+            }
         }
     }
+}
+
+/// An f32 value within `bound` of `want`, rounded once to f16, against the reference rounded
+/// the same way: rounding is monotone, so the kernel's f16 lies between the f16 roundings
+/// of want − bound and want + bound. Both are round(want), and the comparison exact, unless
+/// an f16 rounding boundary falls within the f32 bound (a few of the 512 byte values of the
+/// two normalisations tested): there the neighbouring f16 is allowed too.
+fn rounded_once(want: &[f32], bound: &[f64]) -> (Vec<f32>, Vec<f64>) {
+    let round = |v: f64| half::f16::from_f64(v).to_f64();
+    want.iter()
+        .zip(bound)
+        .map(|(&w, &b)| {
+            let w16 = round(w as f64);
+            let reach = (round(w as f64 - b) - w16)
+                .abs()
+                .max((round(w as f64 + b) - w16).abs());
+            (w16 as f32, reach)
+        })
+        .unzip()
+}
+
+/// The bound on a result computed in f32 within `f32_bound` of `want`, then stored as f16:
+/// the store moves a value v by at most U16·|v| ≤ U16·(|want| + f32_bound) in f16's normal
+/// range, or by half its smallest subnormal step (2⁻²⁵) below it.
+fn stored_f16(want: &[f32], f32_bound: &[f64]) -> Vec<f64> {
+    want.iter()
+        .zip(f32_bound)
+        .map(|(&w, &b)| b + U16 * (w.abs() as f64 + b) + 2f64.powi(-25))
+        .collect()
 }
 
 #[test]
@@ -66,6 +101,19 @@ fn gather_images_rejects_a_mismatched_image_size() {
     assert!(
         err.to_string()
             .contains("196 words each, but 1024 pixels need 256"),
+        "{err}"
+    );
+}
+
+#[test]
+fn gather_images_rejects_a_batch_that_is_not_f32_or_f16() {
+    let images = gather::upload_images(gpu(), &[0; 2 * 784], 2, 784).unwrap();
+    let idx = gpu().upload_u32(&[0, 1], &[2]).unwrap();
+    let out = gpu().zeros(&[2, 1, 28, 28], DType::U32).unwrap();
+    let err = gather::gather_images(gpu(), &images, &idx, &out, PixelNorm::UNIT).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("out must be an f32 or f16 tensor, got U32"),
         "{err}"
     );
 }
@@ -99,7 +147,7 @@ fn random_images(r: &mut rand::rngs::StdRng, n: usize, pixels: usize) -> Vec<u8>
         .collect()
 }
 
-/// Runs `gather_images_affine` on `bytes` ([N, C, H, W]) and returns the batch.
+/// Runs `gather_images_affine` on `bytes` ([N, C, H, W]) into an f32 batch and returns it.
 fn affine_on_gpu(
     bytes: &[u8],
     n: usize,
@@ -109,15 +157,30 @@ fn affine_on_gpu(
     norm: PixelNorm,
     fill: FillMode,
 ) -> Vec<f32> {
+    affine_on_gpu_as(bytes, n, chw, indices, rows, norm, fill, DType::F32)
+}
+
+/// [`affine_on_gpu`] into a batch of `dtype` (f32 or f16), read back as f32.
+#[allow(clippy::too_many_arguments)]
+fn affine_on_gpu_as(
+    bytes: &[u8],
+    n: usize,
+    chw: [usize; 3],
+    indices: &[u32],
+    rows: &[f32],
+    norm: PixelNorm,
+    fill: FillMode,
+    dtype: DType,
+) -> Vec<f32> {
     let [c, h, w] = chw;
     let m = indices.len();
     let images = gather::upload_images(gpu(), bytes, n, c * h * w).unwrap();
     let idx = gpu().upload_u32(indices, &[m]).unwrap();
     let transforms = upload(rows, &[m, TRANSFORM_LEN]);
-    let out = zeros(&[m, c, h, w]);
+    let out = zeros_as(&[m, c, h, w], dtype);
     let kernel =
         gather::gather_images_affine(gpu(), &images, &idx, &transforms, &out, norm, fill).unwrap();
-    run_and_read(&kernel, &out)
+    run_and_read_floats(&kernel, &out)
 }
 
 #[test]
@@ -131,7 +194,6 @@ fn gather_images_affine_matches_cpu() {
         AugmentSampler::new(STRONG, h, w, seed as u64).sample_into(m, &mut rows);
         for fill in [FillMode::Nearest, FillMode::Constant] {
             for norm in [PixelNorm::UNIT, PixelNorm::standardize(0.2860, 0.3530)] {
-                let got = affine_on_gpu(&bytes, n, chw, &indices, &rows, norm, fill);
                 let want = cpu::gather_images_affine(
                     &bytes,
                     chw,
@@ -150,7 +212,7 @@ fn gather_images_affine_matches_cpu() {
                 // values ≤ 255) round within γ₈·255 on each side. Divided by 255 and scaled:
                 // |scale|·(Δsx + Δsy + 2·γ₈), plus the 8 ulps of the plain gather's
                 // normalisation.
-                let bound: Vec<f64> = (0..got.len())
+                let bound: Vec<f64> = (0..want.len())
                     .map(|i| {
                         let (mi, q) = (i / (c * h * w), i % (c * h * w));
                         let (y, x) = (((q % (h * w)) / w) as f64, (q % w) as f64);
@@ -162,12 +224,20 @@ fn gather_images_affine_matches_cpu() {
                             + 8.0 * U32 * (want[i].abs() as f64 + 1.0)
                     })
                     .collect();
-                assert_within(
-                    &format!("gather_images_affine {n}x{chw:?} -> {m}, fill {fill}"),
-                    &got,
-                    &want,
-                    &bound,
-                );
+                for dtype in float_dtypes() {
+                    let got = affine_on_gpu_as(&bytes, n, chw, &indices, &rows, norm, fill, dtype);
+                    // In f16: the same f32 arithmetic, then one rounding on the store.
+                    let bound = match dtype {
+                        DType::F16 => stored_f16(&want, &bound),
+                        _ => bound.clone(),
+                    };
+                    assert_within(
+                        &format!("gather_images_affine {dtype:?} {n}x{chw:?} -> {m}, fill {fill}"),
+                        &got,
+                        &want,
+                        &bound,
+                    );
+                }
             }
         }
     }
@@ -184,15 +254,22 @@ fn the_identity_transform_reproduces_the_plain_gather_bit_for_bit() {
         let norm = PixelNorm::standardize(0.2860, 0.3530);
         let images = gather::upload_images(gpu(), &bytes, n, c * h * w).unwrap();
         let idx = gpu().upload_u32(&indices, &[m]).unwrap();
-        let out = zeros(&[m, c, h, w]);
-        let plain = run_and_read(
-            &gather::gather_images(gpu(), &images, &idx, &out, norm).unwrap(),
-            &out,
-        );
-        for fill in [FillMode::Nearest, FillMode::Constant] {
-            let got = affine_on_gpu(&bytes, n, chw, &indices, &rows, norm, fill);
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&got), bits(&plain), "{n}x{chw:?} -> {m}, fill {fill}");
+        // In f16 too: equal f32 values round to equal f16 ones.
+        for dtype in float_dtypes() {
+            let out = zeros_as(&[m, c, h, w], dtype);
+            let plain = run_and_read_floats(
+                &gather::gather_images(gpu(), &images, &idx, &out, norm).unwrap(),
+                &out,
+            );
+            for fill in [FillMode::Nearest, FillMode::Constant] {
+                let got = affine_on_gpu_as(&bytes, n, chw, &indices, &rows, norm, fill, dtype);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&got),
+                    bits(&plain),
+                    "{dtype:?} {n}x{chw:?} -> {m}, fill {fill}"
+                );
+            }
         }
     }
 }

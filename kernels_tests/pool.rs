@@ -1,10 +1,13 @@
 //! `shaders/pool.wgsl` against `cpu::pool`, and its gradients against finite differences.
+//! Every entry runs in f32 and, where the adapter has SHADER_F16, in f16: the inputs are
+//! rounded to f16 first, so the reference sees exactly the values the kernel reads.
 
 mod common;
 
 use common::*;
 use rand::RngExt;
 use rand::seq::SliceRandom;
+use siamese_gpu::DType;
 use siamese_gpu::cpu::pool as cpu;
 use siamese_gpu::ops::pool;
 
@@ -41,6 +44,21 @@ fn windows_per_input(k: usize, s: usize) -> usize {
     k.div_ceil(s).pow(2)
 }
 
+/// The bound on a result computed in f32 within `f32_bound` of the reference, then stored as
+/// `dtype`: unchanged for f32; an f16 store moves a value v by at most U16·|v| ≤
+/// U16·(|want| + f32_bound) in f16's normal range, or by half its smallest subnormal step
+/// (2⁻²⁵) below it.
+fn stored_as(dtype: DType, want: &[f32], f32_bound: Vec<f64>) -> Vec<f64> {
+    match dtype {
+        DType::F16 => want
+            .iter()
+            .zip(f32_bound)
+            .map(|(&w, b)| b + U16 * (w.abs() as f64 + b) + 2f64.powi(-25))
+            .collect(),
+        _ => f32_bound,
+    }
+}
+
 /// Inputs for the comparisons with the CPU. Even seeds draw from five levels, so windows
 /// often hold equal maxima and the first-maximum tie rule is exercised; odd seeds are
 /// continuous.
@@ -66,23 +84,32 @@ fn distinct_input(len: usize, seed: u64) -> Vec<f32> {
 #[test]
 fn max_pool2d_forward_matches_cpu() {
     for (seed, &(n, c, h, w, k, s)) in SHAPES.iter().enumerate() {
-        let x = input(n * c * h * w, seed as u64);
-        let (oh, ow) = cpu::output_size(h, w, k, s);
-        let (y, argmax) = (
-            zeros(&[n, c, oh, ow]),
-            gpu()
-                .zeros(&[n, c, oh, ow], siamese_gpu::DType::U32)
-                .unwrap(),
-        );
-        let kernel =
-            pool::max_forward(gpu(), &upload(&x, &[n, c, h, w]), k, s, &y, &argmax).unwrap();
-        let got = run_and_read(&kernel, &y);
-        let got_argmax = gpu().read_u32(&argmax).unwrap();
-        let (want, want_argmax) = cpu::max_pool2d_forward(&x, n, c, h, w, k, s);
-        let what = format!("max_pool2d_forward {n}x{c}x{h}x{w} k{k} s{s}");
-        // A maximum is one of the inputs, copied: no rounding, so exact.
-        assert_within(&what, &got, &want, &vec![0.0; want.len()]);
-        assert_eq!(got_argmax, want_argmax, "{what}: argmax");
+        for dtype in float_dtypes() {
+            let x = as_dtype(&input(n * c * h * w, seed as u64), dtype);
+            let (oh, ow) = cpu::output_size(h, w, k, s);
+            let (y, argmax) = (
+                zeros_as(&[n, c, oh, ow], dtype),
+                gpu().zeros(&[n, c, oh, ow], DType::U32).unwrap(),
+            );
+            let kernel = pool::max_forward(
+                gpu(),
+                &upload_as(&x, &[n, c, h, w], dtype),
+                k,
+                s,
+                &y,
+                &argmax,
+            )
+            .unwrap();
+            let got = run_and_read_floats(&kernel, &y);
+            let got_argmax = gpu().read_u32(&argmax).unwrap();
+            let (want, want_argmax) = cpu::max_pool2d_forward(&x, n, c, h, w, k, s);
+            let what = format!("max_pool2d_forward {dtype:?} {n}x{c}x{h}x{w} k{k} s{s}");
+            // A maximum is one of the inputs, copied: no rounding, so exact. In f16 the
+            // kernel compares the f16 values the reference compares (rounding makes more
+            // ties, which the first-maximum rule must break alike): exact too.
+            assert_within(&what, &got, &want, &vec![0.0; want.len()]);
+            assert_eq!(got_argmax, want_argmax, "{what}: argmax");
+        }
     }
 }
 
@@ -91,23 +118,31 @@ fn max_pool2d_forward_matches_cpu() {
 #[test]
 fn max_pool2d_relu_forward_matches_cpu() {
     for (seed, &(n, c, h, w, k, s)) in SHAPES.iter().enumerate() {
-        let x = input(n * c * h * w, 20 + seed as u64);
-        let (oh, ow) = cpu::output_size(h, w, k, s);
-        let (y, argmax) = (
-            zeros(&[n, c, oh, ow]),
-            gpu()
-                .zeros(&[n, c, oh, ow], siamese_gpu::DType::U32)
-                .unwrap(),
-        );
-        let kernel =
-            pool::max_relu_forward(gpu(), &upload(&x, &[n, c, h, w]), k, s, &y, &argmax).unwrap();
-        let got = run_and_read(&kernel, &y);
-        let got_argmax = gpu().read_u32(&argmax).unwrap();
-        let (want, want_argmax) = cpu::max_pool2d_relu_forward(&x, n, c, h, w, k, s);
-        let what = format!("max_pool2d_relu_forward {n}x{c}x{h}x{w} k{k} s{s}");
-        // A copied input or 0: exact.
-        assert_within(&what, &got, &want, &vec![0.0; want.len()]);
-        assert_eq!(got_argmax, want_argmax, "{what}: argmax");
+        for dtype in float_dtypes() {
+            let x = as_dtype(&input(n * c * h * w, 20 + seed as u64), dtype);
+            let (oh, ow) = cpu::output_size(h, w, k, s);
+            let (y, argmax) = (
+                zeros_as(&[n, c, oh, ow], dtype),
+                gpu().zeros(&[n, c, oh, ow], DType::U32).unwrap(),
+            );
+            let kernel = pool::max_relu_forward(
+                gpu(),
+                &upload_as(&x, &[n, c, h, w], dtype),
+                k,
+                s,
+                &y,
+                &argmax,
+            )
+            .unwrap();
+            let got = run_and_read_floats(&kernel, &y);
+            let got_argmax = gpu().read_u32(&argmax).unwrap();
+            let (want, want_argmax) = cpu::max_pool2d_relu_forward(&x, n, c, h, w, k, s);
+            let what = format!("max_pool2d_relu_forward {dtype:?} {n}x{c}x{h}x{w} k{k} s{s}");
+            // A copied input or 0, in f32 as in f16 (the ReLU compares the f16 max with 0):
+            // exact.
+            assert_within(&what, &got, &want, &vec![0.0; want.len()]);
+            assert_eq!(got_argmax, want_argmax, "{what}: argmax");
+        }
     }
 }
 
@@ -134,31 +169,48 @@ fn argmax_of(
 #[test]
 fn max_pool2d_backward_matches_cpu() {
     for (seed, &(n, c, h, w, k, s)) in SHAPES.iter().enumerate() {
-        let x = input(n * c * h * w, seed as u64);
-        let (oh, ow) = cpu::output_size(h, w, k, s);
-        let argmax = argmax_of(&x, n, c, h, w, k, s, seed);
-        let dy = uniform(&mut rng(1000 + seed as u64), n * c * oh * ow, -1.0, 1.0);
-        let dx = zeros(&[n, c, h, w]);
-        let kernel = pool::max_backward(
-            gpu(),
-            &upload(&dy, &[n, c, oh, ow]),
-            &gpu().upload_u32(&argmax, &[n, c, oh, ow]).unwrap(),
-            k,
-            s,
-            &dx,
-        )
-        .unwrap();
-        let got = run_and_read(&kernel, &dx);
-        let want = cpu::max_pool2d_backward(&dy, &argmax, n, c, h, w, k, s);
-        // Each dx sums at most ⌈k/s⌉² entries of dy (overlapping windows may all choose the
-        // same element): 2·γ·Σ|terms|. Any misrouted gradient is off by a whole dy entry.
-        let magnitude = cpu::max_pool2d_backward(&abs(&dy), &argmax, n, c, h, w, k, s);
-        assert_within(
-            &format!("max_pool2d_backward {n}x{c}x{h}x{w} k{k} s{s}"),
-            &got,
-            &want,
-            &linear_bound(windows_per_input(k, s), &magnitude),
-        );
+        for dtype in float_dtypes() {
+            let x = input(n * c * h * w, seed as u64);
+            let (oh, ow) = cpu::output_size(h, w, k, s);
+            let argmax = argmax_of(&x, n, c, h, w, k, s, seed);
+            let dy = as_dtype(
+                &uniform(&mut rng(1000 + seed as u64), n * c * oh * ow, -1.0, 1.0),
+                dtype,
+            );
+            let dx = zeros_as(&[n, c, h, w], dtype);
+            let kernel = pool::max_backward(
+                gpu(),
+                &upload_as(&dy, &[n, c, oh, ow], dtype),
+                &gpu().upload_u32(&argmax, &[n, c, oh, ow]).unwrap(),
+                k,
+                s,
+                &dx,
+            )
+            .unwrap();
+            let got = run_and_read_floats(&kernel, &dx);
+            let want = cpu::max_pool2d_backward(&dy, &argmax, n, c, h, w, k, s);
+            // Each dx sums at most ⌈k/s⌉² entries of dy (overlapping windows may all choose
+            // the same element): 2·γ·Σ|terms|. Any misrouted gradient is off by a whole dy
+            // entry. In f16 the sum is in f32 and stored once as f16 (stored_as); where no
+            // two windows overlap (⌈k/s⌉ = 1) each dx is one f16 dy entry or 0, copied, so
+            // exact.
+            let magnitude = cpu::max_pool2d_backward(&abs(&dy), &argmax, n, c, h, w, k, s);
+            let bound = if dtype == DType::F16 && windows_per_input(k, s) == 1 {
+                vec![0.0; want.len()]
+            } else {
+                stored_as(
+                    dtype,
+                    &want,
+                    linear_bound(windows_per_input(k, s), &magnitude),
+                )
+            };
+            assert_within(
+                &format!("max_pool2d_backward {dtype:?} {n}x{c}x{h}x{w} k{k} s{s}"),
+                &got,
+                &want,
+                &bound,
+            );
+        }
     }
 }
 
@@ -175,36 +227,42 @@ fn max_pool2d_backward_tiled_matches_cpu() {
     .iter()
     .enumerate()
     {
-        let x = input(n * c * h * w, 50 + seed as u64);
-        let (oh, ow) = cpu::output_size(h, w, k, k);
-        let argmax = argmax_of(&x, n, c, h, w, k, k, seed);
-        let dy = uniform(&mut rng(1050 + seed as u64), n * c * oh * ow, -1.0, 1.0);
-        let dx = upload(&vec![f32::NAN; n * c * h * w], &[n, c, h, w]);
-        let kernel = pool::max_backward(
-            gpu(),
-            &upload(&dy, &[n, c, oh, ow]),
-            &gpu().upload_u32(&argmax, &[n, c, oh, ow]).unwrap(),
-            k,
-            k,
-            &dx,
-        )
-        .unwrap();
-        assert_eq!(kernel.dispatches()[0].entry(), "max_pool2d_backward_tiled");
-        // Each dx element is one dy entry or zero: exact.
-        assert_within(
-            &format!("max_pool2d_backward_tiled {n}x{c}x{h}x{w} k{k}"),
-            &run_and_read(&kernel, &dx),
-            &cpu::max_pool2d_backward(&dy, &argmax, n, c, h, w, k, k),
-            &vec![0.0; n * c * h * w],
-        );
+        for dtype in float_dtypes() {
+            let x = input(n * c * h * w, 50 + seed as u64);
+            let (oh, ow) = cpu::output_size(h, w, k, k);
+            let argmax = argmax_of(&x, n, c, h, w, k, k, seed);
+            let dy = as_dtype(
+                &uniform(&mut rng(1050 + seed as u64), n * c * oh * ow, -1.0, 1.0),
+                dtype,
+            );
+            let dx = upload_as(&vec![f32::NAN; n * c * h * w], &[n, c, h, w], dtype);
+            let kernel = pool::max_backward(
+                gpu(),
+                &upload_as(&dy, &[n, c, oh, ow], dtype),
+                &gpu().upload_u32(&argmax, &[n, c, oh, ow]).unwrap(),
+                k,
+                k,
+                &dx,
+            )
+            .unwrap();
+            assert_eq!(kernel.dispatches()[0].entry(), "max_pool2d_backward_tiled");
+            // Each dx element is one dy entry (of dx's type) or zero: exact.
+            assert_within(
+                &format!("max_pool2d_backward_tiled {dtype:?} {n}x{c}x{h}x{w} k{k}"),
+                &run_and_read_floats(&kernel, &dx),
+                &cpu::max_pool2d_backward(&dy, &argmax, n, c, h, w, k, k),
+                &vec![0.0; n * c * h * w],
+            );
+        }
     }
 }
 
 /// The tiled backward written as texels for the texel convolution kernels equals dx packed
 /// by pack_nhwc4. It runs twice, on two different dy: the second run must overwrite every
-/// texel inside x (the borders it leaves as created, zero). Channel counts off the texel's four, padding 0–2, sizes the windows do not
-/// tile, batch 1, and the reference network's two pools (pad 0 for the first layer's dy, 2
-/// for the second's, which grad_input reads padded).
+/// texel inside x (the borders it leaves as created, zero). Channel counts off the texel's
+/// four, padding 0–2, sizes the windows do not tile, batch 1, and the reference network's
+/// two pools (pad 0 for the first layer's dy, 2 for the second's, which grad_input reads
+/// padded). In f16, from an f16 dy into f16 (rgba16float) texels.
 #[test]
 fn max_pool2d_backward_tex_matches_cpu() {
     for (seed, &(n, c, h, w, k, pad)) in [
@@ -218,82 +276,100 @@ fn max_pool2d_backward_tex_matches_cpu() {
     .iter()
     .enumerate()
     {
-        let x = input(n * c * h * w, 70 + seed as u64);
-        let (oh, ow) = cpu::output_size(h, w, k, k);
-        let argmax = argmax_of(&x, n, c, h, w, k, k, seed);
-        let dy = uniform(&mut rng(1070 + seed as u64), n * c * oh * ow, -1.0, 1.0);
-        let first_dy = vec![f32::NAN; dy.len()];
-        // Each window's first element, in-plane.
-        let first_argmax: Vec<u32> = (0..argmax.len())
-            .map(|o| (((o / ow) % oh * k) * w + o % ow * k) as u32)
-            .collect();
-        let dxt = gpu()
-            .texels(n * (h + 2 * pad) * (w + 2 * pad) * c.div_ceil(4))
-            .unwrap();
-        let launch = |dy: &[f32], argmax: &[u32]| {
-            pool::max_backward_texels(
-                gpu(),
-                &upload(dy, &[n, c, oh, ow]),
-                &gpu().upload_u32(argmax, &[n, c, oh, ow]).unwrap(),
-                k,
-                [n, c, h, w],
-                &dxt,
-                pad,
-            )
-            .unwrap()
-        };
-        // The first run routes NaN to each window's first element.
-        gpu().run(&[&launch(&first_dy, &first_argmax), &launch(&dy, &argmax)]);
-        // Each texel lane is one dy entry or zero: exact.
-        assert_eq!(
-            gpu().read_texels(&dxt).unwrap(),
-            cpu::max_pool2d_backward_nhwc4(&dy, &argmax, n, c, h, w, k, pad),
-            "max_pool2d_backward_tex {n}x{c}x{h}x{w} k{k} pad {pad}"
-        );
+        for dtype in float_dtypes() {
+            let x = input(n * c * h * w, 70 + seed as u64);
+            let (oh, ow) = cpu::output_size(h, w, k, k);
+            let argmax = argmax_of(&x, n, c, h, w, k, k, seed);
+            let dy = as_dtype(
+                &uniform(&mut rng(1070 + seed as u64), n * c * oh * ow, -1.0, 1.0),
+                dtype,
+            );
+            let first_dy = vec![f32::NAN; dy.len()];
+            // Each window's first element, in-plane.
+            let first_argmax: Vec<u32> = (0..argmax.len())
+                .map(|o| (((o / ow) % oh * k) * w + o % ow * k) as u32)
+                .collect();
+            let dxt = gpu()
+                .texels_of(n * (h + 2 * pad) * (w + 2 * pad) * c.div_ceil(4), dtype)
+                .unwrap();
+            let launch = |dy: &[f32], argmax: &[u32]| {
+                pool::max_backward_texels(
+                    gpu(),
+                    &upload_as(dy, &[n, c, oh, ow], dtype),
+                    &gpu().upload_u32(argmax, &[n, c, oh, ow]).unwrap(),
+                    k,
+                    [n, c, h, w],
+                    &dxt,
+                    pad,
+                )
+                .unwrap()
+            };
+            // The first run routes NaN to each window's first element.
+            gpu().run(&[&launch(&first_dy, &first_argmax), &launch(&dy, &argmax)]);
+            // Each texel lane is one dy entry (f16 in f16 texels) or zero: exact.
+            assert_eq!(
+                gpu().read_texels(&dxt).unwrap(),
+                cpu::max_pool2d_backward_nhwc4(&dy, &argmax, n, c, h, w, k, pad),
+                "max_pool2d_backward_tex {dtype:?} {n}x{c}x{h}x{w} k{k} pad {pad}"
+            );
+        }
     }
 }
 
 #[test]
 fn avg_pool2d_forward_matches_cpu() {
     for (seed, &(n, c, h, w, k, s)) in SHAPES.iter().enumerate() {
-        let x = input(n * c * h * w, seed as u64);
-        let (oh, ow) = cpu::output_size(h, w, k, s);
-        let y = zeros(&[n, c, oh, ow]);
-        let kernel = pool::avg_forward(gpu(), &upload(&x, &[n, c, h, w]), k, s, &y).unwrap();
-        let got = run_and_read(&kernel, &y);
-        let want = cpu::avg_pool2d_forward(&x, n, c, h, w, k, s);
-        // A k²-term sum then one division (≤ 2.5 ulp in WGSL, 0.5 ulp on the CPU, i.e.
-        // ≤ 6u relative): linear_bound over k² + 1 terms allows 2·γ_(k²+2) + 4u ≥ 8u of
-        // the magnitude Σ|x|/k², which covers both.
-        let magnitude = cpu::avg_pool2d_forward(&abs(&x), n, c, h, w, k, s);
-        assert_within(
-            &format!("avg_pool2d_forward {n}x{c}x{h}x{w} k{k} s{s}"),
-            &got,
-            &want,
-            &linear_bound(k * k + 1, &magnitude),
-        );
+        for dtype in float_dtypes() {
+            let x = as_dtype(&input(n * c * h * w, seed as u64), dtype);
+            let (oh, ow) = cpu::output_size(h, w, k, s);
+            let y = zeros_as(&[n, c, oh, ow], dtype);
+            let kernel =
+                pool::avg_forward(gpu(), &upload_as(&x, &[n, c, h, w], dtype), k, s, &y).unwrap();
+            let got = run_and_read_floats(&kernel, &y);
+            let want = cpu::avg_pool2d_forward(&x, n, c, h, w, k, s);
+            // A k²-term sum then one division (≤ 2.5 ulp in WGSL, 0.5 ulp on the CPU, i.e.
+            // ≤ 6u relative): linear_bound over k² + 1 terms allows 2·γ_(k²+2) + 4u ≥ 8u of
+            // the magnitude Σ|x|/k², which covers both. In f16 the kernel sums the f16
+            // inputs in f32 as the reference does, then stores f16 (stored_as).
+            let magnitude = cpu::avg_pool2d_forward(&abs(&x), n, c, h, w, k, s);
+            assert_within(
+                &format!("avg_pool2d_forward {dtype:?} {n}x{c}x{h}x{w} k{k} s{s}"),
+                &got,
+                &want,
+                &stored_as(dtype, &want, linear_bound(k * k + 1, &magnitude)),
+            );
+        }
     }
 }
 
 #[test]
 fn avg_pool2d_backward_matches_cpu() {
     for (seed, &(n, c, h, w, k, s)) in SHAPES.iter().enumerate() {
-        let (oh, ow) = cpu::output_size(h, w, k, s);
-        let dy = input(n * c * oh * ow, seed as u64);
-        let dx = zeros(&[n, c, h, w]);
-        let kernel = pool::avg_backward(gpu(), &upload(&dy, &[n, c, oh, ow]), k, s, &dx).unwrap();
-        let got = run_and_read(&kernel, &dx);
-        let want = cpu::avg_pool2d_backward(&dy, n, c, h, w, k, s);
-        // The CPU scatters dy/k² per window, the GPU sums dy then divides once: at most
-        // ⌈k/s⌉² terms plus the division(s), in different orders: 2·γ·Σ|terms| with one
-        // extra term for the division's rounding (as in the forward).
-        let magnitude = cpu::avg_pool2d_backward(&abs(&dy), n, c, h, w, k, s);
-        assert_within(
-            &format!("avg_pool2d_backward {n}x{c}x{h}x{w} k{k} s{s}"),
-            &got,
-            &want,
-            &linear_bound(windows_per_input(k, s) + 1, &magnitude),
-        );
+        for dtype in float_dtypes() {
+            let (oh, ow) = cpu::output_size(h, w, k, s);
+            let dy = as_dtype(&input(n * c * oh * ow, seed as u64), dtype);
+            let dx = zeros_as(&[n, c, h, w], dtype);
+            let kernel =
+                pool::avg_backward(gpu(), &upload_as(&dy, &[n, c, oh, ow], dtype), k, s, &dx)
+                    .unwrap();
+            let got = run_and_read_floats(&kernel, &dx);
+            let want = cpu::avg_pool2d_backward(&dy, n, c, h, w, k, s);
+            // The CPU scatters dy/k² per window, the GPU sums dy then divides once: at most
+            // ⌈k/s⌉² terms plus the division(s), in different orders: 2·γ·Σ|terms| with one
+            // extra term for the division's rounding (as in the forward). In f16, the same
+            // f32 arithmetic on the f16 dy, then the f16 store (stored_as).
+            let magnitude = cpu::avg_pool2d_backward(&abs(&dy), n, c, h, w, k, s);
+            assert_within(
+                &format!("avg_pool2d_backward {dtype:?} {n}x{c}x{h}x{w} k{k} s{s}"),
+                &got,
+                &want,
+                &stored_as(
+                    dtype,
+                    &want,
+                    linear_bound(windows_per_input(k, s) + 1, &magnitude),
+                ),
+            );
+        }
     }
 }
 
@@ -423,4 +499,51 @@ fn pool_launchers_reject_mismatched_shapes() {
     assert!(err.to_string().contains("does not fit"), "{err}");
     let err = pool::avg_backward(gpu(), &zeros(&[2, 3, 5, 5]), 2, 0, &x).unwrap_err();
     assert!(err.to_string().contains("must both be at least 1"), "{err}");
+}
+
+/// One launch's float tensors share one type: f16 beside f32 is refused, the dx texels of
+/// the texel backward included, and so is a u32 where a float tensor belongs.
+#[test]
+fn pool_launchers_reject_mixed_element_types() {
+    let x16 = zeros_as(&[2, 3, 10, 10], DType::F16);
+    let argmax = gpu().zeros(&[2, 3, 5, 5], DType::U32).unwrap();
+
+    let err = pool::max_forward(gpu(), &x16, 2, 2, &zeros(&[2, 3, 5, 5]), &argmax).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("y must be a F16 tensor of shape [2, 3, 5, 5], got F32"),
+        "{err}"
+    );
+
+    let err = pool::max_backward(gpu(), &zeros(&[2, 3, 5, 5]), &argmax, 2, 2, &x16).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("dy must be a F16 tensor of shape [2, 3, 5, 5], got F32"),
+        "{err}"
+    );
+
+    let err = pool::avg_forward(gpu(), &argmax, 1, 1, &zeros(&[2, 3, 5, 5])).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("x must be an f32 or f16 tensor, got U32"),
+        "{err}"
+    );
+
+    // f16 dy into f32 texels.
+    let dxt = gpu().texels(2 * 10 * 10).unwrap();
+    let err = pool::max_backward_texels(
+        gpu(),
+        &zeros_as(&[2, 3, 5, 5], DType::F16),
+        &argmax,
+        2,
+        [2, 3, 10, 10],
+        &dxt,
+        0,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("dy is F16 but the dx texels hold F32 components"),
+        "{err}"
+    );
 }

@@ -1,8 +1,10 @@
 // gather.wgsl — builds a training batch on the GPU from the dataset resident there.
 //
 // Entry points (binding 0 is `p: GatherParams`):
-//   gather_images         images@1 [N, words] u32, indices@2 [M] u32  ->  out@3 [M, C, H, W] f32
+//   gather_images         images@1 [N, words] u32, indices@2 [M] u32  ->  out@3 [M, C, H, W] elem
 //   gather_images_affine  the same, each image resampled through transforms@4 [M, 8] f32
+// `elem` is f32, or f16 under mixed precision, where the launcher compiles the f16 variant:
+// only `out` changes type; both entries compute in f32 and round once when storing.
 //
 // The dataset is uploaded once as packed u8 (four pixels per u32 word, little-endian, each
 // image starting on a word boundary: words = ceil(pixels / 4)); Fashion-MNIST's 60,000
@@ -32,10 +34,12 @@ struct GatherParams {
     fill: u32,    // 0 nearest, 1 constant (gather_images_affine only)
 }
 
+alias elem = f32;
+
 @group(0) @binding(0) var<uniform> p: GatherParams;
 @group(0) @binding(1) var<storage, read> images: array<u32>;
 @group(0) @binding(2) var<storage, read> indices: array<u32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<elem>;
 @group(0) @binding(4) var<storage, read> transforms: array<f32>;
 
 const WG: u32 = 256u;
@@ -55,7 +59,7 @@ fn gather_images(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let q = i % p.pixels;
     let word = images[indices[m] * p.words + q / 4u];
     let byte = (word >> (8u * (q % 4u))) & 0xffu;
-    out[i] = (f32(byte) / 255.0 - p.shift) * p.scale;
+    out[i] = elem((f32(byte) / 255.0 - p.shift) * p.scale);
 }
 
 @compute @workgroup_size(WG)
@@ -98,5 +102,5 @@ fn gather_images_affine(@builtin(workgroup_id) wid: vec3<u32>,
             acc += wx * wy * select(0.0, v, inside || p.fill == 0u);
         }
     }
-    out[i] = (acc / 255.0 - p.shift) * p.scale;
+    out[i] = elem((acc / 255.0 - p.shift) * p.scale);
 }

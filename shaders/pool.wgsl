@@ -1,23 +1,28 @@
 // pool.wgsl — 2-D max and average pooling (square k×k window, stride s, no padding) and
-// their gradients.
+// their gradients, over tensors of type `elem`: f32, or f16 under mixed precision, where the
+// launcher compiles the f16 variant (x, y, dy and dx are then f16 and the dx texels
+// rgba16float; argmax stays u32). The maxima, the ReLU and the max backwards' routing only
+// select, so they stay in `elem` and are exact; the sums (average pooling, and the max
+// backward's overlapping windows) accumulate in f32 and store `elem`.
 //
 // Entry points (binding 0 is always `p: PoolParams`; tensors row-major, NCHW; the N·C
 // planes are independent, so they are flattened into one `planes` axis):
-//   max_pool2d_forward   x [N, C, H, W] f32        ->  y [N, C, OH, OW] f32,
+//   max_pool2d_forward   x [N, C, H, W] elem       ->  y [N, C, OH, OW] elem,
 //                                                       argmax_out [N, C, OH, OW] u32
 //   max_pool2d_relu_forward     relu(max_pool2d(x)) (= max_pool2d(relu(x))), argmax NONE
 //                        where the window's max is not above 0: the backward entries then
 //                        give the ReLU's zero gradient without a pass of their own
-//   max_pool2d_backward  dy [N, C, OH, OW] f32,
-//                        argmax [N, C, OH, OW] u32  ->  dx [N, C, H, W] f32
+//   max_pool2d_backward  dy [N, C, OH, OW] elem,
+//                        argmax [N, C, OH, OW] u32  ->  dx [N, C, H, W] elem
 //   max_pool2d_backward_tiled   the same, for windows that tile the input (s = k): one
 //                        invocation per k×k cell writes the cell's k² dx elements
 //   max_pool2d_backward_tex     the tiled backward, dx written as texels in pack_nhwc4's
-//                        layout (pack.wgsl: channels by fours, PAD zero borders, no unfolding):
+//                        layout (pack.wgsl: channels by fours, PAD zero borders, no unfolding;
+//                        rgba32float texels, rgba16float in the f16 variant):
 //                        one invocation per k×k cell and four channels; the borders are left
 //                        as they are (zero: see the entry)
-//   avg_pool2d_forward   x [N, C, H, W] f32        ->  y [N, C, OH, OW] f32
-//   avg_pool2d_backward  dy [N, C, OH, OW] f32     ->  dx [N, C, H, W] f32
+//   avg_pool2d_forward   x [N, C, H, W] elem       ->  y [N, C, OH, OW] elem
+//   avg_pool2d_backward  dy [N, C, OH, OW] elem    ->  dx [N, C, H, W] elem
 // argmax holds the in-plane index h·W + w of the element each window chose, or NONE
 // (0xffffffff, which matches no element) for a window that passes no gradient.
 //
@@ -45,13 +50,15 @@ override OW: u32;  // (W − K)/S + 1
 override K: u32;
 override S: u32;
 
+alias elem = f32;
+
 @group(0) @binding(0) var<uniform> p: PoolParams;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<elem>;
+@group(0) @binding(2) var<storage, read_write> y: array<elem>;
 @group(0) @binding(3) var<storage, read_write> argmax_out: array<u32>;
-@group(0) @binding(4) var<storage, read> dy: array<f32>;
+@group(0) @binding(4) var<storage, read> dy: array<elem>;
 @group(0) @binding(5) var<storage, read> argmax: array<u32>;
-@group(0) @binding(6) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dx: array<elem>;
 
 override WG: u32 = 256u;  // invocations per workgroup
 // max_pool2d_backward_tex only: channels per image, and the zero border of the texels.
@@ -81,7 +88,7 @@ fn last_window(i: u32, count: u32) -> u32 {
 const NONE: u32 = 0xffffffffu;
 
 struct WindowMax {
-    value: f32,
+    value: elem,
     index: u32,  // in-plane
 }
 
@@ -124,8 +131,8 @@ fn max_pool2d_relu_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_w
     let o = linear_index(wid, nwg, lid);
     if o >= p.planes * OH * OW { return; }
     let best = window_max(o);
-    let passes = best.value > 0.0;
-    y[o] = select(0.0, best.value, passes);
+    let passes = best.value > elem(0.0);
+    y[o] = select(elem(0.0), best.value, passes);
     argmax_out[o] = select(NONE, best.index, passes);
 }
 
@@ -147,10 +154,10 @@ fn max_pool2d_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
     for (var oy = first_window(iy); oy < oy_end; oy++) {
         for (var ox = first_window(ix); ox < ox_end; ox++) {
             let o = out_base + oy * OW + ox;
-            if argmax[o] == idx { sum += dy[o]; }
+            if argmax[o] == idx { sum += f32(dy[o]); }
         }
     }
-    dx[i] = sum;
+    dx[i] = elem(sum);
 }
 
 // Cells cover ⌈H/k⌉ × ⌈W/k⌉ per plane, so that rows and columns past the last window are
@@ -166,7 +173,7 @@ fn max_pool2d_backward_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
     let cx = i % cw;
     let cy = (i / cw) % ch;
     let plane = i / (cw * ch);
-    var g = 0.0;
+    var g = elem(0.0);
     var chosen = NONE;
     if cy < OH && cx < OW {
         let o = (plane * OH + cy) * OW + cx;
@@ -181,7 +188,7 @@ fn max_pool2d_backward_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
             let ix = cx * K + kx;
             if ix >= W { break; }
             let idx = iy * W + ix;
-            dx[base + idx] = select(0.0, g, idx == chosen);
+            dx[base + idx] = select(elem(0.0), g, idx == chosen);
         }
     }
 }
@@ -211,7 +218,7 @@ fn max_pool2d_backward_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_w
             let c = 4u * c4 + e;
             if c < C {
                 let o = ((img * C + c) * OH + cy) * OW + cx;
-                g[e] = dy[o];
+                g[e] = f32(dy[o]);
                 chosen[e] = argmax[o];
             }
         }
@@ -242,10 +249,10 @@ fn avg_pool2d_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     var sum = 0.0;
     for (var ky = 0u; ky < K; ky++) {
         for (var kx = 0u; kx < K; kx++) {
-            sum += x[start + ky * W + kx];
+            sum += f32(x[start + ky * W + kx]);
         }
     }
-    y[o] = sum / f32(K * K);
+    y[o] = elem(sum / f32(K * K));
 }
 
 @compute @workgroup_size(WG)
@@ -261,9 +268,9 @@ fn avg_pool2d_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
     var sum = 0.0;
     for (var oy = first_window(iy); oy < oy_end; oy++) {
         for (var ox = first_window(ix); ox < ox_end; ox++) {
-            sum += dy[out_base + oy * OW + ox];
+            sum += f32(dy[out_base + oy * OW + ox]);
         }
     }
     // Every window has k² elements, so the 1/k² factors out of the sum.
-    dx[i] = sum / f32(K * K);
+    dx[i] = elem(sum / f32(K * K));
 }

@@ -1,15 +1,28 @@
 //! Launcher for `shaders/gather.wgsl`: the dataset lives on the GPU as packed u8, and each
 //! step gathers and normalises a batch from a buffer of image indices — as stored, or each
 //! image resampled through its own affine transform (augmentation, see `data::augment`).
+//! The batch `out` is f32, or f16 for mixed precision (the shader's f16 variant computes in
+//! f32 and rounds once on the store); pixels stay packed u8, transforms f32.
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{Shader, expect, expect_f32, to_u32};
+use super::{F16Variant, Shader, expect, float_dtype, to_u32};
 use crate::data::augment::{FillMode, TRANSFORM_LEN};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Kernel, Tensor, grid_1d};
 
 pub const SHADER: Shader = Shader::new("gather", include_str!("../../shaders/gather.wgsl"));
+
+/// The shader writing an `out` of type `dtype`.
+fn shader(dtype: DType) -> Shader {
+    match dtype {
+        DType::F16 => SHADER.with_f16(F16Variant {
+            aliases: &["elem"],
+            texels: false,
+        }),
+        _ => SHADER,
+    }
+}
 
 const WG: u32 = 256;
 
@@ -81,7 +94,8 @@ pub fn upload_images(gpu: &Gpu, bytes: &[u8], count: usize, pixels: usize) -> Re
 }
 
 /// `out [M, pixels…] = norm(images[indices[m]])`; `out`'s trailing dimensions give the
-/// image shape (e.g. `[M, 1, 28, 28]`), `images` is a packed set from [`upload_images`].
+/// image shape (e.g. `[M, 1, 28, 28]`), its type (f32 or f16) the precision of the batch;
+/// `images` is a packed set from [`upload_images`].
 /// Indices must be below the image count: the kernel does not check them.
 pub fn gather_images(
     gpu: &Gpu,
@@ -91,10 +105,10 @@ pub fn gather_images(
     norm: PixelNorm,
 ) -> Result<Kernel> {
     const OP: &str = "gather_images";
-    let (params, total) = checked_params(OP, images, indices, out, norm)?;
+    let (params, total, dtype) = checked_params(OP, images, indices, out, norm)?;
     let bindings = [(1, images), (2, indices), (3, out)];
     Ok(Kernel::single(gpu.dispatch(
-        &SHADER,
+        &shader(dtype),
         OP,
         &[],
         &params,
@@ -105,7 +119,7 @@ pub fn gather_images(
 
 /// [`gather_images`] with image m resampled through row m of `transforms` `[M, 8]` (the
 /// inverse map output pixel → source pixel of `data::augment`), bilinearly, outside pixels
-/// read as `fill` says. `out` must be `[M, C, H, W]`.
+/// read as `fill` says. `out` must be `[M, C, H, W]`, f32 or f16; `transforms` is f32.
 pub fn gather_images_affine(
     gpu: &Gpu,
     images: &Tensor,
@@ -116,7 +130,7 @@ pub fn gather_images_affine(
     fill: FillMode,
 ) -> Result<Kernel> {
     const OP: &str = "gather_images_affine";
-    let (mut params, total) = checked_params(OP, images, indices, out, norm)?;
+    let (mut params, total, dtype) = checked_params(OP, images, indices, out, norm)?;
     let &[m, _c, h, w] = out.shape() else {
         return Err(Error::Shape {
             op: OP,
@@ -135,7 +149,7 @@ pub fn gather_images_affine(
     params.fill = fill.code();
     let bindings = [(1, images), (2, indices), (3, out), (4, transforms)];
     Ok(Kernel::single(gpu.dispatch(
-        &SHADER,
+        &shader(dtype),
         OP,
         &[],
         &params,
@@ -144,15 +158,15 @@ pub fn gather_images_affine(
     )?))
 }
 
-/// The shapes both entries share, checked; their uniform (image size and fill left 0) and
-/// the number of output elements.
+/// The shapes both entries share, checked; their uniform (image size and fill left 0), the
+/// number of output elements and `out`'s element type.
 fn checked_params(
     op: &'static str,
     images: &Tensor,
     indices: &Tensor,
     out: &Tensor,
     norm: PixelNorm,
-) -> Result<(GatherParams, u32)> {
+) -> Result<(GatherParams, u32, DType)> {
     let m = indices.len();
     expect(op, "indices", indices, &[m], DType::U32)?;
     let shape = out.shape();
@@ -163,7 +177,7 @@ fn checked_params(
         });
     }
     let pixels: usize = shape[1..].iter().product();
-    expect_f32(op, "out", out, shape)?;
+    let dtype = float_dtype(op, "out", out)?;
     let &[n, words] = expect_rank_u32(op, images)? else {
         unreachable!()
     };
@@ -188,7 +202,7 @@ fn checked_params(
     };
     to_u32(op, "packed words", n * words)?;
     let total = to_u32(op, "output elements", m * pixels)?;
-    Ok((params, total))
+    Ok((params, total, dtype))
 }
 
 fn expect_rank_u32<'t>(op: &'static str, t: &'t Tensor) -> Result<&'t [usize]> {

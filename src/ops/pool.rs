@@ -1,5 +1,7 @@
-//! Launchers for `shaders/pool.wgsl`: 2-D max and average pooling over NCHW f32 tensors,
-//! square `kernel`×`kernel` windows, `stride` ≥ 1, no padding. The output is
+//! Launchers for `shaders/pool.wgsl`: 2-D max and average pooling over NCHW f32 or f16
+//! tensors (all of one launch's x, y, dy, dx and dx texels share the type; f16 runs the
+//! shader's f16 variant, where the maxima are exact and the averages sum in f32), square
+//! `kernel`×`kernel` windows, `stride` ≥ 1, no padding. The output is
 //! OH = (H − kernel)/stride + 1 by OW = (W − kernel)/stride + 1, floored as in PyTorch
 //! (a 10×10 plane pooled by 2 gives 5×5; 11×11 also gives 5×5, the last row and column
 //! being read by no window and getting a zero gradient).
@@ -12,11 +14,22 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{Shader, expect, expect_f32, expect_rank, to_u32};
+use super::{F16Variant, Shader, expect, expect_float_rank, float_dtype, to_u32};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Kernel, Tensor, Texels, grid_1d};
 
 pub const SHADER: Shader = Shader::new("pool", include_str!("../../shaders/pool.wgsl"));
+
+/// The shader with its tensors (and the dx texels) of type `dtype`.
+fn shader(dtype: DType) -> Shader {
+    match dtype {
+        DType::F16 => SHADER.with_f16(F16Variant {
+            aliases: &["elem"],
+            texels: true,
+        }),
+        _ => SHADER,
+    }
+}
 
 /// Invocations per workgroup (one output element, or one input element, each).
 const WG: u32 = 256;
@@ -67,19 +80,21 @@ pub fn output_size(
     Ok(((h - kernel) / stride + 1, (w - kernel) / stride + 1))
 }
 
-/// Checks `x` (the input-side tensor, [N, C, H, W]) and the window; returns the parameters
-/// and the output-side shape [N, C, OH, OW].
+/// Checks `x` (the input-side tensor, [N, C, H, W], f32 or f16) and the window; returns the
+/// parameters, the output-side shape [N, C, OH, OW] and `x`'s element type, which the
+/// launch's other float tensors must share.
 fn check(
     op: &'static str,
     what: &str,
     x: &Tensor,
     kernel: usize,
     stride: usize,
-) -> Result<(PoolParams, [usize; 4])> {
-    let &[n, c, h, w] = expect_rank(op, what, x, 4)? else {
+) -> Result<(PoolParams, [usize; 4], DType)> {
+    let (&[n, c, h, w], dtype) = expect_float_rank(op, what, x, 4)? else {
         unreachable!()
     };
-    check_dims(op, what, [n, c, h, w], kernel, stride)
+    let (params, out_shape) = check_dims(op, what, [n, c, h, w], kernel, stride)?;
+    Ok((params, out_shape, dtype))
 }
 
 /// [`check`] on the input side's shape alone.
@@ -108,6 +123,7 @@ fn check_dims(
 fn launch(
     gpu: &Gpu,
     entry: &'static str,
+    dtype: DType,
     params: &PoolParams,
     bindings: &[(u32, &Tensor)],
     invocations: usize,
@@ -127,7 +143,7 @@ fn launch(
         _pad: [0; 3],
     };
     Ok(Kernel::single(gpu.dispatch(
-        &SHADER,
+        &shader(dtype),
         entry,
         &constants,
         &uniform,
@@ -173,12 +189,13 @@ fn max_forward_entry(
     y: &Tensor,
     argmax: &Tensor,
 ) -> Result<Kernel> {
-    let (params, out_shape) = check(op, "x", x, kernel, stride)?;
-    expect_f32(op, "y", y, &out_shape)?;
+    let (params, out_shape, dtype) = check(op, "x", x, kernel, stride)?;
+    expect(op, "y", y, &out_shape, dtype)?;
     expect(op, "argmax", argmax, &out_shape, DType::U32)?;
     launch(
         gpu,
         op,
+        dtype,
         &params,
         &[(1, x), (2, y), (3, argmax)],
         out_shape.iter().product(),
@@ -186,7 +203,8 @@ fn max_forward_entry(
 }
 
 /// Gradient of max pooling: `dx [N, C, H, W]`, each element the sum of the `dy` entries
-/// whose `argmax` chose it (0 if none did). `argmax` is [`max_forward`]'s, same window.
+/// whose `argmax` chose it (0 if none did; summed in f32, stored as dx's type). `argmax`
+/// is [`max_forward`]'s, same window; `dy` and `dx` share one float type.
 pub fn max_backward(
     gpu: &Gpu,
     dy: &Tensor,
@@ -196,8 +214,8 @@ pub fn max_backward(
     dx: &Tensor,
 ) -> Result<Kernel> {
     const OP: &str = "max_pool2d_backward";
-    let (params, out_shape) = check(OP, "dx", dx, kernel, stride)?;
-    expect_f32(OP, "dy", dy, &out_shape)?;
+    let (params, out_shape, dtype) = check(OP, "dx", dx, kernel, stride)?;
+    expect(OP, "dy", dy, &out_shape, dtype)?;
     expect(OP, "argmax", argmax, &out_shape, DType::U32)?;
     let bindings = [(4, dy), (5, argmax), (6, dx)];
     if kernel == stride {
@@ -206,16 +224,24 @@ pub fn max_backward(
             unreachable!("checked rank 4")
         };
         let cells = n * c * h.div_ceil(kernel) * w.div_ceil(kernel);
-        return launch(gpu, "max_pool2d_backward_tiled", &params, &bindings, cells);
+        return launch(
+            gpu,
+            "max_pool2d_backward_tiled",
+            dtype,
+            &params,
+            &bindings,
+            cells,
+        );
     }
-    launch(gpu, OP, &params, &bindings, dx.len())
+    launch(gpu, OP, dtype, &params, &bindings, dx.len())
 }
 
 /// Gradient of max pooling with windows that tile the input (`stride` = `kernel`), written
 /// as texels: `dxt` receives dx `[N, C, H, W]` = `dx_shape` as [`super::pack::nhwc4`] with
 /// `pad` (no unfolding) would pack it. The `pad` borders are not written: `dxt` must be
 /// texels that nothing else writes, which wgpu creates zeroed. For a convolution on the
-/// texel kernels, which read its gradient only so: no dx store and no packing pass.
+/// texel kernels, which read its gradient only so: no dx store and no packing pass. `dxt`
+/// holds components of `dy`'s type (f32 texels for f32, f16 texels for f16).
 pub fn max_backward_texels(
     gpu: &Gpu,
     dy: &Tensor,
@@ -228,8 +254,19 @@ pub fn max_backward_texels(
     const OP: &str = "max_pool2d_backward_tex";
     let [n, c, h, w] = dx_shape;
     let (params, out_shape) = check_dims(OP, "dx", dx_shape, kernel, kernel)?;
-    expect_f32(OP, "dy", dy, &out_shape)?;
+    let dtype = float_dtype(OP, "dy", dy)?;
+    expect(OP, "dy", dy, &out_shape, dtype)?;
     expect(OP, "argmax", argmax, &out_shape, DType::U32)?;
+    if dxt.dtype() != dtype {
+        return Err(Error::Shape {
+            op: OP,
+            detail: format!(
+                "dy is {dtype:?} but the dx texels hold {:?} components: they must match \
+                 (allocate them with texels_of(len, {dtype:?}))",
+                dxt.dtype()
+            ),
+        });
+    }
     let c4 = c.div_ceil(4);
     let texels = n * (h + 2 * pad) * (w + 2 * pad) * c4;
     if dxt.len() != texels {
@@ -259,7 +296,7 @@ pub fn max_backward_texels(
     };
     let groups = grid_1d(to_u32(OP, "cells", invocations)?.div_ceil(WG));
     Ok(Kernel::single(gpu.dispatch_with_texels(
-        &SHADER,
+        &shader(dtype),
         OP,
         &constants,
         &uniform,
@@ -269,7 +306,8 @@ pub fn max_backward_texels(
     )?))
 }
 
-/// Average pooling: `y [N, C, OH, OW]` = window means of `x [N, C, H, W]`.
+/// Average pooling: `y [N, C, OH, OW]` = window means of `x [N, C, H, W]` (summed in f32,
+/// stored as y's type, which is x's).
 pub fn avg_forward(
     gpu: &Gpu,
     x: &Tensor,
@@ -278,11 +316,12 @@ pub fn avg_forward(
     y: &Tensor,
 ) -> Result<Kernel> {
     const OP: &str = "avg_pool2d_forward";
-    let (params, out_shape) = check(OP, "x", x, kernel, stride)?;
-    expect_f32(OP, "y", y, &out_shape)?;
+    let (params, out_shape, dtype) = check(OP, "x", x, kernel, stride)?;
+    expect(OP, "y", y, &out_shape, dtype)?;
     launch(
         gpu,
         OP,
+        dtype,
         &params,
         &[(1, x), (2, y)],
         out_shape.iter().product(),
@@ -290,7 +329,7 @@ pub fn avg_forward(
 }
 
 /// Gradient of average pooling: `dx [N, C, H, W]`, each element the sum over the windows
-/// containing it of `dy / kernel²`.
+/// containing it of `dy / kernel²` (summed in f32, stored as dx's type, which is dy's).
 pub fn avg_backward(
     gpu: &Gpu,
     dy: &Tensor,
@@ -299,7 +338,7 @@ pub fn avg_backward(
     dx: &Tensor,
 ) -> Result<Kernel> {
     const OP: &str = "avg_pool2d_backward";
-    let (params, out_shape) = check(OP, "dx", dx, kernel, stride)?;
-    expect_f32(OP, "dy", dy, &out_shape)?;
-    launch(gpu, OP, &params, &[(4, dy), (6, dx)], dx.len())
+    let (params, out_shape, dtype) = check(OP, "dx", dx, kernel, stride)?;
+    expect(OP, "dy", dy, &out_shape, dtype)?;
+    launch(gpu, OP, dtype, &params, &[(4, dy), (6, dx)], dx.len())
 }
