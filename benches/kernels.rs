@@ -2,6 +2,10 @@
 //! the reference network's shapes (conv 1→32 5×5 on 28×28, conv 32→64 3×3 on 12×12, dense
 //! 1600→128) for batches of 32, 256 and 1024 images, beside the adapter's FMA peak.
 //!
+//! Where the adapter has f16 shaders every kernel is also timed on f16 operands (mixed
+//! precision: f16 activations and weights, f32 accumulation and weight gradients), as
+//! `<op>_f16`, beside its f32 figure.
+//!
 //! `cargo bench --bench kernels`; `SIAMESE_BENCH_BATCHES=32,256` picks the batches.
 //! Each figure is one line for people and one JSON object for tools. Times are wall-clock
 //! per submission (submit + wait), after a warm-up run, over at least 2 runs and 1 second.
@@ -28,15 +32,15 @@ fn seconds_per_run(gpu: &Gpu, kernel: &Kernel) -> f64 {
     start.elapsed().as_secs_f64() / runs as f64
 }
 
-fn random(gpu: &Gpu, rng: &mut StdRng, shape: &[usize]) -> Tensor {
+fn random(gpu: &Gpu, rng: &mut StdRng, shape: &[usize], dtype: DType) -> Tensor {
     let data: Vec<f32> = (0..shape.iter().product())
         .map(|_| rng.random_range(-1.0..1.0))
         .collect();
-    gpu.upload_f32(&data, shape).expect("upload")
+    gpu.upload_floats(&data, shape, dtype).expect("upload")
 }
 
-fn zeros(gpu: &Gpu, shape: &[usize]) -> Tensor {
-    gpu.zeros(shape, DType::F32).expect("allocate")
+fn zeros(gpu: &Gpu, shape: &[usize], dtype: DType) -> Tensor {
+    gpu.zeros(shape, dtype).expect("allocate")
 }
 
 fn report(gpu: &Gpu, op: &str, layer: &str, batch: usize, flop: f64, seconds: f64, peak: f64) {
@@ -59,7 +63,7 @@ fn report(gpu: &Gpu, op: &str, layer: &str, batch: usize, flop: f64, seconds: f6
 fn fma_peak(gpu: &Gpu) -> f64 {
     const INVOCATIONS: u32 = 64 * 4096;
     const ITERATIONS: u32 = 1024;
-    let sink = zeros(gpu, &[INVOCATIONS as usize]);
+    let sink = zeros(gpu, &[INVOCATIONS as usize], DType::F32);
     let params: [u32; 4] = [ITERATIONS, 0, 0, 0];
     let dispatch = gpu
         .dispatch(
@@ -99,134 +103,143 @@ fn main() {
         a.name, a.backend, a.driver, a.driver_info
     );
 
+    let mut dtypes = vec![DType::F32];
+    if gpu.has_f16() {
+        dtypes.push(DType::F16);
+    }
     let mut rng = StdRng::seed_from_u64(0);
     for &batch in &batches {
-        // dense 1600 → 128
-        let (k, m) = (1600, 128);
-        let (x, w, b) = (
-            random(&gpu, &mut rng, &[batch, k]),
-            random(&gpu, &mut rng, &[m, k]),
-            random(&gpu, &mut rng, &[m]),
+        for &dt in &dtypes {
+            bench_batch(&gpu, &mut rng, batch, dt, peak);
+        }
+    }
+}
+
+/// Every kernel at `batch` on operands of `dt` (weight gradients always f32).
+fn bench_batch(gpu: &Gpu, rng: &mut StdRng, batch: usize, dt: DType, peak: f64) {
+    let suffix = if dt == DType::F16 { "_f16" } else { "" };
+    // dense 1600 → 128
+    let (k, m) = (1600, 128);
+    let (x, w, b) = (
+        random(gpu, rng, &[batch, k], dt),
+        random(gpu, rng, &[m, k], dt),
+        random(gpu, rng, &[m], dt),
+    );
+    let (y, dy) = (
+        zeros(gpu, &[batch, m], dt),
+        random(gpu, rng, &[batch, m], dt),
+    );
+    let (dx, dw) = (zeros(gpu, &[batch, k], dt), zeros(gpu, &[m, k], DType::F32));
+    let flop = 2.0 * (batch * k * m) as f64;
+    let layer = "dense 1600>128";
+    let runs = [
+        ("dense_forward", dense::forward(gpu, &x, &w, &b, &y)),
+        ("dense_grad_input", dense::grad_input(gpu, &dy, &w, &dx)),
+        ("dense_grad_weight", dense::grad_weight(gpu, &dy, &x, &dw)),
+        (
+            "dense_forward_tex",
+            dense::forward_packed(gpu, &x, &w, &b, &y),
+        ),
+        (
+            "dense_grad_input_tex",
+            dense::grad_input_packed(gpu, &dy, &w, &dx),
+        ),
+        (
+            "dense_grad_weight_tex",
+            dense::grad_weight_packed(gpu, &dy, &x, &dw),
+        ),
+    ];
+    for (op, kernel) in runs {
+        report(
+            gpu,
+            &format!("{op}{suffix}"),
+            layer,
+            batch,
+            flop,
+            seconds_per_run(gpu, &kernel.expect(op)),
+            peak,
         );
+    }
+
+    for (layer, g) in [
+        (
+            "conv 1>32 5x5",
+            Conv2dGeometry {
+                n: batch,
+                c: 1,
+                h: 28,
+                w: 28,
+                o: 32,
+                kh: 5,
+                kw: 5,
+                stride: 1,
+                pad: 0,
+            },
+        ),
+        (
+            "conv 32>64 3x3",
+            Conv2dGeometry {
+                n: batch,
+                c: 32,
+                h: 12,
+                w: 12,
+                o: 64,
+                kh: 3,
+                kw: 3,
+                stride: 1,
+                pad: 0,
+            },
+        ),
+    ] {
+        let x = random(gpu, rng, &g.input_shape(), dt);
+        let w = random(gpu, rng, &g.weight_shape(), dt);
+        let b = random(gpu, rng, &[g.o], dt);
         let (y, dy) = (
-            zeros(&gpu, &[batch, m]),
-            random(&gpu, &mut rng, &[batch, m]),
+            zeros(gpu, &g.output_shape(), dt),
+            random(gpu, rng, &g.output_shape(), dt),
         );
-        let (dx, dw) = (zeros(&gpu, &[batch, k]), zeros(&gpu, &[m, k]));
-        let flop = 2.0 * (batch * k * m) as f64;
-        let layer = "dense 1600>128";
+        let (dx, dw) = (
+            zeros(gpu, &g.input_shape(), dt),
+            zeros(gpu, &g.weight_shape(), DType::F32),
+        );
+        let flop = 2.0 * (g.n * g.o * g.out_h() * g.out_w() * g.c * g.kh * g.kw) as f64;
+        // grad_weight_tex reads x as the forward packed it.
+        let (pack_x, packed_x) =
+            siamese_gpu::ops::pack::nhwc4(gpu, &x, 0, g.unfold()).expect("pack x");
+        gpu.run(&[&pack_x]);
         let runs = [
-            ("dense_forward", dense::forward(&gpu, &x, &w, &b, &y)),
-            ("dense_grad_input", dense::grad_input(&gpu, &dy, &w, &dx)),
-            ("dense_grad_weight", dense::grad_weight(&gpu, &dy, &x, &dw)),
+            ("conv2d_forward", conv2d::forward(gpu, &x, &w, &b, &y, 1, 0)),
             (
-                "dense_forward_tex",
-                dense::forward_packed(&gpu, &x, &w, &b, &y),
+                "conv2d_grad_input",
+                conv2d::grad_input(gpu, &dy, &w, &dx, 1, 0),
             ),
             (
-                "dense_grad_input_tex",
-                dense::grad_input_packed(&gpu, &dy, &w, &dx),
+                "conv2d_grad_weight",
+                conv2d::grad_weight(gpu, &dy, &x, &dw, 1, 0),
             ),
             (
-                "dense_grad_weight_tex",
-                dense::grad_weight_packed(&gpu, &dy, &x, &dw),
+                "conv2d_forward_tex",
+                conv2d::forward_packed(gpu, &x, &w, &b, &y, 0).map(|(k, _)| k),
+            ),
+            (
+                "conv2d_grad_input_tex",
+                conv2d::grad_input_packed(gpu, &dy, &w, &dx, 0),
+            ),
+            (
+                "conv2d_grad_weight_tex",
+                conv2d::grad_weight_packed(gpu, &dy, &packed_x, &dw, None, &g),
             ),
         ];
         for (op, kernel) in runs {
             report(
-                &gpu,
-                op,
+                gpu,
+                &format!("{op}{suffix}"),
                 layer,
                 batch,
                 flop,
-                seconds_per_run(&gpu, &kernel.expect(op)),
+                seconds_per_run(gpu, &kernel.expect(op)),
                 peak,
             );
-        }
-
-        for (layer, g) in [
-            (
-                "conv 1>32 5x5",
-                Conv2dGeometry {
-                    n: batch,
-                    c: 1,
-                    h: 28,
-                    w: 28,
-                    o: 32,
-                    kh: 5,
-                    kw: 5,
-                    stride: 1,
-                    pad: 0,
-                },
-            ),
-            (
-                "conv 32>64 3x3",
-                Conv2dGeometry {
-                    n: batch,
-                    c: 32,
-                    h: 12,
-                    w: 12,
-                    o: 64,
-                    kh: 3,
-                    kw: 3,
-                    stride: 1,
-                    pad: 0,
-                },
-            ),
-        ] {
-            let x = random(&gpu, &mut rng, &g.input_shape());
-            let w = random(&gpu, &mut rng, &g.weight_shape());
-            let b = random(&gpu, &mut rng, &[g.o]);
-            let (y, dy) = (
-                zeros(&gpu, &g.output_shape()),
-                random(&gpu, &mut rng, &g.output_shape()),
-            );
-            let (dx, dw) = (
-                zeros(&gpu, &g.input_shape()),
-                zeros(&gpu, &g.weight_shape()),
-            );
-            let flop = 2.0 * (g.n * g.o * g.out_h() * g.out_w() * g.c * g.kh * g.kw) as f64;
-            // grad_weight_tex reads x as the forward packed it.
-            let (pack_x, packed_x) =
-                siamese_gpu::ops::pack::nhwc4(&gpu, &x, 0, g.unfold()).expect("pack x");
-            gpu.run(&[&pack_x]);
-            let runs = [
-                (
-                    "conv2d_forward",
-                    conv2d::forward(&gpu, &x, &w, &b, &y, 1, 0),
-                ),
-                (
-                    "conv2d_grad_input",
-                    conv2d::grad_input(&gpu, &dy, &w, &dx, 1, 0),
-                ),
-                (
-                    "conv2d_grad_weight",
-                    conv2d::grad_weight(&gpu, &dy, &x, &dw, 1, 0),
-                ),
-                (
-                    "conv2d_forward_tex",
-                    conv2d::forward_packed(&gpu, &x, &w, &b, &y, 0).map(|(k, _)| k),
-                ),
-                (
-                    "conv2d_grad_input_tex",
-                    conv2d::grad_input_packed(&gpu, &dy, &w, &dx, 0),
-                ),
-                (
-                    "conv2d_grad_weight_tex",
-                    conv2d::grad_weight_packed(&gpu, &dy, &packed_x, &dw, None, &g),
-                ),
-            ];
-            for (op, kernel) in runs {
-                report(
-                    &gpu,
-                    op,
-                    layer,
-                    batch,
-                    flop,
-                    seconds_per_run(&gpu, &kernel.expect(op)),
-                    peak,
-                );
-            }
         }
     }
 }

@@ -2,9 +2,10 @@
 //! loss at batches of 32, 128 and 512 pairs (one step = one submission: gather, forward of
 //! both branches, loss, backward, Adam), and embedding images/s for evaluation.
 //!
-//! Each batch is timed with two kernel paths side by side in one run, and their ratio
-//! printed: the storage-buffer kernels throughout (the engine before the texel kernels),
-//! and the default per-adapter choice (`auto`: on lavapipe, the texel kernels throughout).
+//! Each batch is timed side by side in one run, with ratios printed: the storage-buffer
+//! kernels throughout (the engine before the texel kernels), the default per-adapter choice
+//! (`auto`: on lavapipe, the texel kernels throughout), and `auto` under mixed precision
+//! (`--precision mixed`, where the adapter has f16 shaders).
 //!
 //! `cargo bench --bench train`; `SIAMESE_BENCH_BATCHES=128` picks the batches. Uses
 //! Fashion-MNIST when installed, random images of the same size otherwise (the speed does
@@ -16,6 +17,7 @@ use siamese_gpu::data::dataset;
 use siamese_gpu::eval::embed::Embedder;
 use siamese_gpu::model::SiameseModel;
 use siamese_gpu::ops::gather;
+use siamese_gpu::precision::Precision;
 use siamese_gpu::train::{TrainConfig, TrainStep};
 use siamese_gpu::{DType, Gpu, KernelPath};
 
@@ -63,16 +65,27 @@ fn main() {
         };
         let model = SiameseModel::new(cfg.model_config([1, 28, 28])).expect("the reference model");
         let mut rates = Vec::new();
-        for path in [KernelPath::Storage, KernelPath::Auto] {
+        let mut runs = vec![
+            (KernelPath::Storage, Precision::F32),
+            (KernelPath::Auto, Precision::F32),
+        ];
+        if gpu.has_f16() {
+            runs.push((KernelPath::Auto, Precision::Mixed));
+        }
+        for (path, precision) in runs {
             gpu.set_kernel_path(path);
+            let cfg = TrainConfig {
+                precision,
+                ..cfg.clone()
+            };
             let pairs_per_sec = train_rate(&gpu, &model, &cfg, &packed, &labels);
             println!(
-                "train   batch {batch:>4} pairs  {:<8} {:>8.1} ms/step  {pairs_per_sec:>8.1} pairs/s",
+                "train   batch {batch:>4} pairs  {:<8} {precision:<6} {:>8.1} ms/step  {pairs_per_sec:>8.1} pairs/s",
                 path.name(),
                 1e3 * batch as f64 / pairs_per_sec
             );
             println!(
-                "{{\"kind\":\"train\",\"batch\":{batch},\"kernels\":\"{}\",\"pairs_per_sec\":{pairs_per_sec:.2},\"ms_per_step\":{:.3},\"adapter\":\"{}\",\"driver\":\"{driver}\"}}",
+                "{{\"kind\":\"train\",\"batch\":{batch},\"kernels\":\"{}\",\"precision\":\"{precision}\",\"pairs_per_sec\":{pairs_per_sec:.2},\"ms_per_step\":{:.3},\"adapter\":\"{}\",\"driver\":\"{driver}\"}}",
                 path.name(),
                 1e3 * batch as f64 / pairs_per_sec,
                 a.name
@@ -83,6 +96,12 @@ fn main() {
             "train   batch {batch:>4} pairs  auto / storage = {:.2}x",
             rates[1] / rates[0]
         );
+        if let Some(mixed) = rates.get(2) {
+            println!(
+                "train   batch {batch:>4} pairs  mixed / f32 (auto) = {:.2}x",
+                mixed / rates[1]
+            );
+        }
         let params = gpu
             .upload_f32(&model.layout.init(0), &[model.layout.len])
             .expect("parameters");

@@ -123,21 +123,50 @@ fn gpu_on(path: KernelPath) -> &'static Gpu {
 
 /// Runs forward and backward on `g` in one submission; returns (loss, flat gradients).
 fn gpu_loss_and_grads(g: &Gpu, m: &SiameseModel, flat: &[f32], x: &[f32]) -> (f32, Vec<f32>) {
+    gpu_loss_and_grads_as(g, m, flat, x, None)
+}
+
+/// [`gpu_loss_and_grads`], or with `loss_scale` Some(S) under mixed precision as training
+/// runs it: f16 images, the tower on an f16 copy of the weights (cast on the device), the
+/// backward seeded with S; the gradients are returned divided by S.
+fn gpu_loss_and_grads_as(
+    g: &Gpu,
+    m: &SiameseModel,
+    flat: &[f32],
+    x: &[f32],
+    loss_scale: Option<f32>,
+) -> (f32, Vec<f32>) {
     let images = m.config.loss.branches() * B;
     let params = g.upload_f32(flat, &[flat.len()]).unwrap();
     let grads = g.zeros(&[flat.len()], siamese_gpu::DType::F32).unwrap();
     let labels = PairLabel::upload(g, &labels()).unwrap();
     let mut tape = Tape::new(g);
-    let xv = tape.input(g.upload_f32(x, &[images, 1, 8, 8]).unwrap());
+    let x_shape = [images, 1, 8, 8];
+    let (xt, half, cast) = match loss_scale {
+        None => (g.upload_f32(x, &x_shape).unwrap(), None, None),
+        Some(_) => {
+            let half = g.zeros(&[flat.len()], siamese_gpu::DType::F16).unwrap();
+            let cast = siamese_gpu::ops::amp::cast(g, &params, &half).unwrap();
+            (g.upload_f16(x, &x_shape).unwrap(), Some(half), Some(cast))
+        }
+    };
+    let xv = tape.input(xt);
     let loss = m
-        .record_loss(&mut tape, xv, &labels, &params, None, Some(&grads))
+        .record_loss(&mut tape, xv, &labels, &params, half.as_ref(), Some(&grads))
         .unwrap();
     let backward = tape.backward(loss).unwrap();
-    let kernels: Vec<_> = tape.forward_kernels().chain(backward.iter()).collect();
+    let scale = loss_scale.unwrap_or(1.0);
+    g.write_f32(tape.grad(loss).unwrap(), &[scale]).unwrap();
+    let kernels: Vec<_> = cast
+        .iter()
+        .chain(tape.forward_kernels())
+        .chain(backward.iter())
+        .collect();
     g.run(&kernels);
+    let grads = g.read_f32(&grads).unwrap();
     (
         g.read_f32(tape.tensor(loss)).unwrap()[0],
-        g.read_f32(&grads).unwrap(),
+        grads.iter().map(|v| v / scale).collect(),
     )
 }
 
@@ -214,6 +243,38 @@ fn triplet_model_gradients_match_cpu_and_finite_differences() {
             triplet_head::<f32>,
             triplet_head::<f64>,
         );
+    }
+}
+
+/// Mixed precision against f32, on every kernel path: the tower in f16 (images, weight copy,
+/// activations and their gradients; f32 accumulation), the backward seeded with a loss
+/// scale of 1024 and the gradients divided by it. Every f16 store rounds by at most 2⁻¹¹
+/// relative; a gradient here passes through about ten of them (inputs, weights, each
+/// layer's value and gradient), so its error stays within ~1% of the largest gradient, the
+/// bound used. A kernel that read an f16 buffer as f32, or a missing unscale, is off by far
+/// more (the scale alone is a factor 1024).
+#[test]
+fn mixed_precision_model_gradients_match_f32() {
+    if !has_f16() {
+        return;
+    }
+    for loss_kind in [LossKind::Contrastive, LossKind::Triplet] {
+        let m = model(loss_kind);
+        let flat = m.layout.init(7);
+        let x = uniform(&mut rng(11), loss_kind.branches() * B * 64, 0.0, 1.0);
+        for path in PATHS {
+            let g = gpu_on(path);
+            let (want_loss, want) = gpu_loss_and_grads(g, &m, &flat, &x);
+            let (got_loss, got) = gpu_loss_and_grads_as(g, &m, &flat, &x, Some(1024.0));
+            let what = format!("{loss_kind} mixed precision ({} kernels)", path.name());
+            assert!(
+                (got_loss - want_loss).abs() <= 1e-2 * want_loss.abs().max(1e-3),
+                "{what}: loss {got_loss} vs f32 {want_loss}"
+            );
+            let scale = want.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+            assert!(scale > 1e-3, "the gradients must not vanish");
+            assert_close(&what, &got, &want, 1e-2 * scale as f64, 0.0);
+        }
     }
 }
 
