@@ -1,8 +1,10 @@
-//! `shaders/conv2d.wgsl` against `cpu::conv2d`, and its gradients against finite differences.
+//! `shaders/conv2d.wgsl` against `cpu::conv2d`, and its gradients against finite differences;
+//! every entry also on f16 tensors (mixed precision), against the reference on the f16 values.
 
 mod common;
 
 use common::*;
+use siamese_gpu::DType::F16;
 use siamese_gpu::cpu::conv2d::{self as cpu, Conv2dGeometry};
 use siamese_gpu::ops::{conv2d, pack};
 use siamese_gpu::{Kernel, Tensor, Texels};
@@ -601,5 +603,304 @@ fn conv2d_grad_weight_tex_survives_long_reductions() {
         &db,
         &cpu::conv2d_grad_bias(&c.dy, g.n, g.o, g.out_h() * g.out_w()),
         &linear_bound(terms, &magnitude),
+    );
+}
+
+// ---- mixed precision: f16 activations and weight copies, f32 weight and bias gradients ----
+
+/// `c` rounded to f16: what f16 tensors of it hold, and what the CPU reference then takes.
+fn to_f16(c: &Case) -> Case {
+    Case {
+        x: round_f16(&c.x),
+        w: round_f16(&c.w),
+        b: round_f16(&c.b),
+        dy: round_f16(&c.dy),
+    }
+}
+
+/// The bound on an output stored as f16, given `sum`, the bound on its f32 value's distance
+/// to the reference (as in the f32 tests: the f16 inputs are exact, f16 × f16 products are
+/// exact in f32, and the sums run in f32). The store then rounds to the nearest f16, which
+/// moves a value v by at most U16·|v| in f16's normal range and by half the subnormal spacing
+/// (2⁻²⁵) below it: |got − want| ≤ sum·(1 + U16) + U16·|want| + 2⁻²⁵.
+fn stored_as_f16(sum: &[f64], want: &[f32]) -> Vec<f64> {
+    sum.iter()
+        .zip(want)
+        .map(|(&e, &w)| e * (1.0 + U16) + U16 * (w as f64).abs() + 2f64.powi(-25))
+        .collect()
+}
+
+/// The storage-buffer forward and grad_input on f16 tensors (f16 out), against the CPU on
+/// the same f16 values. A kernel reading f16 as f32, or summing in f16, is far outside
+/// (an f16 sum of C·KH·KW terms errs by up to about C·KH·KW·U16·Σ|terms|).
+#[test]
+fn conv2d_f16_forward_and_grad_input_match_cpu() {
+    if !has_f16() {
+        return;
+    }
+    for (seed, g) in SHAPES.iter().enumerate() {
+        let c = to_f16(&case(g, 700 + seed as u64));
+        let y = zeros_as(&g.output_shape(), F16);
+        let kernel = conv2d::forward(
+            gpu(),
+            &upload_as(&c.x, &g.input_shape(), F16),
+            &upload_as(&c.w, &g.weight_shape(), F16),
+            &upload_as(&c.b, &[g.o], F16),
+            &y,
+            g.stride,
+            g.pad,
+        )
+        .unwrap();
+        let want = cpu::conv2d_forward(&c.x, &c.w, &c.b, g);
+        let magnitude = cpu::conv2d_forward(&abs(&c.x), &abs(&c.w), &abs(&c.b), g);
+        assert_within(
+            &format!("conv2d_forward f16 {g:?}"),
+            &run_and_read_floats(&kernel, &y),
+            &want,
+            &stored_as_f16(&linear_bound(g.c * g.kh * g.kw + 1, &magnitude), &want),
+        );
+
+        let dx = zeros_as(&g.input_shape(), F16);
+        let kernel = conv2d::grad_input(
+            gpu(),
+            &upload_as(&c.dy, &g.output_shape(), F16),
+            &upload_as(&c.w, &g.weight_shape(), F16),
+            &dx,
+            g.stride,
+            g.pad,
+        )
+        .unwrap();
+        let want = cpu::conv2d_grad_input(&c.dy, &c.w, g);
+        let magnitude = cpu::conv2d_grad_input(&abs(&c.dy), &abs(&c.w), g);
+        assert_within(
+            &format!("conv2d_grad_input f16 {g:?}"),
+            &run_and_read_floats(&kernel, &dx),
+            &want,
+            &stored_as_f16(&linear_bound(g.o * g.kh * g.kw, &magnitude), &want),
+        );
+    }
+}
+
+/// The storage-buffer grad_weight (unsplit, split at every count, and as the launcher
+/// splits: the f32 reduce pass included) and grad_bias from f16 dy and x, into f32 dw and
+/// db: the f16 values are exact, so the f32 tests' bound holds unchanged (no f16 store).
+#[test]
+fn conv2d_f16_grad_weight_and_bias_match_cpu() {
+    if !has_f16() {
+        return;
+    }
+    for (seed, g) in SHAPES.iter().enumerate() {
+        let c = to_f16(&case(g, 800 + seed as u64));
+        let (dy, x) = (
+            upload_as(&c.dy, &g.output_shape(), F16),
+            upload_as(&c.x, &g.input_shape(), F16),
+        );
+        let want = cpu::conv2d_grad_weight(&c.dy, &c.x, g);
+        let magnitude = cpu::conv2d_grad_weight(&abs(&c.dy), &abs(&c.x), g);
+        let bound = linear_bound(g.n * g.out_h() * g.out_w(), &magnitude);
+        for splits in std::iter::once(None).chain((1..=g.n).map(Some)) {
+            let dw = zeros(&g.weight_shape());
+            let kernel = match splits {
+                Some(s) => conv2d::grad_weight_split(gpu(), &dy, &x, &dw, g.stride, g.pad, s),
+                None => conv2d::grad_weight(gpu(), &dy, &x, &dw, g.stride, g.pad),
+            }
+            .unwrap();
+            assert_within(
+                &format!("conv2d_grad_weight f16 {g:?} splits {splits:?}"),
+                &run_and_read(&kernel, &dw),
+                &want,
+                &bound,
+            );
+        }
+
+        let db = zeros(&[g.o]);
+        let kernel = conv2d::grad_bias(gpu(), &dy, &db).unwrap();
+        let plane = g.out_h() * g.out_w();
+        let magnitude = cpu::conv2d_grad_bias(&abs(&c.dy), g.n, g.o, plane);
+        assert_within(
+            &format!("conv2d_grad_bias f16 {g:?}"),
+            &run_and_read(&kernel, &db),
+            &cpu::conv2d_grad_bias(&c.dy, g.n, g.o, plane),
+            &linear_bound(g.n * plane, &magnitude),
+        );
+    }
+}
+
+/// The texel path on f16 tensors, as the tape runs it: forward_packed (f16 texels, f16 y),
+/// grad_input_packed and grad_input_tex (f16 dx), grad_weight_packed and grad_weight_tex
+/// (f32 dw and db) from the same f16 texels. Bounds as the storage path's.
+#[test]
+fn conv2d_f16_texel_path_matches_cpu() {
+    if !has_f16() {
+        return;
+    }
+    for (seed, g) in TEX_SHAPES.iter().enumerate() {
+        let c = to_f16(&case(g, 1000 + seed as u64));
+        let (x, w, dy) = (
+            upload_as(&c.x, &g.input_shape(), F16),
+            upload_as(&c.w, &g.weight_shape(), F16),
+            upload_as(&c.dy, &g.output_shape(), F16),
+        );
+        let y = zeros_as(&g.output_shape(), F16);
+        let (forward, xt) =
+            conv2d::forward_packed(gpu(), &x, &w, &upload_as(&c.b, &[g.o], F16), &y, g.pad)
+                .unwrap();
+        assert_eq!(xt.dtype(), F16, "x texels of an f16 x");
+        let want = cpu::conv2d_forward(&c.x, &c.w, &c.b, g);
+        let magnitude = cpu::conv2d_forward(&abs(&c.x), &abs(&c.w), &abs(&c.b), g);
+        assert_within(
+            &format!("conv2d_forward_tex f16 {g:?}"),
+            &run_and_read_floats(&forward, &y),
+            &want,
+            &stored_as_f16(&linear_bound(g.c * g.kh * g.kw + 1, &magnitude), &want),
+        );
+
+        let dx = zeros_as(&g.input_shape(), F16);
+        let kernel = conv2d::grad_input_packed(gpu(), &dy, &w, &dx, g.pad).unwrap();
+        let got_dx = run_and_read_floats(&kernel, &dx);
+        let want = cpu::conv2d_grad_input(&c.dy, &c.w, g);
+        let magnitude = cpu::conv2d_grad_input(&abs(&c.dy), &abs(&c.w), g);
+        assert_within(
+            &format!("conv2d_grad_input (texels) f16 {g:?}"),
+            &got_dx,
+            &want,
+            &stored_as_f16(&linear_bound(g.o * g.kh * g.kw, &magnitude), &want),
+        );
+
+        let (dw, db) = (zeros(&g.weight_shape()), zeros(&[g.o]));
+        let kernel = conv2d::grad_weight_packed(gpu(), &dy, &xt, &dw, Some(&db), g).unwrap();
+        gpu().run(&[&forward, &kernel]);
+        let (got_dw, got_db) = (gpu().read_f32(&dw).unwrap(), gpu().read_f32(&db).unwrap());
+        let terms = g.n * g.out_h() * g.out_w();
+        let magnitude = cpu::conv2d_grad_weight(&abs(&c.dy), &abs(&c.x), g);
+        assert_within(
+            &format!("conv2d_grad_weight_tex f16 {g:?}"),
+            &got_dw,
+            &cpu::conv2d_grad_weight(&c.dy, &c.x, g),
+            &linear_bound(terms, &magnitude),
+        );
+        let plane = g.out_h() * g.out_w();
+        let magnitude = cpu::conv2d_grad_bias(&abs(&c.dy), g.n, g.o, plane);
+        assert_within(
+            &format!("conv2d_grad_weight_tex bias f16 {g:?}"),
+            &got_db,
+            &cpu::conv2d_grad_bias(&c.dy, g.n, g.o, plane),
+            &linear_bound(terms, &magnitude),
+        );
+
+        // dy packed once with grad_input's border serves grad_input_tex and grad_weight_tex:
+        // the same products in the same order as above, so the same bits.
+        let dy_pad = g.grad_input_pad();
+        let (pack_dy, dyt) = pack::nhwc4(gpu(), &dy, dy_pad, 1).unwrap();
+        assert_eq!(dyt.dtype(), F16, "dy texels of an f16 dy");
+        let dx_tex = zeros_as(&g.input_shape(), F16);
+        let (dw_pad, db_pad) = (zeros(&g.weight_shape()), zeros(&[g.o]));
+        let grad_input = conv2d::grad_input_tex(gpu(), &dyt, &w, &dx_tex, g.pad).unwrap();
+        let grad_weight =
+            conv2d::grad_weight_tex(gpu(), g, &xt, &dyt, dy_pad, &dw_pad, Some(&db_pad)).unwrap();
+        gpu().run(&[&forward, &pack_dy, &grad_input, &grad_weight]);
+        assert_eq!(
+            gpu().read_floats(&dx_tex).unwrap(),
+            got_dx,
+            "grad_input_tex f16 {g:?}"
+        );
+        assert_eq!(
+            gpu().read_f32(&dw_pad).unwrap(),
+            got_dw,
+            "dw from padded dy f16 {g:?}"
+        );
+        assert_eq!(
+            gpu().read_f32(&db_pad).unwrap(),
+            got_db,
+            "db from padded dy f16 {g:?}"
+        );
+    }
+}
+
+/// Mixed element types are refused with an error naming the mismatch: an f16 op's
+/// activations, weights and texels share its type, and its dw and db are f32.
+#[test]
+fn conv2d_f16_refuses_mixed_types() {
+    if !has_f16() {
+        return;
+    }
+    let g = geom(2, 3, 6, 6, 4, 3, 3, 1, 1);
+    let f16 = |shape: &[usize]| zeros_as(shape, F16);
+    let f32 = |shape: &[usize]| zeros(shape);
+    let (x16, w16, b16, y16, dy16) = (
+        f16(&g.input_shape()),
+        f16(&g.weight_shape()),
+        f16(&[g.o]),
+        f16(&g.output_shape()),
+        f16(&g.output_shape()),
+    );
+    let (w32, dw32, db32) = (f32(&g.weight_shape()), f32(&g.weight_shape()), f32(&[g.o]));
+    let refused = |what: &str, result: siamese_gpu::Result<Kernel>, needle: &str| {
+        let err = result.err().unwrap_or_else(|| panic!("{what}: accepted"));
+        let msg = err.to_string();
+        assert!(msg.contains(needle), "{what}: {msg}");
+    };
+    refused(
+        "forward, f32 w",
+        conv2d::forward(gpu(), &x16, &w32, &b16, &y16, 1, 1),
+        "w must be a F16 tensor",
+    );
+    refused(
+        "forward, f32 y",
+        conv2d::forward(gpu(), &x16, &w16, &b16, &f32(&g.output_shape()), 1, 1),
+        "y must be a F16 tensor",
+    );
+    refused(
+        "grad_input, f32 dy",
+        conv2d::grad_input(gpu(), &f32(&g.output_shape()), &w16, &x16, 1, 1),
+        "dy must be a F16 tensor",
+    );
+    refused(
+        "grad_weight, f16 dw",
+        conv2d::grad_weight(gpu(), &dy16, &x16, &w16, 1, 1),
+        "dw must be a F32 tensor",
+    );
+    refused(
+        "grad_bias, f16 db",
+        conv2d::grad_bias(gpu(), &dy16, &b16),
+        "db must be a F32 tensor",
+    );
+    // Texels of the other type than the tensors.
+    let x32 = f32(&g.input_shape());
+    let (_, xt32) = pack::nhwc4(gpu(), &x32, g.pad, g.unfold()).unwrap();
+    let (_, wt16) = pack::conv_weight(gpu(), &w16, false, g.unfold()).unwrap();
+    refused(
+        "forward_tex, f32 x texels",
+        conv2d::forward_tex(gpu(), &g, g.unfold(), &xt32, &wt16, &b16, &y16),
+        "the input texels hold F32 components but y is F16",
+    );
+    let (_, dyt32) = pack::nhwc4(gpu(), &f32(&g.output_shape()), g.grad_input_pad(), 1).unwrap();
+    refused(
+        "grad_input_tex, f32 dy texels",
+        conv2d::grad_input_tex(gpu(), &dyt32, &w16, &x16, g.pad),
+        "the dy texels hold F32 components but dx is F16",
+    );
+    let (_, xt16) = pack::nhwc4(gpu(), &x16, g.pad, g.unfold()).unwrap();
+    refused(
+        "grad_weight_tex, f16 x and f32 dy texels",
+        conv2d::grad_weight_tex(gpu(), &g, &xt16, &dyt32, g.grad_input_pad(), &dw32, None),
+        "the x texels hold F16 components but the dy texels hold F32",
+    );
+    refused(
+        "grad_weight_packed, f32 dy and f16 x texels",
+        conv2d::grad_weight_packed(
+            gpu(),
+            &f32(&g.output_shape()),
+            &xt16,
+            &dw32,
+            Some(&db32),
+            &g,
+        ),
+        "the x texels hold F16 components but dy is F32",
+    );
+    refused(
+        "grad_weight_packed, f16 db",
+        conv2d::grad_weight_packed(gpu(), &dy16, &xt16, &dw32, Some(&b16), &g),
+        "db must be a F32 tensor",
     );
 }

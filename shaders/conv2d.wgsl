@@ -1,21 +1,32 @@
 // conv2d.wgsl — 2-D convolution, NCHW, stride s, zero padding `pad`, and its gradients.
 //
-// Tensors (row-major f32):
+// Tensors (row-major):
 //   x  [N, C, H, W]      input            w  [O, C, KH, KW]   weights (PyTorch layout)
 //   y  [N, O, OH, OW]    output           b  [O]              bias
 //   OH = (H + 2·pad − KH) / s + 1, OW likewise (floored).
 //
-// Entry points (binding 0 is always `p: ConvParams`):
-//   conv2d_forward            x@1, w@2, b@3        -> y@4
-//   conv2d_grad_input         dy@1, w@2            -> dx@4
-//   conv2d_grad_weight        dy@1, x@5            -> partial@4 [S, O, C·KH·KW]
-//   conv2d_grad_weight_reduce partial@1            -> dw@4 [O, C·KH·KW]
-//   conv2d_grad_bias          dy@1                 -> db@4
-//   conv2d_forward_tex        x texels@6, w texels@7, b@3   -> y@4   (stride 1)
+// Entry points (binding 0 is always `p: ConvParams`), with the element type of each tensor
+// in the f16 variant its launcher runs for f16 tensors (`elem`: E; f32 in the f32 variant):
+//   conv2d_forward            x@1 E, w@2 E, b@3 E               -> y@4 E
+//   conv2d_grad_input         dy@1 E, w@2 E                     -> dx@4 E
+//   conv2d_grad_weight        dy@1 E, x@5 E                     -> partial@4 f32 [S, O, C·KH·KW]
+//   conv2d_grad_weight_reduce partial@1 f32                     -> dw@4 f32 [O, C·KH·KW]
+//   conv2d_grad_bias          dy@1 E                            -> db@4 f32
+//   conv2d_forward_tex        x texels@6, w texels@7, b@3 E     -> y@4 E   (stride 1)
 //   conv2d_grad_weight_tex    x texels@6, dy texels@7 (borders of `dy_pad`)
-//                                                           -> partial@4 [S, O, C·KH·KW], and
-//                             with `bias_partials` > 0 the bias gradient's partials
+//                                                               -> partial@4 f32 [S, O, C·KH·KW],
+//                             and with `bias_partials` > 0 the bias gradient's partials
 //                             [S, O] from that element of partial@4 on
+//
+// Mixed precision: the storage inputs (x, dy, w, b: w and b are then the f16 copies of the
+// f32 master weights) are typed `elem` and the output binding `out` is `out_elem`, both f32
+// as written. The f16 variants make `elem` f16, and `out_elem` f16 too where `out` holds an
+// activation or its gradient (y, dx); weight and bias gradients and their split partials
+// (dw, db, partial) stay f32, since they feed the f32 master weights.
+// conv2d_grad_weight_reduce reads f32 partials through `src` and only runs as written.
+// Every product and sum is in f32 (an f16 × f16 product is exact in f32); only the final
+// store rounds to `out_elem`. Texels (x, w, dy) hold f32 or f16 (rgba16float) components,
+// of E's type (the launchers check); texture_2d<f32> reads both as vec4<f32>.
 //
 // The `_tex` entries read operands packed by pack.wgsl: x (or dy) as pack_nhwc4 (channels by
 // fours, borders zero-padded, so no tap needs a bounds test) and w as pack_conv_weight.
@@ -47,11 +58,14 @@ struct ConvParams {
 }
 
 @group(0) @binding(0) var<uniform> p: ConvParams;
-@group(0) @binding(1) var<storage, read> src: array<f32>;      // x, dy or partial
-@group(0) @binding(2) var<storage, read> weight: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
-@group(0) @binding(5) var<storage, read> image: array<f32>;    // x, for grad_weight
+alias elem = f32;      // x, dy, w, b (and the f32 partials the reduce reads through src)
+alias out_elem = f32;  // y, dx; or dw, db and partials (f32 in every variant they run in)
+
+@group(0) @binding(1) var<storage, read> src: array<elem>;     // x, dy or partial
+@group(0) @binding(2) var<storage, read> weight: array<elem>;
+@group(0) @binding(3) var<storage, read> bias: array<elem>;
+@group(0) @binding(4) var<storage, read_write> out: array<out_elem>;
+@group(0) @binding(5) var<storage, read> image: array<elem>;   // x, for grad_weight
 @group(0) @binding(6) var tex_a: texture_2d<f32>;              // x (or dy) as pack_nhwc4
 @group(0) @binding(7) var tex_b: texture_2d<f32>;              // w, or dy for grad_weight
 
@@ -69,12 +83,12 @@ fn clamp4(base: u32, last: u32) -> vec4<u32> {
 // src[idx] where `ok`, else 0 (the index is made safe before the load).
 fn load_src(idx: vec4<i32>, ok: vec4<bool>) -> vec4<f32> {
     let i = vec4<u32>(select(vec4<i32>(0), idx, ok));
-    return select(vec4<f32>(0.0), vec4<f32>(src[i.x], src[i.y], src[i.z], src[i.w]), ok);
+    return select(vec4<f32>(0.0), vec4<f32>(f32(src[i.x]), f32(src[i.y]), f32(src[i.z]), f32(src[i.w])), ok);
 }
 
 fn load_image(idx: vec4<i32>, ok: vec4<bool>) -> vec4<f32> {
     let i = vec4<u32>(select(vec4<i32>(0), idx, ok));
-    return select(vec4<f32>(0.0), vec4<f32>(image[i.x], image[i.y], image[i.z], image[i.w]), ok);
+    return select(vec4<f32>(0.0), vec4<f32>(f32(image[i.x]), f32(image[i.y]), f32(image[i.z]), f32(image[i.w])), ok);
 }
 
 // y[n, o, oy, ox] = b[o] + Σ_{c, ky, kx} w[o, c, ky, kx] · x[n, c, oy·s − pad + ky, ox·s − pad + kx]
@@ -108,10 +122,10 @@ fn conv2d_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
                 let ok = row_ok & ix >= vec4<i32>(0) & ix < vec4<i32>(w);
                 let xv = load_src(rbase + ix, ok);
                 let t = (c * p.kh + ky) * p.kw + kx;
-                acc[0] = fma(vec4<f32>(weight[wrow.x + t]), xv, acc[0]);
-                acc[1] = fma(vec4<f32>(weight[wrow.y + t]), xv, acc[1]);
-                acc[2] = fma(vec4<f32>(weight[wrow.z + t]), xv, acc[2]);
-                acc[3] = fma(vec4<f32>(weight[wrow.w + t]), xv, acc[3]);
+                acc[0] = fma(vec4<f32>(f32(weight[wrow.x + t])), xv, acc[0]);
+                acc[1] = fma(vec4<f32>(f32(weight[wrow.y + t])), xv, acc[1]);
+                acc[2] = fma(vec4<f32>(f32(weight[wrow.z + t])), xv, acc[2]);
+                acc[3] = fma(vec4<f32>(f32(weight[wrow.w + t])), xv, acc[3]);
             }
         }
     }
@@ -119,9 +133,9 @@ fn conv2d_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var r = 0u; r < 4u; r++) {
         let o = o0 + r;
         if o >= p.o { return; }
-        let bo = bias[o];
+        let bo = f32(bias[o]);
         for (var q = 0u; q < 4u; q++) {
-            if pix0 + q < npix { out[ybase[q] + o * plane] = acc[r][q] + bo; }
+            if pix0 + q < npix { out[ybase[q] + o * plane] = out_elem(acc[r][q] + bo); }
         }
     }
 }
@@ -163,10 +177,10 @@ fn conv2d_grad_input(@builtin(global_invocation_id) gid: vec3<u32>) {
                 let ok = row_ok & tx >= vec4<i32>(0) & tx % s == vec4<i32>(0) & ox < vec4<i32>(ow);
                 let gv = load_src(obase + oy * ow + ox, ok);
                 let t = wo + ky * p.kw + kx;
-                acc[0] = fma(vec4<f32>(weight[t + ch.x * taps]), gv, acc[0]);
-                acc[1] = fma(vec4<f32>(weight[t + ch.y * taps]), gv, acc[1]);
-                acc[2] = fma(vec4<f32>(weight[t + ch.z * taps]), gv, acc[2]);
-                acc[3] = fma(vec4<f32>(weight[t + ch.w * taps]), gv, acc[3]);
+                acc[0] = fma(vec4<f32>(f32(weight[t + ch.x * taps])), gv, acc[0]);
+                acc[1] = fma(vec4<f32>(f32(weight[t + ch.y * taps])), gv, acc[1]);
+                acc[2] = fma(vec4<f32>(f32(weight[t + ch.z * taps])), gv, acc[2]);
+                acc[3] = fma(vec4<f32>(f32(weight[t + ch.w * taps])), gv, acc[3]);
             }
         }
     }
@@ -175,7 +189,7 @@ fn conv2d_grad_input(@builtin(global_invocation_id) gid: vec3<u32>) {
         let c = c0 + r;
         if c >= p.c { return; }
         for (var q = 0u; q < 4u; q++) {
-            if pix0 + q < npix { out[xbase[q] + c * in_plane] = acc[r][q]; }
+            if pix0 + q < npix { out[xbase[q] + c * in_plane] = out_elem(acc[r][q]); }
         }
     }
 }
@@ -215,10 +229,10 @@ fn conv2d_grad_weight(@builtin(global_invocation_id) gid: vec3<u32>) {
                 let ok = row_ok & ix >= vec4<i32>(0) & ix < vec4<i32>(w);
                 let xv = load_image(rbase + ix, ok);
                 let q = dy_img + oy * p.ow + ox;
-                acc[0] = fma(vec4<f32>(src[q + o.x * out_plane]), xv, acc[0]);
-                acc[1] = fma(vec4<f32>(src[q + o.y * out_plane]), xv, acc[1]);
-                acc[2] = fma(vec4<f32>(src[q + o.z * out_plane]), xv, acc[2]);
-                acc[3] = fma(vec4<f32>(src[q + o.w * out_plane]), xv, acc[3]);
+                acc[0] = fma(vec4<f32>(f32(src[q + o.x * out_plane])), xv, acc[0]);
+                acc[1] = fma(vec4<f32>(f32(src[q + o.y * out_plane])), xv, acc[1]);
+                acc[2] = fma(vec4<f32>(f32(src[q + o.z * out_plane])), xv, acc[2]);
+                acc[3] = fma(vec4<f32>(f32(src[q + o.w * out_plane])), xv, acc[3]);
             }
         }
     }
@@ -227,7 +241,7 @@ fn conv2d_grad_weight(@builtin(global_invocation_id) gid: vec3<u32>) {
         let oo = o0 + r;
         if oo >= p.o { return; }
         for (var k = 0u; k < 4u; k++) {
-            if t0 + k < taps { out[base + oo * taps + t0 + k] = acc[r][k]; }
+            if t0 + k < taps { out[base + oo * taps + t0 + k] = out_elem(acc[r][k]); }
         }
     }
 }
@@ -241,9 +255,9 @@ fn conv2d_grad_weight_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
     if i >= len { return; }
     var s = 0.0;
     for (var k = 0u; k < p.splits; k++) {
-        s += src[k * len + i];
+        s += f32(src[k * len + i]);
     }
-    out[i] = s;
+    out[i] = out_elem(s);
 }
 
 // db[o] = Σ_{n, oy, ox} dy[n, o, oy, ox]: one workgroup per channel, a fixed-shape tree in
@@ -257,7 +271,7 @@ fn conv2d_grad_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     var s = 0.0;
     for (var i = lid; i < p.n * plane; i += REDUCE_WG) {
         let n = i / plane;
-        s += src[(n * p.o + o) * plane + i % plane];
+        s += f32(src[(n * p.o + o) * plane + i % plane]);
     }
     partial_sums[lid] = s;
     workgroupBarrier();
@@ -265,7 +279,7 @@ fn conv2d_grad_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
         if lid < stride { partial_sums[lid] += partial_sums[lid + stride]; }
         workgroupBarrier();
     }
-    if lid == 0u { out[o] = partial_sums[0]; }
+    if lid == 0u { out[o] = out_elem(partial_sums[0]); }
 }
 
 // ---- texel entries (stride 1) ----
@@ -376,7 +390,7 @@ fn conv2d_forward_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     // The sixteen biases, loaded once (past the last channel they are never stored).
     var bv: array<vec4<f32>, 4>;
     for (var e = 0u; e < 16u; e++) {
-        bv[e / 4u][e % 4u] = bias[min(4u * o4a + e, p.o - 1u)];
+        bv[e / 4u][e % 4u] = f32(bias[min(4u * o4a + e, p.o - 1u)]);
     }
     for (var j = 0u; j < TEX_POS; j++) {
         let m = pb * TEX_POS + j;
@@ -389,7 +403,7 @@ fn conv2d_forward_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
             for (var e = 0u; e < 4u; e++) {
                 let o = 4u * (o4a + g) + e;
                 if o < p.o {
-                    out[(n * p.o + o) * plane + r] = v[e];
+                    out[(n * p.o + o) * plane + r] = out_elem(v[e]);
                 }
             }
         }
@@ -471,7 +485,7 @@ fn conv2d_grad_weight_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
             if e >= 4u && o4a + 1u >= o4n { break; }
             let o = 4u * o4a + e;
             if o >= p.o { break; }
-            out[p.bias_partials + split * p.o + o] = select(sb, sa, e < 4u)[e % 4u];
+            out[p.bias_partials + split * p.o + o] = out_elem(select(sb, sa, e < 4u)[e % 4u]);
         }
     }
     let out_base = split * p.o * p.c * taps;
@@ -485,7 +499,7 @@ fn conv2d_grad_weight_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
                 let c = 4u * (c4a + g) + k;
                 if c < p.c {
                     let w_index = ((o * (p.c / p.unfold) + c / p.unfold) * taps + tap) * p.unfold + c % p.unfold;
-                    out[out_base + w_index] = acc[2u * e + g][k];
+                    out[out_base + w_index] = out_elem(acc[2u * e + g][k]);
                 }
             }
         }

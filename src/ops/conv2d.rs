@@ -1,13 +1,68 @@
 //! Launchers for `shaders/conv2d.wgsl`: 2-D convolution, NCHW, PyTorch's weight layout
 //! `[out, in, kh, kw]`, stride and zero padding, with its three gradients.
+//!
+//! Mixed precision: the activations and their gradients (x, y, dy, dx) and the weights and
+//! bias a launcher reads (w, b: the f16 copies of the master weights) are all f32 or all
+//! f16, the type read off the tensors; weight and bias gradients (dw, db) are always f32.
+//! Every sum is accumulated in f32. Texels passed in must hold the components of that type
+//! too ([`pack`] makes f16 texels of f16 tensors).
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{Shader, expect_f32, expect_rank, pack, to_u32};
+use super::{
+    F16Variant, Shader, expect, expect_f32, expect_float_rank, expect_rank, float_dtype, pack,
+    to_u32,
+};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Kernel, Tensor, Texels, grid_1d};
 
 pub const SHADER: Shader = Shader::new("conv2d", include_str!("../../shaders/conv2d.wgsl"));
+
+/// What the shader's `out` binding receives: an activation or its gradient (y, dx), of the
+/// inputs' type, or a weight or bias gradient or its partial sums, always f32.
+#[derive(Clone, Copy)]
+enum Out {
+    Activation,
+    Gradient,
+}
+
+/// The shader for inputs (x, dy, w, b: `elem`) of `dtype`, with `out` (`out_elem`) as `out`
+/// says. For f32 inputs, the file as written.
+fn shader(dtype: DType, out: Out) -> Shader {
+    match (dtype, out) {
+        (DType::F16, Out::Activation) => SHADER.with_f16(F16Variant {
+            aliases: &["elem", "out_elem"],
+            texels: false,
+        }),
+        (DType::F16, Out::Gradient) => SHADER.with_f16(F16Variant {
+            aliases: &["elem"],
+            texels: false,
+        }),
+        _ => SHADER,
+    }
+}
+
+/// Fails unless texels `t` hold components of `dtype`, the type of the op's other operands
+/// (`other`: "y is", "the dy texels hold", ...).
+fn expect_texels(
+    op: &'static str,
+    what: &str,
+    t: &Texels,
+    dtype: DType,
+    other: &str,
+) -> Result<()> {
+    if t.dtype() == dtype {
+        return Ok(());
+    }
+    Err(Error::Shape {
+        op,
+        detail: format!(
+            "{what} hold {:?} components but {other} {dtype:?}; the texels must be packed \
+             from tensors of the op's type",
+            t.dtype()
+        ),
+    })
+}
 
 const WG_PIX: u32 = 16;
 const WG_CH: u32 = 4;
@@ -59,12 +114,13 @@ impl Conv2dGeometry {
         [self.n, self.o, self.out_h(), self.out_w()]
     }
 
-    /// Reads the geometry off an input and a weight tensor, checking that they fit.
+    /// Reads the geometry off an input and a weight tensor (each f32 or f16; the launchers
+    /// check their types), checking that they fit.
     pub fn of(op: &'static str, x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Self> {
-        let &[n, c, h, wd] = expect_rank(op, "x", x, 4)? else {
+        let (&[n, c, h, wd], _) = expect_float_rank(op, "x", x, 4)? else {
             unreachable!()
         };
-        let &[o, wc, kh, kw] = expect_rank(op, "w", w, 4)? else {
+        let (&[o, wc, kh, kw], _) = expect_float_rank(op, "w", w, 4)? else {
             unreachable!()
         };
         Self::checked(
@@ -162,7 +218,8 @@ fn blocks(rows: usize, cols: usize) -> [u32; 3] {
     ]
 }
 
-/// `y = conv2d(x, w) + b`; `x [N, C, H, W]`, `w [O, C, KH, KW]`, `b [O]`, `y [N, O, OH, OW]`.
+/// `y = conv2d(x, w) + b`; `x [N, C, H, W]`, `w [O, C, KH, KW]`, `b [O]`, `y [N, O, OH, OW]`,
+/// all f32 or all f16.
 pub fn forward(
     gpu: &Gpu,
     x: &Tensor,
@@ -174,17 +231,24 @@ pub fn forward(
 ) -> Result<Kernel> {
     const OP: &str = "conv2d_forward";
     let g = Conv2dGeometry::of(OP, x, w, stride, pad)?;
-    expect_f32(OP, "b", b, &[g.o])?;
-    expect_f32(OP, "y", y, &g.output_shape())?;
+    let dtype = x.dtype();
+    expect(OP, "w", w, &g.weight_shape(), dtype)?;
+    expect(OP, "b", b, &[g.o], dtype)?;
+    expect(OP, "y", y, &g.output_shape(), dtype)?;
     let params = g.params(OP, 1, 0)?;
     let groups = blocks(g.o, g.n * g.out_h() * g.out_w());
     let bindings = [(1, x), (2, w), (3, b), (4, y)];
     Ok(Kernel::single(gpu.dispatch(
-        &SHADER, OP, &CONSTANTS, &params, &bindings, groups,
+        &shader(dtype, Out::Activation),
+        OP,
+        &CONSTANTS,
+        &params,
+        &bindings,
+        groups,
     )?))
 }
 
-/// `dx [N, C, H, W]` from `dy [N, O, OH, OW]` and `w [O, C, KH, KW]`.
+/// `dx [N, C, H, W]` from `dy [N, O, OH, OW]` and `w [O, C, KH, KW]`, all f32 or all f16.
 pub fn grad_input(
     gpu: &Gpu,
     dy: &Tensor,
@@ -195,7 +259,9 @@ pub fn grad_input(
 ) -> Result<Kernel> {
     const OP: &str = "conv2d_grad_input";
     let g = Conv2dGeometry::of(OP, dx, w, stride, pad)?;
-    expect_f32(OP, "dy", dy, &g.output_shape())?;
+    let dtype = dx.dtype();
+    expect(OP, "w", w, &g.weight_shape(), dtype)?;
+    expect(OP, "dy", dy, &g.output_shape(), dtype)?;
     let params = g.params(OP, 1, 0)?;
     let groups = blocks(g.c, g.n * g.h * g.w);
     let bindings = [(1, dy), (2, w), (4, dx)];
@@ -205,12 +271,18 @@ pub fn grad_input(
         ("GRAD_INPUT_STRIDE", stride as f64),
     ];
     Ok(Kernel::single(gpu.dispatch(
-        &SHADER, OP, &constants, &params, &bindings, groups,
+        &shader(dtype, Out::Activation),
+        OP,
+        &constants,
+        &params,
+        &bindings,
+        groups,
     )?))
 }
 
-/// `dw [O, C, KH, KW]` from `dy [N, O, OH, OW]` and `x [N, C, H, W]`, splitting the
-/// reduction over images so that enough invocations run (see the shader's header).
+/// `dw [O, C, KH, KW]` (f32) from `dy [N, O, OH, OW]` and `x [N, C, H, W]` (both f32 or both
+/// f16), splitting the reduction over images so that enough invocations run (see the
+/// shader's header).
 pub fn grad_weight(
     gpu: &Gpu,
     dy: &Tensor,
@@ -241,7 +313,9 @@ pub fn grad_weight_split(
 ) -> Result<Kernel> {
     const OP: &str = "conv2d_grad_weight";
     let g = Conv2dGeometry::of(OP, x, dw, stride, pad)?;
-    expect_f32(OP, "dy", dy, &g.output_shape())?;
+    let dtype = x.dtype();
+    expect(OP, "dy", dy, &g.output_shape(), dtype)?;
+    expect_f32(OP, "dw", dw, &g.weight_shape())?;
     if splits == 0 || splits > g.n {
         return Err(Error::Shape {
             op: OP,
@@ -255,15 +329,16 @@ pub fn grad_weight_split(
     let taps = g.c * g.kh * g.kw;
     let [gx, gy, _] = blocks(g.o, taps);
     let groups = [gx, gy, splits as u32];
+    let shader = shader(dtype, Out::Gradient);
     if splits == 1 {
         let bindings = [(1, dy), (5, x), (4, dw)];
         return Ok(Kernel::single(
-            gpu.dispatch(&SHADER, OP, &CONSTANTS, &params, &bindings, groups)?,
+            gpu.dispatch(&shader, OP, &CONSTANTS, &params, &bindings, groups)?,
         ));
     }
     let partial = gpu.zeros(&[splits, g.o * taps], DType::F32)?;
     let partial_pass = gpu.dispatch(
-        &SHADER,
+        &shader,
         OP,
         &CONSTANTS,
         &params,
@@ -276,7 +351,8 @@ pub fn grad_weight_split(
     Ok(Kernel::with_scratch(dispatches, vec![partial]))
 }
 
-/// `dw [O, C, KH, KW] = Σ_split partial[split, :]`, the second pass of a split grad_weight.
+/// `dw [O, C, KH, KW] = Σ_split partial[split, :]`, the second pass of a split grad_weight
+/// (f32 partials and dw whatever the type of the activations).
 pub fn grad_weight_reduce(gpu: &Gpu, partial: &Tensor, dw: &Tensor) -> Result<Kernel> {
     const OP: &str = "conv2d_grad_weight_reduce";
     let &[o, c, kh, kw] = expect_rank(OP, "dw", dw, 4)? else {
@@ -307,10 +383,10 @@ pub fn grad_weight_reduce(gpu: &Gpu, partial: &Tensor, dw: &Tensor) -> Result<Ke
     )?))
 }
 
-/// `db [O] = Σ_{n, oy, ox} dy[n, :, oy, ox]`.
+/// `db [O] = Σ_{n, oy, ox} dy[n, :, oy, ox]`; dy f32 or f16, db f32.
 pub fn grad_bias(gpu: &Gpu, dy: &Tensor, db: &Tensor) -> Result<Kernel> {
     const OP: &str = "conv2d_grad_bias";
-    let &[n, o, oh, ow] = expect_rank(OP, "dy", dy, 4)? else {
+    let (&[n, o, oh, ow], dtype) = expect_float_rank(OP, "dy", dy, 4)? else {
         unreachable!()
     };
     expect_f32(OP, "db", db, &[o])?;
@@ -327,7 +403,7 @@ pub fn grad_bias(gpu: &Gpu, dy: &Tensor, db: &Tensor) -> Result<Kernel> {
     };
     let params = g.params(OP, 1, 0)?;
     Ok(Kernel::single(gpu.dispatch(
-        &SHADER,
+        &shader(dtype, Out::Gradient),
         OP,
         &[],
         &params,
@@ -420,6 +496,7 @@ fn expect_texel_path(op: &'static str, g: &Conv2dGeometry) -> Result<()> {
 
 /// `y = conv2d(x, w) + b` from `xt` (x packed by [`pack::nhwc4`] with `g.pad` and
 /// `unfold`) and `wt` (w packed by [`pack::conv_weight`], not flipped, the same `unfold`).
+/// `b` and `y` are f32 or f16, and the texels hold components of their type.
 pub fn forward_tex(
     gpu: &Gpu,
     g: &Conv2dGeometry,
@@ -431,12 +508,15 @@ pub fn forward_tex(
 ) -> Result<Kernel> {
     const OP: &str = "conv2d_forward_tex";
     expect_texel_path(OP, g)?;
-    expect_f32(OP, "b", b, &[g.o])?;
-    expect_f32(OP, "y", y, &g.output_shape())?;
+    let dtype = float_dtype(OP, "y", y)?;
+    expect(OP, "y", y, &g.output_shape(), dtype)?;
+    expect(OP, "b", b, &[g.o], dtype)?;
+    expect_texels(OP, "the input texels", xt, dtype, "y is")?;
+    expect_texels(OP, "the weight texels", wt, dtype, "y is")?;
     let params = g.packed_params(OP, unfold, 1, 0)?;
     let invocations = g.positions().div_ceil(TEX_POS) * g.o.div_ceil(16);
     Ok(Kernel::single(gpu.dispatch_with_texels(
-        &SHADER,
+        &shader(dtype, Out::Activation),
         OP,
         &[],
         &params,
@@ -469,7 +549,7 @@ fn expect_dy_texels(
 /// `dw` from `xt` (x packed by [`pack::nhwc4`] with `g.pad` and `g.unfold()`) and `dyt` (dy
 /// packed by [`pack::nhwc4`] with `dy_pad`, no unfolding), split over chunks of output rows
 /// like [`grad_weight`] over images; with `db`, the bias gradient too (from the same dy
-/// fetches).
+/// fetches). The texels are both f32 or both f16; `dw` and `db` are f32.
 pub fn grad_weight_tex(
     gpu: &Gpu,
     g: &Conv2dGeometry,
@@ -483,6 +563,7 @@ pub fn grad_weight_tex(
     expect_texel_path(OP, g)?;
     expect_f32(OP, "dw", dw, &g.weight_shape())?;
     expect_dy_texels(OP, g, dyt, dy_pad)?;
+    expect_texels(OP, "the x texels", xt, dyt.dtype(), "the dy texels hold")?;
     if let Some(db) = db {
         expect_f32(OP, "db", db, &[g.o])?;
     }
@@ -518,6 +599,8 @@ pub fn grad_weight_tex(
     params.dy_pad = to_u32(OP, "dy padding", dy_pad)?;
     let groups = texel_groups(blocks * splits);
     let textures = [(6, xt), (7, dyt)];
+    // The entry's only storage binding is f32 (dw or partials) and it reads texels of either
+    // type as vec4<f32>: the file as written serves f32 and f16 texels alike.
     if splits == 1 && db.is_none() {
         return Ok(Kernel::single(gpu.dispatch_with_texels(
             &SHADER,
@@ -553,8 +636,8 @@ pub fn grad_weight_tex(
     Ok(Kernel::with_scratch(dispatches, vec![partial]))
 }
 
-/// The forward through the texel kernels: packs x and w, convolves. Also returns x's
-/// texels, which [`grad_weight_packed`] reads in the backward.
+/// The forward through the texel kernels: packs x and w, convolves (all f32 or all f16, as
+/// [`forward`]). Also returns x's texels, which [`grad_weight_packed`] reads in the backward.
 pub fn forward_packed(
     gpu: &Gpu,
     x: &Tensor,
@@ -563,8 +646,10 @@ pub fn forward_packed(
     y: &Tensor,
     pad: usize,
 ) -> Result<(Kernel, Texels)> {
-    let g = Conv2dGeometry::of("conv2d_forward_tex", x, w, 1, pad)?;
-    expect_texel_path("conv2d_forward_tex", &g)?;
+    const OP: &str = "conv2d_forward_tex";
+    let g = Conv2dGeometry::of(OP, x, w, 1, pad)?;
+    expect_texel_path(OP, &g)?;
+    expect(OP, "w", w, &g.weight_shape(), x.dtype())?;
     let unfold = g.unfold();
     let (pack_x, xt) = pack::nhwc4(gpu, x, pad, unfold)?;
     let (pack_w, wt) = pack::conv_weight(gpu, w, false, unfold)?;
@@ -573,7 +658,7 @@ pub fn forward_packed(
 }
 
 /// grad_input through the texel kernels: dy padded and the weights flipped, then the
-/// forward kernel (with a zero bias).
+/// forward kernel (with a zero bias); all f32 or all f16, as [`grad_input`].
 pub fn grad_input_packed(
     gpu: &Gpu,
     dy: &Tensor,
@@ -584,7 +669,7 @@ pub fn grad_input_packed(
     const OP: &str = "conv2d_grad_input";
     let g = Conv2dGeometry::of(OP, dx, w, 1, pad)?;
     expect_texel_path(OP, &g)?;
-    expect_f32(OP, "dy", dy, &g.output_shape())?;
+    expect(OP, "dy", dy, &g.output_shape(), dx.dtype())?;
     let (pack_dy, dyt) = pack::nhwc4(gpu, dy, g.grad_input_pad(), 1)?;
     let conv = grad_input_tex(gpu, &dyt, w, dx, pad)?;
     Ok(Kernel::chain([pack_dy, conv]))
@@ -592,7 +677,7 @@ pub fn grad_input_packed(
 
 /// grad_input from `dyt`, dy packed by [`pack::nhwc4`] with the border
 /// [`Conv2dGeometry::grad_input_pad`]: the weights flipped, then the forward kernel (with a
-/// zero bias).
+/// zero bias). `w` and `dx` are f32 or f16, and `dyt` holds components of their type.
 pub fn grad_input_tex(
     gpu: &Gpu,
     dyt: &Texels,
@@ -603,9 +688,12 @@ pub fn grad_input_tex(
     const OP: &str = "conv2d_grad_input";
     let g = Conv2dGeometry::of(OP, dx, w, 1, pad)?;
     expect_texel_path(OP, &g)?;
+    let dtype = dx.dtype();
+    expect(OP, "w", w, &g.weight_shape(), dtype)?;
     expect_dy_texels(OP, &g, dyt, g.grad_input_pad())?;
+    expect_texels(OP, "the dy texels", dyt, dtype, "dx is")?;
     let (pack_w, wt) = pack::conv_weight(gpu, w, true, 1)?;
-    let zero_bias = gpu.zeros(&[g.c], DType::F32)?;
+    let zero_bias = gpu.zeros(&[g.c], dtype)?;
     let conv = forward_tex(gpu, &g.transposed(), 1, dyt, &wt, &zero_bias, dx)?;
     Ok(Kernel::chain([
         pack_w,
@@ -615,7 +703,8 @@ pub fn grad_input_tex(
 }
 
 /// grad_weight (and with `db` grad_bias) through the texel kernels, from x's texels as
-/// [`forward_packed`] or [`pack::nhwc4`] made them.
+/// [`forward_packed`] or [`pack::nhwc4`] made them: `dy` f32 or f16 and `xt` of its type,
+/// `dw` and `db` f32.
 pub fn grad_weight_packed(
     gpu: &Gpu,
     dy: &Tensor,
@@ -624,7 +713,10 @@ pub fn grad_weight_packed(
     db: Option<&Tensor>,
     g: &Conv2dGeometry,
 ) -> Result<Kernel> {
-    expect_f32("conv2d_grad_weight_tex", "dy", dy, &g.output_shape())?;
+    const OP: &str = "conv2d_grad_weight_tex";
+    let dtype = float_dtype(OP, "dy", dy)?;
+    expect(OP, "dy", dy, &g.output_shape(), dtype)?;
+    expect_texels(OP, "the x texels", xt, dtype, "dy is")?;
     let (pack_dy, dyt) = pack::nhwc4(gpu, dy, 0, 1)?;
     let product = grad_weight_tex(gpu, g, xt, &dyt, 0, dw, db)?;
     Ok(Kernel::chain([pack_dy, product]))
