@@ -57,22 +57,6 @@ fn case_as(n: usize, k: usize, m: usize, seed: u64, dtype: DType) -> Case {
     }
 }
 
-/// The bound for an output summed in f32 in another order than the reference (`linear`,
-/// from [`linear_bound`]) and then stored as `dtype`. An f16 store rounds the f32 result v
-/// once more: by at most U16·|v| in f16's normal range and by half the subnormal spacing
-/// (2⁻²⁵) below it, with |v| ≤ |want| + linear. An f32 store adds nothing: the f32 rounding
-/// of the sum is already in `linear`.
-fn stored_bound(linear: Vec<f64>, want: &[f32], dtype: DType) -> Vec<f64> {
-    match dtype {
-        DType::F16 => linear
-            .iter()
-            .zip(want)
-            .map(|(&l, &w)| l + U16 * (w.abs() as f64 + l) + 2f64.powi(-25))
-            .collect(),
-        _ => linear,
-    }
-}
-
 // In f16 every product of two f16 values is exact in f32, so the kernel's f32 sums differ
 // from the reference's (run in f32 on the same f16 values) only by summation order, as in
 // f32: the bounds are the f32 ones, plus the final f16 rounding where the output is f16.

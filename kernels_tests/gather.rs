@@ -76,16 +76,6 @@ fn rounded_once(want: &[f32], bound: &[f64]) -> (Vec<f32>, Vec<f64>) {
         .unzip()
 }
 
-/// The bound on a result computed in f32 within `f32_bound` of `want`, then stored as f16:
-/// the store moves a value v by at most U16·|v| ≤ U16·(|want| + f32_bound) in f16's normal
-/// range, or by half its smallest subnormal step (2⁻²⁵) below it.
-fn stored_f16(want: &[f32], f32_bound: &[f64]) -> Vec<f64> {
-    want.iter()
-        .zip(f32_bound)
-        .map(|(&w, &b)| b + U16 * (w.abs() as f64 + b) + 2f64.powi(-25))
-        .collect()
-}
-
 #[test]
 fn gather_images_rejects_a_mismatched_image_size() {
     let images = gather::upload_images(gpu(), &[0; 2 * 784], 2, 784).unwrap();
@@ -227,10 +217,7 @@ fn gather_images_affine_matches_cpu() {
                 for dtype in float_dtypes() {
                     let got = affine_on_gpu_as(&bytes, n, chw, &indices, &rows, norm, fill, dtype);
                     // In f16: the same f32 arithmetic, then one rounding on the store.
-                    let bound = match dtype {
-                        DType::F16 => stored_f16(&want, &bound),
-                        _ => bound.clone(),
-                    };
+                    let bound = stored_bound(bound.clone(), &want, dtype);
                     assert_within(
                         &format!("gather_images_affine {dtype:?} {n}x{chw:?} -> {m}, fill {fill}"),
                         &got,

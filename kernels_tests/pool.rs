@@ -44,21 +44,6 @@ fn windows_per_input(k: usize, s: usize) -> usize {
     k.div_ceil(s).pow(2)
 }
 
-/// The bound on a result computed in f32 within `f32_bound` of the reference, then stored as
-/// `dtype`: unchanged for f32; an f16 store moves a value v by at most U16·|v| ≤
-/// U16·(|want| + f32_bound) in f16's normal range, or by half its smallest subnormal step
-/// (2⁻²⁵) below it.
-fn stored_as(dtype: DType, want: &[f32], f32_bound: Vec<f64>) -> Vec<f64> {
-    match dtype {
-        DType::F16 => want
-            .iter()
-            .zip(f32_bound)
-            .map(|(&w, b)| b + U16 * (w.abs() as f64 + b) + 2f64.powi(-25))
-            .collect(),
-        _ => f32_bound,
-    }
-}
-
 /// Inputs for the comparisons with the CPU. Even seeds draw from five levels, so windows
 /// often hold equal maxima and the first-maximum tie rule is exercised; odd seeds are
 /// continuous.
@@ -198,10 +183,10 @@ fn max_pool2d_backward_matches_cpu() {
             let bound = if dtype == DType::F16 && windows_per_input(k, s) == 1 {
                 vec![0.0; want.len()]
             } else {
-                stored_as(
-                    dtype,
-                    &want,
+                stored_bound(
                     linear_bound(windows_per_input(k, s), &magnitude),
+                    &want,
+                    dtype,
                 )
             };
             assert_within(
@@ -336,7 +321,7 @@ fn avg_pool2d_forward_matches_cpu() {
                 &format!("avg_pool2d_forward {dtype:?} {n}x{c}x{h}x{w} k{k} s{s}"),
                 &got,
                 &want,
-                &stored_as(dtype, &want, linear_bound(k * k + 1, &magnitude)),
+                &stored_bound(linear_bound(k * k + 1, &magnitude), &want, dtype),
             );
         }
     }
@@ -363,10 +348,10 @@ fn avg_pool2d_backward_matches_cpu() {
                 &format!("avg_pool2d_backward {dtype:?} {n}x{c}x{h}x{w} k{k} s{s}"),
                 &got,
                 &want,
-                &stored_as(
-                    dtype,
-                    &want,
+                &stored_bound(
                     linear_bound(windows_per_input(k, s) + 1, &magnitude),
+                    &want,
+                    dtype,
                 ),
             );
         }

@@ -121,6 +121,20 @@ pub fn zeros_as(shape: &[usize], dtype: siamese_gpu::DType) -> Tensor {
     gpu().zeros(shape, dtype).expect("allocate")
 }
 
+/// The bound of an output computed in f32 within `f32_bound` of `want`, then stored as
+/// `dtype`: unchanged for f32; for f16 the store adds one rounding, U16·(|want| + bound)
+/// (round to nearest), plus 2⁻²⁵ for results in f16's subnormal range.
+pub fn stored_bound(f32_bound: Vec<f64>, want: &[f32], dtype: siamese_gpu::DType) -> Vec<f64> {
+    match dtype {
+        siamese_gpu::DType::F16 => want
+            .iter()
+            .zip(f32_bound)
+            .map(|(&w, b)| b + U16 * (w.abs() as f64 + b) + 2f64.powi(-25))
+            .collect(),
+        _ => f32_bound,
+    }
+}
+
 /// Runs the kernel (one submission) and reads `out` (f32 or f16) back as f32.
 pub fn run_and_read_floats(kernel: &Kernel, out: &Tensor) -> Vec<f32> {
     gpu().run(&[kernel]);
