@@ -442,6 +442,15 @@ mod tests {
         assert!(refused("zoom_range", "1").contains("zoom_range must be in [0, 1)"));
         assert!(refused("fill_mode", "wrap").contains("fill_mode: unknown fill mode `wrap`"));
         assert!(refused("miner", "hardest").contains("unknown miner `hardest`"));
+        assert!(refused("precision", "f16").contains("precision: unknown precision `f16`"));
+    }
+
+    #[test]
+    fn precision_reads_from_toml_and_f32_is_not_written() {
+        let s: RunSettings = toml::from_str("precision = \"mixed\"").unwrap();
+        assert_eq!(s.to_train_config().unwrap().precision, Precision::Mixed);
+        assert!(s.to_toml().contains("precision = \"mixed\""));
+        assert!(!RunSettings::default().to_toml().contains("precision"));
     }
 
     #[test]
