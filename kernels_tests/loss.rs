@@ -590,3 +590,229 @@ fn pair_label_codes_round_trip() {
         vec![PairLabel::Different.code(), PairLabel::Same.code()]
     );
 }
+
+// ---- contrastive loss fused with the Euclidean distance ----
+
+/// (B, D): one pair, odd sizes, the reference batch (128 pairs of 128-d embeddings), pairs
+/// across several strides of the one-workgroup forward, the largest B·D the fused kernel takes.
+const FUSED_SHAPES: &[(usize, usize)] = &[
+    (1, 1),
+    (5, 3),
+    (128, 128),
+    (257, 7),
+    (1000, 64),
+    (8192, 128),
+];
+
+/// Embeddings whose pair distances spread over both sides of the margin.
+fn embeddings(r: &mut StdRng, rows: usize, dim: usize) -> (Vec<f32>, Vec<f32>) {
+    let spread = 1.2 / (dim as f32).sqrt();
+    let a = uniform(r, rows * dim, -spread, spread);
+    let b = uniform(r, rows * dim, -spread, spread);
+    (a, b)
+}
+
+/// Runs the fused pair of kernels; returns (d, loss, da, db).
+fn fused_on_gpu(
+    a: &[f32],
+    b: &[f32],
+    l: &[PairLabel],
+    dim: usize,
+    dloss: f32,
+) -> (Vec<f32>, f32, Vec<f32>, Vec<f32>) {
+    let rows = l.len();
+    let (ta, tb, labels) = (
+        upload(a, &[rows, dim]),
+        upload(b, &[rows, dim]),
+        upload_labels(l),
+    );
+    let (d, out, da, db) = (
+        zeros(&[rows]),
+        zeros(&[1]),
+        zeros(&[rows, dim]),
+        zeros(&[rows, dim]),
+    );
+    let fwd =
+        loss::contrastive_euclidean_forward(gpu(), &ta, &tb, &labels, MARGIN, &d, &out).unwrap();
+    let bwd = loss::contrastive_euclidean_backward(
+        gpu(),
+        &ta,
+        &tb,
+        &labels,
+        MARGIN,
+        &d,
+        &scalar(dloss),
+        &da,
+        &db,
+    )
+    .unwrap();
+    gpu().run(&[&fwd, &bwd]);
+    let read = |t: &Tensor| gpu().read_f32(t).unwrap();
+    (read(&d), read(&out)[0], read(&da), read(&db))
+}
+
+/// The separate kernels the fused ones replace: euclidean_forward, contrastive_loss_forward,
+/// contrastive_loss_backward, euclidean_backward.
+fn separate_on_gpu(
+    a: &[f32],
+    b: &[f32],
+    l: &[PairLabel],
+    dim: usize,
+    dloss: f32,
+) -> (Vec<f32>, f32, Vec<f32>, Vec<f32>) {
+    use siamese_gpu::ops::distance::{self, Distance};
+    let rows = l.len();
+    let (ta, tb, labels) = (
+        upload(a, &[rows, dim]),
+        upload(b, &[rows, dim]),
+        upload_labels(l),
+    );
+    let (d, out, dd) = (zeros(&[rows]), zeros(&[1]), zeros(&[rows]));
+    let (da, db) = (zeros(&[rows, dim]), zeros(&[rows, dim]));
+    let kernels = [
+        distance::forward(gpu(), Distance::Euclidean, &ta, &tb, &d).unwrap(),
+        loss::contrastive_forward(gpu(), &d, &labels, MARGIN, &out).unwrap(),
+        loss::contrastive_backward(gpu(), &d, &labels, MARGIN, &scalar(dloss), &dd).unwrap(),
+        distance::backward(gpu(), Distance::Euclidean, &ta, &tb, &d, &dd, &da, &db).unwrap(),
+    ];
+    gpu().run(&kernels.iter().collect::<Vec<_>>());
+    let read = |t: &Tensor| gpu().read_f32(t).unwrap();
+    (read(&d), read(&out)[0], read(&da), read(&db))
+}
+
+/// The fused kernels do the separate kernels' arithmetic in their order. On lavapipe d and
+/// the gradients agree to the last bit and the loss within 1 ulp (the compiler contracts d²
+/// into the running sum in one module and not in the other). Allowed: 2 ulps (4u relative)
+/// per value, for any such contraction; a wrong term, sign or 1/B is far outside.
+#[test]
+fn contrastive_euclidean_matches_the_separate_kernels() {
+    for (seed, &(rows, dim)) in FUSED_SHAPES.iter().enumerate() {
+        let mut r = rng(5000 + seed as u64);
+        let l = labels(&mut r, rows);
+        let (a, b) = embeddings(&mut r, rows, dim);
+        let fused = fused_on_gpu(&a, &b, &l, dim, DLOSS);
+        let separate = separate_on_gpu(&a, &b, &l, dim, DLOSS);
+        let what = |x: &str| format!("contrastive_euclidean {x} B={rows} D={dim}");
+        let ulps =
+            |v: &[f32]| -> Vec<f64> { v.iter().map(|x| 4.0 * U32 * x.abs() as f64).collect() };
+        assert_within(&what("d"), &fused.0, &separate.0, &ulps(&separate.0));
+        assert_within(
+            &what("loss"),
+            &[fused.1],
+            &[separate.1],
+            &ulps(&[separate.1]),
+        );
+        assert_within(&what("da"), &fused.2, &separate.2, &ulps(&separate.2));
+        assert_within(&what("db"), &fused.3, &separate.3, &ulps(&separate.3));
+    }
+}
+
+/// Against the f64 composition of the CPU references. d: a D-term f32 sum, then a sqrt
+/// (WGSL: its inverse-sqrt accuracy, ≤ 4 ulps here), so ≤ (γ_(D+1) + 8u)·d. The loss and
+/// gradients inherit it through terms of size ≤ 2·d²: 1e-5 of the largest value (≥ 80 ulps)
+/// covers the sum over B and the division; a wrong sign, factor or missing pair is ≫ that.
+#[test]
+fn contrastive_euclidean_matches_cpu() {
+    for (seed, &(rows, dim)) in FUSED_SHAPES.iter().enumerate() {
+        let mut r = rng(6000 + seed as u64);
+        let l = labels(&mut r, rows);
+        let (a, b) = embeddings(&mut r, rows, dim);
+        let (d, got_loss, da, db) = fused_on_gpu(&a, &b, &l, dim, DLOSS);
+        let (a64, b64) = (to_f64(&a), to_f64(&b));
+        let (want_d, want_loss) =
+            cpu::contrastive_euclidean_forward(&a64, &b64, &l, dim, MARGIN as f64);
+        let (want_da, want_db) = cpu::contrastive_euclidean_backward(
+            &a64,
+            &b64,
+            &want_d,
+            &l,
+            dim,
+            MARGIN as f64,
+            DLOSS as f64,
+        );
+        let what = |x: &str| format!("contrastive_euclidean {x} B={rows} D={dim}");
+        let d_bound: Vec<f64> = want_d
+            .iter()
+            .map(|x| (gamma(dim + 1) + 8.0 * U32) * x)
+            .collect();
+        assert_within(&what("d vs cpu"), &d, &to_f32(&want_d), &d_bound);
+        assert_scalar(
+            &what("loss vs cpu"),
+            got_loss,
+            want_loss,
+            1e-5 * want_loss.abs(),
+        );
+        let largest = want_da.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        for (x, got, want) in [("da", &da, &want_da), ("db", &db, &want_db)] {
+            assert_close(&what(x), got, &to_f32(want), 1e-5 * largest, 0.0);
+        }
+    }
+}
+
+/// The fused pair's gradient is the derivative of its loss: the f64 composition against
+/// central differences over every embedding element, and the GPU against the same.
+#[test]
+fn contrastive_euclidean_backward_matches_finite_differences() {
+    for (seed, rows) in [1usize, 4, 9].into_iter().enumerate() {
+        let dim = 3;
+        let mut r = rng(7000 + seed as u64);
+        let l = labels(&mut r, rows);
+        let (a, b) = embeddings(&mut r, rows, dim);
+        let both = to_f64(&[a.clone(), b.clone()].concat());
+        let n = rows * dim;
+        let f = |x: &[f64]| {
+            cpu::contrastive_euclidean_forward(&x[..n], &x[n..], &l, dim, MARGIN as f64).1
+        };
+        let fd = finite_difference(f, &both, FD_STEP);
+        let (d, _) = cpu::contrastive_euclidean_forward(&both[..n], &both[n..], &l, dim, 1.0);
+        let (da, db) =
+            cpu::contrastive_euclidean_backward(&both[..n], &both[n..], &d, &l, dim, 1.0, 1.0);
+        let analytic = [da, db].concat();
+        assert_matches_fd(&format!("cpu fused contrastive B={rows}"), &analytic, &fd);
+        let (_, _, gda, gdb) = fused_on_gpu(&a, &b, &l, dim, 1.0);
+        assert_gpu_matches_fd(
+            &format!("gpu fused contrastive B={rows}"),
+            &[gda, gdb].concat(),
+            &fd,
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn contrastive_euclidean_refuses_what_it_does_not_take() {
+    let l = upload_labels(&[PairLabel::Same; 4]);
+    let (d, out) = (zeros(&[4]), zeros(&[1]));
+    let err = loss::contrastive_euclidean_forward(
+        gpu(),
+        &zeros(&[4, 3]),
+        &zeros(&[4, 2]),
+        &l,
+        MARGIN,
+        &d,
+        &out,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("b must be a F32 tensor of shape [4, 3]"),
+        "{err}"
+    );
+    let rows = loss::FUSED_MAX_ELEMENTS / 128 + 1;
+    let big = zeros(&[rows, 128]);
+    let err = loss::contrastive_euclidean_forward(
+        gpu(),
+        &big,
+        &big,
+        &upload_labels(&vec![PairLabel::Same; rows]),
+        MARGIN,
+        &zeros(&[rows]),
+        &out,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("separate distance and loss kernels"),
+        "{err}"
+    );
+}

@@ -8,6 +8,15 @@
 //   triplet_loss_backward      1 x = d_ap [B], 3 d_an [B], 4 dloss [1]   -> 6 dx = dd_ap [B], 7 dd_an [B]
 //   bce_with_logits_forward    1 x = z [B], 2 labels [B]                 -> 5 loss [1]
 //   bce_with_logits_backward   1 x = z [B], 2 labels [B], 4 dloss [1]    -> 6 dx = dz [B]
+//   contrastive_euclidean_forward   8 ea [B, D], 9 eb [B, D], 2 labels     -> 6 dx = d [B], 5 loss [1]
+//   contrastive_euclidean_backward  8 ea, 9 eb, 1 x = d, 2 labels, 4 dloss -> 10 dea [B, D], 11 deb [B, D]
+//
+// The last two fuse the Euclidean distance of paired embeddings (distance.wgsl's, with its
+// 1e-12 inside the sqrt), the contrastive loss and the loss's gradient: embeddings in; the
+// loss, and the gradients of the embeddings, out, in two dispatches instead of four. They do
+// the same arithmetic in the same order as euclidean_* followed by contrastive_loss_*: the
+// same bits, up to where a compiler contracts a product into a sum differently (on lavapipe
+// the loss moves by an ulp; d and the gradients do not).
 //
 // Forwards run as ONE workgroup of REDUCE_WG invocations (dispatch [1, 1, 1]) for any B:
 // each invocation sums a strided slice, then a fixed-shape tree in workgroup memory. The
@@ -27,7 +36,7 @@ const DIFFERENT: u32 = 0u;
 struct LossParams {
     batch: u32,   // B
     margin: f32,  // m of the contrastive and triplet losses (unused by BCE)
-    _pad0: u32,
+    dim: u32,     // D, the embedding size of the fused entries
     _pad1: u32,
 }
 
@@ -39,6 +48,10 @@ struct LossParams {
 @group(0) @binding(5) var<storage, read_write> loss: array<f32>;
 @group(0) @binding(6) var<storage, read_write> dx: array<f32>;
 @group(0) @binding(7) var<storage, read_write> dd_an: array<f32>;
+@group(0) @binding(8) var<storage, read> ea: array<f32>;
+@group(0) @binding(9) var<storage, read> eb: array<f32>;
+@group(0) @binding(10) var<storage, read_write> dea: array<f32>;
+@group(0) @binding(11) var<storage, read_write> deb: array<f32>;
 
 const REDUCE_WG: u32 = 256u;  // invocations of the reduction (a power of 2)
 
@@ -63,11 +76,22 @@ fn sample(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
 
 // ---- contrastive: same·d² + different·max(0, m − d)² ----
 
-fn contrastive_term(i: u32) -> f32 {
-    let d = x[i];
+fn contrastive_of(d: f32, i: u32) -> f32 {
     if labels[i] == SAME { return d * d; }
     let h = max(0.0, p.margin - d);
     return h * h;
+}
+
+fn contrastive_term(i: u32) -> f32 {
+    return contrastive_of(x[i], i);
+}
+
+// ∂/∂d of the term, times the upstream gradient over B: ∂/∂d of max(0, m − d)² is
+// −2·max(0, m − d), zero past the margin and continuous at it.
+fn contrastive_grad(d: f32, i: u32) -> f32 {
+    let scale = dloss[0] / f32(p.batch);
+    let g = select(-2.0 * max(0.0, p.margin - d), 2.0 * d, labels[i] == SAME);
+    return scale * g;
 }
 
 @compute @workgroup_size(REDUCE_WG)
@@ -82,11 +106,45 @@ fn contrastive_loss_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
                              @builtin(local_invocation_index) lid: u32) {
     let i = sample(wid, nwg, lid);
     if i >= p.batch { return; }
-    let scale = dloss[0] / f32(p.batch);
+    dx[i] = contrastive_grad(x[i], i);
+}
+
+// distance.wgsl's euclidean_forward of pair i, in its order: sqrt(Σ(a−b)² + 1e-12).
+fn euclidean_of(i: u32) -> f32 {
+    let base = i * p.dim;
+    var s = 0.0;
+    for (var k = 0u; k < p.dim; k++) {
+        let t = ea[base + k] - eb[base + k];
+        s = fma(t, t, s);
+    }
+    return sqrt(s + 1e-12);
+}
+
+// One workgroup, as contrastive_loss_forward: invocation lid takes pairs lid, lid + 256, …
+// (the launcher keeps B·D/256 under llvmpipe's loop limit).
+@compute @workgroup_size(REDUCE_WG)
+fn contrastive_euclidean_forward(@builtin(local_invocation_index) lid: u32) {
+    var s = 0.0;
+    for (var i = lid; i < p.batch; i += REDUCE_WG) {
+        let d = euclidean_of(i);
+        dx[i] = d;
+        s += contrastive_of(d, i);
+    }
+    write_mean(lid, s);
+}
+
+// One invocation per element e of [B, D]: euclidean_backward's (a − b)/d times the loss's
+// gradient of pair i, written to both sides.
+@compute @workgroup_size(REDUCE_WG)
+fn contrastive_euclidean_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                                  @builtin(local_invocation_index) lid: u32) {
+    let e = sample(wid, nwg, lid);
+    if e >= p.batch * p.dim { return; }
+    let i = e / p.dim;
     let d = x[i];
-    // ∂/∂d of max(0, m − d)² is −2·max(0, m − d): zero past the margin, continuous at it.
-    let g = select(-2.0 * max(0.0, p.margin - d), 2.0 * d, labels[i] == SAME);
-    dx[i] = scale * g;
+    let g = contrastive_grad(d, i) * (ea[e] - eb[e]) / d;
+    dea[e] = g;
+    deb[e] = -g;
 }
 
 // ---- triplet: max(0, d_ap − d_an + m), hinged per sample BEFORE the mean ----

@@ -158,10 +158,13 @@ impl SiameseModel {
         let parts = tape.split_rows(e, self.config.loss.branches())?;
         let margin = self.config.margin;
         match self.config.loss {
-            LossKind::Contrastive => {
-                let d = tape.distance(self.config.distance, parts[0], parts[1])?;
-                tape.contrastive_loss(d, labels, margin)
-            }
+            LossKind::Contrastive => tape.contrastive_distance_loss(
+                self.config.distance,
+                parts[0],
+                parts[1],
+                labels,
+                margin,
+            ),
             LossKind::Triplet => {
                 let d_ap = tape.distance(self.config.distance, parts[0], parts[1])?;
                 let d_an = tape.distance(self.config.distance, parts[0], parts[2])?;

@@ -673,6 +673,47 @@ impl<'g> Tape<'g> {
         Ok(l)
     }
 
+    /// The contrastive loss of the `kind` distance between the paired rows of `a`, `b [B, D]`:
+    /// `[1]`. Euclidean distances of a batch the fused kernels take are one op (distance,
+    /// loss and its gradient in `ops::loss::contrastive_euclidean_*`: two dispatches instead of
+    /// four); otherwise [`distance`](Self::distance) then
+    /// [`contrastive_loss`](Self::contrastive_loss).
+    pub fn contrastive_distance_loss(
+        &mut self,
+        kind: Distance,
+        a: ValueId,
+        b: ValueId,
+        labels: &Tensor,
+        margin: f32,
+    ) -> Result<ValueId> {
+        let fused = kind == Distance::Euclidean
+            && self.tensor(a).dtype() == DType::F32
+            && self.tensor(a).len() <= loss::FUSED_MAX_ELEMENTS;
+        if !fused {
+            let d = self.distance(kind, a, b)?;
+            return self.contrastive_loss(d, labels, margin);
+        }
+        let l = self.output(&[1], &[a, b])?;
+        let d = self.zeros(&[self.shape(a)[0]])?;
+        let (ta, tb, tl) = (
+            self.tensor(a).clone(),
+            self.tensor(b).clone(),
+            self.tensor(l).clone(),
+        );
+        let forward = vec![loss::contrastive_euclidean_forward(
+            self.gpu, &ta, &tb, labels, margin, &d, &tl,
+        )?];
+        let mut backward = Vec::new();
+        if let Some(dl) = self.grad(l).cloned() {
+            let (da, db) = self.pair_slots(a, b)?;
+            backward.push(loss::contrastive_euclidean_backward(
+                self.gpu, &ta, &tb, labels, margin, &d, &dl, &da, &db,
+            )?);
+        }
+        self.record("contrastive_euclidean", Some(l), forward, backward);
+        Ok(l)
+    }
+
     /// Triplet loss of `d_ap [B]`, `d_an [B]`: mean of per-sample hinges, `[1]`.
     pub fn triplet_loss(&mut self, d_ap: ValueId, d_an: ValueId, margin: f32) -> Result<ValueId> {
         let l = self.output(&[1], &[d_ap, d_an])?;

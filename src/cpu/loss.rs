@@ -108,3 +108,32 @@ pub fn bce_with_logits_backward<T: Real>(z: &[T], labels: &[PairLabel], dloss: T
         })
         .collect()
 }
+
+/// `contrastive_euclidean_forward`: the Euclidean distances of the paired rows of `a`, `b`
+/// `[B, D]` and the contrastive loss of them: `(d, loss)`.
+pub fn contrastive_euclidean_forward<T: Real>(
+    a: &[T],
+    b: &[T],
+    labels: &[PairLabel],
+    dim: usize,
+    margin: T,
+) -> (Vec<T>, T) {
+    let d = super::distance::euclidean_forward(a, b, labels.len(), dim);
+    let loss = contrastive_loss_forward(&d, labels, margin);
+    (d, loss)
+}
+
+/// `contrastive_euclidean_backward`: `(da, db)` of that loss times `dloss`, given the
+/// forward's `d`.
+pub fn contrastive_euclidean_backward<T: Real>(
+    a: &[T],
+    b: &[T],
+    d: &[T],
+    labels: &[PairLabel],
+    dim: usize,
+    margin: T,
+    dloss: T,
+) -> (Vec<T>, Vec<T>) {
+    let dd = contrastive_loss_backward(d, labels, margin, dloss);
+    super::distance::euclidean_backward(a, b, d, &dd, labels.len(), dim)
+}

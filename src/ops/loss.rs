@@ -1,5 +1,6 @@
 //! Launchers for `shaders/loss.wgsl`: contrastive, triplet and binary cross-entropy losses,
-//! each reduced to the batch mean in one deterministic workgroup, and their gradients.
+//! each reduced to the batch mean in one deterministic workgroup, and their gradients; and
+//! the contrastive loss fused with the Euclidean distance before it.
 //!
 //! Every forward writes a 1-element f32 tensor (the mean over the batch); every backward
 //! takes the upstream gradient `dloss` as a 1-element f32 tensor (normally holding 1), so a
@@ -71,7 +72,8 @@ impl PairLabel {
 struct LossParams {
     batch: u32,
     margin: f32,
-    _pad: [u32; 2],
+    dim: u32,
+    _pad: u32,
 }
 
 /// Checks `x` is a non-empty f32 `[B]` and returns B as the shaders' u32.
@@ -94,7 +96,8 @@ fn params(batch: u32, margin: f32) -> LossParams {
     LossParams {
         batch,
         margin,
-        _pad: [0; 2],
+        dim: 0,
+        _pad: 0,
     }
 }
 
@@ -262,4 +265,105 @@ pub fn bce_with_logits_backward(
         params(batch, 0.0),
         &[(1, z), (2, labels), (4, dloss), (6, dz)],
     )
+}
+
+/// The largest `B·D` the fused contrastive entries take: their forward is one workgroup of
+/// 256 invocations, each walking B·D/256 elements, which stays far under llvmpipe's 65,535
+/// loop iterations and keeps the one workgroup short on a GPU. Larger batches take the
+/// separate distance and loss kernels.
+pub const FUSED_MAX_ELEMENTS: usize = 256 * 4096;
+
+/// Checks the fused entries' embeddings `a`, `b [B, D]` and labels; returns (B, D) and the
+/// shader parameters.
+fn fused_params(
+    op: &'static str,
+    a: &Tensor,
+    b: &Tensor,
+    labels: &Tensor,
+    margin: f32,
+) -> Result<(usize, usize, LossParams)> {
+    let &[rows, dim] = expect_rank(op, "a", a, 2)? else {
+        unreachable!()
+    };
+    expect_f32(op, "b", b, &[rows, dim])?;
+    expect(op, "labels", labels, &[rows], DType::U32)?;
+    check_margin(op, margin)?;
+    if rows * dim > FUSED_MAX_ELEMENTS {
+        return Err(Error::Shape {
+            op,
+            detail: format!(
+                "B·D = {rows}·{dim} is over the fused kernel's {FUSED_MAX_ELEMENTS}; use the \
+                 separate distance and loss kernels"
+            ),
+        });
+    }
+    let p = LossParams {
+        dim: to_u32(op, "D", dim)?,
+        ..params(to_u32(op, "B", rows)?, margin)
+    };
+    Ok((rows, dim, p))
+}
+
+/// The contrastive loss of the Euclidean distances between paired embeddings `a`, `b [B, D]`
+/// in one pass: `d [B]` (kept for the backward) and `loss [1]`, the arithmetic of
+/// `distance::forward(Euclidean)` then [`contrastive_forward`] (the same bits, up to how the
+/// compiler contracts the loss's sum).
+pub fn contrastive_euclidean_forward(
+    gpu: &Gpu,
+    a: &Tensor,
+    b: &Tensor,
+    labels: &Tensor,
+    margin: f32,
+    d: &Tensor,
+    loss: &Tensor,
+) -> Result<Kernel> {
+    const OP: &str = "contrastive_euclidean_forward";
+    let (rows, _, p) = fused_params(OP, a, b, labels, margin)?;
+    expect_f32(OP, "d", d, &[rows])?;
+    expect_f32(OP, "loss", loss, &[1])?;
+    reduce(
+        gpu,
+        OP,
+        p,
+        &[(8, a), (9, b), (2, labels), (6, d), (5, loss)],
+    )
+}
+
+/// The gradients of [`contrastive_euclidean_forward`]'s loss times `dloss`: `da [B, D]` and
+/// `db = −da`, the arithmetic of [`contrastive_backward`] then `distance::backward`.
+#[allow(clippy::too_many_arguments)] // the buffers it binds, each named
+pub fn contrastive_euclidean_backward(
+    gpu: &Gpu,
+    a: &Tensor,
+    b: &Tensor,
+    labels: &Tensor,
+    margin: f32,
+    d: &Tensor,
+    dloss: &Tensor,
+    da: &Tensor,
+    db: &Tensor,
+) -> Result<Kernel> {
+    const OP: &str = "contrastive_euclidean_backward";
+    let (rows, dim, p) = fused_params(OP, a, b, labels, margin)?;
+    expect_f32(OP, "d", d, &[rows])?;
+    expect_f32(OP, "dloss", dloss, &[1])?;
+    expect_f32(OP, "da", da, &[rows, dim])?;
+    expect_f32(OP, "db", db, &[rows, dim])?;
+    let elements = to_u32(OP, "B·D", rows * dim)?;
+    Ok(Kernel::single(gpu.dispatch(
+        &SHADER,
+        OP,
+        &[],
+        &p,
+        &[
+            (8, a),
+            (9, b),
+            (1, d),
+            (2, labels),
+            (4, dloss),
+            (10, da),
+            (11, db),
+        ],
+        grid_1d(elements.div_ceil(REDUCE_WG)),
+    )?))
 }
