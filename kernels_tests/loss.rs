@@ -816,3 +816,222 @@ fn contrastive_euclidean_refuses_what_it_does_not_take() {
         "{err}"
     );
 }
+
+/// Anchors, positives, negatives `[B, D]`: distances around 1, except that every other
+/// negative sits 3.6 from its anchor, past the hinge (its gradient is 0).
+fn triplet_embeddings(r: &mut StdRng, rows: usize, dim: usize) -> Vec<Vec<f32>> {
+    let spread = 1.2 / (dim as f32).sqrt();
+    let mut e: Vec<Vec<f32>> = (0..3)
+        .map(|_| uniform(r, rows * dim, -spread, spread))
+        .collect();
+    let (anchors, rest) = e.split_at_mut(1);
+    for (i, (neg, anchor)) in rest[1]
+        .chunks_mut(dim)
+        .zip(anchors[0].chunks(dim))
+        .enumerate()
+    {
+        if i % 2 == 0 {
+            for (x, a) in neg.iter_mut().zip(anchor) {
+                *x = a + 3.0 * spread;
+            }
+        }
+    }
+    e
+}
+
+/// Runs the fused triplet kernels; returns (d_ap, d_an, loss, [da, dp, dn]).
+fn fused_triplet_on_gpu(
+    e: [&[f32]; 3],
+    rows: usize,
+    dim: usize,
+    dloss: f32,
+) -> (Vec<f32>, Vec<f32>, f32, [Vec<f32>; 3]) {
+    let t = e.map(|v| upload(v, &[rows, dim]));
+    let (d_ap, d_an, out) = (zeros(&[rows]), zeros(&[rows]), zeros(&[1]));
+    let g = [0; 3].map(|_| zeros(&[rows, dim]));
+    let fwd =
+        loss::triplet_euclidean_forward(gpu(), &t[0], &t[1], &t[2], MARGIN, &d_ap, &d_an, &out)
+            .unwrap();
+    let bwd = loss::triplet_euclidean_backward(
+        gpu(),
+        &t[0],
+        &t[1],
+        &t[2],
+        MARGIN,
+        &d_ap,
+        &d_an,
+        &scalar(dloss),
+        [&g[0], &g[1], &g[2]],
+    )
+    .unwrap();
+    gpu().run(&[&fwd, &bwd]);
+    let read = |t: &Tensor| gpu().read_f32(t).unwrap();
+    (read(&d_ap), read(&d_an), read(&out)[0], g.map(|x| read(&x)))
+}
+
+/// The separate kernels: two euclidean_forward, triplet_loss_forward, triplet_loss_backward,
+/// two euclidean_backward, and the anchor's sum (accumulate_grad), as the tape ran them.
+fn separate_triplet_on_gpu(
+    e: [&[f32]; 3],
+    rows: usize,
+    dim: usize,
+    dloss: f32,
+) -> (Vec<f32>, Vec<f32>, f32, [Vec<f32>; 3]) {
+    use siamese_gpu::ops::activation;
+    use siamese_gpu::ops::distance::{self, Distance::Euclidean};
+    let t = e.map(|v| upload(v, &[rows, dim]));
+    let (d_ap, d_an, out) = (zeros(&[rows]), zeros(&[rows]), zeros(&[1]));
+    let (dd_ap, dd_an) = (zeros(&[rows]), zeros(&[rows]));
+    let g = [0; 4].map(|_| zeros(&[rows, dim]));
+    let kernels = [
+        distance::forward(gpu(), Euclidean, &t[0], &t[1], &d_ap).unwrap(),
+        distance::forward(gpu(), Euclidean, &t[0], &t[2], &d_an).unwrap(),
+        loss::triplet_forward(gpu(), &d_ap, &d_an, MARGIN, &out).unwrap(),
+        loss::triplet_backward(gpu(), &d_ap, &d_an, MARGIN, &scalar(dloss), &dd_ap, &dd_an)
+            .unwrap(),
+        distance::backward(gpu(), Euclidean, &t[0], &t[1], &d_ap, &dd_ap, &g[0], &g[1]).unwrap(),
+        distance::backward(gpu(), Euclidean, &t[0], &t[2], &d_an, &dd_an, &g[3], &g[2]).unwrap(),
+        activation::accumulate_grad(gpu(), &g[3], &g[0]).unwrap(),
+    ];
+    gpu().run(&kernels.iter().collect::<Vec<_>>());
+    let read = |t: &Tensor| gpu().read_f32(t).unwrap();
+    let [ga, gp, gn, _] = g;
+    (
+        read(&d_ap),
+        read(&d_an),
+        read(&out)[0],
+        [read(&ga), read(&gp), read(&gn)],
+    )
+}
+
+/// As for the contrastive pair: the separate kernels' arithmetic, within 2 ulps per value.
+#[test]
+fn triplet_euclidean_matches_the_separate_kernels() {
+    for (seed, &(rows, dim)) in FUSED_SHAPES.iter().enumerate() {
+        let mut r = rng(8000 + seed as u64);
+        let e = triplet_embeddings(&mut r, rows, dim);
+        let e = [&e[0][..], &e[1][..], &e[2][..]];
+        let fused = fused_triplet_on_gpu(e, rows, dim, DLOSS);
+        let separate = separate_triplet_on_gpu(e, rows, dim, DLOSS);
+        let what = |x: &str| format!("triplet_euclidean {x} B={rows} D={dim}");
+        let ulps =
+            |v: &[f32]| -> Vec<f64> { v.iter().map(|x| 4.0 * U32 * x.abs() as f64).collect() };
+        assert_within(&what("d_ap"), &fused.0, &separate.0, &ulps(&separate.0));
+        assert_within(&what("d_an"), &fused.1, &separate.1, &ulps(&separate.1));
+        assert_within(
+            &what("loss"),
+            &[fused.2],
+            &[separate.2],
+            &ulps(&[separate.2]),
+        );
+        for (k, name) in ["da", "dp", "dn"].iter().enumerate() {
+            assert_within(
+                &what(name),
+                &fused.3[k],
+                &separate.3[k],
+                &ulps(&separate.3[k]),
+            );
+        }
+        assert!(
+            rows < 128 || separate.3[2].iter().any(|&v| v != 0.0) && separate.3[2].contains(&0.0),
+            "{}: the batch must hold triplets on both sides of the hinge",
+            what("dn")
+        );
+    }
+}
+
+/// Against the f64 CPU composition (bounds as for the contrastive pair) and, on small
+/// batches, against central differences of it.
+#[test]
+fn triplet_euclidean_matches_cpu_and_finite_differences() {
+    for (seed, &(rows, dim)) in FUSED_SHAPES.iter().enumerate() {
+        let mut r = rng(9000 + seed as u64);
+        let e = triplet_embeddings(&mut r, rows, dim);
+        let (d_ap, d_an, got_loss, g) =
+            fused_triplet_on_gpu([&e[0], &e[1], &e[2]], rows, dim, DLOSS);
+        let e64: Vec<Vec<f64>> = e.iter().map(|v| to_f64(v)).collect();
+        let (w_ap, w_an, w_loss) =
+            cpu::triplet_euclidean_forward(&e64[0], &e64[1], &e64[2], dim, MARGIN as f64);
+        let want = cpu::triplet_euclidean_backward(
+            &e64[0],
+            &e64[1],
+            &e64[2],
+            &w_ap,
+            &w_an,
+            dim,
+            MARGIN as f64,
+            DLOSS as f64,
+        );
+        let what = |x: &str| format!("triplet_euclidean {x} vs cpu B={rows} D={dim}");
+        for (x, got, w) in [("d_ap", &d_ap, &w_ap), ("d_an", &d_an, &w_an)] {
+            let bound: Vec<f64> = w.iter().map(|v| (gamma(dim + 1) + 8.0 * U32) * v).collect();
+            assert_within(&what(x), got, &to_f32(w), &bound);
+        }
+        assert_scalar(
+            &what("loss"),
+            got_loss,
+            w_loss,
+            1e-5 * w_loss.abs().max(1e-3),
+        );
+        // The anchor's gradient is a difference of the other two, cancelling: bound all three by
+        // the largest of any.
+        let largest = [&want.0, &want.1, &want.2]
+            .iter()
+            .flat_map(|v| v.iter())
+            .fold(0.0f64, |m, v| m.max(v.abs()))
+            .max(1e-30);
+        for (x, got, w) in [
+            ("da", &g[0], &want.0),
+            ("dp", &g[1], &want.1),
+            ("dn", &g[2], &want.2),
+        ] {
+            assert_close(&what(x), got, &to_f32(w), 1e-5 * largest, 0.0);
+        }
+    }
+    // Finite differences: 3-d embeddings, triplets kept 0.05 off the hinge.
+    for (seed, rows) in [1usize, 4, 9].into_iter().enumerate() {
+        let dim = 3;
+        let mut r = rng(9500 + seed as u64);
+        let all = loop {
+            let v = uniform(&mut r, 3 * rows * dim, -1.0, 1.0);
+            let v64 = to_f64(&v);
+            let n = rows * dim;
+            let (ap, an, _) =
+                cpu::triplet_euclidean_forward(&v64[..n], &v64[n..2 * n], &v64[2 * n..], dim, 1.0);
+            if ap.iter().zip(&an).all(|(p, q)| (p - q + 1.0).abs() >= 0.05) {
+                break v;
+            }
+        };
+        let n = rows * dim;
+        let x = to_f64(&all);
+        let f = |x: &[f64]| {
+            cpu::triplet_euclidean_forward(&x[..n], &x[n..2 * n], &x[2 * n..], dim, 1.0).2
+        };
+        let fd = finite_difference(f, &x, FD_STEP);
+        let (ap, an, _) =
+            cpu::triplet_euclidean_forward(&x[..n], &x[n..2 * n], &x[2 * n..], dim, 1.0);
+        let (da, dp, dn) = cpu::triplet_euclidean_backward(
+            &x[..n],
+            &x[n..2 * n],
+            &x[2 * n..],
+            &ap,
+            &an,
+            dim,
+            1.0,
+            1.0,
+        );
+        assert_matches_fd(
+            &format!("cpu fused triplet B={rows}"),
+            &[da, dp, dn].concat(),
+            &fd,
+        );
+        let (_, _, _, g) =
+            fused_triplet_on_gpu([&all[..n], &all[n..2 * n], &all[2 * n..]], rows, dim, 1.0);
+        assert_gpu_matches_fd(
+            &format!("gpu fused triplet B={rows}"),
+            &g.concat(),
+            &fd,
+            1e-4,
+        );
+    }
+}

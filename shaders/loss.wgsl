@@ -10,8 +10,12 @@
 //   bce_with_logits_backward   1 x = z [B], 2 labels [B], 4 dloss [1]    -> 6 dx = dz [B]
 //   contrastive_euclidean_forward   8 ea [B, D], 9 eb [B, D], 2 labels     -> 6 dx = d [B], 5 loss [1]
 //   contrastive_euclidean_backward  8 ea, 9 eb, 1 x = d, 2 labels, 4 dloss -> 10 dea [B, D], 11 deb [B, D]
+//   triplet_euclidean_forward   8 ea = anchors, 9 eb = positives, 12 en = negatives [B, D]
+//                               -> 6 dx = d_ap [B], 7 dd_an = d_an [B], 5 loss [1]
+//   triplet_euclidean_backward  8 ea, 9 eb, 12 en, 1 x = d_ap, 3 d_an, 4 dloss
+//                               -> 10 dea, 11 deb, 13 den [B, D]
 //
-// The last two fuse the Euclidean distance of paired embeddings (distance.wgsl's, with its
+// The fused entries take the Euclidean distance of paired embeddings (distance.wgsl's, with its
 // 1e-12 inside the sqrt), the contrastive loss and the loss's gradient: embeddings in; the
 // loss, and the gradients of the embeddings, out, in two dispatches instead of four. They do
 // the same arithmetic in the same order as euclidean_* followed by contrastive_loss_*: the
@@ -52,6 +56,8 @@ struct LossParams {
 @group(0) @binding(9) var<storage, read> eb: array<f32>;
 @group(0) @binding(10) var<storage, read_write> dea: array<f32>;
 @group(0) @binding(11) var<storage, read_write> deb: array<f32>;
+@group(0) @binding(12) var<storage, read> en: array<f32>;
+@group(0) @binding(13) var<storage, read_write> den: array<f32>;
 
 const REDUCE_WG: u32 = 256u;  // invocations of the reduction (a power of 2)
 
@@ -109,12 +115,23 @@ fn contrastive_loss_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
     dx[i] = contrastive_grad(x[i], i);
 }
 
-// distance.wgsl's euclidean_forward of pair i, in its order: sqrt(Σ(a−b)² + 1e-12).
-fn euclidean_of(i: u32) -> f32 {
+// distance.wgsl's euclidean_forward of row i of ea and eb, in its order: sqrt(Σ(a−b)² + 1e-12).
+fn euclidean_ab(i: u32) -> f32 {
     let base = i * p.dim;
     var s = 0.0;
     for (var k = 0u; k < p.dim; k++) {
         let t = ea[base + k] - eb[base + k];
+        s = fma(t, t, s);
+    }
+    return sqrt(s + 1e-12);
+}
+
+// The same for row i of ea and en.
+fn euclidean_an(i: u32) -> f32 {
+    let base = i * p.dim;
+    var s = 0.0;
+    for (var k = 0u; k < p.dim; k++) {
+        let t = ea[base + k] - en[base + k];
         s = fma(t, t, s);
     }
     return sqrt(s + 1e-12);
@@ -126,7 +143,7 @@ fn euclidean_of(i: u32) -> f32 {
 fn contrastive_euclidean_forward(@builtin(local_invocation_index) lid: u32) {
     var s = 0.0;
     for (var i = lid; i < p.batch; i += REDUCE_WG) {
-        let d = euclidean_of(i);
+        let d = euclidean_ab(i);
         dx[i] = d;
         s += contrastive_of(d, i);
     }
@@ -210,4 +227,36 @@ fn bce_with_logits_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_
     // σ(z) − 1 = −σ(−z).
     let g = select(sigmoid(z), -sigmoid(-z), labels[i] == SAME);
     dx[i] = scale * g;
+}
+
+// Random triplets: as triplet_loss_forward over the distances of anchor–positive and
+// anchor–negative rows, computed here (one workgroup; the launcher bounds B·D as above).
+@compute @workgroup_size(REDUCE_WG)
+fn triplet_euclidean_forward(@builtin(local_invocation_index) lid: u32) {
+    var s = 0.0;
+    for (var i = lid; i < p.batch; i += REDUCE_WG) {
+        let ap = euclidean_ab(i);
+        let an = euclidean_an(i);
+        dx[i] = ap;
+        dd_an[i] = an;
+        s += max(0.0, ap - an + p.margin);
+    }
+    write_mean(lid, s);
+}
+
+// One invocation per element of [B, D]: each distance's gradient (a − x)/d times the hinge's
+// ±dloss/B, the anchor's two summed in the order the tape would sum them.
+@compute @workgroup_size(REDUCE_WG)
+fn triplet_euclidean_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                              @builtin(local_invocation_index) lid: u32) {
+    let e = sample(wid, nwg, lid);
+    if e >= p.batch * p.dim { return; }
+    let i = e / p.dim;
+    let scale = dloss[0] / f32(p.batch);
+    let hinged = x[i] - d_an[i] + p.margin > 0.0;
+    let g_ap = select(0.0, scale, hinged) * (ea[e] - eb[e]) / x[i];
+    let g_an = select(0.0, -scale, hinged) * (ea[e] - en[e]) / d_an[i];
+    dea[e] = g_ap + g_an;
+    deb[e] = -g_ap;
+    den[e] = -g_an;
 }

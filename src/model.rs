@@ -165,11 +165,11 @@ impl SiameseModel {
                 labels,
                 margin,
             ),
-            LossKind::Triplet => {
-                let d_ap = tape.distance(self.config.distance, parts[0], parts[1])?;
-                let d_an = tape.distance(self.config.distance, parts[0], parts[2])?;
-                tape.triplet_loss(d_ap, d_an, margin)
-            }
+            LossKind::Triplet => tape.triplet_distance_loss(
+                self.config.distance,
+                [parts[0], parts[1], parts[2]],
+                margin,
+            ),
             LossKind::Bce => {
                 let (wi, bi) = self.head.expect("a BCE model has a head");
                 let bind = |tape: &mut Tape, i| {

@@ -714,6 +714,56 @@ impl<'g> Tape<'g> {
         Ok(l)
     }
 
+    /// The triplet loss of the `kind` distances of anchors `a` to positives `p` and negatives
+    /// `n` (`[B, D]` each): `[1]`. Euclidean distances of a batch the fused kernels take are
+    /// one op (`ops::loss::triplet_euclidean_*`: two dispatches instead of seven, the
+    /// anchor's two gradients summed inside); otherwise two [`distance`](Self::distance)s
+    /// then [`triplet_loss`](Self::triplet_loss).
+    pub fn triplet_distance_loss(
+        &mut self,
+        kind: Distance,
+        [a, p, n]: [ValueId; 3],
+        margin: f32,
+    ) -> Result<ValueId> {
+        let fused = kind == Distance::Euclidean
+            && self.tensor(a).dtype() == DType::F32
+            && self.tensor(a).len() <= loss::FUSED_MAX_ELEMENTS;
+        if !fused {
+            let d_ap = self.distance(kind, a, p)?;
+            let d_an = self.distance(kind, a, n)?;
+            return self.triplet_loss(d_ap, d_an, margin);
+        }
+        let l = self.output(&[1], &[a, p, n])?;
+        let rows = self.shape(a)[0];
+        let (d_ap, d_an) = (self.zeros(&[rows])?, self.zeros(&[rows])?);
+        let t = [a, p, n].map(|v| self.tensor(v).clone());
+        let tl = self.tensor(l).clone();
+        let forward = vec![loss::triplet_euclidean_forward(
+            self.gpu, &t[0], &t[1], &t[2], margin, &d_ap, &d_an, &tl,
+        )?];
+        let mut backward = Vec::new();
+        if let Some(dl) = self.grad(l).cloned() {
+            let (da, dp) = self.pair_slots(a, p)?;
+            let dn = match self.grad_slot(n)? {
+                Some(g) => g,
+                None => self.gpu.zeros(self.shape(n), DType::F32)?,
+            };
+            backward.push(loss::triplet_euclidean_backward(
+                self.gpu,
+                &t[0],
+                &t[1],
+                &t[2],
+                margin,
+                &d_ap,
+                &d_an,
+                &dl,
+                [&da, &dp, &dn],
+            )?);
+        }
+        self.record("triplet_euclidean", Some(l), forward, backward);
+        Ok(l)
+    }
+
     /// Triplet loss of `d_ap [B]`, `d_an [B]`: mean of per-sample hinges, `[1]`.
     pub fn triplet_loss(&mut self, d_ap: ValueId, d_an: ValueId, margin: f32) -> Result<ValueId> {
         let l = self.output(&[1], &[d_ap, d_an])?;

@@ -137,3 +137,42 @@ pub fn contrastive_euclidean_backward<T: Real>(
     let dd = contrastive_loss_backward(d, labels, margin, dloss);
     super::distance::euclidean_backward(a, b, d, &dd, labels.len(), dim)
 }
+
+/// `triplet_euclidean_forward`: the Euclidean distances of anchors `a` to positives `p` and
+/// to negatives `n` (`[B, D]`), and the triplet loss of them: `(d_ap, d_an, loss)`.
+pub fn triplet_euclidean_forward<T: Real>(
+    a: &[T],
+    p: &[T],
+    n: &[T],
+    dim: usize,
+    margin: T,
+) -> (Vec<T>, Vec<T>, T) {
+    let rows = a.len() / dim;
+    let d_ap = super::distance::euclidean_forward(a, p, rows, dim);
+    let d_an = super::distance::euclidean_forward(a, n, rows, dim);
+    let loss = triplet_loss_forward(&d_ap, &d_an, margin);
+    (d_ap, d_an, loss)
+}
+
+/// `triplet_euclidean_backward`: `(da, dp, dn)` of that loss times `dloss`, the anchor's
+/// gradient the sum of its two distances'.
+#[allow(clippy::too_many_arguments)] // the references' inputs, each named
+pub fn triplet_euclidean_backward<T: Real>(
+    a: &[T],
+    p: &[T],
+    n: &[T],
+    d_ap: &[T],
+    d_an: &[T],
+    dim: usize,
+    margin: T,
+    dloss: T,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let rows = d_ap.len();
+    let (dd_ap, dd_an) = triplet_loss_backward(d_ap, d_an, margin, dloss);
+    let (mut da, dp) = super::distance::euclidean_backward(a, p, d_ap, &dd_ap, rows, dim);
+    let (da2, dn) = super::distance::euclidean_backward(a, n, d_an, &dd_an, rows, dim);
+    for (x, y) in da.iter_mut().zip(da2) {
+        *x += y;
+    }
+    (da, dp, dn)
+}

@@ -267,7 +267,7 @@ pub fn bce_with_logits_backward(
     )
 }
 
-/// The largest `B·D` the fused contrastive entries take: their forward is one workgroup of
+/// The largest `B·D` the fused entries take: their forward is one workgroup of
 /// 256 invocations, each walking B·D/256 elements, which stays far under llvmpipe's 65,535
 /// loop iterations and keeps the one workgroup short on a GPU. Larger batches take the
 /// separate distance and loss kernels.
@@ -288,6 +288,16 @@ fn fused_params(
     expect_f32(op, "b", b, &[rows, dim])?;
     expect(op, "labels", labels, &[rows], DType::U32)?;
     check_margin(op, margin)?;
+    fused_dims(op, rows, dim, margin)
+}
+
+/// Refuses B·D over [`FUSED_MAX_ELEMENTS`]; the parameters of a fused entry.
+fn fused_dims(
+    op: &'static str,
+    rows: usize,
+    dim: usize,
+    margin: f32,
+) -> Result<(usize, usize, LossParams)> {
     if rows * dim > FUSED_MAX_ELEMENTS {
         return Err(Error::Shape {
             op,
@@ -366,4 +376,93 @@ pub fn contrastive_euclidean_backward(
         ],
         grid_1d(elements.div_ceil(REDUCE_WG)),
     )?))
+}
+
+/// Random-triplet loss of the Euclidean distances of anchors `a` to positives `p` and to
+/// negatives `n` (`[B, D]` each), in one pass: `d_ap`, `d_an [B]` (kept for the backward) and
+/// `loss [1]`, the arithmetic of two `distance::forward(Euclidean)` then [`triplet_forward`].
+#[allow(clippy::too_many_arguments)] // the buffers it binds, each named
+pub fn triplet_euclidean_forward(
+    gpu: &Gpu,
+    a: &Tensor,
+    p: &Tensor,
+    n: &Tensor,
+    margin: f32,
+    d_ap: &Tensor,
+    d_an: &Tensor,
+    loss: &Tensor,
+) -> Result<Kernel> {
+    const OP: &str = "triplet_euclidean_forward";
+    let (rows, _, params) = triplet_params(OP, a, p, n, margin)?;
+    expect_f32(OP, "d_ap", d_ap, &[rows])?;
+    expect_f32(OP, "d_an", d_an, &[rows])?;
+    expect_f32(OP, "loss", loss, &[1])?;
+    reduce(
+        gpu,
+        OP,
+        params,
+        &[(8, a), (9, p), (12, n), (6, d_ap), (7, d_an), (5, loss)],
+    )
+}
+
+/// The gradients of [`triplet_euclidean_forward`]'s loss times `dloss`: `da`, `dp`, `dn`
+/// `[B, D]`, the anchor's the sum of its two distances' (as the tape would add them).
+#[allow(clippy::too_many_arguments)] // the buffers it binds, each named
+pub fn triplet_euclidean_backward(
+    gpu: &Gpu,
+    a: &Tensor,
+    p: &Tensor,
+    n: &Tensor,
+    margin: f32,
+    d_ap: &Tensor,
+    d_an: &Tensor,
+    dloss: &Tensor,
+    grads: [&Tensor; 3],
+) -> Result<Kernel> {
+    const OP: &str = "triplet_euclidean_backward";
+    let (rows, dim, params) = triplet_params(OP, a, p, n, margin)?;
+    expect_f32(OP, "d_ap", d_ap, &[rows])?;
+    expect_f32(OP, "d_an", d_an, &[rows])?;
+    expect_f32(OP, "dloss", dloss, &[1])?;
+    let [da, dp, dn] = grads;
+    for (what, g) in [("da", da), ("dp", dp), ("dn", dn)] {
+        expect_f32(OP, what, g, &[rows, dim])?;
+    }
+    let elements = to_u32(OP, "B·D", rows * dim)?;
+    Ok(Kernel::single(gpu.dispatch(
+        &SHADER,
+        OP,
+        &[],
+        &params,
+        &[
+            (8, a),
+            (9, p),
+            (12, n),
+            (1, d_ap),
+            (3, d_an),
+            (4, dloss),
+            (10, da),
+            (11, dp),
+            (13, dn),
+        ],
+        grid_1d(elements.div_ceil(REDUCE_WG)),
+    )?))
+}
+
+/// Checks the triplet entries' anchors, positives and negatives; returns (B, D) and the
+/// shader parameters.
+fn triplet_params(
+    op: &'static str,
+    a: &Tensor,
+    p: &Tensor,
+    n: &Tensor,
+    margin: f32,
+) -> Result<(usize, usize, LossParams)> {
+    let &[rows, dim] = expect_rank(op, "a", a, 2)? else {
+        unreachable!()
+    };
+    expect_f32(op, "p", p, &[rows, dim])?;
+    expect_f32(op, "n", n, &[rows, dim])?;
+    check_margin(op, margin)?;
+    fused_dims(op, rows, dim, margin)
 }
