@@ -4,7 +4,8 @@
 //!
 //! Where the adapter has f16 shaders every kernel is also timed on f16 operands (mixed
 //! precision: f16 activations and weights, f32 accumulation and weight gradients), as
-//! `<op>_f16`, beside its f32 figure.
+//! `<op>_f16`, beside its f32 figure. The single-channel layer is also timed on
+//! `conv2d_forward_tex_images4` (four images per texel), the forward the tape takes for it.
 //!
 //! `cargo bench --bench kernels`; `SIAMESE_BENCH_BATCHES=32,256` picks the batches.
 //! Each figure is one line for people and one JSON object for tools. Times are wall-clock
@@ -207,7 +208,7 @@ fn bench_batch(gpu: &Gpu, rng: &mut StdRng, batch: usize, dt: DType, peak: f64) 
         let (pack_x, packed_x) =
             siamese_gpu::ops::pack::nhwc4(gpu, &x, 0, g.unfold()).expect("pack x");
         gpu.run(&[&pack_x]);
-        let runs = [
+        let mut runs = vec![
             ("conv2d_forward", conv2d::forward(gpu, &x, &w, &b, &y, 1, 0)),
             (
                 "conv2d_grad_input",
@@ -230,6 +231,12 @@ fn bench_batch(gpu: &Gpu, rng: &mut StdRng, batch: usize, dt: DType, peak: f64) 
                 conv2d::grad_weight_packed(gpu, &dy, &packed_x, &dw, None, &g),
             ),
         ];
+        if g.images_in_lanes() {
+            runs.push((
+                "conv2d_forward_tex_images4",
+                conv2d::forward_packed_images4(gpu, &x, &w, &b, &y, 0),
+            ));
+        }
         for (op, kernel) in runs {
             report(
                 gpu,

@@ -580,6 +580,112 @@ fn conv2d_texel_path_refuses_what_it_does_not_cover() {
     assert!(err.contains("padding 3"), "{err}");
 }
 
+// ---- single-channel layers with four images in a texel's lanes ----
+
+/// The reference network's first layer at batch 256 and with padding 2; batches that leave
+/// lanes of the last texel empty (1, 5, 7, 9, 3); padding 1–3 (3 past a 3×3 kernel: whole
+/// taps of border); output channel counts off the 16-channel block (1, 5, 9, 17, 20); tap
+/// counts off the step of four (1, 4, 6, 9, 25: zero-weight taps in the last step) and a
+/// non-square kernel.
+const IMAGES4_SHAPES: &[Conv2dGeometry] = &[
+    geom(256, 1, 28, 28, 32, 5, 5, 1, 0),
+    geom(1, 1, 1, 1, 1, 1, 1, 1, 0),
+    geom(5, 1, 9, 7, 20, 3, 3, 1, 1),
+    geom(7, 1, 6, 6, 5, 5, 5, 1, 2),
+    geom(4, 1, 5, 8, 16, 2, 2, 1, 1),
+    geom(3, 1, 4, 4, 17, 3, 3, 1, 3),
+    geom(6, 1, 7, 5, 9, 2, 3, 1, 0),
+    geom(9, 1, 28, 28, 32, 5, 5, 1, 2),
+];
+
+/// conv2d_forward_tex_images4 (with pack_images4 and pack_rows4 of the weights) against the
+/// CPU, on f32 and on f16 tensors (the reference then takes the f16 values). Bound as
+/// conv2d_forward_tex's: KH·KW products and the bias summed in another order (the padded
+/// taps add exact zeros), 2·γ·Σ|terms|, plus the f16 store's rounding for f16 y. A kernel
+/// reading f16 texels or tensors as f32, or a lane of the wrong image, is far outside.
+#[test]
+fn conv2d_forward_tex_images4_matches_cpu() {
+    for (seed, g) in IMAGES4_SHAPES.iter().enumerate() {
+        for dtype in float_dtypes() {
+            let c = case(g, 1100 + seed as u64);
+            let c = if dtype == F16 { to_f16(&c) } else { c };
+            let y = zeros_as(&g.output_shape(), dtype);
+            let kernel = conv2d::forward_packed_images4(
+                gpu(),
+                &upload_as(&c.x, &g.input_shape(), dtype),
+                &upload_as(&c.w, &g.weight_shape(), dtype),
+                &upload_as(&c.b, &[g.o], dtype),
+                &y,
+                g.pad,
+            )
+            .unwrap();
+            let want = cpu::conv2d_forward(&c.x, &c.w, &c.b, g);
+            let magnitude = cpu::conv2d_forward(&abs(&c.x), &abs(&c.w), &abs(&c.b), g);
+            let sum = linear_bound(g.kh * g.kw + 1, &magnitude);
+            let bound = if dtype == F16 {
+                stored_as_f16(&sum, &want)
+            } else {
+                sum
+            };
+            assert_within(
+                &format!("conv2d_forward_tex_images4 {dtype:?} {g:?}"),
+                &run_and_read_floats(&kernel, &y),
+                &want,
+                &bound,
+            );
+        }
+    }
+}
+
+#[test]
+fn conv2d_forward_tex_images4_refuses_what_it_does_not_cover() {
+    let expect_err = |what: &str, r: siamese_gpu::Result<Kernel>, needle: &str| {
+        let err = r.map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains(needle), "{what}: {err}");
+    };
+    let g = geom(5, 1, 8, 8, 6, 3, 3, 1, 1);
+    let c = case(&g, 0);
+    let (x, w, b) = (
+        upload(&c.x, &g.input_shape()),
+        upload(&c.w, &g.weight_shape()),
+        upload(&c.b, &[g.o]),
+    );
+    let y = zeros(&g.output_shape());
+    let (_, xt) = pack::images4(gpu(), &x, g.pad).unwrap();
+    let w_rows = w.reshaped(&[g.o, 9]).unwrap();
+    let (_, wt) = pack::rows4(gpu(), &w_rows, false).unwrap();
+    assert!(conv2d::forward_tex_images4(gpu(), &g, &xt, &wt, &b, &y).is_ok());
+    expect_err(
+        "stride 2",
+        conv2d::forward_tex_images4(gpu(), &Conv2dGeometry { stride: 2, ..g }, &xt, &wt, &b, &y),
+        "stride 2",
+    );
+    expect_err(
+        "three channels",
+        conv2d::forward_tex_images4(gpu(), &Conv2dGeometry { c: 3, ..g }, &xt, &wt, &b, &y),
+        "3 channels",
+    );
+    let (_, unfolded) = pack::nhwc4(gpu(), &x, g.pad, 3).unwrap();
+    expect_err(
+        "x packed unfolded",
+        conv2d::forward_tex_images4(gpu(), &g, &unfolded, &wt, &b, &y),
+        "input texels given",
+    );
+    let (_, wt_conv) = pack::conv_weight(gpu(), &w, false, 1).unwrap();
+    expect_err(
+        "w packed for conv2d_forward_tex",
+        conv2d::forward_tex_images4(gpu(), &g, &xt, &wt_conv, &b, &y),
+        "weight texels given",
+    );
+    let x3 = upload(&vec![0.0; 5 * 3 * 64], &[5, 3, 8, 8]);
+    let w3 = upload(&vec![0.0; 6 * 3 * 9], &[6, 3, 3, 3]);
+    expect_err(
+        "forward_packed_images4 of three channels",
+        conv2d::forward_packed_images4(gpu(), &x3, &w3, &b, &y, 1),
+        "single-channel",
+    );
+}
+
 #[test]
 fn conv2d_grad_weight_tex_survives_long_reductions() {
     // 64 → 64 channels leave one split on a CPU adapter, so one invocation would walk all

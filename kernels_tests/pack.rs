@@ -106,3 +106,44 @@ fn pack_rows4_matches_cpu() {
         }
     }
 }
+
+#[test]
+fn pack_images4_matches_cpu() {
+    // Batches that fill the last texel and that do not (1, 5, 6, 7), the reference network's
+    // batch of 256 images, padding 0–3.
+    for (seed, (shape, pad)) in [
+        ([1, 1, 1, 1], 0),
+        ([256, 1, 28, 28], 0),
+        ([5, 1, 7, 6], 1),
+        ([6, 1, 4, 5], 2),
+        ([7, 1, 3, 3], 3),
+        ([8, 1, 28, 28], 2),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for dtype in float_dtypes() {
+            let x = as_dtype(
+                &uniform(
+                    &mut rng(30 + seed as u64),
+                    shape.iter().product(),
+                    -1.0,
+                    1.0,
+                ),
+                dtype,
+            );
+            let (kernel, texels) =
+                pack::images4(gpu(), &upload_as(&x, &shape, dtype), pad).unwrap();
+            assert_eq!(texels.dtype(), dtype);
+            gpu().run(&[&kernel]);
+            let got = gpu().read_texels(&texels).unwrap();
+            assert_eq!(
+                got,
+                cpu::images4(&x, shape, pad),
+                "pack_images4 {dtype:?} {shape:?} pad {pad}"
+            );
+        }
+    }
+    let err = pack::images4(gpu(), &upload(&[0.0; 8], &[1, 2, 2, 2]), 0).unwrap_err();
+    assert!(err.to_string().contains("single-channel"), "{err}");
+}

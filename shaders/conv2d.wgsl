@@ -13,6 +13,7 @@
 //   conv2d_grad_weight_reduce partial@1 f32                     -> dw@4 f32 [O, C·KH·KW]
 //   conv2d_grad_bias          dy@1 E                            -> db@4 f32
 //   conv2d_forward_tex        x texels@6, w texels@7, b@3 E     -> y@4 E   (stride 1)
+//   conv2d_forward_tex_images4 x texels@6, w texels@7, b@3 E    -> y@4 E   (stride 1, C = 1)
 //   conv2d_grad_weight_tex    x texels@6, dy texels@7 (borders of `dy_pad`)
 //                                                               -> partial@4 f32 [S, O, C·KH·KW],
 //                             and with `bias_partials` > 0 the bias gradient's partials
@@ -32,6 +33,9 @@
 // fours, borders zero-padded, so no tap needs a bounds test) and w as pack_conv_weight.
 // Layers of 1–3 channels are packed unfolded (`unfold` = KW: horizontal taps become
 // channels), so the entries see a KH × 1 convolution over C·KW channels.
+// conv2d_forward_tex_images4 serves single-channel layers (the first layer, on images) from
+// x packed by pack_images4 (four images in a texel's lanes) and w by pack_rows4: there every
+// lane does useful work, where unfolding 5 taps fills 8 lanes (see the entry).
 // Each invocation keeps 16 positions × 16 output channels as accumulators (forward: 32 texel
 // fetches feed 1,024 FMAs, since on lavapipe a fetch costs far more than an FMA or an
 // accumulator spilled to the stack), or 8 × 8 channel pairs of one tap (grad_weight: 4
@@ -405,6 +409,183 @@ fn conv2d_forward_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
                 if o < p.o {
                     out[(n * p.o + o) * plane + r] = out_elem(v[e]);
                 }
+            }
+        }
+    }
+}
+
+const IMG_POS: u32 = 4u;  // output positions per invocation (forward over images in lanes)
+
+// acc + Σ_k w[k] · x_k: one accumulator's four chained FMAs over a step's taps.
+fn taps4(acc: vec4<f32>, w: vec4<f32>, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>) -> vec4<f32> {
+    return fma(vec4<f32>(w.w), x3, fma(vec4<f32>(w.z), x2, fma(vec4<f32>(w.y), x1, fma(vec4<f32>(w.x), x0, acc))));
+}
+
+// y[n, o, oy, ox] = b[o] + Σ_{ky, kx} xpad[n, oy + ky, ox + kx] · w[o, 0, ky, kx] for C = 1,
+// with xpad = tex_a (pack_images4 with `pad`: texel (n4·HP + h)·WP + w holds images
+// 4·n4 .. 4·n4 + 3) and w = tex_b (pack_rows4 of w as [O, KH·KW]: texel o·T4 + s holds taps
+// 4·s .. 4·s + 3 of output channel o, zero past the last tap). An invocation takes 4
+// consecutive positions m = (n4·OH + oy)·OW + ox, each of a quad of images, and output
+// channels 16·ob .. 16·ob + 15: 64 accumulators of four images each. A step takes four taps:
+// 16 weight texels and 16 x texels feed 1,024 FMAs, each accumulator four chained FMAs per
+// visit, as in conv2d_forward_tex. Only the lanes of images past N and of the taps past
+// KH·KW in the last step hold padding (3 of 28 taps in the reference network's first layer,
+// against 3 of 8 lanes unfolded).
+@compute @workgroup_size(TEX_WG)
+fn conv2d_forward_tex_images4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                              @builtin(local_invocation_index) lid: u32) {
+    let taps = p.kh * p.kw;
+    let t4n = (taps + 3u) / 4u;
+    let hp = p.h + 2u * p.pad;
+    let wp = p.w + 2u * p.pad;
+    let plane = p.oh * p.ow;
+    let npos = ((p.n + 3u) / 4u) * plane;
+    let pos_blocks = (npos + IMG_POS - 1u) / IMG_POS;
+    let id = (wid.x + wid.y * nwg.x) * TEX_WG + lid;
+    // Neighbouring invocations share the output channels (the same weight texels).
+    let pb = id % pos_blocks;
+    let o0 = (id / pos_blocks) * 16u;
+    if o0 >= p.o { return; }
+    // Each channel's row of weight texels (past the last channel, the last one's: never stored).
+    var wrow: array<u32, 16>;
+    for (var e = 0u; e < 16u; e++) {
+        wrow[e] = min(o0 + e, p.o - 1u) * t4n;
+    }
+    var base: array<u32, IMG_POS>;
+    for (var j = 0u; j < IMG_POS; j++) {
+        let m = min(pb * IMG_POS + j, npos - 1u);
+        let r = m % plane;
+        base[j] = ((m / plane) * hp + r / p.ow) * wp + r % p.ow;
+    }
+    var acc: array<vec4<f32>, 64>;  // [16·j + e]: position j, channel o0 + e, four images
+    for (var s = 0u; s < t4n; s++) {
+        // The step's taps. Past the last one the weights are zero and the offset repeats the
+        // last tap's (a texel the last tap reads too: it adds 0·x, an exact zero for finite x).
+        let t = min(vec4<u32>(4u * s) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(taps - 1u));
+        let off = (t / p.kw) * wp + t % p.kw;
+        let w0 = fetch_b(wrow[0] + s);
+        let w1 = fetch_b(wrow[1] + s);
+        let w2 = fetch_b(wrow[2] + s);
+        let w3 = fetch_b(wrow[3] + s);
+        let w4 = fetch_b(wrow[4] + s);
+        let w5 = fetch_b(wrow[5] + s);
+        let w6 = fetch_b(wrow[6] + s);
+        let w7 = fetch_b(wrow[7] + s);
+        let w8 = fetch_b(wrow[8] + s);
+        let w9 = fetch_b(wrow[9] + s);
+        let w10 = fetch_b(wrow[10] + s);
+        let w11 = fetch_b(wrow[11] + s);
+        let w12 = fetch_b(wrow[12] + s);
+        let w13 = fetch_b(wrow[13] + s);
+        let w14 = fetch_b(wrow[14] + s);
+        let w15 = fetch_b(wrow[15] + s);
+        // The positions written out one by one: as a loop over positions, the accumulator
+        // indices stop being constants and the kernel runs 1.6× slower on lavapipe.
+        {
+            let x0 = fetch_a(base[0] + off.x);
+            let x1 = fetch_a(base[0] + off.y);
+            let x2 = fetch_a(base[0] + off.z);
+            let x3 = fetch_a(base[0] + off.w);
+            acc[0] = taps4(acc[0], w0, x0, x1, x2, x3);
+            acc[1] = taps4(acc[1], w1, x0, x1, x2, x3);
+            acc[2] = taps4(acc[2], w2, x0, x1, x2, x3);
+            acc[3] = taps4(acc[3], w3, x0, x1, x2, x3);
+            acc[4] = taps4(acc[4], w4, x0, x1, x2, x3);
+            acc[5] = taps4(acc[5], w5, x0, x1, x2, x3);
+            acc[6] = taps4(acc[6], w6, x0, x1, x2, x3);
+            acc[7] = taps4(acc[7], w7, x0, x1, x2, x3);
+            acc[8] = taps4(acc[8], w8, x0, x1, x2, x3);
+            acc[9] = taps4(acc[9], w9, x0, x1, x2, x3);
+            acc[10] = taps4(acc[10], w10, x0, x1, x2, x3);
+            acc[11] = taps4(acc[11], w11, x0, x1, x2, x3);
+            acc[12] = taps4(acc[12], w12, x0, x1, x2, x3);
+            acc[13] = taps4(acc[13], w13, x0, x1, x2, x3);
+            acc[14] = taps4(acc[14], w14, x0, x1, x2, x3);
+            acc[15] = taps4(acc[15], w15, x0, x1, x2, x3);
+        }
+        {
+            let x0 = fetch_a(base[1] + off.x);
+            let x1 = fetch_a(base[1] + off.y);
+            let x2 = fetch_a(base[1] + off.z);
+            let x3 = fetch_a(base[1] + off.w);
+            acc[16] = taps4(acc[16], w0, x0, x1, x2, x3);
+            acc[17] = taps4(acc[17], w1, x0, x1, x2, x3);
+            acc[18] = taps4(acc[18], w2, x0, x1, x2, x3);
+            acc[19] = taps4(acc[19], w3, x0, x1, x2, x3);
+            acc[20] = taps4(acc[20], w4, x0, x1, x2, x3);
+            acc[21] = taps4(acc[21], w5, x0, x1, x2, x3);
+            acc[22] = taps4(acc[22], w6, x0, x1, x2, x3);
+            acc[23] = taps4(acc[23], w7, x0, x1, x2, x3);
+            acc[24] = taps4(acc[24], w8, x0, x1, x2, x3);
+            acc[25] = taps4(acc[25], w9, x0, x1, x2, x3);
+            acc[26] = taps4(acc[26], w10, x0, x1, x2, x3);
+            acc[27] = taps4(acc[27], w11, x0, x1, x2, x3);
+            acc[28] = taps4(acc[28], w12, x0, x1, x2, x3);
+            acc[29] = taps4(acc[29], w13, x0, x1, x2, x3);
+            acc[30] = taps4(acc[30], w14, x0, x1, x2, x3);
+            acc[31] = taps4(acc[31], w15, x0, x1, x2, x3);
+        }
+        {
+            let x0 = fetch_a(base[2] + off.x);
+            let x1 = fetch_a(base[2] + off.y);
+            let x2 = fetch_a(base[2] + off.z);
+            let x3 = fetch_a(base[2] + off.w);
+            acc[32] = taps4(acc[32], w0, x0, x1, x2, x3);
+            acc[33] = taps4(acc[33], w1, x0, x1, x2, x3);
+            acc[34] = taps4(acc[34], w2, x0, x1, x2, x3);
+            acc[35] = taps4(acc[35], w3, x0, x1, x2, x3);
+            acc[36] = taps4(acc[36], w4, x0, x1, x2, x3);
+            acc[37] = taps4(acc[37], w5, x0, x1, x2, x3);
+            acc[38] = taps4(acc[38], w6, x0, x1, x2, x3);
+            acc[39] = taps4(acc[39], w7, x0, x1, x2, x3);
+            acc[40] = taps4(acc[40], w8, x0, x1, x2, x3);
+            acc[41] = taps4(acc[41], w9, x0, x1, x2, x3);
+            acc[42] = taps4(acc[42], w10, x0, x1, x2, x3);
+            acc[43] = taps4(acc[43], w11, x0, x1, x2, x3);
+            acc[44] = taps4(acc[44], w12, x0, x1, x2, x3);
+            acc[45] = taps4(acc[45], w13, x0, x1, x2, x3);
+            acc[46] = taps4(acc[46], w14, x0, x1, x2, x3);
+            acc[47] = taps4(acc[47], w15, x0, x1, x2, x3);
+        }
+        {
+            let x0 = fetch_a(base[3] + off.x);
+            let x1 = fetch_a(base[3] + off.y);
+            let x2 = fetch_a(base[3] + off.z);
+            let x3 = fetch_a(base[3] + off.w);
+            acc[48] = taps4(acc[48], w0, x0, x1, x2, x3);
+            acc[49] = taps4(acc[49], w1, x0, x1, x2, x3);
+            acc[50] = taps4(acc[50], w2, x0, x1, x2, x3);
+            acc[51] = taps4(acc[51], w3, x0, x1, x2, x3);
+            acc[52] = taps4(acc[52], w4, x0, x1, x2, x3);
+            acc[53] = taps4(acc[53], w5, x0, x1, x2, x3);
+            acc[54] = taps4(acc[54], w6, x0, x1, x2, x3);
+            acc[55] = taps4(acc[55], w7, x0, x1, x2, x3);
+            acc[56] = taps4(acc[56], w8, x0, x1, x2, x3);
+            acc[57] = taps4(acc[57], w9, x0, x1, x2, x3);
+            acc[58] = taps4(acc[58], w10, x0, x1, x2, x3);
+            acc[59] = taps4(acc[59], w11, x0, x1, x2, x3);
+            acc[60] = taps4(acc[60], w12, x0, x1, x2, x3);
+            acc[61] = taps4(acc[61], w13, x0, x1, x2, x3);
+            acc[62] = taps4(acc[62], w14, x0, x1, x2, x3);
+            acc[63] = taps4(acc[63], w15, x0, x1, x2, x3);
+        }
+    }
+    // The sixteen biases, loaded once (past the last channel they are never stored).
+    var bv: array<f32, 16>;
+    for (var e = 0u; e < 16u; e++) {
+        bv[e] = f32(bias[min(o0 + e, p.o - 1u)]);
+    }
+    for (var j = 0u; j < IMG_POS; j++) {
+        let m = pb * IMG_POS + j;
+        if m >= npos { return; }
+        let n0 = 4u * (m / plane);
+        let r = m % plane;
+        for (var e = 0u; e < 16u; e++) {
+            let o = o0 + e;
+            if o >= p.o { break; }
+            let v = acc[16u * j + e] + vec4<f32>(bv[e]);
+            for (var k = 0u; k < 4u; k++) {
+                if n0 + k < p.n { out[((n0 + k) * p.o + o) * plane + r] = out_elem(v[k]); }
             }
         }
     }

@@ -12,6 +12,10 @@
 //                      With `unfold` U > 1, channel c' = c·U + kx holds x[.., c, h, w + kx]:
 //                      U horizontal taps become channels (C4 = ⌈C·U/4⌉, WU = W + 2·pad − U + 1),
 //                      so that a layer of 1–3 channels still fills its texels
+//   pack_images4       x [N, 1, H, W]        -> texel (n4·HP + h)·WP + w =
+//                      x[4·n4 .. 4·n4+3, 0, h − pad, w − pad], zero past N and outside x
+//                      (HP = H + 2·pad, WP = W + 2·pad): four images in a texel's lanes, for
+//                      single-channel convolutions (conv2d_forward_tex_images4)
 //   pack_conv_weight   w [O, C, KH, KW]      -> texel (((kh·KW + kw)·CI4 + c4)·4 + ci)·CO4 + o4
 //                      = four output channels of one input channel, for a convolution with
 //                      CI inputs and CO outputs: the forward's w (CI = C, CO = O), or with
@@ -44,9 +48,10 @@ alias elem = f32;
 
 const WG: u32 = 64u;
 
-// pack_nhwc4's divisors, as pipeline constants: integer division by a runtime value is done
-// lane by lane on a CPU (lavapipe), by a constant it is a multiply and a shift. The launcher
-// sets them to the layer's values (one pipeline per layer shape).
+// pack_nhwc4's divisors (WU and HP also pack_images4's), as pipeline constants: integer
+// division by a runtime value is done lane by lane on a CPU (lavapipe), by a constant it is a
+// multiply and a shift. The launcher sets them to the layer's values (one pipeline per layer
+// shape).
 override C4: u32 = 1u;      // texels per pixel
 override WU: u32 = 1u;      // packed row width
 override HP: u32 = 1u;      // padded height
@@ -80,6 +85,29 @@ fn pack_nhwc4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
             let ws = wq + cu % UNFOLD - p.pad;
             let c = cu / UNFOLD;
             if c < p.c && ws < p.w { v[j] = f32(src[(n * p.c + c) * plane + hs * p.w + ws]); }
+        }
+    }
+    store(i, v);
+}
+
+// Uses n = N, h = H, w = W, pad; the divisors WU (= WP) and HP are the pipeline constants.
+@compute @workgroup_size(WG)
+fn pack_images4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let i = texel_index(wid, nwg, lid);
+    if i >= p.texels { return; }
+    let wq = i % WU;
+    let hq = (i / WU) % HP;
+    let n4 = i / (WU * HP);
+    var v = vec4<f32>(0.0);
+    // Unsigned wrap-around makes the pad-side tests one comparison each way.
+    let hs = hq - p.pad;
+    let ws = wq - p.pad;
+    if hs < p.h && ws < p.w {
+        let plane = p.h * p.w;
+        for (var j = 0u; j < 4u; j++) {
+            let n = 4u * n4 + j;
+            if n < p.n { v[j] = f32(src[n * plane + hs * p.w + ws]); }
         }
     }
     store(i, v);

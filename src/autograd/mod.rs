@@ -236,10 +236,16 @@ impl<'g> Tape<'g> {
             self.tensor(y).clone(),
         );
         // Each product on the texel kernels where the device's path says so and they cover
-        // the layer; grad_weight reads x as the texel forward packed it, or packs it itself.
+        // the layer; grad_weight reads x as the texel forward packed it, or packs it itself
+        // (after a single-channel forward, which packs four images per texel instead).
         let fits = g.texel_path_fits();
         let tex = |op| fits && self.gpu.takes_texels(op);
-        let (forward, packed_x) = if tex(TexelOp::ConvForward) {
+        let (forward, packed_x) = if tex(TexelOp::ConvForward) && g.images_in_lanes() {
+            (
+                conv2d::forward_packed_images4(self.gpu, &tx, &tw, &tb, &ty, pad)?,
+                None,
+            )
+        } else if tex(TexelOp::ConvForward) {
             let (kernel, xt) = conv2d::forward_packed(self.gpu, &tx, &tw, &tb, &ty, pad)?;
             (kernel, Some(xt))
         } else {

@@ -25,6 +25,22 @@ pub fn nhwc4<T: Real>(x: &[T], [n, c, h, w]: [usize; 4], pad: usize, unfold: usi
     out
 }
 
+/// See `pack_images4` (`x` is `[n, 1, h, w]`).
+pub fn images4<T: Real>(x: &[T], [n, c, h, w]: [usize; 4], pad: usize) -> Vec<T> {
+    assert_eq!(c, 1, "pack_images4 packs single-channel images");
+    let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+    let mut out = vec![T::zero(); n.div_ceil(4) * hp * wp * 4];
+    for img in 0..n {
+        for y in 0..h {
+            for xs in 0..w {
+                let texel = ((img / 4) * hp + y + pad) * wp + xs + pad;
+                out[texel * 4 + img % 4] = x[(img * h + y) * w + xs];
+            }
+        }
+    }
+    out
+}
+
 /// See `pack_conv_weight` (`unfold` 1 for the plain layout, or KW; not with `flip`).
 pub fn conv_weight<T: Real>(
     wt: &[T],

@@ -526,6 +526,101 @@ pub fn forward_tex(
     )?))
 }
 
+const IMG_POS: usize = 4;
+/// The most taps the images-in-lanes forward takes: an invocation's loops run about
+/// ⌈taps/4⌉ + 400 times, which must stay under llvmpipe's 65,535 (see
+/// MAX_POSITIONS_PER_INVOCATION).
+const MAX_IMAGES4_TAPS: usize = 40_000;
+
+impl Conv2dGeometry {
+    /// Whether the texel forward puts four images in a texel's lanes
+    /// ([`forward_packed_images4`]): single-channel layers, which unfolded fill KW of
+    /// ⌈KW/4⌉·4 lanes (5 of 8 for the reference network's first layer).
+    pub fn images_in_lanes(&self) -> bool {
+        self.c == 1
+    }
+}
+
+fn expect_texel_count(op: &'static str, what: &str, t: &Texels, want: usize) -> Result<()> {
+    if t.len() == want {
+        return Ok(());
+    }
+    Err(Error::Shape {
+        op,
+        detail: format!(
+            "{} {what} texels given, the layer packs into {want}",
+            t.len()
+        ),
+    })
+}
+
+/// `y = conv2d(x, w) + b` at stride 1 for a single-channel `x` (any kernel and padding), from
+/// `xt` (x packed by [`pack::images4`] with `g.pad`: four images per texel) and `wt` (w as
+/// `[O, KH·KW]` packed by [`pack::rows4`]: four taps per texel). `b` and `y` are f32 or f16,
+/// and the texels hold components of their type.
+pub fn forward_tex_images4(
+    gpu: &Gpu,
+    g: &Conv2dGeometry,
+    xt: &Texels,
+    wt: &Texels,
+    b: &Tensor,
+    y: &Tensor,
+) -> Result<Kernel> {
+    const OP: &str = "conv2d_forward_tex_images4";
+    let taps = g.kh * g.kw;
+    if g.stride != 1 || !g.images_in_lanes() || taps > MAX_IMAGES4_TAPS {
+        return Err(Error::Shape {
+            op: OP,
+            detail: format!(
+                "takes stride 1, one input channel and at most {MAX_IMAGES4_TAPS} taps; got \
+                 stride {}, {} channels, a {}x{} kernel",
+                g.stride, g.c, g.kh, g.kw
+            ),
+        });
+    }
+    let dtype = float_dtype(OP, "y", y)?;
+    expect(OP, "y", y, &g.output_shape(), dtype)?;
+    expect(OP, "b", b, &[g.o], dtype)?;
+    expect_texels(OP, "the input texels", xt, dtype, "y is")?;
+    expect_texels(OP, "the weight texels", wt, dtype, "y is")?;
+    let quads = g.n.div_ceil(4);
+    let x_texels = quads * (g.h + 2 * g.pad) * (g.w + 2 * g.pad);
+    expect_texel_count(OP, "input", xt, x_texels)?;
+    expect_texel_count(OP, "weight", wt, g.o * taps.div_ceil(4))?;
+    let params = g.params(OP, 1, 0)?;
+    let positions = quads * g.out_h() * g.out_w();
+    let invocations = positions.div_ceil(IMG_POS) * g.o.div_ceil(16);
+    Ok(Kernel::single(gpu.dispatch_with_texels(
+        &shader(dtype, Out::Activation),
+        OP,
+        &[],
+        &params,
+        &[(3, b), (4, y)],
+        &[(6, xt), (7, wt)],
+        texel_groups(invocations),
+    )?))
+}
+
+/// The forward of a single-channel layer through [`forward_tex_images4`]: packs x four images
+/// per texel and w four taps per texel, then convolves (all f32 or all f16, as [`forward`]).
+pub fn forward_packed_images4(
+    gpu: &Gpu,
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    y: &Tensor,
+    pad: usize,
+) -> Result<Kernel> {
+    const OP: &str = "conv2d_forward_tex_images4";
+    let g = Conv2dGeometry::of(OP, x, w, 1, pad)?;
+    expect(OP, "w", w, &g.weight_shape(), x.dtype())?;
+    let (pack_x, xt) = pack::images4(gpu, x, pad)?;
+    let rows = w.reshaped(&[g.o, g.c * g.kh * g.kw]).expect("same length");
+    let (pack_w, wt) = pack::rows4(gpu, &rows, false)?;
+    let conv = forward_tex_images4(gpu, &g, &xt, &wt, b, y)?;
+    Ok(Kernel::chain([pack_x, pack_w, conv]))
+}
+
 fn expect_dy_texels(
     op: &'static str,
     g: &Conv2dGeometry,

@@ -103,6 +103,34 @@ pub fn nhwc4(gpu: &Gpu, x: &Tensor, pad: usize, unfold: usize) -> Result<(Kernel
     launch(gpu, OP, &constants, params, x, n * hp * wu * c4)
 }
 
+/// Single-channel images `x [N, 1, H, W]` (f32 or f16, giving texels of the same) four to a
+/// texel, with `pad` zero borders: texel `(n4·(H+2·pad) + h)·(W+2·pad) + w` holds the pixel
+/// `(h − pad, w − pad)` of images `4·n4 .. 4·n4+3`, zero past N (see the shader's header).
+pub fn images4(gpu: &Gpu, x: &Tensor, pad: usize) -> Result<(Kernel, Texels)> {
+    const OP: &str = "pack_images4";
+    let (&[n, c, h, w], _) = expect_float_rank(OP, "x", x, 4)? else {
+        unreachable!()
+    };
+    if c != 1 {
+        return Err(Error::Shape {
+            op: OP,
+            detail: format!("packs single-channel images, got {c} channels"),
+        });
+    }
+    let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+    let u = |what, v| to_u32(OP, what, v);
+    let params = PackParams {
+        n: u("N", n)?,
+        c: 1,
+        h: u("H", h)?,
+        w: u("W", w)?,
+        pad: u("pad", pad)?,
+        ..Default::default()
+    };
+    let constants = [("WU", wp as f64), ("HP", hp as f64)];
+    launch(gpu, OP, &constants, params, x, n.div_ceil(4) * hp * wp)
+}
+
 /// Convolution weights `w [O, C, KH, KW]` as four output channels per texel, for the
 /// forward (`flip` false) or, transposed and rotated by 180°, for grad_input (`flip` true);
 /// `unfold` (1, or KW for a forward packed so) matches [`nhwc4`]'s.
