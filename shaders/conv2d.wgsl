@@ -290,6 +290,9 @@ fn conv2d_grad_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
 
 const TEX_WG: u32 = 64u;
 const TEX_POS: u32 = 16u;  // output positions per invocation (forward)
+// conv2d_forward_tex: its positions written out (true) or looped over (false, for unfolded
+// input), as measured on lavapipe; a pipeline constant, so only one form is compiled.
+override UNROLL_POSITIONS: bool = true;
 
 fn fetch_a(i: u32) -> vec4<f32> {
     return textureLoad(tex_a, vec2<u32>(i & 4095u, i >> 12u), 0);
@@ -385,90 +388,102 @@ fn conv2d_forward_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
                 let d1 = fetch_b(wi + o4n + o4d);
                 let d2 = fetch_b(wi + 2u * o4n + o4d);
                 let d3 = fetch_b(wi + 3u * o4n + o4d);
-                // The 16 positions written out one by one: as a loop over positions the
-                // accumulator indices stop being constants, and this kernel ran 1.08–1.19×
-                // slower on lavapipe (second layer's forward and grad_input).
                 let off = xoff + c4;
-                let x0 = fetch_a(base[0] + off);
-                acc[0] = tap4(acc[0], x0, a0, a1, a2, a3);
-                acc[1] = tap4(acc[1], x0, b0, b1, b2, b3);
-                acc[2] = tap4(acc[2], x0, c0, c1, c2, c3);
-                acc[3] = tap4(acc[3], x0, d0, d1, d2, d3);
-                let x1 = fetch_a(base[1] + off);
-                acc[4] = tap4(acc[4], x1, a0, a1, a2, a3);
-                acc[5] = tap4(acc[5], x1, b0, b1, b2, b3);
-                acc[6] = tap4(acc[6], x1, c0, c1, c2, c3);
-                acc[7] = tap4(acc[7], x1, d0, d1, d2, d3);
-                let x2 = fetch_a(base[2] + off);
-                acc[8] = tap4(acc[8], x2, a0, a1, a2, a3);
-                acc[9] = tap4(acc[9], x2, b0, b1, b2, b3);
-                acc[10] = tap4(acc[10], x2, c0, c1, c2, c3);
-                acc[11] = tap4(acc[11], x2, d0, d1, d2, d3);
-                let x3 = fetch_a(base[3] + off);
-                acc[12] = tap4(acc[12], x3, a0, a1, a2, a3);
-                acc[13] = tap4(acc[13], x3, b0, b1, b2, b3);
-                acc[14] = tap4(acc[14], x3, c0, c1, c2, c3);
-                acc[15] = tap4(acc[15], x3, d0, d1, d2, d3);
-                let x4 = fetch_a(base[4] + off);
-                acc[16] = tap4(acc[16], x4, a0, a1, a2, a3);
-                acc[17] = tap4(acc[17], x4, b0, b1, b2, b3);
-                acc[18] = tap4(acc[18], x4, c0, c1, c2, c3);
-                acc[19] = tap4(acc[19], x4, d0, d1, d2, d3);
-                let x5 = fetch_a(base[5] + off);
-                acc[20] = tap4(acc[20], x5, a0, a1, a2, a3);
-                acc[21] = tap4(acc[21], x5, b0, b1, b2, b3);
-                acc[22] = tap4(acc[22], x5, c0, c1, c2, c3);
-                acc[23] = tap4(acc[23], x5, d0, d1, d2, d3);
-                let x6 = fetch_a(base[6] + off);
-                acc[24] = tap4(acc[24], x6, a0, a1, a2, a3);
-                acc[25] = tap4(acc[25], x6, b0, b1, b2, b3);
-                acc[26] = tap4(acc[26], x6, c0, c1, c2, c3);
-                acc[27] = tap4(acc[27], x6, d0, d1, d2, d3);
-                let x7 = fetch_a(base[7] + off);
-                acc[28] = tap4(acc[28], x7, a0, a1, a2, a3);
-                acc[29] = tap4(acc[29], x7, b0, b1, b2, b3);
-                acc[30] = tap4(acc[30], x7, c0, c1, c2, c3);
-                acc[31] = tap4(acc[31], x7, d0, d1, d2, d3);
-                let x8 = fetch_a(base[8] + off);
-                acc[32] = tap4(acc[32], x8, a0, a1, a2, a3);
-                acc[33] = tap4(acc[33], x8, b0, b1, b2, b3);
-                acc[34] = tap4(acc[34], x8, c0, c1, c2, c3);
-                acc[35] = tap4(acc[35], x8, d0, d1, d2, d3);
-                let x9 = fetch_a(base[9] + off);
-                acc[36] = tap4(acc[36], x9, a0, a1, a2, a3);
-                acc[37] = tap4(acc[37], x9, b0, b1, b2, b3);
-                acc[38] = tap4(acc[38], x9, c0, c1, c2, c3);
-                acc[39] = tap4(acc[39], x9, d0, d1, d2, d3);
-                let x10 = fetch_a(base[10] + off);
-                acc[40] = tap4(acc[40], x10, a0, a1, a2, a3);
-                acc[41] = tap4(acc[41], x10, b0, b1, b2, b3);
-                acc[42] = tap4(acc[42], x10, c0, c1, c2, c3);
-                acc[43] = tap4(acc[43], x10, d0, d1, d2, d3);
-                let x11 = fetch_a(base[11] + off);
-                acc[44] = tap4(acc[44], x11, a0, a1, a2, a3);
-                acc[45] = tap4(acc[45], x11, b0, b1, b2, b3);
-                acc[46] = tap4(acc[46], x11, c0, c1, c2, c3);
-                acc[47] = tap4(acc[47], x11, d0, d1, d2, d3);
-                let x12 = fetch_a(base[12] + off);
-                acc[48] = tap4(acc[48], x12, a0, a1, a2, a3);
-                acc[49] = tap4(acc[49], x12, b0, b1, b2, b3);
-                acc[50] = tap4(acc[50], x12, c0, c1, c2, c3);
-                acc[51] = tap4(acc[51], x12, d0, d1, d2, d3);
-                let x13 = fetch_a(base[13] + off);
-                acc[52] = tap4(acc[52], x13, a0, a1, a2, a3);
-                acc[53] = tap4(acc[53], x13, b0, b1, b2, b3);
-                acc[54] = tap4(acc[54], x13, c0, c1, c2, c3);
-                acc[55] = tap4(acc[55], x13, d0, d1, d2, d3);
-                let x14 = fetch_a(base[14] + off);
-                acc[56] = tap4(acc[56], x14, a0, a1, a2, a3);
-                acc[57] = tap4(acc[57], x14, b0, b1, b2, b3);
-                acc[58] = tap4(acc[58], x14, c0, c1, c2, c3);
-                acc[59] = tap4(acc[59], x14, d0, d1, d2, d3);
-                let x15 = fetch_a(base[15] + off);
-                acc[60] = tap4(acc[60], x15, a0, a1, a2, a3);
-                acc[61] = tap4(acc[61], x15, b0, b1, b2, b3);
-                acc[62] = tap4(acc[62], x15, c0, c1, c2, c3);
-                acc[63] = tap4(acc[63], x15, d0, d1, d2, d3);
+                // Where each position reads whole texels of channels, the 16 positions are
+                // written out one by one: as a loop the accumulator indices stop being
+                // constants, and the second layer's forward and grad_input ran 1.07–1.19×
+                // slower on lavapipe. Over unfolded taps (1–3 channel layers) the loop is
+                // the faster one (the unrolled form took 1.1–1.35× its time).
+                if UNROLL_POSITIONS {
+                    let x0 = fetch_a(base[0] + off);
+                    acc[0] = tap4(acc[0], x0, a0, a1, a2, a3);
+                    acc[1] = tap4(acc[1], x0, b0, b1, b2, b3);
+                    acc[2] = tap4(acc[2], x0, c0, c1, c2, c3);
+                    acc[3] = tap4(acc[3], x0, d0, d1, d2, d3);
+                    let x1 = fetch_a(base[1] + off);
+                    acc[4] = tap4(acc[4], x1, a0, a1, a2, a3);
+                    acc[5] = tap4(acc[5], x1, b0, b1, b2, b3);
+                    acc[6] = tap4(acc[6], x1, c0, c1, c2, c3);
+                    acc[7] = tap4(acc[7], x1, d0, d1, d2, d3);
+                    let x2 = fetch_a(base[2] + off);
+                    acc[8] = tap4(acc[8], x2, a0, a1, a2, a3);
+                    acc[9] = tap4(acc[9], x2, b0, b1, b2, b3);
+                    acc[10] = tap4(acc[10], x2, c0, c1, c2, c3);
+                    acc[11] = tap4(acc[11], x2, d0, d1, d2, d3);
+                    let x3 = fetch_a(base[3] + off);
+                    acc[12] = tap4(acc[12], x3, a0, a1, a2, a3);
+                    acc[13] = tap4(acc[13], x3, b0, b1, b2, b3);
+                    acc[14] = tap4(acc[14], x3, c0, c1, c2, c3);
+                    acc[15] = tap4(acc[15], x3, d0, d1, d2, d3);
+                    let x4 = fetch_a(base[4] + off);
+                    acc[16] = tap4(acc[16], x4, a0, a1, a2, a3);
+                    acc[17] = tap4(acc[17], x4, b0, b1, b2, b3);
+                    acc[18] = tap4(acc[18], x4, c0, c1, c2, c3);
+                    acc[19] = tap4(acc[19], x4, d0, d1, d2, d3);
+                    let x5 = fetch_a(base[5] + off);
+                    acc[20] = tap4(acc[20], x5, a0, a1, a2, a3);
+                    acc[21] = tap4(acc[21], x5, b0, b1, b2, b3);
+                    acc[22] = tap4(acc[22], x5, c0, c1, c2, c3);
+                    acc[23] = tap4(acc[23], x5, d0, d1, d2, d3);
+                    let x6 = fetch_a(base[6] + off);
+                    acc[24] = tap4(acc[24], x6, a0, a1, a2, a3);
+                    acc[25] = tap4(acc[25], x6, b0, b1, b2, b3);
+                    acc[26] = tap4(acc[26], x6, c0, c1, c2, c3);
+                    acc[27] = tap4(acc[27], x6, d0, d1, d2, d3);
+                    let x7 = fetch_a(base[7] + off);
+                    acc[28] = tap4(acc[28], x7, a0, a1, a2, a3);
+                    acc[29] = tap4(acc[29], x7, b0, b1, b2, b3);
+                    acc[30] = tap4(acc[30], x7, c0, c1, c2, c3);
+                    acc[31] = tap4(acc[31], x7, d0, d1, d2, d3);
+                    let x8 = fetch_a(base[8] + off);
+                    acc[32] = tap4(acc[32], x8, a0, a1, a2, a3);
+                    acc[33] = tap4(acc[33], x8, b0, b1, b2, b3);
+                    acc[34] = tap4(acc[34], x8, c0, c1, c2, c3);
+                    acc[35] = tap4(acc[35], x8, d0, d1, d2, d3);
+                    let x9 = fetch_a(base[9] + off);
+                    acc[36] = tap4(acc[36], x9, a0, a1, a2, a3);
+                    acc[37] = tap4(acc[37], x9, b0, b1, b2, b3);
+                    acc[38] = tap4(acc[38], x9, c0, c1, c2, c3);
+                    acc[39] = tap4(acc[39], x9, d0, d1, d2, d3);
+                    let x10 = fetch_a(base[10] + off);
+                    acc[40] = tap4(acc[40], x10, a0, a1, a2, a3);
+                    acc[41] = tap4(acc[41], x10, b0, b1, b2, b3);
+                    acc[42] = tap4(acc[42], x10, c0, c1, c2, c3);
+                    acc[43] = tap4(acc[43], x10, d0, d1, d2, d3);
+                    let x11 = fetch_a(base[11] + off);
+                    acc[44] = tap4(acc[44], x11, a0, a1, a2, a3);
+                    acc[45] = tap4(acc[45], x11, b0, b1, b2, b3);
+                    acc[46] = tap4(acc[46], x11, c0, c1, c2, c3);
+                    acc[47] = tap4(acc[47], x11, d0, d1, d2, d3);
+                    let x12 = fetch_a(base[12] + off);
+                    acc[48] = tap4(acc[48], x12, a0, a1, a2, a3);
+                    acc[49] = tap4(acc[49], x12, b0, b1, b2, b3);
+                    acc[50] = tap4(acc[50], x12, c0, c1, c2, c3);
+                    acc[51] = tap4(acc[51], x12, d0, d1, d2, d3);
+                    let x13 = fetch_a(base[13] + off);
+                    acc[52] = tap4(acc[52], x13, a0, a1, a2, a3);
+                    acc[53] = tap4(acc[53], x13, b0, b1, b2, b3);
+                    acc[54] = tap4(acc[54], x13, c0, c1, c2, c3);
+                    acc[55] = tap4(acc[55], x13, d0, d1, d2, d3);
+                    let x14 = fetch_a(base[14] + off);
+                    acc[56] = tap4(acc[56], x14, a0, a1, a2, a3);
+                    acc[57] = tap4(acc[57], x14, b0, b1, b2, b3);
+                    acc[58] = tap4(acc[58], x14, c0, c1, c2, c3);
+                    acc[59] = tap4(acc[59], x14, d0, d1, d2, d3);
+                    let x15 = fetch_a(base[15] + off);
+                    acc[60] = tap4(acc[60], x15, a0, a1, a2, a3);
+                    acc[61] = tap4(acc[61], x15, b0, b1, b2, b3);
+                    acc[62] = tap4(acc[62], x15, c0, c1, c2, c3);
+                    acc[63] = tap4(acc[63], x15, d0, d1, d2, d3);
+                } else {
+                    for (var j = 0u; j < TEX_POS; j++) {
+                        let xv = fetch_a(base[j] + off);
+                        acc[4u * j] = tap4(acc[4u * j], xv, a0, a1, a2, a3);
+                        acc[4u * j + 1u] = tap4(acc[4u * j + 1u], xv, b0, b1, b2, b3);
+                        acc[4u * j + 2u] = tap4(acc[4u * j + 2u], xv, c0, c1, c2, c3);
+                        acc[4u * j + 3u] = tap4(acc[4u * j + 3u], xv, d0, d1, d2, d3);
+                    }
+                }
             }
         }
     }
