@@ -273,31 +273,21 @@ pub fn bce_with_logits_backward(
 /// separate distance and loss kernels.
 pub const FUSED_MAX_ELEMENTS: usize = 256 * 4096;
 
-/// Checks the fused entries' embeddings `a`, `b [B, D]` and labels; returns (B, D) and the
-/// shader parameters.
+/// Checks a fused entry's embeddings: `a [B, D]` and each of `others` of the same shape, the
+/// margin, and B·D against [`FUSED_MAX_ELEMENTS`]; returns (B, D) and the shader parameters.
 fn fused_params(
     op: &'static str,
     a: &Tensor,
-    b: &Tensor,
-    labels: &Tensor,
+    others: &[(&str, &Tensor)],
     margin: f32,
 ) -> Result<(usize, usize, LossParams)> {
     let &[rows, dim] = expect_rank(op, "a", a, 2)? else {
         unreachable!()
     };
-    expect_f32(op, "b", b, &[rows, dim])?;
-    expect(op, "labels", labels, &[rows], DType::U32)?;
+    for &(what, t) in others {
+        expect_f32(op, what, t, &[rows, dim])?;
+    }
     check_margin(op, margin)?;
-    fused_dims(op, rows, dim, margin)
-}
-
-/// Refuses B·D over [`FUSED_MAX_ELEMENTS`]; the parameters of a fused entry.
-fn fused_dims(
-    op: &'static str,
-    rows: usize,
-    dim: usize,
-    margin: f32,
-) -> Result<(usize, usize, LossParams)> {
     if rows * dim > FUSED_MAX_ELEMENTS {
         return Err(Error::Shape {
             op,
@@ -328,7 +318,8 @@ pub fn contrastive_euclidean_forward(
     loss: &Tensor,
 ) -> Result<Kernel> {
     const OP: &str = "contrastive_euclidean_forward";
-    let (rows, _, p) = fused_params(OP, a, b, labels, margin)?;
+    let (rows, _, p) = fused_params(OP, a, &[("b", b)], margin)?;
+    expect(OP, "labels", labels, &[rows], DType::U32)?;
     expect_f32(OP, "d", d, &[rows])?;
     expect_f32(OP, "loss", loss, &[1])?;
     reduce(
@@ -354,7 +345,8 @@ pub fn contrastive_euclidean_backward(
     db: &Tensor,
 ) -> Result<Kernel> {
     const OP: &str = "contrastive_euclidean_backward";
-    let (rows, dim, p) = fused_params(OP, a, b, labels, margin)?;
+    let (rows, dim, p) = fused_params(OP, a, &[("b", b)], margin)?;
+    expect(OP, "labels", labels, &[rows], DType::U32)?;
     expect_f32(OP, "d", d, &[rows])?;
     expect_f32(OP, "dloss", dloss, &[1])?;
     expect_f32(OP, "da", da, &[rows, dim])?;
@@ -393,7 +385,7 @@ pub fn triplet_euclidean_forward(
     loss: &Tensor,
 ) -> Result<Kernel> {
     const OP: &str = "triplet_euclidean_forward";
-    let (rows, _, params) = triplet_params(OP, a, p, n, margin)?;
+    let (rows, _, params) = fused_params(OP, a, &[("p", p), ("n", n)], margin)?;
     expect_f32(OP, "d_ap", d_ap, &[rows])?;
     expect_f32(OP, "d_an", d_an, &[rows])?;
     expect_f32(OP, "loss", loss, &[1])?;
@@ -420,7 +412,7 @@ pub fn triplet_euclidean_backward(
     grads: [&Tensor; 3],
 ) -> Result<Kernel> {
     const OP: &str = "triplet_euclidean_backward";
-    let (rows, dim, params) = triplet_params(OP, a, p, n, margin)?;
+    let (rows, dim, params) = fused_params(OP, a, &[("p", p), ("n", n)], margin)?;
     expect_f32(OP, "d_ap", d_ap, &[rows])?;
     expect_f32(OP, "d_an", d_an, &[rows])?;
     expect_f32(OP, "dloss", dloss, &[1])?;
@@ -447,22 +439,4 @@ pub fn triplet_euclidean_backward(
         ],
         grid_1d(elements.div_ceil(REDUCE_WG)),
     )?))
-}
-
-/// Checks the triplet entries' anchors, positives and negatives; returns (B, D) and the
-/// shader parameters.
-fn triplet_params(
-    op: &'static str,
-    a: &Tensor,
-    p: &Tensor,
-    n: &Tensor,
-    margin: f32,
-) -> Result<(usize, usize, LossParams)> {
-    let &[rows, dim] = expect_rank(op, "a", a, 2)? else {
-        unreachable!()
-    };
-    expect_f32(op, "p", p, &[rows, dim])?;
-    expect_f32(op, "n", n, &[rows, dim])?;
-    check_margin(op, margin)?;
-    fused_dims(op, rows, dim, margin)
 }
