@@ -890,12 +890,7 @@ pub fn train_with(
                     s.skipped,
                     s.skipped + s.applied
                 );
-                evidence.losses = losses;
-                evidence.diverged = Some(message.clone());
-                return Err(Error::Diverged {
-                    message,
-                    diagnosis: Box::new(Diagnosis::new(evidence)),
-                });
+                return Err(diverged(evidence, losses, message, &step_program));
             }
             if let Some(bad) = new.iter().position(|l| !l.is_finite()) {
                 let message = format!(
@@ -905,14 +900,7 @@ pub fn train_with(
                     first + bad
                 );
                 losses.extend_from_slice(&new[..bad]);
-                evidence.losses = losses;
-                evidence.diverged = Some(message.clone());
-                evidence.sampled_same = step_program.sampled_same;
-                evidence.sampled_pairs = step_program.sampled_pairs;
-                return Err(Error::Diverged {
-                    message,
-                    diagnosis: Box::new(Diagnosis::new(evidence)),
-                });
+                return Err(diverged(evidence, losses, message, &step_program));
             }
             losses.extend_from_slice(&new);
             let elapsed = lap.elapsed().as_secs_f64();
@@ -1053,6 +1041,24 @@ pub fn train_with(
         embedding_metrics,
         diagnosis,
     })
+}
+
+/// The error of a run that stopped diverging, with the doctor's diagnosis of the evidence so
+/// far (the losses before the divergence, the sampler's Same-pair share).
+fn diverged(
+    mut evidence: Evidence,
+    losses: Vec<f32>,
+    message: String,
+    step_program: &TrainStep,
+) -> Error {
+    evidence.losses = losses;
+    evidence.diverged = Some(message.clone());
+    evidence.sampled_same = step_program.sampled_same;
+    evidence.sampled_pairs = step_program.sampled_pairs;
+    Error::Diverged {
+        message,
+        diagnosis: Box::new(Diagnosis::new(evidence)),
+    }
 }
 
 /// Below this loss scale a mixed-precision run stops: gradients that overflow f16 even when

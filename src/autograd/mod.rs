@@ -554,17 +554,24 @@ impl<'g> Tape<'g> {
     /// Two gradient buffers for a binary op's inputs; a side that needs none still gets a
     /// scratch buffer, since the kernels write both.
     fn pair_slots(&mut self, a: ValueId, b: ValueId) -> Result<(Tensor, Tensor)> {
-        let scratch =
-            |tape: &Self, v: ValueId| tape.gpu.zeros(tape.shape(v), tape.tensor(v).dtype());
-        let da = match self.grad_slot(a)? {
-            Some(g) => g,
-            None => scratch(self, a)?,
-        };
-        let db = match self.grad_slot(b)? {
-            Some(g) => g,
-            None => scratch(self, b)?,
-        };
-        Ok((da, db))
+        Ok((self.grad_or_scratch(a)?, self.grad_or_scratch(b)?))
+    }
+
+    /// `v`'s gradient slot, or a scratch buffer of its shape and type where it needs none
+    /// (for kernels that write every gradient they compute).
+    fn grad_or_scratch(&mut self, v: ValueId) -> Result<Tensor> {
+        match self.grad_slot(v)? {
+            Some(g) => Ok(g),
+            None => self.gpu.zeros(self.shape(v), self.tensor(v).dtype()),
+        }
+    }
+
+    /// Whether a loss over `kind` distances of rows like `a`'s takes the fused kernels of
+    /// `ops::loss`: Euclidean, f32, and a batch within [`loss::FUSED_MAX_ELEMENTS`].
+    fn fuses_euclidean(&self, kind: Distance, a: ValueId) -> bool {
+        kind == Distance::Euclidean
+            && self.tensor(a).dtype() == DType::F32
+            && self.tensor(a).len() <= loss::FUSED_MAX_ELEMENTS
     }
 
     /// The distance between paired rows of `a [B, D]` and `b [B, D]`: `[B]`.
@@ -692,10 +699,7 @@ impl<'g> Tape<'g> {
         labels: &Tensor,
         margin: f32,
     ) -> Result<ValueId> {
-        let fused = kind == Distance::Euclidean
-            && self.tensor(a).dtype() == DType::F32
-            && self.tensor(a).len() <= loss::FUSED_MAX_ELEMENTS;
-        if !fused {
+        if !self.fuses_euclidean(kind, a) {
             let d = self.distance(kind, a, b)?;
             return self.contrastive_loss(d, labels, margin);
         }
@@ -731,10 +735,7 @@ impl<'g> Tape<'g> {
         [a, p, n]: [ValueId; 3],
         margin: f32,
     ) -> Result<ValueId> {
-        let fused = kind == Distance::Euclidean
-            && self.tensor(a).dtype() == DType::F32
-            && self.tensor(a).len() <= loss::FUSED_MAX_ELEMENTS;
-        if !fused {
+        if !self.fuses_euclidean(kind, a) {
             let d_ap = self.distance(kind, a, p)?;
             let d_an = self.distance(kind, a, n)?;
             return self.triplet_loss(d_ap, d_an, margin);
@@ -750,10 +751,7 @@ impl<'g> Tape<'g> {
         let mut backward = Vec::new();
         if let Some(dl) = self.grad(l).cloned() {
             let (da, dp) = self.pair_slots(a, p)?;
-            let dn = match self.grad_slot(n)? {
-                Some(g) => g,
-                None => self.gpu.zeros(self.shape(n), DType::F32)?,
-            };
+            let dn = self.grad_or_scratch(n)?;
             backward.push(loss::triplet_euclidean_backward(
                 self.gpu,
                 &t[0],
