@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use siamese_gpu::gpu::Shader;
 use siamese_gpu::ops::conv2d::{self, Conv2dGeometry};
-use siamese_gpu::ops::{Shader, dense};
+use siamese_gpu::ops::dense;
 use siamese_gpu::{DType, Gpu, Kernel, Tensor};
 
 const PEAK: Shader = Shader::new("fma_peak", include_str!("fma_peak.wgsl"));

@@ -17,8 +17,8 @@ use siamese_gpu::data::dataset;
 use siamese_gpu::eval::embed::Embedder;
 use siamese_gpu::model::SiameseModel;
 use siamese_gpu::ops::gather;
-use siamese_gpu::precision::Precision;
 use siamese_gpu::train::{TrainConfig, TrainStep};
+use siamese_gpu::vocab::Precision;
 use siamese_gpu::{DType, Gpu, KernelPath};
 
 const WARMUP_STEPS: usize = 3;

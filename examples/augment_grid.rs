@@ -8,9 +8,10 @@
 
 use siamese_gpu::Gpu;
 use siamese_gpu::config::RunSettings;
-use siamese_gpu::data::augment::{Augment, AugmentSampler, TRANSFORM_LEN};
+use siamese_gpu::data::augment::{Augment, AugmentSampler};
 use siamese_gpu::data::dataset;
-use siamese_gpu::ops::gather::{self, PixelNorm};
+use siamese_gpu::ops::gather;
+use siamese_gpu::vocab::{PixelNorm, TRANSFORM_LEN};
 
 const ROWS: usize = 8;
 const DRAWS: usize = 9;

@@ -22,8 +22,9 @@ use siamese_gpu::eval::retrieval::{
     self, DEFAULT_PIXEL_QUERIES, References, RetrievalOptions, evaluate_retrieval,
 };
 use siamese_gpu::model::SiameseModel;
-use siamese_gpu::ops::gather::{self, PixelNorm};
+use siamese_gpu::ops::gather;
 use siamese_gpu::train::TrainConfig;
+use siamese_gpu::vocab::PixelNorm;
 use siamese_gpu::{Gpu, Result};
 
 /// Wall-clock and CPU time (all threads, lavapipe's included) since `start`: on a shared

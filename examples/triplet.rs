@@ -5,8 +5,8 @@
 
 mod common;
 
-use siamese_gpu::model::LossKind;
 use siamese_gpu::train::TrainConfig;
+use siamese_gpu::vocab::LossKind;
 
 fn main() {
     let cfg = TrainConfig {

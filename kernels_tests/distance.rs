@@ -14,8 +14,9 @@ use rand::RngExt;
 use rand::rngs::StdRng;
 use siamese_gpu::Kernel;
 use siamese_gpu::cpu::distance as cpu;
-use siamese_gpu::ops::distance::{self, Distance, PairwiseMetric};
+use siamese_gpu::ops::distance;
 use siamese_gpu::ops::pack;
+use siamese_gpu::vocab::{Distance, PairwiseMetric};
 
 /// (B, D) of the paired entries: batch 1, D = 1, row and element counts that are not
 /// multiples of the 64-wide workgroup (67·33, 130 rows), and the reference embedding

@@ -7,8 +7,9 @@ use common::*;
 use rand::RngExt;
 use siamese_gpu::DType;
 use siamese_gpu::cpu::gather as cpu;
-use siamese_gpu::data::augment::{Augment, AugmentSampler, FillMode, TRANSFORM_LEN, Transform};
-use siamese_gpu::ops::gather::{self, PixelNorm};
+use siamese_gpu::data::augment::{Augment, AugmentSampler, Transform};
+use siamese_gpu::ops::gather;
+use siamese_gpu::vocab::{FillMode, PixelNorm, TRANSFORM_LEN};
 
 /// (images, pixels, batch): one image and index, pixel counts that are not multiples of 4
 /// (images then straddle words), Fashion-MNIST's 28×28 with the reference batch of 2·128

@@ -12,7 +12,8 @@ use rand::RngExt;
 use rand::rngs::StdRng;
 use siamese_gpu::Tensor;
 use siamese_gpu::cpu::loss as cpu;
-use siamese_gpu::ops::loss::{self, PairLabel};
+use siamese_gpu::ops::loss;
+use siamese_gpu::vocab::PairLabel;
 
 /// Batch 1, sizes off the 256-wide workgroup, one workgroup exactly (128 is half of one),
 /// the reference batch 512, 1000 (four strides of the reduction) and 100 000 (391 strides).
@@ -660,7 +661,8 @@ fn separate_on_gpu(
     dim: usize,
     dloss: f32,
 ) -> (Vec<f32>, f32, Vec<f32>, Vec<f32>) {
-    use siamese_gpu::ops::distance::{self, Distance};
+    use siamese_gpu::ops::distance;
+    use siamese_gpu::vocab::Distance;
     let rows = l.len();
     let (ta, tb, labels) = (
         upload(a, &[rows, dim]),
@@ -878,7 +880,8 @@ fn separate_triplet_on_gpu(
     dloss: f32,
 ) -> (Vec<f32>, Vec<f32>, f32, [Vec<f32>; 3]) {
     use siamese_gpu::ops::activation;
-    use siamese_gpu::ops::distance::{self, Distance::Euclidean};
+    use siamese_gpu::ops::distance;
+    use siamese_gpu::vocab::Distance::Euclidean;
     let t = e.map(|v| upload(v, &[rows, dim]));
     let (d_ap, d_an, out) = (zeros(&[rows]), zeros(&[rows]), zeros(&[1]));
     let (dd_ap, dd_an) = (zeros(&[rows]), zeros(&[rows]));

@@ -19,7 +19,9 @@ use common::*;
 use rand::RngExt;
 use rand::rngs::StdRng;
 use siamese_gpu::cpu::mining as cpu;
-use siamese_gpu::ops::mining::{self, Miner, MiningStats, ROW_STATS};
+use siamese_gpu::cpu::mining::ROW_STATS;
+use siamese_gpu::ops::mining::{self, MiningStats};
+use siamese_gpu::vocab::Miner;
 use siamese_gpu::{Kernel, Tensor};
 
 const MINERS: [Miner; 3] = [Miner::BatchHard, Miner::SemiHard, Miner::BatchAll];
@@ -534,7 +536,7 @@ fn separated_embeddings(
 fn tape_gradient_of_embeddings_matches_finite_differences() {
     use siamese_gpu::autograd::Tape;
     use siamese_gpu::cpu::distance as cpu_distance;
-    use siamese_gpu::ops::distance::PairwiseMetric;
+    use siamese_gpu::vocab::PairwiseMetric;
 
     let (n, dim) = (8, 4);
     let l: Vec<u32> = vec![0, 1, 2, 0, 1, 2, 0, 1];

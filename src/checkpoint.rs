@@ -13,7 +13,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::error::{Error, Result};
 use crate::model::{ModelConfig, SiameseModel};
-use crate::ops::distance::Distance;
+use crate::vocab::Distance;
 
 fn distance_name(d: Distance) -> &'static str {
     match d {

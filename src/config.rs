@@ -14,15 +14,15 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::data::augment::Augment;
-use crate::data::dataset::{Color, OnBadImage};
 use crate::error::{Error, Result};
 use crate::nn::spec::{Layer, REFERENCE_TOWER};
-use crate::ops::distance::Distance;
-use crate::ops::gather::PixelNorm;
-use crate::ops::mining::Miner;
 use crate::optim::{OptimizerKind, Schedule};
-use crate::precision::Precision;
 use crate::train::TrainConfig;
+use crate::vocab::Distance;
+use crate::vocab::Miner;
+use crate::vocab::PixelNorm;
+use crate::vocab::Precision;
+use crate::vocab::{Color, OnBadImage};
 
 /// The settings of a run, as written. `Default` is the reference recipe.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -394,7 +394,7 @@ mod tests {
 
     #[test]
     fn augmentation_keys_reach_the_engine_and_are_off_by_default() {
-        use crate::data::augment::FillMode;
+        use crate::vocab::FillMode;
         assert!(
             RunSettings::default()
                 .to_train_config()
@@ -460,7 +460,7 @@ mod tests {
         )
         .unwrap();
         let cfg = s.to_train_config().unwrap();
-        assert_eq!(cfg.miner, Some(crate::ops::mining::Miner::SemiHard));
+        assert_eq!(cfg.miner, Some(crate::vocab::Miner::SemiHard));
         assert_eq!(cfg.classes_per_batch, Some(8));
         assert_eq!(toml::from_str::<RunSettings>(&s.to_toml()).unwrap(), s);
         assert!(!RunSettings::default().to_toml().contains("miner"));

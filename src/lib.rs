@@ -19,12 +19,12 @@ pub mod model;
 pub mod nn;
 pub mod ops;
 pub mod optim;
-pub mod precision;
 #[cfg(feature = "report")]
 pub mod report;
 #[cfg(feature = "cli")]
 pub mod sweep;
 pub mod train;
+pub mod vocab;
 
 pub use error::{Error, Result};
 pub use gpu::{DType, Gpu, Kernel, KernelPath, Tensor, TexelOp, Texels};

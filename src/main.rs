@@ -18,19 +18,18 @@ use serde_json::json;
 use siamese_gpu::checkpoint::{self, write_atomic};
 use siamese_gpu::config::{RunSettings, parse_image_size};
 use siamese_gpu::data::augment::Augment;
-use siamese_gpu::data::dataset::{self, Color, DataOptions, Dataset, ImageSet, OnBadImage};
+use siamese_gpu::data::dataset::{self, DataOptions, Dataset, ImageSet};
 use siamese_gpu::eval::embed::Embedder;
 use siamese_gpu::eval::embedding_metrics::{EmbeddingMetrics, embedding_metrics};
 use siamese_gpu::eval::protocol::{PairProtocol, Validation};
 use siamese_gpu::eval::verification::Verification;
 use siamese_gpu::gpu::list_adapters;
-use siamese_gpu::model::LossKind;
 use siamese_gpu::model::SiameseModel;
 use siamese_gpu::ops::gather;
-use siamese_gpu::ops::gather::PixelNorm;
 use siamese_gpu::report::{embedding_metrics_json, verification_json, write_report};
 use siamese_gpu::sweep::{self, Axis, Metrics, Outcome, RankBy};
 use siamese_gpu::train::{self, Progress, RunControl, TrainConfig, TrainReport, TrainingState};
+use siamese_gpu::vocab::{Color, LossKind, OnBadImage, PixelNorm};
 use siamese_gpu::{Gpu, TexelOp};
 
 #[derive(Parser)]

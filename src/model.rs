@@ -5,60 +5,13 @@
 //! negatives), and the embeddings are split into views afterwards. The shared weights thus
 //! get one gradient, computed by the same kernels as any other batch.
 
-use std::fmt;
-use std::str::FromStr;
-
 use crate::autograd::{Tape, ValueId};
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
 use crate::nn::{ParamLayout, Tower, TowerSpec};
-use crate::ops::distance::{Distance, PairwiseMetric};
-use crate::ops::mining::Miner;
-
-/// The training objective, with the head it implies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LossKind {
-    /// Contrastive loss on the distance between the two embeddings (Hadsell et al. 2006).
-    Contrastive,
-    /// Triplet loss `max(0, d(a, p) − d(a, n) + m)` averaged over the batch.
-    Triplet,
-    /// The Keras head: `|a − b| → Linear(1)`, trained as a logit with binary cross-entropy.
-    Bce,
-}
-
-impl LossKind {
-    /// Images per training sample.
-    pub fn branches(self) -> usize {
-        match self {
-            LossKind::Triplet => 3,
-            LossKind::Contrastive | LossKind::Bce => 2,
-        }
-    }
-}
-
-impl FromStr for LossKind {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_lowercase().as_str() {
-            "contrastive" => Ok(LossKind::Contrastive),
-            "triplet" => Ok(LossKind::Triplet),
-            "bce" => Ok(LossKind::Bce),
-            _ => Err(Error::Config(format!(
-                "unknown loss `{s}`: use contrastive, triplet or bce"
-            ))),
-        }
-    }
-}
-
-impl fmt::Display for LossKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            LossKind::Contrastive => "contrastive",
-            LossKind::Triplet => "triplet",
-            LossKind::Bce => "bce",
-        })
-    }
-}
+use crate::vocab::LossKind;
+use crate::vocab::Miner;
+use crate::vocab::{Distance, PairwiseMetric};
 
 /// What a model is: tower, input size, loss and its settings.
 #[derive(Debug, Clone, PartialEq)]

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::autograd::Tape;
-use crate::data::augment::{Augment, AugmentSampler, TRANSFORM_LEN};
+use crate::data::augment::{Augment, AugmentSampler};
 use crate::data::dataset::by_class;
 use crate::data::dataset::{self, DataOptions, ImageSet};
 use crate::data::sampler::{
@@ -31,16 +31,14 @@ use crate::eval::probe;
 use crate::eval::protocol::{PairProtocol, Validation};
 use crate::eval::verification::Verification;
 use crate::gpu::{DType, Gpu, Kernel, Profiler, Tensor};
-use crate::model::{LossKind, ModelConfig, SiameseModel};
+use crate::model::{ModelConfig, SiameseModel};
 use crate::nn::TowerSpec;
 use crate::nn::spec::REFERENCE_TOWER;
 use crate::ops::amp::{self, LossScaleConfig, LossScaler, ScaleState};
-use crate::ops::distance::Distance;
-use crate::ops::gather::{self, PixelNorm};
-use crate::ops::loss::PairLabel;
-use crate::ops::mining::{Miner, MiningStats};
+use crate::ops::gather;
+use crate::ops::mining::MiningStats;
 use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind, Schedule};
-use crate::precision::Precision;
+use crate::vocab::{Distance, LossKind, Miner, PairLabel, PixelNorm, Precision, TRANSFORM_LEN};
 
 /// Everything that defines a run. `Default` is the reference recipe.
 #[derive(Debug, Clone, PartialEq)]

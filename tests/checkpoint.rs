@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use siamese_gpu::checkpoint::{load_weights, save_weights};
-use siamese_gpu::model::{LossKind, ModelConfig, SiameseModel};
+use siamese_gpu::model::{ModelConfig, SiameseModel};
 use siamese_gpu::nn::spec::REFERENCE_TOWER;
-use siamese_gpu::ops::distance::Distance;
+use siamese_gpu::vocab::Distance;
+use siamese_gpu::vocab::LossKind;
 
 fn model(tower: &str, loss: LossKind) -> SiameseModel {
     SiameseModel::new(ModelConfig {

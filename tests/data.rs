@@ -19,7 +19,7 @@ use siamese_gpu::data::dataset::{
 };
 use siamese_gpu::data::idx::{encode_idx, parse_idx, read_idx};
 use siamese_gpu::data::sampler::{PairSampler, TripletSampler, balanced_pairs, try_balanced_pairs};
-use siamese_gpu::ops::loss::PairLabel;
+use siamese_gpu::vocab::PairLabel;
 use support::TempDir;
 
 // ---------------------------------------------------------------------------------------

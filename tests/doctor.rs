@@ -110,7 +110,7 @@ fn labels_swapped_in_the_loss_are_inverted_labels() {
     }
     // The Keras head (|a − b| → logit, BCE) taught that Same is 0 and Different 1.
     let d = diagnose(&TrainConfig {
-        loss: siamese_gpu::model::LossKind::Bce,
+        loss: siamese_gpu::vocab::LossKind::Bce,
         invert_pair_labels: true,
         ..small(2048)
     });

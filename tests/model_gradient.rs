@@ -9,9 +9,10 @@ mod common;
 use common::*;
 use siamese_gpu::autograd::Tape;
 use siamese_gpu::cpu::{self, Real, conv2d::Conv2dGeometry};
-use siamese_gpu::model::{LossKind, ModelConfig, SiameseModel};
-use siamese_gpu::ops::distance::Distance;
-use siamese_gpu::ops::loss::PairLabel;
+use siamese_gpu::model::{ModelConfig, SiameseModel};
+use siamese_gpu::vocab::Distance;
+use siamese_gpu::vocab::LossKind;
+use siamese_gpu::vocab::PairLabel;
 use siamese_gpu::{Gpu, KernelPath};
 use std::sync::OnceLock;
 

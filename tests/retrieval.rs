@@ -19,8 +19,8 @@ use siamese_gpu::eval::retrieval::{
     self, Protocol, References, RetrievalMetrics, RetrievalOptions, evaluate_retrieval,
     stratified_sample,
 };
-use siamese_gpu::ops::distance::PairwiseMetric;
-use siamese_gpu::ops::gather::PixelNorm;
+use siamese_gpu::vocab::PairwiseMetric;
+use siamese_gpu::vocab::PixelNorm;
 
 /// Means agree to summation order.
 const EXACT: f64 = 1e-12;

@@ -3,8 +3,8 @@
 
 use siamese_gpu::Gpu;
 use siamese_gpu::data::dataset::DEFAULT_DATA_DIR;
-use siamese_gpu::precision::Precision;
 use siamese_gpu::train::{self, TrainConfig, TrainReport};
+use siamese_gpu::vocab::Precision;
 
 fn data_present() -> bool {
     let present = std::path::Path::new(DEFAULT_DATA_DIR)

@@ -9,7 +9,7 @@ use rand::{RngExt, SeedableRng};
 use siamese_gpu::eval::verification::{
     THRESHOLD_CANDIDATES, best_threshold, pair_accuracy, roc_auc, threshold_candidates, verify,
 };
-use siamese_gpu::ops::loss::PairLabel::{self, Different as D, Same as S};
+use siamese_gpu::vocab::PairLabel::{self, Different as D, Same as S};
 
 const TOL: f64 = 1e-12;
 

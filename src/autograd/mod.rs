@@ -27,9 +27,10 @@
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Kernel, Tensor, TexelOp, Texels};
 use crate::ops::activation::{self, Activation};
-use crate::ops::distance::{self, Distance, PairwiseMetric};
-use crate::ops::mining::{self, Miner};
+use crate::ops::distance;
+use crate::ops::mining;
 use crate::ops::{amp, conv2d, dense, loss, normalize, pack, pool};
+use crate::vocab::{Distance, Miner, PairwiseMetric};
 
 /// A value on the tape.
 pub type ValueId = usize;

@@ -2,7 +2,7 @@
 //! a backward takes the upstream gradient `dloss` (the scalar the mean is multiplied by).
 
 use super::Real;
-use crate::ops::loss::PairLabel;
+use crate::vocab::PairLabel;
 
 fn batch<T: Real>(n: usize) -> T {
     T::from_f64(n as f64)

@@ -7,7 +7,10 @@
 //! better). Only row a of dm is read for anchor a.
 
 use super::Real;
-use crate::ops::mining::{Miner, ROW_STATS};
+use crate::vocab::Miner;
+
+/// Columns of the first pass's partial sums (`ROW_STATS` in `shaders/mining.wgsl`).
+pub const ROW_STATS: usize = 5;
 
 /// Invocations of the GPU reduction (`REDUCE_WG` in the shader).
 const REDUCE_WG: usize = 256;

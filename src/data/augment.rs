@@ -20,60 +20,11 @@
 //!
 //! Off by default; when off, the trainer keeps the plain gather, bit for bit.
 
-use std::fmt;
-use std::str::FromStr;
-
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use crate::error::{Error, Result};
-
-/// Floats per image in the transform buffer (six used; eight keeps rows 32-byte aligned).
-pub const TRANSFORM_LEN: usize = 8;
-
-/// What a source pixel outside the image reads, with Keras's names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum FillMode {
-    /// The nearest edge pixel (`aaaa|abcd|dddd`): Keras's default.
-    #[default]
-    Nearest,
-    /// Pixel value 0, i.e. black before normalisation (Keras's `cval = 0`): the background
-    /// of MNIST-like data, where `nearest` would smear the edge rows into streaks.
-    Constant,
-}
-
-impl FillMode {
-    /// The code the shader reads (`p.fill`).
-    pub fn code(self) -> u32 {
-        match self {
-            FillMode::Nearest => 0,
-            FillMode::Constant => 1,
-        }
-    }
-}
-
-impl fmt::Display for FillMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            FillMode::Nearest => "nearest",
-            FillMode::Constant => "constant",
-        })
-    }
-}
-
-impl FromStr for FillMode {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<FillMode> {
-        match s.to_lowercase().as_str() {
-            "nearest" => Ok(FillMode::Nearest),
-            "constant" => Ok(FillMode::Constant),
-            other => Err(Error::Config(format!(
-                "fill_mode: unknown fill mode `{other}`: use nearest (repeat the edge pixel) or \
-                 constant (black)"
-            ))),
-        }
-    }
-}
+use crate::vocab::{FillMode, TRANSFORM_LEN};
 
 /// The ranges of the random transforms, as Keras's `ImageDataGenerator` names them.
 /// `Default` is off: every range 0, no flip.

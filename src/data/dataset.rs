@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use super::idx::{IdxArray, read_idx};
 use crate::error::{Error, Result};
+use crate::vocab::{Color, OnBadImage};
 
 /// Where the Debian package `dataset-fashion-mnist` installs the files.
 pub const DEFAULT_DATA_DIR: &str = "/usr/share/datasets/fashion-mnist";
@@ -176,35 +177,6 @@ pub struct Dataset {
     pub test_classes: Vec<String>,
     /// What the user should know about the data that is not an error (skipped images).
     pub warnings: Vec<String>,
-}
-
-/// Colour of the network's input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Color {
-    /// One channel (images in colour are converted to luma).
-    #[default]
-    Grey,
-    /// Three channels, R, G, B planes.
-    Rgb,
-}
-
-impl Color {
-    pub fn channels(self) -> usize {
-        match self {
-            Color::Grey => 1,
-            Color::Rgb => 3,
-        }
-    }
-}
-
-/// What to do with an image file of a folder dataset that cannot be decoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OnBadImage {
-    /// Leave it out, with a warning naming it.
-    #[default]
-    Skip,
-    /// Refuse the dataset, naming the file.
-    Stop,
 }
 
 /// How a dataset is read, beyond its directory and the validation size.

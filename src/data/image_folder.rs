@@ -15,8 +15,9 @@ use std::path::{Path, PathBuf};
 
 use image::imageops::FilterType;
 
-use super::dataset::{Color, DataOptions, ImageSet, OnBadImage};
+use super::dataset::{DataOptions, ImageSet};
 use crate::error::{Error, Result};
+use crate::vocab::{Color, OnBadImage};
 
 /// File extensions read as images (case-insensitive); other files are ignored.
 const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];

@@ -23,7 +23,7 @@ use rand::{RngExt, SeedableRng};
 
 use super::dataset::by_class;
 use crate::error::{Error, Result};
-use crate::ops::loss::PairLabel;
+use crate::vocab::PairLabel;
 
 /// A batch of pairs: `(a[i], b[i])` is a pair with label `labels[i]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

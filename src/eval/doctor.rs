@@ -26,10 +26,10 @@
 use std::fmt;
 
 use crate::eval::embedding_stats::EmbeddingStats;
-use crate::model::LossKind;
-use crate::ops::distance::Distance;
-use crate::ops::loss::PairLabel;
-use crate::ops::mining::Miner;
+use crate::vocab::Distance;
+use crate::vocab::LossKind;
+use crate::vocab::Miner;
+use crate::vocab::PairLabel;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -5,7 +5,8 @@ use crate::autograd::Tape;
 use crate::error::Result;
 use crate::gpu::{DType, Gpu, Kernel, Tensor};
 use crate::model::SiameseModel;
-use crate::ops::gather::{self, PixelNorm};
+use crate::ops::gather;
+use crate::vocab::PixelNorm;
 
 /// A built embedding program for chunks of `chunk` images.
 pub struct Embedder<'g> {

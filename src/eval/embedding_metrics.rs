@@ -10,8 +10,8 @@ use crate::eval::retrieval::{
     self, DEFAULT_PIXEL_QUERIES, References, RetrievalMetrics, RetrievalOptions,
 };
 use crate::gpu::Gpu;
-use crate::ops::distance::{Distance, PairwiseMetric};
-use crate::ops::gather::PixelNorm;
+use crate::vocab::PixelNorm;
+use crate::vocab::{Distance, PairwiseMetric};
 
 /// Retrieval on the embeddings (leave-one-out over the set, Musgrave et al.'s protocol),
 /// the same on raw pixels, and n-way one-shot accuracy.

@@ -21,7 +21,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use crate::cpu::distance::{COSINE_EPS, EUCLIDEAN_EPS};
-use crate::ops::distance::PairwiseMetric;
+use crate::vocab::PairwiseMetric;
 
 /// Episodes per evaluation by default.
 pub const DEFAULT_EPISODES: usize = 1000;

@@ -12,7 +12,8 @@ use crate::eval::doctor::ReluActivity;
 use crate::gpu::{DType, Gpu, Tensor};
 use crate::model::SiameseModel;
 use crate::ops::activation::Activation;
-use crate::ops::gather::{self, PixelNorm};
+use crate::ops::gather;
+use crate::vocab::PixelNorm;
 
 /// The ReLU activity of `model` (parameters `params`) on the images `indices` of the packed
 /// set `images`.

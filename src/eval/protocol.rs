@@ -10,9 +10,10 @@ use crate::error::Result;
 use crate::eval::embed::Embedder;
 use crate::eval::verification::{self, Verification};
 use crate::gpu::{Gpu, Tensor};
-use crate::model::{LossKind, SiameseModel};
-use crate::ops::distance::Distance;
-use crate::ops::loss::PairLabel;
+use crate::model::SiameseModel;
+use crate::vocab::Distance;
+use crate::vocab::LossKind;
+use crate::vocab::PairLabel;
 
 /// Seeds of the evaluation pairs: fixed, so every run is scored on the same pairs.
 pub const VAL_PAIR_SEED: u64 = 1234;

@@ -50,10 +50,11 @@ use crate::cpu::topk::NO_EXCLUDE;
 use crate::data::dataset::ImageSet;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Kernel, Tensor, TexelOp};
-use crate::ops::distance::{self, Distance, PairwiseMetric};
-use crate::ops::gather::PixelNorm;
+use crate::ops::distance;
 use crate::ops::pack;
 use crate::ops::topk::{self, K_MAX};
+use crate::vocab::PixelNorm;
+use crate::vocab::{Distance, PairwiseMetric};
 
 /// The k of recall@k reported by default.
 pub const DEFAULT_RECALL_KS: [usize; 4] = [1, 2, 4, 8];

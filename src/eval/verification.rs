@@ -18,7 +18,7 @@
 
 use std::cmp::Ordering;
 
-use crate::ops::loss::PairLabel;
+use crate::vocab::PairLabel;
 
 /// Number of threshold candidates: the reference's `np.linspace(0, 1, 2001)` quantiles.
 pub const THRESHOLD_CANDIDATES: usize = 2001;

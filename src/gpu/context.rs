@@ -9,8 +9,8 @@ use super::adapter::{self, AdapterSummary};
 use super::kernel::{Dispatch, KernelPath, TexelOp, Uniform};
 use super::recorder::Recorder;
 use super::{DType, Kernel, TEXEL_ROW, Tensor, Texels};
+use super::{F16Variant, Shader};
 use crate::error::{Error, Result};
-use crate::ops::{F16Variant, Shader};
 
 /// Pipelines are keyed by shader and its f16 variant, entry point and override constants
 /// (as bit patterns).

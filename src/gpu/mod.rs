@@ -10,6 +10,7 @@ mod context;
 mod kernel;
 mod profiler;
 mod recorder;
+mod shader;
 mod tensor;
 mod texels;
 
@@ -18,5 +19,6 @@ pub use context::Gpu;
 pub use kernel::{Dispatch, Kernel, KernelPath, MAX_WORKGROUPS_PER_DIM, TexelOp, Uniform, grid_1d};
 pub use profiler::Profiler;
 pub use recorder::Recorder;
+pub use shader::{F16Variant, Shader};
 pub use tensor::{DType, Tensor};
 pub use texels::{TEXEL_ROW, Texels};

@@ -7,9 +7,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{F16Variant, Shader, expect, float_dtype, to_u32};
+use super::{expect, float_dtype, to_u32};
 use crate::error::Result;
-use crate::gpu::{DType, Gpu, Kernel, Tensor, grid_1d};
+use crate::gpu::{DType, F16Variant, Gpu, Kernel, Shader, Tensor, grid_1d};
 
 pub const SHADER: Shader = Shader::new("activation", include_str!("../../shaders/activation.wgsl"));
 

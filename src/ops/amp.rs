@@ -4,9 +4,10 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{F16Variant, Shader, expect, float_dtype, to_u32};
+use super::{expect, float_dtype, to_u32};
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Gpu, Kernel, Tensor, grid_1d};
+use crate::gpu::{DType, F16Variant, Gpu, Kernel, Shader, Tensor, grid_1d};
+use crate::vocab::Precision;
 
 /// Always the f16 variant: every entry either casts to or from f16, or serves a run that does.
 pub const SHADER: Shader =
@@ -14,6 +15,16 @@ pub const SHADER: Shader =
         aliases: &["half"],
         texels: false,
     });
+
+impl Precision {
+    /// The element type of the tower's activations.
+    pub fn activations(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::Mixed => DType::F16,
+        }
+    }
+}
 
 const WG: u32 = 256;
 

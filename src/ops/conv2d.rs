@@ -9,12 +9,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{
-    F16Variant, Shader, expect, expect_f32, expect_float_rank, expect_rank, float_dtype, pack,
-    to_u32,
-};
+use super::{expect, expect_f32, expect_float_rank, expect_rank, float_dtype, pack, to_u32};
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Gpu, Kernel, Tensor, Texels, grid_1d};
+use crate::gpu::{DType, F16Variant, Gpu, Kernel, Shader, Tensor, Texels, grid_1d};
 
 pub const SHADER: Shader = Shader::new("conv2d", include_str!("../../shaders/conv2d.wgsl"));
 

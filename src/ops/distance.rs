@@ -9,11 +9,27 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{Shader, expect_f32, expect_rank, to_u32};
+use super::{expect_f32, expect_rank, to_u32};
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Dispatch, Gpu, Kernel, Tensor, Texels, grid_1d};
+use crate::gpu::{DType, Dispatch, Gpu, Kernel, Shader, Tensor, Texels, grid_1d};
+use crate::vocab::{Distance, PairwiseMetric};
 
 pub const SHADER: Shader = Shader::new("distance", include_str!("../../shaders/distance.wgsl"));
+
+// The kernels behind a `Distance` (the type itself is shared vocabulary).
+impl Distance {
+    /// The WGSL entry points of the forward and the backward.
+    pub fn entries(self) -> (&'static str, &'static str) {
+        match self {
+            Distance::Euclidean => ("euclidean_forward", "euclidean_backward"),
+            Distance::SquaredEuclidean => {
+                ("squared_euclidean_forward", "squared_euclidean_backward")
+            }
+            Distance::L1 => ("l1_forward", "l1_backward"),
+            Distance::Cosine => ("cosine_forward", "cosine_backward"),
+        }
+    }
+}
 
 /// Invocations per workgroup of the 1-D entries (`WG` in the shader).
 const WG: u32 = 64;
@@ -45,43 +61,6 @@ struct DistanceParams {
     /// D.
     dim: u32,
     _pad: u32,
-}
-
-/// A distance between paired rows, one value per row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Distance {
-    /// `sqrt(Σ(a − b)² + 1e-12)`: the epsilon keeps the gradient finite (zero) at `a = b`.
-    Euclidean,
-    /// `Σ(a − b)²`.
-    SquaredEuclidean,
-    /// `Σ|a − b|`; gradient `sign(a − b)`, 0 at equality.
-    L1,
-    /// `1 − ⟨a, b⟩ / (max(‖a‖, 1e-8)·max(‖b‖, 1e-8))`.
-    Cosine,
-}
-
-impl Distance {
-    /// The WGSL entry points of the forward and the backward.
-    pub fn entries(self) -> (&'static str, &'static str) {
-        match self {
-            Distance::Euclidean => ("euclidean_forward", "euclidean_backward"),
-            Distance::SquaredEuclidean => {
-                ("squared_euclidean_forward", "squared_euclidean_backward")
-            }
-            Distance::L1 => ("l1_forward", "l1_backward"),
-            Distance::Cosine => ("cosine_forward", "cosine_backward"),
-        }
-    }
-}
-
-/// A distance for the pairwise matrix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PairwiseMetric {
-    /// `sqrt(Σ(A_i − B_j)² + 1e-12)`, summed as differences (no `‖a‖² + ‖b‖² − 2ab`
-    /// cancellation for near rows).
-    Euclidean,
-    /// `1 − ⟨A_i, B_j⟩ / (max(‖A_i‖, 1e-8)·max(‖B_j‖, 1e-8))`.
-    Cosine,
 }
 
 /// Checks `a [B, D]` and `b [B, D]`; returns (B, D).

@@ -6,10 +6,10 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{F16Variant, Shader, expect, float_dtype, to_u32};
-use crate::data::augment::{FillMode, TRANSFORM_LEN};
+use super::{expect, float_dtype, to_u32};
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Gpu, Kernel, Tensor, grid_1d};
+use crate::gpu::{DType, F16Variant, Gpu, Kernel, Shader, Tensor, grid_1d};
+use crate::vocab::{FillMode, PixelNorm, TRANSFORM_LEN};
 
 pub const SHADER: Shader = Shader::new("gather", include_str!("../../shaders/gather.wgsl"));
 
@@ -25,29 +25,6 @@ fn shader(dtype: DType) -> Shader {
 }
 
 const WG: u32 = 256;
-
-/// How pixels become network inputs: `(pixel / 255 − shift) · scale`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PixelNorm {
-    pub shift: f32,
-    pub scale: f32,
-}
-
-impl PixelNorm {
-    /// pixel / 255, values in [0, 1]: the usual PyTorch recipe (`ToTensor()`).
-    pub const UNIT: PixelNorm = PixelNorm {
-        shift: 0.0,
-        scale: 1.0,
-    };
-
-    /// (pixel / 255 − mean) / std, as `transforms.Normalize(mean, std)` after `ToTensor()`.
-    pub fn standardize(mean: f32, std: f32) -> PixelNorm {
-        PixelNorm {
-            shift: mean,
-            scale: 1.0 / std,
-        }
-    }
-}
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]

@@ -13,58 +13,22 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{Shader, expect, expect_f32, expect_rank, to_u32};
+use super::{expect, expect_f32, expect_rank, to_u32};
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Gpu, Kernel, Tensor, grid_1d};
+use crate::gpu::{DType, Gpu, Kernel, Shader, Tensor, grid_1d};
+use crate::vocab::PairLabel;
 
 pub const SHADER: Shader = Shader::new("loss", include_str!("../../shaders/loss.wgsl"));
 
-/// Invocations per workgroup of every loss entry (`REDUCE_WG` in the shader).
-const REDUCE_WG: u32 = 256;
-
-/// Whether the two inputs of a pair show the same identity (class) or different ones.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PairLabel {
-    Same,
-    Different,
-}
-
 impl PairLabel {
-    /// The u32 the shaders read (`SAME` / `DIFFERENT` in `shaders/loss.wgsl`).
-    pub const fn code(self) -> u32 {
-        match self {
-            PairLabel::Same => 1,
-            PairLabel::Different => 0,
-        }
-    }
-
-    /// The label a code stands for, `None` for a code that is neither.
-    pub const fn from_code(code: u32) -> Option<PairLabel> {
-        match code {
-            1 => Some(PairLabel::Same),
-            0 => Some(PairLabel::Different),
-            _ => None,
-        }
-    }
-
-    /// The binary cross-entropy target: 1 for Same, 0 for Different.
-    pub const fn target(self) -> f32 {
-        match self {
-            PairLabel::Same => 1.0,
-            PairLabel::Different => 0.0,
-        }
-    }
-
-    /// Codes of a slice of labels, in order.
-    pub fn codes(labels: &[PairLabel]) -> Vec<u32> {
-        labels.iter().map(|l| l.code()).collect()
-    }
-
     /// Uploads labels as a u32 tensor of shape `[labels.len()]`, ready for the loss kernels.
     pub fn upload(gpu: &Gpu, labels: &[PairLabel]) -> Result<Tensor> {
         gpu.upload_u32(&PairLabel::codes(labels), &[labels.len()])
     }
 }
+
+/// Invocations per workgroup of every loss entry (`REDUCE_WG` in the shader).
+const REDUCE_WG: u32 = 256;
 
 /// Binding 0 of every loss entry.
 #[repr(C)]

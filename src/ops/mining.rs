@@ -7,21 +7,30 @@
 //! the normaliser back from `stats`, so it must run after the forward of the same step (as the
 //! tape orders it).
 
-use std::fmt;
-use std::str::FromStr;
-
 use bytemuck::{Pod, Zeroable};
 
-use super::{Shader, expect, expect_f32, expect_rank, to_u32};
+use super::{expect, expect_f32, expect_rank, to_u32};
+use crate::cpu::mining::ROW_STATS;
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Dispatch, Gpu, Kernel, Tensor, grid_1d};
+use crate::gpu::{DType, Dispatch, Gpu, Kernel, Shader, Tensor, grid_1d};
+use crate::vocab::Miner;
 
 pub const SHADER: Shader = Shader::new("mining", include_str!("../../shaders/mining.wgsl"));
 
+// The kernels behind a `Miner` (the type itself is shared vocabulary).
+impl Miner {
+    /// The WGSL entries of the forward's first pass and of the backward.
+    pub fn entries(self) -> (&'static str, &'static str) {
+        match self {
+            Miner::BatchAll => ("batch_all_pairs", "batch_all_backward"),
+            Miner::BatchHard => ("batch_hard_rows", "batch_hard_backward"),
+            Miner::SemiHard => ("semi_hard_pairs", "semi_hard_backward"),
+        }
+    }
+}
+
 /// Invocations per workgroup of every entry but the reduction (`WG` in the shader).
 const WG: u32 = 64;
-/// Columns of the first pass's partial sums (`ROW_STATS` in the shader).
-pub const ROW_STATS: usize = 5;
 
 // Binding numbers of the shader (see its header).
 const DM: u32 = 1;
@@ -32,76 +41,6 @@ const ROWS: u32 = 5;
 const LOSS: u32 = 6;
 const STATS: u32 = 7;
 const CHOICE: u32 = 8;
-
-/// Which triplets of a batch the loss trains on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Miner {
-    /// Every valid (a, p, n); the mean over the triplets with a positive loss.
-    BatchAll,
-    /// Per anchor, the farthest positive and the nearest negative (Hermans et al. 2017).
-    BatchHard,
-    /// Per anchor-positive pair, the nearest negative farther than the positive, else the
-    /// farthest negative (Schroff et al. 2015; TensorFlow's `triplet_semihard_loss`).
-    SemiHard,
-}
-
-impl Miner {
-    /// The WGSL entries of the forward's first pass and of the backward.
-    pub fn entries(self) -> (&'static str, &'static str) {
-        match self {
-            Miner::BatchAll => ("batch_all_pairs", "batch_all_backward"),
-            Miner::BatchHard => ("batch_hard_rows", "batch_hard_backward"),
-            Miner::SemiHard => ("semi_hard_pairs", "semi_hard_backward"),
-        }
-    }
-
-    /// Rows of partial sums the forward's first pass writes for a batch of `n`: one per
-    /// anchor (batch-hard) or one per (anchor, positive) slot, `n²` (see the shader).
-    pub fn partial_rows(self, n: usize) -> usize {
-        match self {
-            Miner::BatchHard => n,
-            Miner::SemiHard | Miner::BatchAll => n * n,
-        }
-    }
-
-    /// Whether the loss is divided by the active triplets (batch-all) rather than the mined.
-    pub fn averages_active(self) -> bool {
-        self == Miner::BatchAll
-    }
-
-    /// A setting's value: `none` (random triplets, no mining) or a miner's name.
-    pub fn parse_setting(s: &str) -> Result<Option<Miner>> {
-        if s.eq_ignore_ascii_case("none") {
-            Ok(None)
-        } else {
-            s.parse().map(Some)
-        }
-    }
-}
-
-impl FromStr for Miner {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_lowercase().replace('_', "-").as_str() {
-            "batch-all" => Ok(Miner::BatchAll),
-            "batch-hard" => Ok(Miner::BatchHard),
-            "semi-hard" => Ok(Miner::SemiHard),
-            _ => Err(Error::Config(format!(
-                "unknown miner `{s}`: use none, batch-all, batch-hard or semi-hard"
-            ))),
-        }
-    }
-}
-
-impl fmt::Display for Miner {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Miner::BatchAll => "batch-all",
-            Miner::BatchHard => "batch-hard",
-            Miner::SemiHard => "semi-hard",
-        })
-    }
-}
 
 /// The `stats [4]` of a mined step, read back.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]

@@ -9,9 +9,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{Shader, expect_f32, expect_rank, to_u32};
+use super::{expect_f32, expect_rank, to_u32};
 use crate::error::Result;
-use crate::gpu::{Gpu, Kernel, Tensor, grid_1d};
+use crate::gpu::{Gpu, Kernel, Shader, Tensor, grid_1d};
 
 pub const SHADER: Shader = Shader::new("normalize", include_str!("../../shaders/normalize.wgsl"));
 

@@ -4,9 +4,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{F16Variant, Shader, expect_float_rank, to_u32};
+use super::{expect_float_rank, to_u32};
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Gpu, Kernel, Tensor, Texels, grid_1d};
+use crate::gpu::{DType, F16Variant, Gpu, Kernel, Shader, Tensor, Texels, grid_1d};
 
 pub const SHADER: Shader = Shader::new("pack", include_str!("../../shaders/pack.wgsl"));
 

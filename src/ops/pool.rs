@@ -14,9 +14,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{F16Variant, Shader, expect, expect_float_rank, float_dtype, to_u32};
+use super::{expect, expect_float_rank, float_dtype, to_u32};
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Gpu, Kernel, Tensor, Texels, grid_1d};
+use crate::gpu::{DType, F16Variant, Gpu, Kernel, Shader, Tensor, Texels, grid_1d};
 
 pub const SHADER: Shader = Shader::new("pool", include_str!("../../shaders/pool.wgsl"));
 

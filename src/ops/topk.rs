@@ -4,9 +4,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{Shader, expect, expect_f32, expect_rank, to_u32};
+use super::{expect, expect_f32, expect_rank, to_u32};
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Gpu, Kernel, Tensor, grid_1d};
+use crate::gpu::{DType, Gpu, Kernel, Shader, Tensor, grid_1d};
 
 pub const SHADER: Shader = Shader::new("topk", include_str!("../../shaders/topk.wgsl"));
 

@@ -14,8 +14,8 @@ use crate::eval::embedding_metrics::EmbeddingMetrics;
 use crate::eval::retrieval::{Protocol, RetrievalMetrics};
 use crate::eval::verification::Verification;
 use crate::files::write_atomic;
-use crate::ops::distance::PairwiseMetric;
-use crate::ops::loss::PairLabel;
+use crate::vocab::PairLabel;
+use crate::vocab::PairwiseMetric;
 
 /// The file names the report writes into a run directory.
 pub const REPORT_FILE: &str = "report.json";

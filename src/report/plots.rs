@@ -11,8 +11,8 @@ use plotters::prelude::*;
 use crate::eval::doctor::{Evidence, PairScores, margin_f64};
 use crate::eval::verification;
 use crate::files::write_atomic;
-use crate::model::LossKind;
-use crate::ops::loss::PairLabel;
+use crate::vocab::LossKind;
+use crate::vocab::PairLabel;
 
 type Drawn = Result<Option<String>, Box<dyn Error>>;
 /// A plot: its SVG, or None when the evidence has no data for it.
