@@ -36,13 +36,9 @@ pub enum Error {
     /// A configuration value (a tower spec, a hyperparameter) is invalid; the message says
     /// which and what is accepted.
     Config(String),
-    /// Training cannot go on (e.g. the loss is no longer finite); the message says why.
+    /// Training cannot go on (e.g. it was stopped, or its loss is no longer finite); the
+    /// message says why.
     Training(String),
-    /// The loss stopped being a number: why, and the doctor's reading of the run so far.
-    Diverged {
-        message: String,
-        diagnosis: Box<crate::eval::doctor::Diagnosis>,
-    },
 }
 
 /// Result with the crate's [`Error`].
@@ -98,7 +94,6 @@ impl fmt::Display for Error {
             }
             Error::Readback(msg) => write!(f, "reading a result back from the GPU failed: {msg}"),
             Error::Data(msg) | Error::Config(msg) | Error::Training(msg) => write!(f, "{msg}"),
-            Error::Diverged { message, .. } => write!(f, "{message}"),
         }
     }
 }

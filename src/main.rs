@@ -27,8 +27,10 @@ use siamese_gpu::gpu::list_adapters;
 use siamese_gpu::model::SiameseModel;
 use siamese_gpu::ops::gather;
 use siamese_gpu::report::{embedding_metrics_json, verification_json, write_report};
-use siamese_gpu::sweep::{self, Axis, Metrics, Outcome, RankBy};
-use siamese_gpu::train::{self, Progress, RunControl, TrainConfig, TrainReport, TrainingState};
+use siamese_gpu::sweep::{self, Axis, Metrics, RankBy, SweepRun};
+use siamese_gpu::train::{
+    self, Outcome, Progress, RunControl, TrainConfig, TrainReport, TrainingState,
+};
 use siamese_gpu::vocab::{Color, LossKind, OnBadImage, PixelNorm};
 use siamese_gpu::{Gpu, TexelOp};
 
@@ -907,28 +909,29 @@ fn train_run(
     if let Some(error) = files.as_mut().and_then(|f| f.error.take()) {
         return Err(error);
     }
-    let report = match outcome {
-        Ok(report) => report,
-        Err(e) if STOP.load(Ordering::Relaxed) => {
+    let report = match outcome.map_err(|e| e.to_string())? {
+        Outcome::Trained(report) => *report,
+        stopped @ Outcome::Stopped { .. } => {
             return Err(match out {
-                Some(dir) => format!("{e}: continue with --resume {}", dir.display()),
-                None => format!("{e} (without --out RUN_DIR nothing was saved)"),
+                Some(dir) => format!("{stopped}: continue with --resume {}", dir.display()),
+                None => format!("{stopped} (without --out RUN_DIR nothing was saved)"),
             });
         }
-        Err(siamese_gpu::Error::Diverged { message, diagnosis }) => {
+        Outcome::Diverged(d) => {
             // The doctor still reads what the run did before it blew up.
-            eprintln!("{diagnosis}");
+            eprintln!("{}", d.diagnosis);
             if let Some(dir) = out {
-                write_report(dir, &diagnosis, json!({}))
-                    .map_err(|e| format!("{message}; and report.json could not be written: {e}"))?;
+                write_report(dir, &d.diagnosis, json!({})).map_err(|e| {
+                    format!("{}; and report.json could not be written: {e}", d.message)
+                })?;
                 return Err(format!(
-                    "{message} (the doctor's report is in {})",
+                    "{} (the doctor's report is in {})",
+                    d.message,
                     dir.display()
                 ));
             }
-            return Err(message);
+            return Err(d.message);
         }
-        Err(e) => return Err(e.to_string()),
     };
     let result = result_json(&report, &cfg);
     if let Some(dir) = out {
@@ -1097,7 +1100,7 @@ fn run_sweep(args: &SweepArgs, matches: &ArgMatches) -> Result<(), String> {
                 "sweep stopped during run {name}; run the same command again to continue it"
             ));
         }
-        outcomes.push(Outcome {
+        outcomes.push(SweepRun {
             name,
             point,
             result,

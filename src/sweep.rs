@@ -217,7 +217,7 @@ pub struct Metrics {
 
 /// What became of one run.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Outcome {
+pub struct SweepRun {
     pub name: String,
     pub point: Point,
     /// The figures, or why the run failed (a failed run does not stop the sweep).
@@ -225,8 +225,8 @@ pub struct Outcome {
 }
 
 /// Best first by `by`; failed runs last, in their order.
-pub fn rank(outcomes: &mut [Outcome], by: RankBy) {
-    let key = |o: &Outcome| match &o.result {
+pub fn rank(outcomes: &mut [SweepRun], by: RankBy) {
+    let key = |o: &SweepRun| match &o.result {
         Ok(m) => match by {
             RankBy::ValRocAuc => m.val_roc_auc,
             RankBy::ValPairAccuracy => m.val_pair_accuracy,
@@ -256,7 +256,7 @@ fn figures(m: &Metrics) -> [String; 5] {
 }
 
 /// The swept keys, in the order they first appear.
-fn keys(outcomes: &[Outcome]) -> Vec<String> {
+fn keys(outcomes: &[SweepRun]) -> Vec<String> {
     let mut keys: Vec<String> = Vec::new();
     for (k, _) in outcomes.iter().flat_map(|o| &o.point) {
         if !keys.contains(k) {
@@ -267,7 +267,7 @@ fn keys(outcomes: &[Outcome]) -> Vec<String> {
 }
 
 /// The rows of the summary (ranked outcomes), headings first.
-fn rows(ranked: &[Outcome]) -> Vec<Vec<String>> {
+fn rows(ranked: &[SweepRun]) -> Vec<Vec<String>> {
     let keys = keys(ranked);
     let mut head = vec!["rank".to_string(), "run".to_string()];
     head.extend(keys.iter().cloned());
@@ -300,7 +300,7 @@ fn rows(ranked: &[Outcome]) -> Vec<Vec<String>> {
 }
 
 /// The ranked summary as an aligned text table.
-pub fn table(ranked: &[Outcome]) -> String {
+pub fn table(ranked: &[SweepRun]) -> String {
     let rows = rows(ranked);
     let widths: Vec<usize> = (0..rows[0].len())
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
@@ -319,7 +319,7 @@ pub fn table(ranked: &[Outcome]) -> String {
 }
 
 /// The ranked summary as CSV (RFC 4180 quoting).
-pub fn csv(ranked: &[Outcome]) -> String {
+pub fn csv(ranked: &[SweepRun]) -> String {
     let quote = |cell: &String| {
         if cell.contains([',', '"', '\n']) {
             format!("\"{}\"", cell.replace('"', "\"\""))
@@ -447,7 +447,7 @@ mod tests {
 
     #[test]
     fn runs_rank_by_the_validation_metric_failures_last() {
-        let run = |name: &str, auc: f64, acc: f64| Outcome {
+        let run = |name: &str, auc: f64, acc: f64| SweepRun {
             name: name.into(),
             point: vec![("margin".into(), name.into())],
             result: Ok(Metrics {
@@ -458,7 +458,7 @@ mod tests {
                 pairs_per_sec: 10.0,
             }),
         };
-        let failed = Outcome {
+        let failed = SweepRun {
             name: "f".into(),
             point: vec![("margin".into(), "9".into())],
             result: Err("the loss became NaN at step 2".into()),

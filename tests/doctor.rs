@@ -10,7 +10,7 @@ use siamese_gpu::Gpu;
 use siamese_gpu::data::dataset::DEFAULT_DATA_DIR;
 use siamese_gpu::data::idx;
 use siamese_gpu::eval::doctor::{Diagnosis, Severity};
-use siamese_gpu::train::{self, TrainConfig};
+use siamese_gpu::train::{self, Outcome, TrainConfig};
 use support::TempDir;
 
 const IDS: [&str; 10] = [
@@ -58,8 +58,9 @@ fn small(pairs: usize) -> TrainConfig {
 fn diagnose(cfg: &TrainConfig) -> Diagnosis {
     let gpu = Gpu::new().unwrap_or_else(|e| panic!("{e}"));
     let diagnosis = match train::train(&gpu, cfg, &mut |_| ()) {
-        Ok(report) => report.diagnosis,
-        Err(siamese_gpu::Error::Diverged { diagnosis, .. }) => *diagnosis,
+        Ok(Outcome::Trained(report)) => report.diagnosis,
+        Ok(Outcome::Diverged(divergence)) => divergence.diagnosis,
+        Ok(stopped) => panic!("{stopped}"),
         Err(e) => panic!("{e}"),
     };
     let e = &diagnosis.evidence;

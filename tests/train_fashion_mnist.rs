@@ -21,7 +21,9 @@ fn data_present() -> bool {
 
 fn run(cfg: &TrainConfig) -> TrainReport {
     let gpu = Gpu::new().unwrap_or_else(|e| panic!("{e}"));
-    train::train(&gpu, cfg, &mut |p| eprintln!("{p}")).unwrap_or_else(|e| panic!("{e}"))
+    train::train(&gpu, cfg, &mut |p| eprintln!("{p}"))
+        .and_then(train::Outcome::into_report)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Evaluation small enough for CI: 1,000 held-out images, 2,000 pairs each.
@@ -173,7 +175,7 @@ fn a_stopped_and_resumed_run_ends_with_the_uninterrupted_weights() {
 }
 
 fn stop_and_resume(precision: Precision) {
-    use siamese_gpu::train::{Progress, RunControl, TrainingState, train_with};
+    use siamese_gpu::train::{Outcome, Progress, RunControl, TrainingState, train_with};
     use std::sync::atomic::{AtomicBool, Ordering};
 
     let cfg = TrainConfig {
@@ -203,8 +205,11 @@ fn stop_and_resume(precision: Precision) {
             stop.store(true, Ordering::Relaxed);
         }
     });
-    let err = outcome.expect_err("the run must stop").to_string();
-    assert!(err.contains("stopped after step 3 of 6"), "{err}");
+    let stopped = outcome.unwrap().to_string();
+    assert_eq!(
+        stopped,
+        "stopped after step 3 of 6; the state of that step was saved"
+    );
     let state = saved.expect("the state is saved when the run stops");
     assert_eq!(state.steps_done, 3);
 
@@ -217,6 +222,7 @@ fn stop_and_resume(precision: Precision) {
         },
         &mut |_| {},
     )
+    .and_then(Outcome::into_report)
     .unwrap();
     assert_eq!(
         resumed.params, uninterrupted.params,
@@ -265,7 +271,7 @@ fn a_batch_over_the_device_limit_names_the_largest_that_fits() {
 /// and the likely cause, and saves nothing over the last good state.
 #[test]
 fn a_diverging_run_stops_and_saves_nothing() {
-    use siamese_gpu::train::{RunControl, TrainingState, train_with};
+    use siamese_gpu::train::{Outcome, RunControl, TrainingState, train_with};
 
     if !data_present() {
         return;
@@ -284,9 +290,11 @@ fn a_diverging_run_stops_and_saves_nothing() {
         save: Some(&mut count),
         ..Default::default()
     };
-    let err = train_with(&Gpu::new().unwrap(), &cfg, control, &mut |_| {})
-        .unwrap_err()
-        .to_string();
+    let outcome = train_with(&Gpu::new().unwrap(), &cfg, control, &mut |_| {}).unwrap();
+    let Outcome::Diverged(divergence) = outcome else {
+        panic!("the run must diverge, got: {outcome}");
+    };
+    let err = divergence.message;
     assert!(
         err.contains("the loss became") && err.contains("at step ") && err.contains("lower --lr"),
         "{err}"

@@ -13,7 +13,9 @@ pub fn pairs_arg(default: usize) -> usize {
 
 /// Trains with `cfg`, printing each progress line, then the test result.
 pub fn run(cfg: TrainConfig) {
-    let outcome = Gpu::new().and_then(|gpu| train::train(&gpu, &cfg, &mut |p| println!("{p}")));
+    let outcome = Gpu::new()
+        .and_then(|gpu| train::train(&gpu, &cfg, &mut |p| println!("{p}")))
+        .and_then(train::Outcome::into_report);
     match outcome {
         Ok(r) => println!(
             "test pair accuracy {:.4} (threshold {:.4} from validation), ROC AUC {:.4}; {} pairs at {:.0} pairs/s",

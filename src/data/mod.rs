@@ -1,7 +1,8 @@
 //! Datasets on the host: IDX files and image folders, discovery and splits, pair and triplet
-//! samplers, augmentation parameters.
+//! samplers and the training batches built from them, augmentation parameters.
 
 pub mod augment;
+pub mod batches;
 pub mod dataset;
 pub mod idx;
 #[cfg(feature = "images")]

@@ -24,6 +24,30 @@ pub struct EmbeddingMetrics {
     pub one_shot: Vec<(usize, std::result::Result<OneShot, OneShotError>)>,
 }
 
+/// Test images embedded after training, for the metrics and the doctor's statistics (a
+/// seeded sample when the test split is larger).
+pub const SCORED_IMAGES: usize = 10_000;
+
+/// `min(n, k)` distinct indices below `n` in a seeded random order (all of them, shuffled,
+/// when `n ≤ k`).
+pub fn seeded_sample(n: usize, k: usize, seed: u64) -> Vec<u32> {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    let mut all: Vec<u32> = (0..n as u32).collect();
+    all.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed));
+    all.truncate(k);
+    all
+}
+
+/// The test images the embedding metrics score, in dataset order: all `n` when `n ≤ k`, else
+/// [`seeded_sample`]'s `k` sorted. Training and `eval` both score these, so one model gives
+/// one figure whichever command prints it (the one-shot episodes depend on row order).
+pub fn scored_images(n: usize, k: usize, seed: u64) -> Vec<u32> {
+    let mut sample = seeded_sample(n, k, seed);
+    sample.sort_unstable();
+    sample
+}
+
 /// The metrics of `embeddings` (`[labels.len(), dim]`) ranked by the model's `distance`
 /// (Euclidean for one the pairwise kernel lacks, and for the BCE head's embedding); the
 /// pixel baseline over `images` (the set the embeddings came from, whole) when given.

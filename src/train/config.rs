@@ -1,0 +1,298 @@
+//! The engine's configuration of a run: every value parsed and checked, ready for the
+//! trainer. Users write settings (`crate::settings`), which resolve into a [`TrainConfig`].
+
+use std::path::PathBuf;
+
+use crate::data::augment::Augment;
+use crate::data::batches::Batches;
+use crate::data::dataset::DataOptions;
+use crate::error::{Error, Result};
+use crate::eval::embedding_metrics::SCORED_IMAGES;
+use crate::model::ModelConfig;
+use crate::nn::TowerSpec;
+use crate::nn::spec::REFERENCE_TOWER;
+use crate::optim::{OptimizerConfig, OptimizerKind, Schedule};
+use crate::vocab::{Distance, LossKind, Miner, PixelNorm, Precision};
+
+/// Everything that defines a run. `Default` is the reference recipe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainConfig {
+    /// Dataset directory (else `$SIAMESE_DATA`, else the Debian package's).
+    pub data: Option<PathBuf>,
+    pub tower: TowerSpec,
+    pub loss: LossKind,
+    pub margin: f32,
+    pub distance: Distance,
+    /// L2-normalise embeddings before the distance.
+    pub normalize: bool,
+    pub optimizer: OptimizerConfig,
+    /// Samples (pairs, or triplets) per step; with a miner, images per step (P × K).
+    pub batch: usize,
+    /// Training budget in samples (with a miner: in images seen).
+    pub pairs: usize,
+    /// Fraction of Same pairs the training sampler draws.
+    pub positive_fraction: f64,
+    /// Online triplet mining (triplet loss only): None trains on random triplets.
+    pub miner: Option<Miner>,
+    /// P of the P×K batches of a miner (None: 10, or all classes if fewer).
+    pub classes_per_batch: Option<usize>,
+    pub seed: u64,
+    /// Validation images held out of training (None: min(5,000, 10%)).
+    pub val_images: Option<usize>,
+    /// Image size and colour, unreadable images, held-out classes.
+    pub dataset: DataOptions,
+    pub val_pairs: usize,
+    pub test_pairs: usize,
+    /// Validate every this many training samples (and at the end).
+    pub eval_every: usize,
+    /// Read the loss log back every this many steps.
+    pub log_every: usize,
+    pub pixel_norm: PixelNorm,
+    /// Random affine transforms of training images (Keras's `ImageDataGenerator` set);
+    /// off by default. Validation and test images are never augmented.
+    pub augment: Augment,
+    /// Images per embedding dispatch during evaluation.
+    pub eval_chunk: usize,
+    /// Time every kernel of the last step with timestamp queries and report the breakdown.
+    pub profile: bool,
+    /// Balanced pairs of training images scored at every validation, for the train/validation
+    /// gap (0: none).
+    pub train_eval_pairs: usize,
+    /// Test images embedded after training for the doctor's spread statistics and the PCA
+    /// plot (a seeded sample when the test set is larger).
+    pub doctor_images: usize,
+    /// Also score retrieval on raw test pixels, the baseline beside the embeddings' P@1.
+    pub pixel_baseline: bool,
+    /// f32, or mixed precision (f16 activations, f32 master weights, a dynamic loss scale).
+    pub precision: Precision,
+    /// Swap Same and Different in every training pair: reproduces the inverted-labels bug, so
+    /// that the doctor can be shown (and tested) recognising it. Never set in a real run.
+    pub invert_pair_labels: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            data: None,
+            tower: REFERENCE_TOWER.parse().expect("the reference tower parses"),
+            loss: LossKind::Contrastive,
+            margin: 1.0,
+            distance: Distance::Euclidean,
+            normalize: false,
+            optimizer: OptimizerConfig {
+                kind: OptimizerKind::named("adam").expect("adam exists"),
+                lr: 1e-3,
+                weight_decay: 0.0,
+                schedule: Schedule::Constant,
+            },
+            batch: 128,
+            pairs: 20_000,
+            positive_fraction: 0.5,
+            miner: None,
+            classes_per_batch: None,
+            seed: 0,
+            val_images: None,
+            dataset: DataOptions::default(),
+            val_pairs: 10_000,
+            test_pairs: 10_000,
+            eval_every: 10_000,
+            log_every: 20,
+            pixel_norm: PixelNorm::UNIT,
+            augment: Augment::default(),
+            eval_chunk: 500,
+            profile: false,
+            train_eval_pairs: 2_000,
+            doctor_images: SCORED_IMAGES,
+            pixel_baseline: true,
+            precision: Precision::F32,
+            invert_pair_labels: false,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The model this run trains, for images of shape `input` (`[C, H, W]`).
+    pub fn model_config(&self, input: [usize; 3]) -> ModelConfig {
+        ModelConfig {
+            tower: self.tower.clone(),
+            input,
+            loss: self.loss,
+            margin: self.margin,
+            distance: self.distance,
+            normalize: self.normalize,
+        }
+    }
+
+    /// Refuses values that cannot make a run, saying which and what is accepted.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.batch == 0 {
+            return bad("batch must be at least 1, got 0".into());
+        }
+        if self.pairs < self.batch {
+            return bad(format!(
+                "pairs (the budget) = {} is smaller than one batch of {}; it must be at least batch",
+                self.pairs, self.batch
+            ));
+        }
+        if !(self.margin.is_finite() && self.margin >= 0.0) {
+            return bad(format!(
+                "margin must be a finite number ≥ 0, got {}",
+                self.margin
+            ));
+        }
+        if !(self.optimizer.lr.is_finite() && self.optimizer.lr > 0.0) {
+            return bad(format!(
+                "lr (the learning rate) must be a positive number, got {}",
+                self.optimizer.lr
+            ));
+        }
+        if !(self.optimizer.weight_decay.is_finite() && self.optimizer.weight_decay >= 0.0) {
+            return bad(format!(
+                "weight_decay must be a finite number ≥ 0, got {}",
+                self.optimizer.weight_decay
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.positive_fraction) {
+            return bad(format!(
+                "positive_fraction must be in [0, 1], got {}",
+                self.positive_fraction
+            ));
+        }
+        if let Some(miner) = self.miner {
+            if self.loss != LossKind::Triplet {
+                return bad(format!(
+                    "miner {miner} mines triplets: use it with loss = triplet, or miner = none"
+                ));
+            }
+            if let Some(p) = self.classes_per_batch
+                && (p < 2 || !self.batch.is_multiple_of(p))
+            {
+                return bad(format!(
+                    "with a miner, batch = classes_per_batch × K images: batch {} is not a multiple \
+                     of classes_per_batch {p} (which must be at least 2)",
+                    self.batch
+                ));
+            }
+        }
+        if self.val_pairs == 0
+            || self.test_pairs == 0
+            || self.eval_every == 0
+            || self.eval_chunk == 0
+            || self.log_every == 0
+            || self.doctor_images < 2
+        {
+            return bad(
+                "val_pairs, test_pairs, eval_every (the validation interval), the eval chunk and \
+                 the log interval must be at least 1, and doctor_images at least 2"
+                    .into(),
+            );
+        }
+        self.augment.validate()
+    }
+
+    /// What the training batches are made of.
+    pub fn batches(&self) -> Batches {
+        match (self.miner, self.loss) {
+            (Some(_), _) => Batches::ClassBalanced {
+                classes_per_batch: self.classes_per_batch,
+                images: self.batch,
+            },
+            (None, LossKind::Triplet) => Batches::Triplets,
+            (None, LossKind::Contrastive | LossKind::Bce) => Batches::Pairs {
+                positive_fraction: self.positive_fraction,
+            },
+        }
+    }
+
+    /// Images through the tower per sample: 1 with a miner (a sample is an image), else the
+    /// loss's branches.
+    pub fn images_per_sample(&self) -> usize {
+        if self.miner.is_some() {
+            1
+        } else {
+            self.loss.branches()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(cfg: TrainConfig) -> String {
+        cfg.validate()
+            .expect_err("the config must be refused")
+            .to_string()
+    }
+
+    #[test]
+    fn invalid_settings_are_refused_with_what_is_accepted() {
+        assert!(TrainConfig::default().validate().is_ok());
+        assert!(
+            refused(TrainConfig {
+                batch: 0,
+                ..Default::default()
+            })
+            .contains("batch must be at least 1")
+        );
+        assert!(
+            refused(TrainConfig {
+                pairs: 100,
+                ..Default::default()
+            })
+            .contains("smaller than one batch of 128")
+        );
+        assert!(
+            refused(TrainConfig {
+                margin: -1.0,
+                ..Default::default()
+            })
+            .contains("margin must be a finite number ≥ 0")
+        );
+        let mut cfg = TrainConfig::default();
+        cfg.optimizer.lr = 0.0;
+        assert!(refused(cfg).contains("lr (the learning rate) must be a positive number"));
+        assert!(
+            refused(TrainConfig {
+                positive_fraction: 1.5,
+                ..Default::default()
+            })
+            .contains("[0, 1]")
+        );
+        assert!(
+            refused(TrainConfig {
+                eval_every: 0,
+                ..Default::default()
+            })
+            .contains("eval_every (the validation interval)")
+        );
+        assert!(
+            refused(TrainConfig {
+                augment: Augment {
+                    zoom_range: 1.5,
+                    ..Augment::default()
+                },
+                ..Default::default()
+            })
+            .contains("zoom_range must be in [0, 1)")
+        );
+        assert!(
+            refused(TrainConfig {
+                miner: Some(Miner::BatchHard),
+                ..Default::default()
+            })
+            .contains("use it with loss = triplet")
+        );
+        assert!(
+            refused(TrainConfig {
+                loss: LossKind::Triplet,
+                miner: Some(Miner::SemiHard),
+                batch: 100,
+                classes_per_batch: Some(8),
+                ..Default::default()
+            })
+            .contains("batch 100 is not a multiple of classes_per_batch 8")
+        );
+    }
+}

@@ -1,0 +1,363 @@
+//! One training step of a model, built once and submitted once per step.
+//!
+//! Set-up records the step program on a tape with all its buffers: (under mixed precision
+//! the f16 weight copy) → gather → tower on every branch as one batch → distance → loss →
+//! backward → (the overflow check) → optimizer (→ the loss scale's update). Each step the
+//! host only samples indices and labels, writes them, and submits the step as ONE command
+//! buffer; the loss is copied on the GPU into a log the host reads every `log_every` steps,
+//! so the host never waits on the GPU step by step.
+
+use std::time::Instant;
+
+use super::TrainConfig;
+use crate::autograd::{Tape, ValueId};
+use crate::data::augment::AugmentSampler;
+use crate::data::batches::BatchSampler;
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Gpu, Kernel, Profiler, Tensor};
+use crate::model::SiameseModel;
+use crate::ops::amp::{self, LossScaleConfig, LossScaler, ScaleState};
+use crate::ops::gather;
+use crate::ops::mining::MiningStats;
+use crate::optim::Optimizer;
+use crate::vocab::{LossKind, PairLabel, Precision, TRANSFORM_LEN};
+
+/// One training step of a model, built once and submitted once per step: sample a batch,
+/// write its indices and labels, then gather → forward → loss → backward → optimizer in one
+/// command buffer, with the loss copied into a log the host reads now and then.
+pub struct TrainStep<'g> {
+    gpu: &'g Gpu,
+    batch: usize,
+    indices: Tensor,
+    labels: Tensor,
+    /// Gather, forward, backward (and under mixed precision the f16 weight copy first and
+    /// the overflow check last): everything before the optimizer.
+    kernels: Vec<Kernel>,
+    loss: Tensor,
+    optimizer: Optimizer,
+    /// Mixed precision's loss scale, whose update follows the optimizer.
+    scaler: Option<LossScaler>,
+    sampler: BatchSampler,
+    idx: Vec<u32>,
+    codes: Vec<u32>,
+    /// With augmentation on: the transform sampler and the `[M, 8]` buffer it fills.
+    augment: Option<Augmentation>,
+    loss_log: Tensor,
+    logged: usize,
+    invert_labels: bool,
+    /// Same pairs and all pairs sampled so far (pair losses).
+    pub sampled_same: u64,
+    pub sampled_pairs: u64,
+    /// The mined loss's stats of the last step (see `ops::mining::MiningStats`).
+    mining_stats: Option<Tensor>,
+}
+
+impl<'g> TrainStep<'g> {
+    /// Builds the step of `model` over the packed training `images` (with their `labels`),
+    /// updating `params` through `grads`, for a run of `steps` steps.
+    #[allow(clippy::too_many_arguments)] // the buffers a step binds, each named
+    pub fn new(
+        gpu: &'g Gpu,
+        model: &SiameseModel,
+        cfg: &TrainConfig,
+        images: &Tensor,
+        labels: &[u8],
+        params: &Tensor,
+        grads: &Tensor,
+        steps: usize,
+    ) -> Result<Self> {
+        let mixed = cfg.precision == Precision::Mixed;
+        if mixed && !gpu.has_f16() {
+            return Err(Error::Config(format!(
+                "--precision mixed needs 16-bit float shaders (wgpu's SHADER_F16), which {} does \
+                 not offer; train with --precision f32",
+                gpu.adapter().name
+            )));
+        }
+        let images_per_step = cfg.images_per_sample() * cfg.batch;
+        let indices = gpu.zeros(&[images_per_step], DType::U32)?;
+        // Pair label codes, or (with a miner) the class id of every image.
+        let label_codes = gpu.zeros(&[cfg.batch], DType::U32)?;
+        let [c, h, w] = model.config.input;
+        let x = gpu.zeros(&[images_per_step, c, h, w], cfg.precision.activations())?;
+        // Mixed precision: the tower reads an f16 copy of the weights, made each step.
+        let half = if mixed {
+            Some(gpu.zeros(params.shape(), DType::F16)?)
+        } else {
+            None
+        };
+        let (gather, augment) = gather_kernel(gpu, cfg, images, &indices, &x, [h, w])?;
+        let mut tape = Tape::new(gpu);
+        let xv = tape.input(x);
+        let weights = Weights {
+            params,
+            half: half.as_ref(),
+            grads,
+        };
+        let (loss, mining_stats) = record_loss(model, cfg, &mut tape, xv, &label_codes, &weights)?;
+        let mut kernels = Vec::new();
+        if let Some(half) = &half {
+            kernels.push(amp::cast(gpu, params, half)?);
+        }
+        kernels.push(gather);
+        kernels.extend(tape.forward_kernels().cloned());
+        kernels.extend(tape.backward(loss)?);
+        let scaler = if mixed {
+            let seed = tape.grad(loss).expect("backward checked the seed");
+            let scaler = LossScaler::new(gpu, LossScaleConfig::default(), grads, seed)?;
+            kernels.push(scaler.check().clone());
+            Some(scaler)
+        } else {
+            None
+        };
+        let optimizer = Optimizer::new(
+            gpu,
+            cfg.optimizer,
+            params,
+            grads,
+            steps as u32,
+            scaler.as_ref(),
+        )?;
+        Ok(TrainStep {
+            gpu,
+            batch: cfg.batch,
+            indices,
+            labels: label_codes,
+            kernels,
+            loss: tape.tensor(loss).clone(),
+            optimizer,
+            scaler,
+            sampler: BatchSampler::new(cfg.batches(), labels, cfg.seed)?,
+            idx: Vec::new(),
+            codes: Vec::new(),
+            augment,
+            loss_log: gpu.zeros(&[cfg.log_every], DType::F32)?,
+            logged: 0,
+            invert_labels: cfg.invert_pair_labels && cfg.loss != LossKind::Triplet,
+            sampled_same: 0,
+            sampled_pairs: 0,
+            mining_stats,
+        })
+    }
+
+    /// Samples a batch and submits one step (timestamped for `profiler` if given); returns
+    /// the learning rate it used. Read the losses with [`take_losses`](Self::take_losses) at
+    /// least every `log_every` steps.
+    pub fn run(&mut self, profiler: Option<&mut Profiler>) -> Result<f32> {
+        assert!(
+            self.logged < self.loss_log.len(),
+            "the loss log is full: read it with take_losses"
+        );
+        self.next_batch()?;
+        let lr = self.optimizer.prepare(self.gpu)?;
+        let mut rec = self.gpu.recorder();
+        let kernels = self.kernels.iter().chain(self.after_backward());
+        match profiler {
+            Some(p) => {
+                kernels.for_each(|k| rec.record_timed(k, p));
+                rec.resolve(p);
+            }
+            None => kernels.for_each(|k| rec.record(k)),
+        }
+        let slot = self
+            .loss_log
+            .view(self.logged, &[1])
+            .expect("slot inside the log");
+        rec.copy(&self.loss, &slot);
+        rec.submit();
+        self.logged += 1;
+        Ok(lr)
+    }
+
+    /// Samples the next batch (indices, labels, and transforms if augmenting) and writes it.
+    fn next_batch(&mut self) -> Result<()> {
+        self.sampler
+            .next(self.batch, &mut self.idx, &mut self.codes);
+        if self.sampler.is_pairs() {
+            let same = PairLabel::Same.code();
+            self.sampled_same += self.codes.iter().filter(|&&c| c == same).count() as u64;
+            self.sampled_pairs += self.codes.len() as u64;
+            if self.invert_labels {
+                let different = PairLabel::Different.code();
+                for c in &mut self.codes {
+                    *c = if *c == same { different } else { same };
+                }
+            }
+        }
+        self.gpu.write_u32(&self.indices, &self.idx)?;
+        self.gpu.write_u32(&self.labels, &self.codes)?;
+        if let Some((sampler, transforms, rows)) = self.augment.as_mut() {
+            sampler.sample_into(self.idx.len(), rows);
+            self.gpu.write_f32(transforms, rows)?;
+        }
+        Ok(())
+    }
+
+    /// The mining stats of the last submitted step (waits for it), None without a miner.
+    pub fn mining_stats(&self) -> Result<Option<MiningStats>> {
+        self.mining_stats
+            .as_ref()
+            .map(|t| Ok(MiningStats::from_slice(&self.gpu.read_f32(t)?)))
+            .transpose()
+    }
+
+    /// Steps submitted since the losses were last read.
+    pub fn pending(&self) -> usize {
+        self.logged
+    }
+
+    /// The losses of the steps since the last call, in order (waits for them to finish).
+    pub fn take_losses(&mut self) -> Result<Vec<f32>> {
+        let read = self.gpu.read_f32(&self.loss_log)?;
+        let new = read[..self.logged].to_vec();
+        self.logged = 0;
+        Ok(new)
+    }
+
+    /// The optimizer, and the loss scale's update after it.
+    fn after_backward(&self) -> impl Iterator<Item = &Kernel> {
+        [self.optimizer.kernel()]
+            .into_iter()
+            .chain(self.scaler.as_ref().map(|s| s.update()))
+    }
+
+    /// Dispatches per step, the optimizer's included.
+    pub fn dispatch_count(&self) -> usize {
+        self.kernels
+            .iter()
+            .chain(self.after_backward())
+            .map(|k| k.dispatches().len())
+            .sum()
+    }
+
+    /// Under mixed precision, the loss scale's state after the submitted steps (waits for
+    /// them); None in f32.
+    pub fn loss_scale(&self) -> Result<Option<ScaleState>> {
+        self.scaler.as_ref().map(|s| s.read(self.gpu)).transpose()
+    }
+
+    /// Host wall-clock time of every dispatch of one step (forward and backward; the
+    /// optimizer is left out, so the parameters do not change), each submitted alone and
+    /// waited for, in milliseconds. Submission overhead is included: read it beside
+    /// timestamp profiles on GPUs, where a dispatch takes microseconds.
+    pub fn time_dispatches(&mut self) -> Result<Vec<(&'static str, f64)>> {
+        self.next_batch()?;
+        self.gpu.wait()?;
+        let mut times = Vec::new();
+        for kernel in &self.kernels {
+            for d in kernel.dispatches() {
+                let single = Kernel::single(d.clone());
+                let start = Instant::now();
+                self.gpu.run(&[&single]);
+                self.gpu.wait()?;
+                times.push((d.entry(), start.elapsed().as_secs_f64() * 1e3));
+            }
+        }
+        Ok(times)
+    }
+
+    /// Continues after `steps_done` steps: restores the optimizer's state and step count and
+    /// replays the samplers past the batches already trained on, so that the run goes on as
+    /// if it had never stopped. (The caller restores the parameters.)
+    pub fn resume(&mut self, optimizer_state: &[Vec<f32>], steps_done: usize) -> Result<()> {
+        // Under mixed precision the loss scale's state follows the optimizer's buffers.
+        let mut optimizer_state = optimizer_state;
+        if let Some(scaler) = &self.scaler {
+            let Some((scale, rest)) = optimizer_state.split_last() else {
+                return Err(Error::Config("the saved state has no loss scale".into()));
+            };
+            scaler.restore(self.gpu, scale)?;
+            optimizer_state = rest;
+        }
+        self.optimizer
+            .restore(self.gpu, optimizer_state, steps_done as u32)?;
+        for _ in 0..steps_done {
+            self.sampler
+                .next(self.batch, &mut self.idx, &mut self.codes);
+            if let Some((sampler, _, rows)) = self.augment.as_mut() {
+                sampler.sample_into(self.idx.len(), rows);
+            }
+        }
+        Ok(())
+    }
+
+    /// The optimizer's state buffers, and under mixed precision the loss scale's, read back
+    /// (waits for the submitted steps).
+    pub fn optimizer_state(&self) -> Result<Vec<Vec<f32>>> {
+        self.optimizer
+            .state()
+            .iter()
+            .chain(self.scaler.as_ref().map(|s| s.state()))
+            .map(|t| self.gpu.read_f32(t))
+            .collect()
+    }
+}
+
+/// The weights a step's tower reads (`half`: the f16 copy under mixed precision) and the
+/// gradient buffer its backward fills.
+struct Weights<'a> {
+    params: &'a Tensor,
+    half: Option<&'a Tensor>,
+    grads: &'a Tensor,
+}
+
+/// The transform sampler of an augmented gather and the `[M, 8]` buffer it fills.
+type Augmentation = (AugmentSampler, Tensor, Vec<f32>);
+
+/// The gather of the batch `x` from the packed `images` at `indices`, with augmentation when
+/// it is on. Off, it is the plain gather: the batches are bit for bit as before it existed.
+fn gather_kernel(
+    gpu: &Gpu,
+    cfg: &TrainConfig,
+    images: &Tensor,
+    indices: &Tensor,
+    x: &Tensor,
+    [h, w]: [usize; 2],
+) -> Result<(Kernel, Option<Augmentation>)> {
+    if cfg.augment.is_off() {
+        let kernel = gather::gather_images(gpu, images, indices, x, cfg.pixel_norm)?;
+        return Ok((kernel, None));
+    }
+    let transforms = gpu.zeros(&[indices.len(), TRANSFORM_LEN], DType::F32)?;
+    let kernel = gather::gather_images_affine(
+        gpu,
+        images,
+        indices,
+        &transforms,
+        x,
+        cfg.pixel_norm,
+        cfg.augment.fill_mode,
+    )?;
+    let sampler = AugmentSampler::new(cfg.augment, h, w, cfg.seed);
+    Ok((kernel, Some((sampler, transforms, Vec::new()))))
+}
+
+/// Records the tower and the loss of the batch `x` (with its label codes) on `tape`: the
+/// loss value, and with a miner the tensor of its stats.
+fn record_loss(
+    model: &SiameseModel,
+    cfg: &TrainConfig,
+    tape: &mut Tape,
+    x: ValueId,
+    label_codes: &Tensor,
+    w: &Weights,
+) -> Result<(ValueId, Option<Tensor>)> {
+    Ok(match cfg.miner {
+        Some(miner) => {
+            let (loss, stats) = model.record_mined_loss(
+                tape,
+                x,
+                label_codes,
+                miner,
+                w.params,
+                w.half,
+                Some(w.grads),
+            )?;
+            (loss, Some(stats))
+        }
+        None => (
+            model.record_loss(tape, x, label_codes, w.params, w.half, Some(w.grads))?,
+            None,
+        ),
+    })
+}
