@@ -7,10 +7,10 @@
 //! `color=rgb`, `seed=3`, …); without augmentation keys, the `--augment` preset.
 
 use siamese_gpu::Gpu;
-use siamese_gpu::config::RunSettings;
 use siamese_gpu::data::augment::{Augment, AugmentSampler};
 use siamese_gpu::data::dataset;
 use siamese_gpu::ops::gather;
+use siamese_gpu::settings::RunSettings;
 use siamese_gpu::vocab::{PixelNorm, TRANSFORM_LEN};
 
 const ROWS: usize = 8;

@@ -5,7 +5,7 @@
 //! Files are written to a temporary name and renamed, so an existing one is never left
 //! half-written.
 
-pub use crate::files::write_atomic;
+use crate::files::write_atomic;
 use std::collections::HashMap;
 use std::path::Path;
 

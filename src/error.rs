@@ -33,12 +33,21 @@ pub enum Error {
     Readback(String),
     /// A dataset file is missing, corrupt or inconsistent; the message names the file.
     Data(String),
+    /// A file could not be read or written; the message names it and says why.
+    File(String),
     /// A configuration value (a tower spec, a hyperparameter) is invalid; the message says
     /// which and what is accepted.
     Config(String),
     /// Training cannot go on (e.g. it was stopped, or its loss is no longer finite); the
     /// message says why.
     Training(String),
+}
+
+impl Error {
+    /// A failure to write `what` (a file or directory, named as the user knows it).
+    pub fn writing(what: impl std::fmt::Display, e: std::io::Error) -> Error {
+        Error::File(format!("cannot write {what}: {e}"))
+    }
 }
 
 /// Result with the crate's [`Error`].
@@ -93,7 +102,9 @@ impl fmt::Display for Error {
                 )
             }
             Error::Readback(msg) => write!(f, "reading a result back from the GPU failed: {msg}"),
-            Error::Data(msg) | Error::Config(msg) | Error::Training(msg) => write!(f, "{msg}"),
+            Error::Data(msg) | Error::File(msg) | Error::Config(msg) | Error::Training(msg) => {
+                write!(f, "{msg}")
+            }
         }
     }
 }

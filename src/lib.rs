@@ -7,8 +7,6 @@
 pub mod autograd;
 #[cfg(feature = "checkpoint")]
 pub mod checkpoint;
-#[cfg(feature = "cli")]
-pub mod config;
 pub mod cpu;
 pub mod data;
 pub mod error;
@@ -21,6 +19,10 @@ pub mod ops;
 pub mod optim;
 #[cfg(feature = "report")]
 pub mod report;
+#[cfg(feature = "cli")]
+pub mod runs;
+#[cfg(feature = "cli")]
+pub mod settings;
 #[cfg(feature = "cli")]
 pub mod sweep;
 pub mod train;

@@ -321,6 +321,31 @@ fn invalid_config_values_are_refused_naming_the_key_and_nothing_changes() {
     assert!(snapshot(root.path()) == before);
 }
 
+/// An output location that cannot become a run directory (a file, or a path below one) is
+/// refused before the first step, and the file is left as it was.
+#[test]
+fn an_out_that_is_a_file_is_refused_before_training() {
+    let root = TempDir::new("out-file");
+    write_idx_dataset(&root.path().join("data"), 16);
+    std::fs::write(root.path().join("taken"), b"not a run").unwrap();
+    for out in ["taken", "taken/run"] {
+        let mut a = args(&["train", "--out", out, "--pairs", "32"]);
+        a.extend(small(&[]));
+        let before = snapshot(root.path());
+        let refused = siamese(root.path(), &a);
+        assert_refused(
+            &refused,
+            &["taken is a file, not a directory; choose another --out"],
+        );
+        assert!(
+            !stderr(&refused).contains("step"),
+            "refused before training:\n{}",
+            stderr(&refused)
+        );
+        assert!(snapshot(root.path()) == before);
+    }
+}
+
 #[test]
 fn damaged_dataset_files_are_refused_and_the_run_is_untouched() {
     let root = trained_run("baddata", &[]);

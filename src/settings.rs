@@ -8,9 +8,17 @@
 //! and lets the run directory record the settings exactly as they were given. Unknown keys
 //! and values of the wrong type are refused by serde with the key's name and line; values
 //! out of range by [`TrainConfig::validate`], naming the key and what is accepted.
+//!
+//! [`RunSettings`] is the one declaration of a setting: its field is the TOML key, the flag
+//! (clap derives it, with the doc comment as the help and `default_value` as the default)
+//! and the JSON of a run's fingerprint. Layering a file and a command line is generic over
+//! the fields ([`RunSettings::with_flags`]), so a new hyper-parameter is one field here and
+//! its use in [`RunSettings::to_train_config`].
 
 use std::path::{Path, PathBuf};
 
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, FromArgMatches};
 use serde::{Deserialize, Serialize};
 
 use crate::data::augment::Augment;
@@ -18,108 +26,145 @@ use crate::error::{Error, Result};
 use crate::nn::spec::{Layer, REFERENCE_TOWER};
 use crate::optim::{OptimizerKind, Schedule};
 use crate::train::TrainConfig;
-use crate::vocab::Distance;
-use crate::vocab::Miner;
-use crate::vocab::PixelNorm;
-use crate::vocab::Precision;
-use crate::vocab::{Color, OnBadImage};
+use crate::vocab::{Color, Distance, Miner, OnBadImage, PixelNorm, Precision};
 
-/// The settings of a run, as written. `Default` is the reference recipe.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The settings of a run, as written: one field per key, whose doc comment is the flag's help.
+/// `Default` is the reference recipe (each field's `default_value`); fields are `Option` where
+/// being unset means something (the first image's size, 10% of the data, …).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Args)]
 #[serde(deny_unknown_fields, default)]
+#[command(
+    next_help_heading = "Run settings (each also a key of --config)",
+    allow_negative_numbers = true
+)]
 pub struct RunSettings {
-    /// Dataset directory (relative paths are relative to the working directory).
+    /// Dataset directory: the four IDX files (.gz or raw, any image size) or an ImageFolder
+    /// tree (train/<class>/<image>.png|jpg, test/<class>/…); default: $SIAMESE_DATA, then
+    /// /usr/share/datasets/fashion-mnist.
+    #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<PathBuf>,
+    /// Training budget, in pairs (triplets for --loss triplet; images seen with a --miner).
+    #[arg(long, default_value_t = 20_000)]
     pub pairs: usize,
+    /// Pairs (or triplets) per step; with a --miner, images per step (P × K).
+    #[arg(long, default_value_t = 128)]
     pub batch: usize,
+    /// Learning rate.
+    #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
+    /// Margin of the contrastive or triplet loss.
+    #[arg(long, default_value_t = 1.0)]
     pub margin: f64,
+    /// Loss: contrastive, triplet, or bce (the Keras head |a−b| → dense(1) → sigmoid).
+    #[arg(long, default_value = "contrastive")]
     pub loss: String,
+    /// Distance between embeddings: euclidean or cosine.
+    #[arg(long, default_value = "euclidean")]
     pub distance: String,
+    /// L2-normalise the embeddings before the distance.
+    #[arg(long)]
     pub normalize_embeddings: bool,
+    /// The tower, layer by layer.
+    #[arg(long, default_value = REFERENCE_TOWER)]
     pub tower: String,
-    /// Width of the tower's last dense layer (the embedding), replacing the spec's.
+    /// Width of the embedding: replaces the tower's last `dense N`.
+    #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub embedding_dim: Option<usize>,
+    /// Optimizer: adam, adamw, sgd (momentum 0.9) or nesterov.
+    #[arg(long, default_value = "adam")]
     pub optimizer: String,
+    /// Weight decay (L2 for adam and sgd, decoupled for adamw).
+    #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f64,
+    /// Learning-rate schedule: constant, step:EVERY:GAMMA, cosine[:WARMUP] (steps).
+    #[arg(long, default_value = "constant")]
     pub schedule: String,
+    /// Fraction of Same pairs in training batches.
+    #[arg(long, default_value_t = 0.5)]
     pub positive_fraction: f64,
-    /// Online triplet mining for `loss = "triplet"`: none, batch-all, batch-hard, semi-hard.
-    /// Left out of the written settings when none, so runs saved before it existed match.
+    /// Online triplet mining (--loss triplet) from each batch's distance matrix: none
+    /// (random triplets), batch-all, batch-hard or semi-hard.
+    // Left out of the written settings when none, so runs saved before it existed match.
+    #[arg(long, default_value = "none")]
     #[serde(skip_serializing_if = "is_no_miner")]
     pub miner: String,
-    /// P of the P×K batches a miner trains on [default: 10, or all classes if fewer].
+    /// P, the classes of a mined P×K batch (K = batch / P) [default: 10, or all if fewer].
+    #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub classes_per_batch: Option<usize>,
+    /// Seed of initialisation and sampling.
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Validation images held out of training [default: min(5000, 10%)].
+    #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub val_images: Option<usize>,
+    /// Balanced validation pairs that choose the verification threshold.
+    #[arg(long, default_value_t = 10_000)]
     pub val_pairs: usize,
+    /// Balanced test pairs scored at that threshold.
+    #[arg(long, default_value_t = 10_000)]
     pub test_pairs: usize,
+    /// Validate (and save the run) every this many training pairs.
+    #[arg(long, default_value_t = 10_000)]
     pub eval_every: usize,
+    /// Input normalisation: unit (pixel/255) or standard:MEAN:STD ((pixel/255 − MEAN)/STD).
+    #[arg(long, default_value = "unit")]
     pub pixel_norm: String,
-    /// `HxW` (or `N` for N×N) that folder images are resized to.
+    /// Folder images are resized to HxW (or N×N) [default: the first training image's size].
+    #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image_size: Option<String>,
+    /// Folder images as grey (1 channel) or rgb (3).
+    #[arg(long, default_value = "grey")]
     pub color: String,
+    /// An unreadable folder image: skip (leave it out, with a warning) or stop.
+    #[arg(long, default_value = "skip")]
     pub on_bad_image: String,
+    /// Classes kept out of training and validation, the only ones tested (class-disjoint
+    /// split): names of folder classes, or IDX label numbers; comma-separated.
+    #[arg(long, value_delimiter = ',')]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub held_out_classes: Vec<String>,
-    // Augmentation of training images, Keras's `ImageDataGenerator` keys (all 0: off).
+    /// Augmentation of training images (never validation or test), as Keras's
+    /// ImageDataGenerator: rotation uniform in ±DEGREES.
+    #[arg(long, value_name = "DEGREES", default_value_t = 0.0)]
     pub rotation_range: f64,
+    /// Horizontal shift uniform in ±FRACTION of the width.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.0)]
     pub width_shift_range: f64,
+    /// Vertical shift uniform in ±FRACTION of the height.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.0)]
     pub height_shift_range: f64,
+    /// Shear angle uniform in ±DEGREES.
+    #[arg(long, value_name = "DEGREES", default_value_t = 0.0)]
     pub shear_range: f64,
+    /// Zoom of rows and of columns, each uniform in [1 − Z, 1 + Z] (Z < 1).
+    #[arg(long, value_name = "Z", default_value_t = 0.0)]
     pub zoom_range: f64,
+    /// Mirror training images left–right with probability 0.5.
+    #[arg(long)]
     pub horizontal_flip: bool,
+    /// What augmented images show beyond their edges: nearest (the edge pixel, Keras's
+    /// default) or constant (black).
+    #[arg(long, default_value = "nearest")]
     pub fill_mode: String,
-    /// f32, or mixed (f16 activations, f32 master weights, dynamic loss scaling). Left out
-    /// of the written settings when f32, so runs saved before it existed match.
+    /// Arithmetic of training: f32, or mixed (f16 activations and weight copies with f32
+    /// master weights and a dynamic loss scale; needs an adapter with f16 shaders).
+    // Left out of the written settings when f32, so runs saved before it existed match.
+    #[arg(long, default_value = "f32")]
     #[serde(skip_serializing_if = "is_f32")]
     pub precision: String,
 }
 
 impl Default for RunSettings {
+    /// The reference recipe: what an empty command line gives.
     fn default() -> Self {
-        let cfg = TrainConfig::default();
-        RunSettings {
-            data: None,
-            pairs: cfg.pairs,
-            batch: cfg.batch,
-            lr: 1e-3,
-            margin: 1.0,
-            loss: cfg.loss.to_string(),
-            distance: "euclidean".into(),
-            normalize_embeddings: false,
-            tower: REFERENCE_TOWER.into(),
-            embedding_dim: None,
-            optimizer: "adam".into(),
-            weight_decay: 0.0,
-            schedule: "constant".into(),
-            positive_fraction: cfg.positive_fraction,
-            miner: "none".into(),
-            classes_per_batch: None,
-            seed: cfg.seed,
-            val_images: None,
-            val_pairs: cfg.val_pairs,
-            test_pairs: cfg.test_pairs,
-            eval_every: cfg.eval_every,
-            pixel_norm: "unit".into(),
-            image_size: None,
-            color: "grey".into(),
-            on_bad_image: "skip".into(),
-            held_out_classes: Vec::new(),
-            rotation_range: 0.0,
-            width_shift_range: 0.0,
-            height_shift_range: 0.0,
-            shear_range: 0.0,
-            zoom_range: 0.0,
-            horizontal_flip: false,
-            fill_mode: cfg.augment.fill_mode.to_string(),
-            precision: cfg.precision.to_string(),
-        }
+        let command = RunSettings::augment_args(clap::Command::new("defaults"));
+        let matches = command.get_matches_from(["defaults"]);
+        RunSettings::from_arg_matches(&matches).expect("every setting has a default")
     }
 }
 
@@ -152,6 +197,29 @@ impl RunSettings {
     /// The settings as a TOML file that [`from_file`](Self::from_file) reads back.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("settings serialise to TOML")
+    }
+
+    /// `self` (the defaults, or a `--config` file's settings) under the flags typed on the
+    /// command line: `flags` is what clap parsed and `matches` says where each value came
+    /// from, so a flag overrides the file only when it was given.
+    pub fn with_flags(&self, flags: &RunSettings, matches: &ArgMatches) -> Result<RunSettings> {
+        let table = |s: &RunSettings| toml::Table::try_from(s).expect("settings serialise to TOML");
+        let (mut merged, typed) = (table(self), table(flags));
+        let keys = RunSettings::augment_args(clap::Command::new("settings"));
+        for key in keys.get_arguments().map(|a| a.get_id().as_str()) {
+            if matches.value_source(key) != Some(ValueSource::CommandLine) {
+                continue;
+            }
+            match typed.get(key) {
+                Some(value) => merged.insert(key.to_string(), value.clone()),
+                // A value the settings leave unwritten (`miner = none`, `precision = f32`) is
+                // the default: typing it undoes the file's.
+                None => merged.remove(key),
+            };
+        }
+        merged
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::Config(in_words(e.message())))
     }
 
     /// Sets `key` from its written value (`0.5`, `1e-3`, `triplet`), typed as a config file
@@ -464,5 +532,44 @@ mod tests {
         assert_eq!(cfg.classes_per_batch, Some(8));
         assert_eq!(toml::from_str::<RunSettings>(&s.to_toml()).unwrap(), s);
         assert!(!RunSettings::default().to_toml().contains("miner"));
+    }
+
+    #[test]
+    fn the_defaults_are_the_engines_reference_recipe() {
+        assert_eq!(
+            RunSettings::default().to_train_config().unwrap(),
+            TrainConfig::default()
+        );
+    }
+
+    /// Flags typed on a command line, parsed as `train` parses them.
+    fn typed(words: &[&str]) -> (RunSettings, ArgMatches) {
+        let command = RunSettings::augment_args(clap::Command::new("train"));
+        let matches = command
+            .try_get_matches_from(std::iter::once("train").chain(words.iter().copied()))
+            .unwrap();
+        (RunSettings::from_arg_matches(&matches).unwrap(), matches)
+    }
+
+    #[test]
+    fn a_typed_flag_overrides_the_file_and_an_untyped_one_keeps_it() {
+        let file: RunSettings = toml::from_str(
+            "lr = 3e-4\nmargin = 0.5\nloss = \"triplet\"\nminer = \"semi-hard\"\nprecision = \"mixed\"\nheld_out_classes = [\"7\"]",
+        )
+        .unwrap();
+        let (flags, matches) = typed(&["--margin", "2", "--batch", "64", "--embedding-dim", "32"]);
+        let s = file.with_flags(&flags, &matches).unwrap();
+        assert_eq!((s.margin, s.batch, s.embedding_dim), (2.0, 64, Some(32)));
+        assert_eq!(
+            (s.lr, s.loss.as_str()),
+            (3e-4, "triplet"),
+            "untyped: the file's"
+        );
+        assert_eq!(s.held_out_classes, ["7"]);
+        // A typed value the settings leave unwritten (the default) still undoes the file's.
+        let (flags, matches) = typed(&["--miner", "none", "--precision", "f32"]);
+        let s = file.with_flags(&flags, &matches).unwrap();
+        assert_eq!((s.miner.as_str(), s.precision.as_str()), ("none", "f32"));
+        assert_eq!(s.margin, 0.5);
     }
 }

@@ -5,12 +5,18 @@
 //! the base settings, so any setting can be swept (margin, embedding_dim, lr, loss, batch, …)
 //! and a bad key or value is refused with the setting's own message before anything runs.
 //! Runs are ranked by a validation metric only: the test split never chooses a model.
+//! [`run`] holds the orchestration: checking every point first, reusing finished runs and
+//! resuming interrupted ones, ranking, and the summary files.
+
+mod run;
+
+pub use run::{PlannedRun, Start, Summary, plan, run};
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::config::RunSettings;
 use crate::error::{Error, Result};
+use crate::settings::RunSettings;
 
 /// `--grid KEY=V1,V2,…`: the values one setting takes.
 #[derive(Debug, Clone, PartialEq)]
@@ -221,7 +227,7 @@ pub struct SweepRun {
     pub name: String,
     pub point: Point,
     /// The figures, or why the run failed (a failed run does not stop the sweep).
-    pub result: std::result::Result<Metrics, String>,
+    pub result: Result<Metrics>,
 }
 
 /// Best first by `by`; failed runs last, in their order.
@@ -461,7 +467,7 @@ mod tests {
         let failed = SweepRun {
             name: "f".into(),
             point: vec![("margin".into(), "9".into())],
-            result: Err("the loss became NaN at step 2".into()),
+            result: Err(Error::Training("the loss became NaN at step 2".into())),
         };
         let mut outcomes = vec![failed, run("a", 0.8, 0.9), run("b", 0.9, 0.7)];
         rank(&mut outcomes, RankBy::ValRocAuc);

@@ -1,0 +1,83 @@
+//! The subcommands, one module each, and what they share: the Ctrl-C flag, the exit status,
+//! the terminal output.
+//!
+//! Run settings come in three layers: the defaults (the reference recipe), then a TOML file
+//! (`--config`), then the flags actually typed — clap reports where each value came from, so
+//! a flag overrides the file only when given (`siamese_gpu::settings`).
+
+mod devices;
+mod embed;
+mod eval;
+mod output;
+mod sweep;
+mod train;
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::{ArgMatches, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "siamese",
+    version,
+    about = "Train Siamese (metric-learning) networks on the GPU"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Train a Siamese network and report its test verification accuracy.
+    Train(Box<train::TrainArgs>),
+    /// Train one run per point of a grid or random search and rank them by a validation metric.
+    Sweep(Box<sweep::SweepArgs>),
+    /// List the GPU adapters wgpu can see, best first, and open the one that would be used
+    /// (SIAMESE_ADAPTER=<name substring> picks another).
+    Devices,
+    /// Embed a dataset split with a trained model; write a float32 [N, D] array in dataset
+    /// order (.npy, or .safetensors with the labels).
+    Embed(embed::EmbedArgs),
+    /// Evaluate a trained model: every metric of the evaluation module on the run's dataset.
+    Eval(eval::EvalArgs),
+}
+
+/// Raised by Ctrl-C; the trainer saves its state and stops at the next step.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Runs `command` (`matches` are its subcommand's) and says how it went: 0, 1 with the
+/// error on stderr, or 130 (128 + SIGINT) when Ctrl-C stopped it.
+pub fn run(command: Command, matches: &ArgMatches) -> ExitCode {
+    if matches!(command, Command::Train(_) | Command::Sweep(_)) {
+        let installed = ctrlc::set_handler(|| {
+            if STOP.swap(true, Ordering::Relaxed) {
+                std::process::exit(130); // a second Ctrl-C does not wait
+            }
+            eprintln!("\nstopping after this step (Ctrl-C again to quit at once)");
+        });
+        if let Err(e) = installed {
+            eprintln!("error: cannot install the Ctrl-C handler: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let outcome = match &command {
+        Command::Train(args) => train::run(args, matches),
+        Command::Sweep(args) => sweep::run(args, matches),
+        Command::Devices => devices::run(),
+        Command::Embed(args) => embed::run(args),
+        Command::Eval(args) => eval::run(args),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            if STOP.load(Ordering::Relaxed) {
+                ExitCode::from(130)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

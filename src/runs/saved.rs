@@ -1,0 +1,155 @@
+//! What a run directory holds, read back: the trained model with the settings and pixel
+//! normalisation it was trained with (for `eval` and `embed`), its dataset split as in
+//! training, and the state to `--resume` from.
+
+use std::path::{Path, PathBuf};
+
+use crate::checkpoint;
+use crate::data::dataset::{self, DataOptions, Dataset, ImageSet};
+use crate::error::{Error, Result};
+use crate::model::SiameseModel;
+use crate::settings::{RunSettings, parse_image_size};
+use crate::train::{TrainConfig, TrainingState};
+use crate::vocab::{Color, OnBadImage, PixelNorm};
+
+/// The weights file of a run directory (or the file itself, when given one).
+pub fn model_file(run: &Path) -> PathBuf {
+    if run.is_dir() {
+        run.join("model.safetensors")
+    } else {
+        run.to_path_buf()
+    }
+}
+
+/// A trained model: the model, its flat parameters, the pixel normalisation and the
+/// settings it was trained with.
+pub struct SavedRun {
+    pub model: SiameseModel,
+    pub params: Vec<f32>,
+    pub norm: PixelNorm,
+    pub settings: RunSettings,
+}
+
+impl SavedRun {
+    /// The model of a run directory (or of its model.safetensors).
+    pub fn load(run: &Path) -> Result<SavedRun> {
+        let (model, params, meta) = checkpoint::load_model(&model_file(run))?;
+        let meta_f32 = |key: &str, default: f32| {
+            meta.get(key)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        let norm = PixelNorm {
+            shift: meta_f32("pixel_shift", 0.0),
+            scale: meta_f32("pixel_scale", 1.0),
+        };
+        let settings = match meta.get("config") {
+            Some(text) => RunSettings::from_fingerprint(text)?,
+            None => RunSettings::default(),
+        };
+        Ok(SavedRun {
+            model,
+            params,
+            norm,
+            settings,
+        })
+    }
+
+    /// The dataset the model was trained on (or the one in `data`), split as in training
+    /// (`val_images` overriding the run's), its validation and test images checked to fit
+    /// the model. Warnings about the data go to `warn`.
+    pub fn dataset(
+        &self,
+        data: Option<&Path>,
+        val_images: Option<usize>,
+        warn: &mut dyn FnMut(&str),
+    ) -> Result<Dataset> {
+        let saved = &self.settings;
+        let [c, _, _] = self.model.config.input;
+        let options = DataOptions {
+            image_size: saved
+                .image_size
+                .as_deref()
+                .map(parse_image_size)
+                .transpose()?,
+            color: if c == 3 { Color::Rgb } else { Color::Grey },
+            on_bad_image: if saved.on_bad_image == "stop" {
+                OnBadImage::Stop
+            } else {
+                OnBadImage::Skip
+            },
+            held_out_classes: saved.held_out_classes.clone(),
+        };
+        let data = data.or(saved.data.as_deref());
+        let sets = dataset::load_with(data, val_images.or(saved.val_images), &options)?;
+        for warning in &sets.warnings {
+            warn(warning);
+        }
+        for (set, what) in [(&sets.val, "val"), (&sets.test, "test")] {
+            self.check_size(set, what)?;
+        }
+        Ok(sets)
+    }
+
+    /// The images of `set` (the `what` split) must have the model's input shape.
+    pub fn check_size(&self, set: &ImageSet, what: &str) -> Result<()> {
+        let [c, h, w] = self.model.config.input;
+        if (set.channels, set.height, set.width) != (c, h, w) {
+            return Err(Error::Config(format!(
+                "the model takes {c}×{h}×{w} images (channels×height×width) but the {what} split holds \
+                 {}×{}×{}; evaluate it on the dataset it was trained on (--data)",
+                set.channels, set.height, set.width
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The state to continue from `path`, refused unless it was saved by a run of the same
+/// settings (budget aside), naming the settings that differ.
+pub fn resume_state(
+    path: &Path,
+    cfg: &TrainConfig,
+    settings: &RunSettings,
+) -> Result<TrainingState> {
+    let (_, params, meta) = checkpoint::load_model(path)?;
+    let weights_only = |what: &str| {
+        Error::Config(format!(
+            "{} records no {what}: it holds weights only",
+            path.display()
+        ))
+    };
+    let saved = match meta.get("config") {
+        Some(text) => RunSettings::from_fingerprint(text)?,
+        None => return Err(weights_only("run settings")),
+    };
+    let budgetless = |s: &RunSettings| RunSettings {
+        pairs: 0,
+        ..s.clone()
+    };
+    let differences = budgetless(&saved).differences(&budgetless(settings));
+    if !differences.is_empty() {
+        return Err(Error::Config(format!(
+            "{} was trained with other settings; resume with the same ones (only --pairs may \
+             change). Saved → now:\n  {}",
+            path.display(),
+            differences.join("\n  ")
+        )));
+    }
+    let steps_done: usize = meta
+        .get("steps_done")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| weights_only("steps_done"))?;
+    if steps_done >= cfg.pairs / cfg.batch {
+        return Err(Error::Config(format!(
+            "{} has already trained {steps_done} steps, all of this budget; give a larger --pairs to train on",
+            path.display()
+        )));
+    }
+    let optimizer = checkpoint::load_optimizer_state(path)?;
+    Ok(TrainingState {
+        params,
+        optimizer,
+        steps_done,
+    })
+}
