@@ -1,9 +1,7 @@
 //! `shaders/activation.wgsl` against `cpu::activation`, and its gradients against finite
 //! differences.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use rand::RngExt;
 use rand::rngs::StdRng;
 use siamese_gpu::cpu::activation as cpu;

@@ -1,9 +1,7 @@
 //! `shaders/conv2d.wgsl` against `cpu::conv2d`, and its gradients against finite differences;
 //! every entry also on f16 tensors (mixed precision), against the reference on the f16 values.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use siamese_gpu::DType::F16;
 use siamese_gpu::cpu::conv2d::{self as cpu, Conv2dGeometry};
 use siamese_gpu::ops::{conv2d, pack};

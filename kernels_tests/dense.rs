@@ -4,9 +4,7 @@
 //! f16: x, w, b and dy rounded to f16 (the reference reads exactly those values), y and dx
 //! stored as f16, dw and db as f32.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use siamese_gpu::DType;
 use siamese_gpu::cpu::dense as cpu;
 use siamese_gpu::ops::dense;

@@ -1,5 +1,5 @@
-//! `shaders/distance.wgsl` against `cpu::distance`, and its gradients against finite
-//! differences.
+//! Distances (`shaders/distance.wgsl`) against `cpu::distance`, paired and pairwise, and
+//! their gradients against finite differences.
 //!
 //! Error model of the bounds (u = f32 unit roundoff): add, subtract and multiply are correctly
 //! rounded in WGSL as on the CPU, so `a − b` is bit-identical on both sides; WGSL allows
@@ -7,9 +7,7 @@
 //! 10u relative, against the CPU's correctly rounded u. Sums differ only by summation order:
 //! 2·γ_n·Σ|terms| (`linear_bound`).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use rand::RngExt;
 use rand::rngs::StdRng;
 use siamese_gpu::Kernel;

@@ -1,9 +1,7 @@
 //! `shaders/gather.wgsl` against `cpu::gather`. Both entries also write f16 batches (where
 //! the adapter has SHADER_F16): the same f32 arithmetic, rounded once to f16 on the store.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use rand::RngExt;
 use siamese_gpu::DType;
 use siamese_gpu::cpu::gather as cpu;

@@ -1,9 +1,7 @@
 //! `shaders/pack.wgsl` against `cpu::pack`: layout copies, so exact, from f32 tensors into
 //! f32 texels and from f16 tensors into f16 texels (the reference then packs the f16 values).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use siamese_gpu::cpu::pack as cpu;
 use siamese_gpu::ops::pack;
 

@@ -2,9 +2,7 @@
 //! Every entry runs in f32 and, where the adapter has SHADER_F16, in f16: the inputs are
 //! rounded to f16 first, so the reference sees exactly the values the kernel reads.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use rand::RngExt;
 use rand::seq::SliceRandom;
 use siamese_gpu::DType;

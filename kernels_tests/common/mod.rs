@@ -4,7 +4,6 @@
 //! A kernel test is a function of (shape, seed): build random inputs, run the GPU launcher
 //! and the CPU reference of `siamese_gpu::cpu`, compare under a stated bound. Shapes are
 //! data beside the test (odd sizes, batch 1, the reference network's shapes).
-#![allow(dead_code)] // each test binary uses its own subset of the harness
 
 use std::io::Write;
 use std::sync::OnceLock;
@@ -20,7 +19,7 @@ pub const U32: f64 = f32::EPSILON as f64 / 2.0;
 /// (normal range, round to nearest even).
 pub const U16: f64 = 1.0 / 2048.0;
 
-/// The device every test in a binary shares. Without an adapter the binary prints the
+/// The device every test shares. Without an adapter the binary prints the
 /// engine's actionable message (e.g. `apt-get install mesa-vulkan-drivers`) once and exits
 /// with status 1: every test would fail the same way, and a panic per test buries the advice.
 pub fn gpu() -> &'static Gpu {
