@@ -65,11 +65,6 @@ pub fn upload(data: &[f32], shape: &[usize]) -> Tensor {
     gpu().upload_f32(data, shape).expect("upload")
 }
 
-/// Uploads `data` rounded to f16 (the values the kernel sees are [`round_f16`] of them).
-pub fn upload_f16(data: &[f32], shape: &[usize]) -> Tensor {
-    gpu().upload_f16(data, shape).expect("upload")
-}
-
 /// `data` rounded to the nearest f16 and widened back: what an f16 tensor holds.
 pub fn round_f16(data: &[f32]) -> Vec<f32> {
     data.iter()
