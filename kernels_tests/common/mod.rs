@@ -89,16 +89,6 @@ pub fn has_f16() -> bool {
     has
 }
 
-/// The element types a test of a kernel with an f16 variant runs: f32, and f16 where the
-/// adapter has it.
-pub fn float_dtypes() -> Vec<DType> {
-    let mut all = vec![DType::F32];
-    if has_f16() {
-        all.push(DType::F16);
-    }
-    all
-}
-
 /// Both float element types, for a kernel with an f16 variant (mixed precision).
 pub const DTYPES: [DType; 2] = [DType::F32, DType::F16];
 
