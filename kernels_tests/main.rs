@@ -1,9 +1,11 @@
 //! The kernel tests, one binary: each module checks one shader family's entry points against
 //! the CPU references of `siamese_gpu::cpu` (and the gradients against f64 finite
-//! differences); two more check compositions of kernels the same way. The harness they share
-//! is `common`.
+//! differences) over a declared matrix of kernel path × element type × shape; two more check
+//! compositions of kernels the same way; `coverage` checks that every `@compute` entry point
+//! is named by a test. The harness they share is `common`.
 
 mod common;
+mod coverage;
 
 mod activation;
 mod amp;
