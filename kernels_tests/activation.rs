@@ -1,11 +1,15 @@
-//! `shaders/activation.wgsl` against `cpu::activation`, and its gradients against finite
-//! differences.
+//! Activations (`shaders/activation.wgsl`): every entry against `cpu::activation` in f32 and
+//! on f16 tensors (mixed precision), and the gradients against f64 finite differences.
+//!
+//! The f16 variants run against the CPU reference on the f16 values the kernel reads. ReLU,
+//! its backward and the gradient sum select or add exactly representable values, so they
+//! match the reference rounded to f16 exactly; sigmoid and tanh compute in f32 and round once
+//! to f16 on store: within U16·|reference| plus the f32 kernels' own few ulps.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use rand::RngExt;
 use rand::rngs::StdRng;
+use siamese_gpu::DType;
 use siamese_gpu::cpu::activation as cpu;
 use siamese_gpu::ops::activation::{self, Activation};
 
@@ -27,7 +31,7 @@ const SHAPES: &[&[usize]] = &[
 /// Small shapes for finite differences.
 const FD_SHAPES: &[&[usize]] = &[&[1], &[5], &[2, 3, 4]];
 
-/// Values the forwards must survive, planted among the random ones: signed zeros, tiny
+/// Values the f32 forwards must survive, planted among the random ones: signed zeros, tiny
 /// and subnormal values, values past where e^x overflows f32 (|x| > 88.7), and the
 /// largest finite floats.
 const SPECIAL: &[f32] = &[
@@ -35,7 +39,7 @@ const SPECIAL: &[f32] = &[
 ];
 
 /// The error allowed where the kernel may see `x` flushed to zero: |value| when x is
-/// subnormal, else nothing.
+/// subnormal, else nothing. No f16 value is an f32 subnormal, so nothing in f16.
 fn flushable(x: f32, value: f32) -> f64 {
     if x.is_subnormal() {
         value.abs() as f64
@@ -44,11 +48,19 @@ fn flushable(x: f32, value: f32) -> f64 {
     }
 }
 
-/// Uniform in [-8, 8) with the SPECIAL values planted at every 97th position; even seeds
-/// also set one element in eight to exactly 0 (ReLU's kink, where its gradient is 0).
-fn input(len: usize, seed: u64) -> Vec<f32> {
+/// Uniform in [-8, 8), as a tensor of `dtype` holds it. In f32 the SPECIAL values are planted
+/// at every 97th position, and even seeds also set one element in eight to exactly 0 (ReLU's
+/// kink, where its gradient is 0). f16 holds none of the specials (they overflow or flush to
+/// zero), so there every 11th element is exactly 0.
+fn input(len: usize, seed: u64, dtype: DType) -> Vec<f32> {
     let mut r = rng(seed);
     let mut x = uniform(&mut r, len, -8.0, 8.0);
+    if dtype == DType::F16 {
+        for v in x.iter_mut().step_by(11) {
+            *v = 0.0;
+        }
+        return round_f16(&x);
+    }
     for (j, i) in (0..len).step_by(97).enumerate() {
         x[i] = SPECIAL[j % SPECIAL.len()];
     }
@@ -62,6 +74,11 @@ fn input(len: usize, seed: u64) -> Vec<f32> {
     x
 }
 
+/// Upstream gradients in [-1, 1), as a tensor of `dtype` holds them.
+fn upstream(len: usize, seed: u64, dtype: DType) -> Vec<f32> {
+    as_dtype(&uniform(&mut rng(1000 + seed), len, -1.0, 1.0), dtype)
+}
+
 /// `n` values with |v| in [lo, hi) and a random sign.
 fn signed(r: &mut StdRng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
     (0..n)
@@ -72,33 +89,54 @@ fn signed(r: &mut StdRng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
         .collect()
 }
 
-fn run_forward(act: Activation, x: &[f32], shape: &[usize]) -> Vec<f32> {
-    let y = zeros(shape);
-    let kernel = activation::forward(gpu(), act, &upload(x, shape), &y).unwrap();
-    run_and_read(&kernel, &y)
+fn run_forward(act: Activation, x: &[f32], shape: &[usize], dtype: DType) -> Vec<f32> {
+    let y = zeros_as(shape, dtype);
+    let kernel = activation::forward(gpu(), act, &upload_as(x, shape, dtype), &y).unwrap();
+    run_and_read_floats(&kernel, &y)
 }
 
-fn run_backward(act: Activation, saved: &[f32], dy: &[f32], shape: &[usize]) -> Vec<f32> {
-    let dx = zeros(shape);
-    let kernel =
-        activation::backward(gpu(), act, &upload(saved, shape), &upload(dy, shape), &dx).unwrap();
-    run_and_read(&kernel, &dx)
+fn run_backward(
+    act: Activation,
+    saved: &[f32],
+    dy: &[f32],
+    shape: &[usize],
+    dtype: DType,
+) -> Vec<f32> {
+    let dx = zeros_as(shape, dtype);
+    let kernel = activation::backward(
+        gpu(),
+        act,
+        &upload_as(saved, shape, dtype),
+        &upload_as(dy, shape, dtype),
+        &dx,
+    )
+    .unwrap();
+    run_and_read_floats(&kernel, &dx)
 }
 
 /// Results below f32's smallest normal (e.g. sigmoid(x) for x < −87.3) are subnormal, and
-/// GPUs may flush subnormals to 0: every bound below allows that much absolute error.
+/// GPUs may flush subnormals to 0: every f32 bound below allows that much absolute error.
 const SUBNORMAL: f64 = f32::MIN_POSITIVE as f64;
+
+/// The bound of an f16 output computed in f32 and rounded once on store: U16 of the
+/// reference for the rounding, 8u for the f32 arithmetic before it, 1e-7 for results in
+/// f16's subnormal range.
+fn rounded_to_f16(want: &[f32]) -> Vec<f64> {
+    want.iter()
+        .map(|&w| (U16 + 8.0 * U32) * w.abs() as f64 + 1e-7)
+        .collect()
+}
 
 #[test]
 fn relu_forward_matches_cpu() {
-    for (seed, &shape) in SHAPES.iter().enumerate() {
-        let x = input(shape.iter().product(), seed as u64);
-        let got = run_forward(Activation::Relu, &x, shape);
+    for p in dtype_matrix(&DTYPES, SHAPES) {
+        let x = input(p.shape.iter().product(), p.seed, p.dtype);
+        let got = run_forward(Activation::Relu, &x, p.shape, p.dtype);
         // max(x, 0) rounds nothing: exact, except that WGSL lets an implementation flush
         // subnormal inputs to zero (NVIDIA's Vulkan driver does): there 0 is also right.
         let bound: Vec<f64> = x.iter().map(|&v| flushable(v, v)).collect();
         assert_within(
-            &format!("relu_forward {shape:?}"),
+            &format!("relu_forward {p}"),
             &got,
             &cpu::relu_forward(&x),
             &bound,
@@ -122,7 +160,7 @@ fn relu_forward_covers_a_folded_grid() {
     let got = run_and_read(&kernel, &y);
     // Exact, as above; a skipped or doubly indexed workgroup leaves zeros or wrong values.
     assert_within(
-        "relu_forward folded",
+        &format!("relu_forward folded {shape:?}"),
         &got,
         &cpu::relu_forward(&x),
         &vec![0.0; len],
@@ -131,16 +169,16 @@ fn relu_forward_covers_a_folded_grid() {
 
 #[test]
 fn relu_backward_matches_cpu() {
-    for (seed, &shape) in SHAPES.iter().enumerate() {
-        let len = shape.iter().product();
-        let x = input(len, seed as u64);
-        let dy = uniform(&mut rng(1000 + seed as u64), len, -1.0, 1.0);
-        let got = run_backward(Activation::Relu, &x, &dy, shape);
+    for p in dtype_matrix(&DTYPES, SHAPES) {
+        let len = p.shape.iter().product();
+        let x = input(len, p.seed, p.dtype);
+        let dy = upstream(len, p.seed, p.dtype);
+        let got = run_backward(Activation::Relu, &x, &dy, p.shape, p.dtype);
         // A selection between dy and 0: exact (including dx = 0 at x = 0); a subnormal x
         // may be flushed to zero (see relu_forward_matches_cpu), selecting 0 instead of dy.
         let bound: Vec<f64> = x.iter().zip(&dy).map(|(&v, &g)| flushable(v, g)).collect();
         assert_within(
-            &format!("relu_backward {shape:?}"),
+            &format!("relu_backward {p}"),
             &got,
             &cpu::relu_backward(&x, &dy),
             &bound,
@@ -150,87 +188,127 @@ fn relu_backward_matches_cpu() {
 
 #[test]
 fn sigmoid_forward_matches_cpu() {
-    for (seed, &shape) in SHAPES.iter().enumerate() {
-        let x = input(shape.iter().product(), seed as u64);
-        let got = run_forward(Activation::Sigmoid, &x, shape);
+    for p in dtype_matrix(&DTYPES, SHAPES) {
+        let x = input(p.shape.iter().product(), p.seed, p.dtype);
+        let got = run_forward(Activation::Sigmoid, &x, p.shape, p.dtype);
         let want = cpu::sigmoid_forward(&x);
-        // WGSL's exp(−|x|) is within 3 + 2|x| ulp (≤ 2u each, relative). For x < 0 the
-        // result e/(1 + e) carries that error whole: (6 + 4|x|)u; for x ≥ 0, 1/(1 + e)
-        // damps it by e/(1 + e) ≤ e^−|x|, leaving ≤ 6u. Add the GPU's division (≤ 2.5 ulp)
-        // and product and the CPU's own exp and division (~1 ulp each): 8u more.
-        let bound: Vec<f64> = x
-            .iter()
-            .zip(&want)
-            .map(|(&v, &w)| {
-                (14.0 + 4.0 * (-v as f64).max(0.0)) * U32 * (w as f64).abs() + SUBNORMAL
-            })
-            .collect();
-        assert_within(&format!("sigmoid_forward {shape:?}"), &got, &want, &bound);
+        let bound: Vec<f64> = match p.dtype {
+            // WGSL's exp(−|x|) is within 3 + 2|x| ulp (≤ 2u each, relative). For x < 0 the
+            // result e/(1 + e) carries that error whole: (6 + 4|x|)u; for x ≥ 0, 1/(1 + e)
+            // damps it by e/(1 + e) ≤ e^−|x|, leaving ≤ 6u. Add the GPU's division (≤ 2.5
+            // ulp) and product and the CPU's own exp and division (~1 ulp each): 8u more.
+            DType::F32 => x
+                .iter()
+                .zip(&want)
+                .map(|(&v, &w)| {
+                    (14.0 + 4.0 * (-v as f64).max(0.0)) * U32 * (w as f64).abs() + SUBNORMAL
+                })
+                .collect(),
+            _ => rounded_to_f16(&want),
+        };
+        assert_within(&format!("sigmoid_forward {p}"), &got, &want, &bound);
         assert!(
             got.iter().all(|v| v.is_finite()),
-            "sigmoid_forward: non-finite output"
+            "sigmoid_forward {p}: non-finite output"
         );
     }
 }
 
 #[test]
 fn sigmoid_backward_matches_cpu() {
-    for (seed, &shape) in SHAPES.iter().enumerate() {
-        let len = shape.iter().product();
-        let y = cpu::sigmoid_forward(&input(len, seed as u64));
-        let dy = uniform(&mut rng(1000 + seed as u64), len, -1.0, 1.0);
-        let got = run_backward(Activation::Sigmoid, &y, &dy, shape);
+    for p in dtype_matrix(&DTYPES, SHAPES) {
+        let len = p.shape.iter().product();
+        // The saved y as the tensor holds it: the reference takes the same (rounded) y.
+        let y = as_dtype(&cpu::sigmoid_forward(&input(len, p.seed, p.dtype)), p.dtype);
+        let dy = upstream(len, p.seed, p.dtype);
+        let got = run_backward(Activation::Sigmoid, &y, &dy, p.shape, p.dtype);
         let want = cpu::sigmoid_backward(&y, &dy);
-        // dy·y·(1 − y) from the same f32 y on both sides: three roundings each (1 − y and
-        // two products), ≤ 6u of the result.
-        let bound: Vec<f64> = want
-            .iter()
-            .map(|&w| 6.0 * U32 * (w as f64).abs() + SUBNORMAL)
-            .collect();
-        assert_within(&format!("sigmoid_backward {shape:?}"), &got, &want, &bound);
+        let bound: Vec<f64> = match p.dtype {
+            // dy·y·(1 − y) from the same f32 y on both sides: three roundings each (1 − y
+            // and two products), ≤ 6u of the result.
+            DType::F32 => want
+                .iter()
+                .map(|&w| 6.0 * U32 * (w as f64).abs() + SUBNORMAL)
+                .collect(),
+            _ => rounded_to_f16(&want),
+        };
+        assert_within(&format!("sigmoid_backward {p}"), &got, &want, &bound);
     }
 }
 
 #[test]
 fn tanh_forward_matches_cpu() {
-    for (seed, &shape) in SHAPES.iter().enumerate() {
-        let x = input(shape.iter().product(), seed as u64);
-        let got = run_forward(Activation::Tanh, &x, shape);
+    for p in dtype_matrix(&DTYPES, SHAPES) {
+        let x = input(p.shape.iter().product(), p.seed, p.dtype);
+        let got = run_forward(Activation::Tanh, &x, p.shape, p.dtype);
         let want = cpu::tanh_forward(&x);
-        // Relative, as the kernel's tanh is accurate near 0 too. Below 0.625 Cephes'
-        // polynomial (peak 1.3e-7 ≈ 2.2u) plus its f32 evaluation, whose roundings the
-        // cubic term's share (< 0.13) damps: ≤ 4u. Above, 1 − 2/(e^2|x| + 1) damps the
-        // exp's (3 + 4|x|)-ulp error by 2e/(e + 1)² to ≤ 2 ulp, plus the division's 2.5 ulp
-        // scaled by 2/(e + 1) < 0.45 and the subtraction: ≤ 8u. The CPU's tanhf: ≤ 2u.
-        // 16u (8 ulp) covers both branches with room; measured on lavapipe: ≤ 3.5u.
-        let bound: Vec<f64> = want
-            .iter()
-            .map(|&w| 16.0 * U32 * (w as f64).abs() + SUBNORMAL)
-            .collect();
-        assert_within(&format!("tanh_forward {shape:?}"), &got, &want, &bound);
+        let bound: Vec<f64> = match p.dtype {
+            // Relative, as the kernel's tanh is accurate near 0 too. Below 0.625 Cephes'
+            // polynomial (peak 1.3e-7 ≈ 2.2u) plus its f32 evaluation, whose roundings the
+            // cubic term's share (< 0.13) damps: ≤ 4u. Above, 1 − 2/(e^2|x| + 1) damps the
+            // exp's (3 + 4|x|)-ulp error by 2e/(e + 1)² to ≤ 2 ulp, plus the division's 2.5
+            // ulp scaled by 2/(e + 1) < 0.45 and the subtraction: ≤ 8u. The CPU's tanhf:
+            // ≤ 2u. 16u (8 ulp) covers both branches with room; measured on lavapipe: ≤ 3.5u.
+            DType::F32 => want
+                .iter()
+                .map(|&w| 16.0 * U32 * (w as f64).abs() + SUBNORMAL)
+                .collect(),
+            _ => rounded_to_f16(&want),
+        };
+        assert_within(&format!("tanh_forward {p}"), &got, &want, &bound);
     }
 }
 
 #[test]
 fn tanh_backward_matches_cpu() {
-    for (seed, &shape) in SHAPES.iter().enumerate() {
-        let len = shape.iter().product();
-        let y = cpu::tanh_forward(&input(len, seed as u64));
-        let dy = uniform(&mut rng(1000 + seed as u64), len, -1.0, 1.0);
-        let got = run_backward(Activation::Tanh, &y, &dy, shape);
+    for p in dtype_matrix(&DTYPES, SHAPES) {
+        let len = p.shape.iter().product();
+        // The saved y as the tensor holds it: the reference takes the same (rounded) y.
+        let y = as_dtype(&cpu::tanh_forward(&input(len, p.seed, p.dtype)), p.dtype);
+        let dy = upstream(len, p.seed, p.dtype);
+        let got = run_backward(Activation::Tanh, &y, &dy, p.shape, p.dtype);
         let want = cpu::tanh_backward(&y, &dy);
-        // 1 − y·y is a two-term sum (which one side may fuse into an FMA), cancelling as
-        // |y| → 1, then one product: bound it relative to Σ|terms| = |dy|·(1 + y²).
-        let magnitude: Vec<f32> = y
-            .iter()
-            .zip(&dy)
-            .map(|(&t, &g)| g.abs() * (1.0 + t * t))
-            .collect();
+        let bound = match p.dtype {
+            // 1 − y·y is a two-term sum (which one side may fuse into an FMA), cancelling as
+            // |y| → 1, then one product: bound it relative to Σ|terms| = |dy|·(1 + y²).
+            DType::F32 => {
+                let magnitude: Vec<f32> = y
+                    .iter()
+                    .zip(&dy)
+                    .map(|(&t, &g)| g.abs() * (1.0 + t * t))
+                    .collect();
+                linear_bound(2, &magnitude)
+            }
+            _ => rounded_to_f16(&want),
+        };
+        assert_within(&format!("tanh_backward {p}"), &got, &want, &bound);
+    }
+}
+
+#[test]
+fn accumulate_grad_matches_cpu() {
+    for p in dtype_matrix(&DTYPES, SHAPES) {
+        let len = p.shape.iter().product();
+        let dy = as_dtype(&uniform(&mut rng(2000 + p.seed), len, -1.0, 1.0), p.dtype);
+        let start = as_dtype(&uniform(&mut rng(3000 + p.seed), len, -1.0, 1.0), p.dtype);
+        let dx = upload_as(&start, p.shape, p.dtype);
+        let kernel =
+            activation::accumulate_grad(gpu(), &upload_as(&dy, p.shape, p.dtype), &dx).unwrap();
+        // Run twice: the kernel adds, it does not overwrite.
+        gpu().run(&[&kernel, &kernel]);
+        let got = gpu().read_floats(&dx).unwrap();
+        // Each run adds dy to dx in dx's type, in the same order on both sides: exact (in
+        // f16, the sum of two f16 values rounded once to f16).
+        let mut want = start.clone();
+        for _ in 0..2 {
+            cpu::accumulate_grad(&dy, &mut want);
+            want = as_dtype(&want, p.dtype);
+        }
         assert_within(
-            &format!("tanh_backward {shape:?}"),
+            &format!("accumulate_grad {p}"),
             &got,
             &want,
-            &linear_bound(2, &magnitude),
+            &vec![0.0; len],
         );
     }
 }
@@ -245,9 +323,10 @@ fn check_backward_against_fd(
     gpu_rtol: f64,
 ) {
     let name = act.backward_entry();
-    for (seed, &shape) in FD_SHAPES.iter().enumerate() {
+    for p in dtype_matrix(&F32_ONLY, FD_SHAPES) {
+        let shape = p.shape;
         let len = shape.iter().product();
-        let mut r = rng(100 + seed as u64);
+        let mut r = rng(100 + p.seed);
         let x32 = draw_x(&mut r, len);
         // |r| ≥ 0.5, so the largest gradient entry (the scale of the GPU check) is not tiny.
         let r32 = signed(&mut r, len, 0.5, 1.0);
@@ -258,7 +337,7 @@ fn check_backward_against_fd(
         } else {
             x.clone()
         };
-        assert_matches_fd(&format!("cpu {name}"), &backward(&saved, &rr), &fd);
+        assert_matches_fd(&format!("cpu {name} {p}"), &backward(&saved, &rr), &fd);
 
         // The GPU pair, the backward reading what the GPU forward saved.
         let (tx, ty, dx) = (upload(&x32, shape), zeros(shape), zeros(shape));
@@ -270,7 +349,8 @@ fn check_backward_against_fd(
         };
         let bwd = activation::backward(gpu(), act, tsaved, &upload(&r32, shape), &dx).unwrap();
         gpu().run(&[&fwd, &bwd]);
-        assert_gpu_matches_fd(name, &gpu().read_f32(&dx).unwrap(), &fd, gpu_rtol);
+        let got = gpu().read_f32(&dx).unwrap();
+        assert_gpu_matches_fd(&format!("{name} {p}"), &got, &fd, gpu_rtol);
     }
 }
 
@@ -339,123 +419,4 @@ fn activation_launchers_reject_mismatched_shapes() {
             .contains("saved (the forward output y) must be a F32 tensor of shape [2, 3]"),
         "{err}"
     );
-}
-
-#[test]
-fn accumulate_grad_matches_cpu() {
-    for (seed, &shape) in SHAPES.iter().enumerate() {
-        let len = shape.iter().product();
-        let dy = uniform(&mut rng(2000 + seed as u64), len, -1.0, 1.0);
-        let start = uniform(&mut rng(3000 + seed as u64), len, -1.0, 1.0);
-        let dx = upload(&start, shape);
-        let kernel = activation::accumulate_grad(gpu(), &upload(&dy, shape), &dx).unwrap();
-        // Run twice: the kernel adds, it does not overwrite.
-        gpu().run(&[&kernel, &kernel]);
-        let got = gpu().read_f32(&dx).unwrap();
-        let mut want = start.clone();
-        cpu::accumulate_grad(&dy, &mut want);
-        cpu::accumulate_grad(&dy, &mut want);
-        // Two f32 additions in the same order on both sides: exact.
-        assert_within(
-            &format!("accumulate_grad {shape:?}"),
-            &got,
-            &want,
-            &vec![0.0; len],
-        );
-    }
-}
-
-/// The f16 variants (mixed precision) against the CPU reference on the f16 values the kernel
-/// reads. ReLU, its backward and the sum select or add exactly representable values, so
-/// they match the reference rounded to f16 exactly; sigmoid and tanh compute in f32 and
-/// round once to f16 on store: within U16·|reference| plus the f32 kernels' own few ulps.
-#[test]
-fn f16_variants_match_cpu() {
-    if !has_f16() {
-        return;
-    }
-    for (seed, &shape) in SHAPES.iter().enumerate() {
-        let len: usize = shape.iter().product();
-        let mut r = rng(4000 + seed as u64);
-        // Within f16's normal range, with exact zeros (ReLU's kink) planted.
-        let mut x = round_f16(&uniform(&mut r, len, -8.0, 8.0));
-        for v in x.iter_mut().step_by(11) {
-            *v = 0.0;
-        }
-        let dy = round_f16(&uniform(&mut r, len, -1.0, 1.0));
-        let what = |name: &str| format!("{name} f16 {shape:?}");
-        let fwd = |act| {
-            let y = zeros_f16(shape);
-            let k = activation::forward(gpu(), act, &upload_f16(&x, shape), &y).unwrap();
-            run_and_read_floats(&k, &y)
-        };
-        let bwd = |act, saved: &[f32]| {
-            let dx = zeros_f16(shape);
-            let k = activation::backward(
-                gpu(),
-                act,
-                &upload_f16(saved, shape),
-                &upload_f16(&dy, shape),
-                &dx,
-            )
-            .unwrap();
-            run_and_read_floats(&k, &dx)
-        };
-        let exact = vec![0.0; len];
-        assert_within(
-            &what("relu_forward"),
-            &fwd(Activation::Relu),
-            &cpu::relu_forward(&x),
-            &exact,
-        );
-        assert_within(
-            &what("relu_backward"),
-            &bwd(Activation::Relu, &x),
-            &cpu::relu_backward(&x, &dy),
-            &exact,
-        );
-        let rounded = |want: &[f32]| -> Vec<f64> {
-            want.iter()
-                .map(|&w| (U16 + 8.0 * U32) * w.abs() as f64 + 1e-7)
-                .collect()
-        };
-        let sig = cpu::sigmoid_forward(&x);
-        assert_within(
-            &what("sigmoid_forward"),
-            &fwd(Activation::Sigmoid),
-            &sig,
-            &rounded(&sig),
-        );
-        let th = cpu::tanh_forward(&x);
-        assert_within(
-            &what("tanh_forward"),
-            &fwd(Activation::Tanh),
-            &th,
-            &rounded(&th),
-        );
-        // The backwards read y as f16: the reference takes the same rounded y.
-        let sig16 = round_f16(&sig);
-        let want = cpu::sigmoid_backward(&sig16, &dy);
-        assert_within(
-            &what("sigmoid_backward"),
-            &bwd(Activation::Sigmoid, &sig16),
-            &want,
-            &rounded(&want),
-        );
-        let th16 = round_f16(&th);
-        let want = cpu::tanh_backward(&th16, &dy);
-        assert_within(
-            &what("tanh_backward"),
-            &bwd(Activation::Tanh, &th16),
-            &want,
-            &rounded(&want),
-        );
-        // accumulate_grad adds in f16: the sum of two f16 values rounded once to f16.
-        let dx = upload_f16(&x, shape);
-        let k = activation::accumulate_grad(gpu(), &upload_f16(&dy, shape), &dx).unwrap();
-        let got = run_and_read_floats(&k, &dx);
-        let mut sum = x.clone();
-        cpu::accumulate_grad(&dy, &mut sum);
-        assert_within(&what("accumulate_grad"), &got, &round_f16(&sum), &exact);
-    }
 }

@@ -1,5 +1,6 @@
-//! `shaders/amp.wgsl` against `cpu::amp`, and the optimizers' loss-scaled (`_amp`) entries
-//! against the plain ones: casts, the overflow check, the scale's moves, skipped steps.
+//! Mixed precision (`shaders/amp.wgsl`) against `cpu::amp`, and the optimizers' loss-scaled
+//! (`_amp`) entries against the plain ones: casts, the overflow check, the scale's moves,
+//! skipped steps.
 //!
 //! Entry points and the tests that run them: `cast_to_f16`, `cast_to_f32`:
 //! `casts_match_cpu`; `amp_check_finite`: `check_finds_a_single_bad_gradient` (and the
@@ -7,9 +8,7 @@
 //! `sgd_step_amp`, `adam_step_amp`, `adamw_step_amp` (optim.wgsl):
 //! `amp_optimizer_steps_unscale_and_skip`.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use siamese_gpu::cpu::amp as cpu;
 use siamese_gpu::ops::amp::{self, LossScaleConfig, LossScaler, ScaleState};
 use siamese_gpu::ops::optim::{self, Adam, Sgd};

@@ -1,10 +1,16 @@
-//! `shaders/conv2d.wgsl` against `cpu::conv2d`, and its gradients against finite differences;
-//! every entry also on f16 tensors (mixed precision), against the reference on the f16 values.
+//! Convolution (`shaders/conv2d.wgsl`): every entry against `cpu::conv2d` at each point of a
+//! matrix of kernel path × element type × geometry, and the gradients against f64 finite
+//! differences.
+//!
+//! On f16 tensors (mixed precision) the inputs are rounded to f16 first, so the reference
+//! runs on exactly the values the kernel reads. f16 × f16 products are exact in f32 and the
+//! sums run in f32, so the f32 bounds hold unchanged, plus one f16 rounding where the output
+//! is stored as f16 (y and dx; dw and db are f32): `stored_bound`. A kernel reading f16 as
+//! f32, or summing in f16, is far outside (an f16 sum of C·KH·KW terms errs by up to about
+//! C·KH·KW·U16·Σ|terms|).
 
-mod common;
-
-use common::*;
-use siamese_gpu::DType::F16;
+use crate::common::*;
+use siamese_gpu::DType::{self, F16};
 use siamese_gpu::cpu::conv2d::{self as cpu, Conv2dGeometry};
 use siamese_gpu::ops::{conv2d, pack};
 use siamese_gpu::{Kernel, Tensor, Texels};
@@ -34,10 +40,32 @@ const fn geom(
     }
 }
 
-/// Batch 1, channel and pixel counts off the 4×4 register block and the 16×4 workgroup,
-/// stride 2 and 3, padding up to 2, non-square and 1×1 kernels, a kernel as large as the
-/// padded input, and the reference network's two layers (1→32 5×5 on 28×28; 32→64 3×3 on
-/// the pooled 12×12).
+/// The convolution's kernel paths. Their launchers are called in the `launch_*` functions
+/// below; elsewhere only where a test hands texels from one kernel to the next
+/// (`conv2d_texel_handoffs_give_the_launchers_bits`) or checks a refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// conv2d_forward, conv2d_grad_input, conv2d_grad_weight (with conv2d_grad_weight_reduce
+    /// summing its splits) and conv2d_grad_bias, on storage buffers.
+    Storage,
+    /// The operands packed as texels (pack_nhwc4, pack_conv_weight), then
+    /// conv2d_forward_tex; grad_input is conv2d_forward_tex over dy bordered by KH − 1 − pad
+    /// with the weights flipped; conv2d_grad_weight_tex sums dw and db from the same dy
+    /// fetches.
+    Texels,
+    /// Single-channel layers with four images in a texel's lanes: pack_images4 and pack_rows4,
+    /// then conv2d_forward_tex_images4. A forward only.
+    Images4,
+}
+
+const FORWARD_PATHS: [Path; 3] = [Path::Storage, Path::Texels, Path::Images4];
+const GRAD_PATHS: [Path; 2] = [Path::Storage, Path::Texels];
+
+/// Storage: batch 1, channel and pixel counts off the 4×4 register block and the 16×4
+/// workgroup, stride 2 and 3, padding up to 2, non-square and 1×1 kernels, a kernel as large
+/// as the padded input, the reference network's two layers (1→32 5×5 on 28×28; 32→64 3×3 on
+/// the pooled 12×12), and 3·28·28 = 2,352 positions per output channel (many strides of
+/// conv2d_grad_bias's 64-wide loop, across images).
 const SHAPES: &[Conv2dGeometry] = &[
     geom(1, 1, 1, 1, 1, 1, 1, 1, 0),
     geom(1, 1, 28, 28, 32, 5, 5, 1, 0),
@@ -46,14 +74,70 @@ const SHAPES: &[Conv2dGeometry] = &[
     geom(2, 5, 8, 6, 7, 4, 2, 3, 2),
     geom(1, 2, 5, 5, 3, 5, 5, 1, 2),
     geom(4, 6, 11, 13, 9, 1, 1, 1, 0),
+    geom(3, 1, 30, 30, 2, 3, 3, 1, 0),
 ];
 
-/// Small geometries for finite differences, with stride and padding.
+/// Texels (stride 1, square kernels): channel counts off the 4-channel texel and the
+/// 8-channel block (1, 3, 5, 9, 13), position counts off the 8-position block, padding 0–2,
+/// batch 1, and the reference network's two layers. Over padding (and in every grad_input)
+/// positions run images innermost and border taps are skipped per block of 16: batches of 16
+/// and 37 give blocks of one (oy, ox) and blocks that straddle two.
+const TEX_SHAPES: &[Conv2dGeometry] = &[
+    geom(1, 1, 1, 1, 1, 1, 1, 1, 0),
+    geom(1, 1, 28, 28, 32, 5, 5, 1, 0),
+    geom(2, 32, 12, 12, 64, 3, 3, 1, 0),
+    geom(3, 3, 7, 9, 5, 3, 3, 1, 1),
+    geom(2, 9, 6, 5, 13, 3, 3, 1, 2),
+    geom(1, 5, 5, 5, 3, 5, 5, 1, 2),
+    geom(4, 6, 11, 13, 9, 1, 1, 1, 0),
+    geom(16, 7, 6, 5, 10, 3, 3, 1, 1),
+    geom(37, 2, 7, 6, 5, 3, 3, 1, 2),
+];
+
+/// Images4 (one input channel): the reference network's first layer at batch 256 and with
+/// padding 2; batches that leave lanes of the last texel empty (1, 5, 7, 9, 3); padding 1–3
+/// (3 past a 3×3 kernel: whole taps of border); output channel counts off the 16-channel
+/// block (1, 5, 9, 17, 20); tap counts off the step of four (1, 4, 6, 9, 25: zero-weight taps
+/// in the last step) and a non-square kernel.
+const IMAGES4_SHAPES: &[Conv2dGeometry] = &[
+    geom(256, 1, 28, 28, 32, 5, 5, 1, 0),
+    geom(1, 1, 1, 1, 1, 1, 1, 1, 0),
+    geom(5, 1, 9, 7, 20, 3, 3, 1, 1),
+    geom(7, 1, 6, 6, 5, 5, 5, 1, 2),
+    geom(4, 1, 5, 8, 16, 2, 2, 1, 1),
+    geom(3, 1, 4, 4, 17, 3, 3, 1, 3),
+    geom(6, 1, 7, 5, 9, 2, 3, 1, 0),
+    geom(9, 1, 28, 28, 32, 5, 5, 1, 2),
+];
+
+fn shapes(path: Path) -> &'static [Conv2dGeometry] {
+    match path {
+        Path::Storage => SHAPES,
+        Path::Texels => TEX_SHAPES,
+        Path::Images4 => IMAGES4_SHAPES,
+    }
+}
+
+/// Small geometries for finite differences: with stride and padding for the storage path,
+/// with padding and a 2×2 kernel for the texel path.
 const FD_SHAPES: &[Conv2dGeometry] = &[
     geom(1, 2, 5, 4, 3, 3, 3, 1, 1),
     geom(2, 1, 6, 6, 2, 3, 2, 2, 1),
     geom(1, 2, 4, 5, 2, 2, 3, 3, 2),
 ];
+const TEX_FD_SHAPES: &[Conv2dGeometry] = &[
+    geom(1, 2, 5, 4, 3, 3, 3, 1, 1),
+    geom(2, 5, 4, 4, 6, 2, 2, 1, 0),
+];
+
+/// Images4 has no backward, so no finite differences.
+fn fd_shapes(path: Path) -> &'static [Conv2dGeometry] {
+    match path {
+        Path::Storage => FD_SHAPES,
+        Path::Texels => TEX_FD_SHAPES,
+        Path::Images4 => &[],
+    }
+}
 
 struct Case {
     x: Vec<f32>,
@@ -62,109 +146,209 @@ struct Case {
     dy: Vec<f32>,
 }
 
-fn case(g: &Conv2dGeometry, seed: u64) -> Case {
+/// Random inputs in [-1, 1), as tensors of `dtype` hold them (rounded to f16 for f16).
+fn case(g: &Conv2dGeometry, seed: u64, dtype: DType) -> Case {
     let mut r = rng(seed);
     let len = |s: [usize; 4]| s.iter().product();
+    let mut draw = |n| as_dtype(&uniform(&mut r, n, -1.0, 1.0), dtype);
     Case {
-        x: uniform(&mut r, len(g.input_shape()), -1.0, 1.0),
-        w: uniform(&mut r, len(g.weight_shape()), -1.0, 1.0),
-        b: uniform(&mut r, g.o, -1.0, 1.0),
-        dy: uniform(&mut r, len(g.output_shape()), -1.0, 1.0),
+        x: draw(len(g.input_shape())),
+        w: draw(len(g.weight_shape())),
+        b: draw(g.o),
+        dy: draw(len(g.output_shape())),
     }
 }
 
+/// The case's tensors, of `dtype`.
+struct Tensors {
+    x: Tensor,
+    w: Tensor,
+    b: Tensor,
+    dy: Tensor,
+}
+
+fn tensors(g: &Conv2dGeometry, c: &Case, dtype: DType) -> Tensors {
+    Tensors {
+        x: upload_as(&c.x, &g.input_shape(), dtype),
+        w: upload_as(&c.w, &g.weight_shape(), dtype),
+        b: upload_as(&c.b, &[g.o], dtype),
+        dy: upload_as(&c.dy, &g.output_shape(), dtype),
+    }
+}
+
+// ---- dispatch: each path's launchers ----
+
+/// y = conv2d(x, w) + b on `path`.
+fn launch_forward(path: Path, g: &Conv2dGeometry, t: &Tensors, y: &Tensor) -> Kernel {
+    match path {
+        Path::Storage => conv2d::forward(gpu(), &t.x, &t.w, &t.b, y, g.stride, g.pad).unwrap(),
+        Path::Texels => launch_texel_forward(g, t, y).0,
+        Path::Images4 => conv2d::forward_packed_images4(gpu(), &t.x, &t.w, &t.b, y, g.pad).unwrap(),
+    }
+}
+
+/// The texel forward and the x texels it packs, which conv2d_grad_weight_tex reads.
+fn launch_texel_forward(g: &Conv2dGeometry, t: &Tensors, y: &Tensor) -> (Kernel, Texels) {
+    let (kernel, xt) = conv2d::forward_packed(gpu(), &t.x, &t.w, &t.b, y, g.pad).unwrap();
+    assert_eq!(xt.dtype(), t.x.dtype(), "the x texels of {g:?}");
+    (kernel, xt)
+}
+
+/// dx from dy on `path`.
+fn launch_grad_input(path: Path, g: &Conv2dGeometry, t: &Tensors, dx: &Tensor) -> Kernel {
+    match path {
+        Path::Storage => conv2d::grad_input(gpu(), &t.dy, &t.w, dx, g.stride, g.pad).unwrap(),
+        Path::Texels => conv2d::grad_input_packed(gpu(), &t.dy, &t.w, dx, g.pad).unwrap(),
+        Path::Images4 => unreachable!("conv2d_forward_tex_images4 has no backward"),
+    }
+}
+
+/// The storage grad_weight unsplit (`None`, as the launcher splits) or in `splits` splits.
+fn launch_grad_weight_split(
+    g: &Conv2dGeometry,
+    t: &Tensors,
+    dw: &Tensor,
+    splits: Option<usize>,
+) -> Kernel {
+    match splits {
+        Some(s) => conv2d::grad_weight_split(gpu(), &t.dy, &t.x, dw, g.stride, g.pad, s),
+        None => conv2d::grad_weight(gpu(), &t.dy, &t.x, dw, g.stride, g.pad),
+    }
+    .unwrap()
+}
+
+/// The texel grad_weight from `xt` (the x texels of the texel forward), with db where given.
+fn launch_texel_grad_weight(
+    g: &Conv2dGeometry,
+    t: &Tensors,
+    xt: &Texels,
+    dw: &Tensor,
+    db: Option<&Tensor>,
+) -> Kernel {
+    conv2d::grad_weight_packed(gpu(), &t.dy, xt, dw, db, g).unwrap()
+}
+
+/// dw under each variant of `path`, labelled, and db: on the storage path conv2d_grad_weight
+/// as the launcher splits it and split at every count from 1 to N (a last split short of
+/// images, the reduce pass summing the splits), db from conv2d_grad_bias; on the texel path
+/// conv2d_grad_weight_tex once, db summed from the same dy fetches (the shapes split their
+/// positions from one chunk to many, so the bias partials are summed from one split and from
+/// many).
+fn grad_weight_and_bias(
+    path: Path,
+    g: &Conv2dGeometry,
+    t: &Tensors,
+) -> (Vec<(String, Vec<f32>)>, Vec<f32>) {
+    let db = zeros(&[g.o]);
+    match path {
+        Path::Storage => {
+            let dws = std::iter::once(None)
+                .chain((1..=g.n).map(Some))
+                .map(|splits| {
+                    let dw = zeros(&g.weight_shape());
+                    let kernel = launch_grad_weight_split(g, t, &dw, splits);
+                    (format!("splits {splits:?}"), run_and_read(&kernel, &dw))
+                })
+                .collect();
+            let kernel = conv2d::grad_bias(gpu(), &t.dy, &db).unwrap();
+            (dws, run_and_read(&kernel, &db))
+        }
+        Path::Texels => {
+            let (dw, y) = (
+                zeros(&g.weight_shape()),
+                zeros_as(&g.output_shape(), t.x.dtype()),
+            );
+            let (forward, xt) = launch_texel_forward(g, t, &y);
+            let kernel = launch_texel_grad_weight(g, t, &xt, &dw, Some(&db));
+            gpu().run(&[&forward, &kernel]);
+            (
+                vec![("with db".to_string(), gpu().read_f32(&dw).unwrap())],
+                gpu().read_f32(&db).unwrap(),
+            )
+        }
+        Path::Images4 => unreachable!("conv2d_forward_tex_images4 has no backward"),
+    }
+}
+
+// ---- against the CPU ----
+
 #[test]
 fn conv2d_forward_matches_cpu() {
-    for (seed, g) in SHAPES.iter().enumerate() {
-        let c = case(g, seed as u64);
-        let y = zeros(&g.output_shape());
-        let kernel = conv2d::forward(
-            gpu(),
-            &upload(&c.x, &g.input_shape()),
-            &upload(&c.w, &g.weight_shape()),
-            &upload(&c.b, &[g.o]),
-            &y,
-            g.stride,
-            g.pad,
-        )
-        .unwrap();
-        let got = run_and_read(&kernel, &y);
+    for p in matrix(&FORWARD_PATHS, &DTYPES, shapes) {
+        let (g, dtype) = (&p.shape, p.dtype);
+        let c = case(g, p.seed, dtype);
+        let y = zeros_as(&g.output_shape(), dtype);
+        let kernel = launch_forward(p.path, g, &tensors(g, &c, dtype), &y);
         let want = cpu::conv2d_forward(&c.x, &c.w, &c.b, g);
-        // C·KH·KW products plus the bias, in another order: 2·γ·Σ|terms| (Σ|terms| is the
-        // reference run on |x|, |w|, |b|).
+        // C·KH·KW products plus the bias, in another order (the padded taps add exact zeros):
+        // 2·γ·Σ|terms| (Σ|terms| is the reference run on |x|, |w|, |b|); then stored as y's type.
         let magnitude = cpu::conv2d_forward(&abs(&c.x), &abs(&c.w), &abs(&c.b), g);
+        let bound = linear_bound(g.c * g.kh * g.kw + 1, &magnitude);
         assert_within(
-            &format!("conv2d_forward {g:?}"),
-            &got,
+            &format!("conv2d_forward {p}"),
+            &run_and_read_floats(&kernel, &y),
             &want,
-            &linear_bound(g.c * g.kh * g.kw + 1, &magnitude),
+            &stored_bound(bound, &want, dtype),
         );
     }
 }
 
 #[test]
 fn conv2d_grad_input_matches_cpu() {
-    for (seed, g) in SHAPES.iter().enumerate() {
-        let c = case(g, seed as u64);
-        let dx = zeros(&g.input_shape());
-        let kernel = conv2d::grad_input(
-            gpu(),
-            &upload(&c.dy, &g.output_shape()),
-            &upload(&c.w, &g.weight_shape()),
-            &dx,
-            g.stride,
-            g.pad,
-        )
-        .unwrap();
-        let got = run_and_read(&kernel, &dx);
+    for p in matrix(&GRAD_PATHS, &DTYPES, shapes) {
+        let (g, dtype) = (&p.shape, p.dtype);
+        let c = case(g, 100 + p.seed, dtype);
+        let dx = zeros_as(&g.input_shape(), dtype);
+        let kernel = launch_grad_input(p.path, g, &tensors(g, &c, dtype), &dx);
         let want = cpu::conv2d_grad_input(&c.dy, &c.w, g);
-        // Each dx element sums at most O·KH·KW products.
+        // Each dx element sums at most O·KH·KW products (the padded taps add exact zeros);
+        // then stored as dx's type.
         let magnitude = cpu::conv2d_grad_input(&abs(&c.dy), &abs(&c.w), g);
+        let bound = linear_bound(g.o * g.kh * g.kw, &magnitude);
         assert_within(
-            &format!("conv2d_grad_input {g:?}"),
-            &got,
+            &format!("conv2d_grad_input {p}"),
+            &run_and_read_floats(&kernel, &dx),
             &want,
-            &linear_bound(g.o * g.kh * g.kw, &magnitude),
+            &stored_bound(bound, &want, dtype),
         );
     }
 }
 
-fn check_grad_weight(g: &Conv2dGeometry, c: &Case, splits: Option<usize>) {
-    let dw = zeros(&g.weight_shape());
-    let (dy, x) = (
-        upload(&c.dy, &g.output_shape()),
-        upload(&c.x, &g.input_shape()),
-    );
-    let kernel = match splits {
-        Some(s) => conv2d::grad_weight_split(gpu(), &dy, &x, &dw, g.stride, g.pad, s),
-        None => conv2d::grad_weight(gpu(), &dy, &x, &dw, g.stride, g.pad),
-    }
-    .unwrap();
-    let got = run_and_read(&kernel, &dw);
-    let want = cpu::conv2d_grad_weight(&c.dy, &c.x, g);
-    // Each dw element sums N·OH·OW products (split or not, the bound covers any order).
-    let magnitude = cpu::conv2d_grad_weight(&abs(&c.dy), &abs(&c.x), g);
-    let terms = g.n * g.out_h() * g.out_w();
-    assert_within(
-        &format!("conv2d_grad_weight {g:?} splits {splits:?}"),
-        &got,
-        &want,
-        &linear_bound(terms, &magnitude),
-    );
-}
-
 #[test]
-fn conv2d_grad_weight_matches_cpu() {
-    for (seed, g) in SHAPES.iter().enumerate() {
-        let c = case(g, seed as u64);
-        check_grad_weight(g, &c, None);
-        check_grad_weight(g, &c, Some(1));
+fn conv2d_grad_weight_and_bias_match_cpu() {
+    for p in matrix(&GRAD_PATHS, &DTYPES, shapes) {
+        let (g, dtype) = (&p.shape, p.dtype);
+        let c = case(g, 200 + p.seed, dtype);
+        let (dws, db) = grad_weight_and_bias(p.path, g, &tensors(g, &c, dtype));
+        // Each dw element sums N·OH·OW products (split or not, the bound covers any order),
+        // each db element N·OH·OW entries of dy; both are f32 whatever the operands.
+        let terms = g.n * g.out_h() * g.out_w();
+        let want = cpu::conv2d_grad_weight(&c.dy, &c.x, g);
+        let magnitude = cpu::conv2d_grad_weight(&abs(&c.dy), &abs(&c.x), g);
+        let bound = linear_bound(terms, &magnitude);
+        for (variant, dw) in &dws {
+            assert_within(
+                &format!("conv2d_grad_weight {variant} {p}"),
+                dw,
+                &want,
+                &bound,
+            );
+        }
+        let plane = g.out_h() * g.out_w();
+        let magnitude = cpu::conv2d_grad_bias(&abs(&c.dy), g.n, g.o, plane);
+        assert_within(
+            &format!("conv2d_grad_bias {p}"),
+            &db,
+            &cpu::conv2d_grad_bias(&c.dy, g.n, g.o, plane),
+            &linear_bound(terms, &magnitude),
+        );
     }
 }
 
 #[test]
 fn conv2d_grad_weight_reduce_matches_cpu() {
-    // The reduce pass alone, on random partial sums...
+    // The reduce pass alone, on random partial sums (conv2d_grad_weight_and_bias_match_cpu
+    // runs it after the split first pass).
     for (seed, &(splits, shape)) in [(1, [1, 1, 1, 1]), (3, [5, 2, 3, 3]), (7, [64, 32, 3, 3])]
         .iter()
         .enumerate()
@@ -186,96 +370,128 @@ fn conv2d_grad_weight_reduce_matches_cpu() {
             &linear_bound(splits, &magnitude),
         );
     }
-    // ...and composed with the split first pass, at split counts that leave a short last split.
-    for (seed, g) in SHAPES.iter().enumerate().filter(|(_, g)| g.n > 1) {
-        let c = case(g, 50 + seed as u64);
-        for splits in 2..=g.n {
-            check_grad_weight(g, &c, Some(splits));
-        }
-    }
 }
 
+/// The texel path's handoffs as the tape runs them, in f32 and f16: dy packed once with
+/// grad_input's border (pack_nhwc4) serves both grad_input_tex (conv2d_grad_input's texel
+/// kernel) and conv2d_grad_weight_tex, which must give the bits of the launchers that pack dy
+/// themselves (the same products in the same order); without db, grad_weight writes the same
+/// dw; texels packed with another border are refused.
 #[test]
-fn conv2d_grad_bias_matches_cpu() {
-    for (seed, g) in SHAPES
-        .iter()
-        .chain(&[geom(3, 1, 30, 30, 2, 3, 3, 1, 0)])
-        .enumerate()
-    {
-        let c = case(g, seed as u64);
-        let db = zeros(&[g.o]);
-        let kernel = conv2d::grad_bias(gpu(), &upload(&c.dy, &g.output_shape()), &db).unwrap();
-        let got = run_and_read(&kernel, &db);
-        let plane = g.out_h() * g.out_w();
-        let want = cpu::conv2d_grad_bias(&c.dy, g.n, g.o, plane);
-        let magnitude = cpu::conv2d_grad_bias(&abs(&c.dy), g.n, g.o, plane);
-        assert_within(
-            &format!("conv2d_grad_bias {g:?}"),
-            &got,
-            &want,
-            &linear_bound(g.n * plane, &magnitude),
+fn conv2d_texel_handoffs_give_the_launchers_bits() {
+    for p in dtype_matrix(&DTYPES, TEX_SHAPES) {
+        let (g, dtype) = (&p.shape, p.dtype);
+        let t = tensors(g, &case(g, 300 + p.seed, dtype), dtype);
+        let y = zeros_as(&g.output_shape(), dtype);
+        let (forward, xt) = launch_texel_forward(g, &t, &y);
+        let dx = zeros_as(&g.input_shape(), dtype);
+        let (dw, db, dw_only) = (
+            zeros(&g.weight_shape()),
+            zeros(&[g.o]),
+            zeros(&g.weight_shape()),
+        );
+        gpu().run(&[
+            &forward,
+            &launch_grad_input(Path::Texels, g, &t, &dx),
+            &launch_texel_grad_weight(g, &t, &xt, &dw, Some(&db)),
+            &launch_texel_grad_weight(g, &t, &xt, &dw_only, None),
+        ]);
+        let dy_pad = g.grad_input_pad();
+        let (pack_dy, dyt) = pack::nhwc4(gpu(), &t.dy, dy_pad, 1).unwrap();
+        assert_eq!(dyt.dtype(), dtype, "dy texels {p}");
+        let dx_tex = zeros_as(&g.input_shape(), dtype);
+        let (dw_pad, db_pad) = (zeros(&g.weight_shape()), zeros(&[g.o]));
+        let grad_input = conv2d::grad_input_tex(gpu(), &dyt, &t.w, &dx_tex, g.pad).unwrap();
+        let grad_weight =
+            conv2d::grad_weight_tex(gpu(), g, &xt, &dyt, dy_pad, &dw_pad, Some(&db_pad)).unwrap();
+        gpu().run(&[&forward, &pack_dy, &grad_input, &grad_weight]);
+        let floats = |t: &Tensor| gpu().read_floats(t).unwrap();
+        assert_eq!(
+            floats(&dx_tex),
+            floats(&dx),
+            "grad_input_tex from the shared dy texels {p}"
+        );
+        assert_eq!(
+            floats(&dw_pad),
+            floats(&dw),
+            "dw from the shared dy texels {p}"
+        );
+        assert_eq!(
+            floats(&db_pad),
+            floats(&db),
+            "db from the shared dy texels {p}"
+        );
+        assert_eq!(floats(&dw_only), floats(&dw), "dw with and without db {p}");
+        let other_border = conv2d::grad_weight_tex(gpu(), g, &xt, &dyt, dy_pad + 1, &dw_pad, None);
+        assert!(
+            other_border.is_err(),
+            "{p}: texels of another border accepted"
         );
     }
 }
 
-/// A small case with the finite-difference gradients of L = Σ dy ⊙ conv2d_forward(x, w, b)
-/// (f64 reference forward): what the backward entries compute for upstream dy.
-struct FdCase {
-    g: Conv2dGeometry,
-    case: Case,
-    fd_x: Vec<f64>,
-    fd_w: Vec<f64>,
-    fd_b: Vec<f64>,
+#[test]
+fn conv2d_grad_weight_tex_survives_long_reductions() {
+    // 64 → 64 channels leave one split on a CPU adapter, so one invocation would walk all
+    // 340·14 output rows of 14 positions (~71,000 loop iterations): past llvmpipe's 65,535
+    // iterations per invocation, beyond which it silently stops looping. The launcher must
+    // split the rows finer than that.
+    let g = geom(340, 64, 16, 16, 64, 3, 3, 1, 0);
+    let c = case(&g, 900, DType::F32);
+    let (dws, db) = grad_weight_and_bias(Path::Texels, &g, &tensors(&g, &c, DType::F32));
+    let terms = g.n * g.out_h() * g.out_w();
+    let magnitude = cpu::conv2d_grad_weight(&abs(&c.dy), &abs(&c.x), &g);
+    assert_within(
+        "conv2d_grad_weight_tex, long reduction",
+        &dws[0].1,
+        &cpu::conv2d_grad_weight(&c.dy, &c.x, &g),
+        &linear_bound(terms, &magnitude),
+    );
+    let magnitude = cpu::conv2d_grad_bias(&abs(&c.dy), g.n, g.o, g.out_h() * g.out_w());
+    assert_within(
+        "conv2d_grad_weight_tex bias, long reduction",
+        &db,
+        &cpu::conv2d_grad_bias(&c.dy, g.n, g.o, g.out_h() * g.out_w()),
+        &linear_bound(terms, &magnitude),
+    );
 }
 
-fn fd_cases() -> Vec<FdCase> {
-    FD_SHAPES
-        .iter()
-        .enumerate()
-        .map(|(seed, g)| {
-            let case = case(g, 200 + seed as u64);
-            let (x, w, b, dy) = (
-                to_f64(&case.x),
-                to_f64(&case.w),
-                to_f64(&case.b),
-                to_f64(&case.dy),
-            );
-            let loss = |x: &[f64], w: &[f64], b: &[f64]| dot(&dy, &cpu::conv2d_forward(x, w, b, g));
-            FdCase {
-                g: *g,
-                fd_x: finite_difference(|v| loss(v, &w, &b), &x, FD_STEP),
-                fd_w: finite_difference(|v| loss(&x, v, &b), &w, FD_STEP),
-                fd_b: finite_difference(|v| loss(&x, &w, v), &b, FD_STEP),
-                case,
-            }
-        })
-        .collect()
-}
+// ---- against finite differences ----
 
 // GPU against finite differences: f32 sums of at most ~50 products of values in [-1, 1];
 // 1e-5 of the largest entry is ~100 ulps, above rounding and far below any indexing or
 // padding mistake.
 const GPU_FD_RTOL: f64 = 1e-5;
 
+/// Finite differences of L = Σ dy ⊙ conv2d_forward(x, w, b) (f64 reference forward), the
+/// scalar whose gradients the backward entries compute for upstream dy, with respect to the
+/// input `of` picks: 0 for x, 1 for w, 2 for b.
+fn fd_of(g: &Conv2dGeometry, c: &Case, of: usize) -> Vec<f64> {
+    let inputs = [to_f64(&c.x), to_f64(&c.w), to_f64(&c.b)];
+    let dy = to_f64(&c.dy);
+    let loss = |u: &[f64]| {
+        let mut v = inputs.clone();
+        v[of] = u.to_vec();
+        dot(&dy, &cpu::conv2d_forward(&v[0], &v[1], &v[2], g))
+    };
+    finite_difference(loss, &inputs[of], FD_STEP)
+}
+
 #[test]
 fn conv2d_grad_input_matches_finite_differences() {
-    for FdCase {
-        g, case: c, fd_x, ..
-    } in fd_cases()
-    {
+    for p in matrix(&GRAD_PATHS, &F32_ONLY, fd_shapes) {
+        let g = &p.shape;
+        let c = case(g, 400 + p.seed, DType::F32);
+        let fd_x = fd_of(g, &c, 0);
         assert_matches_fd(
-            "cpu conv2d_grad_input",
-            &cpu::conv2d_grad_input(&to_f64(&c.dy), &to_f64(&c.w), &g),
+            &format!("cpu conv2d_grad_input {p}"),
+            &cpu::conv2d_grad_input(&to_f64(&c.dy), &to_f64(&c.w), g),
             &fd_x,
         );
         let dx = zeros(&g.input_shape());
-        let (dy, w) = (
-            upload(&c.dy, &g.output_shape()),
-            upload(&c.w, &g.weight_shape()),
-        );
-        let kernel = conv2d::grad_input(gpu(), &dy, &w, &dx, g.stride, g.pad).unwrap();
+        let kernel = launch_grad_input(p.path, g, &tensors(g, &c, DType::F32), &dx);
         assert_gpu_matches_fd(
-            "conv2d_grad_input",
+            &format!("conv2d_grad_input {p}"),
             &run_and_read(&kernel, &dx),
             &fd_x,
             GPU_FD_RTOL,
@@ -284,57 +500,32 @@ fn conv2d_grad_input_matches_finite_differences() {
 }
 
 #[test]
-fn conv2d_grad_weight_matches_finite_differences() {
-    for FdCase {
-        g, case: c, fd_w, ..
-    } in fd_cases()
-    {
-        assert_matches_fd(
-            "cpu conv2d_grad_weight",
-            &cpu::conv2d_grad_weight(&to_f64(&c.dy), &to_f64(&c.x), &g),
-            &fd_w,
-        );
-        let (dy, x) = (
-            upload(&c.dy, &g.output_shape()),
-            upload(&c.x, &g.input_shape()),
-        );
-        // Unsplit and split into one image per split (the reduce pass included).
-        for splits in [1, g.n] {
-            let dw = zeros(&g.weight_shape());
-            let kernel =
-                conv2d::grad_weight_split(gpu(), &dy, &x, &dw, g.stride, g.pad, splits).unwrap();
-            assert_gpu_matches_fd(
-                "conv2d_grad_weight",
-                &run_and_read(&kernel, &dw),
-                &fd_w,
-                GPU_FD_RTOL,
-            );
-        }
-    }
-}
-
-#[test]
-fn conv2d_grad_bias_matches_finite_differences() {
-    for FdCase {
-        g, case: c, fd_b, ..
-    } in fd_cases()
-    {
+fn conv2d_grad_weight_and_bias_match_finite_differences() {
+    for p in matrix(&GRAD_PATHS, &F32_ONLY, fd_shapes) {
+        let g = &p.shape;
+        let c = case(g, 500 + p.seed, DType::F32);
+        let (fd_w, fd_b) = (fd_of(g, &c, 1), fd_of(g, &c, 2));
         let plane = g.out_h() * g.out_w();
         assert_matches_fd(
-            "cpu conv2d_grad_bias",
+            &format!("cpu conv2d_grad_weight {p}"),
+            &cpu::conv2d_grad_weight(&to_f64(&c.dy), &to_f64(&c.x), g),
+            &fd_w,
+        );
+        assert_matches_fd(
+            &format!("cpu conv2d_grad_bias {p}"),
             &cpu::conv2d_grad_bias(&to_f64(&c.dy), g.n, g.o, plane),
             &fd_b,
         );
-        let db = zeros(&[g.o]);
-        let kernel = conv2d::grad_bias(gpu(), &upload(&c.dy, &g.output_shape()), &db).unwrap();
-        assert_gpu_matches_fd(
-            "conv2d_grad_bias",
-            &run_and_read(&kernel, &db),
-            &fd_b,
-            GPU_FD_RTOL,
-        );
+        let (dws, db) = grad_weight_and_bias(p.path, g, &tensors(g, &c, DType::F32));
+        for (variant, dw) in &dws {
+            let what = format!("conv2d_grad_weight {variant} {p}");
+            assert_gpu_matches_fd(&what, dw, &fd_w, GPU_FD_RTOL);
+        }
+        assert_gpu_matches_fd(&format!("conv2d_grad_bias {p}"), &db, &fd_b, GPU_FD_RTOL);
     }
 }
+
+// ---- refusals ----
 
 #[test]
 fn conv2d_forward_rejects_mismatched_channels() {
@@ -360,197 +551,6 @@ fn conv2d_forward_rejects_mismatched_channels() {
     assert!(err.to_string().contains("does not fit"), "{err}");
 }
 
-// ---- the texel path (stride 1, square kernels) ----
-
-/// Shapes the texel kernels take: channel counts off the 4-channel texel and the 8-channel
-/// block (1, 3, 5, 9, 13), position counts off the 8-position block, padding 0–2, batch 1,
-/// and the reference network's two layers. Over padding (and in every grad_input) positions
-/// run images innermost and border taps are skipped per block of 16: batches of 16 and 37
-/// give blocks of one (oy, ox) and blocks that straddle two.
-const TEX_SHAPES: &[Conv2dGeometry] = &[
-    geom(1, 1, 1, 1, 1, 1, 1, 1, 0),
-    geom(1, 1, 28, 28, 32, 5, 5, 1, 0),
-    geom(2, 32, 12, 12, 64, 3, 3, 1, 0),
-    geom(3, 3, 7, 9, 5, 3, 3, 1, 1),
-    geom(2, 9, 6, 5, 13, 3, 3, 1, 2),
-    geom(1, 5, 5, 5, 3, 5, 5, 1, 2),
-    geom(4, 6, 11, 13, 9, 1, 1, 1, 0),
-    geom(16, 7, 6, 5, 10, 3, 3, 1, 1),
-    geom(37, 2, 7, 6, 5, 3, 3, 1, 2),
-];
-
-fn tex_forward(g: &Conv2dGeometry, c: &Case) -> (Kernel, Texels, Tensor) {
-    let y = zeros(&g.output_shape());
-    let (kernel, xt) = conv2d::forward_packed(
-        gpu(),
-        &upload(&c.x, &g.input_shape()),
-        &upload(&c.w, &g.weight_shape()),
-        &upload(&c.b, &[g.o]),
-        &y,
-        g.pad,
-    )
-    .unwrap();
-    (kernel, xt, y)
-}
-
-#[test]
-fn conv2d_forward_tex_matches_cpu() {
-    for (seed, g) in TEX_SHAPES.iter().enumerate() {
-        let c = case(g, 300 + seed as u64);
-        let (kernel, _, y) = tex_forward(g, &c);
-        let got = run_and_read(&kernel, &y);
-        // As conv2d_forward: C·KH·KW products and the bias in another order.
-        let magnitude = cpu::conv2d_forward(&abs(&c.x), &abs(&c.w), &abs(&c.b), g);
-        assert_within(
-            &format!("conv2d_forward_tex {g:?}"),
-            &got,
-            &cpu::conv2d_forward(&c.x, &c.w, &c.b, g),
-            &linear_bound(g.c * g.kh * g.kw + 1, &magnitude),
-        );
-    }
-}
-
-/// grad_input on the texel path: conv2d_forward_tex over dy padded by KH − 1 − pad with the
-/// weights flipped by pack_conv_weight.
-#[test]
-fn conv2d_forward_tex_computes_grad_input() {
-    for (seed, g) in TEX_SHAPES.iter().enumerate() {
-        let c = case(g, 400 + seed as u64);
-        let dx = zeros(&g.input_shape());
-        let kernel = conv2d::grad_input_packed(
-            gpu(),
-            &upload(&c.dy, &g.output_shape()),
-            &upload(&c.w, &g.weight_shape()),
-            &dx,
-            g.pad,
-        )
-        .unwrap();
-        let got = run_and_read(&kernel, &dx);
-        // At most O·KH·KW products per element (the padded taps add exact zeros).
-        let magnitude = cpu::conv2d_grad_input(&abs(&c.dy), &abs(&c.w), g);
-        assert_within(
-            &format!("conv2d_grad_input (texels) {g:?}"),
-            &got,
-            &cpu::conv2d_grad_input(&c.dy, &c.w, g),
-            &linear_bound(g.o * g.kh * g.kw, &magnitude),
-        );
-    }
-}
-
-/// dw and db through conv2d_grad_weight_tex (db summed from the same dy fetches).
-fn tex_grad_weight(g: &Conv2dGeometry, c: &Case) -> (Vec<f32>, Vec<f32>) {
-    let (forward, xt, _) = tex_forward(g, c);
-    let (dw, db) = (zeros(&g.weight_shape()), zeros(&[g.o]));
-    let dy = upload(&c.dy, &g.output_shape());
-    let kernel = conv2d::grad_weight_packed(gpu(), &dy, &xt, &dw, Some(&db), g).unwrap();
-    gpu().run(&[&forward, &kernel]);
-    (gpu().read_f32(&dw).unwrap(), gpu().read_f32(&db).unwrap())
-}
-
-#[test]
-fn conv2d_grad_weight_tex_matches_cpu() {
-    // The shapes split their positions from 1 chunk (the first) to many (the reference
-    // layers), so the bias partials are summed from one split and from many.
-    for (seed, g) in TEX_SHAPES.iter().enumerate() {
-        let c = case(g, 500 + seed as u64);
-        let (dw, db) = tex_grad_weight(g, &c);
-        let terms = g.n * g.out_h() * g.out_w();
-        let magnitude = cpu::conv2d_grad_weight(&abs(&c.dy), &abs(&c.x), g);
-        assert_within(
-            &format!("conv2d_grad_weight_tex {g:?}"),
-            &dw,
-            &cpu::conv2d_grad_weight(&c.dy, &c.x, g),
-            &linear_bound(terms, &magnitude),
-        );
-        // db sums N·OH·OW entries of dy.
-        let magnitude = cpu::conv2d_grad_bias(&abs(&c.dy), g.n, g.o, g.out_h() * g.out_w());
-        assert_within(
-            &format!("conv2d_grad_weight_tex bias {g:?}"),
-            &db,
-            &cpu::conv2d_grad_bias(&c.dy, g.n, g.o, g.out_h() * g.out_w()),
-            &linear_bound(terms, &magnitude),
-        );
-        // Without db the single-split case writes dw directly.
-        let (forward, xt, _) = tex_forward(g, &c);
-        let dw_only = zeros(&g.weight_shape());
-        let kernel = conv2d::grad_weight_packed(
-            gpu(),
-            &upload(&c.dy, &g.output_shape()),
-            &xt,
-            &dw_only,
-            None,
-            g,
-        )
-        .unwrap();
-        gpu().run(&[&forward, &kernel]);
-        assert_eq!(
-            gpu().read_f32(&dw_only).unwrap(),
-            dw,
-            "dw with and without db {g:?}"
-        );
-        // From dy packed with grad_input's border (the one packing both products share):
-        // the same products in the same order, so the same bits.
-        let dy_pad = g.kh - 1 - g.pad;
-        let (pack_dy, dyt) =
-            pack::nhwc4(gpu(), &upload(&c.dy, &g.output_shape()), dy_pad, 1).unwrap();
-        let (dw_pad, db_pad) = (zeros(&g.weight_shape()), zeros(&[g.o]));
-        let kernel =
-            conv2d::grad_weight_tex(gpu(), g, &xt, &dyt, dy_pad, &dw_pad, Some(&db_pad)).unwrap();
-        gpu().run(&[&forward, &pack_dy, &kernel]);
-        assert_eq!(
-            gpu().read_f32(&dw_pad).unwrap(),
-            dw,
-            "dw from padded dy {g:?}"
-        );
-        assert_eq!(
-            gpu().read_f32(&db_pad).unwrap(),
-            db,
-            "db from padded dy {g:?}"
-        );
-        // Texels packed with another border are refused.
-        let err = conv2d::grad_weight_tex(gpu(), g, &xt, &dyt, dy_pad + 1, &dw_pad, None);
-        assert!(err.is_err(), "{g:?}: texels of another border accepted");
-    }
-}
-
-#[test]
-fn conv2d_texel_gradients_match_finite_differences() {
-    let shapes = [
-        geom(1, 2, 5, 4, 3, 3, 3, 1, 1),
-        geom(2, 5, 4, 4, 6, 2, 2, 1, 0),
-    ];
-    for (seed, g) in shapes.iter().enumerate() {
-        let c = case(g, 600 + seed as u64);
-        let (x, w, b, dy) = (to_f64(&c.x), to_f64(&c.w), to_f64(&c.b), to_f64(&c.dy));
-        let loss = |x: &[f64], w: &[f64]| dot(&dy, &cpu::conv2d_forward(x, w, &b, g));
-        let fd_x = finite_difference(|v| loss(v, &w), &x, FD_STEP);
-        let fd_w = finite_difference(|v| loss(&x, v), &w, FD_STEP);
-        let dx = zeros(&g.input_shape());
-        let kernel = conv2d::grad_input_packed(
-            gpu(),
-            &upload(&c.dy, &g.output_shape()),
-            &upload(&c.w, &g.weight_shape()),
-            &dx,
-            g.pad,
-        )
-        .unwrap();
-        assert_gpu_matches_fd(
-            "conv2d_grad_input (texels)",
-            &run_and_read(&kernel, &dx),
-            &fd_x,
-            GPU_FD_RTOL,
-        );
-        let fd_b = finite_difference(
-            |v| dot(&dy, &cpu::conv2d_forward(&x, &w, v, g)),
-            &b,
-            FD_STEP,
-        );
-        let (dw, db) = tex_grad_weight(g, &c);
-        assert_gpu_matches_fd("conv2d_grad_weight_tex", &dw, &fd_w, GPU_FD_RTOL);
-        assert_gpu_matches_fd("conv2d_grad_weight_tex bias", &db, &fd_b, GPU_FD_RTOL);
-    }
-}
-
 #[test]
 fn conv2d_texel_path_refuses_what_it_does_not_cover() {
     assert!(geom(1, 2, 6, 6, 3, 3, 3, 1, 2).texel_path_fits());
@@ -567,7 +567,7 @@ fn conv2d_texel_path_refuses_what_it_does_not_cover() {
         "padding 3 of a 3x3"
     );
     let g = geom(1, 2, 6, 6, 3, 3, 3, 1, 3);
-    let c = case(&g, 0);
+    let c = case(&g, 0, DType::F32);
     let err = conv2d::grad_input_packed(
         gpu(),
         &upload(&c.dy, &g.output_shape()),
@@ -580,63 +580,6 @@ fn conv2d_texel_path_refuses_what_it_does_not_cover() {
     assert!(err.contains("padding 3"), "{err}");
 }
 
-// ---- single-channel layers with four images in a texel's lanes ----
-
-/// The reference network's first layer at batch 256 and with padding 2; batches that leave
-/// lanes of the last texel empty (1, 5, 7, 9, 3); padding 1–3 (3 past a 3×3 kernel: whole
-/// taps of border); output channel counts off the 16-channel block (1, 5, 9, 17, 20); tap
-/// counts off the step of four (1, 4, 6, 9, 25: zero-weight taps in the last step) and a
-/// non-square kernel.
-const IMAGES4_SHAPES: &[Conv2dGeometry] = &[
-    geom(256, 1, 28, 28, 32, 5, 5, 1, 0),
-    geom(1, 1, 1, 1, 1, 1, 1, 1, 0),
-    geom(5, 1, 9, 7, 20, 3, 3, 1, 1),
-    geom(7, 1, 6, 6, 5, 5, 5, 1, 2),
-    geom(4, 1, 5, 8, 16, 2, 2, 1, 1),
-    geom(3, 1, 4, 4, 17, 3, 3, 1, 3),
-    geom(6, 1, 7, 5, 9, 2, 3, 1, 0),
-    geom(9, 1, 28, 28, 32, 5, 5, 1, 2),
-];
-
-/// conv2d_forward_tex_images4 (with pack_images4 and pack_rows4 of the weights) against the
-/// CPU, on f32 and on f16 tensors (the reference then takes the f16 values). Bound as
-/// conv2d_forward_tex's: KH·KW products and the bias summed in another order (the padded
-/// taps add exact zeros), 2·γ·Σ|terms|, plus the f16 store's rounding for f16 y. A kernel
-/// reading f16 texels or tensors as f32, or a lane of the wrong image, is far outside.
-#[test]
-fn conv2d_forward_tex_images4_matches_cpu() {
-    for (seed, g) in IMAGES4_SHAPES.iter().enumerate() {
-        for dtype in float_dtypes() {
-            let c = case(g, 1100 + seed as u64);
-            let c = if dtype == F16 { to_f16(&c) } else { c };
-            let y = zeros_as(&g.output_shape(), dtype);
-            let kernel = conv2d::forward_packed_images4(
-                gpu(),
-                &upload_as(&c.x, &g.input_shape(), dtype),
-                &upload_as(&c.w, &g.weight_shape(), dtype),
-                &upload_as(&c.b, &[g.o], dtype),
-                &y,
-                g.pad,
-            )
-            .unwrap();
-            let want = cpu::conv2d_forward(&c.x, &c.w, &c.b, g);
-            let magnitude = cpu::conv2d_forward(&abs(&c.x), &abs(&c.w), &abs(&c.b), g);
-            let sum = linear_bound(g.kh * g.kw + 1, &magnitude);
-            let bound = if dtype == F16 {
-                stored_as_f16(&sum, &want)
-            } else {
-                sum
-            };
-            assert_within(
-                &format!("conv2d_forward_tex_images4 {dtype:?} {g:?}"),
-                &run_and_read_floats(&kernel, &y),
-                &want,
-                &bound,
-            );
-        }
-    }
-}
-
 #[test]
 fn conv2d_forward_tex_images4_refuses_what_it_does_not_cover() {
     let expect_err = |what: &str, r: siamese_gpu::Result<Kernel>, needle: &str| {
@@ -644,7 +587,7 @@ fn conv2d_forward_tex_images4_refuses_what_it_does_not_cover() {
         assert!(err.contains(needle), "{what}: {err}");
     };
     let g = geom(5, 1, 8, 8, 6, 3, 3, 1, 1);
-    let c = case(&g, 0);
+    let c = case(&g, 0, DType::F32);
     let (x, w, b) = (
         upload(&c.x, &g.input_shape()),
         upload(&c.w, &g.weight_shape()),
@@ -684,243 +627,6 @@ fn conv2d_forward_tex_images4_refuses_what_it_does_not_cover() {
         conv2d::forward_packed_images4(gpu(), &x3, &w3, &b, &y, 1),
         "single-channel",
     );
-}
-
-#[test]
-fn conv2d_grad_weight_tex_survives_long_reductions() {
-    // 64 → 64 channels leave one split on a CPU adapter, so one invocation would walk all
-    // 340·14 output rows of 14 positions (~71,000 loop iterations): past llvmpipe's 65,535
-    // iterations per invocation, beyond which it silently stops looping. The launcher must
-    // split the rows finer than that.
-    let g = geom(340, 64, 16, 16, 64, 3, 3, 1, 0);
-    let c = case(&g, 900);
-    let (dw, db) = tex_grad_weight(&g, &c);
-    let terms = g.n * g.out_h() * g.out_w();
-    let magnitude = cpu::conv2d_grad_weight(&abs(&c.dy), &abs(&c.x), &g);
-    assert_within(
-        "conv2d_grad_weight_tex, long reduction",
-        &dw,
-        &cpu::conv2d_grad_weight(&c.dy, &c.x, &g),
-        &linear_bound(terms, &magnitude),
-    );
-    let magnitude = cpu::conv2d_grad_bias(&abs(&c.dy), g.n, g.o, g.out_h() * g.out_w());
-    assert_within(
-        "conv2d_grad_weight_tex bias, long reduction",
-        &db,
-        &cpu::conv2d_grad_bias(&c.dy, g.n, g.o, g.out_h() * g.out_w()),
-        &linear_bound(terms, &magnitude),
-    );
-}
-
-// ---- mixed precision: f16 activations and weight copies, f32 weight and bias gradients ----
-
-/// `c` rounded to f16: what f16 tensors of it hold, and what the CPU reference then takes.
-fn to_f16(c: &Case) -> Case {
-    Case {
-        x: round_f16(&c.x),
-        w: round_f16(&c.w),
-        b: round_f16(&c.b),
-        dy: round_f16(&c.dy),
-    }
-}
-
-/// The bound on an output stored as f16, given `sum`, the bound on its f32 value's distance
-/// to the reference (as in the f32 tests: the f16 inputs are exact, f16 × f16 products are
-/// exact in f32, and the sums run in f32). The store then rounds to the nearest f16, which
-/// moves a value v by at most U16·|v| in f16's normal range and by half the subnormal spacing
-/// (2⁻²⁵) below it: |got − want| ≤ sum·(1 + U16) + U16·|want| + 2⁻²⁵.
-fn stored_as_f16(sum: &[f64], want: &[f32]) -> Vec<f64> {
-    sum.iter()
-        .zip(want)
-        .map(|(&e, &w)| e * (1.0 + U16) + U16 * (w as f64).abs() + 2f64.powi(-25))
-        .collect()
-}
-
-/// The storage-buffer forward and grad_input on f16 tensors (f16 out), against the CPU on
-/// the same f16 values. A kernel reading f16 as f32, or summing in f16, is far outside
-/// (an f16 sum of C·KH·KW terms errs by up to about C·KH·KW·U16·Σ|terms|).
-#[test]
-fn conv2d_f16_forward_and_grad_input_match_cpu() {
-    if !has_f16() {
-        return;
-    }
-    for (seed, g) in SHAPES.iter().enumerate() {
-        let c = to_f16(&case(g, 700 + seed as u64));
-        let y = zeros_as(&g.output_shape(), F16);
-        let kernel = conv2d::forward(
-            gpu(),
-            &upload_as(&c.x, &g.input_shape(), F16),
-            &upload_as(&c.w, &g.weight_shape(), F16),
-            &upload_as(&c.b, &[g.o], F16),
-            &y,
-            g.stride,
-            g.pad,
-        )
-        .unwrap();
-        let want = cpu::conv2d_forward(&c.x, &c.w, &c.b, g);
-        let magnitude = cpu::conv2d_forward(&abs(&c.x), &abs(&c.w), &abs(&c.b), g);
-        assert_within(
-            &format!("conv2d_forward f16 {g:?}"),
-            &run_and_read_floats(&kernel, &y),
-            &want,
-            &stored_as_f16(&linear_bound(g.c * g.kh * g.kw + 1, &magnitude), &want),
-        );
-
-        let dx = zeros_as(&g.input_shape(), F16);
-        let kernel = conv2d::grad_input(
-            gpu(),
-            &upload_as(&c.dy, &g.output_shape(), F16),
-            &upload_as(&c.w, &g.weight_shape(), F16),
-            &dx,
-            g.stride,
-            g.pad,
-        )
-        .unwrap();
-        let want = cpu::conv2d_grad_input(&c.dy, &c.w, g);
-        let magnitude = cpu::conv2d_grad_input(&abs(&c.dy), &abs(&c.w), g);
-        assert_within(
-            &format!("conv2d_grad_input f16 {g:?}"),
-            &run_and_read_floats(&kernel, &dx),
-            &want,
-            &stored_as_f16(&linear_bound(g.o * g.kh * g.kw, &magnitude), &want),
-        );
-    }
-}
-
-/// The storage-buffer grad_weight (unsplit, split at every count, and as the launcher
-/// splits: the f32 reduce pass included) and grad_bias from f16 dy and x, into f32 dw and
-/// db: the f16 values are exact, so the f32 tests' bound holds unchanged (no f16 store).
-#[test]
-fn conv2d_f16_grad_weight_and_bias_match_cpu() {
-    if !has_f16() {
-        return;
-    }
-    for (seed, g) in SHAPES.iter().enumerate() {
-        let c = to_f16(&case(g, 800 + seed as u64));
-        let (dy, x) = (
-            upload_as(&c.dy, &g.output_shape(), F16),
-            upload_as(&c.x, &g.input_shape(), F16),
-        );
-        let want = cpu::conv2d_grad_weight(&c.dy, &c.x, g);
-        let magnitude = cpu::conv2d_grad_weight(&abs(&c.dy), &abs(&c.x), g);
-        let bound = linear_bound(g.n * g.out_h() * g.out_w(), &magnitude);
-        for splits in std::iter::once(None).chain((1..=g.n).map(Some)) {
-            let dw = zeros(&g.weight_shape());
-            let kernel = match splits {
-                Some(s) => conv2d::grad_weight_split(gpu(), &dy, &x, &dw, g.stride, g.pad, s),
-                None => conv2d::grad_weight(gpu(), &dy, &x, &dw, g.stride, g.pad),
-            }
-            .unwrap();
-            assert_within(
-                &format!("conv2d_grad_weight f16 {g:?} splits {splits:?}"),
-                &run_and_read(&kernel, &dw),
-                &want,
-                &bound,
-            );
-        }
-
-        let db = zeros(&[g.o]);
-        let kernel = conv2d::grad_bias(gpu(), &dy, &db).unwrap();
-        let plane = g.out_h() * g.out_w();
-        let magnitude = cpu::conv2d_grad_bias(&abs(&c.dy), g.n, g.o, plane);
-        assert_within(
-            &format!("conv2d_grad_bias f16 {g:?}"),
-            &run_and_read(&kernel, &db),
-            &cpu::conv2d_grad_bias(&c.dy, g.n, g.o, plane),
-            &linear_bound(g.n * plane, &magnitude),
-        );
-    }
-}
-
-/// The texel path on f16 tensors, as the tape runs it: forward_packed (f16 texels, f16 y),
-/// grad_input_packed and grad_input_tex (f16 dx), grad_weight_packed and grad_weight_tex
-/// (f32 dw and db) from the same f16 texels. Bounds as the storage path's.
-#[test]
-fn conv2d_f16_texel_path_matches_cpu() {
-    if !has_f16() {
-        return;
-    }
-    for (seed, g) in TEX_SHAPES.iter().enumerate() {
-        let c = to_f16(&case(g, 1000 + seed as u64));
-        let (x, w, dy) = (
-            upload_as(&c.x, &g.input_shape(), F16),
-            upload_as(&c.w, &g.weight_shape(), F16),
-            upload_as(&c.dy, &g.output_shape(), F16),
-        );
-        let y = zeros_as(&g.output_shape(), F16);
-        let (forward, xt) =
-            conv2d::forward_packed(gpu(), &x, &w, &upload_as(&c.b, &[g.o], F16), &y, g.pad)
-                .unwrap();
-        assert_eq!(xt.dtype(), F16, "x texels of an f16 x");
-        let want = cpu::conv2d_forward(&c.x, &c.w, &c.b, g);
-        let magnitude = cpu::conv2d_forward(&abs(&c.x), &abs(&c.w), &abs(&c.b), g);
-        assert_within(
-            &format!("conv2d_forward_tex f16 {g:?}"),
-            &run_and_read_floats(&forward, &y),
-            &want,
-            &stored_as_f16(&linear_bound(g.c * g.kh * g.kw + 1, &magnitude), &want),
-        );
-
-        let dx = zeros_as(&g.input_shape(), F16);
-        let kernel = conv2d::grad_input_packed(gpu(), &dy, &w, &dx, g.pad).unwrap();
-        let got_dx = run_and_read_floats(&kernel, &dx);
-        let want = cpu::conv2d_grad_input(&c.dy, &c.w, g);
-        let magnitude = cpu::conv2d_grad_input(&abs(&c.dy), &abs(&c.w), g);
-        assert_within(
-            &format!("conv2d_grad_input (texels) f16 {g:?}"),
-            &got_dx,
-            &want,
-            &stored_as_f16(&linear_bound(g.o * g.kh * g.kw, &magnitude), &want),
-        );
-
-        let (dw, db) = (zeros(&g.weight_shape()), zeros(&[g.o]));
-        let kernel = conv2d::grad_weight_packed(gpu(), &dy, &xt, &dw, Some(&db), g).unwrap();
-        gpu().run(&[&forward, &kernel]);
-        let (got_dw, got_db) = (gpu().read_f32(&dw).unwrap(), gpu().read_f32(&db).unwrap());
-        let terms = g.n * g.out_h() * g.out_w();
-        let magnitude = cpu::conv2d_grad_weight(&abs(&c.dy), &abs(&c.x), g);
-        assert_within(
-            &format!("conv2d_grad_weight_tex f16 {g:?}"),
-            &got_dw,
-            &cpu::conv2d_grad_weight(&c.dy, &c.x, g),
-            &linear_bound(terms, &magnitude),
-        );
-        let plane = g.out_h() * g.out_w();
-        let magnitude = cpu::conv2d_grad_bias(&abs(&c.dy), g.n, g.o, plane);
-        assert_within(
-            &format!("conv2d_grad_weight_tex bias f16 {g:?}"),
-            &got_db,
-            &cpu::conv2d_grad_bias(&c.dy, g.n, g.o, plane),
-            &linear_bound(terms, &magnitude),
-        );
-
-        // dy packed once with grad_input's border serves grad_input_tex and grad_weight_tex:
-        // the same products in the same order as above, so the same bits.
-        let dy_pad = g.grad_input_pad();
-        let (pack_dy, dyt) = pack::nhwc4(gpu(), &dy, dy_pad, 1).unwrap();
-        assert_eq!(dyt.dtype(), F16, "dy texels of an f16 dy");
-        let dx_tex = zeros_as(&g.input_shape(), F16);
-        let (dw_pad, db_pad) = (zeros(&g.weight_shape()), zeros(&[g.o]));
-        let grad_input = conv2d::grad_input_tex(gpu(), &dyt, &w, &dx_tex, g.pad).unwrap();
-        let grad_weight =
-            conv2d::grad_weight_tex(gpu(), g, &xt, &dyt, dy_pad, &dw_pad, Some(&db_pad)).unwrap();
-        gpu().run(&[&forward, &pack_dy, &grad_input, &grad_weight]);
-        assert_eq!(
-            gpu().read_floats(&dx_tex).unwrap(),
-            got_dx,
-            "grad_input_tex f16 {g:?}"
-        );
-        assert_eq!(
-            gpu().read_f32(&dw_pad).unwrap(),
-            got_dw,
-            "dw from padded dy f16 {g:?}"
-        );
-        assert_eq!(
-            gpu().read_f32(&db_pad).unwrap(),
-            got_db,
-            "db from padded dy f16 {g:?}"
-        );
-    }
 }
 
 /// Mixed element types are refused with an error naming the mismatch: an f16 op's

@@ -1,5 +1,5 @@
-//! `shaders/distance.wgsl` against `cpu::distance`, and its gradients against finite
-//! differences.
+//! Distances (`shaders/distance.wgsl`) against `cpu::distance`, paired and pairwise (the
+//! pairwise forward on both kernel paths), and their gradients against finite differences.
 //!
 //! Error model of the bounds (u = f32 unit roundoff): add, subtract and multiply are correctly
 //! rounded in WGSL as on the CPU, so `a − b` is bit-identical on both sides; WGSL allows
@@ -7,9 +7,7 @@
 //! 10u relative, against the CPU's correctly rounded u. Sums differ only by summation order:
 //! 2·γ_n·Σ|terms| (`linear_bound`).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use rand::RngExt;
 use rand::rngs::StdRng;
 use siamese_gpu::Kernel;
@@ -136,7 +134,7 @@ struct Matrix {
     ddm: Vec<f32>,
 }
 
-fn matrix(b1: usize, b2: usize, dim: usize, seed: u64) -> Matrix {
+fn matrix_inputs(b1: usize, b2: usize, dim: usize, seed: u64) -> Matrix {
     let mut r = rng(seed);
     Matrix {
         a: uniform(&mut r, b1 * dim, -1.0, 1.0),
@@ -210,36 +208,44 @@ fn gpu_abs_diff_backward(p: &Pair, rows: usize, dim: usize) -> (Vec<f32>, Vec<f3
     (gpu().read_f32(&da).unwrap(), gpu().read_f32(&db).unwrap())
 }
 
-fn gpu_pairwise_forward(
-    metric: PairwiseMetric,
-    a: &[f32],
-    b: &[f32],
-    (b1, b2, dim): (usize, usize, usize),
-) -> Vec<f32> {
-    let dm = zeros(&[b1, b2]);
-    let k = distance::pairwise_forward(
-        gpu(),
-        metric,
-        &upload(a, &[b1, dim]),
-        &upload(b, &[b2, dim]),
-        &dm,
-    )
-    .unwrap();
-    run_and_read(&k, &dm)
+/// The pairwise forward's kernel paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// pairwise_euclidean_forward, pairwise_cosine_forward on storage buffers.
+    Storage,
+    /// Both operands packed by pack_rows4, then pairwise_euclidean_forward_tex or
+    /// pairwise_cosine_forward_tex.
+    Texels,
 }
 
-/// The texel kernel, after packing both operands with `pack::rows4`.
-fn gpu_pairwise_forward_tex(
+const PATHS: [Path; 2] = [Path::Storage, Path::Texels];
+
+/// The distance matrix of `metric` on `path`.
+fn gpu_pairwise_forward(
+    path: Path,
     metric: PairwiseMetric,
     a: &[f32],
     b: &[f32],
     (b1, b2, dim): (usize, usize, usize),
 ) -> Vec<f32> {
     let dm = zeros(&[b1, b2]);
-    let (pack_a, ta) = pack::rows4(gpu(), &upload(a, &[b1, dim]), false).unwrap();
-    let (pack_b, tb) = pack::rows4(gpu(), &upload(b, &[b2, dim]), false).unwrap();
-    let k = distance::pairwise_forward_tex(gpu(), metric, &ta, &tb, (b1, b2, dim), &dm).unwrap();
-    run_and_read(&Kernel::chain([pack_a, pack_b, k]), &dm)
+    let (a, b) = (upload(a, &[b1, dim]), upload(b, &[b2, dim]));
+    let kernel = match path {
+        Path::Storage => distance::pairwise_forward(gpu(), metric, &a, &b, &dm).unwrap(),
+        Path::Texels => {
+            let (pack_a, ta) = pack::rows4(gpu(), &a, false).unwrap();
+            let (pack_b, tb) = pack::rows4(gpu(), &b, false).unwrap();
+            let k = distance::pairwise_forward_tex(gpu(), metric, &ta, &tb, (b1, b2, dim), &dm)
+                .unwrap();
+            let entry = match metric {
+                PairwiseMetric::Euclidean => "pairwise_euclidean_forward_tex",
+                PairwiseMetric::Cosine => "pairwise_cosine_forward_tex",
+            };
+            assert_eq!(k.dispatches().last().unwrap().entry(), entry);
+            Kernel::chain([pack_a, pack_b, k])
+        }
+    };
+    run_and_read(&kernel, &dm)
 }
 
 /// The pairwise backward, fed `dm` as the forward output (`None`: the GPU forward's, in the
@@ -603,26 +609,15 @@ fn abs_diff_backward_matches_finite_differences() {
 
 #[test]
 fn pairwise_euclidean_forward_matches_cpu() {
-    check_pairwise_euclidean_forward(gpu_pairwise_forward);
-}
-
-#[test]
-fn pairwise_euclidean_forward_tex_matches_cpu() {
-    check_pairwise_euclidean_forward(gpu_pairwise_forward_tex);
-}
-
-type PairwiseForward = fn(PairwiseMetric, &[f32], &[f32], (usize, usize, usize)) -> Vec<f32>;
-
-fn check_pairwise_euclidean_forward(gpu_pairwise_forward: PairwiseForward) {
-    for (seed, &shape) in PAIRWISE_SHAPES.iter().enumerate() {
-        let (b1, b2, dim) = shape;
-        let m = matrix(b1, b2, dim, seed as u64);
-        let got = gpu_pairwise_forward(PairwiseMetric::Euclidean, &m.a, &m.b, shape);
+    for p in matrix(&PATHS, &F32_ONLY, |_| PAIRWISE_SHAPES) {
+        let (b1, b2, dim) = p.shape;
+        let m = matrix_inputs(b1, b2, dim, p.seed);
+        let got = gpu_pairwise_forward(p.path, PairwiseMetric::Euclidean, &m.a, &m.b, p.shape);
         let want = cpu::pairwise_euclidean_forward(&m.a, &m.b, b1, b2, dim);
         // As euclidean_forward: the sum of squares to 2γ_(D+1) (+4u), halved by the sqrt,
         // plus the sqrt's own error and the epsilon's rounding.
         assert_within(
-            &format!("pairwise_euclidean_forward {b1}x{b2}x{dim}"),
+            &format!("pairwise_euclidean_forward {p}"),
             &got,
             &want,
             &scaled(&want, gamma(dim + 1) + 4.0 * U + SQRT_ERR),
@@ -630,36 +625,29 @@ fn check_pairwise_euclidean_forward(gpu_pairwise_forward: PairwiseForward) {
     }
     // A against itself: the diagonal is sqrt(1e-12) = 1e-6 (no cancellation to a negative
     // or noisy value, as ‖a‖² + ‖b‖² − 2ab would give).
-    let (b1, dim) = (37, 128);
-    let m = matrix(b1, b1, dim, 7);
-    let got = gpu_pairwise_forward(PairwiseMetric::Euclidean, &m.a, &m.a, (b1, b1, dim));
-    for i in 0..b1 {
-        let d = got[i * b1 + i];
-        assert!((d - 1e-6).abs() <= 1e-12, "diagonal {i}: {d}");
+    for p in matrix(&PATHS, &F32_ONLY, |_| &[(37, 37, 128)]) {
+        let (b1, _, dim) = p.shape;
+        let m = matrix_inputs(b1, b1, dim, 7);
+        let got = gpu_pairwise_forward(p.path, PairwiseMetric::Euclidean, &m.a, &m.a, p.shape);
+        for i in 0..b1 {
+            let d = got[i * b1 + i];
+            assert!((d - 1e-6).abs() <= 1e-12, "{p}: diagonal {i}: {d}");
+        }
     }
 }
 
 #[test]
 fn pairwise_cosine_forward_matches_cpu() {
-    check_pairwise_cosine_forward(gpu_pairwise_forward);
-}
-
-#[test]
-fn pairwise_cosine_forward_tex_matches_cpu() {
-    check_pairwise_cosine_forward(gpu_pairwise_forward_tex);
-}
-
-fn check_pairwise_cosine_forward(gpu_pairwise_forward: PairwiseForward) {
-    for (seed, &shape) in PAIRWISE_SHAPES.iter().enumerate() {
-        let (b1, b2, dim) = shape;
-        let mut m = matrix(b1, b2, dim, seed as u64);
+    for p in matrix(&PATHS, &F32_ONLY, |_| PAIRWISE_SHAPES) {
+        let (b1, b2, dim) = p.shape;
+        let mut m = matrix_inputs(b1, b2, dim, p.seed);
         tiny_row(&mut m.a, 1, dim); // clamped norms
         tiny_row(&mut m.b, 2, dim);
-        let got = gpu_pairwise_forward(PairwiseMetric::Cosine, &m.a, &m.b, shape);
+        let got = gpu_pairwise_forward(p.path, PairwiseMetric::Cosine, &m.a, &m.b, p.shape);
         let want = cpu::pairwise_cosine_forward(&m.a, &m.b, b1, b2, dim);
         // As cosine_forward (see cosine_distance_bound).
         assert_close(
-            &format!("pairwise_cosine_forward {b1}x{b2}x{dim}"),
+            &format!("pairwise_cosine_forward {p}"),
             &got,
             &want,
             cosine_distance_bound(dim),
@@ -671,7 +659,7 @@ fn check_pairwise_cosine_forward(gpu_pairwise_forward: PairwiseForward) {
 #[test]
 fn cosine_norms_matches_cpu() {
     for (seed, &(b1, b2, dim)) in PAIRWISE_SHAPES.iter().enumerate() {
-        let mut m = matrix(b1, b2, dim, seed as u64);
+        let mut m = matrix_inputs(b1, b2, dim, seed as u64);
         tiny_row(&mut m.a, 1, dim); // clamped norms
         tiny_row(&mut m.b, 0, dim);
         let (na, nb) = (zeros(&[b1]), zeros(&[b2]));
@@ -737,7 +725,7 @@ fn pairwise_euclidean_backward_matches_cpu() {
         .chain([((37, 37, 128), true)]);
     for (seed, (shape, self_pairs)) in cases.enumerate() {
         let (b1, b2, dim) = shape;
-        let mut m = matrix(b1, b2, dim, seed as u64);
+        let mut m = matrix_inputs(b1, b2, dim, seed as u64);
         if self_pairs {
             m.b = m.a.clone();
         }
@@ -807,7 +795,7 @@ fn pairwise_cosine_magnitude(
 fn pairwise_cosine_backward_matches_cpu() {
     for (seed, &shape) in PAIRWISE_SHAPES.iter().enumerate() {
         let (b1, b2, dim) = shape;
-        let mut m = matrix(b1, b2, dim, seed as u64);
+        let mut m = matrix_inputs(b1, b2, dim, seed as u64);
         tiny_row(&mut m.a, 1, dim); // clamped norms
         tiny_row(&mut m.b, 2, dim);
         let dm = cpu::pairwise_cosine_forward(&m.a, &m.b, b1, b2, dim);

@@ -1,9 +1,8 @@
-//! `shaders/gather.wgsl` against `cpu::gather`. Both entries also write f16 batches (where
-//! the adapter has SHADER_F16): the same f32 arithmetic, rounded once to f16 on the store.
+//! Batch gathers (`shaders/gather.wgsl`) against `cpu::gather`. Both entries also write f16
+//! batches (where the adapter has SHADER_F16): the same f32 arithmetic, rounded once to f16
+//! on the store.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use rand::RngExt;
 use siamese_gpu::DType;
 use siamese_gpu::cpu::gather as cpu;
@@ -24,8 +23,9 @@ const SHAPES: &[(usize, usize, usize)] = &[
 
 #[test]
 fn gather_images_matches_cpu() {
-    for (seed, &(n, pixels, m)) in SHAPES.iter().enumerate() {
-        let mut r = rng(seed as u64);
+    for p in dtype_matrix(&DTYPES, SHAPES) {
+        let (n, pixels, m) = p.shape;
+        let mut r = rng(p.seed);
         let bytes: Vec<u8> = (0..n * pixels)
             .map(|_| r.random_range(0..=255u32) as u8)
             .collect();
@@ -41,18 +41,16 @@ fn gather_images_matches_cpu() {
                 .iter()
                 .map(|&w| 8.0 * U32 * (w.abs() as f64 + 1.0))
                 .collect();
-            for dtype in float_dtypes() {
-                let out = zeros_as(&[m, pixels], dtype);
-                let kernel = gather::gather_images(gpu(), &images, &idx, &out, norm).unwrap();
-                let got = run_and_read_floats(&kernel, &out);
-                let what = format!("gather_images {dtype:?} {n}x{pixels} -> {m}");
-                match dtype {
-                    DType::F16 => {
-                        let (want16, bound16) = rounded_once(&want, &bound);
-                        assert_within(&what, &got, &want16, &bound16);
-                    }
-                    _ => assert_within(&what, &got, &want, &bound),
+            let out = zeros_as(&[m, pixels], p.dtype);
+            let kernel = gather::gather_images(gpu(), &images, &idx, &out, norm).unwrap();
+            let got = run_and_read_floats(&kernel, &out);
+            let what = format!("gather_images {p} shift {}", norm.shift);
+            match p.dtype {
+                DType::F16 => {
+                    let (want16, bound16) = rounded_once(&want, &bound);
+                    assert_within(&what, &got, &want16, &bound16);
                 }
+                _ => assert_within(&what, &got, &want, &bound),
             }
         }
     }
@@ -176,13 +174,14 @@ fn affine_on_gpu_as(
 
 #[test]
 fn gather_images_affine_matches_cpu() {
-    for (seed, &(n, chw, m)) in AFFINE_SHAPES.iter().enumerate() {
+    for p in dtype_matrix(&DTYPES, AFFINE_SHAPES) {
+        let (n, chw, m) = p.shape;
         let [c, h, w] = chw;
-        let mut r = rng(100 + seed as u64);
+        let mut r = rng(100 + p.seed);
         let bytes = random_images(&mut r, n, c * h * w);
         let indices: Vec<u32> = (0..m).map(|_| r.random_range(0..n as u32)).collect();
         let mut rows = Vec::new();
-        AugmentSampler::new(STRONG, h, w, seed as u64).sample_into(m, &mut rows);
+        AugmentSampler::new(STRONG, h, w, p.seed).sample_into(m, &mut rows);
         for fill in [FillMode::Nearest, FillMode::Constant] {
             for norm in [PixelNorm::UNIT, PixelNorm::standardize(0.2860, 0.3530)] {
                 let want = cpu::gather_images_affine(
@@ -215,17 +214,14 @@ fn gather_images_affine_matches_cpu() {
                             + 8.0 * U32 * (want[i].abs() as f64 + 1.0)
                     })
                     .collect();
-                for dtype in float_dtypes() {
-                    let got = affine_on_gpu_as(&bytes, n, chw, &indices, &rows, norm, fill, dtype);
-                    // In f16: the same f32 arithmetic, then one rounding on the store.
-                    let bound = stored_bound(bound.clone(), &want, dtype);
-                    assert_within(
-                        &format!("gather_images_affine {dtype:?} {n}x{chw:?} -> {m}, fill {fill}"),
-                        &got,
-                        &want,
-                        &bound,
-                    );
-                }
+                let got = affine_on_gpu_as(&bytes, n, chw, &indices, &rows, norm, fill, p.dtype);
+                // In f16: the same f32 arithmetic, then one rounding on the store.
+                assert_within(
+                    &format!("gather_images_affine {p} fill {fill} shift {}", norm.shift),
+                    &got,
+                    &want,
+                    &stored_bound(bound, &want, p.dtype),
+                );
             }
         }
     }
@@ -233,9 +229,10 @@ fn gather_images_affine_matches_cpu() {
 
 #[test]
 fn the_identity_transform_reproduces_the_plain_gather_bit_for_bit() {
-    for (seed, &(n, chw, m)) in AFFINE_SHAPES.iter().enumerate() {
+    for p in dtype_matrix(&DTYPES, AFFINE_SHAPES) {
+        let (n, chw, m) = p.shape;
         let [c, h, w] = chw;
-        let mut r = rng(200 + seed as u64);
+        let mut r = rng(200 + p.seed);
         let bytes = random_images(&mut r, n, c * h * w);
         let indices: Vec<u32> = (0..m).map(|_| r.random_range(0..n as u32)).collect();
         let rows = Transform::IDENTITY.row(h, w).repeat(m);
@@ -243,21 +240,15 @@ fn the_identity_transform_reproduces_the_plain_gather_bit_for_bit() {
         let images = gather::upload_images(gpu(), &bytes, n, c * h * w).unwrap();
         let idx = gpu().upload_u32(&indices, &[m]).unwrap();
         // In f16 too: equal f32 values round to equal f16 ones.
-        for dtype in float_dtypes() {
-            let out = zeros_as(&[m, c, h, w], dtype);
-            let plain = run_and_read_floats(
-                &gather::gather_images(gpu(), &images, &idx, &out, norm).unwrap(),
-                &out,
-            );
-            for fill in [FillMode::Nearest, FillMode::Constant] {
-                let got = affine_on_gpu_as(&bytes, n, chw, &indices, &rows, norm, fill, dtype);
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(
-                    bits(&got),
-                    bits(&plain),
-                    "{dtype:?} {n}x{chw:?} -> {m}, fill {fill}"
-                );
-            }
+        let out = zeros_as(&[m, c, h, w], p.dtype);
+        let plain = run_and_read_floats(
+            &gather::gather_images(gpu(), &images, &idx, &out, norm).unwrap(),
+            &out,
+        );
+        for fill in [FillMode::Nearest, FillMode::Constant] {
+            let got = affine_on_gpu_as(&bytes, n, chw, &indices, &rows, norm, fill, p.dtype);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&plain), "{p} fill {fill}");
         }
     }
 }

@@ -1,13 +1,11 @@
-//! `shaders/loss.wgsl` against `cpu::loss`, its gradients against finite differences, and
-//! the values of hand-computed examples.
+//! Losses (`shaders/loss.wgsl`) against `cpu::loss`, their gradients against finite
+//! differences, and the values of hand-computed examples.
 //!
 //! The GPU runs in f32 on f32 inputs; the reference runs in f64 on the same (exactly
 //! converted) inputs, so every bound below is the GPU's own rounding, derived from WGSL's
 //! stated accuracies (division 2.5 ULP, exp 3 + 2|x| ULP, log 2⁻²¹ absolute near 1).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use rand::RngExt;
 use rand::rngs::StdRng;
 use siamese_gpu::Tensor;

@@ -1,5 +1,5 @@
-//! `shaders/mining.wgsl` against `cpu::mining`, its gradients against finite differences, and
-//! hand-computed examples of each miner.
+//! Triplet mining (`shaders/mining.wgsl`) against `cpu::mining`, its gradients against finite
+//! differences, and hand-computed examples of each miner.
 //!
 //! Selections (which positive, which negative, whether a hinge is on) depend only on
 //! comparisons of the same f32 inputs, which the f32 reference makes on the same values in
@@ -13,9 +13,7 @@
 //! backward, which `backward_matches_finite_differences` checks against f64 finite
 //! differences of the CPU forward.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use rand::RngExt;
 use rand::rngs::StdRng;
 use siamese_gpu::cpu::mining as cpu;

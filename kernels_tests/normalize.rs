@@ -1,9 +1,7 @@
-//! `shaders/normalize.wgsl` against `cpu::normalize`, and its gradient against finite
-//! differences.
+//! L2 normalisation (`shaders/normalize.wgsl`) against `cpu::normalize`, and its gradient
+//! against finite differences.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use siamese_gpu::cpu::normalize as cpu;
 use siamese_gpu::ops::normalize;
 

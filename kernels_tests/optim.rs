@@ -1,13 +1,11 @@
-//! `shaders/optim.wgsl` against `cpu::optim` over several consecutive steps (with a learning
-//! rate schedule set through the built kernel, never a rebuilt one), and one or two steps
-//! against numbers computed by hand from PyTorch's documented update rules.
+//! Optimizers (`shaders/optim.wgsl`) against `cpu::optim` over several consecutive steps
+//! (with a learning rate schedule set through the built kernel, never a rebuilt one), and one
+//! or two steps against numbers computed by hand from PyTorch's documented update rules.
 //!
 //! The GPU runs in f32; the reference runs in f64 from the same f32 inputs and the same
 //! per-step f32 hyperparameters, so each bound is the GPU's own rounding, stated beside it.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use rand::rngs::StdRng;
 use siamese_gpu::cpu::optim as cpu;
 use siamese_gpu::ops::amp::LossScaler;

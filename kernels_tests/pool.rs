@@ -1,10 +1,9 @@
-//! `shaders/pool.wgsl` against `cpu::pool`, and its gradients against finite differences.
-//! Every entry runs in f32 and, where the adapter has SHADER_F16, in f16: the inputs are
-//! rounded to f16 first, so the reference sees exactly the values the kernel reads.
+//! Pooling (`shaders/pool.wgsl`): every entry against `cpu::pool` in f32 and, where the
+//! adapter has SHADER_F16, in f16, and the gradients against f64 finite differences. In f16
+//! the inputs are rounded to f16 first, so the reference sees exactly the values the kernel
+//! reads.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use rand::RngExt;
 use rand::seq::SliceRandom;
 use siamese_gpu::DType;
@@ -12,14 +11,17 @@ use siamese_gpu::cpu::pool as cpu;
 use siamese_gpu::ops::pool;
 
 /// (N, C, H, W, kernel, stride): batch 1; a trivial 1×1 pool; sizes the windows do not tile
-/// (floored output, trailing rows no window reads); overlapping windows (stride < kernel,
-/// stride 1); gaps (stride > kernel); a window as large as the plane; element counts that
-/// are not multiples of the 256-wide workgroup; and the reference network's pools (2 on
-/// [N, 32, 24, 24] and on [N, 64, 10, 10]).
+/// (floored output, trailing rows no window reads), with overlapping windows too; tiling
+/// windows of 3 and 4; overlapping windows (stride < kernel, stride 1); gaps (stride >
+/// kernel); a window as large as the plane; element counts that are not multiples of the
+/// 256-wide workgroup; and the reference network's pools (2 on [N, 32, 24, 24] and on
+/// [N, 64, 10, 10]).
 const SHAPES: &[(usize, usize, usize, usize, usize, usize)] = &[
     (1, 1, 1, 1, 1, 1),
     (1, 1, 5, 7, 2, 2),
     (2, 3, 9, 11, 3, 2),
+    (2, 3, 9, 11, 3, 3),
+    (1, 2, 4, 4, 4, 4),
     (1, 2, 8, 8, 3, 1),
     (3, 5, 13, 6, 2, 3),
     (1, 4, 7, 7, 7, 7),
@@ -37,6 +39,19 @@ const FD_SHAPES: &[(usize, usize, usize, usize, usize, usize)] = &[
     (2, 2, 5, 5, 3, 2),
     (1, 2, 6, 5, 2, 1),
     (1, 1, 7, 6, 2, 3),
+];
+
+/// (N, C, H, W, kernel, texel border) of the backward into texels: the pools tile (stride =
+/// kernel); channel counts off the texel's four, borders 0–2, sizes the windows do not tile,
+/// batch 1, and the reference network's two pools (border 0 for the first layer's dy, 2 for
+/// the second's, which grad_input reads bordered).
+const TEX_SHAPES: &[(usize, usize, usize, usize, usize, usize)] = &[
+    (1, 1, 5, 7, 2, 0),
+    (2, 3, 9, 11, 3, 1),
+    (1, 6, 7, 5, 2, 2),
+    (1, 2, 4, 4, 4, 1),
+    (3, 32, 24, 24, 2, 0),
+    (2, 64, 10, 10, 2, 2),
 ];
 
 /// Windows that can contain one input element: ⌈k/s⌉ per axis.
@@ -68,33 +83,32 @@ fn distinct_input(len: usize, seed: u64) -> Vec<f32> {
 
 #[test]
 fn max_pool2d_forward_matches_cpu() {
-    for (seed, &(n, c, h, w, k, s)) in SHAPES.iter().enumerate() {
-        for dtype in float_dtypes() {
-            let x = as_dtype(&input(n * c * h * w, seed as u64), dtype);
-            let (oh, ow) = cpu::output_size(h, w, k, s);
-            let (y, argmax) = (
-                zeros_as(&[n, c, oh, ow], dtype),
-                gpu().zeros(&[n, c, oh, ow], DType::U32).unwrap(),
-            );
-            let kernel = pool::max_forward(
-                gpu(),
-                &upload_as(&x, &[n, c, h, w], dtype),
-                k,
-                s,
-                &y,
-                &argmax,
-            )
-            .unwrap();
-            let got = run_and_read_floats(&kernel, &y);
-            let got_argmax = gpu().read_u32(&argmax).unwrap();
-            let (want, want_argmax) = cpu::max_pool2d_forward(&x, n, c, h, w, k, s);
-            let what = format!("max_pool2d_forward {dtype:?} {n}x{c}x{h}x{w} k{k} s{s}");
-            // A maximum is one of the inputs, copied: no rounding, so exact. In f16 the
-            // kernel compares the f16 values the reference compares (rounding makes more
-            // ties, which the first-maximum rule must break alike): exact too.
-            assert_within(&what, &got, &want, &vec![0.0; want.len()]);
-            assert_eq!(got_argmax, want_argmax, "{what}: argmax");
-        }
+    for p in dtype_matrix(&DTYPES, SHAPES) {
+        let ((n, c, h, w, k, s), dtype) = (p.shape, p.dtype);
+        let x = as_dtype(&input(n * c * h * w, p.seed), dtype);
+        let (oh, ow) = cpu::output_size(h, w, k, s);
+        let (y, argmax) = (
+            zeros_as(&[n, c, oh, ow], dtype),
+            gpu().zeros(&[n, c, oh, ow], DType::U32).unwrap(),
+        );
+        let kernel = pool::max_forward(
+            gpu(),
+            &upload_as(&x, &[n, c, h, w], dtype),
+            k,
+            s,
+            &y,
+            &argmax,
+        )
+        .unwrap();
+        let got = run_and_read_floats(&kernel, &y);
+        let got_argmax = gpu().read_u32(&argmax).unwrap();
+        let (want, want_argmax) = cpu::max_pool2d_forward(&x, n, c, h, w, k, s);
+        let what = format!("max_pool2d_forward {p}");
+        // A maximum is one of the inputs, copied: no rounding, so exact. In f16 the kernel
+        // compares the f16 values the reference compares (rounding makes more ties, which
+        // the first-maximum rule must break alike): exact too.
+        assert_within(&what, &got, &want, &vec![0.0; want.len()]);
+        assert_eq!(got_argmax, want_argmax, "{what}: argmax");
     }
 }
 
@@ -102,32 +116,31 @@ fn max_pool2d_forward_matches_cpu() {
 /// here, and some exactly 0 among the five-level inputs) give 0 and argmax NONE.
 #[test]
 fn max_pool2d_relu_forward_matches_cpu() {
-    for (seed, &(n, c, h, w, k, s)) in SHAPES.iter().enumerate() {
-        for dtype in float_dtypes() {
-            let x = as_dtype(&input(n * c * h * w, 20 + seed as u64), dtype);
-            let (oh, ow) = cpu::output_size(h, w, k, s);
-            let (y, argmax) = (
-                zeros_as(&[n, c, oh, ow], dtype),
-                gpu().zeros(&[n, c, oh, ow], DType::U32).unwrap(),
-            );
-            let kernel = pool::max_relu_forward(
-                gpu(),
-                &upload_as(&x, &[n, c, h, w], dtype),
-                k,
-                s,
-                &y,
-                &argmax,
-            )
-            .unwrap();
-            let got = run_and_read_floats(&kernel, &y);
-            let got_argmax = gpu().read_u32(&argmax).unwrap();
-            let (want, want_argmax) = cpu::max_pool2d_relu_forward(&x, n, c, h, w, k, s);
-            let what = format!("max_pool2d_relu_forward {dtype:?} {n}x{c}x{h}x{w} k{k} s{s}");
-            // A copied input or 0, in f32 as in f16 (the ReLU compares the f16 max with 0):
-            // exact.
-            assert_within(&what, &got, &want, &vec![0.0; want.len()]);
-            assert_eq!(got_argmax, want_argmax, "{what}: argmax");
-        }
+    for p in dtype_matrix(&DTYPES, SHAPES) {
+        let ((n, c, h, w, k, s), dtype) = (p.shape, p.dtype);
+        let x = as_dtype(&input(n * c * h * w, 20 + p.seed), dtype);
+        let (oh, ow) = cpu::output_size(h, w, k, s);
+        let (y, argmax) = (
+            zeros_as(&[n, c, oh, ow], dtype),
+            gpu().zeros(&[n, c, oh, ow], DType::U32).unwrap(),
+        );
+        let kernel = pool::max_relu_forward(
+            gpu(),
+            &upload_as(&x, &[n, c, h, w], dtype),
+            k,
+            s,
+            &y,
+            &argmax,
+        )
+        .unwrap();
+        let got = run_and_read_floats(&kernel, &y);
+        let got_argmax = gpu().read_u32(&argmax).unwrap();
+        let (want, want_argmax) = cpu::max_pool2d_relu_forward(&x, n, c, h, w, k, s);
+        let what = format!("max_pool2d_relu_forward {p}");
+        // A copied input or 0, in f32 as in f16 (the ReLU compares the f16 max with 0):
+        // exact.
+        assert_within(&what, &got, &want, &vec![0.0; want.len()]);
+        assert_eq!(got_argmax, want_argmax, "{what}: argmax");
     }
 }
 
@@ -142,7 +155,7 @@ fn argmax_of(
     w: usize,
     k: usize,
     s: usize,
-    seed: usize,
+    seed: u64,
 ) -> Vec<u32> {
     if seed % 3 == 2 {
         cpu::max_pool2d_relu_forward(x, n, c, h, w, k, s).1
@@ -151,210 +164,154 @@ fn argmax_of(
     }
 }
 
+/// Windows that tile the input (s = k) take max_pool2d_backward_tiled, the others
+/// max_pool2d_backward; either must write every dx element, those past the last window
+/// included (dx starts as NaN here).
 #[test]
 fn max_pool2d_backward_matches_cpu() {
-    for (seed, &(n, c, h, w, k, s)) in SHAPES.iter().enumerate() {
-        for dtype in float_dtypes() {
-            let x = input(n * c * h * w, seed as u64);
-            let (oh, ow) = cpu::output_size(h, w, k, s);
-            let argmax = argmax_of(&x, n, c, h, w, k, s, seed);
-            let dy = as_dtype(
-                &uniform(&mut rng(1000 + seed as u64), n * c * oh * ow, -1.0, 1.0),
-                dtype,
-            );
-            let dx = zeros_as(&[n, c, h, w], dtype);
-            let kernel = pool::max_backward(
-                gpu(),
-                &upload_as(&dy, &[n, c, oh, ow], dtype),
-                &gpu().upload_u32(&argmax, &[n, c, oh, ow]).unwrap(),
-                k,
-                s,
-                &dx,
-            )
-            .unwrap();
-            let got = run_and_read_floats(&kernel, &dx);
-            let want = cpu::max_pool2d_backward(&dy, &argmax, n, c, h, w, k, s);
-            // Each dx sums at most ⌈k/s⌉² entries of dy (overlapping windows may all choose
-            // the same element): 2·γ·Σ|terms|. Any misrouted gradient is off by a whole dy
-            // entry. In f16 the sum is in f32 and stored once as f16 (stored_as); where no
-            // two windows overlap (⌈k/s⌉ = 1) each dx is one f16 dy entry or 0, copied, so
-            // exact.
+    for p in dtype_matrix(&DTYPES, SHAPES) {
+        let ((n, c, h, w, k, s), dtype) = (p.shape, p.dtype);
+        let x = input(n * c * h * w, p.seed);
+        let (oh, ow) = cpu::output_size(h, w, k, s);
+        let argmax = argmax_of(&x, n, c, h, w, k, s, p.seed);
+        let dy = as_dtype(
+            &uniform(&mut rng(1000 + p.seed), n * c * oh * ow, -1.0, 1.0),
+            dtype,
+        );
+        let dx = upload_as(&vec![f32::NAN; n * c * h * w], &[n, c, h, w], dtype);
+        let kernel = pool::max_backward(
+            gpu(),
+            &upload_as(&dy, &[n, c, oh, ow], dtype),
+            &gpu().upload_u32(&argmax, &[n, c, oh, ow]).unwrap(),
+            k,
+            s,
+            &dx,
+        )
+        .unwrap();
+        let entry = if s == k {
+            "max_pool2d_backward_tiled"
+        } else {
+            "max_pool2d_backward"
+        };
+        assert_eq!(kernel.dispatches()[0].entry(), entry, "{p}");
+        let got = run_and_read_floats(&kernel, &dx);
+        let want = cpu::max_pool2d_backward(&dy, &argmax, n, c, h, w, k, s);
+        // Each dx sums at most ⌈k/s⌉² entries of dy (overlapping windows may all choose the
+        // same element): 2·γ·Σ|terms|. Any misrouted gradient is off by a whole dy entry. In
+        // f16 the sum is in f32 and stored once as f16 (stored_bound). Where no two windows
+        // overlap (⌈k/s⌉ = 1, tiling windows included) each dx is one dy entry (of dx's
+        // type) or 0, copied: exact.
+        let bound = if windows_per_input(k, s) == 1 {
+            vec![0.0; want.len()]
+        } else {
             let magnitude = cpu::max_pool2d_backward(&abs(&dy), &argmax, n, c, h, w, k, s);
-            let bound = if dtype == DType::F16 && windows_per_input(k, s) == 1 {
-                vec![0.0; want.len()]
-            } else {
-                stored_bound(
-                    linear_bound(windows_per_input(k, s), &magnitude),
-                    &want,
-                    dtype,
-                )
-            };
-            assert_within(
-                &format!("max_pool2d_backward {dtype:?} {n}x{c}x{h}x{w} k{k} s{s}"),
-                &got,
+            stored_bound(
+                linear_bound(windows_per_input(k, s), &magnitude),
                 &want,
-                &bound,
-            );
-        }
-    }
-}
-
-/// Windows that tile the input (s = k) take max_pool2d_backward_tiled, which must write
-/// every dx element, those past the last window included (dx starts as NaN here).
-#[test]
-fn max_pool2d_backward_tiled_matches_cpu() {
-    for (seed, &(n, c, h, w, k)) in [
-        (1, 1, 5, 7, 2),
-        (2, 3, 9, 11, 3),
-        (3, 32, 24, 24, 2),
-        (1, 2, 4, 4, 4),
-    ]
-    .iter()
-    .enumerate()
-    {
-        for dtype in float_dtypes() {
-            let x = input(n * c * h * w, 50 + seed as u64);
-            let (oh, ow) = cpu::output_size(h, w, k, k);
-            let argmax = argmax_of(&x, n, c, h, w, k, k, seed);
-            let dy = as_dtype(
-                &uniform(&mut rng(1050 + seed as u64), n * c * oh * ow, -1.0, 1.0),
                 dtype,
-            );
-            let dx = upload_as(&vec![f32::NAN; n * c * h * w], &[n, c, h, w], dtype);
-            let kernel = pool::max_backward(
-                gpu(),
-                &upload_as(&dy, &[n, c, oh, ow], dtype),
-                &gpu().upload_u32(&argmax, &[n, c, oh, ow]).unwrap(),
-                k,
-                k,
-                &dx,
             )
-            .unwrap();
-            assert_eq!(kernel.dispatches()[0].entry(), "max_pool2d_backward_tiled");
-            // Each dx element is one dy entry (of dx's type) or zero: exact.
-            assert_within(
-                &format!("max_pool2d_backward_tiled {dtype:?} {n}x{c}x{h}x{w} k{k}"),
-                &run_and_read_floats(&kernel, &dx),
-                &cpu::max_pool2d_backward(&dy, &argmax, n, c, h, w, k, k),
-                &vec![0.0; n * c * h * w],
-            );
-        }
+        };
+        assert_within(&format!("max_pool2d_backward {p}"), &got, &want, &bound);
     }
 }
 
 /// The tiled backward written as texels for the texel convolution kernels equals dx packed
 /// by pack_nhwc4. It runs twice, on two different dy: the second run must overwrite every
-/// texel inside x (the borders it leaves as created, zero). Channel counts off the texel's
-/// four, padding 0–2, sizes the windows do not tile, batch 1, and the reference network's
-/// two pools (pad 0 for the first layer's dy, 2 for the second's, which grad_input reads
-/// padded). In f16, from an f16 dy into f16 (rgba16float) texels.
+/// texel inside x (the borders it leaves as created, zero). In f16, from an f16 dy into f16
+/// (rgba16float) texels.
 #[test]
 fn max_pool2d_backward_tex_matches_cpu() {
-    for (seed, &(n, c, h, w, k, pad)) in [
-        (1, 1, 5, 7, 2, 0),
-        (2, 3, 9, 11, 3, 1),
-        (1, 6, 7, 5, 2, 2),
-        (1, 2, 4, 4, 4, 1),
-        (3, 32, 24, 24, 2, 0),
-        (2, 64, 10, 10, 2, 2),
-    ]
-    .iter()
-    .enumerate()
-    {
-        for dtype in float_dtypes() {
-            let x = input(n * c * h * w, 70 + seed as u64);
-            let (oh, ow) = cpu::output_size(h, w, k, k);
-            let argmax = argmax_of(&x, n, c, h, w, k, k, seed);
-            let dy = as_dtype(
-                &uniform(&mut rng(1070 + seed as u64), n * c * oh * ow, -1.0, 1.0),
-                dtype,
-            );
-            let first_dy = vec![f32::NAN; dy.len()];
-            // Each window's first element, in-plane.
-            let first_argmax: Vec<u32> = (0..argmax.len())
-                .map(|o| (((o / ow) % oh * k) * w + o % ow * k) as u32)
-                .collect();
-            let dxt = gpu()
-                .texels_of(n * (h + 2 * pad) * (w + 2 * pad) * c.div_ceil(4), dtype)
-                .unwrap();
-            let launch = |dy: &[f32], argmax: &[u32]| {
-                pool::max_backward_texels(
-                    gpu(),
-                    &upload_as(dy, &[n, c, oh, ow], dtype),
-                    &gpu().upload_u32(argmax, &[n, c, oh, ow]).unwrap(),
-                    k,
-                    [n, c, h, w],
-                    &dxt,
-                    pad,
-                )
-                .unwrap()
-            };
-            // The first run routes NaN to each window's first element.
-            gpu().run(&[&launch(&first_dy, &first_argmax), &launch(&dy, &argmax)]);
-            // Each texel lane is one dy entry (f16 in f16 texels) or zero: exact.
-            assert_eq!(
-                gpu().read_texels(&dxt).unwrap(),
-                cpu::max_pool2d_backward_nhwc4(&dy, &argmax, n, c, h, w, k, pad),
-                "max_pool2d_backward_tex {dtype:?} {n}x{c}x{h}x{w} k{k} pad {pad}"
-            );
-        }
+    for p in dtype_matrix(&DTYPES, TEX_SHAPES) {
+        let ((n, c, h, w, k, pad), dtype) = (p.shape, p.dtype);
+        let x = input(n * c * h * w, 70 + p.seed);
+        let (oh, ow) = cpu::output_size(h, w, k, k);
+        let argmax = argmax_of(&x, n, c, h, w, k, k, p.seed);
+        let dy = as_dtype(
+            &uniform(&mut rng(1070 + p.seed), n * c * oh * ow, -1.0, 1.0),
+            dtype,
+        );
+        let first_dy = vec![f32::NAN; dy.len()];
+        // Each window's first element, in-plane.
+        let first_argmax: Vec<u32> = (0..argmax.len())
+            .map(|o| (((o / ow) % oh * k) * w + o % ow * k) as u32)
+            .collect();
+        let dxt = gpu()
+            .texels_of(n * (h + 2 * pad) * (w + 2 * pad) * c.div_ceil(4), dtype)
+            .unwrap();
+        let launch = |dy: &[f32], argmax: &[u32]| {
+            pool::max_backward_texels(
+                gpu(),
+                &upload_as(dy, &[n, c, oh, ow], dtype),
+                &gpu().upload_u32(argmax, &[n, c, oh, ow]).unwrap(),
+                k,
+                [n, c, h, w],
+                &dxt,
+                pad,
+            )
+            .unwrap()
+        };
+        // The first run routes NaN to each window's first element.
+        gpu().run(&[&launch(&first_dy, &first_argmax), &launch(&dy, &argmax)]);
+        // Each texel lane is one dy entry (f16 in f16 texels) or zero: exact.
+        assert_eq!(
+            gpu().read_texels(&dxt).unwrap(),
+            cpu::max_pool2d_backward_nhwc4(&dy, &argmax, n, c, h, w, k, pad),
+            "max_pool2d_backward_tex {p}"
+        );
     }
 }
 
 #[test]
 fn avg_pool2d_forward_matches_cpu() {
-    for (seed, &(n, c, h, w, k, s)) in SHAPES.iter().enumerate() {
-        for dtype in float_dtypes() {
-            let x = as_dtype(&input(n * c * h * w, seed as u64), dtype);
-            let (oh, ow) = cpu::output_size(h, w, k, s);
-            let y = zeros_as(&[n, c, oh, ow], dtype);
-            let kernel =
-                pool::avg_forward(gpu(), &upload_as(&x, &[n, c, h, w], dtype), k, s, &y).unwrap();
-            let got = run_and_read_floats(&kernel, &y);
-            let want = cpu::avg_pool2d_forward(&x, n, c, h, w, k, s);
-            // A k²-term sum then one division (≤ 2.5 ulp in WGSL, 0.5 ulp on the CPU, i.e.
-            // ≤ 6u relative): linear_bound over k² + 1 terms allows 2·γ_(k²+2) + 4u ≥ 8u of
-            // the magnitude Σ|x|/k², which covers both. In f16 the kernel sums the f16
-            // inputs in f32 as the reference does, then stores f16 (stored_as).
-            let magnitude = cpu::avg_pool2d_forward(&abs(&x), n, c, h, w, k, s);
-            assert_within(
-                &format!("avg_pool2d_forward {dtype:?} {n}x{c}x{h}x{w} k{k} s{s}"),
-                &got,
-                &want,
-                &stored_bound(linear_bound(k * k + 1, &magnitude), &want, dtype),
-            );
-        }
+    for p in dtype_matrix(&DTYPES, SHAPES) {
+        let ((n, c, h, w, k, s), dtype) = (p.shape, p.dtype);
+        let x = as_dtype(&input(n * c * h * w, p.seed), dtype);
+        let (oh, ow) = cpu::output_size(h, w, k, s);
+        let y = zeros_as(&[n, c, oh, ow], dtype);
+        let kernel =
+            pool::avg_forward(gpu(), &upload_as(&x, &[n, c, h, w], dtype), k, s, &y).unwrap();
+        let got = run_and_read_floats(&kernel, &y);
+        let want = cpu::avg_pool2d_forward(&x, n, c, h, w, k, s);
+        // A k²-term sum then one division (≤ 2.5 ulp in WGSL, 0.5 ulp on the CPU, i.e.
+        // ≤ 6u relative): linear_bound over k² + 1 terms allows 2·γ_(k²+2) + 4u ≥ 8u of
+        // the magnitude Σ|x|/k², which covers both. In f16 the kernel sums the f16
+        // inputs in f32 as the reference does, then stores f16 (stored_bound).
+        let magnitude = cpu::avg_pool2d_forward(&abs(&x), n, c, h, w, k, s);
+        assert_within(
+            &format!("avg_pool2d_forward {p}"),
+            &got,
+            &want,
+            &stored_bound(linear_bound(k * k + 1, &magnitude), &want, dtype),
+        );
     }
 }
 
 #[test]
 fn avg_pool2d_backward_matches_cpu() {
-    for (seed, &(n, c, h, w, k, s)) in SHAPES.iter().enumerate() {
-        for dtype in float_dtypes() {
-            let (oh, ow) = cpu::output_size(h, w, k, s);
-            let dy = as_dtype(&input(n * c * oh * ow, seed as u64), dtype);
-            let dx = zeros_as(&[n, c, h, w], dtype);
-            let kernel =
-                pool::avg_backward(gpu(), &upload_as(&dy, &[n, c, oh, ow], dtype), k, s, &dx)
-                    .unwrap();
-            let got = run_and_read_floats(&kernel, &dx);
-            let want = cpu::avg_pool2d_backward(&dy, n, c, h, w, k, s);
-            // The CPU scatters dy/k² per window, the GPU sums dy then divides once: at most
-            // ⌈k/s⌉² terms plus the division(s), in different orders: 2·γ·Σ|terms| with one
-            // extra term for the division's rounding (as in the forward). In f16, the same
-            // f32 arithmetic on the f16 dy, then the f16 store (stored_as).
-            let magnitude = cpu::avg_pool2d_backward(&abs(&dy), n, c, h, w, k, s);
-            assert_within(
-                &format!("avg_pool2d_backward {dtype:?} {n}x{c}x{h}x{w} k{k} s{s}"),
-                &got,
+    for p in dtype_matrix(&DTYPES, SHAPES) {
+        let ((n, c, h, w, k, s), dtype) = (p.shape, p.dtype);
+        let (oh, ow) = cpu::output_size(h, w, k, s);
+        let dy = as_dtype(&input(n * c * oh * ow, p.seed), dtype);
+        let dx = zeros_as(&[n, c, h, w], dtype);
+        let kernel =
+            pool::avg_backward(gpu(), &upload_as(&dy, &[n, c, oh, ow], dtype), k, s, &dx).unwrap();
+        let got = run_and_read_floats(&kernel, &dx);
+        let want = cpu::avg_pool2d_backward(&dy, n, c, h, w, k, s);
+        // The CPU scatters dy/k² per window, the GPU sums dy then divides once: at most
+        // ⌈k/s⌉² terms plus the division(s), in different orders: 2·γ·Σ|terms| with one
+        // extra term for the division's rounding (as in the forward). In f16, the same
+        // f32 arithmetic on the f16 dy, then the f16 store (stored_bound).
+        let magnitude = cpu::avg_pool2d_backward(&abs(&dy), n, c, h, w, k, s);
+        assert_within(
+            &format!("avg_pool2d_backward {p}"),
+            &got,
+            &want,
+            &stored_bound(
+                linear_bound(windows_per_input(k, s) + 1, &magnitude),
                 &want,
-                &stored_bound(
-                    linear_bound(windows_per_input(k, s) + 1, &magnitude),
-                    &want,
-                    dtype,
-                ),
-            );
-        }
+                dtype,
+            ),
+        );
     }
 }
 
@@ -362,20 +319,20 @@ fn avg_pool2d_backward_matches_cpu() {
 /// `relu`, L = Σ r ⊙ relu(max_pool2d(x)) through max_pool2d_relu_forward's argmax.
 #[test]
 fn max_pool2d_backward_matches_finite_differences() {
-    for (seed, &(n, c, h, w, k, s), relu) in FD_SHAPES
-        .iter()
-        .enumerate()
-        .flat_map(|(i, shape)| [(i, shape, false), (i, shape, true)])
+    for (p, relu) in dtype_matrix(&F32_ONLY, FD_SHAPES)
+        .into_iter()
+        .flat_map(|p| [(p, false), (p, true)])
     {
+        let (n, c, h, w, k, s) = p.shape;
         let (oh, ow) = cpu::output_size(h, w, k, s);
         let len = n * c * h * w;
         // Shifted by half the grid's spacing under ReLU, so that no value sits at its kink.
         let shift = if relu { 0.5 / len as f32 } else { 0.0 };
-        let x32: Vec<f32> = distinct_input(len, 100 + seed as u64)
+        let x32: Vec<f32> = distinct_input(len, 100 + p.seed)
             .iter()
             .map(|v| v + shift)
             .collect();
-        let r32 = uniform(&mut rng(200 + seed as u64), n * c * oh * ow, -1.0, 1.0);
+        let r32 = uniform(&mut rng(200 + p.seed), n * c * oh * ow, -1.0, 1.0);
         let (x, r) = (to_f64(&x32), to_f64(&r32));
         let cpu_forward = |v: &[f64]| {
             if relu {
@@ -388,7 +345,7 @@ fn max_pool2d_backward_matches_finite_differences() {
         let fd = finite_difference(loss, &x, FD_STEP);
         let (_, argmax) = cpu_forward(&x);
         assert_matches_fd(
-            "cpu max_pool2d_backward",
+            &format!("cpu max_pool2d_backward {p} relu {relu}"),
             &cpu::max_pool2d_backward(&r, &argmax, n, c, h, w, k, s),
             &fd,
         );
@@ -413,7 +370,7 @@ fn max_pool2d_backward_matches_finite_differences() {
         // f32 sums of at most 4 entries of r ∈ [-1, 1]: 1e-5 of the largest entry is ~80 ulps,
         // far above rounding and far below one misrouted gradient (an O(1) error).
         assert_gpu_matches_fd(
-            "max_pool2d_backward",
+            &format!("max_pool2d_backward {p} relu {relu}"),
             &gpu().read_f32(&dx).unwrap(),
             &fd,
             1e-5,
@@ -424,15 +381,16 @@ fn max_pool2d_backward_matches_finite_differences() {
 /// L = Σ r ⊙ avg_pool2d_forward(x): its gradient is avg_pool2d_backward with dy = r.
 #[test]
 fn avg_pool2d_backward_matches_finite_differences() {
-    for (seed, &(n, c, h, w, k, s)) in FD_SHAPES.iter().enumerate() {
+    for p in dtype_matrix(&F32_ONLY, FD_SHAPES) {
+        let (n, c, h, w, k, s) = p.shape;
         let (oh, ow) = cpu::output_size(h, w, k, s);
-        let x32 = uniform(&mut rng(300 + seed as u64), n * c * h * w, -1.0, 1.0);
-        let r32 = uniform(&mut rng(400 + seed as u64), n * c * oh * ow, -1.0, 1.0);
+        let x32 = uniform(&mut rng(300 + p.seed), n * c * h * w, -1.0, 1.0);
+        let r32 = uniform(&mut rng(400 + p.seed), n * c * oh * ow, -1.0, 1.0);
         let (x, r) = (to_f64(&x32), to_f64(&r32));
         let loss = |v: &[f64]| dot(&r, &cpu::avg_pool2d_forward(v, n, c, h, w, k, s));
         let fd = finite_difference(loss, &x, FD_STEP);
         assert_matches_fd(
-            "cpu avg_pool2d_backward",
+            &format!("cpu avg_pool2d_backward {p}"),
             &cpu::avg_pool2d_backward(&r, n, c, h, w, k, s),
             &fd,
         );
@@ -442,7 +400,7 @@ fn avg_pool2d_backward_matches_finite_differences() {
         // f32 sums of at most 4 terms and one division: 1e-5 of the largest entry is ~80
         // ulps, far above rounding and far below a missing or extra window (≥ 1/9 of an r).
         assert_gpu_matches_fd(
-            "avg_pool2d_backward",
+            &format!("avg_pool2d_backward {p}"),
             &run_and_read(&kernel, &dx),
             &fd,
             1e-5,

@@ -1,12 +1,10 @@
-//! `shaders/topk.wgsl` against `cpu::topk`.
+//! k-nearest selection (`shaders/topk.wgsl`) against `cpu::topk`.
 //!
 //! Selection only compares and copies, so the kernel and the reference must agree exactly,
 //! indices and distances bit for bit; the inputs are rounded to a coarse grid so that many
 //! distances tie and the lower-column-first rule is exercised.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use rand::RngExt;
 use siamese_gpu::DType;
 use siamese_gpu::cpu::topk::{self as cpu, NO_EXCLUDE};

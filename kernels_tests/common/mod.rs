@@ -1,17 +1,19 @@
-//! Shared harness of the kernel tests: one GPU for the whole test binary, seeded random
-//! inputs, error bounds, and central finite differences in f64.
+//! Shared harness of the kernel tests: one GPU for the whole binary, the matrix of points
+//! (kernel path × element type × shape) a test body runs over, seeded random inputs, error
+//! bounds, and central finite differences in f64.
 //!
-//! A kernel test is a function of (shape, seed): build random inputs, run the GPU launcher
-//! and the CPU reference of `siamese_gpu::cpu`, compare under a stated bound. Shapes are
+//! A kernel test is one body run at every point of a declared matrix: build random inputs
+//! for the point, run the path's GPU launcher and the CPU reference of `siamese_gpu::cpu`,
+//! compare under a stated bound, and name the point in every failure message. Shapes are
 //! data beside the test (odd sizes, batch 1, the reference network's shapes).
-#![allow(dead_code)] // each test binary uses its own subset of the harness
 
+use std::fmt::{self, Debug, Display};
 use std::io::Write;
 use std::sync::OnceLock;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use siamese_gpu::{Gpu, Kernel, Tensor};
+use siamese_gpu::{DType, Gpu, Kernel, Tensor};
 
 /// Unit roundoff of f32 (half the machine epsilon).
 pub const U32: f64 = f32::EPSILON as f64 / 2.0;
@@ -20,7 +22,7 @@ pub const U32: f64 = f32::EPSILON as f64 / 2.0;
 /// (normal range, round to nearest even).
 pub const U16: f64 = 1.0 / 2048.0;
 
-/// The device every test in a binary shares. Without an adapter the binary prints the
+/// The device every test shares. Without an adapter the binary prints the
 /// engine's actionable message (e.g. `apt-get install mesa-vulkan-drivers`) once and exits
 /// with status 1: every test would fail the same way, and a panic per test buries the advice.
 pub fn gpu() -> &'static Gpu {
@@ -63,11 +65,6 @@ pub fn upload(data: &[f32], shape: &[usize]) -> Tensor {
     gpu().upload_f32(data, shape).expect("upload")
 }
 
-/// Uploads `data` rounded to f16 (the values the kernel sees are [`round_f16`] of them).
-pub fn upload_f16(data: &[f32], shape: &[usize]) -> Tensor {
-    gpu().upload_f16(data, shape).expect("upload")
-}
-
 /// `data` rounded to the nearest f16 and widened back: what an f16 tensor holds.
 pub fn round_f16(data: &[f32]) -> Vec<f32> {
     data.iter()
@@ -76,9 +73,7 @@ pub fn round_f16(data: &[f32]) -> Vec<f32> {
 }
 
 pub fn zeros_f16(shape: &[usize]) -> Tensor {
-    gpu()
-        .zeros(shape, siamese_gpu::DType::F16)
-        .expect("allocate")
+    gpu().zeros(shape, DType::F16).expect("allocate")
 }
 
 /// Whether the adapter runs f16 shaders. Tests of the f16 variants print a note and pass
@@ -94,39 +89,94 @@ pub fn has_f16() -> bool {
     has
 }
 
-/// The element types a test of a kernel with an f16 variant runs: f32, and f16 where the
-/// adapter has it.
-pub fn float_dtypes() -> Vec<siamese_gpu::DType> {
-    let mut all = vec![siamese_gpu::DType::F32];
-    if has_f16() {
-        all.push(siamese_gpu::DType::F16);
+/// Both float element types, for a kernel with an f16 variant (mixed precision).
+pub const DTYPES: [DType; 2] = [DType::F32, DType::F16];
+
+/// f32 alone: kernels without an f16 variant, and the finite-difference checks (which hold
+/// the f32 GPU gradient against f64 differences).
+pub const F32_ONLY: [DType; 1] = [DType::F32];
+
+/// One point of a kernel test's matrix: kernel path × element type × shape, and the seed of
+/// its inputs. Every failure message prints it (`{point}`), so a failure names its point.
+#[derive(Debug, Clone, Copy)]
+pub struct Point<P, S> {
+    pub path: P,
+    pub dtype: DType,
+    pub shape: S,
+    /// The shape's index in its list; each test adds its own offset, so that two tests of
+    /// one shape draw different inputs.
+    pub seed: u64,
+}
+
+impl<P: Debug, S: Debug> Display for Point<P, S> {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        // A kernel with a single path declares it as `()`: there is nothing to tell apart.
+        if size_of::<P>() > 0 {
+            write!(f, "{:?} ", self.path)?;
+        }
+        write!(f, "{:?} {:?}", self.dtype, self.shape)
     }
-    all
+}
+
+/// The points of `paths` × `dtypes` × `shapes(path)`. f16 points are left out where the
+/// adapter has no SHADER_F16 ([`has_f16`] prints a note saying so).
+pub fn matrix<P: Copy, S: Copy + 'static>(
+    paths: &[P],
+    dtypes: &[DType],
+    shapes: impl Fn(P) -> &'static [S],
+) -> Vec<Point<P, S>> {
+    let dtypes: Vec<DType> = dtypes
+        .iter()
+        .copied()
+        .filter(|&d| d != DType::F16 || has_f16())
+        .collect();
+    let mut points = Vec::new();
+    for &path in paths {
+        for &dtype in &dtypes {
+            for (i, &shape) in shapes(path).iter().enumerate() {
+                points.push(Point {
+                    path,
+                    dtype,
+                    shape,
+                    seed: i as u64,
+                });
+            }
+        }
+    }
+    points
+}
+
+/// The matrix of a kernel with a single path: `dtypes` × `shapes`.
+pub fn dtype_matrix<S: Copy + 'static>(
+    dtypes: &[DType],
+    shapes: &'static [S],
+) -> Vec<Point<(), S>> {
+    matrix(&[()], dtypes, |()| shapes)
 }
 
 /// `data` as the values a tensor of `dtype` holds: rounded to f16 for f16, else unchanged.
-pub fn as_dtype(data: &[f32], dtype: siamese_gpu::DType) -> Vec<f32> {
+pub fn as_dtype(data: &[f32], dtype: DType) -> Vec<f32> {
     match dtype {
-        siamese_gpu::DType::F16 => round_f16(data),
+        DType::F16 => round_f16(data),
         _ => data.to_vec(),
     }
 }
 
 /// Uploads `data` as a tensor of float `dtype` (f16 rounds it, as [`as_dtype`]).
-pub fn upload_as(data: &[f32], shape: &[usize], dtype: siamese_gpu::DType) -> Tensor {
+pub fn upload_as(data: &[f32], shape: &[usize], dtype: DType) -> Tensor {
     gpu().upload_floats(data, shape, dtype).expect("upload")
 }
 
-pub fn zeros_as(shape: &[usize], dtype: siamese_gpu::DType) -> Tensor {
+pub fn zeros_as(shape: &[usize], dtype: DType) -> Tensor {
     gpu().zeros(shape, dtype).expect("allocate")
 }
 
 /// The bound of an output computed in f32 within `f32_bound` of `want`, then stored as
 /// `dtype`: unchanged for f32; for f16 the store adds one rounding, U16·(|want| + bound)
 /// (round to nearest), plus 2⁻²⁵ for results in f16's subnormal range.
-pub fn stored_bound(f32_bound: Vec<f64>, want: &[f32], dtype: siamese_gpu::DType) -> Vec<f64> {
+pub fn stored_bound(f32_bound: Vec<f64>, want: &[f32], dtype: DType) -> Vec<f64> {
     match dtype {
-        siamese_gpu::DType::F16 => want
+        DType::F16 => want
             .iter()
             .zip(f32_bound)
             .map(|(&w, b)| b + U16 * (w.abs() as f64 + b) + 2f64.powi(-25))
@@ -142,9 +192,7 @@ pub fn run_and_read_floats(kernel: &Kernel, out: &Tensor) -> Vec<f32> {
 }
 
 pub fn zeros(shape: &[usize]) -> Tensor {
-    gpu()
-        .zeros(shape, siamese_gpu::DType::F32)
-        .expect("allocate")
+    gpu().zeros(shape, DType::F32).expect("allocate")
 }
 
 /// Runs the kernel (one submission) and reads `out` back.

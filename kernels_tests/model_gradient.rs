@@ -3,10 +3,7 @@
 //! references (forward and backward, layer by layer) and against central finite differences
 //! of the composed CPU forward in f64.
 
-#[path = "../kernels_tests/common/mod.rs"]
-mod common;
-
-use common::*;
+use crate::common::*;
 use siamese_gpu::autograd::Tape;
 use siamese_gpu::cpu::{self, Real, conv2d::Conv2dGeometry};
 use siamese_gpu::model::{ModelConfig, SiameseModel};

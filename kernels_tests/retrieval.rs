@@ -9,10 +9,7 @@
 //! ranked either way by f32 arithmetic; each such query may move a mean by at most 1/Q, and
 //! that is the tolerance.
 
-#[path = "../kernels_tests/common/mod.rs"]
-mod common;
-
-use common::*;
+use crate::common::*;
 use rand::RngExt;
 use siamese_gpu::data::dataset::ImageSet;
 use siamese_gpu::eval::retrieval::{
