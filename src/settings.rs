@@ -22,7 +22,9 @@ use clap::{ArgMatches, Args, FromArgMatches};
 use serde::{Deserialize, Serialize};
 
 use crate::data::augment::Augment;
+use crate::data::dataset::DataOptions;
 use crate::error::{Error, Result};
+use crate::nn::TowerSpec;
 use crate::nn::spec::{Layer, REFERENCE_TOWER};
 use crate::optim::{OptimizerKind, Schedule};
 use crate::train::TrainConfig;
@@ -249,94 +251,108 @@ impl RunSettings {
     pub fn to_train_config(&self) -> Result<TrainConfig> {
         let mut cfg = TrainConfig {
             data: self.data.clone(),
-            ..TrainConfig::default()
-        };
-        cfg.tower = self.tower.parse()?;
-        if let Some(dim) = self.embedding_dim {
-            let last_dense = cfg.tower.layers.iter_mut().rev().find_map(|l| match l {
-                Layer::Linear { out } => Some(out),
-                _ => None,
-            });
-            match last_dense {
-                Some(out) if dim > 0 => *out = dim,
-                Some(_) => {
-                    return Err(Error::Config(
-                        "embedding_dim must be at least 1, got 0".into(),
-                    ));
-                }
-                None => {
+            tower: self.tower_spec()?,
+            loss: self.loss.parse()?,
+            margin: self.margin as f32,
+            distance: match self.distance.to_lowercase().as_str() {
+                "euclidean" => Distance::Euclidean,
+                "cosine" => Distance::Cosine,
+                other => {
                     return Err(Error::Config(format!(
-                        "embedding_dim = {dim}: the tower `{}` has no dense layer to resize; \
-                         end it with `flatten | dense N` or leave embedding_dim out",
-                        self.tower
+                        "distance: unknown distance `{other}`: use euclidean or cosine"
                     )));
                 }
-            }
-        }
-        cfg.loss = self.loss.parse()?;
-        cfg.margin = self.margin as f32;
-        cfg.distance = match self.distance.to_lowercase().as_str() {
-            "euclidean" => Distance::Euclidean,
-            "cosine" => Distance::Cosine,
-            other => {
-                return Err(Error::Config(format!(
-                    "distance: unknown distance `{other}`: use euclidean or cosine"
-                )));
-            }
+            },
+            normalize: self.normalize_embeddings,
+            batch: self.batch,
+            pairs: self.pairs,
+            positive_fraction: self.positive_fraction,
+            miner: Miner::parse_setting(&self.miner)?,
+            classes_per_batch: self.classes_per_batch,
+            seed: self.seed,
+            val_images: self.val_images,
+            val_pairs: self.val_pairs,
+            test_pairs: self.test_pairs,
+            eval_every: self.eval_every,
+            pixel_norm: parse_pixel_norm(&self.pixel_norm)?,
+            dataset: self.data_options()?,
+            augment: Augment {
+                rotation_range: self.rotation_range,
+                width_shift_range: self.width_shift_range,
+                height_shift_range: self.height_shift_range,
+                shear_range: self.shear_range,
+                zoom_range: self.zoom_range,
+                horizontal_flip: self.horizontal_flip,
+                fill_mode: self.fill_mode.parse()?,
+            },
+            precision: self.precision.parse()?,
+            ..TrainConfig::default()
         };
-        cfg.normalize = self.normalize_embeddings;
         cfg.optimizer.kind = OptimizerKind::named(&self.optimizer)?;
         cfg.optimizer.lr = self.lr as f32;
         cfg.optimizer.weight_decay = self.weight_decay as f32;
         cfg.optimizer.schedule = self.schedule.parse::<Schedule>()?;
-        cfg.batch = self.batch;
-        cfg.pairs = self.pairs;
-        cfg.positive_fraction = self.positive_fraction;
-        cfg.miner = Miner::parse_setting(&self.miner)?;
-        cfg.classes_per_batch = self.classes_per_batch;
-        cfg.seed = self.seed;
-        cfg.val_images = self.val_images;
-        cfg.val_pairs = self.val_pairs;
-        cfg.test_pairs = self.test_pairs;
-        cfg.eval_every = self.eval_every;
-        cfg.pixel_norm = parse_pixel_norm(&self.pixel_norm)?;
-        cfg.dataset.image_size = self
-            .image_size
-            .as_deref()
-            .map(parse_image_size)
-            .transpose()?;
-        cfg.dataset.color = match self.color.to_lowercase().as_str() {
-            "grey" | "gray" => Color::Grey,
-            "rgb" => Color::Rgb,
-            other => {
-                return Err(Error::Config(format!(
-                    "color: unknown colour `{other}`: use grey or rgb"
-                )));
-            }
-        };
-        cfg.dataset.on_bad_image = match self.on_bad_image.to_lowercase().as_str() {
-            "skip" => OnBadImage::Skip,
-            "stop" => OnBadImage::Stop,
-            other => {
-                return Err(Error::Config(format!(
-                    "on_bad_image: unknown policy `{other}`: use skip (leave the image out with a \
-                     warning) or stop"
-                )));
-            }
-        };
-        cfg.dataset.held_out_classes = self.held_out_classes.clone();
-        cfg.augment = Augment {
-            rotation_range: self.rotation_range,
-            width_shift_range: self.width_shift_range,
-            height_shift_range: self.height_shift_range,
-            shear_range: self.shear_range,
-            zoom_range: self.zoom_range,
-            horizontal_flip: self.horizontal_flip,
-            fill_mode: self.fill_mode.parse()?,
-        };
-        cfg.precision = self.precision.parse()?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The tower spec, its last dense layer resized to `embedding_dim` if given.
+    fn tower_spec(&self) -> Result<TowerSpec> {
+        let mut tower: TowerSpec = self.tower.parse()?;
+        let Some(dim) = self.embedding_dim else {
+            return Ok(tower);
+        };
+        let last_dense = tower.layers.iter_mut().rev().find_map(|l| match l {
+            Layer::Linear { out } => Some(out),
+            _ => None,
+        });
+        match last_dense {
+            Some(out) if dim > 0 => *out = dim,
+            Some(_) => {
+                return Err(Error::Config(
+                    "embedding_dim must be at least 1, got 0".into(),
+                ));
+            }
+            None => {
+                return Err(Error::Config(format!(
+                    "embedding_dim = {dim}: the tower `{}` has no dense layer to resize; \
+                     end it with `flatten | dense N` or leave embedding_dim out",
+                    self.tower
+                )));
+            }
+        }
+        Ok(tower)
+    }
+
+    /// How the dataset is read: image size and colour, unreadable images, held-out classes.
+    fn data_options(&self) -> Result<DataOptions> {
+        Ok(DataOptions {
+            image_size: self
+                .image_size
+                .as_deref()
+                .map(parse_image_size)
+                .transpose()?,
+            color: match self.color.to_lowercase().as_str() {
+                "grey" | "gray" => Color::Grey,
+                "rgb" => Color::Rgb,
+                other => {
+                    return Err(Error::Config(format!(
+                        "color: unknown colour `{other}`: use grey or rgb"
+                    )));
+                }
+            },
+            on_bad_image: match self.on_bad_image.to_lowercase().as_str() {
+                "skip" => OnBadImage::Skip,
+                "stop" => OnBadImage::Stop,
+                other => {
+                    return Err(Error::Config(format!(
+                        "on_bad_image: unknown policy `{other}`: use skip (leave the image out with a \
+                         warning) or stop"
+                    )));
+                }
+            },
+            held_out_classes: self.held_out_classes.clone(),
+        })
     }
 
     /// What a resumed run must share with the run it continues: every setting but the

@@ -208,7 +208,7 @@ impl<'g> Run<'g> {
     fn set_up(
         gpu: &'g Gpu,
         cfg: &'g TrainConfig,
-        resume: Option<super::TrainingState>,
+        resume: Option<TrainingState>,
         report: &mut dyn FnMut(&Progress),
     ) -> Result<Run<'g>> {
         let data = Data::load(gpu, cfg, report)?;
@@ -230,19 +230,10 @@ impl<'g> Run<'g> {
             &grads,
             steps,
         )?;
-        let mut start = 0;
-        if let Some(state) = resume {
-            if state.params.len() != len || state.steps_done > steps {
-                return Err(Error::Config(format!(
-                    "the saved state ({} parameters, {} steps done) does not continue this run ({len} parameters, {steps} steps)",
-                    state.params.len(),
-                    state.steps_done
-                )));
-            }
-            gpu.write_f32(&params, &state.params)?;
-            step.resume(&state.optimizer, state.steps_done)?;
-            start = state.steps_done;
-        }
+        let start = match resume {
+            Some(state) => restore(gpu, state, &params, &mut step, steps)?,
+            None => 0,
+        };
         let embedder = Embedder::new(gpu, &model, &params, cfg.pixel_norm, cfg.eval_chunk)?;
         let mut protocol = PairProtocol::new(
             gpu,
@@ -447,7 +438,7 @@ impl<'g> Run<'g> {
         let Some(save) = control.save.as_mut() else {
             return Ok(());
         };
-        let state = super::TrainingState {
+        let state = TrainingState {
             params: self.gpu.read_f32(&self.params)?,
             optimizer: self.step.optimizer_state()?,
             steps_done,
@@ -547,6 +538,28 @@ impl<'g> Run<'g> {
         }
         Ok(())
     }
+}
+
+/// Puts a saved `state` back into `params` and the step program of a run of `steps` steps;
+/// returns the step to continue from.
+fn restore(
+    gpu: &Gpu,
+    state: TrainingState,
+    params: &Tensor,
+    step: &mut TrainStep,
+    steps: usize,
+) -> Result<usize> {
+    let len = params.len();
+    if state.params.len() != len || state.steps_done > steps {
+        return Err(Error::Config(format!(
+            "the saved state ({} parameters, {} steps done) does not continue this run ({len} parameters, {steps} steps)",
+            state.params.len(),
+            state.steps_done
+        )));
+    }
+    gpu.write_f32(params, &state.params)?;
+    step.resume(&state.optimizer, state.steps_done)?;
+    Ok(state.steps_done)
 }
 
 /// Refuses a batch whose largest activation would exceed one storage binding of the device,
