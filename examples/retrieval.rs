@@ -8,7 +8,7 @@
 //!  [--gallery]`
 //!
 //! `--gallery` also searches the test queries among the training images' embeddings (the
-//! protocol of DESIGN.md's raw-pixel figure; the pixels of 55,000 images as f32 exceed
+//! protocol of the raw-pixel figure in docs/ARCHITECTURE.md, "Conventions"; the pixels of 55,000 images as f32 exceed
 //! lavapipe's 128 MiB binding, so the pixel baseline stays leave-one-out on the test set).
 
 use std::path::{Path, PathBuf};

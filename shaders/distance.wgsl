@@ -425,7 +425,7 @@ fn pairwise_cosine_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_
 // ---- Pairwise matrix, texel path ------------------------------------------------------------
 //
 // The same definitions as the storage-buffer forwards, reading A and B as texels: on lavapipe
-// a texel fetch is vectorised and a storage load is not (DESIGN.md's table), which is what
+// a texel fetch is vectorised and a storage load is not (docs/ARCHITECTURE.md, "Kernel paths"), which is what
 // retrieval over 10k × 10k rows pays for. Each invocation computes an 8×8 block of Dm like
 // dense_matmul_tex: 16 fetches feed 64 vec4 differences (or products); neighbouring
 // invocations share the block's columns. The zero padding past D adds 0 to every sum. Rows

@@ -3,7 +3,7 @@
 //! `vec4<f32>`).
 //!
 //! On lavapipe a storage-buffer load is done lane by lane, while a texel fetch takes
-//! llvmpipe's vectorised path (see DESIGN.md, "Performance design"): the matmul and
+//! llvmpipe's vectorised path (see docs/ARCHITECTURE.md, "Kernel paths"): the matmul and
 //! convolution kernels read their operands as texels. Texel `i` sits at
 //! `(i % TEXEL_ROW, i / TEXEL_ROW)`; shaders compute that with a mask and a shift.
 
