@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 use clap::{ArgMatches, Args};
 use siamese_gpu::Gpu;
 use siamese_gpu::error::{Error, Result};
-use siamese_gpu::runs::json::metrics_of;
 use siamese_gpu::runs::{RunDir, train_run};
 use siamese_gpu::sweep::{self, Axis, RankBy};
 
@@ -78,7 +77,7 @@ pub fn run(args: &SweepArgs, matches: &ArgMatches) -> Result<()> {
         });
         display.finish();
         let (_, result) = trained?;
-        Ok(metrics_of(&result).expect("train_run's result has every figure"))
+        Ok(sweep::Metrics::of_result(&result).expect("train_run's result has every figure"))
     };
     let summary = sweep::run(
         runs,

@@ -3,7 +3,6 @@
 
 use serde_json::{Value, json};
 
-use crate::sweep::Metrics;
 use crate::train::{Progress, TrainConfig, TrainReport};
 use crate::vocab::LossKind;
 
@@ -42,18 +41,6 @@ pub fn result_json(r: &TrainReport, cfg: &TrainConfig) -> Value {
         "train_s": r.train_s,
         "wall_s": r.wall_s,
         "adapter": r.adapter,
-    })
-}
-
-/// The figures a sweep ranks by, from a `result.json` (None if any is missing).
-pub fn metrics_of(result: &Value) -> Option<Metrics> {
-    let f = |key: &str| result.get(key).and_then(Value::as_f64);
-    Some(Metrics {
-        val_roc_auc: f("val_roc_auc")?,
-        val_pair_accuracy: f("val_pair_accuracy")?,
-        test_pair_accuracy: f("test_pair_accuracy")?,
-        test_roc_auc: f("test_roc_auc")?,
-        pairs_per_sec: f("pairs_per_sec")?,
     })
 }
 

@@ -221,6 +221,20 @@ pub struct Metrics {
     pub pairs_per_sec: f64,
 }
 
+impl Metrics {
+    /// The figures of a run's `result.json` (None if any is missing).
+    pub fn of_result(result: &serde_json::Value) -> Option<Metrics> {
+        let f = |key: &str| result.get(key).and_then(serde_json::Value::as_f64);
+        Some(Metrics {
+            val_roc_auc: f("val_roc_auc")?,
+            val_pair_accuracy: f("val_pair_accuracy")?,
+            test_pair_accuracy: f("test_pair_accuracy")?,
+            test_roc_auc: f("test_roc_auc")?,
+            pairs_per_sec: f("pairs_per_sec")?,
+        })
+    }
+}
+
 /// What became of one run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SweepRun {

@@ -12,7 +12,6 @@ use super::{Metrics, Point, RankBy, SweepRun, apply, csv, rank, run_name};
 use crate::error::{Error, Result};
 use crate::files::write_atomic;
 use crate::runs::RunDir;
-use crate::runs::json::metrics_of;
 use crate::settings::RunSettings;
 
 /// One run of a sweep: its directory name, its point and its full settings.
@@ -74,7 +73,7 @@ impl Start {
         let finished = std::fs::read(dir.join("result.json"))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
-            .and_then(|r: serde_json::Value| metrics_of(&r));
+            .and_then(|r: serde_json::Value| Metrics::of_result(&r));
         match finished {
             Some(m) => Start::Reuse(m),
             None if dir.join("model.safetensors").exists() => Start::Resume,
