@@ -66,97 +66,39 @@ impl FromStr for TowerSpec {
 }
 
 fn parse_layer(index: usize, text: &str) -> Result<Layer> {
-    let fail = |why: String| {
-        Err(Error::Config(format!(
-            "tower spec, layer {index} `{text}`: {why}; layers are: {KNOWN}"
-        )))
-    };
     let words: Vec<String> = text.split_whitespace().map(str::to_lowercase).collect();
     let Some((name, args)) = words.split_first() else {
-        return fail("empty layer".into());
-    };
-    let (positional, options): (Vec<&String>, Vec<&String>) =
-        args.iter().partition(|a| !a.contains('='));
-    let number = |w: &str, what: &str| -> Result<usize> {
-        match w.parse::<usize>() {
-            Ok(v) if v > 0 => Ok(v),
-            _ => Err(Error::Config(format!(
-                "tower spec, layer {index} `{text}`: {what} must be a positive integer, got `{w}`"
-            ))),
+        return Err(LayerText {
+            index,
+            text,
+            positional: vec![],
+            options: vec![],
         }
+        .error("empty layer; layers are: ".to_string() + KNOWN));
     };
-    let arity = |n: usize, usage: &str| -> Result<()> {
-        if positional.len() != n {
-            return Err(Error::Config(format!(
-                "tower spec, layer {index} `{text}`: expected `{usage}`"
-            )));
-        }
-        Ok(())
-    };
-    let no_options = || -> Result<()> {
-        match options.first() {
-            Some(o) => Err(Error::Config(format!(
-                "tower spec, layer {index} `{text}`: unknown option `{o}`"
-            ))),
-            None => Ok(()),
-        }
+    let (positional, options) = args
+        .iter()
+        .map(String::as_str)
+        .partition(|a| !a.contains('='));
+    let layer = LayerText {
+        index,
+        text,
+        positional,
+        options,
     };
     match name.as_str() {
-        "conv" | "conv2d" => {
-            arity(2, "conv OUT K [stride=S] [pad=P]")?;
-            let (mut stride, mut pad) = (1, 0);
-            for o in &options {
-                let (key, value) = o.split_once('=').expect("partitioned on '='");
-                match key {
-                    "stride" | "s" => stride = number(value, "stride")?,
-                    "pad" | "padding" | "p" => {
-                        pad = value.parse().map_err(|_| {
-                            Error::Config(format!(
-                                "tower spec, layer {index} `{text}`: pad must be an integer ≥ 0"
-                            ))
-                        })?
-                    }
-                    _ => {
-                        return fail(format!(
-                            "unknown option `{o}` (conv takes stride= and pad=)"
-                        ));
-                    }
-                }
-            }
-            Ok(Layer::Conv2d {
-                out: number(positional[0], "OUT")?,
-                kernel: number(positional[1], "K")?,
-                stride,
-                pad,
-            })
-        }
-        "maxpool" | "avgpool" => {
-            no_options()?;
-            if positional.is_empty() || positional.len() > 2 {
-                return fail(format!("expected `{name} K [S]`"));
-            }
-            let kernel = number(positional[0], "K")?;
-            let stride = positional
-                .get(1)
-                .map(|w| number(w, "S"))
-                .transpose()?
-                .unwrap_or(kernel);
-            Ok(if name == "maxpool" {
-                Layer::MaxPool2d { kernel, stride }
-            } else {
-                Layer::AvgPool2d { kernel, stride }
-            })
-        }
+        "conv" | "conv2d" => layer.conv(),
+        "maxpool" | "avgpool" => layer.pool(name),
         "dense" | "linear" => {
-            no_options()?;
-            arity(1, "dense N")?;
+            layer.no_options()?;
+            layer.arity(1, "dense N")?;
             Ok(Layer::Linear {
-                out: number(positional[0], "N")?,
+                out: layer.number(layer.positional[0], "N")?,
             })
         }
         "relu" | "sigmoid" | "tanh" | "flatten" | "l2norm" | "l2normalize" => {
-            no_options()?;
-            arity(0, name)?;
+            layer.no_options()?;
+            layer.arity(0, name)?;
             Ok(match name.as_str() {
                 "relu" => Layer::Activation(Activation::Relu),
                 "sigmoid" => Layer::Activation(Activation::Sigmoid),
@@ -165,7 +107,95 @@ fn parse_layer(index: usize, text: &str) -> Result<Layer> {
                 _ => Layer::L2Normalize,
             })
         }
-        other => fail(format!("unknown layer `{other}`")),
+        other => Err(layer.error(format!("unknown layer `{other}`; layers are: {KNOWN}"))),
+    }
+}
+
+/// One layer of a spec as written: its place, its text, its positional arguments and its
+/// `key=value` options; errors name all three.
+struct LayerText<'a> {
+    index: usize,
+    text: &'a str,
+    positional: Vec<&'a str>,
+    options: Vec<&'a str>,
+}
+
+impl LayerText<'_> {
+    fn error(&self, why: String) -> Error {
+        Error::Config(format!(
+            "tower spec, layer {} `{}`: {why}",
+            self.index, self.text
+        ))
+    }
+
+    /// `w` as a positive integer, the `what` of the layer.
+    fn number(&self, w: &str, what: &str) -> Result<usize> {
+        match w.parse::<usize>() {
+            Ok(v) if v > 0 => Ok(v),
+            _ => Err(self.error(format!("{what} must be a positive integer, got `{w}`"))),
+        }
+    }
+
+    fn arity(&self, n: usize, usage: &str) -> Result<()> {
+        if self.positional.len() != n {
+            return Err(self.error(format!("expected `{usage}`")));
+        }
+        Ok(())
+    }
+
+    fn no_options(&self) -> Result<()> {
+        match self.options.first() {
+            Some(o) => Err(self.error(format!("unknown option `{o}`"))),
+            None => Ok(()),
+        }
+    }
+
+    /// `conv OUT K [stride=S] [pad=P]`.
+    fn conv(&self) -> Result<Layer> {
+        self.arity(2, "conv OUT K [stride=S] [pad=P]")?;
+        let (mut stride, mut pad) = (1, 0);
+        for o in &self.options {
+            let (key, value) = o.split_once('=').expect("partitioned on '='");
+            match key {
+                "stride" | "s" => stride = self.number(value, "stride")?,
+                "pad" | "padding" | "p" => {
+                    pad = value
+                        .parse()
+                        .map_err(|_| self.error("pad must be an integer ≥ 0".into()))?
+                }
+                _ => {
+                    return Err(self.error(format!(
+                        "unknown option `{o}` (conv takes stride= and pad=); layers are: {KNOWN}"
+                    )));
+                }
+            }
+        }
+        Ok(Layer::Conv2d {
+            out: self.number(self.positional[0], "OUT")?,
+            kernel: self.number(self.positional[1], "K")?,
+            stride,
+            pad,
+        })
+    }
+
+    /// `maxpool K [S]` or `avgpool K [S]` (the stride defaults to K).
+    fn pool(&self, name: &str) -> Result<Layer> {
+        self.no_options()?;
+        if self.positional.is_empty() || self.positional.len() > 2 {
+            return Err(self.error(format!("expected `{name} K [S]`; layers are: {KNOWN}")));
+        }
+        let kernel = self.number(self.positional[0], "K")?;
+        let stride = self
+            .positional
+            .get(1)
+            .map(|w| self.number(w, "S"))
+            .transpose()?
+            .unwrap_or(kernel);
+        Ok(if name == "maxpool" {
+            Layer::MaxPool2d { kernel, stride }
+        } else {
+            Layer::AvgPool2d { kernel, stride }
+        })
     }
 }
 

@@ -50,91 +50,18 @@ impl Tower {
         let mut shapes = Vec::with_capacity(spec.layers.len());
         let mut params = Vec::with_capacity(spec.layers.len());
         for (i, layer) in spec.layers.iter().enumerate() {
-            let fail = |why: String| {
+            let next = output_shape(*layer, shape).map_err(|why| {
                 Error::Config(format!(
                     "tower spec, layer {i} `{layer}` on input {shape}: {why}"
                 ))
-            };
-            let mut param = |out_shape: &[usize], fan_in: usize, out: usize| {
-                let wi = layout.push(format!("{prefix}.{i}.weight"), out_shape, fan_in);
+            })?;
+            params.push(weight_shape(*layer, shape).map(|(weight, fan_in, out)| {
+                let wi = layout.push(format!("{prefix}.{i}.weight"), &weight, fan_in);
                 let bi = layout.push(format!("{prefix}.{i}.bias"), &[out], fan_in);
-                Some((wi, bi))
-            };
-            let (next, p) = match (*layer, shape) {
-                (
-                    Layer::Conv2d {
-                        out,
-                        kernel,
-                        stride,
-                        pad,
-                    },
-                    Shape::Map { c, h, w },
-                ) => {
-                    if h + 2 * pad < kernel || w + 2 * pad < kernel {
-                        return Err(fail(format!(
-                            "a {kernel}×{kernel} kernel does not fit a {h}×{w} map with padding {pad}"
-                        )));
-                    }
-                    let (oh, ow) = (
-                        (h + 2 * pad - kernel) / stride + 1,
-                        (w + 2 * pad - kernel) / stride + 1,
-                    );
-                    (
-                        Shape::Map {
-                            c: out,
-                            h: oh,
-                            w: ow,
-                        },
-                        param(&[out, c, kernel, kernel], c * kernel * kernel, out),
-                    )
-                }
-                (
-                    Layer::MaxPool2d { kernel, stride } | Layer::AvgPool2d { kernel, stride },
-                    Shape::Map { c, h, w },
-                ) => {
-                    if kernel > h || kernel > w {
-                        return Err(fail(format!(
-                            "a {kernel}×{kernel} window does not fit a {h}×{w} map"
-                        )));
-                    }
-                    (
-                        Shape::Map {
-                            c,
-                            h: (h - kernel) / stride + 1,
-                            w: (w - kernel) / stride + 1,
-                        },
-                        None,
-                    )
-                }
-                (
-                    Layer::Conv2d { .. } | Layer::MaxPool2d { .. } | Layer::AvgPool2d { .. },
-                    Shape::Flat(_),
-                ) => {
-                    return Err(fail(
-                        "needs a [C, H, W] feature map, but the input is already flat".into(),
-                    ));
-                }
-                (Layer::Linear { out }, Shape::Flat(n)) => {
-                    (Shape::Flat(out), param(&[out, n], n, out))
-                }
-                (Layer::Linear { .. }, Shape::Map { .. }) => {
-                    return Err(fail(
-                        "dense needs a flat input: add `flatten` before it".into(),
-                    ));
-                }
-                (Layer::Activation(_), s) => (s, None),
-                (Layer::Flatten, Shape::Map { c, h, w }) => (Shape::Flat(c * h * w), None),
-                (Layer::Flatten, s) => (s, None),
-                (Layer::L2Normalize, Shape::Flat(n)) => (Shape::Flat(n), None),
-                (Layer::L2Normalize, Shape::Map { .. }) => {
-                    return Err(fail(
-                        "l2norm normalises a flat embedding: add `flatten` before it".into(),
-                    ));
-                }
-            };
+                (wi, bi)
+            }));
             shape = next;
             shapes.push(shape);
-            params.push(p);
         }
         if let Shape::Map { .. } = shape {
             return Err(Error::Config(format!(
@@ -249,5 +176,73 @@ impl Tower {
             };
         }
         tape.to_f32(v)
+    }
+}
+
+/// The shape `layer` makes of an input of `shape`, or why it cannot take it.
+fn output_shape(layer: Layer, shape: Shape) -> std::result::Result<Shape, String> {
+    match (layer, shape) {
+        (
+            Layer::Conv2d {
+                out,
+                kernel,
+                stride,
+                pad,
+            },
+            Shape::Map { h, w, .. },
+        ) => {
+            if h + 2 * pad < kernel || w + 2 * pad < kernel {
+                return Err(format!(
+                    "a {kernel}×{kernel} kernel does not fit a {h}×{w} map with padding {pad}"
+                ));
+            }
+            Ok(Shape::Map {
+                c: out,
+                h: (h + 2 * pad - kernel) / stride + 1,
+                w: (w + 2 * pad - kernel) / stride + 1,
+            })
+        }
+        (
+            Layer::MaxPool2d { kernel, stride } | Layer::AvgPool2d { kernel, stride },
+            Shape::Map { c, h, w },
+        ) => {
+            if kernel > h || kernel > w {
+                return Err(format!(
+                    "a {kernel}×{kernel} window does not fit a {h}×{w} map"
+                ));
+            }
+            Ok(Shape::Map {
+                c,
+                h: (h - kernel) / stride + 1,
+                w: (w - kernel) / stride + 1,
+            })
+        }
+        (
+            Layer::Conv2d { .. } | Layer::MaxPool2d { .. } | Layer::AvgPool2d { .. },
+            Shape::Flat(_),
+        ) => Err("needs a [C, H, W] feature map, but the input is already flat".into()),
+        (Layer::Linear { out }, Shape::Flat(_)) => Ok(Shape::Flat(out)),
+        (Layer::Linear { .. }, Shape::Map { .. }) => {
+            Err("dense needs a flat input: add `flatten` before it".into())
+        }
+        (Layer::Activation(_), s) => Ok(s),
+        (Layer::Flatten, Shape::Map { c, h, w }) => Ok(Shape::Flat(c * h * w)),
+        (Layer::Flatten, s) => Ok(s),
+        (Layer::L2Normalize, Shape::Flat(n)) => Ok(Shape::Flat(n)),
+        (Layer::L2Normalize, Shape::Map { .. }) => {
+            Err("l2norm normalises a flat embedding: add `flatten` before it".into())
+        }
+    }
+}
+
+/// The weight of `layer` on an input of `shape` (a shape [`output_shape`] accepted): its
+/// shape, fan-in and output width (the bias's length); None for a layer without one.
+fn weight_shape(layer: Layer, shape: Shape) -> Option<(Vec<usize>, usize, usize)> {
+    match (layer, shape) {
+        (Layer::Conv2d { out, kernel, .. }, Shape::Map { c, .. }) => {
+            Some((vec![out, c, kernel, kernel], c * kernel * kernel, out))
+        }
+        (Layer::Linear { out }, Shape::Flat(n)) => Some((vec![out, n], n, out)),
+        _ => None,
     }
 }
