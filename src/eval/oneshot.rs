@@ -134,6 +134,44 @@ pub fn one_shot(
     episodes: usize,
     seed: u64,
 ) -> Result<OneShot, OneShotError> {
+    check_inputs(embeddings, labels, dim, n, episodes)?;
+    let by_class = images_by_class(labels);
+    let mut eligible: Vec<usize> = (0..256).filter(|&c| by_class[c].len() >= 2).collect();
+    if eligible.len() < n {
+        return Err(OneShotError::TooFewClasses {
+            n,
+            eligible: eligible.len(),
+        });
+    }
+    let row = |i: u32| &embeddings[i as usize * dim..(i as usize + 1) * dim];
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut correct = 0;
+    for _ in 0..episodes {
+        let episode = Episode::draw(&mut rng, &mut eligible, &by_class, n);
+        let query = row(episode.query);
+        let guess = nearest(metric, query, episode.supports.iter().map(|&s| row(s)));
+        correct += usize::from(guess == episode.truth);
+    }
+    Ok(OneShot {
+        n,
+        episodes,
+        correct,
+        accuracy: correct as f64 / episodes as f64,
+        ci95: wilson_interval(correct, episodes, Z95),
+        metric,
+        seed,
+    })
+}
+
+/// Inputs that cannot make episodes: lengths that disagree, n < 2, no episodes, or a
+/// non-finite embedding (a diverged model, whose distances would rank nothing).
+fn check_inputs(
+    embeddings: &[f32],
+    labels: &[u8],
+    dim: usize,
+    n: usize,
+    episodes: usize,
+) -> Result<(), OneShotError> {
     if dim == 0 || embeddings.len() != labels.len() * dim {
         return Err(OneShotError::Input(format!(
             "{} labels need {}×{dim} embedding values, got {}",
@@ -153,21 +191,31 @@ pub fn one_shot(
             "an embedding value is not finite (NaN or infinite): the model has diverged".into(),
         ));
     }
+    Ok(())
+}
+
+/// The images of each of the 256 possible labels, in dataset order.
+fn images_by_class(labels: &[u8]) -> Vec<Vec<u32>> {
     let mut by_class: Vec<Vec<u32>> = vec![Vec::new(); 256];
     for (i, &c) in labels.iter().enumerate() {
         by_class[c as usize].push(i as u32);
     }
-    let mut eligible: Vec<usize> = (0..256).filter(|&c| by_class[c].len() >= 2).collect();
-    if eligible.len() < n {
-        return Err(OneShotError::TooFewClasses {
-            n,
-            eligible: eligible.len(),
-        });
-    }
-    let row = |i: u32| &embeddings[i as usize * dim..(i as usize + 1) * dim];
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut correct = 0;
-    for _ in 0..episodes {
+    by_class
+}
+
+/// One episode: a support image of each of its n classes, in the order drawn, the place of
+/// the query's class among them, and the query image.
+struct Episode {
+    supports: Vec<u32>,
+    truth: usize,
+    query: u32,
+}
+
+impl Episode {
+    /// Draws an episode from the classes in `eligible` (each with at least two images in
+    /// `by_class`). The seed fixes the results only with the draws in this order: the n
+    /// classes, the query's class, each class's support, then the query.
+    fn draw(rng: &mut StdRng, eligible: &mut [usize], by_class: &[Vec<u32>], n: usize) -> Self {
         // Partial Fisher–Yates: the first n of `eligible` are the episode's classes.
         for i in 0..n {
             let j = rng.random_range(i..eligible.len());
@@ -188,25 +236,29 @@ pub fn one_shot(
         if q >= support_at {
             q += 1;
         }
-        let query = row(members[q]);
-        let mut best = (f64::INFINITY, usize::MAX);
-        for (s, &support) in supports.iter().enumerate() {
-            let d = distance(metric, query, row(support));
-            if d < best.0 {
-                best = (d, s);
-            }
+        Episode {
+            supports,
+            truth,
+            query: members[q],
         }
-        correct += usize::from(best.1 == truth);
     }
-    Ok(OneShot {
-        n,
-        episodes,
-        correct,
-        accuracy: correct as f64 / episodes as f64,
-        ci95: wilson_interval(correct, episodes, Z95),
-        metric,
-        seed,
-    })
+}
+
+/// The place of the support nearest to `query` under `metric`; on an exact tie the earlier
+/// one (strictly nearer is needed to take over).
+fn nearest<'a>(
+    metric: PairwiseMetric,
+    query: &[f32],
+    supports: impl Iterator<Item = &'a [f32]>,
+) -> usize {
+    let mut best = (f64::INFINITY, usize::MAX);
+    for (s, support) in supports.enumerate() {
+        let d = distance(metric, query, support);
+        if d < best.0 {
+            best = (d, s);
+        }
+    }
+    best.1
 }
 
 #[cfg(test)]

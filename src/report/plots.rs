@@ -6,9 +6,11 @@ use std::error::Error;
 use std::io;
 use std::path::Path;
 
+use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
-use crate::eval::doctor::{Evidence, PairScores, margin_f64};
+use crate::eval::doctor::{Evidence, PairScores, ValidationPoint, margin_f64};
 use crate::eval::verification;
 use crate::files::write_atomic;
 use crate::vocab::LossKind;
@@ -17,6 +19,10 @@ use crate::vocab::PairLabel;
 type Drawn = Result<Option<String>, Box<dyn Error>>;
 /// A plot: its SVG, or None when the evidence has no data for it.
 type Draw = fn(&Evidence) -> Drawn;
+/// A part of an SVG drawing that one chart fills.
+type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
+/// A chart with numeric axes, drawn into an SVG.
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
 /// The plots, by file name.
 pub const PLOTS: [(&str, Draw); 4] = [
@@ -57,7 +63,7 @@ fn finite_range(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
 /// Training loss per step with its running mean; validation (and training-pair) accuracy
 /// and ROC AUC over the samples seen.
 fn curves(e: &Evidence) -> Drawn {
-    let Some((lo, hi)) = finite_range(e.losses.iter().map(|&l| l as f64)) else {
+    let Some(range) = finite_range(e.losses.iter().map(|&l| l as f64)) else {
         return Ok(None);
     };
     let mut svg = String::new();
@@ -65,106 +71,124 @@ fn curves(e: &Evidence) -> Drawn {
         let root = SVGBackend::with_string(&mut svg, (SIZE.0, 760)).into_drawing_area();
         root.fill(&WHITE)?;
         let (top, bottom) = root.split_vertically(380);
-        let steps = e.losses.len();
-        let mut chart = ChartBuilder::on(&top)
-            .caption("Training loss", TITLE)
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
-            .build_cartesian_2d(1f64..steps.max(2) as f64, lo..hi)?;
-        chart
-            .configure_mesh()
-            .x_desc("step")
-            .y_desc("loss")
-            .draw()?;
-        let per_step = e
-            .losses
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| l.is_finite())
-            .map(|(i, &l)| ((i + 1) as f64, l as f64));
-        // Short runs show every step plainly; longer ones a running mean over the noise.
-        let window = (steps / 40).max(1);
-        let faint = if window > 1 {
-            BLUE.mix(0.3)
-        } else {
-            BLUE.mix(1.0)
-        };
-        chart
-            .draw_series(LineSeries::new(per_step, faint))?
-            .label("each step")
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], faint));
-        let running: Vec<(f64, f64)> = e
-            .losses
-            .windows(window)
-            .enumerate()
-            .map(|(i, w)| {
-                let m = w.iter().map(|&l| l as f64).sum::<f64>() / window as f64;
-                ((i + window) as f64, m)
-            })
-            .filter(|(_, m)| m.is_finite())
-            .collect();
-        if window > 1 {
-            chart
-                .draw_series(LineSeries::new(running, BLUE.stroke_width(2)))?
-                .label(format!("mean of {window} steps"))
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
-        }
-        chart
-            .configure_series_labels()
-            .border_style(BLACK)
-            .background_style(WHITE.mix(0.8))
-            .draw()?;
-
-        let last = e.validations.last().map_or(1, |v| v.pairs).max(1) as f64;
-        let mut chart = ChartBuilder::on(&bottom)
-            .caption("Pair accuracy and ROC AUC", TITLE)
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0f64..last * 1.05, 0.4f64..1.0)?;
-        chart
-            .configure_mesh()
-            .x_desc("training samples seen")
-            .y_desc("accuracy / AUC")
-            .draw()?;
-        chart
-            .draw_series(LineSeries::new(
-                [(0.0, 0.5), (last * 1.05, 0.5)],
-                BLACK.mix(0.4),
-            ))?
-            .label("chance")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.4)));
-        type Pick = fn(&crate::eval::doctor::ValidationPoint) -> Option<f64>;
-        let series: [(&str, RGBColor, Pick); 3] = [
-            ("validation accuracy", RED, |v| Some(v.accuracy)),
-            ("validation ROC AUC", GREEN, |v| Some(v.roc_auc)),
-            ("training-pair accuracy", MAGENTA, |v| v.train_accuracy),
-        ];
-        for (label, color, pick) in series {
-            let points: Vec<(f64, f64)> = e
-                .validations
-                .iter()
-                .filter_map(|v| pick(v).map(|y| (v.pairs as f64, y.clamp(0.4, 1.0))))
-                .collect();
-            if points.is_empty() {
-                continue;
-            }
-            chart.draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?;
-            chart
-                .draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))?
-                .label(label)
-                .legend(move |(x, y)| Circle::new((x + 10, y), 4, color.filled()));
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .border_style(BLACK)
-            .background_style(WHITE.mix(0.8))
-            .draw()?;
+        loss_chart(&top, &e.losses, range)?;
+        accuracy_chart(&bottom, &e.validations)?;
         root.present()?;
     }
     Ok(Some(svg))
+}
+
+/// The loss of each step over `range`, and over long runs its running mean.
+fn loss_chart(area: &Area, losses: &[f32], (lo, hi): (f64, f64)) -> Result<(), Box<dyn Error>> {
+    let steps = losses.len();
+    let mut chart = ChartBuilder::on(area)
+        .caption("Training loss", TITLE)
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(1f64..steps.max(2) as f64, lo..hi)?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .y_desc("loss")
+        .draw()?;
+    let per_step = losses
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.is_finite())
+        .map(|(i, &l)| ((i + 1) as f64, l as f64));
+    // Short runs show every step plainly; longer ones a running mean over the noise.
+    let window = (steps / 40).max(1);
+    let faint = if window > 1 {
+        BLUE.mix(0.3)
+    } else {
+        BLUE.mix(1.0)
+    };
+    chart
+        .draw_series(LineSeries::new(per_step, faint))?
+        .label("each step")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], faint));
+    if window > 1 {
+        chart
+            .draw_series(LineSeries::new(
+                running_mean(losses, window),
+                BLUE.stroke_width(2),
+            ))?
+            .label(format!("mean of {window} steps"))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()?;
+    Ok(())
+}
+
+/// The mean of each `window` consecutive losses, at the step that ends the window; windows
+/// holding a non-finite loss are left out.
+fn running_mean(losses: &[f32], window: usize) -> Vec<(f64, f64)> {
+    losses
+        .windows(window)
+        .enumerate()
+        .map(|(i, w)| {
+            let m = w.iter().map(|&l| l as f64).sum::<f64>() / window as f64;
+            ((i + window) as f64, m)
+        })
+        .filter(|(_, m)| m.is_finite())
+        .collect()
+}
+
+/// Validation accuracy, validation ROC AUC and training-pair accuracy at each validation
+/// pass, against the training samples seen, with the chance line.
+fn accuracy_chart(area: &Area, validations: &[ValidationPoint]) -> Result<(), Box<dyn Error>> {
+    let last = validations.last().map_or(1, |v| v.pairs).max(1) as f64;
+    let mut chart = ChartBuilder::on(area)
+        .caption("Pair accuracy and ROC AUC", TITLE)
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..last * 1.05, 0.4f64..1.0)?;
+    chart
+        .configure_mesh()
+        .x_desc("training samples seen")
+        .y_desc("accuracy / AUC")
+        .draw()?;
+    chart
+        .draw_series(LineSeries::new(
+            [(0.0, 0.5), (last * 1.05, 0.5)],
+            BLACK.mix(0.4),
+        ))?
+        .label("chance")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.4)));
+    type Pick = fn(&ValidationPoint) -> Option<f64>;
+    let series: [(&str, RGBColor, Pick); 3] = [
+        ("validation accuracy", RED, |v| Some(v.accuracy)),
+        ("validation ROC AUC", GREEN, |v| Some(v.roc_auc)),
+        ("training-pair accuracy", MAGENTA, |v| v.train_accuracy),
+    ];
+    for (label, color, pick) in series {
+        // Clamped into the chart's 0.4–1 band, so a point below it sits on the axis.
+        let points: Vec<(f64, f64)> = validations
+            .iter()
+            .filter_map(|v| pick(v).map(|y| (v.pairs as f64, y.clamp(0.4, 1.0))))
+            .collect();
+        if points.is_empty() {
+            continue;
+        }
+        chart.draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?;
+        chart
+            .draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))?
+            .label(label)
+            .legend(move |(x, y)| Circle::new((x + 10, y), 4, color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()?;
+    Ok(())
 }
 
 /// Share of `values` in each of `bins` equal bins over `[lo, hi)`.
@@ -181,6 +205,9 @@ fn histogram(values: &[f32], lo: f64, hi: f64, bins: usize) -> Vec<f64> {
     counts.iter().map(|c| c / n).collect()
 }
 
+/// Bins of the distance histograms, over the plot's x range.
+const BINS: usize = 60;
+
 /// Histograms of the validation Same and Different pair distances, with the margin and the
 /// verification threshold.
 fn distances(e: &Evidence) -> Drawn {
@@ -191,22 +218,9 @@ fn distances(e: &Evidence) -> Drawn {
     let bce = e.loss == Some(LossKind::Bce);
     let mut all: Vec<f32> = same.iter().chain(&diff).copied().collect();
     all.sort_by(f32::total_cmp);
-    // The bulk of the data, not a far outlier, sets the axis (0.5% at the top may fall off).
-    let top = all[((all.len() - 1) as f64 * 0.995) as usize] as f64;
-    let bottom = all[0] as f64;
     let margin = (!bce && e.margin > 0.0).then_some(margin_f64(e.margin));
     let threshold = e.val_threshold as f64;
-    let mut hi = top.max(threshold);
-    if let Some(m) = margin {
-        hi = hi.max(m);
-    }
-    let lo = if bce {
-        bottom.min(threshold)
-    } else {
-        0f64.min(bottom)
-    };
-    let hi = hi + (hi - lo).max(1e-6) * 0.05;
-    const BINS: usize = 60;
+    let (lo, hi) = distance_axis(&all, threshold, margin, bce);
     let (hs, hd) = (
         histogram(&same, lo, hi, BINS),
         histogram(&diff, lo, hi, BINS),
@@ -231,35 +245,16 @@ fn distances(e: &Evidence) -> Drawn {
             })
             .y_desc("share of pairs")
             .draw()?;
-        let width = (hi - lo) / BINS as f64;
-        for (h, color, label) in [
-            (&hs, BLUE, format!("Same pairs ({})", same.len())),
-            (&hd, RED, format!("Different pairs ({})", diff.len())),
-        ] {
-            chart
-                .draw_series(h.iter().enumerate().map(|(b, &c)| {
-                    let x0 = lo + b as f64 * width;
-                    Rectangle::new([(x0, 0.0), (x0 + width, c)], color.mix(0.35).filled())
-                }))?
-                .label(label)
-                .legend(move |(x, y)| {
-                    Rectangle::new([(x, y - 5), (x + 18, y + 5)], color.mix(0.35).filled())
-                });
-        }
-        let vline = |x: f64| [(x, 0.0), (x, ymax)];
-        chart
-            .draw_series(LineSeries::new(vline(threshold), BLACK.stroke_width(2)))?
-            .label(format!("threshold {threshold:.3} (chosen on validation)"))
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
-        if let Some(m) = margin {
-            let orange = RGBColor(230, 140, 0);
-            chart
-                .draw_series(LineSeries::new(vline(m), orange.stroke_width(3)))?
-                .label(format!("margin {m}"))
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], orange.stroke_width(3))
-                });
-        }
+        let bars = [
+            (hs.as_slice(), BLUE, format!("Same pairs ({})", same.len())),
+            (
+                hd.as_slice(),
+                RED,
+                format!("Different pairs ({})", diff.len()),
+            ),
+        ];
+        draw_histograms(&mut chart, lo, (hi - lo) / BINS as f64, bars)?;
+        draw_threshold_and_margin(&mut chart, ymax, threshold, margin)?;
         chart
             .configure_series_labels()
             .border_style(BLACK)
@@ -268,6 +263,72 @@ fn distances(e: &Evidence) -> Drawn {
         root.present()?;
     }
     Ok(Some(svg))
+}
+
+/// The x range of the distance plot over the `sorted` scores: from 0 (for BCE scores, which
+/// can be negative, from the lowest score or the threshold) to past the threshold, the
+/// margin and the bulk of the scores, with 5% to spare at the top.
+fn distance_axis(sorted: &[f32], threshold: f64, margin: Option<f64>, bce: bool) -> (f64, f64) {
+    // The bulk of the data, not a far outlier, sets the axis (0.5% at the top may fall off).
+    let top = sorted[((sorted.len() - 1) as f64 * 0.995) as usize] as f64;
+    let bottom = sorted[0] as f64;
+    let mut hi = top.max(threshold);
+    if let Some(m) = margin {
+        hi = hi.max(m);
+    }
+    let lo = if bce {
+        bottom.min(threshold)
+    } else {
+        0f64.min(bottom)
+    };
+    (lo, hi + (hi - lo).max(1e-6) * 0.05)
+}
+
+/// Each histogram (shares per bin of `width` from `lo`) as translucent bars, with its
+/// legend entry.
+fn draw_histograms(
+    chart: &mut Chart,
+    lo: f64,
+    width: f64,
+    histograms: [(&[f64], RGBColor, String); 2],
+) -> Result<(), Box<dyn Error>> {
+    for (h, color, label) in histograms {
+        chart
+            .draw_series(h.iter().enumerate().map(|(b, &c)| {
+                let x0 = lo + b as f64 * width;
+                Rectangle::new([(x0, 0.0), (x0 + width, c)], color.mix(0.35).filled())
+            }))?
+            .label(label)
+            .legend(move |(x, y)| {
+                Rectangle::new([(x, y - 5), (x + 18, y + 5)], color.mix(0.35).filled())
+            });
+    }
+    Ok(())
+}
+
+/// The verification threshold, and the margin if the loss has one, as vertical lines the
+/// height of the chart (`ymax`).
+fn draw_threshold_and_margin(
+    chart: &mut Chart,
+    ymax: f64,
+    threshold: f64,
+    margin: Option<f64>,
+) -> Result<(), Box<dyn Error>> {
+    let vline = |x: f64| [(x, 0.0), (x, ymax)];
+    chart
+        .draw_series(LineSeries::new(vline(threshold), BLACK.stroke_width(2)))?
+        .label(format!("threshold {threshold:.3} (chosen on validation)"))
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
+    if let Some(m) = margin {
+        let orange = RGBColor(230, 140, 0);
+        chart
+            .draw_series(LineSeries::new(vline(m), orange.stroke_width(3)))?
+            .label(format!("margin {m}"))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], orange.stroke_width(3))
+            });
+    }
+    Ok(())
 }
 
 /// The ROC curve of scores where a lower score means Same: (false positive rate, true positive
