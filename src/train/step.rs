@@ -66,14 +66,7 @@ impl<'g> TrainStep<'g> {
         grads: &Tensor,
         steps: usize,
     ) -> Result<Self> {
-        let mixed = cfg.precision == Precision::Mixed;
-        if mixed && !gpu.has_f16() {
-            return Err(Error::Config(format!(
-                "--precision mixed needs 16-bit float shaders (wgpu's SHADER_F16), which {} does \
-                 not offer; train with --precision f32",
-                gpu.adapter().name
-            )));
-        }
+        let mixed = mixed_precision(gpu, cfg)?;
         let images_per_step = cfg.images_per_sample() * cfg.batch;
         let indices = gpu.zeros(&[images_per_step], DType::U32)?;
         // Pair label codes, or (with a miner) the class id of every image.
@@ -291,6 +284,19 @@ impl<'g> TrainStep<'g> {
             .map(|t| self.gpu.read_f32(t))
             .collect()
     }
+}
+
+/// Whether the step runs in mixed precision, refused on an adapter without f16 shaders.
+fn mixed_precision(gpu: &Gpu, cfg: &TrainConfig) -> Result<bool> {
+    let mixed = cfg.precision == Precision::Mixed;
+    if mixed && !gpu.has_f16() {
+        return Err(Error::Config(format!(
+            "--precision mixed needs 16-bit float shaders (wgpu's SHADER_F16), which {} does \
+             not offer; train with --precision f32",
+            gpu.adapter().name
+        )));
+    }
+    Ok(mixed)
 }
 
 /// The weights a step's tower reads (`half`: the f16 copy under mixed precision) and the
