@@ -1,5 +1,6 @@
-//! The words the layers share: plain types with no behaviour beyond their names, parsing and
-//! the codes the shaders read, so that any layer can use them without importing another.
+//! The words the layers share: plain types with no behaviour beyond their names, parsing,
+//! the codes the shaders read and the arithmetic of their shapes, so that any layer can use
+//! them without importing another.
 //!
 //! Everything here depends on nothing but [`crate::error`]. A type belongs here when two
 //! layers that must not import each other both need it (the sampler and the loss kernels
@@ -283,6 +284,50 @@ pub enum OnBadImage {
     Skip,
     /// Refuse the dataset, naming the file.
     Stop,
+}
+
+// ---- Shapes ----
+
+/// Sizes of one 2-D convolution (NCHW, weights `[O, C, KH, KW]`, stride and zero padding)
+/// and the shapes they imply: what the CPU reference, the kernel rules and the launchers of
+/// `ops::conv2d` all speak of. Reading one off tensors, and checking that they fit, is
+/// `ops::conv2d`'s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dGeometry {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub o: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl Conv2dGeometry {
+    pub fn out_h(&self) -> usize {
+        (self.h + 2 * self.pad - self.kh) / self.stride + 1
+    }
+
+    pub fn out_w(&self) -> usize {
+        (self.w + 2 * self.pad - self.kw) / self.stride + 1
+    }
+
+    /// Shape of the input, `[N, C, H, W]`.
+    pub fn input_shape(&self) -> [usize; 4] {
+        [self.n, self.c, self.h, self.w]
+    }
+
+    /// Shape of the weights, `[O, C, KH, KW]`.
+    pub fn weight_shape(&self) -> [usize; 4] {
+        [self.o, self.c, self.kh, self.kw]
+    }
+
+    /// Shape of the output, `[N, O, OH, OW]`.
+    pub fn output_shape(&self) -> [usize; 4] {
+        [self.n, self.o, self.out_h(), self.out_w()]
+    }
 }
 
 // ---- Arithmetic ----

@@ -2,7 +2,7 @@
 //! y: [N, O, OH, OW], all row-major; taps outside the image read as zero (padding).
 
 use super::Real;
-pub use crate::ops::conv2d::Conv2dGeometry;
+pub use crate::vocab::Conv2dGeometry;
 
 /// The input coordinate that output position `out` reads through kernel tap `k`, if inside.
 fn input_coord(out: usize, k: usize, g: &Conv2dGeometry, size: usize) -> Option<usize> {

@@ -12,6 +12,7 @@ use bytemuck::{Pod, Zeroable};
 use super::{expect, expect_f32, expect_float_rank, expect_rank, float_dtype, pack, to_u32};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, F16Variant, Gpu, Kernel, Shader, Tensor, Texels, grid_1d};
+pub use crate::vocab::Conv2dGeometry;
 
 pub const SHADER: Shader = Shader::new("conv2d", include_str!("../../shaders/conv2d.wgsl"));
 
@@ -73,44 +74,7 @@ const TARGET_INVOCATIONS: u32 = 16_384;
 /// appear for reductions far longer than the reference network's.
 const MAX_POSITIONS_PER_INVOCATION: usize = 32_768;
 
-/// Sizes of one convolution, as the shader sees them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Conv2dGeometry {
-    pub n: usize,
-    pub c: usize,
-    pub h: usize,
-    pub w: usize,
-    pub o: usize,
-    pub kh: usize,
-    pub kw: usize,
-    pub stride: usize,
-    pub pad: usize,
-}
-
 impl Conv2dGeometry {
-    pub fn out_h(&self) -> usize {
-        (self.h + 2 * self.pad - self.kh) / self.stride + 1
-    }
-
-    pub fn out_w(&self) -> usize {
-        (self.w + 2 * self.pad - self.kw) / self.stride + 1
-    }
-
-    /// Shape of the input, `[N, C, H, W]`.
-    pub fn input_shape(&self) -> [usize; 4] {
-        [self.n, self.c, self.h, self.w]
-    }
-
-    /// Shape of the weights, `[O, C, KH, KW]`.
-    pub fn weight_shape(&self) -> [usize; 4] {
-        [self.o, self.c, self.kh, self.kw]
-    }
-
-    /// Shape of the output, `[N, O, OH, OW]`.
-    pub fn output_shape(&self) -> [usize; 4] {
-        [self.n, self.o, self.out_h(), self.out_w()]
-    }
-
     /// Reads the geometry off an input and a weight tensor (each f32 or f16; the launchers
     /// check their types), checking that they fit.
     pub fn of(op: &'static str, x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Self> {
