@@ -25,7 +25,7 @@
 //! parameter gradients are always the f32 buffers the caller passes.
 
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Gpu, Kernel, Tensor, TexelOp, Texels};
+use crate::gpu::{ConvForward, DType, Gpu, Kernel, Operands, Tensor, Texels};
 use crate::ops::activation::{self, Activation};
 use crate::ops::distance;
 use crate::ops::mining;
@@ -236,32 +236,31 @@ impl<'g> Tape<'g> {
             self.tensor(b).clone(),
             self.tensor(y).clone(),
         );
-        // Each product on the texel kernels where the device's path says so and they cover
-        // the layer; grad_weight reads x as the texel forward packed it, or packs it itself
-        // (after a single-channel forward, which packs four images per texel instead).
-        let fits = g.texel_path_fits();
-        let tex = |op| fits && self.gpu.takes_texels(op);
-        let (forward, packed_x) = if tex(TexelOp::ConvForward) && g.images_in_lanes() {
-            (
+        // Each product on the kernels the device's policy names; grad_weight reads x as the
+        // texel forward packed it, or packs it itself (after a single-channel forward, which
+        // packs four images per texel instead).
+        let kernels = self.gpu.policy().conv2d(&g);
+        let (forward, packed_x) = match kernels.forward {
+            ConvForward::ImagesInLanes => (
                 conv2d::forward_packed_images4(self.gpu, &tx, &tw, &tb, &ty, pad)?,
                 None,
-            )
-        } else if tex(TexelOp::ConvForward) {
-            let (kernel, xt) = conv2d::forward_packed(self.gpu, &tx, &tw, &tb, &ty, pad)?;
-            (kernel, Some(xt))
-        } else {
-            (
+            ),
+            ConvForward::Texels => {
+                let (kernel, xt) = conv2d::forward_packed(self.gpu, &tx, &tw, &tb, &ty, pad)?;
+                (kernel, Some(xt))
+            }
+            ConvForward::Storage => (
                 conv2d::forward(self.gpu, &tx, &tw, &tb, &ty, stride, pad)?,
                 None,
-            )
+            ),
         };
         let forward = vec![forward];
         let mut backward = Vec::new();
         if let Some(dy) = self.grad(y).cloned() {
             let dx = self.grad_slot(x)?;
             let (dw, db) = (self.grad_slot(w)?, self.grad_slot(b)?);
-            let input_tex = dx.is_some() && tex(TexelOp::ConvGradInput);
-            let weight_tex = dw.is_some() && tex(TexelOp::ConvGradWeight);
+            let input_tex = dx.is_some() && kernels.grad_input == Operands::Texels;
+            let weight_tex = dw.is_some() && kernels.grad_weight == Operands::Texels;
             // The texel products share one packing of dy, with grad_input's border when it
             // takes part (grad_weight reads past it).
             let dy_pad = if input_tex { g.grad_input_pad() } else { 0 };
@@ -282,7 +281,7 @@ impl<'g> Tape<'g> {
                 || !weight_tex && (self.needs_grad(w) || self.needs_grad(b));
             match dw {
                 // The texel grad_weight also sums the bias gradient from the dy it fetches.
-                Some(dw) if tex(TexelOp::ConvGradWeight) => {
+                Some(dw) if weight_tex => {
                     let (pack_x, xt) = match &packed_x {
                         Some(xt) => (None, xt.clone()),
                         None => {
@@ -436,7 +435,7 @@ impl<'g> Tape<'g> {
             self.tensor(b).clone(),
             self.tensor(y).clone(),
         );
-        let texels = self.gpu.takes_texels(TexelOp::Dense);
+        let texels = self.gpu.policy().dense() == Operands::Texels;
         let forward = vec![if texels {
             dense::forward_packed(self.gpu, &tx, &tw, &tb, &ty)?
         } else {

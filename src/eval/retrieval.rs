@@ -49,7 +49,7 @@ use rand::{RngExt, SeedableRng};
 use crate::cpu::topk::NO_EXCLUDE;
 use crate::data::dataset::ImageSet;
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Gpu, Kernel, Tensor, TexelOp};
+use crate::gpu::{DType, Gpu, Kernel, Operands, Tensor};
 use crate::ops::distance;
 use crate::ops::pack;
 use crate::ops::topk::{self, K_MAX};
@@ -435,9 +435,8 @@ fn search(
     let chunk = ((options.chunk_bytes.min(limit) / row_bytes) as usize).clamp(1, q);
 
     let references = gpu.upload_f32(ref_rows, &[n, dim])?;
-    // The distance matrix is matmul-shaped: it takes the texel kernel where the dense layer
-    // does (CPU adapters), the references packed once.
-    let packed_references = if gpu.takes_texels(TexelOp::Dense) {
+    // On the texel kernel the references are packed once, the queries per chunk.
+    let packed_references = if gpu.policy().pairwise_distance() == Operands::Texels {
         let (pack, texels) = pack::rows4(gpu, &references, false)?;
         gpu.run(&[&pack]);
         Some(texels)

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
 
 use super::adapter::{self, AdapterSummary};
-use super::kernel::{Dispatch, KernelPath, TexelOp, Uniform};
+use super::kernel::{Dispatch, Uniform};
+use super::policy::{AdapterKind, KernelPath, Policy, TexelOp};
 use super::recorder::Recorder;
 use super::{DType, Kernel, TEXEL_ROW, Tensor, Texels};
 use super::{F16Variant, Shader};
@@ -22,6 +23,7 @@ pub struct Gpu {
     device: wgpu::Device,
     queue: wgpu::Queue,
     summary: AdapterSummary,
+    adapter_kind: AdapterKind,
     limits: wgpu::Limits,
     features: wgpu::Features,
     modules: Mutex<HashMap<ModuleKey, wgpu::ShaderModule>>,
@@ -73,6 +75,7 @@ impl Gpu {
             device,
             queue,
             summary: AdapterSummary::of(&adapter),
+            adapter_kind: AdapterKind::of(adapter.get_info().device_type),
             limits,
             features,
             modules: Mutex::new(HashMap::new()),
@@ -86,9 +89,20 @@ impl Gpu {
         self.kernel_path
     }
 
-    /// Whether tapes built on this device give `op` its texel kernel.
+    /// What the kernel rules know of the adapter.
+    pub fn adapter_kind(&self) -> AdapterKind {
+        self.adapter_kind
+    }
+
+    /// The kernel rules for tapes built on this device (see [`Policy`]).
+    pub fn policy(&self) -> Policy {
+        Policy::new(self.kernel_path, self.adapter_kind)
+    }
+
+    /// Whether tapes built on this device give `op` its texel kernel where it covers the
+    /// shape: [`Policy::takes_texels`] of [`policy`](Self::policy).
     pub fn takes_texels(&self, op: TexelOp) -> bool {
-        self.kernel_path.takes_texels(op, &self.summary.device_type)
+        self.policy().takes_texels(op)
     }
 
     /// Chooses the kernel path for tapes built from now on.

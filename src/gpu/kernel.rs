@@ -9,58 +9,6 @@ use super::Tensor;
 /// Largest workgroup count per dimension that every adapter accepts (WebGPU's default limit).
 pub const MAX_WORKGROUPS_PER_DIM: u32 = 65_535;
 
-/// Which implementation the matmul-shaped ops take where two exist: the storage-buffer
-/// kernels, or the texel kernels that read operands packed into textures (several times
-/// faster on lavapipe, where a texel fetch is vectorised and a storage load is not).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KernelPath {
-    /// Per adapter, as `cargo bench` measured them: on CPU adapters (lavapipe) the texel
-    /// kernels throughout; on GPUs the storage kernels, except convolution grad_weight,
-    /// whose texel kernel was 2-3x faster on an NVIDIA H100.
-    Auto,
-    Storage,
-    Texels,
-}
-
-/// The ops that have both kernels, for [`KernelPath::takes_texels`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TexelOp {
-    ConvForward,
-    ConvGradInput,
-    ConvGradWeight,
-    Dense,
-}
-
-impl KernelPath {
-    /// `auto`, `storage` or `texels`.
-    pub fn parse(s: &str) -> Option<KernelPath> {
-        match s {
-            "auto" => Some(KernelPath::Auto),
-            "storage" => Some(KernelPath::Storage),
-            "texels" => Some(KernelPath::Texels),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            KernelPath::Auto => "auto",
-            KernelPath::Storage => "storage",
-            KernelPath::Texels => "texels",
-        }
-    }
-
-    /// Whether `op` takes its texel kernel on an adapter of `device_type` (wgpu's
-    /// `DeviceType` as text: "Cpu", "DiscreteGpu", …).
-    pub fn takes_texels(self, op: TexelOp, device_type: &str) -> bool {
-        match self {
-            KernelPath::Storage => false,
-            KernelPath::Texels => true,
-            KernelPath::Auto => device_type == "Cpu" || op == TexelOp::ConvGradWeight,
-        }
-    }
-}
-
 /// Parameters passed to a shader as its `@binding(0)` uniform.
 pub trait Uniform: bytemuck::Pod {}
 impl<T: bytemuck::Pod> Uniform for T {}
@@ -154,34 +102,5 @@ pub fn grid_1d(groups: u32) -> [u32; 3] {
     } else {
         let y = groups.div_ceil(MAX_WORKGROUPS_PER_DIM);
         [groups.div_ceil(y), y, 1]
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{KernelPath, TexelOp};
-
-    const OPS: [TexelOp; 4] = [
-        TexelOp::ConvForward,
-        TexelOp::ConvGradInput,
-        TexelOp::ConvGradWeight,
-        TexelOp::Dense,
-    ];
-
-    #[test]
-    fn auto_takes_texels_throughout_on_cpus_and_for_conv_grad_weight_on_gpus() {
-        for op in OPS {
-            assert!(KernelPath::Auto.takes_texels(op, "Cpu"));
-            assert_eq!(
-                KernelPath::Auto.takes_texels(op, "DiscreteGpu"),
-                op == TexelOp::ConvGradWeight
-            );
-            assert!(KernelPath::Texels.takes_texels(op, "DiscreteGpu"));
-            assert!(!KernelPath::Storage.takes_texels(op, "Cpu"));
-        }
-        for name in ["auto", "storage", "texels"] {
-            assert_eq!(KernelPath::parse(name).map(KernelPath::name), Some(name));
-        }
-        assert_eq!(KernelPath::parse("fast"), None);
     }
 }

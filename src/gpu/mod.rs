@@ -1,4 +1,5 @@
-//! The one module that owns wgpu: adapter choice, device, buffers, pipelines, command recording.
+//! The one module that owns wgpu: adapter choice, device, buffers, pipelines, command recording,
+//! and the rules that pick a kernel for the adapter and the shape ([`Policy`]).
 //!
 //! Everything above it speaks in [`Tensor`]s and [`Kernel`]s and never touches an encoder.
 //! A [`Kernel`] is a prepared launch (pipelines + bind groups + workgroup counts) built once by
@@ -8,6 +9,7 @@
 mod adapter;
 mod context;
 mod kernel;
+mod policy;
 mod profiler;
 mod recorder;
 mod shader;
@@ -16,7 +18,9 @@ mod texels;
 
 pub use adapter::{AdapterSummary, list_adapters};
 pub use context::Gpu;
-pub use kernel::{Dispatch, Kernel, KernelPath, MAX_WORKGROUPS_PER_DIM, TexelOp, Uniform, grid_1d};
+pub use kernel::{Dispatch, Kernel, MAX_WORKGROUPS_PER_DIM, Uniform, grid_1d};
+pub(crate) use policy::conv_unrolls_positions;
+pub use policy::{AdapterKind, Conv2dKernels, ConvForward, KernelPath, Operands, Policy, TexelOp};
 pub use profiler::Profiler;
 pub use recorder::Recorder;
 pub use shader::{F16Variant, Shader};

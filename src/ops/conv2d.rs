@@ -11,7 +11,9 @@ use bytemuck::{Pod, Zeroable};
 
 use super::{expect, expect_f32, expect_float_rank, expect_rank, float_dtype, pack, to_u32};
 use crate::error::{Error, Result};
-use crate::gpu::{DType, F16Variant, Gpu, Kernel, Shader, Tensor, Texels, grid_1d};
+use crate::gpu::{
+    DType, F16Variant, Gpu, Kernel, Shader, Tensor, Texels, conv_unrolls_positions, grid_1d,
+};
 pub use crate::vocab::Conv2dGeometry;
 
 pub const SHADER: Shader = Shader::new("conv2d", include_str!("../../shaders/conv2d.wgsl"));
@@ -379,12 +381,6 @@ const TEX_WG: u32 = 64;
 const TEX_POS: usize = 16;
 
 impl Conv2dGeometry {
-    /// Whether the texel kernels cover this convolution: stride 1, a square kernel and a
-    /// padding under it (grad_input pads dy by KH − 1 − pad).
-    pub fn texel_path_fits(&self) -> bool {
-        self.stride == 1 && self.kh == self.kw && self.pad < self.kh
-    }
-
     /// The convolution grad_input runs: dy padded by KH − 1 − pad, through the flipped
     /// weights, back to x's shape.
     fn transposed(&self) -> Conv2dGeometry {
@@ -411,12 +407,6 @@ impl Conv2dGeometry {
 
     fn positions(&self) -> usize {
         self.n * self.out_h() * self.out_w()
-    }
-
-    /// How many horizontal taps the texel path packs as channels: KW for layers of 1–3
-    /// channels (which would fill a quarter to three quarters of each texel), else 1.
-    pub fn unfold(&self) -> usize {
-        if self.c < 4 { self.kw } else { 1 }
     }
 
     /// The shader's parameters for the texel entries over operands packed with `unfold`:
@@ -476,8 +466,10 @@ pub fn forward_tex(
     expect_texels(OP, "the weight texels", wt, dtype, "y is")?;
     let params = g.packed_params(OP, unfold, 1, 0)?;
     let invocations = g.positions().div_ceil(TEX_POS) * g.o.div_ceil(16);
-    // Unfolded input loops over its positions (measured faster there, see the shader).
-    let unroll = [("UNROLL_POSITIONS", f64::from(u8::from(unfold == 1)))];
+    let unroll = [(
+        "UNROLL_POSITIONS",
+        f64::from(u8::from(conv_unrolls_positions(unfold))),
+    )];
     Ok(Kernel::single(gpu.dispatch_with_texels(
         &shader(dtype, Out::Activation),
         OP,
@@ -494,15 +486,6 @@ const IMG_POS: usize = 4;
 /// ⌈taps/4⌉ + 400 times, which must stay under llvmpipe's 65,535 (see
 /// MAX_POSITIONS_PER_INVOCATION).
 const MAX_IMAGES4_TAPS: usize = 40_000;
-
-impl Conv2dGeometry {
-    /// Whether the texel forward puts four images in a texel's lanes
-    /// ([`forward_packed_images4`]): single-channel layers, which unfolded fill KW of
-    /// ⌈KW/4⌉·4 lanes (5 of 8 for the reference network's first layer).
-    pub fn images_in_lanes(&self) -> bool {
-        self.c == 1
-    }
-}
 
 fn expect_texel_count(op: &'static str, what: &str, t: &Texels, want: usize) -> Result<()> {
     if t.len() == want {
@@ -631,13 +614,7 @@ pub fn grad_weight_tex(
     // Splits take whole output rows (n, oy), at least 64 positions' worth each.
     let rows = g.n * g.out_h();
     let min_rows = 64usize.div_ceil(g.out_w());
-    // A CPU adapter runs a few invocations per core at a time; more splits there only
-    // lengthen the reduce pass.
-    let target = if gpu.adapter().device_type == "Cpu" {
-        1024
-    } else {
-        TARGET_INVOCATIONS as usize
-    };
+    let target = gpu.adapter_kind().conv_grad_weight_tex_invocations();
     let max_rows = (MAX_POSITIONS_PER_INVOCATION / (g.out_w() + 1)).max(1);
     let splits = (target / blocks)
         .clamp(1, rows.div_ceil(min_rows))
