@@ -10,14 +10,18 @@
 //! `cargo bench --bench kernels`; `SIAMESE_BENCH_BATCHES=32,256` picks the batches.
 //! Each figure is one line for people and one JSON object for tools. Times are wall-clock
 //! per submission (submit + wait), after a warm-up run, over at least 2 runs and 1 second.
+//! Each kernel is what a layer's plan records for that product alone, its operands'
+//! packing included, on the kernels named (x as the texel forward packed it is not timed
+//! again for grad_weight).
 
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use siamese_gpu::gpu::Shader;
-use siamese_gpu::ops::conv2d::{self, Conv2dGeometry};
-use siamese_gpu::ops::dense;
+use siamese_gpu::gpu::{Conv2dKernels, ConvForward, Operands, Shader};
+use siamese_gpu::ops::conv2d::{self, Conv2dGrads, Conv2dPlan, Conv2dTensors};
+use siamese_gpu::ops::dense::{self, DenseGrads, DenseTensors};
+use siamese_gpu::vocab::Conv2dGeometry;
 use siamese_gpu::{DType, Gpu, Kernel, Tensor};
 
 const PEAK: Shader = Shader::new("fma_peak", include_str!("fma_peak.wgsl"));
@@ -117,6 +121,12 @@ fn main() {
     }
 }
 
+/// The gradient kernels of `plan`, after dy's packing where only texel kernels read it.
+fn backward_of(plan: Conv2dPlan) -> Kernel {
+    let pack = plan.dy_texels.map(|dyt| dyt.pack().clone());
+    Kernel::chain(pack.into_iter().chain(plan.backward))
+}
+
 /// Every kernel at `batch` on operands of `dt` (weight gradients always f32).
 fn bench_batch(gpu: &Gpu, rng: &mut StdRng, batch: usize, dt: DType, peak: f64) {
     let suffix = if dt == DType::F16 { "_f16" } else { "" };
@@ -134,23 +144,33 @@ fn bench_batch(gpu: &Gpu, rng: &mut StdRng, batch: usize, dt: DType, peak: f64) 
     let (dx, dw) = (zeros(gpu, &[batch, k], dt), zeros(gpu, &[m, k], DType::F32));
     let flop = 2.0 * (batch * k * m) as f64;
     let layer = "dense 1600>128";
-    let runs = [
-        ("dense_forward", dense::forward(gpu, &x, &w, &b, &y)),
-        ("dense_grad_input", dense::grad_input(gpu, &dy, &w, &dx)),
-        ("dense_grad_weight", dense::grad_weight(gpu, &dy, &x, &dw)),
-        (
-            "dense_forward_tex",
-            dense::forward_packed(gpu, &x, &w, &b, &y),
-        ),
-        (
-            "dense_grad_input_tex",
-            dense::grad_input_packed(gpu, &dy, &w, &dx),
-        ),
-        (
-            "dense_grad_weight_tex",
-            dense::grad_weight_packed(gpu, &dy, &x, &dw),
-        ),
-    ];
+    let tensors = DenseTensors {
+        x: &x,
+        w: &w,
+        b: &b,
+        y: &y,
+    };
+    let only = |dx, dw| DenseGrads {
+        dy: &dy,
+        dx,
+        dw,
+        db: None,
+    };
+    let mut runs = Vec::new();
+    for (path, operands) in [("", Operands::Storage), ("_tex", Operands::Texels)] {
+        for (product, grads) in [
+            ("forward", None),
+            ("grad_input", Some(only(Some(&dx), None))),
+            ("grad_weight", Some(only(None, Some(&dw)))),
+        ] {
+            let kernel =
+                dense::plan(gpu, &tensors, grads.as_ref(), operands).map(|plan| match grads {
+                    None => plan.forward,
+                    Some(_) => Kernel::chain(plan.backward),
+                });
+            runs.push((format!("dense_{product}{path}"), kernel));
+        }
+    }
     for (op, kernel) in runs {
         report(
             gpu,
@@ -158,7 +178,7 @@ fn bench_batch(gpu: &Gpu, rng: &mut StdRng, batch: usize, dt: DType, peak: f64) 
             layer,
             batch,
             flop,
-            seconds_per_run(gpu, &kernel.expect(op)),
+            seconds_per_run(gpu, &kernel.expect(&op)),
             peak,
         );
     }
@@ -205,37 +225,77 @@ fn bench_batch(gpu: &Gpu, rng: &mut StdRng, batch: usize, dt: DType, peak: f64) 
             zeros(gpu, &g.weight_shape(), DType::F32),
         );
         let flop = 2.0 * (g.n * g.o * g.out_h() * g.out_w() * g.c * g.kh * g.kw) as f64;
-        // grad_weight_tex reads x as the forward packed it.
-        let (pack_x, packed_x) =
-            siamese_gpu::ops::pack::nhwc4(gpu, &x, 0, g.unfold()).expect("pack x");
-        gpu.run(&[&pack_x]);
+        let tensors = Conv2dTensors {
+            x: &x,
+            w: &w,
+            b: &b,
+            y: &y,
+            stride: 1,
+            pad: 0,
+        };
+        let only = |dx, dw| Conv2dGrads {
+            dy: &dy,
+            dx,
+            dw,
+            db: None,
+        };
+        let (input, weight) = (only(Some(&dx), None), only(None, Some(&dw)));
+        let storage = Conv2dKernels::STORAGE;
+        let on = |forward, grad_input, grad_weight| Conv2dKernels {
+            forward,
+            grad_input,
+            grad_weight,
+        };
+        let plan =
+            |grads: Option<&Conv2dGrads>, kernels| conv2d::plan(gpu, &tensors, grads, kernels);
+        let forward = |kernels| plan(None, kernels).map(|p| p.forward);
         let mut runs = vec![
-            ("conv2d_forward", conv2d::forward(gpu, &x, &w, &b, &y, 1, 0)),
+            ("conv2d_forward", forward(storage)),
             (
                 "conv2d_grad_input",
-                conv2d::grad_input(gpu, &dy, &w, &dx, 1, 0),
+                plan(Some(&input), storage).map(backward_of),
             ),
             (
                 "conv2d_grad_weight",
-                conv2d::grad_weight(gpu, &dy, &x, &dw, 1, 0),
+                plan(Some(&weight), storage).map(backward_of),
             ),
             (
                 "conv2d_forward_tex",
-                conv2d::forward_packed(gpu, &x, &w, &b, &y, 0).map(|(k, _)| k),
+                forward(on(
+                    ConvForward::Texels,
+                    Operands::Storage,
+                    Operands::Storage,
+                )),
             ),
             (
                 "conv2d_grad_input_tex",
-                conv2d::grad_input_packed(gpu, &dy, &w, &dx, 0),
+                plan(
+                    Some(&input),
+                    on(ConvForward::Storage, Operands::Texels, Operands::Storage),
+                )
+                .map(backward_of),
             ),
             (
                 "conv2d_grad_weight_tex",
-                conv2d::grad_weight_packed(gpu, &dy, &packed_x, &dw, None, &g),
+                // After the texel forward has packed x once, which grad_weight reads.
+                plan(
+                    Some(&weight),
+                    on(ConvForward::Texels, Operands::Storage, Operands::Texels),
+                )
+                .map(|p| {
+                    gpu.run(&[&p.forward]);
+                    backward_of(p)
+                }),
             ),
         ];
         if g.images_in_lanes() {
             runs.push((
                 "conv2d_forward_tex_images4",
-                conv2d::forward_packed_images4(gpu, &x, &w, &b, &y, 0),
+                forward(on(
+                    ConvForward::ImagesInLanes,
+                    Operands::Storage,
+                    Operands::Storage,
+                )),
             ));
         }
         for (op, kernel) in runs {

@@ -1,6 +1,6 @@
 //! Which kernel runs where: every rule that picks a kernel, or a variant of one, by the kind
-//! of adapter and the shape of the op. The launchers of `ops` and the tape build what these
-//! rules name; nothing else decides.
+//! of adapter and the shape of the op. The launchers of `ops` build what these rules name,
+//! and the tape records what the launchers' plans return; nothing else decides.
 //!
 //! Two families have a storage-buffer kernel and a texel kernel that reads its operands
 //! packed into textures (several times faster on lavapipe, where a texel fetch is

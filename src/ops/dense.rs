@@ -5,14 +5,77 @@
 //! mixed precision w and b are the f16 copies of the master weights), while dw and db are
 //! always f32. The kernels accumulate in f32 either way; an f16 y or dx is rounded once, when
 //! stored.
+//!
+//! The three products have a storage kernel and a texel kernel; [`plan`] builds a layer's
+//! kernels on the [`Operands`] the device's [`Policy`](crate::gpu::Policy) names.
 
 use bytemuck::{Pod, Zeroable};
 
 use super::{expect, expect_float_rank, float_dtype, pack, to_u32};
 use crate::error::Result;
-use crate::gpu::{DType, F16Variant, Gpu, Kernel, Shader, Tensor, Texels, grid_1d};
+use crate::gpu::{DType, F16Variant, Gpu, Kernel, Operands, Shader, Tensor, Texels, grid_1d};
 
 pub const SHADER: Shader = Shader::new("dense", include_str!("../../shaders/dense.wgsl"));
+
+/// The forward's tensors, `y = x · wᵀ + b`.
+pub struct DenseTensors<'a> {
+    pub x: &'a Tensor,
+    pub w: &'a Tensor,
+    pub b: &'a Tensor,
+    pub y: &'a Tensor,
+}
+
+/// The backward's tensors: the gradient `dy` of y, and each of dx, dw and db where one is
+/// wanted.
+pub struct DenseGrads<'a> {
+    pub dy: &'a Tensor,
+    pub dx: Option<&'a Tensor>,
+    pub dw: Option<&'a Tensor>,
+    pub db: Option<&'a Tensor>,
+}
+
+/// The kernels of one dense layer: the forward, and the gradients' kernels in order.
+pub struct DensePlan {
+    pub forward: Kernel,
+    pub backward: Vec<Kernel>,
+}
+
+/// The layer's kernels: its forward, and with `grads` the kernels writing them; the three
+/// products take the kernels reading `operands` (grad_bias has one kernel).
+pub fn plan(
+    gpu: &Gpu,
+    t: &DenseTensors,
+    grads: Option<&DenseGrads>,
+    operands: Operands,
+) -> Result<DensePlan> {
+    let texels = operands == Operands::Texels;
+    let forward = if texels {
+        forward_packed(gpu, t.x, t.w, t.b, t.y)?
+    } else {
+        forward(gpu, t.x, t.w, t.b, t.y)?
+    };
+    let mut backward = Vec::new();
+    if let Some(&DenseGrads { dy, dx, dw, db }) = grads {
+        if let Some(dx) = dx {
+            backward.push(if texels {
+                grad_input_packed(gpu, dy, t.w, dx)?
+            } else {
+                grad_input(gpu, dy, t.w, dx)?
+            });
+        }
+        if let Some(dw) = dw {
+            backward.push(if texels {
+                grad_weight_packed(gpu, dy, t.x, dw)?
+            } else {
+                grad_weight(gpu, dy, t.x, dw)?
+            });
+        }
+        if let Some(db) = db {
+            backward.push(grad_bias(gpu, dy, db)?);
+        }
+    }
+    Ok(DensePlan { forward, backward })
+}
 
 /// The shader for operands of float type `dtype`, writing an output of the same type
 /// (`out_f32` false: y, dx) or f32 (`out_f32` true: dw, db).

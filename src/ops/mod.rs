@@ -8,6 +8,7 @@ pub mod conv2d;
 pub mod dense;
 pub mod distance;
 pub mod gather;
+pub mod handoff;
 pub mod loss;
 pub mod mining;
 pub mod normalize;
