@@ -12,7 +12,12 @@
 use crate::common::*;
 use siamese_gpu::DType::{self, F16};
 use siamese_gpu::cpu::conv2d::{self as cpu, Conv2dGeometry};
-use siamese_gpu::ops::{conv2d, pack};
+use siamese_gpu::gpu::{Conv2dKernels, Operands};
+use siamese_gpu::ops::conv2d::{Conv2dTensors, plan};
+// The launcher of each entry point (what `plan` composes), to drive one with operands of
+// the test's own.
+use siamese_gpu::ops::conv2d::kernels as conv2d;
+use siamese_gpu::ops::pack;
 use siamese_gpu::{Kernel, Tensor, Texels};
 
 #[allow(clippy::too_many_arguments)] // one argument per field of the geometry
@@ -194,11 +199,38 @@ fn launch_texel_forward(g: &Conv2dGeometry, t: &Tensors, y: &Tensor) -> (Kernel,
     (kernel, xt)
 }
 
+/// grad_input on the texel path as one kernel: dy packed with grad_input's border, then
+/// conv2d_grad_input's texel kernel.
+fn texel_grad_input(
+    g: &Conv2dGeometry,
+    dy: &Tensor,
+    w: &Tensor,
+    dx: &Tensor,
+) -> siamese_gpu::Result<Kernel> {
+    let (pack_dy, dyt) = pack::nhwc4(gpu(), dy, g.grad_input_pad(), 1)?;
+    let conv = conv2d::grad_input_tex(gpu(), &dyt, w, dx, g.pad)?;
+    Ok(Kernel::chain([pack_dy, conv]))
+}
+
+/// grad_weight (and with `db` grad_bias) on the texel path as one kernel, from x's texels:
+/// dy packed without a border, then conv2d_grad_weight_tex.
+fn texel_grad_weight(
+    g: &Conv2dGeometry,
+    dy: &Tensor,
+    xt: &Texels,
+    dw: &Tensor,
+    db: Option<&Tensor>,
+) -> siamese_gpu::Result<Kernel> {
+    let (pack_dy, dyt) = pack::nhwc4(gpu(), dy, 0, 1)?;
+    let product = conv2d::grad_weight_tex(gpu(), g, xt, &dyt, 0, dw, db)?;
+    Ok(Kernel::chain([pack_dy, product]))
+}
+
 /// dx from dy on `path`.
 fn launch_grad_input(path: Path, g: &Conv2dGeometry, t: &Tensors, dx: &Tensor) -> Kernel {
     match path {
         Path::Storage => conv2d::grad_input(gpu(), &t.dy, &t.w, dx, g.stride, g.pad).unwrap(),
-        Path::Texels => conv2d::grad_input_packed(gpu(), &t.dy, &t.w, dx, g.pad).unwrap(),
+        Path::Texels => texel_grad_input(g, &t.dy, &t.w, dx).unwrap(),
         Path::Images4 => unreachable!("conv2d_forward_tex_images4 has no backward"),
     }
 }
@@ -225,7 +257,7 @@ fn launch_texel_grad_weight(
     dw: &Tensor,
     db: Option<&Tensor>,
 ) -> Kernel {
-    conv2d::grad_weight_packed(gpu(), &t.dy, xt, dw, db, g).unwrap()
+    texel_grad_weight(g, &t.dy, xt, dw, db).unwrap()
 }
 
 /// dw under each variant of `path`, labelled, and db: on the storage path conv2d_grad_weight
@@ -568,15 +600,28 @@ fn conv2d_texel_path_refuses_what_it_does_not_cover() {
     );
     let g = geom(1, 2, 6, 6, 3, 3, 3, 1, 3);
     let c = case(&g, 0, DType::F32);
-    let err = conv2d::grad_input_packed(
-        gpu(),
-        &upload(&c.dy, &g.output_shape()),
-        &upload(&c.w, &g.weight_shape()),
-        &zeros(&g.input_shape()),
-        g.pad,
-    )
-    .unwrap_err()
-    .to_string();
+    let (x, w, b, y) = (
+        upload(&c.x, &g.input_shape()),
+        upload(&c.w, &g.weight_shape()),
+        upload(&c.b, &[g.o]),
+        zeros(&g.output_shape()),
+    );
+    let tensors = Conv2dTensors {
+        x: &x,
+        w: &w,
+        b: &b,
+        y: &y,
+        stride: g.stride,
+        pad: g.pad,
+    };
+    let kernels = Conv2dKernels {
+        grad_input: Operands::Texels,
+        ..Conv2dKernels::STORAGE
+    };
+    let err = plan(gpu(), &tensors, None, kernels)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("padding 3"), "{err}");
 }
 
@@ -699,20 +744,13 @@ fn conv2d_f16_refuses_mixed_types() {
         "the x texels hold F16 components but the dy texels hold F32",
     );
     refused(
-        "grad_weight_packed, f32 dy and f16 x texels",
-        conv2d::grad_weight_packed(
-            gpu(),
-            &f32(&g.output_shape()),
-            &xt16,
-            &dw32,
-            Some(&db32),
-            &g,
-        ),
-        "the x texels hold F16 components but dy is F32",
+        "texel grad_weight, f32 dy and f16 x texels",
+        texel_grad_weight(&g, &f32(&g.output_shape()), &xt16, &dw32, Some(&db32)),
+        "the x texels hold F16 components but the dy texels hold F32",
     );
     refused(
-        "grad_weight_packed, f16 db",
-        conv2d::grad_weight_packed(gpu(), &dy16, &xt16, &dw32, Some(&b16), &g),
+        "texel grad_weight, f16 db",
+        texel_grad_weight(&g, &dy16, &xt16, &dw32, Some(&b16)),
         "db must be a F32 tensor",
     );
 }
