@@ -192,7 +192,7 @@ struct Run<'g> {
     evidence: Evidence,
     /// Timestamp queries for the last step (`--profile` on adapters whose timestamps hold).
     profiler: Option<Profiler>,
-    /// `--profile` timed from the host instead.
+    /// `--profile` timed from the host instead (`AdapterKind::host_timed_profile`).
     host_timed: bool,
     steps: usize,
     /// The step the loop starts at (after a resumed run's).
@@ -248,9 +248,9 @@ impl<'g> Run<'g> {
         let layers = LayerGroups::new(&model);
         let initial = layers.sample(gpu, &params, &grads, start, 1.0)?.weight_norm;
         let evidence = evidence::initial_evidence(cfg, &layers, initial);
-        // lavapipe's timestamps do not bracket dispatches that read textures (the time lands in
-        // one pass), so CPU adapters, and adapters without timestamps, are timed from the host.
-        let host_timed = gpu.adapter().device_type == "Cpu";
+        // Adapters whose timestamps cannot be trusted, and adapters without timestamps (no
+        // profiler), are timed from the host.
+        let host_timed = gpu.adapter_kind().host_timed_profile();
         let profiler = if cfg.profile && !host_timed {
             Profiler::new(gpu, step.dispatch_count() as u32)
         } else {
