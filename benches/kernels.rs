@@ -130,7 +130,43 @@ fn backward_of(plan: Conv2dPlan) -> Kernel {
 /// Every kernel at `batch` on operands of `dt` (weight gradients always f32).
 fn bench_batch(gpu: &Gpu, rng: &mut StdRng, batch: usize, dt: DType, peak: f64) {
     let suffix = if dt == DType::F16 { "_f16" } else { "" };
-    // dense 1600 → 128
+    bench_dense(gpu, rng, batch, dt, suffix, peak);
+    for (layer, g) in [
+        (
+            "conv 1>32 5x5",
+            Conv2dGeometry {
+                n: batch,
+                c: 1,
+                h: 28,
+                w: 28,
+                o: 32,
+                kh: 5,
+                kw: 5,
+                stride: 1,
+                pad: 0,
+            },
+        ),
+        (
+            "conv 32>64 3x3",
+            Conv2dGeometry {
+                n: batch,
+                c: 32,
+                h: 12,
+                w: 12,
+                o: 64,
+                kh: 3,
+                kw: 3,
+                stride: 1,
+                pad: 0,
+            },
+        ),
+    ] {
+        bench_conv(gpu, rng, layer, &g, dt, suffix, peak);
+    }
+}
+
+/// The dense layer's kernels, 1600 → 128.
+fn bench_dense(gpu: &Gpu, rng: &mut StdRng, batch: usize, dt: DType, suffix: &str, peak: f64) {
     let (k, m) = (1600, 128);
     let (x, w, b) = (
         random(gpu, rng, &[batch, k], dt),
@@ -182,132 +218,90 @@ fn bench_batch(gpu: &Gpu, rng: &mut StdRng, batch: usize, dt: DType, peak: f64) 
             peak,
         );
     }
+}
 
-    for (layer, g) in [
+/// The convolution `g`'s kernels.
+fn bench_conv(
+    gpu: &Gpu,
+    rng: &mut StdRng,
+    layer: &str,
+    g: &Conv2dGeometry,
+    dt: DType,
+    suffix: &str,
+    peak: f64,
+) {
+    let x = random(gpu, rng, &g.input_shape(), dt);
+    let w = random(gpu, rng, &g.weight_shape(), dt);
+    let b = random(gpu, rng, &[g.o], dt);
+    let (y, dy) = (
+        zeros(gpu, &g.output_shape(), dt),
+        random(gpu, rng, &g.output_shape(), dt),
+    );
+    let (dx, dw) = (
+        zeros(gpu, &g.input_shape(), dt),
+        zeros(gpu, &g.weight_shape(), DType::F32),
+    );
+    let flop = 2.0 * (g.n * g.o * g.out_h() * g.out_w() * g.c * g.kh * g.kw) as f64;
+    let tensors = Conv2dTensors {
+        x: &x,
+        w: &w,
+        b: &b,
+        y: &y,
+        stride: 1,
+        pad: 0,
+    };
+    let only = |dx, dw| Conv2dGrads {
+        dy: &dy,
+        dx,
+        dw,
+        db: None,
+    };
+    let (input, weight) = (only(Some(&dx), None), only(None, Some(&dw)));
+    let on = |forward, grad_input, grad_weight| Conv2dKernels {
+        forward,
+        grad_input,
+        grad_weight,
+    };
+    let (s, t) = (Operands::Storage, Operands::Texels);
+    let storage = Conv2dKernels::STORAGE;
+    let mut runs = vec![
+        ("conv2d_forward", storage, None),
+        ("conv2d_grad_input", storage, Some(&input)),
+        ("conv2d_grad_weight", storage, Some(&weight)),
+        ("conv2d_forward_tex", on(ConvForward::Texels, s, s), None),
         (
-            "conv 1>32 5x5",
-            Conv2dGeometry {
-                n: batch,
-                c: 1,
-                h: 28,
-                w: 28,
-                o: 32,
-                kh: 5,
-                kw: 5,
-                stride: 1,
-                pad: 0,
-            },
+            "conv2d_grad_input_tex",
+            on(ConvForward::Storage, t, s),
+            Some(&input),
         ),
         (
-            "conv 32>64 3x3",
-            Conv2dGeometry {
-                n: batch,
-                c: 32,
-                h: 12,
-                w: 12,
-                o: 64,
-                kh: 3,
-                kw: 3,
-                stride: 1,
-                pad: 0,
-            },
+            "conv2d_grad_weight_tex",
+            on(ConvForward::Texels, s, t),
+            Some(&weight),
         ),
-    ] {
-        let x = random(gpu, rng, &g.input_shape(), dt);
-        let w = random(gpu, rng, &g.weight_shape(), dt);
-        let b = random(gpu, rng, &[g.o], dt);
-        let (y, dy) = (
-            zeros(gpu, &g.output_shape(), dt),
-            random(gpu, rng, &g.output_shape(), dt),
+    ];
+    if g.images_in_lanes() {
+        let images4 = on(ConvForward::ImagesInLanes, s, s);
+        runs.push(("conv2d_forward_tex_images4", images4, None));
+    }
+    for (op, kernels, grads) in runs {
+        let plan = conv2d::plan(gpu, &tensors, grads, kernels).expect(op);
+        let kernel = match grads {
+            None => plan.forward,
+            // The forward once first: the texel grad_weight reads x as it packed it.
+            Some(_) => {
+                gpu.run(&[&plan.forward]);
+                backward_of(plan)
+            }
+        };
+        report(
+            gpu,
+            &format!("{op}{suffix}"),
+            layer,
+            g.n,
+            flop,
+            seconds_per_run(gpu, &kernel),
+            peak,
         );
-        let (dx, dw) = (
-            zeros(gpu, &g.input_shape(), dt),
-            zeros(gpu, &g.weight_shape(), DType::F32),
-        );
-        let flop = 2.0 * (g.n * g.o * g.out_h() * g.out_w() * g.c * g.kh * g.kw) as f64;
-        let tensors = Conv2dTensors {
-            x: &x,
-            w: &w,
-            b: &b,
-            y: &y,
-            stride: 1,
-            pad: 0,
-        };
-        let only = |dx, dw| Conv2dGrads {
-            dy: &dy,
-            dx,
-            dw,
-            db: None,
-        };
-        let (input, weight) = (only(Some(&dx), None), only(None, Some(&dw)));
-        let storage = Conv2dKernels::STORAGE;
-        let on = |forward, grad_input, grad_weight| Conv2dKernels {
-            forward,
-            grad_input,
-            grad_weight,
-        };
-        let plan =
-            |grads: Option<&Conv2dGrads>, kernels| conv2d::plan(gpu, &tensors, grads, kernels);
-        let forward = |kernels| plan(None, kernels).map(|p| p.forward);
-        let mut runs = vec![
-            ("conv2d_forward", forward(storage)),
-            (
-                "conv2d_grad_input",
-                plan(Some(&input), storage).map(backward_of),
-            ),
-            (
-                "conv2d_grad_weight",
-                plan(Some(&weight), storage).map(backward_of),
-            ),
-            (
-                "conv2d_forward_tex",
-                forward(on(
-                    ConvForward::Texels,
-                    Operands::Storage,
-                    Operands::Storage,
-                )),
-            ),
-            (
-                "conv2d_grad_input_tex",
-                plan(
-                    Some(&input),
-                    on(ConvForward::Storage, Operands::Texels, Operands::Storage),
-                )
-                .map(backward_of),
-            ),
-            (
-                "conv2d_grad_weight_tex",
-                // After the texel forward has packed x once, which grad_weight reads.
-                plan(
-                    Some(&weight),
-                    on(ConvForward::Texels, Operands::Storage, Operands::Texels),
-                )
-                .map(|p| {
-                    gpu.run(&[&p.forward]);
-                    backward_of(p)
-                }),
-            ),
-        ];
-        if g.images_in_lanes() {
-            runs.push((
-                "conv2d_forward_tex_images4",
-                forward(on(
-                    ConvForward::ImagesInLanes,
-                    Operands::Storage,
-                    Operands::Storage,
-                )),
-            ));
-        }
-        for (op, kernel) in runs {
-            report(
-                gpu,
-                &format!("{op}{suffix}"),
-                layer,
-                batch,
-                flop,
-                seconds_per_run(gpu, &kernel.expect(op)),
-                peak,
-            );
-        }
     }
 }
