@@ -21,8 +21,9 @@ pub fn run() -> Result<()> {
         gpu.features().contains(wgpu::Features::TIMESTAMP_QUERY),
         gpu.features().contains(wgpu::Features::SHADER_F16),
     );
+    let policy = gpu.policy();
     let side = |op| {
-        if gpu.takes_texels(op) {
+        if policy.takes_texels(op) {
             "texels"
         } else {
             "storage"
@@ -30,12 +31,13 @@ pub fn run() -> Result<()> {
     };
     println!(
         "  kernels ({}; SIAMESE_KERNELS=auto|storage|texels): conv forward {}, conv grad_input {}, \
-         conv grad_weight {}, dense {}",
+         conv grad_weight {}, dense {}, pairwise distance {}",
         gpu.kernel_path().name(),
         side(TexelOp::ConvForward),
         side(TexelOp::ConvGradInput),
         side(TexelOp::ConvGradWeight),
         side(TexelOp::Dense),
+        side(TexelOp::PairwiseDistance),
     );
     Ok(())
 }

@@ -7,7 +7,7 @@ use wgpu::util::DeviceExt;
 
 use super::adapter::{self, AdapterSummary};
 use super::kernel::{Dispatch, Uniform};
-use super::policy::{AdapterKind, KernelPath, Policy, TexelOp};
+use super::policy::{AdapterKind, KernelPath, Policy};
 use super::recorder::Recorder;
 use super::{DType, Kernel, TEXEL_ROW, Tensor, Texels};
 use super::{F16Variant, Shader};
@@ -97,12 +97,6 @@ impl Gpu {
     /// The kernel rules for tapes built on this device (see [`Policy`]).
     pub fn policy(&self) -> Policy {
         Policy::new(self.kernel_path, self.adapter_kind)
-    }
-
-    /// Whether tapes built on this device give `op` its texel kernel where it covers the
-    /// shape: [`Policy::takes_texels`] of [`policy`](Self::policy).
-    pub fn takes_texels(&self, op: TexelOp) -> bool {
-        self.policy().takes_texels(op)
     }
 
     /// Chooses the kernel path for tapes built from now on.
