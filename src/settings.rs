@@ -325,7 +325,7 @@ impl RunSettings {
     }
 
     /// How the dataset is read: image size and colour, unreadable images, held-out classes.
-    fn data_options(&self) -> Result<DataOptions> {
+    pub(crate) fn data_options(&self) -> Result<DataOptions> {
         Ok(DataOptions {
             image_size: self
                 .image_size

@@ -8,7 +8,7 @@ use serde_json::json;
 use siamese_gpu::Gpu;
 use siamese_gpu::error::Result;
 use siamese_gpu::eval::embed::Embedder;
-use siamese_gpu::eval::embedding_metrics::{SCORED_IMAGES, embedding_metrics, scored_images};
+use siamese_gpu::eval::embedding_metrics::{SCORED_IMAGES, score_test_split};
 use siamese_gpu::eval::protocol::PairProtocol;
 use siamese_gpu::ops::gather;
 use siamese_gpu::report::embedding_metrics_json;
@@ -67,19 +67,13 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     );
     let v = protocol.validate(&embedder, &val)?;
     let t = protocol.test(&embedder, &test, &v)?;
-    let scored = scored_images(data.test.count, SCORED_IMAGES, saved.seed);
-    let embedded = embedder.embed_indices(&test, &scored)?;
-    let labels: Vec<u8> = scored
-        .iter()
-        .map(|&i| data.test.labels[i as usize])
-        .collect();
-    let m = embedding_metrics(
+    let (_, _, m) = score_test_split(
         &gpu,
-        &embedded,
-        &labels,
-        embedder.dim(),
+        &embedder,
         run.model.config.distance,
-        Some((&data.test, run.norm)),
+        (&data.test, &test),
+        (SCORED_IMAGES, saved.seed),
+        Some(run.norm),
     )?;
     println!("verification ({}):", data.root.display());
     print_verification(&v, &t, val_pairs);

@@ -5,11 +5,12 @@ use std::fmt;
 
 use crate::data::dataset::ImageSet;
 use crate::error::Result;
+use crate::eval::embed::Embedder;
 use crate::eval::oneshot::{self, OneShot, OneShotError};
 use crate::eval::retrieval::{
     self, DEFAULT_PIXEL_QUERIES, References, RetrievalMetrics, RetrievalOptions,
 };
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, Tensor};
 use crate::vocab::PixelNorm;
 use crate::vocab::{Distance, PairwiseMetric};
 
@@ -46,6 +47,32 @@ pub fn scored_images(n: usize, k: usize, seed: u64) -> Vec<u32> {
     let mut sample = seeded_sample(n, k, seed);
     sample.sort_unstable();
     sample
+}
+
+/// The test embeddings the metrics score, and the metrics: [`scored_images`] of `set` (the
+/// packed `images` on the GPU) embedded once, in dataset order, scored by `distance`, with
+/// the raw-pixel baseline when `pixels` gives the normalisation. Training and `eval` both
+/// call this. Returns the scored indices, their embeddings `[len, dim]` and the metrics.
+pub fn score_test_split(
+    gpu: &Gpu,
+    embedder: &Embedder,
+    distance: Distance,
+    (set, images): (&ImageSet, &Tensor),
+    (k, seed): (usize, u64),
+    pixels: Option<PixelNorm>,
+) -> Result<(Vec<u32>, Vec<f32>, EmbeddingMetrics)> {
+    let scored = scored_images(set.count, k, seed);
+    let embedded = embedder.embed_indices(images, &scored)?;
+    let labels: Vec<u8> = scored.iter().map(|&i| set.labels[i as usize]).collect();
+    let metrics = embedding_metrics(
+        gpu,
+        &embedded,
+        &labels,
+        embedder.dim(),
+        distance,
+        pixels.map(|norm| (set, norm)),
+    )?;
+    Ok((scored, embedded, metrics))
 }
 
 /// The metrics of `embeddings` (`[labels.len(), dim]`) ranked by the model's `distance`

@@ -8,9 +8,9 @@ use crate::checkpoint;
 use crate::data::dataset::{self, DataOptions, Dataset, ImageSet};
 use crate::error::{Error, Result};
 use crate::model::SiameseModel;
-use crate::settings::{RunSettings, parse_image_size};
+use crate::settings::RunSettings;
 use crate::train::{TrainConfig, TrainingState};
-use crate::vocab::{Color, OnBadImage, PixelNorm};
+use crate::vocab::{Color, PixelNorm};
 
 /// The weights file of a run directory (or the file itself, when given one).
 pub fn model_file(run: &Path) -> PathBuf {
@@ -65,20 +65,11 @@ impl SavedRun {
         warn: &mut dyn FnMut(&str),
     ) -> Result<Dataset> {
         let saved = &self.settings;
+        // The colour follows the model's input (a run saved without settings reads as grey).
         let [c, _, _] = self.model.config.input;
         let options = DataOptions {
-            image_size: saved
-                .image_size
-                .as_deref()
-                .map(parse_image_size)
-                .transpose()?,
             color: if c == 3 { Color::Rgb } else { Color::Grey },
-            on_bad_image: if saved.on_bad_image == "stop" {
-                OnBadImage::Stop
-            } else {
-                OnBadImage::Skip
-            },
-            held_out_classes: saved.held_out_classes.clone(),
+            ..saved.data_options()?
         };
         let data = data.or(saved.data.as_deref());
         let sets = dataset::load_with(data, val_images.or(saved.val_images), &options)?;

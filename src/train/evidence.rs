@@ -7,9 +7,7 @@ use crate::data::dataset::Dataset;
 use crate::error::Result;
 use crate::eval::doctor::{Evidence, GradSample, PairScores};
 use crate::eval::embed::Embedder;
-use crate::eval::embedding_metrics::{
-    EmbeddingMetrics, embedding_metrics, scored_images, seeded_sample,
-};
+use crate::eval::embedding_metrics::{EmbeddingMetrics, score_test_split, seeded_sample};
 use crate::eval::embedding_stats::{embedding_stats, pca_2d};
 use crate::eval::probe;
 use crate::eval::protocol::{PairProtocol, Validation};
@@ -53,21 +51,15 @@ pub(super) fn test_evidence(
     evidence: &mut Evidence,
 ) -> Result<EmbeddingMetrics> {
     let test_set = &sets.test;
-    let scored = scored_images(test_set.count, cfg.doctor_images, cfg.seed);
-    let embedded = embedder.embed_indices(test, &scored)?;
-    let dim = embedder.dim();
-    let labels: Vec<u8> = scored
-        .iter()
-        .map(|&i| test_set.labels[i as usize])
-        .collect();
-    let metrics = embedding_metrics(
+    let (scored, embedded, metrics) = score_test_split(
         gpu,
-        &embedded,
-        &labels,
-        dim,
+        embedder,
         cfg.distance,
-        cfg.pixel_baseline.then_some((test_set, cfg.pixel_norm)),
+        (test_set, test),
+        (cfg.doctor_images, cfg.seed),
+        cfg.pixel_baseline.then_some(cfg.pixel_norm),
     )?;
+    let dim = embedder.dim();
     // The same images in the seeded sample's order: the statistics and the plot read them so.
     let sample = seeded_sample(test_set.count, cfg.doctor_images, cfg.seed);
     let mut shuffled = Vec::with_capacity(embedded.len());
