@@ -330,6 +330,17 @@ impl Conv2dGeometry {
     }
 }
 
+/// Whether a tower runs as in training or as in evaluation (PyTorch's `model.train()` and
+/// `model.eval()`): BatchNorm normalises with the batch's statistics and updates its running
+/// ones in training, and uses the running ones in evaluation; dropout drops in training and
+/// is the identity in evaluation. Validation, `eval`, `embed` and the doctor's probes run in
+/// evaluation mode, and so do frozen BatchNorm layers while the rest trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Train,
+    Eval,
+}
+
 // ---- Arithmetic ----
 
 /// `F32` everywhere (the default), or mixed precision: the tower's activations, their
