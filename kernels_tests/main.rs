@@ -9,6 +9,7 @@ mod coverage;
 
 mod activation;
 mod amp;
+mod batchnorm;
 mod conv2d;
 mod dense;
 mod distance;

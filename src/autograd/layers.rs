@@ -1,14 +1,15 @@
-//! The tower's ops on the tape: convolution, pooling, activations, dense layers, and the
-//! views and casts between them.
+//! The tower's ops on the tape: convolution, pooling, activations, batch normalisation, dense
+//! layers, and the views and casts between them.
 
 use super::{Tape, ValueId};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Tensor};
 use crate::ops::activation::{self, Activation};
+use crate::ops::batchnorm::{self, BatchNormGrads, BatchNormTensors, RunningStats};
 use crate::ops::conv2d::{self, Conv2dGrads, Conv2dTensors};
 use crate::ops::dense::{self, DenseGrads, DenseTensors};
 use crate::ops::{amp, normalize, pool};
-use crate::vocab::Conv2dGeometry;
+use crate::vocab::{Conv2dGeometry, Mode};
 
 impl Tape<'_> {
     /// `conv2d(x, w) + b`, NCHW (see `ops::conv2d`).
@@ -144,6 +145,83 @@ impl Tape<'_> {
             backward.push(activation::backward(self.gpu, act, saved, &dy, &dx)?);
         }
         self.record(act.forward_entry(), Some(y), forward, backward);
+        Ok(y)
+    }
+
+    /// Batch normalisation of `x` ([N, C, H, W] or [N, C]) with affine `gamma`, `beta` [C]
+    /// and the layer's `running` statistics (f32 [C], the model's), PyTorch's
+    /// `nn.BatchNorm2d` / `nn.BatchNorm1d` (see `ops::batchnorm`). In [`Mode::Train`] the
+    /// forward normalises with the batch's statistics and moves `running` by `momentum`
+    /// each time it runs; the backward gives x, γ and β their gradients (each where it needs
+    /// one). In [`Mode::Eval`] the forward normalises with `running`, leaving it as it is,
+    /// and the backward gives x alone its gradient (a frozen layer): γ and β that need a
+    /// gradient are refused there. The output has x's type.
+    #[allow(clippy::too_many_arguments)] // PyTorch's arguments, each named
+    pub fn batch_norm(
+        &mut self,
+        x: ValueId,
+        gamma: ValueId,
+        beta: ValueId,
+        running: RunningStats<'_>,
+        mode: Mode,
+        momentum: f32,
+        eps: f32,
+    ) -> Result<ValueId> {
+        if mode == Mode::Eval && (self.needs_grad(gamma) || self.needs_grad(beta)) {
+            return Err(Error::Shape {
+                op: "batch_norm",
+                detail: "in eval mode γ and β get no gradient (an eval-mode BatchNorm is for \
+                         evaluation and frozen layers): record them without one, or train the \
+                         layer in train mode"
+                    .into(),
+            });
+        }
+        let shape = self.shape(x).to_vec();
+        let y = self.output(&shape, &[x, gamma, beta])?;
+        let dy = self.grad(y).cloned();
+        let [tx, tg, tb, ty] = [x, gamma, beta, y].map(|v| self.tensor(v).clone());
+        let tensors = BatchNormTensors {
+            x: &tx,
+            gamma: &tg,
+            beta: &tb,
+            y: &ty,
+        };
+        let (forward, backward) = match mode {
+            Mode::Train => {
+                let saved = self.zeros(&batchnorm::saved_shape(&tx)?)?;
+                let forward =
+                    batchnorm::train_forward(self.gpu, &tensors, running, momentum, eps, &saved)?;
+                let mut backward = Vec::new();
+                if let Some(dy) = dy {
+                    let (dx, dgamma, dbeta) = (
+                        self.grad_slot(x)?,
+                        self.grad_slot(gamma)?,
+                        self.grad_slot(beta)?,
+                    );
+                    let grads = BatchNormGrads {
+                        dy: &dy,
+                        dx: dx.as_ref(),
+                        dgamma: dgamma.as_ref(),
+                        dbeta: dbeta.as_ref(),
+                    };
+                    backward.push(batchnorm::train_backward(
+                        self.gpu, &tx, &tg, &saved, &grads,
+                    )?);
+                }
+                (forward, backward)
+            }
+            Mode::Eval => {
+                let forward = batchnorm::eval_forward(self.gpu, &tensors, running, eps)?;
+                let mut backward = Vec::new();
+                if let (Some(dy), Some(dx)) = (dy, self.grad_slot(x)?) {
+                    backward.push(batchnorm::eval_backward(
+                        self.gpu, &dy, &tg, running, eps, &dx,
+                    )?);
+                }
+                (forward, backward)
+            }
+        };
+        self.record("batch_norm", Some(y), vec![forward], backward);
         Ok(y)
     }
 

@@ -4,6 +4,7 @@
 
 pub mod activation;
 pub mod amp;
+pub mod batchnorm;
 pub mod conv2d;
 pub mod dense;
 pub mod distance;
