@@ -1,6 +1,8 @@
 //! Kernel benchmark: GFLOP/s of the dense and conv2d kernels, forward and both backwards, at
 //! the reference network's shapes (conv 1→32 5×5 on 28×28, conv 32→64 3×3 on 12×12, dense
-//! 1600→128) for batches of 32, 256 and 1024 images, beside the adapter's FMA peak.
+//! 1600→128) and a ResNet's (3×3 padding 1 at stride 2, 16→32 on 28×28 and 32→64 on 14×14;
+//! the 1×1 projection 16→32 at stride 2 on 28×28; 3×3 padding 1 at stride 1, 32→32 on
+//! 14×14) for batches of 32, 256 and 1024 images, beside the adapter's FMA peak.
 //!
 //! Where the adapter has f16 shaders every kernel is also timed on f16 operands (mixed
 //! precision: f16 activations and weights, f32 accumulation and weight gradients), as
@@ -52,7 +54,7 @@ fn zeros(gpu: &Gpu, shape: &[usize], dtype: DType) -> Tensor {
 fn report(gpu: &Gpu, op: &str, layer: &str, batch: usize, flop: f64, seconds: f64, peak: f64) {
     let gflops = flop / seconds / 1e9;
     println!(
-        "{op:<20} {layer:<16} batch {batch:>5}  {:>9.3} ms  {gflops:>9.2} GFLOP/s  ({:.1}% of peak)",
+        "{op:<20} {layer:<20} batch {batch:>5}  {:>9.3} ms  {gflops:>9.2} GFLOP/s  ({:.1}% of peak)",
         seconds * 1e3,
         100.0 * gflops / peak
     );
@@ -131,35 +133,26 @@ fn backward_of(plan: Conv2dPlan) -> Kernel {
 fn bench_batch(gpu: &Gpu, rng: &mut StdRng, batch: usize, dt: DType, peak: f64) {
     let suffix = if dt == DType::F16 { "_f16" } else { "" };
     bench_dense(gpu, rng, batch, dt, suffix, peak);
+    let conv = |c, h, o, k, stride, pad| Conv2dGeometry {
+        n: batch,
+        c,
+        h,
+        w: h,
+        o,
+        kh: k,
+        kw: k,
+        stride,
+        pad,
+    };
     for (layer, g) in [
-        (
-            "conv 1>32 5x5",
-            Conv2dGeometry {
-                n: batch,
-                c: 1,
-                h: 28,
-                w: 28,
-                o: 32,
-                kh: 5,
-                kw: 5,
-                stride: 1,
-                pad: 0,
-            },
-        ),
-        (
-            "conv 32>64 3x3",
-            Conv2dGeometry {
-                n: batch,
-                c: 32,
-                h: 12,
-                w: 12,
-                o: 64,
-                kh: 3,
-                kw: 3,
-                stride: 1,
-                pad: 0,
-            },
-        ),
+        ("conv 1>32 5x5", conv(1, 28, 32, 5, 1, 0)),
+        ("conv 32>64 3x3", conv(32, 12, 64, 3, 1, 0)),
+        // A ResNet's downsampling on 28×28 and 14×14 inputs: 3×3 with padding 1 at stride 2,
+        // its 1×1 projection shortcut at stride 2, and a 3×3 with padding 1 at stride 1.
+        ("conv 16>32 3x3 s2 28", conv(16, 28, 32, 3, 2, 1)),
+        ("conv 32>64 3x3 s2 14", conv(32, 14, 64, 3, 2, 1)),
+        ("conv 16>32 1x1 s2 28", conv(16, 28, 32, 1, 2, 0)),
+        ("conv 32>32 3x3 p1 14", conv(32, 14, 32, 3, 1, 1)),
     ] {
         bench_conv(gpu, rng, layer, &g, dt, suffix, peak);
     }
@@ -247,8 +240,8 @@ fn bench_conv(
         w: &w,
         b: &b,
         y: &y,
-        stride: 1,
-        pad: 0,
+        stride: g.stride,
+        pad: g.pad,
     };
     let only = |dx, dw| Conv2dGrads {
         dy: &dy,

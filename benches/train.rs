@@ -1,6 +1,7 @@
 //! End-to-end benchmark: training pairs/s of the reference network with the contrastive
 //! loss at batches of 32, 128 and 512 pairs (one step = one submission: gather, forward of
-//! both branches, loss, backward, Adam), and embedding images/s for evaluation.
+//! both branches, loss, backward, Adam), embedding images/s for evaluation, and the residual
+//! towers (`resnet-small` at 28×28, `resnet18` at 64×64 RGB) at batches of 64 and 128.
 //!
 //! Each batch is timed side by side in one run, with ratios printed: the storage-buffer
 //! kernels throughout (the engine before the texel kernels), the default per-adapter choice
@@ -15,7 +16,7 @@ use std::time::Instant;
 
 use siamese_gpu::data::dataset;
 use siamese_gpu::eval::embed::Embedder;
-use siamese_gpu::model::SiameseModel;
+use siamese_gpu::model::{ModelTensors, ModelValues, SiameseModel};
 use siamese_gpu::ops::gather;
 use siamese_gpu::train::{TrainConfig, TrainStep};
 use siamese_gpu::vocab::Precision;
@@ -102,13 +103,12 @@ fn main() {
                 mixed / rates[1]
             );
         }
-        let params = gpu
-            .upload_f32(&model.layout.init(0), &[model.layout.len])
-            .expect("parameters");
+        let values =
+            ModelTensors::upload(&gpu, &model, &ModelValues::init(&model, 0)).expect("parameters");
 
         if batch == batches[0] {
             // Embedding for evaluation: 2,000 images in chunks of 500 (the trainer's setting).
-            let embedder = Embedder::new(&gpu, &model, &params, cfg.pixel_norm, cfg.eval_chunk)
+            let embedder = Embedder::new(&gpu, &model, &values, cfg.pixel_norm, cfg.eval_chunk)
                 .expect("embedder");
             embedder.embed(&packed, cfg.eval_chunk).expect("warm-up");
             let start = Instant::now();
@@ -124,6 +124,54 @@ fn main() {
             );
         }
     }
+    gpu.set_kernel_path(KernelPath::Auto);
+    residual_towers(&gpu, (&packed, &labels), &driver);
+}
+
+/// The residual towers with BatchNorm: `resnet-small` on the 28×28 images and `resnet18` on
+/// 64×64 RGB (random pixels: the speed does not depend on them), pairs/s of the default
+/// kernels in f32 at the batches of `SIAMESE_BENCH_RESNET_BATCHES` (default 64,128); the
+/// same shapes as `scripts/bench_towers.py` times PyTorch on, for the ratio.
+fn residual_towers(gpu: &Gpu, grey: (&siamese_gpu::Tensor, &[u8]), driver: &str) {
+    let batches: Vec<usize> = std::env::var("SIAMESE_BENCH_RESNET_BATCHES")
+        .unwrap_or_else(|_| "64,128".into())
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse()
+                .expect("SIAMESE_BENCH_RESNET_BATCHES: batch sizes")
+        })
+        .collect();
+    let (count, side) = (2048, 64);
+    let rgb: Vec<u8> = (0..count * 3 * side * side)
+        .map(|i| (i * 7919 % 251) as u8)
+        .collect();
+    let rgb = gather::upload_images(gpu, &rgb, count, 3 * side * side).expect("upload");
+    let rgb_labels: Vec<u8> = (0..count).map(|i| (i % 10) as u8).collect();
+    let towers = [
+        ("resnet-small", [1, 28, 28], grey),
+        ("resnet18", [3, side, side], (&rgb, &rgb_labels[..])),
+    ];
+    for (tower, input, (packed, labels)) in towers {
+        for &batch in &batches {
+            let cfg = TrainConfig {
+                batch,
+                tower: tower.parse().expect("a preset"),
+                log_every: TIMED_STEPS + WARMUP_STEPS,
+                ..TrainConfig::default()
+            };
+            let model = SiameseModel::new(cfg.model_config(input)).expect("the model");
+            let pairs_per_sec = train_rate(gpu, &model, &cfg, packed, labels);
+            let [c, h, w] = input;
+            println!(
+                "train   {tower:<12} {c}×{h}×{w}  batch {batch:>4} pairs {pairs_per_sec:>8.1} pairs/s"
+            );
+            println!(
+                "{{\"kind\":\"train\",\"tower\":\"{tower}\",\"batch\":{batch},\"pairs_per_sec\":{pairs_per_sec:.2},\"adapter\":\"{}\",\"driver\":\"{driver}\"}}",
+                gpu.adapter().name
+            );
+        }
+    }
 }
 
 /// Training pairs/s of `model` over TIMED_STEPS steps after WARMUP_STEPS, with the kernel
@@ -135,14 +183,14 @@ fn train_rate(
     packed: &siamese_gpu::Tensor,
     labels: &[u8],
 ) -> f64 {
-    let len = model.layout.len;
-    let params = gpu
-        .upload_f32(&model.layout.init(0), &[len])
-        .expect("parameters");
-    let grads = gpu.zeros(&[len], DType::F32).expect("gradients");
+    let values =
+        ModelTensors::upload(gpu, model, &ModelValues::init(model, 0)).expect("parameters");
+    let grads = gpu
+        .zeros(&[model.layout.len], DType::F32)
+        .expect("gradients");
     let steps = WARMUP_STEPS + TIMED_STEPS;
     let mut step =
-        TrainStep::new(gpu, model, cfg, packed, labels, &params, &grads, steps).expect("build");
+        TrainStep::new(gpu, model, cfg, packed, labels, &values, &grads, steps).expect("build");
     for _ in 0..WARMUP_STEPS {
         step.run(None).expect("warm-up step");
     }

@@ -21,7 +21,7 @@ use siamese_gpu::eval::oneshot::{self, DEFAULT_EPISODES, DEFAULT_WAYS};
 use siamese_gpu::eval::retrieval::{
     self, DEFAULT_PIXEL_QUERIES, References, RetrievalOptions, evaluate_retrieval,
 };
-use siamese_gpu::model::SiameseModel;
+use siamese_gpu::model::{ModelTensors, ModelValues, SiameseModel};
 use siamese_gpu::ops::gather;
 use siamese_gpu::train::TrainConfig;
 use siamese_gpu::vocab::PixelNorm;
@@ -96,27 +96,32 @@ fn run() -> Result<()> {
     let gpu = Gpu::new()?;
     println!("adapter: {}", gpu.adapter());
     let data = dataset::load(None, None)?;
-    let (model, flat, norm, what) = if source != "fresh" && Path::new(&source).exists() {
+    let (model, values, norm, what) = if source != "fresh" && Path::new(&source).exists() {
         let path = PathBuf::from(&source);
         let path = if path.is_dir() {
             path.join("model.safetensors")
         } else {
             path
         };
-        let (model, flat, meta) = checkpoint::load_model(&path)?;
+        let (model, values, meta) = checkpoint::load_model(&path)?;
         let get = |k: &str, d: f32| meta.get(k).and_then(|v| v.parse().ok()).unwrap_or(d);
         let norm = PixelNorm {
             shift: get("pixel_shift", 0.0),
             scale: get("pixel_scale", 1.0),
         };
-        (model, flat, norm, format!("checkpoint {}", path.display()))
+        (
+            model,
+            values,
+            norm,
+            format!("checkpoint {}", path.display()),
+        )
     } else {
         let cfg = TrainConfig::default();
         let model = SiameseModel::new(cfg.model_config([1, data.test.height, data.test.width]))?;
-        let flat = model.layout.init(cfg.seed);
+        let values = ModelValues::init(&model, cfg.seed);
         (
             model,
-            flat,
+            values,
             PixelNorm::UNIT,
             "fresh reference model (seed 0, untrained)".into(),
         )
@@ -128,8 +133,8 @@ fn run() -> Result<()> {
     let test = &data.test;
     let t = Clock::start();
     let images = gather::upload_images(&gpu, &test.images, test.count, test.pixels())?;
-    let params = gpu.upload_f32(&flat, &[flat.len()])?;
-    let embedder = Embedder::new(&gpu, &model, &params, norm, 500)?;
+    let values = ModelTensors::upload(&gpu, &model, &values)?;
+    let embedder = Embedder::new(&gpu, &model, &values, norm, 500)?;
     let embeddings = embedder.embed(&images, test.count)?;
     let dim = embedder.dim();
     println!(

@@ -54,9 +54,9 @@ enum Path {
     /// summing its splits) and conv2d_grad_bias, on storage buffers.
     Storage,
     /// The operands packed as texels (pack_nhwc4, pack_conv_weight), then
-    /// conv2d_forward_tex; grad_input is conv2d_forward_tex over dy bordered by KH − 1 − pad
-    /// with the weights flipped; conv2d_grad_weight_tex sums dw and db from the same dy
-    /// fetches.
+    /// conv2d_forward_tex; grad_input is conv2d_forward_tex as grad_input, over dy bordered
+    /// by ⌈(KH − 1 − pad)/S⌉ with the weights flipped, dx's positions phase by phase at
+    /// stride S > 1; conv2d_grad_weight_tex sums dw and db from the same dy fetches.
     Texels,
     /// Single-channel layers with four images in a texel's lanes: pack_images4 and pack_rows4,
     /// then conv2d_forward_tex_images4. A forward only.
@@ -82,11 +82,18 @@ const SHAPES: &[Conv2dGeometry] = &[
     geom(3, 1, 30, 30, 2, 3, 3, 1, 0),
 ];
 
-/// Texels (stride 1, square kernels): channel counts off the 4-channel texel and the
-/// 8-channel block (1, 3, 5, 9, 13), position counts off the 8-position block, padding 0–2,
-/// batch 1, and the reference network's two layers. Over padding (and in every grad_input)
-/// positions run images innermost and border taps are skipped per block of 16: batches of 16
-/// and 37 give blocks of one (oy, ox) and blocks that straddle two.
+/// Texels (square kernels, padding under the kernel): channel counts off the 4-channel
+/// texel and the 8-channel block (1, 3, 5, 9, 13), position counts off the 8-position block,
+/// padding 0–3, batch 1, and the reference network's two layers. Over padding (and in every
+/// grad_input) positions run images innermost and border taps are skipped per block of 16:
+/// batches of 16 and 37 give blocks of one (oy, ox) and blocks that straddle two.
+///
+/// Strided, a ResNet's convolutions at small batches: 3×3 padding 1 at stride 1 (64 → 64) and
+/// stride 2 (16 → 32 on 28×28), the 7×7 stem with padding 3 at stride 2 on RGB (unfolded), the
+/// 1×1 projection at stride 2; each with H + 2·pad − K or W + 2·pad − K not a multiple of S
+/// (the rows or columns of x no window reaches, and phases of dx with fewer rows), C and O
+/// off multiples of 4, a single image, batches of 16 and 37 over padding, stride 3, and a
+/// stride past the kernel (2×2 at stride 3: phases of dx that no tap reaches).
 const TEX_SHAPES: &[Conv2dGeometry] = &[
     geom(1, 1, 1, 1, 1, 1, 1, 1, 0),
     geom(1, 1, 28, 28, 32, 5, 5, 1, 0),
@@ -97,13 +104,25 @@ const TEX_SHAPES: &[Conv2dGeometry] = &[
     geom(4, 6, 11, 13, 9, 1, 1, 1, 0),
     geom(16, 7, 6, 5, 10, 3, 3, 1, 1),
     geom(37, 2, 7, 6, 5, 3, 3, 1, 2),
+    geom(2, 64, 8, 8, 64, 3, 3, 1, 1),
+    geom(2, 16, 28, 28, 32, 3, 3, 2, 1),
+    geom(3, 5, 8, 11, 6, 3, 3, 2, 1),
+    geom(1, 7, 10, 10, 5, 3, 3, 2, 1),
+    geom(2, 3, 23, 20, 10, 7, 7, 2, 3),
+    geom(2, 12, 7, 8, 20, 1, 1, 2, 0),
+    geom(16, 8, 6, 7, 9, 3, 3, 2, 1),
+    geom(37, 2, 7, 6, 5, 3, 3, 2, 1),
+    geom(2, 4, 10, 9, 6, 3, 3, 3, 1),
+    geom(3, 6, 8, 8, 4, 2, 2, 3, 1),
+    geom(1, 2, 9, 9, 3, 7, 7, 1, 3),
 ];
 
 /// Images4 (one input channel): the reference network's first layer at batch 256 and with
 /// padding 2; batches that leave lanes of the last texel empty (1, 5, 7, 9, 3); padding 1–3
 /// (3 past a 3×3 kernel: whole taps of border); output channel counts off the 16-channel
 /// block (1, 5, 9, 17, 20); tap counts off the step of four (1, 4, 6, 9, 25: zero-weight taps
-/// in the last step) and a non-square kernel.
+/// in the last step) and a non-square kernel; strided: a grayscale ResNet stem (7×7, padding
+/// 3, stride 2), 3×3 and 1×1 at stride 2 with H + 2·pad − K odd, and stride 3.
 const IMAGES4_SHAPES: &[Conv2dGeometry] = &[
     geom(256, 1, 28, 28, 32, 5, 5, 1, 0),
     geom(1, 1, 1, 1, 1, 1, 1, 1, 0),
@@ -113,6 +132,10 @@ const IMAGES4_SHAPES: &[Conv2dGeometry] = &[
     geom(3, 1, 4, 4, 17, 3, 3, 1, 3),
     geom(6, 1, 7, 5, 9, 2, 3, 1, 0),
     geom(9, 1, 28, 28, 32, 5, 5, 1, 2),
+    geom(5, 1, 9, 8, 20, 7, 7, 2, 3),
+    geom(3, 1, 8, 7, 9, 3, 3, 2, 1),
+    geom(4, 1, 6, 7, 5, 1, 1, 2, 0),
+    geom(2, 1, 11, 10, 6, 3, 3, 3, 0),
 ];
 
 fn shapes(path: Path) -> &'static [Conv2dGeometry] {
@@ -123,8 +146,10 @@ fn shapes(path: Path) -> &'static [Conv2dGeometry] {
     }
 }
 
-/// Small geometries for finite differences: with stride and padding for the storage path,
-/// with padding and a 2×2 kernel for the texel path.
+/// Small geometries for finite differences: with stride and padding for the storage path;
+/// for the texel path with padding and a 2×2 kernel, and strided as a ResNet's are (3×3
+/// padding 1, 1×1, the 7×7 stem with padding 3, all at stride 2), each with H + 2·pad − K or
+/// W + 2·pad − K odd.
 const FD_SHAPES: &[Conv2dGeometry] = &[
     geom(1, 2, 5, 4, 3, 3, 3, 1, 1),
     geom(2, 1, 6, 6, 2, 3, 2, 2, 1),
@@ -133,6 +158,9 @@ const FD_SHAPES: &[Conv2dGeometry] = &[
 const TEX_FD_SHAPES: &[Conv2dGeometry] = &[
     geom(1, 2, 5, 4, 3, 3, 3, 1, 1),
     geom(2, 5, 4, 4, 6, 2, 2, 1, 0),
+    geom(1, 2, 5, 6, 3, 3, 3, 2, 1),
+    geom(2, 5, 5, 4, 6, 1, 1, 2, 0),
+    geom(1, 3, 9, 8, 2, 7, 7, 2, 3),
 ];
 
 /// Images4 has no backward, so no finite differences.
@@ -188,13 +216,15 @@ fn launch_forward(path: Path, g: &Conv2dGeometry, t: &Tensors, y: &Tensor) -> Ke
     match path {
         Path::Storage => conv2d::forward(gpu(), &t.x, &t.w, &t.b, y, g.stride, g.pad).unwrap(),
         Path::Texels => launch_texel_forward(g, t, y).0,
-        Path::Images4 => conv2d::forward_packed_images4(gpu(), &t.x, &t.w, &t.b, y, g.pad).unwrap(),
+        Path::Images4 => {
+            conv2d::forward_packed_images4(gpu(), &t.x, &t.w, &t.b, y, g.stride, g.pad).unwrap()
+        }
     }
 }
 
 /// The texel forward and the x texels it packs, which conv2d_grad_weight_tex reads.
 fn launch_texel_forward(g: &Conv2dGeometry, t: &Tensors, y: &Tensor) -> (Kernel, Texels) {
-    let (kernel, xt) = conv2d::forward_packed(gpu(), &t.x, &t.w, &t.b, y, g.pad).unwrap();
+    let (kernel, xt) = conv2d::forward_packed(gpu(), &t.x, &t.w, &t.b, y, g.stride, g.pad).unwrap();
     assert_eq!(xt.dtype(), t.x.dtype(), "the x texels of {g:?}");
     (kernel, xt)
 }
@@ -208,7 +238,7 @@ fn texel_grad_input(
     dx: &Tensor,
 ) -> siamese_gpu::Result<Kernel> {
     let (pack_dy, dyt) = pack::nhwc4(gpu(), dy, g.grad_input_pad(), 1)?;
-    let conv = conv2d::grad_input_tex(gpu(), &dyt, w, dx, g.pad)?;
+    let conv = conv2d::grad_input_tex(gpu(), &dyt, w, dx, g.stride, g.pad)?;
     Ok(Kernel::chain([pack_dy, conv]))
 }
 
@@ -433,7 +463,8 @@ fn conv2d_texel_handoffs_give_the_launchers_bits() {
         assert_eq!(dyt.dtype(), dtype, "dy texels {p}");
         let dx_tex = zeros_as(&g.input_shape(), dtype);
         let (dw_pad, db_pad) = (zeros(&g.weight_shape()), zeros(&[g.o]));
-        let grad_input = conv2d::grad_input_tex(gpu(), &dyt, &t.w, &dx_tex, g.pad).unwrap();
+        let grad_input =
+            conv2d::grad_input_tex(gpu(), &dyt, &t.w, &dx_tex, g.stride, g.pad).unwrap();
         let grad_weight =
             conv2d::grad_weight_tex(gpu(), g, &xt, &dyt, dy_pad, &dw_pad, Some(&db_pad)).unwrap();
         gpu().run(&[&forward, &pack_dy, &grad_input, &grad_weight]);
@@ -587,7 +618,7 @@ fn conv2d_forward_rejects_mismatched_channels() {
 fn conv2d_texel_path_refuses_what_it_does_not_cover() {
     assert!(geom(1, 2, 6, 6, 3, 3, 3, 1, 2).texel_path_fits());
     assert!(
-        !geom(1, 2, 6, 6, 3, 3, 3, 2, 0).texel_path_fits(),
+        geom(1, 2, 6, 6, 3, 3, 3, 2, 1).texel_path_fits(),
         "stride 2"
     );
     assert!(
@@ -644,11 +675,6 @@ fn conv2d_forward_tex_images4_refuses_what_it_does_not_cover() {
     let (_, wt) = pack::rows4(gpu(), &w_rows, false).unwrap();
     assert!(conv2d::forward_tex_images4(gpu(), &g, &xt, &wt, &b, &y).is_ok());
     expect_err(
-        "stride 2",
-        conv2d::forward_tex_images4(gpu(), &Conv2dGeometry { stride: 2, ..g }, &xt, &wt, &b, &y),
-        "stride 2",
-    );
-    expect_err(
         "three channels",
         conv2d::forward_tex_images4(gpu(), &Conv2dGeometry { c: 3, ..g }, &xt, &wt, &b, &y),
         "3 channels",
@@ -669,7 +695,7 @@ fn conv2d_forward_tex_images4_refuses_what_it_does_not_cover() {
     let w3 = upload(&vec![0.0; 6 * 3 * 9], &[6, 3, 3, 3]);
     expect_err(
         "forward_packed_images4 of three channels",
-        conv2d::forward_packed_images4(gpu(), &x3, &w3, &b, &y, 1),
+        conv2d::forward_packed_images4(gpu(), &x3, &w3, &b, &y, 1, 1),
         "single-channel",
     );
 }
@@ -734,7 +760,7 @@ fn conv2d_f16_refuses_mixed_types() {
     let (_, dyt32) = pack::nhwc4(gpu(), &f32(&g.output_shape()), g.grad_input_pad(), 1).unwrap();
     refused(
         "grad_input_tex, f32 dy texels",
-        conv2d::grad_input_tex(gpu(), &dyt32, &w16, &x16, g.pad),
+        conv2d::grad_input_tex(gpu(), &dyt32, &w16, &x16, g.stride, g.pad),
         "the dy texels hold F32 components but dx is F16",
     );
     let (_, xt16) = pack::nhwc4(gpu(), &x16, g.pad, g.unfold()).unwrap();

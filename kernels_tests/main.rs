@@ -13,6 +13,7 @@ mod batchnorm;
 mod conv2d;
 mod dense;
 mod distance;
+mod dropout;
 mod gather;
 mod loss;
 mod mining;
@@ -20,6 +21,7 @@ mod normalize;
 mod optim;
 mod pack;
 mod pool;
+mod residual;
 mod topk;
 
 /// The tape on every kernel path against the composed CPU references.

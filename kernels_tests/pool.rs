@@ -1,7 +1,11 @@
 //! Pooling (`shaders/pool.wgsl`): every entry against `cpu::pool` in f32 and, where the
 //! adapter has SHADER_F16, in f16, and the gradients against f64 finite differences. In f16
 //! the inputs are rounded to f16 first, so the reference sees exactly the values the kernel
-//! reads.
+//! reads. Max pooling runs unpadded and padded (torchvision's ResNet stem, 3×3 stride 2 pad
+//! 1, among others); average pooling unpadded; global average pooling over planes up to its
+//! largest.
+
+use std::sync::OnceLock;
 
 use crate::common::*;
 use rand::RngExt;
@@ -15,7 +19,8 @@ use siamese_gpu::ops::pool;
 /// windows of 3 and 4; overlapping windows (stride < kernel, stride 1); gaps (stride >
 /// kernel); a window as large as the plane; element counts that are not multiples of the
 /// 256-wide workgroup; and the reference network's pools (2 on [N, 32, 24, 24] and on
-/// [N, 64, 10, 10]).
+/// [N, 64, 10, 10]). Average pooling runs these; max pooling runs them unpadded and
+/// [`PADDED`].
 const SHAPES: &[(usize, usize, usize, usize, usize, usize)] = &[
     (1, 1, 1, 1, 1, 1),
     (1, 1, 5, 7, 2, 2),
@@ -32,13 +37,53 @@ const SHAPES: &[(usize, usize, usize, usize, usize, usize)] = &[
     (3, 64, 10, 10, 2, 2),
 ];
 
-/// Small shapes for finite differences (two forwards per input element): tiling, overlap,
-/// stride 1, gaps.
-const FD_SHAPES: &[(usize, usize, usize, usize, usize, usize)] = &[
-    (1, 1, 4, 5, 2, 2),
-    (2, 2, 5, 5, 3, 2),
-    (1, 2, 6, 5, 2, 1),
-    (1, 1, 7, 6, 2, 3),
+/// A max pooling's (N, C, H, W, kernel, stride, pad).
+type MaxShape = (usize, usize, usize, usize, usize, usize, usize);
+
+/// (N, C, H, W, kernel, stride, pad) of padded max pooling: torchvision's ResNet stem (3×3,
+/// stride 2, pad 1) on odd and even planes (7×7, 8×8, 32×32: the last window of an odd
+/// plane reaches into the padding, of an even one not) with C off multiples of 4; windows
+/// that tile but are padded (2, 2, 1: each edge window holds one input element, so with the
+/// negative inputs drawn here a zero padding would be chosen); overlap with stride 1; gaps
+/// (stride > kernel); the most padding allowed (pad = kernel/2: 2 around 5×5 windows, a
+/// window as large as the padded plane); and element counts off the 256-wide workgroup.
+const PADDED: &[MaxShape] = &[
+    (2, 3, 7, 7, 3, 2, 1),
+    (1, 5, 8, 8, 3, 2, 1),
+    (2, 6, 32, 32, 3, 2, 1),
+    (1, 2, 5, 7, 2, 2, 1),
+    (2, 3, 6, 5, 3, 1, 1),
+    (1, 3, 9, 10, 2, 3, 1),
+    (2, 2, 7, 6, 5, 2, 2),
+    (1, 1, 1, 1, 5, 1, 2),
+    (3, 7, 13, 11, 4, 3, 2),
+];
+
+/// Every max-pooling shape (N, C, H, W, kernel, stride, pad): [`SHAPES`] unpadded, then
+/// [`PADDED`].
+fn max_shapes() -> &'static [MaxShape] {
+    static ALL: OnceLock<Vec<MaxShape>> = OnceLock::new();
+    ALL.get_or_init(|| {
+        SHAPES
+            .iter()
+            .map(|&(n, c, h, w, k, s)| (n, c, h, w, k, s, 0))
+            .chain(PADDED.iter().copied())
+            .collect()
+    })
+}
+
+/// Small shapes for finite differences (two forwards per input element), (N, C, H, W,
+/// kernel, stride, pad): tiling, overlap, stride 1, gaps, unpadded (average pooling runs
+/// these) and padded (max pooling runs them all).
+const FD_SHAPES: &[MaxShape] = &[
+    (1, 1, 4, 5, 2, 2, 0),
+    (2, 2, 5, 5, 3, 2, 0),
+    (1, 2, 6, 5, 2, 1, 0),
+    (1, 1, 7, 6, 2, 3, 0),
+    (1, 2, 7, 7, 3, 2, 1),
+    (1, 1, 6, 6, 3, 2, 1),
+    (1, 1, 5, 4, 2, 2, 1),
+    (1, 1, 5, 6, 5, 3, 2),
 ];
 
 /// (N, C, H, W, kernel, texel border) of the backward into texels: the pools tile (stride =
@@ -81,12 +126,15 @@ fn distinct_input(len: usize, seed: u64) -> Vec<f32> {
     v
 }
 
+/// In the padded shapes every window's maximum is one of its input elements, never the
+/// padding: the inputs are mostly negative in some windows (five levels from −2, or uniform
+/// in [−1, 1)), where a zero padding would win.
 #[test]
 fn max_pool2d_forward_matches_cpu() {
-    for p in dtype_matrix(&DTYPES, SHAPES) {
-        let ((n, c, h, w, k, s), dtype) = (p.shape, p.dtype);
+    for p in dtype_matrix(&DTYPES, max_shapes()) {
+        let ((n, c, h, w, k, s, pad), dtype) = (p.shape, p.dtype);
         let x = as_dtype(&input(n * c * h * w, p.seed), dtype);
-        let (oh, ow) = cpu::output_size(h, w, k, s);
+        let (oh, ow) = cpu::output_size(h, w, k, s, pad);
         let (y, argmax) = (
             zeros_as(&[n, c, oh, ow], dtype),
             gpu().zeros(&[n, c, oh, ow], DType::U32).unwrap(),
@@ -96,13 +144,14 @@ fn max_pool2d_forward_matches_cpu() {
             &upload_as(&x, &[n, c, h, w], dtype),
             k,
             s,
+            pad,
             &y,
             &argmax,
         )
         .unwrap();
         let got = run_and_read_floats(&kernel, &y);
         let got_argmax = gpu().read_u32(&argmax).unwrap();
-        let (want, want_argmax) = cpu::max_pool2d_forward(&x, n, c, h, w, k, s);
+        let (want, want_argmax) = cpu::max_pool2d_forward(&x, n, c, h, w, k, s, pad);
         let what = format!("max_pool2d_forward {p}");
         // A maximum is one of the inputs, copied: no rounding, so exact. In f16 the kernel
         // compares the f16 values the reference compares (rounding makes more ties, which
@@ -116,10 +165,10 @@ fn max_pool2d_forward_matches_cpu() {
 /// here, and some exactly 0 among the five-level inputs) give 0 and argmax NONE.
 #[test]
 fn max_pool2d_relu_forward_matches_cpu() {
-    for p in dtype_matrix(&DTYPES, SHAPES) {
-        let ((n, c, h, w, k, s), dtype) = (p.shape, p.dtype);
+    for p in dtype_matrix(&DTYPES, max_shapes()) {
+        let ((n, c, h, w, k, s, pad), dtype) = (p.shape, p.dtype);
         let x = as_dtype(&input(n * c * h * w, 20 + p.seed), dtype);
-        let (oh, ow) = cpu::output_size(h, w, k, s);
+        let (oh, ow) = cpu::output_size(h, w, k, s, pad);
         let (y, argmax) = (
             zeros_as(&[n, c, oh, ow], dtype),
             gpu().zeros(&[n, c, oh, ow], DType::U32).unwrap(),
@@ -129,13 +178,14 @@ fn max_pool2d_relu_forward_matches_cpu() {
             &upload_as(&x, &[n, c, h, w], dtype),
             k,
             s,
+            pad,
             &y,
             &argmax,
         )
         .unwrap();
         let got = run_and_read_floats(&kernel, &y);
         let got_argmax = gpu().read_u32(&argmax).unwrap();
-        let (want, want_argmax) = cpu::max_pool2d_relu_forward(&x, n, c, h, w, k, s);
+        let (want, want_argmax) = cpu::max_pool2d_relu_forward(&x, n, c, h, w, k, s, pad);
         let what = format!("max_pool2d_relu_forward {p}");
         // A copied input or 0, in f32 as in f16 (the ReLU compares the f16 max with 0):
         // exact.
@@ -147,33 +197,24 @@ fn max_pool2d_relu_forward_matches_cpu() {
 /// The argmax the backward tests route through: every third seed that of the fused ReLU,
 /// with NONE entries that must pass no gradient.
 #[allow(clippy::too_many_arguments)]
-fn argmax_of(
-    x: &[f32],
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    k: usize,
-    s: usize,
-    seed: u64,
-) -> Vec<u32> {
+fn argmax_of(x: &[f32], (n, c, h, w, k, s, pad): MaxShape, seed: u64) -> Vec<u32> {
     if seed % 3 == 2 {
-        cpu::max_pool2d_relu_forward(x, n, c, h, w, k, s).1
+        cpu::max_pool2d_relu_forward(x, n, c, h, w, k, s, pad).1
     } else {
-        cpu::max_pool2d_forward(x, n, c, h, w, k, s).1
+        cpu::max_pool2d_forward(x, n, c, h, w, k, s, pad).1
     }
 }
 
-/// Windows that tile the input (s = k) take max_pool2d_backward_tiled, the others
-/// max_pool2d_backward; either must write every dx element, those past the last window
-/// included (dx starts as NaN here).
+/// Windows that tile the input unpadded (s = k, pad = 0) take max_pool2d_backward_tiled,
+/// the others (padded tiling windows included) max_pool2d_backward; either must write
+/// every dx element, those past the last window included (dx starts as NaN here).
 #[test]
 fn max_pool2d_backward_matches_cpu() {
-    for p in dtype_matrix(&DTYPES, SHAPES) {
-        let ((n, c, h, w, k, s), dtype) = (p.shape, p.dtype);
+    for p in dtype_matrix(&DTYPES, max_shapes()) {
+        let ((n, c, h, w, k, s, pad), dtype) = (p.shape, p.dtype);
         let x = input(n * c * h * w, p.seed);
-        let (oh, ow) = cpu::output_size(h, w, k, s);
-        let argmax = argmax_of(&x, n, c, h, w, k, s, p.seed);
+        let (oh, ow) = cpu::output_size(h, w, k, s, pad);
+        let argmax = argmax_of(&x, p.shape, p.seed);
         let dy = as_dtype(
             &uniform(&mut rng(1000 + p.seed), n * c * oh * ow, -1.0, 1.0),
             dtype,
@@ -185,17 +226,18 @@ fn max_pool2d_backward_matches_cpu() {
             &gpu().upload_u32(&argmax, &[n, c, oh, ow]).unwrap(),
             k,
             s,
+            pad,
             &dx,
         )
         .unwrap();
-        let entry = if s == k {
+        let entry = if s == k && pad == 0 {
             "max_pool2d_backward_tiled"
         } else {
             "max_pool2d_backward"
         };
         assert_eq!(kernel.dispatches()[0].entry(), entry, "{p}");
         let got = run_and_read_floats(&kernel, &dx);
-        let want = cpu::max_pool2d_backward(&dy, &argmax, n, c, h, w, k, s);
+        let want = cpu::max_pool2d_backward(&dy, &argmax, n, c, h, w, k, s, pad);
         // Each dx sums at most ⌈k/s⌉² entries of dy (overlapping windows may all choose the
         // same element): 2·γ·Σ|terms|. Any misrouted gradient is off by a whole dy entry. In
         // f16 the sum is in f32 and stored once as f16 (stored_bound). Where no two windows
@@ -204,7 +246,7 @@ fn max_pool2d_backward_matches_cpu() {
         let bound = if windows_per_input(k, s) == 1 {
             vec![0.0; want.len()]
         } else {
-            let magnitude = cpu::max_pool2d_backward(&abs(&dy), &argmax, n, c, h, w, k, s);
+            let magnitude = cpu::max_pool2d_backward(&abs(&dy), &argmax, n, c, h, w, k, s, pad);
             stored_bound(
                 linear_bound(windows_per_input(k, s), &magnitude),
                 &want,
@@ -224,8 +266,8 @@ fn max_pool2d_backward_tex_matches_cpu() {
     for p in dtype_matrix(&DTYPES, TEX_SHAPES) {
         let ((n, c, h, w, k, pad), dtype) = (p.shape, p.dtype);
         let x = input(n * c * h * w, 70 + p.seed);
-        let (oh, ow) = cpu::output_size(h, w, k, k);
-        let argmax = argmax_of(&x, n, c, h, w, k, k, p.seed);
+        let (oh, ow) = cpu::output_size(h, w, k, k, 0);
+        let argmax = argmax_of(&x, (n, c, h, w, k, k, 0), p.seed);
         let dy = as_dtype(
             &uniform(&mut rng(1070 + p.seed), n * c * oh * ow, -1.0, 1.0),
             dtype,
@@ -266,7 +308,7 @@ fn avg_pool2d_forward_matches_cpu() {
     for p in dtype_matrix(&DTYPES, SHAPES) {
         let ((n, c, h, w, k, s), dtype) = (p.shape, p.dtype);
         let x = as_dtype(&input(n * c * h * w, p.seed), dtype);
-        let (oh, ow) = cpu::output_size(h, w, k, s);
+        let (oh, ow) = cpu::output_size(h, w, k, s, 0);
         let y = zeros_as(&[n, c, oh, ow], dtype);
         let kernel =
             pool::avg_forward(gpu(), &upload_as(&x, &[n, c, h, w], dtype), k, s, &y).unwrap();
@@ -290,7 +332,7 @@ fn avg_pool2d_forward_matches_cpu() {
 fn avg_pool2d_backward_matches_cpu() {
     for p in dtype_matrix(&DTYPES, SHAPES) {
         let ((n, c, h, w, k, s), dtype) = (p.shape, p.dtype);
-        let (oh, ow) = cpu::output_size(h, w, k, s);
+        let (oh, ow) = cpu::output_size(h, w, k, s, 0);
         let dy = as_dtype(&input(n * c * oh * ow, p.seed), dtype);
         let dx = zeros_as(&[n, c, h, w], dtype);
         let kernel =
@@ -316,15 +358,16 @@ fn avg_pool2d_backward_matches_cpu() {
 }
 
 /// L = Σ r ⊙ max_pool2d_forward(x): its gradient is max_pool2d_backward with dy = r. With
-/// `relu`, L = Σ r ⊙ relu(max_pool2d(x)) through max_pool2d_relu_forward's argmax.
+/// `relu`, L = Σ r ⊙ relu(max_pool2d(x)) through max_pool2d_relu_forward's argmax. Padded
+/// shapes included: the padding (−∞) has no gradient and never takes one.
 #[test]
 fn max_pool2d_backward_matches_finite_differences() {
     for (p, relu) in dtype_matrix(&F32_ONLY, FD_SHAPES)
         .into_iter()
         .flat_map(|p| [(p, false), (p, true)])
     {
-        let (n, c, h, w, k, s) = p.shape;
-        let (oh, ow) = cpu::output_size(h, w, k, s);
+        let (n, c, h, w, k, s, pad) = p.shape;
+        let (oh, ow) = cpu::output_size(h, w, k, s, pad);
         let len = n * c * h * w;
         // Shifted by half the grid's spacing under ReLU, so that no value sits at its kink.
         let shift = if relu { 0.5 / len as f32 } else { 0.0 };
@@ -336,9 +379,9 @@ fn max_pool2d_backward_matches_finite_differences() {
         let (x, r) = (to_f64(&x32), to_f64(&r32));
         let cpu_forward = |v: &[f64]| {
             if relu {
-                cpu::max_pool2d_relu_forward(v, n, c, h, w, k, s)
+                cpu::max_pool2d_relu_forward(v, n, c, h, w, k, s, pad)
             } else {
-                cpu::max_pool2d_forward(v, n, c, h, w, k, s)
+                cpu::max_pool2d_forward(v, n, c, h, w, k, s, pad)
             }
         };
         let loss = |v: &[f64]| dot(&r, &cpu_forward(v).0);
@@ -346,7 +389,7 @@ fn max_pool2d_backward_matches_finite_differences() {
         let (_, argmax) = cpu_forward(&x);
         assert_matches_fd(
             &format!("cpu max_pool2d_backward {p} relu {relu}"),
-            &cpu::max_pool2d_backward(&r, &argmax, n, c, h, w, k, s),
+            &cpu::max_pool2d_backward(&r, &argmax, n, c, h, w, k, s, pad),
             &fd,
         );
 
@@ -363,9 +406,17 @@ fn max_pool2d_backward_matches_finite_differences() {
         } else {
             pool::max_forward
         };
-        let forward = launch(gpu(), &upload(&x32, &[n, c, h, w]), k, s, &y, &argmax).unwrap();
-        let backward =
-            pool::max_backward(gpu(), &upload(&r32, &[n, c, oh, ow]), &argmax, k, s, &dx).unwrap();
+        let forward = launch(gpu(), &upload(&x32, &[n, c, h, w]), k, s, pad, &y, &argmax).unwrap();
+        let backward = pool::max_backward(
+            gpu(),
+            &upload(&r32, &[n, c, oh, ow]),
+            &argmax,
+            k,
+            s,
+            pad,
+            &dx,
+        )
+        .unwrap();
         gpu().run(&[&forward, &backward]);
         // f32 sums of at most 4 entries of r ∈ [-1, 1]: 1e-5 of the largest entry is ~80 ulps,
         // far above rounding and far below one misrouted gradient (an O(1) error).
@@ -379,11 +430,15 @@ fn max_pool2d_backward_matches_finite_differences() {
 }
 
 /// L = Σ r ⊙ avg_pool2d_forward(x): its gradient is avg_pool2d_backward with dy = r.
+/// Unpadded shapes only: average pooling takes no padding.
 #[test]
 fn avg_pool2d_backward_matches_finite_differences() {
     for p in dtype_matrix(&F32_ONLY, FD_SHAPES) {
-        let (n, c, h, w, k, s) = p.shape;
-        let (oh, ow) = cpu::output_size(h, w, k, s);
+        let (n, c, h, w, k, s, pad) = p.shape;
+        if pad > 0 {
+            continue;
+        }
+        let (oh, ow) = cpu::output_size(h, w, k, s, 0);
         let x32 = uniform(&mut rng(300 + p.seed), n * c * h * w, -1.0, 1.0);
         let r32 = uniform(&mut rng(400 + p.seed), n * c * oh * ow, -1.0, 1.0);
         let (x, r) = (to_f64(&x32), to_f64(&r32));
@@ -408,13 +463,134 @@ fn avg_pool2d_backward_matches_finite_differences() {
     }
 }
 
+/// (N, C, H, W) of global average pooling: one element; C off multiples of 4; ResNet's
+/// last maps (7×7 of 512 channels for 224-pixel inputs, 4×4 and 8×8 for 32-pixel ones); more
+/// planes than the 256-wide workgroup (and not a multiple of it); element counts off the
+/// workgroup for the backward; and the largest plane taken, 128×256 = 32,768 elements (one
+/// invocation's loop of that length, under lavapipe's 65,535).
+const GLOBAL_SHAPES: &[(usize, usize, usize, usize)] = &[
+    (1, 1, 1, 1),
+    (2, 3, 7, 7),
+    (2, 512, 7, 7),
+    (3, 5, 4, 4),
+    (1, 6, 8, 8),
+    (2, 7, 13, 11),
+    (1, 257, 2, 3),
+    (2, 1, 128, 256),
+];
+
+#[test]
+fn global_avg_pool2d_forward_matches_cpu() {
+    for p in dtype_matrix(&DTYPES, GLOBAL_SHAPES) {
+        let ((n, c, h, w), dtype) = (p.shape, p.dtype);
+        let x = as_dtype(&input(n * c * h * w, 40 + p.seed), dtype);
+        let y = zeros_as(&[n, c], dtype);
+        let kernel =
+            pool::global_avg_forward(gpu(), &upload_as(&x, &[n, c, h, w], dtype), &y).unwrap();
+        let got = run_and_read_floats(&kernel, &y);
+        let want = cpu::global_avg_pool2d_forward(&x, n, c, h, w);
+        // An H·W-term sum in the same order on both sides, then one division (≤ 2.5 ulp in
+        // WGSL, 0.5 ulp on the CPU): linear_bound over H·W + 1 terms (≥ 8u of Σ|x|/(H·W))
+        // covers the division, as for average pooling. In f16 the kernel sums the f16
+        // inputs in f32 as the reference does, then stores f16 (stored_bound).
+        let magnitude = cpu::global_avg_pool2d_forward(&abs(&x), n, c, h, w);
+        assert_within(
+            &format!("global_avg_pool2d_forward {p}"),
+            &got,
+            &want,
+            &stored_bound(linear_bound(h * w + 1, &magnitude), &want, dtype),
+        );
+    }
+}
+
+#[test]
+fn global_avg_pool2d_backward_matches_cpu() {
+    for p in dtype_matrix(&DTYPES, GLOBAL_SHAPES) {
+        let ((n, c, h, w), dtype) = (p.shape, p.dtype);
+        let dy = as_dtype(&input(n * c, 50 + p.seed), dtype);
+        // NaN first: every dx element must be written.
+        let dx = upload_as(&vec![f32::NAN; n * c * h * w], &[n, c, h, w], dtype);
+        let kernel =
+            pool::global_avg_backward(gpu(), &upload_as(&dy, &[n, c], dtype), &dx).unwrap();
+        let got = run_and_read_floats(&kernel, &dx);
+        let want = cpu::global_avg_pool2d_backward(&dy, n, c, h, w);
+        // One division each (2.5 ulp in WGSL against the CPU's 0.5): linear_bound over 2
+        // terms allows 2·γ₃ + 4u = 10u of |dy|/(H·W). In f16, then the f16 store.
+        assert_within(
+            &format!("global_avg_pool2d_backward {p}"),
+            &got,
+            &want,
+            &stored_bound(linear_bound(2, &abs(&want)), &want, dtype),
+        );
+    }
+}
+
+/// L = Σ r ⊙ global_avg_pool2d_forward(x): its gradient is the backward with dy = r.
+#[test]
+fn global_avg_pool2d_backward_matches_finite_differences() {
+    const SHAPES: &[(usize, usize, usize, usize)] = &[(1, 1, 1, 1), (2, 3, 3, 4), (1, 5, 2, 2)];
+    for p in dtype_matrix(&F32_ONLY, SHAPES) {
+        let (n, c, h, w) = p.shape;
+        let x32 = uniform(&mut rng(500 + p.seed), n * c * h * w, -1.0, 1.0);
+        let r32 = uniform(&mut rng(600 + p.seed), n * c, -1.0, 1.0);
+        let (x, r) = (to_f64(&x32), to_f64(&r32));
+        let loss = |v: &[f64]| dot(&r, &cpu::global_avg_pool2d_forward(v, n, c, h, w));
+        let fd = finite_difference(loss, &x, FD_STEP);
+        assert_matches_fd(
+            &format!("cpu global_avg_pool2d_backward {p}"),
+            &cpu::global_avg_pool2d_backward(&r, n, c, h, w),
+            &fd,
+        );
+
+        let dx = zeros(&[n, c, h, w]);
+        let kernel = pool::global_avg_backward(gpu(), &upload(&r32, &[n, c]), &dx).unwrap();
+        // One division per element: 1e-5 of the largest entry is ~80 ulps, far above its
+        // rounding and far below a wrong divisor (off by at least a factor (H·W ± 1)/(H·W)).
+        assert_gpu_matches_fd(
+            &format!("global_avg_pool2d_backward {p}"),
+            &run_and_read(&kernel, &dx),
+            &fd,
+            1e-5,
+        );
+    }
+}
+
+/// A plane over 32,768 elements is refused (its loop would run toward lavapipe's limit), by
+/// the forward and the backward, and so is a mis-shaped output.
+#[test]
+fn global_avg_pool_launchers_reject_large_planes_and_mismatched_shapes() {
+    let x = zeros(&[1, 1, 129, 256]);
+    let err = pool::global_avg_forward(gpu(), &x, &zeros(&[1, 1])).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("a 129×256 plane has 33024 elements, over the 32768"),
+        "{err}"
+    );
+    let err = pool::global_avg_backward(gpu(), &zeros(&[1, 1]), &x).unwrap_err();
+    assert!(err.to_string().contains("over the 32768"), "{err}");
+
+    let err =
+        pool::global_avg_forward(gpu(), &zeros(&[2, 3, 4, 4]), &zeros(&[2, 3, 1, 1])).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("y must be a F32 tensor of shape [2, 3]"),
+        "{err}"
+    );
+    let err = pool::global_avg_backward(gpu(), &zeros(&[3, 2]), &zeros(&[2, 3, 4, 4])).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("dy must be a F32 tensor of shape [2, 3]"),
+        "{err}"
+    );
+}
+
 #[test]
 fn pool_launchers_reject_mismatched_shapes() {
     let x = zeros(&[2, 3, 10, 10]);
     let argmax = gpu().zeros(&[2, 3, 5, 5], siamese_gpu::DType::U32).unwrap();
 
     // y sized for a 4×4 output where 10×10 pooled by 2 gives 5×5.
-    let err = pool::max_forward(gpu(), &x, 2, 2, &zeros(&[2, 3, 4, 4]), &argmax).unwrap_err();
+    let err = pool::max_forward(gpu(), &x, 2, 2, 0, &zeros(&[2, 3, 4, 4]), &argmax).unwrap_err();
     assert!(
         err.to_string()
             .contains("y must be a F32 tensor of shape [2, 3, 5, 5]"),
@@ -427,6 +603,7 @@ fn pool_launchers_reject_mismatched_shapes() {
         &x,
         2,
         2,
+        0,
         &zeros(&[2, 3, 5, 5]),
         &zeros(&[2, 3, 5, 5]),
     )
@@ -442,6 +619,21 @@ fn pool_launchers_reject_mismatched_shapes() {
     assert!(err.to_string().contains("does not fit"), "{err}");
     let err = pool::avg_backward(gpu(), &zeros(&[2, 3, 5, 5]), 2, 0, &x).unwrap_err();
     assert!(err.to_string().contains("must both be at least 1"), "{err}");
+
+    // Padding over half the kernel (PyTorch refuses it too), and a padded output mis-sized:
+    // 10×10 by 3, stride 2, pad 1 gives 5×5.
+    let err = pool::max_forward(gpu(), &x, 3, 2, 2, &zeros(&[2, 3, 6, 6]), &argmax).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("padding 2 is more than half the kernel 3: it must be at most 1"),
+        "{err}"
+    );
+    let err = pool::max_backward(gpu(), &zeros(&[2, 3, 4, 4]), &argmax, 3, 2, 1, &x).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("dy must be a F32 tensor of shape [2, 3, 5, 5]"),
+        "{err}"
+    );
 }
 
 /// One launch's float tensors share one type: f16 beside f32 is refused, the dx texels of
@@ -451,14 +643,14 @@ fn pool_launchers_reject_mixed_element_types() {
     let x16 = zeros_as(&[2, 3, 10, 10], DType::F16);
     let argmax = gpu().zeros(&[2, 3, 5, 5], DType::U32).unwrap();
 
-    let err = pool::max_forward(gpu(), &x16, 2, 2, &zeros(&[2, 3, 5, 5]), &argmax).unwrap_err();
+    let err = pool::max_forward(gpu(), &x16, 2, 2, 0, &zeros(&[2, 3, 5, 5]), &argmax).unwrap_err();
     assert!(
         err.to_string()
             .contains("y must be a F16 tensor of shape [2, 3, 5, 5], got F32"),
         "{err}"
     );
 
-    let err = pool::max_backward(gpu(), &zeros(&[2, 3, 5, 5]), &argmax, 2, 2, &x16).unwrap_err();
+    let err = pool::max_backward(gpu(), &zeros(&[2, 3, 5, 5]), &argmax, 2, 2, 0, &x16).unwrap_err();
     assert!(
         err.to_string()
             .contains("dy must be a F16 tensor of shape [2, 3, 5, 5], got F32"),

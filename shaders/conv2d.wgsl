@@ -12,8 +12,10 @@
 //   conv2d_grad_weight        dy@1 E, x@5 E                     -> partial@4 f32 [S, O, C·KH·KW]
 //   conv2d_grad_weight_reduce partial@1 f32                     -> dw@4 f32 [O, C·KH·KW]
 //   conv2d_grad_bias          dy@1 E                            -> db@4 f32
-//   conv2d_forward_tex        x texels@6, w texels@7, b@3 E     -> y@4 E   (stride 1)
-//   conv2d_forward_tex_images4 x texels@6, w texels@7, b@3 E    -> y@4 E   (stride 1, C = 1)
+//   conv2d_forward_tex        x texels@6, w texels@7, b@3 E     -> y@4 E
+//                             (with TEX_GRAD_INPUT: dy texels@6, flipped w texels@7, zero b@3
+//                                                               -> dx@4 E)
+//   conv2d_forward_tex_images4 x texels@6, w texels@7, b@3 E    -> y@4 E   (C = 1)
 //   conv2d_grad_weight_tex    x texels@6, dy texels@7 (borders of `dy_pad`)
 //                                                               -> partial@4 f32 [S, O, C·KH·KW],
 //                             and with `bias_partials` > 0 the bias gradient's partials
@@ -40,8 +42,14 @@
 // fetches feed 1,024 FMAs, since on lavapipe a fetch costs far more than an FMA or an
 // accumulator spilled to the stack), or 8 × 8 channel pairs of one tap (grad_weight: 4
 // fetches feed 64 FMAs per position; larger blocks there were slower on lavapipe). grad_input is
-// conv2d_forward_tex on dy padded by KH − 1 − pad with the weights flipped and transposed;
-// grad_weight reads the same padded dy (one packing serves both), past its border.
+// conv2d_forward_tex with TEX_GRAD_INPUT: the transposed convolution of dy through the
+// weights flipped and transposed, dx's positions taken phase by phase at stride S > 1 (see the
+// entry). It reads dy packed by pack_nhwc4 with a border of ⌈(KH − 1 − pad)/S⌉ (KH − 1 − pad
+// at stride 1); grad_weight reads the same dy (one packing serves both), past its border.
+// The texel entries take any stride S (TEX_STRIDE, a pipeline constant: at S = 1 the compiler
+// drops the stride's arithmetic and the kernels are the stride-1 ones), a square kernel and
+// pad < KH (gpu::policy's texel_path_fits): dy's border serves both axes, and KH − 1 − pad
+// must not be negative.
 //
 // Each of the three products is an implicit GEMM: no im2col buffer is built; the index
 // arithmetic that im2col would bake into memory is done on the fly, with out-of-image taps
@@ -286,13 +294,20 @@ fn conv2d_grad_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     if lid == 0u { out[o] = out_elem(partial_sums[0]); }
 }
 
-// ---- texel entries (stride 1) ----
+// ---- texel entries ----
 
 const TEX_WG: u32 = 64u;
 const TEX_POS: u32 = 16u;  // output positions per invocation (forward)
 // conv2d_forward_tex: its positions written out (true) or looped over (false, for unfolded
 // input), as measured on lavapipe; a pipeline constant, so only one form is compiled.
 override UNROLL_POSITIONS: bool = true;
+// The texel entries' stride S. A pipeline constant, as the pooling and packing divisors are:
+// grad_input divides by it (integer division is done lane by lane on lavapipe, by a
+// constant it is a multiply and a shift), and at S = 1 every use of it folds away.
+override TEX_STRIDE: u32 = 1u;
+// conv2d_forward_tex computing grad_input (see the entry); a pipeline constant, so that the
+// forward compiles without grad_input's phase arithmetic.
+override TEX_GRAD_INPUT: bool = false;
 
 fn fetch_a(i: u32) -> vec4<f32> {
     return textureLoad(tex_a, vec2<u32>(i & 4095u, i >> 12u), 0);
@@ -310,19 +325,52 @@ fn tap4(acc: vec4<f32>, xv: vec4<f32>, w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f3
                fma(vec4<f32>(xv.x), w0, acc))));
 }
 
-// y[n, o, oy, ox] = b[o] + Σ_{ky, kx, c} xpad[n, oy + ky, ox + kx, c] · w[o, c, ky, kx], with
-// xpad = tex_a (pack_nhwc4 with `pad`) and w = tex_b (pack_conv_weight). An invocation takes
-// 16 consecutive positions m (see below for their order) and output channels 16·ob .. 16·ob + 15.
+// y[n, o, oy, ox] = b[o] + Σ_{ky, kx, c} xpad[n, oy·S + ky, ox·S + kx, c] · w[o, c, ky, kx],
+// with xpad = tex_a (pack_nhwc4 with `pad`), w = tex_b (pack_conv_weight) and S = TEX_STRIDE.
+// An invocation takes 16 consecutive positions m (see below for their order) and output
+// channels 16·ob .. 16·ob + 15.
+//
+// With TEX_GRAD_INPUT, grad_input of a convolution of stride S, padding P and a KH × KW
+// kernel: p holds the transposed convolution (c = O channels of dy, h × w = OH × OW; o = C
+// channels of dx, oh × ow = H × W; pad = P' = KH − 1 − P), tex_a = dy (pack_nhwc4 with the
+// border B = ⌈P'/S⌉) and tex_b = w flipped (pack_conv_weight with `flip`: wf[c, o, ky', kx'] =
+// w[o, c, KH − 1 − ky', KW − 1 − kx']). With dy dilated by S (S − 1 zeros between elements) and
+// bordered by P', dx[n, c, iy, ix] = Σ_{o, ky', kx'} wf[c, o, ky', kx'] · dyd[n, o, iy + ky', ix + kx'],
+// where a tap meets an element of dy only if iy + ky' − P' is a multiple of S (and likewise
+// across). Which taps those are depends on iy mod S alone, so dx's positions are taken phase
+// by phase, (fy, fx) = (iy mod S, ix mod S), one phase per invocation: for iy = S·qy + fy the
+// taps ky' = ky0 + S·t (ky0 = (P' − fy) mod S) read dy row qy + t + (fy + ky0 − P')/S, a
+// stride-1 convolution of the undilated dy through every S-th tap of the flipped kernel.
+// At S = 1 there is one phase and this is the plain transposed convolution. Why not dilate dy
+// as it is packed and run the stride-1 form: at S = 2 the dilated dy has 4× the texels to store
+// (about 10 ns each on lavapipe, six scalar stores' worth), and 3 of 4 taps would multiply
+// zeros, so the products would take 4× the fetches and FMAs; by phase they take the
+// convolution's own.
+// dy also keeps pack_nhwc4's layout, the one a max-pooling's backward writes (ops::handoff).
+// The rows and columns of dx that no window reaches (when H + 2·P − KH is not a multiple of
+// S) meet only dy's border and get 0.
 @compute @workgroup_size(TEX_WG)
 fn conv2d_forward_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
     let c4n = (p.c + 3u) / 4u;
     let o4n = (p.o + 3u) / 4u;
-    let hp = p.h + 2u * p.pad;
-    let wp = p.w + 2u * p.pad + 1u - p.unfold;
+    let s = TEX_STRIDE;
+    // Per axis, the phases of the output's positions (S for grad_input, else 1): also the
+    // step between the taps of a phase, and between the output rows of a phase.
+    let phases = select(1u, s, TEX_GRAD_INPUT);
+    // tex_a's border: the forward's padding; grad_input's B = ⌈P'/S⌉ (P' itself at S = 1).
+    let border = select(p.pad, (p.pad + s - 1u) / s, TEX_GRAD_INPUT);
+    let hp = p.h + 2u * border;
+    let wp = p.w + 2u * border + 1u - p.unfold;
     let plane = p.oh * p.ow;
-    let npos = p.n * plane;
-    let pos_blocks = (npos + TEX_POS - 1u) / TEX_POS;
+    // Each phase's positions on a grid of ⌈OH/S⌉ × ⌈OW/S⌉ cells (of (qy, qx)), blocks of 16
+    // from each phase's first: a block's positions share their taps. Past a phase's last row
+    // or column (OH or OW not a multiple of S) the cells hold no position.
+    let grid_w = (p.ow + phases - 1u) / phases;
+    let grid = ((p.oh + phases - 1u) / phases) * grid_w;
+    let npos = p.n * grid;
+    let phase_blocks = (npos + TEX_POS - 1u) / TEX_POS;
+    let pos_blocks = phase_blocks * phases * phases;
     let id = (wid.x + wid.y * nwg.x) * TEX_WG + lid;
     // Neighbouring invocations share the output channels (the same weight texels).
     let pb = id % pos_blocks;
@@ -331,45 +379,66 @@ fn conv2d_forward_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     let o4b = min(o4a + 1u, o4n - 1u);
     let o4c = min(o4a + 2u, o4n - 1u);
     let o4d = min(o4a + 3u, o4n - 1u);
-    // Over zero borders (pad > 0: grad_input, or a padded forward) positions run images
-    // innermost, m = (oy·OW + ox)·N + n, so that an invocation's 16 positions, and its
-    // neighbours', share (oy, ox) when N is a multiple of 16; the taps that meet only the
-    // border for all 16 are skipped (31% of grad_input's FMAs in the reference network's
-    // second layer). Unpadded, images outermost: neighbouring positions share texels.
-    let images_inner = p.pad > 0u;
-    var oy_min = p.oh;
-    var oy_max = 0u;
-    var ox_min = p.ow;
-    var ox_max = 0u;
+    let phase = pb / phase_blocks;
+    let first = (pb % phase_blocks) * TEX_POS;  // the block's first position in its phase
+    let fy = phase / phases;
+    let fx = phase % phases;
+    // The phase's output rows and columns (all of them in the forward); a phase of none
+    // (H or W under S) has nothing to store.
+    let rows = select(0u, (p.oh - fy + phases - 1u) / phases, fy < p.oh);
+    let cols = select(0u, (p.ow - fx + phases - 1u) / phases, fx < p.ow);
+    if rows == 0u || cols == 0u { return; }
+    // The phase's taps ky' = ky0 + S·t, t < taps_y (the forward: every tap, t = ky), and the
+    // packed row that tap t = 0 of cell row qy reads, relative to qy (the forward reads row
+    // qy·S + ky). B·S ≥ P' keeps the difference non-negative, and it is a multiple of S.
+    let ky0 = select(0u, (p.pad + s - fy) % s, TEX_GRAD_INPUT);
+    let kx0 = select(0u, (p.pad + s - fx) % s, TEX_GRAD_INPUT);
+    let taps_y = select(0u, (p.kh - ky0 + phases - 1u) / phases, ky0 < p.kh);
+    let taps_x = select(0u, (p.kw - kx0 + phases - 1u) / phases, kx0 < p.kw);
+    let ry0 = select(0u, (fy + ky0 + s * border - p.pad) / s, TEX_GRAD_INPUT);
+    let rx0 = select(0u, (fx + kx0 + s * border - p.pad) / s, TEX_GRAD_INPUT);
+    let in_step = select(s, 1u, TEX_GRAD_INPUT);  // packed rows (columns) per cell row (column)
+    // Over zero borders (a padded forward, or grad_input with P' > 0) positions run images
+    // innermost, m = (qy·⌈OW/S⌉ + qx)·N + n within a phase, so that an invocation's 16
+    // positions, and its neighbours', share their cell when N is a multiple of 16; the taps
+    // that meet only the border for all 16 are skipped (31% of grad_input's FMAs in the
+    // reference network's second layer). Unpadded, images outermost: neighbouring positions
+    // share texels.
+    let images_inner = border > 0u;
+    var ry_min = hp;
+    var ry_max = 0u;
+    var rx_min = wp;
+    var rx_max = 0u;
     var base: array<u32, TEX_POS>;
     for (var j = 0u; j < TEX_POS; j++) {
-        let m = min(pb * TEX_POS + j, npos - 1u);
-        let n = select(m / plane, m % p.n, images_inner);
-        let r = select(m % plane, m / p.n, images_inner);
-        let oy = r / p.ow;
-        let ox = r % p.ow;
-        oy_min = min(oy_min, oy);
-        oy_max = max(oy_max, oy);
-        ox_min = min(ox_min, ox);
-        ox_max = max(ox_max, ox);
-        base[j] = ((n * hp + oy) * wp + ox) * c4n;
+        let m = min(first + j, npos - 1u);
+        let n = select(m / grid, m % p.n, images_inner);
+        let r = select(m % grid, m / p.n, images_inner);
+        // A cell past the phase's last row or column reads as its last (never stored).
+        let ry = min(r / grid_w, rows - 1u) * in_step + ry0;
+        let rx = min(r % grid_w, cols - 1u) * in_step + rx0;
+        ry_min = min(ry_min, ry);
+        ry_max = max(ry_max, ry);
+        rx_min = min(rx_min, rx);
+        rx_max = max(rx_max, rx);
+        base[j] = ((n * hp + ry) * wp + rx) * c4n;
     }
-    // Padded row oy + ky is x's row oy + ky − pad: inside x for some position of the block
-    // iff ky ≥ pad − oy_max and ky < pad + H − oy_min (never empty, as pad < KH). Columns
-    // likewise, unless unfolded (a texel's channels then span several columns).
-    let ky_lo = select(0u, p.pad - oy_max, oy_max < p.pad);
-    let ky_hi = min(p.kh, p.pad + p.h - oy_min);
+    // Tap t of a position reads packed row ry + t, inside the input (rows B .. B + h − 1,
+    // B = the border) for some position of the block iff t ≥ B − ry_max and t < B + h − ry_min.
+    // Columns likewise, unless unfolded (a texel's channels then span several columns).
+    let ky_lo = select(0u, border - ry_max, ry_max < border);
+    let ky_hi = select(0u, min(taps_y, border + p.h - ry_min), ry_min < border + p.h);
     var kx_lo = 0u;
-    var kx_hi = p.kw;
+    var kx_hi = taps_x;
     if p.unfold == 1u {
-        kx_lo = select(0u, p.pad - ox_max, ox_max < p.pad);
-        kx_hi = min(p.kw, p.pad + p.w - ox_min);
+        kx_lo = select(0u, border - rx_max, rx_max < border);
+        kx_hi = select(0u, min(taps_x, border + p.w - rx_min), rx_min < border + p.w);
     }
     var acc: array<vec4<f32>, 64>;  // [4·j + g]: position j, channels 4·(o4a + g) ..
     for (var ky = ky_lo; ky < ky_hi; ky++) {
         for (var kx = kx_lo; kx < kx_hi; kx++) {
             let xoff = (ky * wp + kx) * c4n;
-            let wtap = (ky * p.kw + kx) * c4n;
+            let wtap = ((ky0 + phases * ky) * p.kw + kx0 + phases * kx) * c4n;
             for (var c4 = 0u; c4 < c4n; c4++) {
                 let wi = (wtap + c4) * 4u * o4n;
                 let a0 = fetch_b(wi + o4a);
@@ -493,17 +562,21 @@ fn conv2d_forward_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
         bv[e / 4u][e % 4u] = f32(bias[min(4u * o4a + e, p.o - 1u)]);
     }
     for (var j = 0u; j < TEX_POS; j++) {
-        let m = pb * TEX_POS + j;
+        let m = first + j;
         if m >= npos { return; }
-        let n = select(m / plane, m % p.n, images_inner);
-        let r = select(m % plane, m / p.n, images_inner);
+        let n = select(m / grid, m % p.n, images_inner);
+        let r = select(m % grid, m / p.n, images_inner);
+        let qy = r / grid_w;
+        let qx = r % grid_w;
+        if qy >= rows || qx >= cols { continue; }
+        let at = (qy * phases + fy) * p.ow + qx * phases + fx;
         for (var g = 0u; g < 4u; g++) {
             if o4a + g >= o4n { break; }
             let v = acc[4u * j + g] + bv[g];
             for (var e = 0u; e < 4u; e++) {
                 let o = 4u * (o4a + g) + e;
                 if o < p.o {
-                    out[(n * p.o + o) * plane + r] = out_elem(v[e]);
+                    out[(n * p.o + o) * plane + at] = out_elem(v[e]);
                 }
             }
         }
@@ -517,10 +590,10 @@ fn taps4(acc: vec4<f32>, w: vec4<f32>, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f3
     return fma(vec4<f32>(w.w), x3, fma(vec4<f32>(w.z), x2, fma(vec4<f32>(w.y), x1, fma(vec4<f32>(w.x), x0, acc))));
 }
 
-// y[n, o, oy, ox] = b[o] + Σ_{ky, kx} xpad[n, oy + ky, ox + kx] · w[o, 0, ky, kx] for C = 1,
-// with xpad = tex_a (pack_images4 with `pad`: texel (n4·HP + h)·WP + w holds images
-// 4·n4 .. 4·n4 + 3) and w = tex_b (pack_rows4 of w as [O, KH·KW]: texel o·T4 + s holds taps
-// 4·s .. 4·s + 3 of output channel o, zero past the last tap). An invocation takes 4
+// y[n, o, oy, ox] = b[o] + Σ_{ky, kx} xpad[n, oy·S + ky, ox·S + kx] · w[o, 0, ky, kx] for C = 1
+// and S = TEX_STRIDE, with xpad = tex_a (pack_images4 with `pad`: texel (n4·HP + h)·WP + w
+// holds images 4·n4 .. 4·n4 + 3) and w = tex_b (pack_rows4 of w as [O, KH·KW]: texel o·T4 + s
+// holds taps 4·s .. 4·s + 3 of output channel o, zero past the last tap). An invocation takes 4
 // consecutive positions m = (n4·OH + oy)·OW + ox, each of a quad of images, and output
 // channels 16·ob .. 16·ob + 15: 64 accumulators of four images each. A step takes four taps:
 // 16 weight texels and 16 x texels feed 1,024 FMAs, each accumulator four chained FMAs per
@@ -551,7 +624,7 @@ fn conv2d_forward_tex_images4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(nu
     for (var j = 0u; j < IMG_POS; j++) {
         let m = min(pb * IMG_POS + j, npos - 1u);
         let r = m % plane;
-        base[j] = ((m / plane) * hp + r / p.ow) * wp + r % p.ow;
+        base[j] = ((m / plane) * hp + (r / p.ow) * TEX_STRIDE) * wp + (r % p.ow) * TEX_STRIDE;
     }
     var acc: array<vec4<f32>, 64>;  // [16·j + e]: position j, channel o0 + e, four images
     for (var s = 0u; s < t4n; s++) {
@@ -687,11 +760,12 @@ fn conv2d_forward_tex_images4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(nu
     }
 }
 
-// partial[s, o, c, ky, kx] = Σ_{m in split s} dy[m, o] · xpad[n, oy + ky, ox + kx, c] over
-// positions m = (n, oy, ox), with xpad = tex_a (pack_nhwc4 with `pad`) and dy = tex_b
-// (pack_nhwc4 with `dy_pad`: the padded dy grad_input reads serves both). An invocation takes one tap, output channels 8·ob .. 8·ob + 7 and
-// input channels 8·cb .. 8·cb + 7; split s covers `images_per_split` output rows (n, oy)
-// (here a count of rows, not images).
+// partial[s, o, c, ky, kx] = Σ_{m in split s} dy[m, o] · xpad[n, oy·S + ky, ox·S + kx, c] over
+// positions m = (n, oy, ox), with xpad = tex_a (pack_nhwc4 with `pad`), dy = tex_b
+// (pack_nhwc4 with `dy_pad`: the bordered dy grad_input reads serves both) and S =
+// TEX_STRIDE. An invocation takes one tap, output channels 8·ob .. 8·ob + 7 and input
+// channels 8·cb .. 8·cb + 7; split s covers `images_per_split` output rows (n, oy) (here a
+// count of rows, not images).
 @compute @workgroup_size(TEX_WG)
 fn conv2d_grad_weight_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                           @builtin(local_invocation_index) lid: u32) {
@@ -717,6 +791,7 @@ fn conv2d_grad_weight_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
     let xoff = ((tap / p.kw) * wp + tap % p.kw) * c4n;
     // Splits cover whole output rows (n, oy): the position loop is then a plain run along ox.
     let rows = p.n * p.oh;
+    let x_step = TEX_STRIDE * c4n;  // x texels from one output column to the next
     let r0 = split * p.images_per_split;
     let r1 = min(r0 + p.images_per_split, rows);
     // a<e><g>: output channel e of the 8, input channels of c4a (g = 0) or c4b (g = 1).
@@ -731,11 +806,11 @@ fn conv2d_grad_weight_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
     var sa = vec4<f32>(0.0);
     var sb = vec4<f32>(0.0);
     for (var row = r0; row < r1; row++) {
-        let xrow = ((row / p.oh) * hp + row % p.oh) * wp * c4n + xoff;
+        let xrow = ((row / p.oh) * hp + (row % p.oh) * TEX_STRIDE) * wp * c4n + xoff;
         let drow = (((row / p.oh) * (p.oh + 2u * p.dy_pad) + row % p.oh + p.dy_pad)
                     * (p.ow + 2u * p.dy_pad) + p.dy_pad) * o4n;
         for (var ox = 0u; ox < p.ow; ox++) {
-            let xb = xrow + ox * c4n;
+            let xb = xrow + ox * x_step;
             let xa = fetch_a(xb + c4a);
             let xc = fetch_a(xb + c4b);
             let d = drow + ox * o4n;

@@ -1,9 +1,10 @@
-// pool.wgsl — 2-D max and average pooling (square k×k window, stride s, no padding) and
-// their gradients, over tensors of type `elem`: f32, or f16 under mixed precision, where the
-// launcher compiles the f16 variant (x, y, dy and dx are then f16 and the dx texels
-// rgba16float; argmax stays u32). The maxima, the ReLU and the max backwards' routing only
-// select, so they stay in `elem` and are exact; the sums (average pooling, and the max
-// backward's overlapping windows) accumulate in f32 and store `elem`.
+// pool.wgsl — 2-D max pooling (square k×k window, stride s, padding PAD), average pooling
+// (no padding), global average pooling, and their gradients, over tensors of type `elem`:
+// f32, or f16 under mixed precision, where the launcher compiles the f16 variant (x, y, dy
+// and dx are then f16 and the dx texels rgba16float; argmax stays u32). The maxima, the ReLU
+// and the max backwards' routing only select, so they stay in `elem` and are exact; the sums
+// (average pooling, and the max backward's overlapping windows) accumulate in f32 and store
+// `elem`.
 //
 // Entry points (binding 0 is always `p: PoolParams`; tensors row-major, NCHW; the N·C
 // planes are independent, so they are flattened into one `planes` axis):
@@ -14,17 +15,27 @@
 //                        give the ReLU's zero gradient without a pass of their own
 //   max_pool2d_backward  dy [N, C, OH, OW] elem,
 //                        argmax [N, C, OH, OW] u32  ->  dx [N, C, H, W] elem
-//   max_pool2d_backward_tiled   the same, for windows that tile the input (s = k): one
-//                        invocation per k×k cell writes the cell's k² dx elements
-//   max_pool2d_backward_tex     the tiled backward, dx written as texels in pack_nhwc4's
-//                        layout (pack.wgsl: channels by fours, PAD zero borders, no unfolding;
-//                        rgba32float texels, rgba16float in the f16 variant):
-//                        one invocation per k×k cell and four channels; the borders are left
-//                        as they are (zero: see the entry)
-//   avg_pool2d_forward   x [N, C, H, W] elem       ->  y [N, C, OH, OW] elem
-//   avg_pool2d_backward  dy [N, C, OH, OW] elem    ->  dx [N, C, H, W] elem
-// argmax holds the in-plane index h·W + w of the element each window chose, or NONE
+//   max_pool2d_backward_tiled   the same, for windows that tile the input (s = k, PAD = 0):
+//                        one invocation per k×k cell writes the cell's k² dx elements
+//   max_pool2d_backward_tex     the tiled backward (PAD = 0), dx written as texels in
+//                        pack_nhwc4's layout (pack.wgsl: channels by fours, BORDER zero
+//                        borders, no unfolding; rgba32float texels, rgba16float in the f16
+//                        variant): one invocation per k×k cell and four channels; the
+//                        borders are left as they are (zero: see the entry)
+//   avg_pool2d_forward   x [N, C, H, W] elem       ->  y [N, C, OH, OW] elem   (PAD = 0)
+//   avg_pool2d_backward  dy [N, C, OH, OW] elem    ->  dx [N, C, H, W] elem    (PAD = 0)
+//   global_avg_pool2d_forward   x [N, C, H, W] elem  ->  y [N, C] elem, the mean of each
+//                        plane: one invocation per plane, H·W ≤ 32,768 (the launcher's
+//                        bound, under lavapipe's loop limit)
+//   global_avg_pool2d_backward  dy [N, C] elem     ->  dx [N, C, H, W] elem = dy / (H·W)
+// argmax holds the in-plane index h·W + w of the input element each window chose, or NONE
 // (0xffffffff, which matches no element) for a window that passes no gradient.
+//
+// Padding (max pooling only) is PyTorch's: the input is surrounded by PAD rows and columns
+// of −∞, so a padded position is never chosen, and OH = (H + 2·PAD − K)/S + 1. With
+// PAD ≤ K/2 (the launcher's check, PyTorch's rule) every window holds at least one input
+// element. Window o covers padded rows o·S .. o·S + K − 1, i.e. input rows o·S − PAD ..
+// o·S − PAD + K − 1.
 //
 // One invocation per output element. The backward passes gather: each dx element loops
 // over the (at most ⌈k/s⌉²) windows that contain it. A scatter from dy would need float
@@ -45,10 +56,12 @@ struct PoolParams {
 // divisor but as a multiply and a shift for a constant one.
 override H: u32;
 override W: u32;
-override OH: u32;  // (H − K)/S + 1
-override OW: u32;  // (W − K)/S + 1
+override OH: u32;  // (H + 2·PAD − K)/S + 1
+override OW: u32;  // (W + 2·PAD − K)/S + 1
 override K: u32;
 override S: u32;
+// Max pooling's padding (the forwards and max_pool2d_backward); the other entries take none.
+override PAD: u32 = 0u;
 
 alias elem = f32;
 
@@ -63,7 +76,7 @@ alias elem = f32;
 override WG: u32 = 256u;  // invocations per workgroup
 // max_pool2d_backward_tex only: channels per image, and the zero border of the texels.
 override C: u32 = 1u;
-override PAD: u32 = 0u;
+override BORDER: u32 = 0u;
 
 @group(0) @binding(7) var dx_tex: texture_storage_2d<rgba32float, write>;
 
@@ -71,14 +84,14 @@ fn linear_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.x + wid.y * nwg.x) * WG + lid;
 }
 
-// The first window row (or column) containing input row `i`: the smallest o with
+// The first window row (or column) containing (padded) row `i`: the smallest o with
 // o·s + k > i, i.e. ⌈(i − k + 1)/s⌉ clamped at 0 (written to stay in unsigned arithmetic).
 fn first_window(i: u32) -> u32 {
     if i + 1u < K { return 0u; }
     return (i + 1u - K + S - 1u) / S;
 }
 
-// The last window row (or column) containing input row `i`, given `count` windows: the
+// The last window row (or column) containing (padded) row `i`, given `count` windows: the
 // largest o with o·s ≤ i. May be below first_window(i) when i falls in a gap (s > k) or in
 // the trailing rows no window reaches: the loops then run zero times.
 fn last_window(i: u32, count: u32) -> u32 {
@@ -92,18 +105,24 @@ struct WindowMax {
     index: u32,  // in-plane
 }
 
-// The maximum of output o's window. It starts from the window's first element rather than
-// −∞, so the index is always valid; strict `>` keeps the first of equal maxima (PyTorch's
-// rule).
+// The maximum of output o's window, over the input elements it covers (the padding is −∞,
+// so it only narrows the loops). It starts from the window's first input element rather
+// than −∞, so the index is always valid; strict `>` keeps the first of equal maxima
+// (PyTorch's rule).
 fn window_max(o: u32) -> WindowMax {
     let ox = o % OW;
     let oy = (o / OW) % OH;
     let base = (o / (OW * OH)) * H * W;
-    let corner = oy * S * W + ox * S;
-    var best = WindowMax(x[base + corner], corner);
-    for (var ky = 0u; ky < K; ky++) {
-        for (var kx = 0u; kx < K; kx++) {
-            let idx = corner + ky * W + kx;
+    // The window's input rows [r0, r1) and columns [c0, c1): its padded span clipped to
+    // the input, in unsigned arithmetic (oy·S ≤ H + 2·PAD − K, so nothing wraps).
+    let r0 = max(oy * S, PAD) - PAD;
+    let r1 = min(oy * S + K, H + PAD) - PAD;
+    let c0 = max(ox * S, PAD) - PAD;
+    let c1 = min(ox * S + K, W + PAD) - PAD;
+    var best = WindowMax(x[base + r0 * W + c0], r0 * W + c0);
+    for (var iy = r0; iy < r1; iy++) {
+        for (var ix = c0; ix < c1; ix++) {
+            let idx = iy * W + ix;
             let v = x[base + idx];
             if v > best.value {
                 best = WindowMax(v, idx);
@@ -146,13 +165,16 @@ fn max_pool2d_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
     let plane = i / (W * H);
     let idx = iy * W + ix;
     let out_base = plane * OH * OW;
-    let oy_end = last_window(iy, OH) + 1u;
-    let ox_end = last_window(ix, OW) + 1u;
+    // The windows containing the element, found from its padded coordinates.
+    let py = iy + PAD;
+    let px = ix + PAD;
+    let oy_end = last_window(py, OH) + 1u;
+    let ox_end = last_window(px, OW) + 1u;
     // Windows in row-major order: the same order in which a scatter over the outputs would
     // add them, so overlapping windows sum identically either way.
     var sum = 0.0;
-    for (var oy = first_window(iy); oy < oy_end; oy++) {
-        for (var ox = first_window(ix); ox < ox_end; ox++) {
+    for (var oy = first_window(py); oy < oy_end; oy++) {
+        for (var ox = first_window(px); ox < ox_end; ox++) {
             let o = out_base + oy * OW + ox;
             if argmax[o] == idx { sum += f32(dy[o]); }
         }
@@ -197,7 +219,7 @@ fn max_pool2d_backward_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
 // as texels: writing them here saves the store of dx and its packing. Every texel inside
 // x is written (zero where no window chose it); the borders are not: wgpu zero-initialises
 // textures, and the texels the launcher is given receive nothing else. A texel store costs
-// lavapipe about ten scalar stores, and the second reference layer's border (PAD 2 around
+// lavapipe about ten scalar stores, and the second reference layer's border (BORDER 2 around
 // 10×10) is half of its texels.
 @compute @workgroup_size(WG)
 fn max_pool2d_backward_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -223,8 +245,8 @@ fn max_pool2d_backward_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_w
             }
         }
     }
-    let hp = H + 2u * PAD;
-    let wp = W + 2u * PAD;
+    let hp = H + 2u * BORDER;
+    let wp = W + 2u * BORDER;
     for (var ky = 0u; ky < K; ky++) {
         let iy = cy * K + ky;
         if iy >= H { break; }
@@ -232,7 +254,7 @@ fn max_pool2d_backward_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_w
             let ix = cx * K + kx;
             if ix >= W { break; }
             let v = select(vec4<f32>(0.0), g, chosen == vec4<u32>(iy * W + ix));
-            let t = ((img * hp + iy + PAD) * wp + ix + PAD) * c4n + c4;
+            let t = ((img * hp + iy + BORDER) * wp + ix + BORDER) * c4n + c4;
             textureStore(dx_tex, vec2<u32>(t & 4095u, t >> 12u), v);
         }
     }
@@ -273,4 +295,30 @@ fn avg_pool2d_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
     }
     // Every window has k² elements, so the 1/k² factors out of the sum.
     dx[i] = elem(sum / f32(K * K));
+}
+
+// The mean of each plane, summed in order in f32. The loop walks H·W elements: the launcher
+// refuses planes over 32,768 elements, half of lavapipe's 65,535 loop iterations per
+// invocation (past which it stops silently).
+@compute @workgroup_size(WG)
+fn global_avg_pool2d_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                             @builtin(local_invocation_index) lid: u32) {
+    let plane = linear_index(wid, nwg, lid);
+    if plane >= p.planes { return; }
+    let base = plane * H * W;
+    var sum = 0.0;
+    for (var i = 0u; i < H * W; i++) {
+        sum += f32(x[base + i]);
+    }
+    y[plane] = elem(sum / f32(H * W));
+}
+
+// Every element of a plane gets the plane's dy/(H·W): one invocation per dx element (a
+// division by the constant H·W finds its plane).
+@compute @workgroup_size(WG)
+fn global_avg_pool2d_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                              @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    if i >= p.planes * H * W { return; }
+    dx[i] = elem(f32(dy[i / (H * W)]) / f32(H * W));
 }

@@ -7,11 +7,11 @@
 
 use crate::autograd::{Tape, ValueId};
 use crate::error::{Error, Result};
-use crate::gpu::Tensor;
-use crate::nn::{ParamLayout, Tower, TowerSpec};
+use crate::gpu::{Gpu, Tensor};
+use crate::nn::{Init, ParamLayout, Tower, TowerSpec, TowerWeights};
 use crate::vocab::LossKind;
 use crate::vocab::Miner;
-use crate::vocab::{Distance, PairwiseMetric};
+use crate::vocab::{Distance, Mode, PairwiseMetric};
 
 /// What a model is: tower, input size, loss and its settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +25,116 @@ pub struct ModelConfig {
     pub distance: Distance,
     /// L2-normalise embeddings before the distance (common with the triplet loss).
     pub normalize: bool,
+    /// Name prefixes of the frozen parameters (`layer1` freezes `tower.layer1.*`).
+    pub freeze: Vec<String>,
+}
+
+/// A model's values on the host: its flat parameters (the model's layout), its BatchNorm
+/// running statistics (the tower's state layout; empty without BatchNorm) and the training
+/// steps the statistics have seen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelValues {
+    pub params: Vec<f32>,
+    pub running: Vec<f32>,
+    pub batches_tracked: i64,
+}
+
+impl ModelValues {
+    /// The initial values of `model` from `seed`.
+    pub fn init(model: &SiameseModel, seed: u64) -> ModelValues {
+        ModelValues {
+            params: model.layout.init(seed),
+            running: model.tower.state.init(0),
+            batches_tracked: 0,
+        }
+    }
+}
+
+/// A model's values on the GPU: the flat parameters and (with BatchNorm) the running
+/// statistics.
+pub struct ModelTensors {
+    pub params: Tensor,
+    pub state: Option<Tensor>,
+}
+
+impl ModelTensors {
+    pub fn upload(gpu: &Gpu, model: &SiameseModel, values: &ModelValues) -> Result<ModelTensors> {
+        let (params, state) = (&values.params, &values.running);
+        if params.len() != model.layout.len || state.len() != model.tower.state.len {
+            return Err(Error::Config(format!(
+                "{} parameters and {} running statistics given for a model of {} and {}",
+                params.len(),
+                state.len(),
+                model.layout.len,
+                model.tower.state.len
+            )));
+        }
+        Ok(ModelTensors {
+            params: gpu.upload_f32(params, &[params.len()])?,
+            state: match model.tower.has_batch_norm() {
+                true => Some(gpu.upload_f32(state, &[state.len()])?),
+                false => None,
+            },
+        })
+    }
+
+    /// Overwrites the values with `values` (of the same model).
+    pub fn write(&self, gpu: &Gpu, values: &ModelValues) -> Result<()> {
+        gpu.write_f32(&self.params, &values.params)?;
+        if let Some(state) = &self.state {
+            gpu.write_f32(state, &values.running)?;
+        }
+        Ok(())
+    }
+
+    /// The values read back (waits for the GPU), with `batches_tracked` training steps.
+    pub fn read(&self, gpu: &Gpu, batches_tracked: i64) -> Result<ModelValues> {
+        Ok(ModelValues {
+            params: gpu.read_f32(&self.params)?,
+            running: match &self.state {
+                Some(state) => gpu.read_f32(state)?,
+                None => Vec::new(),
+            },
+            batches_tracked,
+        })
+    }
+
+    /// The values as constants in evaluation mode.
+    pub fn eval(&self) -> Weights<'_> {
+        Weights::eval(&self.params, self.state.as_ref())
+    }
+}
+
+/// What a recording of the model reads and writes.
+#[derive(Clone, Copy)]
+pub struct Weights<'a> {
+    /// The flat f32 parameters.
+    pub params: &'a Tensor,
+    /// Their f16 copy under mixed precision, which the tower reads instead.
+    pub half: Option<&'a Tensor>,
+    /// The flat f32 parameter gradients; None: the model is constant (evaluation).
+    pub grads: Option<&'a Tensor>,
+    /// The tower's BatchNorm running statistics (flat f32, [`Tower::state`]'s layout);
+    /// needed when it has BatchNorm.
+    pub state: Option<&'a Tensor>,
+    /// `[seed, step]` (u32) for dropout's masks; needed in training when the tower has
+    /// dropout.
+    pub rng: Option<&'a Tensor>,
+    pub mode: Mode,
+}
+
+impl<'a> Weights<'a> {
+    /// Constant weights in evaluation mode: what validation, `eval` and `embed` record.
+    pub fn eval(params: &'a Tensor, state: Option<&'a Tensor>) -> Weights<'a> {
+        Weights {
+            params,
+            half: None,
+            grads: None,
+            state,
+            rng: None,
+            mode: Mode::Eval,
+        }
+    }
 }
 
 /// A built model: the tower, the flat parameter layout and the head's parameters.
@@ -59,10 +169,11 @@ impl SiameseModel {
         let d = tower.embedding_dim();
         let head = (config.loss == LossKind::Bce).then(|| {
             (
-                layout.push("head.weight".into(), &[1, d], d),
-                layout.push("head.bias".into(), &[1], d),
+                layout.push("head.weight".into(), &[1, d], Init::Uniform { fan_in: d }),
+                layout.push("head.bias".into(), &[1], Init::Uniform { fan_in: d }),
             )
         });
+        freeze(&mut layout, &config.freeze)?;
         Ok(SiameseModel {
             config,
             tower,
@@ -75,19 +186,24 @@ impl SiameseModel {
         self.tower.embedding_dim()
     }
 
+    /// What the tower reads and writes of `w` (the f16 copy of the weights under mixed
+    /// precision).
+    pub fn tower_weights<'a>(&'a self, w: &Weights<'a>) -> TowerWeights<'a> {
+        TowerWeights {
+            layout: &self.layout,
+            params: w.half.unwrap_or(w.params),
+            grads: w.grads,
+            state: w.state,
+            rng: w.rng,
+            mode: w.mode,
+        }
+    }
+
     /// Records the embedding of `x [N, C, H, W]`: the tower, then the L2 normalisation if
-    /// the model asks for it. `params` are the flat f32 weights; under mixed precision the
-    /// tower reads their f16 copy `half` instead (and `x` is f16).
-    pub fn record_embedding(
-        &self,
-        tape: &mut Tape,
-        x: ValueId,
-        params: &Tensor,
-        half: Option<&Tensor>,
-        grads: Option<&Tensor>,
-    ) -> Result<ValueId> {
-        let weights = half.unwrap_or(params);
-        let e = self.tower.record(tape, x, &self.layout, weights, grads)?;
+    /// the model asks for it. Under mixed precision the tower reads the f16 copy of the
+    /// weights (and `x` is f16).
+    pub fn record_embedding(&self, tape: &mut Tape, x: ValueId, w: &Weights) -> Result<ValueId> {
+        let e = self.tower.record(tape, x, &self.tower_weights(w))?;
         if self.config.normalize {
             tape.l2_normalize(e)
         } else {
@@ -96,18 +212,16 @@ impl SiameseModel {
     }
 
     /// Records the training loss of a batch `x [k·B, C, H, W]` (k = branches), with pair
-    /// labels `labels [B]` (unused by the triplet loss). Returns the scalar loss. `half` as
-    /// in [`record_embedding`](Self::record_embedding); the BCE head reads the f32 `params`.
+    /// labels `labels [B]` (unused by the triplet loss). Returns the scalar loss. The BCE
+    /// head reads the f32 parameters.
     pub fn record_loss(
         &self,
         tape: &mut Tape,
         x: ValueId,
         labels: &Tensor,
-        params: &Tensor,
-        half: Option<&Tensor>,
-        grads: Option<&Tensor>,
+        w: &Weights,
     ) -> Result<ValueId> {
-        let e = self.record_embedding(tape, x, params, half, grads)?;
+        let e = self.record_embedding(tape, x, w)?;
         let parts = tape.split_rows(e, self.config.loss.branches())?;
         let margin = self.config.margin;
         match self.config.loss {
@@ -127,13 +241,13 @@ impl SiameseModel {
                 let (wi, bi) = self.head.expect("a BCE model has a head");
                 let bind = |tape: &mut Tape, i| {
                     tape.param(
-                        self.layout.view(params, i),
-                        grads.map(|g| self.layout.view(g, i)),
+                        self.layout.view(w.params, i),
+                        w.grads.map(|g| self.layout.view(g, i)),
                     )
                 };
-                let (w, b) = (bind(tape, wi)?, bind(tape, bi)?);
+                let (head_w, head_b) = (bind(tape, wi)?, bind(tape, bi)?);
                 let diff = tape.abs_diff(parts[0], parts[1])?;
-                let z = tape.dense(diff, w, b)?;
+                let z = tape.dense(diff, head_w, head_b)?;
                 tape.bce_with_logits(z, labels)
             }
         }
@@ -142,16 +256,13 @@ impl SiameseModel {
     /// Records the triplet loss of `miner` on a batch `x [N, C, H, W]` of N images with class
     /// ids `classes [N]` (u32): embeddings, their distance matrix `[N, N]`, the mined loss.
     /// Returns the scalar loss and the step's mining stats tensor (`ops::mining::MiningStats`).
-    #[allow(clippy::too_many_arguments)] // the buffers it binds, each named
     pub fn record_mined_loss(
         &self,
         tape: &mut Tape,
         x: ValueId,
         classes: &Tensor,
         miner: Miner,
-        params: &Tensor,
-        half: Option<&Tensor>,
-        grads: Option<&Tensor>,
+        w: &Weights,
     ) -> Result<(ValueId, Tensor)> {
         let metric = match self.config.distance {
             Distance::Euclidean => PairwiseMetric::Euclidean,
@@ -162,9 +273,25 @@ impl SiameseModel {
                 )));
             }
         };
-        let e = self.record_embedding(tape, x, params, half, grads)?;
+        let e = self.record_embedding(tape, x, w)?;
         let dm = tape.pairwise_self(metric, e)?;
         tape.mined_triplet_loss(dm, classes, miner, self.config.margin)
+    }
+
+    /// The tower's BatchNorm layers in order (the order of their running statistics), each
+    /// named as its parameters are (`tower.1`) and whether it is frozen.
+    pub fn batch_norm_layers(&self) -> Vec<(String, bool)> {
+        self.tower
+            .state
+            .params
+            .iter()
+            .filter_map(|p| p.name.strip_suffix(".running_mean"))
+            .map(|layer| {
+                let weight = self.layout.index_of(&format!("{layer}.weight"));
+                let frozen = weight.is_some_and(|i| self.layout.params[i].frozen);
+                (layer.to_string(), frozen)
+            })
+            .collect()
     }
 
     /// The BCE head's weights `(w [D], b)` within host parameters `flat`, if the model has one.
@@ -174,4 +301,43 @@ impl SiameseModel {
             (&flat[w.offset..w.offset + w.len()], flat[b.offset])
         })
     }
+}
+
+/// Freezes the parameters of `layout` under the name `prefixes` (relative to the model, e.g.
+/// `layer1`, or in full, `tower.layer1`); a prefix that names nothing, or freezing
+/// everything, is refused.
+fn freeze(layout: &mut ParamLayout, prefixes: &[String]) -> Result<()> {
+    if prefixes.is_empty() {
+        return Ok(());
+    }
+    let under = |name: &str, prefix: &str| {
+        let relative = name.strip_prefix("tower.").unwrap_or(name);
+        [name, relative].iter().any(|n| {
+            n.strip_prefix(prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+        })
+    };
+    for prefix in prefixes {
+        if !layout.params.iter().any(|p| under(&p.name, prefix)) {
+            let mut layers: Vec<&str> = layout
+                .params
+                .iter()
+                .map(|p| p.name.rsplit_once('.').map_or(p.name.as_str(), |(l, _)| l))
+                .collect();
+            layers.dedup();
+            return Err(Error::Config(format!(
+                "--freeze {prefix} names no parameter; the model's layers are: {}",
+                layers.join(", ")
+            )));
+        }
+    }
+    let frozen = |name: &str| prefixes.iter().any(|p| under(name, p));
+    if layout.params.iter().all(|p| frozen(&p.name)) {
+        return Err(Error::Config(format!(
+            "--freeze {} freezes every parameter: nothing would train",
+            prefixes.join(" --freeze ")
+        )));
+    }
+    layout.freeze(frozen);
+    Ok(())
 }

@@ -25,7 +25,7 @@ use crate::data::augment::Augment;
 use crate::data::dataset::DataOptions;
 use crate::error::{Error, Result};
 use crate::nn::TowerSpec;
-use crate::nn::spec::{Layer, REFERENCE_TOWER};
+use crate::nn::spec::REFERENCE_TOWER;
 use crate::optim::{OptimizerKind, Schedule};
 use crate::train::TrainConfig;
 use crate::vocab::{Color, Distance, Miner, OnBadImage, PixelNorm, Precision};
@@ -67,7 +67,7 @@ pub struct RunSettings {
     /// L2-normalise the embeddings before the distance.
     #[arg(long)]
     pub normalize_embeddings: bool,
-    /// The tower, layer by layer.
+    /// The tower, layer by layer (`conv 32 5 | relu | …`), or a preset: resnet18, resnet34, resnet-small.
     #[arg(long, default_value = REFERENCE_TOWER)]
     pub tower: String,
     /// Width of the embedding: replaces the tower's last `dense N`.
@@ -159,6 +159,26 @@ pub struct RunSettings {
     #[arg(long, default_value = "f32")]
     #[serde(skip_serializing_if = "is_f32")]
     pub precision: String,
+    /// Start from weights trained elsewhere: a PyTorch state_dict saved with safetensors
+    /// (e.g. torchvision's resnet18). Tensors whose names and shapes match the tower's are
+    /// loaded; what was loaded, left at initialisation and ignored is reported.
+    #[arg(long, value_name = "FILE.safetensors")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
+    /// With --init-from: leave a tensor whose shape differs from the model's at its
+    /// initialisation instead of refusing the file (the embedding layer always may differ).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "is_false")]
+    pub init_allow_mismatch: bool,
+    /// Keep the parameters under this name prefix as they are (repeatable: --freeze layer1
+    /// --freeze layer2); frozen BatchNorm layers keep their running statistics.
+    #[arg(long, value_name = "NAME_PREFIX")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub freeze: Vec<String>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Default for RunSettings {
@@ -286,6 +306,7 @@ impl RunSettings {
                 fill_mode: self.fill_mode.parse()?,
             },
             precision: self.precision.parse()?,
+            freeze: self.freeze.clone(),
             ..TrainConfig::default()
         };
         cfg.optimizer.kind = OptimizerKind::named(&self.optimizer)?;
@@ -298,34 +319,15 @@ impl RunSettings {
 
     /// The tower spec, its last dense layer resized to `embedding_dim` if given.
     fn tower_spec(&self) -> Result<TowerSpec> {
-        let mut tower: TowerSpec = self.tower.parse()?;
-        let Some(dim) = self.embedding_dim else {
-            return Ok(tower);
-        };
-        let last_dense = tower.layers.iter_mut().rev().find_map(|l| match l {
-            Layer::Linear { out } => Some(out),
-            _ => None,
-        });
-        match last_dense {
-            Some(out) if dim > 0 => *out = dim,
-            Some(_) => {
-                return Err(Error::Config(
-                    "embedding_dim must be at least 1, got 0".into(),
-                ));
-            }
-            None => {
-                return Err(Error::Config(format!(
-                    "embedding_dim = {dim}: the tower `{}` has no dense layer to resize; \
-                     end it with `flatten | dense N` or leave embedding_dim out",
-                    self.tower
-                )));
-            }
+        let tower: TowerSpec = self.tower.parse()?;
+        match self.embedding_dim {
+            Some(dim) => tower.with_embedding_dim(dim),
+            None => Ok(tower),
         }
-        Ok(tower)
     }
 
     /// How the dataset is read: image size and colour, unreadable images, held-out classes.
-    pub(crate) fn data_options(&self) -> Result<DataOptions> {
+    pub fn data_options(&self) -> Result<DataOptions> {
         Ok(DataOptions {
             image_size: self
                 .image_size

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use siamese_gpu::checkpoint::{load_weights, save_weights};
-use siamese_gpu::model::{ModelConfig, SiameseModel};
+use siamese_gpu::model::{ModelConfig, ModelValues, SiameseModel};
 use siamese_gpu::nn::spec::REFERENCE_TOWER;
 use siamese_gpu::vocab::Distance;
 use siamese_gpu::vocab::LossKind;
@@ -18,6 +18,7 @@ fn model(tower: &str, loss: LossKind) -> SiameseModel {
         margin: 1.0,
         distance: Distance::Euclidean,
         normalize: false,
+        freeze: Vec::new(),
     })
     .unwrap()
 }
@@ -32,7 +33,7 @@ fn temp_dir(name: &str) -> PathBuf {
 #[test]
 fn weights_round_trip_under_pytorch_names_and_shapes() {
     let m = model(REFERENCE_TOWER, LossKind::Bce);
-    let flat = m.layout.init(5);
+    let flat = ModelValues::init(&m, 5);
     let path = temp_dir("round-trip").join("model.safetensors");
     save_weights(
         &path,
@@ -82,7 +83,7 @@ fn a_checkpoint_of_another_architecture_says_what_differs() {
         LossKind::Contrastive,
     );
     let path = temp_dir("mismatch").join("model.safetensors");
-    save_weights(&path, &small, &small.layout.init(0), HashMap::new()).unwrap();
+    save_weights(&path, &small, &ModelValues::init(&small, 0), HashMap::new()).unwrap();
     let err = load_weights(&path, &model(REFERENCE_TOWER, LossKind::Contrastive))
         .unwrap_err()
         .to_string();
@@ -105,13 +106,17 @@ fn a_failed_write_leaves_the_previous_checkpoint_intact() {
     let m = model("conv 4 3 | flatten | dense 8", LossKind::Contrastive);
     let dir = temp_dir("intact");
     let path = dir.join("model.safetensors");
-    save_weights(&path, &m, &m.layout.init(1), HashMap::new()).unwrap();
+    save_weights(&path, &m, &ModelValues::init(&m, 1), HashMap::new()).unwrap();
     let before = std::fs::read(&path).unwrap();
     // A parameter vector of the wrong length is refused before anything is written.
-    assert!(save_weights(&path, &m, &[0.0; 3], HashMap::new()).is_err());
+    let short = ModelValues {
+        params: vec![0.0; 3],
+        ..ModelValues::init(&m, 1)
+    };
+    assert!(save_weights(&path, &m, &short, HashMap::new()).is_err());
     // The temporary file cannot be created when its name is taken by a directory.
     std::fs::create_dir_all(path.with_extension("safetensors.tmp")).unwrap();
-    assert!(save_weights(&path, &m, &m.layout.init(2), HashMap::new()).is_err());
+    assert!(save_weights(&path, &m, &ModelValues::init(&m, 2), HashMap::new()).is_err());
     assert_eq!(std::fs::read(&path).unwrap(), before);
 }
 
@@ -128,7 +133,7 @@ fn a_model_is_rebuilt_from_its_checkpoint() {
         ..m.config
     })
     .unwrap();
-    let flat = m.layout.init(9);
+    let flat = ModelValues::init(&m, 9);
     let path = temp_dir("rebuild").join("model.safetensors");
     save_weights(
         &path,
@@ -154,4 +159,86 @@ fn a_model_is_rebuilt_from_its_checkpoint() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("has no `input` in its metadata"), "{err}");
+}
+
+#[test]
+fn batch_norm_running_statistics_are_saved_as_pytorch_buffers() {
+    let m = model(
+        "conv 4 3 bias=false | bn | relu | flatten | dense 6 | bn",
+        LossKind::Contrastive,
+    );
+    let mut values = ModelValues::init(&m, 3);
+    // Statistics a few steps of training would have left: distinct values, to catch a swap
+    // (the padding between tensors stays zero, as the layout keeps it).
+    for p in &m.tower.state.params {
+        for (i, v) in values.running[p.offset..p.offset + p.len()]
+            .iter_mut()
+            .enumerate()
+        {
+            *v = 0.25 + (p.offset + i) as f32 / 8.0;
+        }
+    }
+    values.batches_tracked = 17;
+    let path = temp_dir("batch-norm").join("model.safetensors");
+    save_weights(&path, &m, &values, HashMap::new()).unwrap();
+    assert_eq!(load_weights(&path, &m).unwrap(), values, "exact round trip");
+
+    let bytes = std::fs::read(&path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<(String, safetensors::Dtype, Vec<usize>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.dtype(), t.shape().to_vec()))
+        .collect();
+    names.sort_by(|a, b| a.0.cmp(&b.0));
+    use safetensors::Dtype::{F32, I64};
+    let expected: Vec<(String, safetensors::Dtype, Vec<usize>)> = [
+        ("tower.0.weight", F32, vec![4, 1, 3, 3]),
+        ("tower.1.bias", F32, vec![4]),
+        ("tower.1.num_batches_tracked", I64, vec![]),
+        ("tower.1.running_mean", F32, vec![4]),
+        ("tower.1.running_var", F32, vec![4]),
+        ("tower.1.weight", F32, vec![4]),
+        ("tower.4.bias", F32, vec![6]),
+        ("tower.4.weight", F32, vec![6, 2704]),
+        ("tower.5.bias", F32, vec![6]),
+        ("tower.5.num_batches_tracked", I64, vec![]),
+        ("tower.5.running_mean", F32, vec![6]),
+        ("tower.5.running_var", F32, vec![6]),
+        ("tower.5.weight", F32, vec![6]),
+    ]
+    .into_iter()
+    .map(|(n, d, s)| (n.to_string(), d, s))
+    .collect();
+    assert_eq!(names, expected);
+    let tracked = file.tensor("tower.1.num_batches_tracked").unwrap();
+    assert_eq!(tracked.data(), 17i64.to_le_bytes());
+    // BatchNorm starts as PyTorch's: weight 1, bias 0, running mean 0, running variance 1.
+    let fresh = ModelValues::init(&m, 0);
+    let layer = |name: &str| {
+        let p = &m.layout.params[m.layout.index_of(name).unwrap()];
+        fresh.params[p.offset..p.offset + p.len()].to_vec()
+    };
+    assert_eq!(layer("tower.1.weight"), vec![1.0; 4]);
+    assert_eq!(layer("tower.1.bias"), vec![0.0; 4]);
+    let state = &m.tower.state;
+    let stats: Vec<(&str, Vec<f32>)> = state
+        .params
+        .iter()
+        .map(|p| {
+            (
+                p.name.as_str(),
+                fresh.running[p.offset..p.offset + p.len()].to_vec(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        stats,
+        vec![
+            ("tower.1.running_mean", vec![0.0; 4]),
+            ("tower.1.running_var", vec![1.0; 4]),
+            ("tower.5.running_mean", vec![0.0; 6]),
+            ("tower.5.running_var", vec![1.0; 6]),
+        ]
+    );
 }

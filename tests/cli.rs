@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use siamese_gpu::checkpoint;
 use siamese_gpu::data::idx::encode_idx;
+use siamese_gpu::model::ModelValues;
 use support::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_siamese");
@@ -677,20 +678,28 @@ fn a_two_by_two_sweep_ranks_its_runs_and_a_second_call_reuses_them() {
     assert!(snapshot(root.path()) == before);
 }
 
-/// `model.safetensors` of a run: parameters and optimizer state.
-fn weights(run: &Path) -> (Vec<f32>, Vec<Vec<f32>>) {
+/// `model.safetensors` of a run: the model's values (parameters, running statistics) and
+/// the optimizer state.
+fn weights(run: &Path) -> (ModelValues, Vec<Vec<f32>>) {
     let path = run.join("model.safetensors");
-    let (_, params, _) = checkpoint::load_model(&path).unwrap();
-    (params, checkpoint::load_optimizer_state(&path).unwrap())
+    let (_, values, _) = checkpoint::load_model(&path).unwrap();
+    (values, checkpoint::load_optimizer_state(&path).unwrap())
 }
 
+/// With BatchNorm (whose running statistics are part of what is saved) and dropout (whose
+/// masks must be drawn again as the uninterrupted run drew them).
 #[test]
 fn a_run_killed_at_random_moments_resumes_to_the_uninterrupted_weights() {
     let root = TempDir::new("kill");
     write_idx_dataset(&root.path().join("data"), 16);
+    let tower = "conv 4 3 bias=false | bn | relu | maxpool 2 | flatten | dropout 0.2 | dense 16";
     // 240 steps, saved after every one: a kill often lands in or near a checkpoint write.
     let run = |out: &str, extra: &[&str]| {
-        let mut a = train_args(&["--pairs", "1920", "--eval-every", "8"]);
+        let mut a = args(&["train"]);
+        a.extend(small_with_tower(
+            tower,
+            &["--pairs", "1920", "--eval-every", "8"],
+        ));
         a.extend(args(&[out]).into_iter().chain(args(extra)));
         a
     };
@@ -749,12 +758,18 @@ fn a_run_killed_at_random_moments_resumes_to_the_uninterrupted_weights() {
         kills >= 3,
         "only {kills} kills landed before the run finished"
     );
-    let (params, state) = weights(&root.path().join("killed"));
-    let (want_params, want_state) = weights(&root.path().join("reference"));
+    let (values, state) = weights(&root.path().join("killed"));
+    let (want, want_state) = weights(&root.path().join("reference"));
     assert!(
-        params == want_params,
+        values.params == want.params,
         "the resumed weights differ from the uninterrupted run's"
     );
+    assert!(
+        values.running == want.running && !values.running.is_empty(),
+        "the resumed running statistics differ from the uninterrupted run's"
+    );
+    assert_eq!(values.batches_tracked, 240);
+    assert_eq!(want.batches_tracked, 240);
     assert!(state == want_state, "the optimizer state differs");
 }
 
@@ -884,4 +899,182 @@ fn a_mined_triplet_run_trains_on_pk_batches_and_refuses_a_batch_that_does_not_sp
     assert!(log.contains("mined triplets violate the margin"), "{log}");
     let config = std::fs::read_to_string(root.path().join("run/config.toml")).unwrap();
     assert!(config.contains("miner = \"semi-hard\""), "{config}");
+}
+
+/// A run's `model.safetensors` rewritten as a PyTorch `state_dict` of the tower alone: the
+/// `tower.` prefix dropped, the head, the optimizer state and our metadata left out.
+fn as_state_dict(checkpoint: &Path, out: &Path) {
+    use safetensors::SafeTensors;
+    let bytes = std::fs::read(checkpoint).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let tensors: Vec<(String, safetensors::tensor::TensorView)> = file
+        .tensors()
+        .into_iter()
+        .filter_map(|(name, t)| Some((name.strip_prefix("tower.")?.to_string(), t)))
+        .collect();
+    std::fs::write(out, safetensors::serialize(tensors, None).unwrap()).unwrap();
+}
+
+const BN_TOWER: &str = "conv 4 3 bias=false | bn | relu | maxpool 2 | flatten | dense 16";
+
+#[test]
+fn weights_from_elsewhere_load_by_name_and_frozen_layers_stay_as_loaded() {
+    let root = TempDir::new("init-from");
+    write_idx_dataset(&root.path().join("data"), 16);
+    let mut a = args(&["train"]);
+    a.extend(small_with_tower(
+        BN_TOWER,
+        &["--pairs", "64", "--out", "source"],
+    ));
+    assert_ok(&siamese(root.path(), &a));
+    as_state_dict(
+        &root.path().join("source/model.safetensors"),
+        &root.path().join("pretrained.safetensors"),
+    );
+    let (source, _) = weights(&root.path().join("source"));
+
+    // Fine-tune with the stem (conv and BatchNorm) frozen.
+    let mut a = args(&["train"]);
+    a.extend(small_with_tower(
+        BN_TOWER,
+        &[
+            "--pairs",
+            "64",
+            "--init-from",
+            "pretrained.safetensors",
+            "--freeze",
+            "0",
+            "--freeze",
+            "1",
+            "--out",
+            "tuned",
+        ],
+    ));
+    let out = siamese(root.path(), &a);
+    assert_ok(&out);
+    let said = stderr(&out);
+    // Conv weight, BatchNorm weight, bias and running statistics, dense weight and bias;
+    // `num_batches_tracked` is read too.
+    assert!(
+        said.contains("loaded 7 tensors") && said.contains("ignored from the file: none"),
+        "{said}"
+    );
+    assert!(said.contains("left at initialisation: none"), "{said}");
+    let (tuned, optimizer) = weights(&root.path().join("tuned"));
+    let model = checkpoint::load_model(&root.path().join("tuned/model.safetensors"))
+        .unwrap()
+        .0;
+    let tensor = |m: &siamese_gpu::model::SiameseModel, v: &ModelValues, name: &str| {
+        let p = &m.layout.params[m.layout.index_of(name).unwrap()];
+        v.params[p.offset..p.offset + p.len()].to_vec()
+    };
+    let source_model = checkpoint::load_model(&root.path().join("source/model.safetensors"))
+        .unwrap()
+        .0;
+    for frozen in ["tower.0.weight", "tower.1.weight", "tower.1.bias"] {
+        assert_eq!(
+            tensor(&model, &tuned, frozen),
+            tensor(&source_model, &source, frozen),
+            "{frozen} is frozen"
+        );
+    }
+    assert_ne!(
+        tensor(&model, &tuned, "tower.5.weight"),
+        tensor(&source_model, &source, "tower.5.weight"),
+        "the dense layer trains"
+    );
+    // A frozen BatchNorm keeps its running statistics (evaluation mode while training).
+    assert_eq!(tuned.running, source.running);
+    // Adam's two state buffers cover the trainable parameters only.
+    let trainable: usize = model.layout.len - model.layout.trainable_offset;
+    assert!(
+        optimizer.iter().all(|s| s.len() == trainable),
+        "{trainable}"
+    );
+
+    // The same weights embedded without training.
+    let out = siamese(
+        root.path(),
+        &args(&[
+            "embed",
+            "--tower",
+            BN_TOWER,
+            "--init-from",
+            "pretrained.safetensors",
+            "--data",
+            "data",
+            "--out",
+            "e.npy",
+        ]),
+    );
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains("float32 [200, 16]"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn weights_of_another_architecture_are_refused_naming_the_tensors() {
+    let root = TempDir::new("init-mismatch");
+    write_idx_dataset(&root.path().join("data"), 16);
+    let mut a = args(&["train"]);
+    a.extend(small_with_tower(
+        BN_TOWER,
+        &["--pairs", "16", "--out", "source"],
+    ));
+    assert_ok(&siamese(root.path(), &a));
+    as_state_dict(
+        &root.path().join("source/model.safetensors"),
+        &root.path().join("pretrained.safetensors"),
+    );
+    let wider = "conv 8 3 bias=false | bn | relu | maxpool 2 | flatten | dense 16";
+    let mut a = args(&["train"]);
+    a.extend(small_with_tower(
+        wider,
+        &["--pairs", "16", "--init-from", "pretrained.safetensors"],
+    ));
+    assert_refused(
+        &siamese(root.path(), &a),
+        &[
+            "does not fit the tower",
+            "0.weight: the file's is [4, 1, 3, 3], the model's [8, 1, 3, 3]",
+            "--init-allow-mismatch",
+        ],
+    );
+    // Allowed, the mismatched tensors stay at their initialisation and are named.
+    a.push("--init-allow-mismatch".into());
+    let out = siamese(root.path(), &a);
+    assert_ok(&out);
+    assert!(
+        stderr(&out).contains(
+            "0.weight: the file's is [4, 1, 3, 3], the model's [8, 1, 3, 3] (kept at initialisation)"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    // A file that shares no name with the tower.
+    let mut a = args(&["train"]);
+    a.extend(small_with_tower(
+        "flatten | flatten | flatten | dense 16",
+        &["--pairs", "16", "--init-from", "pretrained.safetensors"],
+    ));
+    assert_refused(
+        &siamese(root.path(), &a),
+        &[
+            "has no tensor of the tower",
+            "a state_dict of another architecture?",
+        ],
+    );
+    // A frozen prefix that names nothing.
+    let mut a = args(&["train"]);
+    a.extend(small_with_tower(
+        BN_TOWER,
+        &["--pairs", "16", "--freeze", "layer1"],
+    ));
+    assert_refused(
+        &siamese(root.path(), &a),
+        &["--freeze layer1 names no parameter", "tower.0, tower.1"],
+    );
 }

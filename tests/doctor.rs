@@ -238,3 +238,41 @@ fn a_hundred_training_images_overfit() {
     });
     assert_finds(&d, "overfitting", Severity::Warn);
 }
+
+const BN_TOWER: &str = "conv 8 5 bias=false | bn | relu | maxpool 2 | flatten | dense 32";
+
+/// Two pairs a step: BatchNorm's statistics over four images.
+#[test]
+fn batch_norm_over_a_tiny_batch_is_named() {
+    if !data_present() {
+        return;
+    }
+    let d = diagnose(&TrainConfig {
+        tower: BN_TOWER.parse().unwrap(),
+        batch: 2,
+        ..small(64)
+    });
+    assert_finds(&d, "batchnorm_small_batch", Severity::Warn);
+    assert!(
+        d.findings
+            .iter()
+            .any(|f| f.id == "batchnorm_small_batch" && f.message.contains("over 4 images")),
+        "{d}"
+    );
+}
+
+/// Four steps: the running variance has moved a third of the way from its initial 1 to the
+/// convolution's output variance, so evaluation normalises with statistics far from the
+/// data's.
+#[test]
+fn running_statistics_far_from_the_data_are_drift() {
+    if !data_present() {
+        return;
+    }
+    let d = diagnose(&TrainConfig {
+        tower: BN_TOWER.parse().unwrap(),
+        ..small(512)
+    });
+    assert_finds(&d, "batchnorm_drift", Severity::Warn);
+    assert!(!has(&d, "batchnorm_small_batch", Severity::Info), "{d}");
+}

@@ -3,6 +3,7 @@
 
 use siamese_gpu::Gpu;
 use siamese_gpu::data::dataset::DEFAULT_DATA_DIR;
+use siamese_gpu::nn::spec::REFERENCE_TOWER;
 use siamese_gpu::train::{self, TrainConfig, TrainReport};
 use siamese_gpu::vocab::Precision;
 
@@ -120,6 +121,7 @@ fn a_saved_model_evaluates_as_it_did_in_training() {
     use siamese_gpu::data::dataset;
     use siamese_gpu::eval::embed::Embedder;
     use siamese_gpu::eval::protocol::PairProtocol;
+    use siamese_gpu::model::ModelTensors;
     use siamese_gpu::ops::gather;
 
     if !data_present() {
@@ -133,19 +135,19 @@ fn a_saved_model_evaluates_as_it_did_in_training() {
     let report = run(&cfg);
     let path =
         std::env::temp_dir().join(format!("siamese-eval-{}.safetensors", std::process::id()));
-    save_weights(&path, &report.model, &report.params, Default::default()).unwrap();
-    let (model, flat, _) = load_model(&path).unwrap();
+    save_weights(&path, &report.model, &report.values, Default::default()).unwrap();
+    let (model, values, _) = load_model(&path).unwrap();
 
     let gpu = Gpu::new().unwrap();
     let data = dataset::load(None, cfg.val_images).unwrap();
     let upload =
         |set: &dataset::ImageSet| gather::upload_images(&gpu, &set.images, set.count, 784).unwrap();
     let (val, test) = (upload(&data.val), upload(&data.test));
-    let params = gpu.upload_f32(&flat, &[flat.len()]).unwrap();
-    let embedder = Embedder::new(&gpu, &model, &params, cfg.pixel_norm, cfg.eval_chunk).unwrap();
+    let values = ModelTensors::upload(&gpu, &model, &values).unwrap();
+    let embedder = Embedder::new(&gpu, &model, &values, cfg.pixel_norm, cfg.eval_chunk).unwrap();
     let protocol = PairProtocol::new(
         &gpu,
-        &params,
+        &values.params,
         &model,
         (&data.val.labels, cfg.val_pairs),
         (&data.test.labels, cfg.test_pairs),
@@ -162,19 +164,24 @@ fn a_saved_model_evaluates_as_it_did_in_training() {
 /// A run stopped mid-way (as Ctrl-C stops it), its state saved, and resumed from that state
 /// ends with exactly the weights of the run that was never stopped.
 /// In f32 and under mixed precision (whose loss scale and count of applied steps must be
-/// restored too: without them Adam's bias correction restarts and the weights differ).
+/// restored too: without them Adam's bias correction restarts and the weights differ); and
+/// with BatchNorm and dropout, whose running statistics must be restored and whose masks
+/// must be drawn again exactly as the uninterrupted run drew them.
 #[test]
 fn a_stopped_and_resumed_run_ends_with_the_uninterrupted_weights() {
     if !data_present() {
         return;
     }
-    stop_and_resume(Precision::F32);
+    let modern = "conv 8 5 bias=false | bn | relu | maxpool 2 | flatten | dropout 0.2 | dense 32";
+    stop_and_resume(Precision::F32, REFERENCE_TOWER);
+    stop_and_resume(Precision::F32, modern);
     if Gpu::new().unwrap().has_f16() {
-        stop_and_resume(Precision::Mixed);
+        stop_and_resume(Precision::Mixed, REFERENCE_TOWER);
+        stop_and_resume(Precision::Mixed, modern);
     }
 }
 
-fn stop_and_resume(precision: Precision) {
+fn stop_and_resume(precision: Precision, tower: &str) {
     use siamese_gpu::train::{Outcome, Progress, RunControl, TrainingState, train_with};
     use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -183,6 +190,11 @@ fn stop_and_resume(precision: Precision) {
         test_pairs: 200,
         log_every: 1,
         precision,
+        tower: tower.parse().unwrap(),
+        // The weights are what is compared: evaluation only as much as a run needs.
+        train_eval_pairs: 200,
+        doctor_images: 500,
+        pixel_baseline: false,
         ..small_eval(768)
     };
     let gpu = Gpu::new().unwrap();
@@ -225,8 +237,9 @@ fn stop_and_resume(precision: Precision) {
     .and_then(Outcome::into_report)
     .unwrap();
     assert_eq!(
-        resumed.params, uninterrupted.params,
-        "{precision}: resuming must give the uninterrupted run's weights"
+        resumed.values, uninterrupted.values,
+        "{precision}, {tower}: resuming must give the uninterrupted run's weights and \
+         running statistics"
     );
     assert_eq!(
         resumed.losses,

@@ -1,5 +1,5 @@
 //! The tower's ops on the tape: convolution, pooling, activations, batch normalisation, dense
-//! layers, and the views and casts between them.
+//! layers, residual additions, dropout, and the views and casts between them.
 
 use super::{Tape, ValueId};
 use crate::error::{Error, Result};
@@ -8,7 +8,7 @@ use crate::ops::activation::{self, Activation};
 use crate::ops::batchnorm::{self, BatchNormGrads, BatchNormTensors, RunningStats};
 use crate::ops::conv2d::{self, Conv2dGrads, Conv2dTensors};
 use crate::ops::dense::{self, DenseGrads, DenseTensors};
-use crate::ops::{amp, normalize, pool};
+use crate::ops::{amp, dropout, normalize, pool, residual};
 use crate::vocab::{Conv2dGeometry, Mode};
 
 impl Tape<'_> {
@@ -54,15 +54,28 @@ impl Tape<'_> {
         Ok(y)
     }
 
-    /// Max-pooling with a square `kernel` and `stride`, no padding.
-    pub fn max_pool2d(&mut self, x: ValueId, kernel: usize, stride: usize) -> Result<ValueId> {
-        self.max_pool2d_maybe_relu(x, kernel, stride, false)
+    /// Max-pooling with a square `kernel`, `stride` and PyTorch's padding `pad` (at most
+    /// kernel/2, of −∞: torchvision's ResNet stem is `max_pool2d(x, 3, 2, 1)`).
+    pub fn max_pool2d(
+        &mut self,
+        x: ValueId,
+        kernel: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Result<ValueId> {
+        self.max_pool2d_maybe_relu(x, kernel, stride, pad, false)
     }
 
     /// `relu(max_pool2d(x))`, equal to `max_pool2d(relu(x))`, in one forward pass; the
     /// backward is the pooling's alone (windows with a max not above 0 pass no gradient).
-    pub fn max_pool2d_relu(&mut self, x: ValueId, kernel: usize, stride: usize) -> Result<ValueId> {
-        self.max_pool2d_maybe_relu(x, kernel, stride, true)
+    pub fn max_pool2d_relu(
+        &mut self,
+        x: ValueId,
+        kernel: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Result<ValueId> {
+        self.max_pool2d_maybe_relu(x, kernel, stride, pad, true)
     }
 
     fn max_pool2d_maybe_relu(
@@ -70,6 +83,7 @@ impl Tape<'_> {
         x: ValueId,
         kernel: usize,
         stride: usize,
+        pad: usize,
         relu: bool,
     ) -> Result<ValueId> {
         let op = if relu {
@@ -77,7 +91,7 @@ impl Tape<'_> {
         } else {
             "max_pool2d"
         };
-        let shape = pooled_shape(op, self.shape(x), kernel, stride)?;
+        let shape = pooled_shape(op, self.shape(x), kernel, stride, pad)?;
         let y = self.output(&shape, &[x])?;
         let argmax = self.gpu.zeros(&shape, DType::U32)?;
         let (tx, ty) = (self.tensor(x).clone(), self.tensor(y).clone());
@@ -86,12 +100,12 @@ impl Tape<'_> {
         } else {
             pool::max_forward
         };
-        let forward = vec![launch(self.gpu, &tx, kernel, stride, &ty, &argmax)?];
+        let forward = vec![launch(self.gpu, &tx, kernel, stride, pad, &ty, &argmax)?];
         let mut backward = Vec::new();
         let mut writes_texels_of = None;
         if let (Some(dy), Some(dx)) = (self.grad(y).cloned(), self.grad_slot(x)?) {
             backward.push(pool::max_backward(
-                self.gpu, &dy, &argmax, kernel, stride, &dx,
+                self.gpu, &dy, &argmax, kernel, stride, pad, &dx,
             )?);
             // Only the first consumer writes the value's own gradient, so only it may take
             // the texels on offer.
@@ -102,7 +116,7 @@ impl Tape<'_> {
             let value = &mut self.values[x];
             if value.consumers == 1
                 && let Some(dy_texels) = &mut value.dy_texels
-                && dy_texels.offer_max_pool(gpu, &dy, &argmax, kernel, stride, [n, c, h, w])?
+                && dy_texels.offer_max_pool(gpu, &dy, &argmax, kernel, stride, pad, [n, c, h, w])?
             {
                 writes_texels_of = Some(x);
             }
@@ -117,7 +131,7 @@ impl Tape<'_> {
 
     /// Average-pooling with a square `kernel` and `stride`, no padding.
     pub fn avg_pool2d(&mut self, x: ValueId, kernel: usize, stride: usize) -> Result<ValueId> {
-        let shape = pooled_shape("avg_pool2d", self.shape(x), kernel, stride)?;
+        let shape = pooled_shape("avg_pool2d", self.shape(x), kernel, stride, 0)?;
         let y = self.output(&shape, &[x])?;
         let (tx, ty) = (self.tensor(x).clone(), self.tensor(y).clone());
         let forward = vec![pool::avg_forward(self.gpu, &tx, kernel, stride, &ty)?];
@@ -126,6 +140,100 @@ impl Tape<'_> {
             backward.push(pool::avg_backward(self.gpu, &dy, kernel, stride, &dx)?);
         }
         self.record("avg_pool2d", Some(y), forward, backward);
+        Ok(y)
+    }
+
+    /// Global average pooling: `x [N, C, H, W]` → `[N, C]`, the mean of each plane
+    /// (PyTorch's `AdaptiveAvgPool2d(1)` then `flatten(1)`, the head of a ResNet tower).
+    pub fn global_avg_pool(&mut self, x: ValueId) -> Result<ValueId> {
+        let &[n, c, _, _] = self.shape(x) else {
+            return Err(Error::Shape {
+                op: "global_avg_pool",
+                detail: format!("input must be [N, C, H, W], got {:?}", self.shape(x)),
+            });
+        };
+        let y = self.output(&[n, c], &[x])?;
+        let (tx, ty) = (self.tensor(x).clone(), self.tensor(y).clone());
+        let forward = vec![pool::global_avg_forward(self.gpu, &tx, &ty)?];
+        let mut backward = Vec::new();
+        if let (Some(dy), Some(dx)) = (self.grad(y).cloned(), self.grad_slot(x)?) {
+            backward.push(pool::global_avg_backward(self.gpu, &dy, &dx)?);
+        }
+        self.record("global_avg_pool", Some(y), forward, backward);
+        Ok(y)
+    }
+
+    /// `a + b` (same shape and type): the addition that closes a residual block. Both inputs
+    /// receive the output's gradient. The block's input is typically read twice, by the
+    /// branch's first convolution and here; like any value with several consumers, its
+    /// gradients are summed in the backward walk.
+    pub fn add(&mut self, a: ValueId, b: ValueId) -> Result<ValueId> {
+        self.add_maybe_relu(a, b, false)
+    }
+
+    /// `relu(a + b)` in one pass, the end of a ResNet basic block; both inputs receive
+    /// `dy·[y > 0]`.
+    pub fn add_relu(&mut self, a: ValueId, b: ValueId) -> Result<ValueId> {
+        self.add_maybe_relu(a, b, true)
+    }
+
+    fn add_maybe_relu(&mut self, a: ValueId, b: ValueId, relu: bool) -> Result<ValueId> {
+        let op = if relu { "add_relu" } else { "add" };
+        let (ta, tb) = (self.tensor(a).clone(), self.tensor(b).clone());
+        if ta.shape() != tb.shape() || ta.dtype() != tb.dtype() {
+            return Err(Error::Shape {
+                op,
+                detail: format!(
+                    "the inputs must share shape and type, got {:?} {:?} and {:?} {:?}",
+                    ta.dtype(),
+                    ta.shape(),
+                    tb.dtype(),
+                    tb.shape()
+                ),
+            });
+        }
+        let y = self.output(ta.shape(), &[a, b])?;
+        let ty = self.tensor(y).clone();
+        let forward = if relu {
+            residual::add_relu(self.gpu, &ta, &tb, &ty)?
+        } else {
+            residual::add(self.gpu, &ta, &tb, &ty)?
+        };
+        let mut backward = Vec::new();
+        if let Some(dy) = self.grad(y).cloned() {
+            // y has a gradient, so at least one input needs one.
+            let (da, db) = (self.grad_slot(a)?, self.grad_slot(b)?);
+            backward.push(if relu {
+                residual::add_relu_backward(self.gpu, &ty, &dy, da.as_ref(), db.as_ref())?
+            } else {
+                residual::add_backward(self.gpu, &dy, da.as_ref(), db.as_ref())?
+            });
+        }
+        self.record(op, Some(y), vec![forward], backward);
+        Ok(y)
+    }
+
+    /// Dropout in training (PyTorch's `nn.Dropout(p)` under `model.train()`): each element
+    /// zeroed with probability `p` ∈ [0, 1), the survivors scaled by 1/(1 − p). The mask is
+    /// drawn on the GPU from `rng` (`[2]` u32 = `[seed, step]`, which the trainer writes
+    /// before each step) and `stream` (one per dropout layer, so that layers draw
+    /// independent masks); the backward recomputes it (see `ops::dropout`). Record it only
+    /// in training: in evaluation dropout is the identity and the tower records nothing.
+    /// With p = 0 nothing is recorded either and `x` itself is returned.
+    pub fn dropout(&mut self, x: ValueId, p: f32, rng: &Tensor, stream: u32) -> Result<ValueId> {
+        dropout::check_p("dropout", p)?;
+        if p == 0.0 {
+            return Ok(x);
+        }
+        let shape = self.shape(x).to_vec();
+        let y = self.output(&shape, &[x])?;
+        let (tx, ty) = (self.tensor(x).clone(), self.tensor(y).clone());
+        let forward = vec![dropout::forward(self.gpu, &tx, p, rng, stream, &ty)?];
+        let mut backward = Vec::new();
+        if let (Some(dy), Some(dx)) = (self.grad(y).cloned(), self.grad_slot(x)?) {
+            backward.push(dropout::backward(self.gpu, &dy, p, rng, stream, &dx)?);
+        }
+        self.record("dropout", Some(y), forward, backward);
         Ok(y)
     }
 
@@ -348,6 +456,7 @@ fn pooled_shape(
     shape: &[usize],
     kernel: usize,
     stride: usize,
+    pad: usize,
 ) -> Result<Vec<usize>> {
     let &[n, c, h, w] = shape else {
         return Err(Error::Shape {
@@ -355,6 +464,6 @@ fn pooled_shape(
             detail: format!("input must be [N, C, H, W], got {shape:?}"),
         });
     };
-    let (oh, ow) = pool::output_size(op, h, w, kernel, stride)?;
+    let (oh, ow) = pool::output_size(op, h, w, kernel, stride, pad)?;
     Ok(vec![n, c, oh, ow])
 }

@@ -1,5 +1,6 @@
-//! `siamese embed`: a dataset split through a trained model, written as a float32 `[N, D]`
-//! array in dataset order (.npy, or .safetensors with the labels and class names).
+//! `siamese embed`: a dataset split through a trained model (or a tower with weights trained
+//! elsewhere), written as a float32 `[N, D]` array in dataset order (.npy, or .safetensors
+//! with the labels and class names).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -8,18 +9,43 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use siamese_gpu::Gpu;
-use siamese_gpu::data::dataset::ImageSet;
+use siamese_gpu::data::dataset::{self, ImageSet};
 use siamese_gpu::error::{Error, Result};
 use siamese_gpu::eval::embed::Embedder;
 use siamese_gpu::files::write_atomic;
+use siamese_gpu::model::ModelTensors;
 use siamese_gpu::ops::gather;
 use siamese_gpu::runs::saved::SavedRun;
+use siamese_gpu::settings::RunSettings;
 
 #[derive(Args)]
 pub struct EmbedArgs {
-    /// The run directory of `train --out` (or its model.safetensors).
-    #[arg(long)]
-    checkpoint: PathBuf,
+    /// The run directory of `train --out` (or its model.safetensors); or, without one, a
+    /// tower with weights trained elsewhere (--tower and --init-from).
+    #[arg(
+        long,
+        required_unless_present = "init_from",
+        conflicts_with = "init_from"
+    )]
+    checkpoint: Option<PathBuf>,
+    /// Without --checkpoint: the tower (a spec or a preset such as resnet18).
+    #[arg(long, requires = "init_from")]
+    tower: Option<String>,
+    /// Without --checkpoint: the weights, a PyTorch state_dict saved with safetensors.
+    #[arg(long, value_name = "FILE.safetensors", requires = "tower")]
+    init_from: Option<PathBuf>,
+    /// With --init-from: keep tensors whose shape differs at their initialisation.
+    #[arg(long, requires = "init_from")]
+    init_allow_mismatch: bool,
+    /// Without --checkpoint: folder images are resized to HxW [default: the first image's size].
+    #[arg(long, requires = "init_from")]
+    image_size: Option<String>,
+    /// Without --checkpoint: grey (1 channel) or rgb (3).
+    #[arg(long, requires = "init_from", default_value = "grey")]
+    color: String,
+    /// Without --checkpoint: unit (pixel/255) or standard:MEAN:STD.
+    #[arg(long, requires = "init_from", default_value = "unit")]
+    pixel_norm: String,
     /// Dataset directory [default: the run's].
     #[arg(long)]
     data: Option<PathBuf>,
@@ -49,10 +75,35 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
             "unknown --format `{format}`: use npy or safetensors"
         )));
     }
-    let run = SavedRun::load(&args.checkpoint)?;
-    let data = run.dataset(args.data.as_deref(), args.val_images, &mut |w| {
-        eprintln!("warning: {w}")
-    })?;
+    let warn = &mut |w: &str| eprintln!("warning: {w}");
+    let (run, data) = match &args.checkpoint {
+        Some(checkpoint) => {
+            let run = SavedRun::load(checkpoint)?;
+            let data = run.dataset(args.data.as_deref(), args.val_images, warn)?;
+            (run, data)
+        }
+        None => {
+            let settings = RunSettings {
+                tower: args.tower.clone().expect("clap requires --tower"),
+                init_from: args.init_from.clone(),
+                init_allow_mismatch: args.init_allow_mismatch,
+                image_size: args.image_size.clone(),
+                color: args.color.clone(),
+                pixel_norm: args.pixel_norm.clone(),
+                data: args.data.clone(),
+                val_images: args.val_images,
+                ..RunSettings::default()
+            };
+            let data = dataset::load_with(
+                settings.data.as_deref(),
+                settings.val_images,
+                &settings.data_options()?,
+            )?;
+            data.warnings.iter().for_each(|w| warn(w));
+            let run = SavedRun::from_weights(settings, &data, &mut |n| eprintln!("{n}"))?;
+            (run, data)
+        }
+    };
     let (set, classes) = match args.split.as_str() {
         "train" => (&data.train, &data.train_classes),
         "val" => (&data.val, &data.train_classes),
@@ -74,9 +125,9 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
     });
     let embed = || -> Result<Vec<f32>> {
         let images = gather::upload_images(&gpu, &set.images, set.count, set.pixels())?;
-        let params = gpu.upload_f32(&run.params, &[run.params.len()])?;
+        let values = ModelTensors::upload(&gpu, &run.model, &run.values)?;
         let all: Vec<u32> = (0..set.count as u32).collect();
-        Embedder::new(&gpu, &run.model, &params, run.norm, 500)?.embed_indices_reporting(
+        Embedder::new(&gpu, &run.model, &values, run.norm, 500)?.embed_indices_reporting(
             &images,
             &all,
             &mut |done| {

@@ -10,6 +10,7 @@ use siamese_gpu::error::Result;
 use siamese_gpu::eval::embed::Embedder;
 use siamese_gpu::eval::embedding_metrics::{SCORED_IMAGES, score_test_split};
 use siamese_gpu::eval::protocol::PairProtocol;
+use siamese_gpu::model::ModelTensors;
 use siamese_gpu::ops::gather;
 use siamese_gpu::report::embedding_metrics_json;
 use siamese_gpu::runs::json::num;
@@ -56,11 +57,11 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         gather::upload_images(&gpu, &set.images, set.count, set.pixels())
     };
     let (val, test) = (upload(&data.val)?, upload(&data.test)?);
-    let params = gpu.upload_f32(&run.params, &[run.params.len()])?;
-    let embedder = Embedder::new(&gpu, &run.model, &params, run.norm, 500)?;
+    let values = ModelTensors::upload(&gpu, &run.model, &run.values)?;
+    let embedder = Embedder::new(&gpu, &run.model, &values, run.norm, 500)?;
     let protocol = PairProtocol::new(
         &gpu,
-        &params,
+        &values.params,
         &run.model,
         (&data.val.labels, val_pairs),
         (&data.test.labels, test_pairs),

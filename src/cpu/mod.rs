@@ -10,6 +10,7 @@ pub mod batchnorm;
 pub mod conv2d;
 pub mod dense;
 pub mod distance;
+pub mod dropout;
 pub mod gather;
 pub mod loss;
 pub mod mining;
@@ -17,6 +18,7 @@ pub mod normalize;
 pub mod optim;
 pub mod pack;
 pub mod pool;
+pub mod residual;
 pub mod topk;
 
 use std::fmt::Debug;

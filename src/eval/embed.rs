@@ -4,7 +4,7 @@
 use crate::autograd::Tape;
 use crate::error::Result;
 use crate::gpu::{DType, Gpu, Kernel, Tensor};
-use crate::model::SiameseModel;
+use crate::model::{ModelTensors, SiameseModel};
 use crate::ops::gather;
 use crate::vocab::PixelNorm;
 
@@ -21,11 +21,12 @@ pub struct Embedder<'g> {
 }
 
 impl<'g> Embedder<'g> {
-    /// Builds the forward program of `model` with parameters `params` for `chunk` images.
+    /// Builds the forward program of `model` with its `values`, in evaluation mode, for
+    /// `chunk` images.
     pub fn new(
         gpu: &'g Gpu,
         model: &SiameseModel,
-        params: &Tensor,
+        values: &ModelTensors,
         norm: PixelNorm,
         chunk: usize,
     ) -> Result<Self> {
@@ -34,7 +35,7 @@ impl<'g> Embedder<'g> {
         let input = gpu.zeros(&[chunk, c, h, w], DType::F32)?;
         let mut tape = Tape::new(gpu);
         let x = tape.input(input.clone());
-        let e = model.record_embedding(&mut tape, x, params, None, None)?;
+        let e = model.record_embedding(&mut tape, x, &values.eval())?;
         let output = tape.tensor(e).clone();
         let forward = tape.forward_kernels().cloned().collect();
         Ok(Embedder {

@@ -195,10 +195,15 @@ impl Policy {
 // ---- Convolution shapes ----
 
 impl Conv2dGeometry {
-    /// Whether the texel kernels cover this convolution: stride 1, a square kernel and a
-    /// padding under it (grad_input pads dy by KH − 1 − pad).
+    /// Whether the texel kernels cover this convolution: any stride, a square kernel and a
+    /// padding under it, which takes every convolution of a ResNet (3×3 with padding 1 at
+    /// stride 1 and 2, the 7×7 stem with padding 3 at stride 2, the 1×1 projections at stride
+    /// 2). The rest stays on the storage kernels: grad_input on texels reads dy with one
+    /// border, ⌈(KH − 1 − pad)/stride⌉, for both axes (a kernel of another width would need
+    /// another), and a padding of KH or more would make that border negative (the
+    /// transposed convolution would crop dy).
     pub fn texel_path_fits(&self) -> bool {
-        self.stride == 1 && self.kh == self.kw && self.pad < self.kh
+        self.kh == self.kw && self.pad < self.kh
     }
 
     /// Whether the texel forward puts four images in a texel's lanes: single-channel
@@ -273,14 +278,37 @@ mod tests {
             grad_input: Operands::Texels,
             grad_weight: Operands::Texels,
         };
-        assert_eq!(texels.conv2d(&g(8, 3, 1, 1)), all(ConvForward::Texels));
-        assert_eq!(
-            texels.conv2d(&g(1, 5, 1, 0)),
-            all(ConvForward::ImagesInLanes)
-        );
-        for uncovered in [g(8, 3, 2, 1), g(8, 3, 1, 3)] {
+        // A ResNet's convolutions: 3×3 with padding 1 at strides 1 and 2, the 1×1
+        // projections at stride 2 (and 1), the 7×7 stem with padding 3 at stride 2 (on RGB,
+        // unfolded; on one channel, four images in the lanes); and a stride past the kernel.
+        for covered in [
+            g(8, 3, 1, 1),
+            g(8, 3, 2, 1),
+            g(8, 1, 2, 0),
+            g(8, 1, 1, 0),
+            g(3, 7, 2, 3),
+            g(8, 2, 3, 1),
+        ] {
+            assert!(covered.texel_path_fits(), "{covered:?}");
+            assert_eq!(texels.conv2d(&covered), all(ConvForward::Texels));
+        }
+        for single_channel in [g(1, 5, 1, 0), g(1, 7, 2, 3)] {
+            assert_eq!(
+                texels.conv2d(&single_channel),
+                all(ConvForward::ImagesInLanes)
+            );
+        }
+        let non_square = Conv2dGeometry {
+            kw: 2,
+            ..g(8, 3, 1, 1)
+        };
+        for uncovered in [non_square, g(8, 3, 1, 3), g(8, 3, 2, 4)] {
+            assert!(!uncovered.texel_path_fits(), "{uncovered:?}");
             assert_eq!(texels.conv2d(&uncovered), Conv2dKernels::STORAGE);
         }
+        // On lavapipe the default policy takes the texel kernels for a strided layer too.
+        let cpu = Policy::new(KernelPath::Auto, AdapterKind::Cpu);
+        assert_eq!(cpu.conv2d(&g(8, 3, 2, 1)), all(ConvForward::Texels));
         let gpu = Policy::new(KernelPath::Auto, AdapterKind::Gpu);
         assert_eq!(
             gpu.conv2d(&g(8, 3, 1, 1)),

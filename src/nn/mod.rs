@@ -3,9 +3,11 @@
 //! (views per layer), and it records itself onto a [`Tape`](crate::autograd::Tape).
 
 pub mod params;
+pub mod presets;
 pub mod spec;
 pub mod tower;
 
-pub use params::{ParamInfo, ParamLayout};
-pub use spec::{Layer, TowerSpec};
-pub use tower::Tower;
+pub use params::{Init, ParamInfo, ParamLayout};
+pub use presets::Preset;
+pub use spec::{Layer, Node, TowerSpec};
+pub use tower::{Tower, TowerWeights};

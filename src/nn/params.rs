@@ -16,8 +16,22 @@ pub struct ParamInfo {
     pub shape: Vec<usize>,
     /// Offset in elements (a multiple of [`ALIGN_ELEMS`]).
     pub offset: usize,
-    /// Fan-in, for Kaiming-uniform initialisation.
-    pub fan_in: usize,
+    /// How its initial values are drawn.
+    pub init: Init,
+    /// Frozen: no gradient, no optimizer state (fine-tuning the rest).
+    pub frozen: bool,
+}
+
+/// The initial values of a tensor, as PyTorch's modules draw them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Init {
+    /// Uniform in ±1/√fan_in: `Conv2d` and `Linear` weights and biases
+    /// (`kaiming_uniform_(a=√5)` gives exactly that bound).
+    Uniform { fan_in: usize },
+    /// All zeros (BatchNorm's bias and running mean).
+    Zeros,
+    /// All ones (BatchNorm's weight and running variance).
+    Ones,
 }
 
 impl ParamInfo {
@@ -30,27 +44,60 @@ impl ParamInfo {
     }
 }
 
-/// Parameters laid out one after another in a flat buffer.
+/// Parameters laid out one after another in a flat buffer: the frozen ones first, then the
+/// trainable ones from [`trainable_offset`](Self::trainable_offset) to the end, so that the
+/// optimizer and its state cover one contiguous view.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ParamLayout {
+    /// In the order they were pushed (the order of the initial draws).
     pub params: Vec<ParamInfo>,
     /// Elements of the flat buffer, padding included.
     pub len: usize,
+    /// Where the trainable parameters start (0 when nothing is frozen).
+    pub trainable_offset: usize,
 }
 
 impl ParamLayout {
     /// Appends a parameter; returns its index.
-    pub fn push(&mut self, name: String, shape: &[usize], fan_in: usize) -> usize {
+    pub fn push(&mut self, name: String, shape: &[usize], init: Init) -> usize {
         let offset = self.len.div_ceil(ALIGN_ELEMS) * ALIGN_ELEMS;
         let info = ParamInfo {
             name,
             shape: shape.to_vec(),
             offset,
-            fan_in,
+            init,
+            frozen: false,
         };
         self.len = offset + info.len();
         self.params.push(info);
         self.params.len() - 1
+    }
+
+    /// Freezes the parameters whose names `frozen` accepts and lays the buffer out again:
+    /// frozen ones first, then the rest, each group in push order. With nothing frozen the
+    /// layout is unchanged.
+    pub fn freeze(&mut self, frozen: impl Fn(&str) -> bool) {
+        for p in &mut self.params {
+            p.frozen = frozen(&p.name);
+        }
+        let mut end: usize = 0;
+        for group_frozen in [true, false] {
+            if !group_frozen {
+                self.trainable_offset = end.div_ceil(ALIGN_ELEMS) * ALIGN_ELEMS;
+            }
+            for p in self.params.iter_mut().filter(|p| p.frozen == group_frozen) {
+                p.offset = end.div_ceil(ALIGN_ELEMS) * ALIGN_ELEMS;
+                end = p.offset + p.len();
+            }
+        }
+        self.len = end.max(self.trainable_offset);
+    }
+
+    /// The view of the trainable parameters in `flat` (the values or the gradients): what
+    /// the optimizer updates.
+    pub fn trainable(&self, flat: &Tensor) -> Tensor {
+        flat.view(self.trainable_offset, &[self.len - self.trainable_offset])
+            .expect("the trainable span lies inside its flat buffer")
     }
 
     /// The view of parameter `index` in `flat` (the values or the gradients).
@@ -60,19 +107,30 @@ impl ParamLayout {
             .expect("a parameter view lies inside its flat buffer")
     }
 
-    /// Kaiming-uniform initial values as PyTorch's `Conv2d` and `Linear` draw them: weights
-    /// and biases uniform in ±1/√fan_in (`kaiming_uniform_(a=√5)` gives exactly that bound).
-    /// Padding stays zero.
+    /// Initial values, each tensor as its [`Init`] says, the uniform draws from one seeded
+    /// stream in layout order. Padding stays zero.
     pub fn init(&self, seed: u64) -> Vec<f32> {
         use rand::{RngExt, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut flat = vec![0.0f32; self.len];
         for p in &self.params {
-            let bound = 1.0 / (p.fan_in as f32).sqrt();
-            for v in &mut flat[p.offset..p.offset + p.len()] {
-                *v = rng.random_range(-bound..bound);
+            let values = &mut flat[p.offset..p.offset + p.len()];
+            match p.init {
+                Init::Uniform { fan_in } => {
+                    let bound = 1.0 / (fan_in as f32).sqrt();
+                    values
+                        .iter_mut()
+                        .for_each(|v| *v = rng.random_range(-bound..bound));
+                }
+                Init::Zeros => values.fill(0.0),
+                Init::Ones => values.fill(1.0),
             }
         }
         flat
+    }
+
+    /// The index of the tensor called `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.params.iter().position(|p| p.name == name)
     }
 }

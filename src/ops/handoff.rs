@@ -5,7 +5,7 @@
 //! part) and hands those texels over as [`DyTexels`], with the packing that fills them. If
 //! the value's only consumer is a max-pooling whose windows tile its input, the pooling's
 //! backward writes the texels itself ([`pool::max_backward_texels`]): no store of dy and no
-//! packing pass. With any other consumer, or more than one, dy is summed in its buffer as
+//! packing pass. A padded pooling's windows straddle the cells, so it does not take them. With any other consumer, or more than one, dy is summed in its buffer as
 //! usual and packed. Which consumers a value has is known only once the whole graph is
 //! recorded, so the tape asks `DyTexels::written_by_consumer` during its backward walk.
 
@@ -42,9 +42,10 @@ impl DyTexels {
     }
 
     /// Offers the texels to a max-pooling that is the first consumer of the value: with
-    /// windows that tile its input (`kernel` = `stride`), the pooling's backward from `dy`
-    /// and `argmax` can write the value's gradient `[N, C, H, W]` = `x_shape` as these
-    /// texels. Returns whether it can.
+    /// windows that tile its input (`kernel` = `stride`, no padding), the pooling's backward
+    /// from `dy` and `argmax` can write the value's gradient `[N, C, H, W]` = `x_shape` as
+    /// these texels. Returns whether it can.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn offer_max_pool(
         &mut self,
         gpu: &Gpu,
@@ -52,9 +53,10 @@ impl DyTexels {
         argmax: &Tensor,
         kernel: usize,
         stride: usize,
+        pad: usize,
         x_shape: [usize; 4],
     ) -> Result<bool> {
-        if kernel != stride {
+        if kernel != stride || pad != 0 {
             return Ok(false);
         }
         let write =

@@ -8,6 +8,7 @@ pub mod batchnorm;
 pub mod conv2d;
 pub mod dense;
 pub mod distance;
+pub mod dropout;
 pub mod gather;
 pub mod handoff;
 pub mod loss;
@@ -16,6 +17,7 @@ pub mod normalize;
 pub mod optim;
 pub mod pack;
 pub mod pool;
+pub mod residual;
 pub mod topk;
 
 use crate::error::{Error, Result};

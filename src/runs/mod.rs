@@ -21,7 +21,7 @@ use crate::checkpoint;
 use crate::error::{Error, Result};
 use crate::files::write_atomic;
 use crate::gpu::Gpu;
-use crate::model::SiameseModel;
+use crate::model::{ModelValues, SiameseModel};
 use crate::report::{embedding_metrics_json, verification_json, write_report};
 use crate::settings::RunSettings;
 use crate::train::{self, Outcome, Progress, RunControl, TrainConfig, TrainReport, TrainingState};
@@ -67,7 +67,7 @@ pub fn train_run(
         checkpoint::save_checkpoint(
             &dir.join("model.safetensors"),
             model,
-            &state.params,
+            &state.values,
             &state.optimizer,
             metadata,
         )
@@ -79,7 +79,16 @@ pub fn train_run(
             log.record(p);
         }
     };
+    let init_from = |model: &SiameseModel, values: &mut ModelValues| -> Result<String> {
+        let path = settings.init_from.as_ref().expect("only with --init-from");
+        let report = checkpoint::init_from(path, model, values, settings.init_allow_mismatch)?;
+        Ok(format!("--init-from {}:\n{report}", path.display()))
+    };
     let control = RunControl {
+        init: match settings.init_from {
+            Some(_) => Some(&init_from),
+            None => None,
+        },
         resume,
         stop: Some(stop),
         save: match out {

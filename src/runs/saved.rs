@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::checkpoint;
 use crate::data::dataset::{self, DataOptions, Dataset, ImageSet};
 use crate::error::{Error, Result};
-use crate::model::SiameseModel;
+use crate::model::{ModelValues, SiameseModel};
 use crate::settings::RunSettings;
 use crate::train::{TrainConfig, TrainingState};
 use crate::vocab::{Color, PixelNorm};
@@ -21,11 +21,11 @@ pub fn model_file(run: &Path) -> PathBuf {
     }
 }
 
-/// A trained model: the model, its flat parameters, the pixel normalisation and the
-/// settings it was trained with.
+/// A trained model: the model, its values, the pixel normalisation and the settings it was
+/// trained with.
 pub struct SavedRun {
     pub model: SiameseModel,
-    pub params: Vec<f32>,
+    pub values: ModelValues,
     pub norm: PixelNorm,
     pub settings: RunSettings,
 }
@@ -33,7 +33,7 @@ pub struct SavedRun {
 impl SavedRun {
     /// The model of a run directory (or of its model.safetensors).
     pub fn load(run: &Path) -> Result<SavedRun> {
-        let (model, params, meta) = checkpoint::load_model(&model_file(run))?;
+        let (model, values, meta) = checkpoint::load_model(&model_file(run))?;
         let meta_f32 = |key: &str, default: f32| {
             meta.get(key)
                 .and_then(|v| v.parse().ok())
@@ -49,8 +49,37 @@ impl SavedRun {
         };
         Ok(SavedRun {
             model,
-            params,
+            values,
             norm,
+            settings,
+        })
+    }
+
+    /// A model that was not trained here: the tower and data options of `settings`, sized
+    /// for the images of `sets`, its weights from `settings.init_from` (a PyTorch
+    /// `state_dict` in safetensors); what was loaded goes to `note`.
+    pub fn from_weights(
+        settings: RunSettings,
+        sets: &Dataset,
+        note: &mut dyn FnMut(&str),
+    ) -> Result<SavedRun> {
+        let Some(path) = settings.init_from.clone() else {
+            return Err(Error::Config(
+                "a model without a checkpoint needs its weights: give --init-from FILE.safetensors"
+                    .into(),
+            ));
+        };
+        let cfg = settings.to_train_config()?;
+        let set = &sets.train;
+        let model = SiameseModel::new(cfg.model_config([set.channels, set.height, set.width]))?;
+        let mut values = ModelValues::init(&model, cfg.seed);
+        let loaded =
+            checkpoint::init_from(&path, &model, &mut values, settings.init_allow_mismatch)?;
+        note(&format!("--init-from {}:\n{loaded}", path.display()));
+        Ok(SavedRun {
+            model,
+            values,
+            norm: cfg.pixel_norm,
             settings,
         })
     }
@@ -103,7 +132,7 @@ pub fn resume_state(
     cfg: &TrainConfig,
     settings: &RunSettings,
 ) -> Result<TrainingState> {
-    let (_, params, meta) = checkpoint::load_model(path)?;
+    let (_, values, meta) = checkpoint::load_model(path)?;
     let weights_only = |what: &str| {
         Error::Config(format!(
             "{} records no {what}: it holds weights only",
@@ -139,7 +168,7 @@ pub fn resume_state(
     }
     let optimizer = checkpoint::load_optimizer_state(path)?;
     Ok(TrainingState {
-        params,
+        values,
         optimizer,
         steps_done,
     })

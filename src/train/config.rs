@@ -65,6 +65,8 @@ pub struct TrainConfig {
     pub pixel_baseline: bool,
     /// f32, or mixed precision (f16 activations, f32 master weights, a dynamic loss scale).
     pub precision: Precision,
+    /// Name prefixes of the parameters that do not train.
+    pub freeze: Vec<String>,
     /// Swap Same and Different in every training pair: reproduces the inverted-labels bug, so
     /// that the doctor can be shown (and tested) recognising it. Never set in a real run.
     pub invert_pair_labels: bool,
@@ -105,6 +107,7 @@ impl Default for TrainConfig {
             doctor_images: SCORED_IMAGES,
             pixel_baseline: true,
             precision: Precision::F32,
+            freeze: Vec::new(),
             invert_pair_labels: false,
         }
     }
@@ -120,6 +123,7 @@ impl TrainConfig {
             margin: self.margin,
             distance: self.distance,
             normalize: self.normalize,
+            freeze: self.freeze.clone(),
         }
     }
 

@@ -5,14 +5,14 @@
 use super::TrainConfig;
 use crate::data::dataset::Dataset;
 use crate::error::Result;
-use crate::eval::doctor::{Evidence, GradSample, PairScores};
+use crate::eval::doctor::{BatchNormUse, Evidence, GradSample, PairScores};
 use crate::eval::embed::Embedder;
 use crate::eval::embedding_metrics::{EmbeddingMetrics, score_test_split, seeded_sample};
 use crate::eval::embedding_stats::{embedding_stats, pca_2d};
 use crate::eval::probe;
 use crate::eval::protocol::{PairProtocol, Validation};
 use crate::gpu::{Gpu, Tensor};
-use crate::model::SiameseModel;
+use crate::model::{ModelTensors, SiameseModel};
 
 /// Points in the PCA plot.
 const PCA_POINTS: usize = 3_000;
@@ -22,10 +22,25 @@ const PROBE_IMAGES: usize = 256;
 /// The evidence known before the first step: the run's recipe and the initial weight norms.
 pub(super) fn initial_evidence(
     cfg: &TrainConfig,
+    model: &SiameseModel,
     layers: &LayerGroups,
     initial_weight_norm: Vec<f64>,
 ) -> Evidence {
+    // Every BatchNorm layer sees the whole step's images: both branches run as one batch.
+    let images = cfg.images_per_sample() * cfg.batch;
+    let batch_norm = model
+        .batch_norm_layers()
+        .into_iter()
+        .map(|(layer, frozen)| BatchNormUse {
+            layer,
+            images,
+            frozen,
+            median_shift: None,
+            median_var_ratio: None,
+        })
+        .collect();
     Evidence {
+        batch_norm,
         loss: Some(cfg.loss),
         margin: cfg.margin,
         miner: cfg.miner,
@@ -89,7 +104,7 @@ pub(super) fn probe_evidence(
     gpu: &Gpu,
     cfg: &TrainConfig,
     model: &SiameseModel,
-    params: &Tensor,
+    values: &ModelTensors,
     (sets, val): (&Dataset, &Tensor),
     protocol: &PairProtocol,
     (last_val, test_scores, test_accuracy): (&Validation, Vec<f32>, f64),
@@ -97,7 +112,12 @@ pub(super) fn probe_evidence(
 ) -> Result<()> {
     let probe: Vec<u32> = (0..sets.val.count.min(PROBE_IMAGES) as u32).collect();
     if !probe.is_empty() {
-        evidence.relu = probe::relu_activity(gpu, model, params, cfg.pixel_norm, val, &probe)?;
+        let found = probe::probe(gpu, model, values, cfg.pixel_norm, val, &probe)?;
+        evidence.relu = found.relu;
+        for (layer, (shift, ratio)) in evidence.batch_norm.iter_mut().zip(found.batch_norm) {
+            layer.median_shift = Some(shift);
+            layer.median_var_ratio = Some(ratio);
+        }
     }
     evidence.val = PairScores {
         scores: last_val.scores.clone(),
@@ -126,13 +146,13 @@ pub(super) struct LayerGroups {
 impl LayerGroups {
     pub(super) fn new(model: &SiameseModel) -> Self {
         let (mut names, mut spans): (Vec<String>, Vec<Vec<(usize, usize)>>) = (vec![], vec![]);
-        for p in &model.layout.params {
+        // Frozen parameters get no gradient by design: the doctor reads the trained ones.
+        for p in model.layout.params.iter().filter(|p| !p.frozen) {
             let prefix = p.name.rsplit_once('.').map_or(p.name.as_str(), |(a, _)| a);
-            // `tower.<i>` names the spec's layer i.
+            // `tower.<name>` names a layer of the tower.
             let name = match prefix
                 .strip_prefix("tower.")
-                .and_then(|i| i.parse::<usize>().ok())
-                .and_then(|i| model.tower.spec.layers.get(i))
+                .and_then(|name| model.tower.layer(name))
             {
                 Some(layer) => format!("{prefix} ({layer})"),
                 None => prefix.to_string(),

@@ -20,21 +20,25 @@ use crate::eval::embedding_metrics::EmbeddingMetrics;
 use crate::eval::protocol::{PairProtocol, Validation};
 use crate::eval::verification::Verification;
 use crate::gpu::{DType, Gpu, Profiler, Tensor};
-use crate::model::SiameseModel;
+use crate::model::{ModelTensors, ModelValues, SiameseModel};
 use crate::ops::gather;
 
-/// Everything needed to continue a run: parameters, optimizer state, steps taken.
+/// Everything needed to continue a run: the model's values, optimizer state, steps taken.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainingState {
-    pub params: Vec<f32>,
+    pub values: ModelValues,
     pub optimizer: Vec<Vec<f32>>,
     pub steps_done: usize,
 }
 
-/// Control of a run from outside: a state to resume from, a flag that stops it (Ctrl-C),
-/// and where its state goes (called after every validation, when stopped, and at the end).
+/// Control of a run from outside: initial values (weights trained elsewhere), a state to
+/// resume from, a flag that stops it (Ctrl-C), and where its state goes (called after every
+/// validation, when stopped, and at the end).
 #[derive(Default)]
 pub struct RunControl<'a> {
+    /// Puts initial values into the freshly initialised ones and says what it did.
+    #[allow(clippy::type_complexity)] // a callback, named by its field
+    pub init: Option<&'a dyn Fn(&SiameseModel, &mut ModelValues) -> Result<String>>,
     pub resume: Option<TrainingState>,
     pub stop: Option<&'a AtomicBool>,
     #[allow(clippy::type_complexity)] // a callback, named by its field
@@ -118,9 +122,9 @@ pub struct TrainReport {
     pub last_loss: f32,
     /// Every step's loss.
     pub losses: Vec<f32>,
-    /// The trained model and its final parameters (its flat layout).
+    /// The trained model and its final values.
     pub model: SiameseModel,
-    pub params: Vec<f32>,
+    pub values: ModelValues,
     /// Retrieval (with the raw-pixel baseline) and one-shot accuracy of the test embeddings.
     pub embedding_metrics: EmbeddingMetrics,
     /// What the run looked like, and what the doctor made of it.
@@ -145,7 +149,7 @@ pub fn train_with(
 ) -> Result<Outcome> {
     let wall = Instant::now();
     cfg.validate()?;
-    let mut run = Run::set_up(gpu, cfg, control.resume.take(), report)?;
+    let mut run = Run::set_up(gpu, cfg, control.init, control.resume.take(), report)?;
     if let Some(ending) = run.train_steps(&mut control, report)? {
         return Ok(ending);
     }
@@ -183,7 +187,9 @@ struct Run<'g> {
     cfg: &'g TrainConfig,
     data: Data,
     model: SiameseModel,
-    params: Tensor,
+    values: ModelTensors,
+    /// The BatchNorm steps the initial values had seen (weights from elsewhere).
+    tracked_before: i64,
     grads: Tensor,
     step: TrainStep<'g>,
     embedder: Embedder<'g>,
@@ -205,9 +211,11 @@ struct Run<'g> {
 impl<'g> Run<'g> {
     /// Loads and uploads the data, builds the model, the step program and the evaluation,
     /// restores a resumed state, and says so through `report`.
+    #[allow(clippy::type_complexity)] // RunControl's callback
     fn set_up(
         gpu: &'g Gpu,
         cfg: &'g TrainConfig,
+        init: Option<&dyn Fn(&SiameseModel, &mut ModelValues) -> Result<String>>,
         resume: Option<TrainingState>,
         report: &mut dyn FnMut(&Progress),
     ) -> Result<Run<'g>> {
@@ -215,9 +223,12 @@ impl<'g> Run<'g> {
         let set = &data.sets.train;
         let model = SiameseModel::new(cfg.model_config([set.channels, set.height, set.width]))?;
         check_batch_fits(gpu, &model, cfg)?;
-        let len = model.layout.len;
-        let params = gpu.upload_f32(&model.layout.init(cfg.seed), &[len])?;
-        let grads = gpu.zeros(&[len], DType::F32)?;
+        let mut initial = ModelValues::init(&model, cfg.seed);
+        if let Some(init) = init {
+            report(&Progress::Note(init(&model, &mut initial)?));
+        }
+        let values = ModelTensors::upload(gpu, &model, &initial)?;
+        let grads = gpu.zeros(&[model.layout.len], DType::F32)?;
         // As the reference: whole batches within the budget.
         let steps = cfg.pairs / cfg.batch;
         let mut step = TrainStep::new(
@@ -226,18 +237,18 @@ impl<'g> Run<'g> {
             cfg,
             &data.train,
             &set.labels,
-            &params,
+            &values,
             &grads,
             steps,
         )?;
         let start = match resume {
-            Some(state) => restore(gpu, state, &params, &mut step, steps)?,
+            Some(state) => restore(gpu, state, &values, &mut step, steps)?,
             None => 0,
         };
-        let embedder = Embedder::new(gpu, &model, &params, cfg.pixel_norm, cfg.eval_chunk)?;
+        let embedder = Embedder::new(gpu, &model, &values, cfg.pixel_norm, cfg.eval_chunk)?;
         let mut protocol = PairProtocol::new(
             gpu,
-            &params,
+            &values.params,
             &model,
             (&data.sets.val.labels, cfg.val_pairs),
             (&data.sets.test.labels, cfg.test_pairs),
@@ -246,8 +257,10 @@ impl<'g> Run<'g> {
             protocol = protocol.with_train_pairs(&set.labels, cfg.train_eval_pairs);
         }
         let layers = LayerGroups::new(&model);
-        let initial = layers.sample(gpu, &params, &grads, start, 1.0)?.weight_norm;
-        let evidence = evidence::initial_evidence(cfg, &layers, initial);
+        let initial_norms = layers
+            .sample(gpu, &values.params, &grads, start, 1.0)?
+            .weight_norm;
+        let evidence = evidence::initial_evidence(cfg, &model, &layers, initial_norms);
         // Adapters whose timestamps cannot be trusted, and adapters without timestamps (no
         // profiler), are timed from the host.
         let host_timed = gpu.adapter_kind().host_timed_profile();
@@ -271,7 +284,8 @@ impl<'g> Run<'g> {
             profiler,
             data,
             model,
-            params,
+            values,
+            tracked_before: initial.batches_tracked,
             grads,
             step,
             embedder,
@@ -355,9 +369,13 @@ impl<'g> Run<'g> {
         let scale = self.step.loss_scale()?;
         if !scale.is_some_and(|s| s.last_skipped) {
             let unscale = scale.map_or(1.0, |s| s.last_scale as f64);
-            let sample =
-                self.layers
-                    .sample(self.gpu, &self.params, &self.grads, step + 1, unscale)?;
+            let sample = self.layers.sample(
+                self.gpu,
+                &self.values.params,
+                &self.grads,
+                step + 1,
+                unscale,
+            )?;
             self.evidence.grads.push(sample);
         }
         if let Some(s) = scale
@@ -439,7 +457,9 @@ impl<'g> Run<'g> {
             return Ok(());
         };
         let state = TrainingState {
-            params: self.gpu.read_f32(&self.params)?,
+            values: self
+                .values
+                .read(self.gpu, self.tracked_before + steps_done as i64)?,
             optimizer: self.step.optimizer_state()?,
             steps_done,
         };
@@ -485,7 +505,7 @@ impl<'g> Run<'g> {
             gpu,
             cfg,
             &self.model,
-            &self.params,
+            &self.values,
             (&self.data.sets, &self.data.val),
             &self.protocol,
             (&self.last_val, test_scores, test.accuracy),
@@ -509,7 +529,7 @@ impl<'g> Run<'g> {
             wall_s: wall.elapsed().as_secs_f64(),
             first_loss: head(&self.losses),
             last_loss: tail(&self.losses),
-            params: gpu.read_f32(&self.params)?,
+            values: self.values.read(gpu, self.tracked_before + steps as i64)?,
             diagnosis: Diagnosis::new(self.evidence),
             losses: self.losses,
             model: self.model,
@@ -528,36 +548,44 @@ impl<'g> Run<'g> {
             });
         }
         if self.host_timed {
-            // After the last step, so it changes nothing that was trained.
+            // After the last step, so it changes no weight; the running statistics the timed
+            // forward updates are put back.
             self.step.take_losses()?;
+            let trained = self.values.read(self.gpu, 0)?;
+            let kernels = self.step.time_dispatches()?;
+            self.values.write(self.gpu, &trained)?;
             report(&Progress::Profile {
                 step: self.steps,
                 host_timed: true,
-                kernels: self.step.time_dispatches()?,
+                kernels,
             });
         }
         Ok(())
     }
 }
 
-/// Puts a saved `state` back into `params` and the step program of a run of `steps` steps;
-/// returns the step to continue from.
+/// Puts a saved `state` back into the model's `values` and the step program of a run of
+/// `steps` steps; returns the step to continue from.
 fn restore(
     gpu: &Gpu,
     state: TrainingState,
-    params: &Tensor,
+    values: &ModelTensors,
     step: &mut TrainStep,
     steps: usize,
 ) -> Result<usize> {
-    let len = params.len();
-    if state.params.len() != len || state.steps_done > steps {
+    let len = values.params.len();
+    let running = values.state.as_ref().map_or(0, Tensor::len);
+    let saved = &state.values;
+    if saved.params.len() != len || saved.running.len() != running || state.steps_done > steps {
         return Err(Error::Config(format!(
-            "the saved state ({} parameters, {} steps done) does not continue this run ({len} parameters, {steps} steps)",
-            state.params.len(),
+            "the saved state ({} parameters, {} running statistics, {} steps done) does not \
+             continue this run ({len} parameters, {running} running statistics, {steps} steps)",
+            saved.params.len(),
+            saved.running.len(),
             state.steps_done
         )));
     }
-    gpu.write_f32(params, &state.params)?;
+    values.write(gpu, saved)?;
     step.resume(&state.optimizer, state.steps_done)?;
     Ok(state.steps_done)
 }

@@ -15,12 +15,12 @@ use crate::data::augment::AugmentSampler;
 use crate::data::batches::BatchSampler;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Kernel, Profiler, Tensor};
-use crate::model::SiameseModel;
+use crate::model::{ModelTensors, SiameseModel, Weights};
 use crate::ops::amp::{self, LossScaleConfig, LossScaler, ScaleState};
 use crate::ops::gather;
 use crate::ops::mining::MiningStats;
 use crate::optim::Optimizer;
-use crate::vocab::{LossKind, PairLabel, Precision, TRANSFORM_LEN};
+use crate::vocab::{LossKind, Mode, PairLabel, Precision, TRANSFORM_LEN};
 
 /// One training step of a model, built once and submitted once per step: sample a batch,
 /// write its indices and labels, then gather → forward → loss → backward → optimizer in one
@@ -50,11 +50,16 @@ pub struct TrainStep<'g> {
     pub sampled_pairs: u64,
     /// The mined loss's stats of the last step (see `ops::mining::MiningStats`).
     mining_stats: Option<Tensor>,
+    /// `[seed, step]`, from which dropout draws the step's masks; rewritten every step.
+    rng: Tensor,
+    seed: u32,
+    /// Steps submitted, a resumed run's included.
+    steps_done: u32,
 }
 
 impl<'g> TrainStep<'g> {
     /// Builds the step of `model` over the packed training `images` (with their `labels`),
-    /// updating `params` through `grads`, for a run of `steps` steps.
+    /// updating the model's `values` through `grads`, for a run of `steps` steps.
     #[allow(clippy::too_many_arguments)] // the buffers a step binds, each named
     pub fn new(
         gpu: &'g Gpu,
@@ -62,10 +67,11 @@ impl<'g> TrainStep<'g> {
         cfg: &TrainConfig,
         images: &Tensor,
         labels: &[u8],
-        params: &Tensor,
+        values: &ModelTensors,
         grads: &Tensor,
         steps: usize,
     ) -> Result<Self> {
+        let params = &values.params;
         let mixed = mixed_precision(gpu, cfg)?;
         let images_per_step = cfg.images_per_sample() * cfg.batch;
         let indices = gpu.zeros(&[images_per_step], DType::U32)?;
@@ -82,10 +88,14 @@ impl<'g> TrainStep<'g> {
         let (gather, augment) = gather_kernel(gpu, cfg, images, &indices, &x, [h, w])?;
         let mut tape = Tape::new(gpu);
         let xv = tape.input(x);
+        let rng = gpu.zeros(&[2], DType::U32)?;
         let weights = Weights {
             params,
             half: half.as_ref(),
-            grads,
+            grads: Some(grads),
+            state: values.state.as_ref(),
+            rng: Some(&rng),
+            mode: Mode::Train,
         };
         let (loss, mining_stats) = record_loss(model, cfg, &mut tape, xv, &label_codes, &weights)?;
         let mut kernels = Vec::new();
@@ -103,11 +113,14 @@ impl<'g> TrainStep<'g> {
         } else {
             None
         };
+        // Frozen parameters lie before the trainable ones: the optimizer and its state cover
+        // the trainable span alone.
+        let layout = &model.layout;
         let optimizer = Optimizer::new(
             gpu,
             cfg.optimizer,
-            params,
-            grads,
+            &layout.trainable(params),
+            &layout.trainable(grads),
             steps as u32,
             scaler.as_ref(),
         )?;
@@ -130,6 +143,10 @@ impl<'g> TrainStep<'g> {
             sampled_same: 0,
             sampled_pairs: 0,
             mining_stats,
+            rng,
+            // Dropout's masks are drawn from the low 32 bits of the run's seed.
+            seed: cfg.seed as u32,
+            steps_done: 0,
         })
     }
 
@@ -142,6 +159,9 @@ impl<'g> TrainStep<'g> {
             "the loss log is full: read it with take_losses"
         );
         self.next_batch()?;
+        self.gpu
+            .write_u32(&self.rng, &[self.seed, self.steps_done])?;
+        self.steps_done += 1;
         let lr = self.optimizer.prepare(self.gpu)?;
         let mut rec = self.gpu.recorder();
         let kernels = self.kernels.iter().chain(self.after_backward());
@@ -264,6 +284,7 @@ impl<'g> TrainStep<'g> {
         }
         self.optimizer
             .restore(self.gpu, optimizer_state, steps_done as u32)?;
+        self.steps_done = steps_done as u32;
         for _ in 0..steps_done {
             self.sampler
                 .next(self.batch, &mut self.idx, &mut self.codes);
@@ -297,14 +318,6 @@ fn mixed_precision(gpu: &Gpu, cfg: &TrainConfig) -> Result<bool> {
         )));
     }
     Ok(mixed)
-}
-
-/// The weights a step's tower reads (`half`: the f16 copy under mixed precision) and the
-/// gradient buffer its backward fills.
-struct Weights<'a> {
-    params: &'a Tensor,
-    half: Option<&'a Tensor>,
-    grads: &'a Tensor,
 }
 
 /// The transform sampler of an augmented gather and the `[M, 8]` buffer it fills.
@@ -350,20 +363,9 @@ fn record_loss(
 ) -> Result<(ValueId, Option<Tensor>)> {
     Ok(match cfg.miner {
         Some(miner) => {
-            let (loss, stats) = model.record_mined_loss(
-                tape,
-                x,
-                label_codes,
-                miner,
-                w.params,
-                w.half,
-                Some(w.grads),
-            )?;
+            let (loss, stats) = model.record_mined_loss(tape, x, label_codes, miner, w)?;
             (loss, Some(stats))
         }
-        None => (
-            model.record_loss(tape, x, label_codes, w.params, w.half, Some(w.grads))?,
-            None,
-        ),
+        None => (model.record_loss(tape, x, label_codes, w)?, None),
     })
 }

@@ -19,12 +19,15 @@
 //! | `overfitting` | training pairs scored far better than validation pairs |
 //! | `pair_imbalance` | the sampled pairs are far from balanced Same / Different |
 //! | `val_test_gap` | validation scored far better than test (a leak, or a shift) |
+//! | `batchnorm_small_batch` | BatchNorm takes its statistics over fewer than 8 images a step |
+//! | `batchnorm_drift` | BatchNorm's running statistics do not describe the evaluation images |
 //!
 //! The rules live beside this file, grouped by what they read: `gradients` (the loss curve
 //! and the gradient and weight norms), `embeddings` (the test embeddings' spread and the
 //! ReLU activity), `separation` (how the validation distances rank Same against Different),
-//! `margins` (where the margin sits among those distances) and `data` (the train, validation
-//! and test accuracies, and the pairs sampled). The thresholds are constants there, each with
+//! `margins` (where the margin sits among those distances), `data` (the train, validation
+//! and test accuracies, and the pairs sampled) and `normalization` (BatchNorm's batch and
+//! running statistics). The thresholds are constants there, each with
 //! its reason; they are set so that the reference recipe reports nothing and each classic
 //! failure reports its finding.
 
@@ -32,7 +35,10 @@ mod data;
 mod embeddings;
 mod gradients;
 mod margins;
+mod normalization;
 mod separation;
+
+pub use normalization::BatchNormUse;
 
 use std::fmt;
 
@@ -179,6 +185,8 @@ pub struct Evidence {
     /// Same pairs and all pairs the training sampler drew (pair losses only).
     pub sampled_same: u64,
     pub sampled_pairs: u64,
+    /// Every BatchNorm layer, in tower order.
+    pub batch_norm: Vec<BatchNormUse>,
 }
 
 fn finding(id: &'static str, severity: Severity, message: String, advice: &str) -> Finding {
@@ -248,6 +256,7 @@ pub fn diagnose(e: &Evidence) -> Vec<Finding> {
     margins::margins(e, broken, &mut out);
     data::gaps(e, &mut out);
     data::imbalance(e, &mut out);
+    normalization::batch_norm(e, &mut out);
     out.sort_by_key(|f| std::cmp::Reverse(f.severity));
     out
 }
@@ -403,5 +412,37 @@ mod tests {
         let mut e = healthy();
         e.margin = 0.2;
         assert_eq!(ids(&e), ["margin_too_small"]);
+    }
+
+    #[test]
+    fn batch_norm_over_few_images_or_with_drifted_statistics_is_reported() {
+        let layer = |images, shift, ratio| BatchNormUse {
+            layer: "tower.1".into(),
+            images,
+            frozen: false,
+            median_shift: Some(shift),
+            median_var_ratio: Some(ratio),
+        };
+        let mut e = healthy();
+        e.batch_norm = vec![layer(256, 0.05, 1.1)];
+        assert_eq!(
+            ids(&e),
+            Vec::<&str>::new(),
+            "a healthy BatchNorm says nothing"
+        );
+
+        e.batch_norm = vec![layer(4, 0.05, 1.1)];
+        assert_eq!(ids(&e), ["batchnorm_small_batch"]);
+        assert_eq!(diagnose(&e)[0].severity, Severity::Warn);
+        assert!(diagnose(&e)[0].message.contains("over 4 images"));
+        // A frozen layer takes no batch statistics, however small the batch.
+        e.batch_norm[0].frozen = true;
+        assert_eq!(ids(&e), Vec::<&str>::new());
+
+        e.batch_norm = vec![layer(256, 2.5, 1.1)];
+        assert_eq!(ids(&e), ["batchnorm_drift"]);
+        e.batch_norm = vec![layer(256, 0.1, 6.0)];
+        assert_eq!(ids(&e), ["batchnorm_drift"]);
+        assert!(diagnose(&e)[0].message.contains("6.00× off"));
     }
 }

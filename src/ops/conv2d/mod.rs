@@ -1,10 +1,12 @@
 //! Launchers for `shaders/conv2d.wgsl`: 2-D convolution, NCHW, PyTorch's weight layout
 //! `[out, in, kh, kw]`, stride and zero padding, with its three gradients.
 //!
-//! Each entry point has a launcher, on storage buffers (`storage`) or on operands packed
-//! into texels (`texels`, stride 1); [`plan`] composes them into the kernels of one
-//! convolution as [`Conv2dKernels`](crate::gpu::Conv2dKernels) (the device's
-//! [`Policy`](crate::gpu::Policy)) names them. Everything outside this module builds convolutions through the plan.
+//! Each entry point has a launcher, on storage buffers (`storage`, any geometry) or on
+//! operands packed into texels (`texels`, any stride, square kernels with padding under
+//! their size); [`plan`] composes them into the kernels of one convolution as
+//! [`Conv2dKernels`](crate::gpu::Conv2dKernels) (the device's
+//! [`Policy`](crate::gpu::Policy)) names them. Everything outside this module builds
+//! convolutions through the plan.
 //!
 //! Mixed precision: the activations and their gradients (x, y, dy, dx) and the weights and
 //! bias a launcher reads (w, b: the f16 copies of the master weights) are all f32 or all

@@ -60,11 +60,11 @@ pub fn plan(
             None,
         ),
         ConvForward::Texels => {
-            let (kernel, xt) = texels::forward_packed(gpu, t.x, t.w, t.b, t.y, t.pad)?;
+            let (kernel, xt) = texels::forward_packed(gpu, t.x, t.w, t.b, t.y, t.stride, t.pad)?;
             (kernel, Some(xt))
         }
         ConvForward::ImagesInLanes => (
-            texels::forward_packed_images4(gpu, t.x, t.w, t.b, t.y, t.pad)?,
+            texels::forward_packed_images4(gpu, t.x, t.w, t.b, t.y, t.stride, t.pad)?,
             None,
         ),
     };
@@ -101,7 +101,7 @@ fn backward(
     let mut backward = Vec::new();
     if let Some(dx) = dx {
         backward.push(match dyt {
-            Some(dyt) if input_tex => texels::grad_input_tex(gpu, dyt, t.w, dx, t.pad)?,
+            Some(dyt) if input_tex => texels::grad_input_tex(gpu, dyt, t.w, dx, t.stride, t.pad)?,
             _ => storage::grad_input(gpu, dy, t.w, dx, t.stride, t.pad)?,
         });
     }

@@ -1,5 +1,8 @@
-//! The texel launchers of `shaders/conv2d.wgsl` (stride 1): operands packed by
-//! [`pack`] into the layouts the shader's header describes.
+//! The texel launchers of `shaders/conv2d.wgsl`: operands packed by [`pack`] into the
+//! layouts the shader's header describes, any stride, square kernels with padding under
+//! their size ([`Conv2dGeometry::texel_path_fits`]). The stride is the pipeline constant
+//! `TEX_STRIDE`; grad_input is the forward's entry with `TEX_GRAD_INPUT`, taking dx's
+//! positions phase by phase at stride > 1 (see the shader for why not over a dilated dy).
 
 use super::storage::grad_weight_reduce as reduce;
 use super::{ConvParams, MAX_POSITIONS_PER_INVOCATION, Out, SHADER, expect_texels, shader};
@@ -12,23 +15,18 @@ const TEX_WG: u32 = 64;
 const TEX_POS: usize = 16;
 
 impl Conv2dGeometry {
-    /// The convolution grad_input runs: dy padded by KH − 1 − pad, through the flipped
-    /// weights, back to x's shape.
-    fn transposed(&self) -> Conv2dGeometry {
-        Conv2dGeometry {
-            c: self.o,
-            h: self.out_h(),
-            w: self.out_w(),
-            o: self.c,
-            pad: self.grad_input_pad(),
-            ..*self
-        }
+    /// The padding of the transposed convolution grad_input runs (dy through the flipped
+    /// weights, back to x's shape): KH − 1 − pad.
+    fn transposed_pad(&self) -> usize {
+        self.kh - 1 - self.pad
     }
 
-    /// The zero border of dy that grad_input on the texel path reads: KH − 1 − pad. The dy
-    /// texels of a layer are packed so once, and grad_weight reads them too.
+    /// The zero border of dy that grad_input on the texel path reads: ⌈(KH − 1 − pad)/S⌉,
+    /// KH − 1 − pad at stride 1. Taken phase by phase, the transposed convolution reads dy
+    /// undilated, and no tap of a position inside x reaches further. The dy texels of a
+    /// layer are packed so once, and grad_weight reads them too.
     pub fn grad_input_pad(&self) -> usize {
-        self.kh - 1 - self.pad
+        self.transposed_pad().div_ceil(self.stride)
     }
 
     /// Texels of dy packed with `dy_pad` (channels by fours, no unfolding).
@@ -56,6 +54,32 @@ impl Conv2dGeometry {
             ..self.params(op, splits, per_split)?
         })
     }
+
+    /// The shader's parameters of grad_input as `conv2d_forward_tex` with `TEX_GRAD_INPUT`
+    /// reads them: the transposed convolution, from dy's O channels of OH × OW to x's C
+    /// channels of H × W, its padding KH − 1 − pad (the dy texels' border is derived from
+    /// it and the stride).
+    fn grad_input_params(&self, op: &'static str) -> Result<ConvParams> {
+        let p = self.params(op, 1, 0)?;
+        Ok(ConvParams {
+            c: p.o,
+            h: p.oh,
+            w: p.ow,
+            o: p.c,
+            oh: p.h,
+            ow: p.w,
+            pad: to_u32(op, "KH − 1 − pad", self.transposed_pad())?,
+            ..p
+        })
+    }
+
+    /// The invocations of grad_input's `conv2d_forward_tex`: per output channel block of 16,
+    /// S² phases of ⌈N·⌈H/S⌉·⌈W/S⌉ / 16⌉ position blocks each.
+    fn grad_input_invocations(&self) -> usize {
+        let s = self.stride;
+        let grid = self.n * self.h.div_ceil(s) * self.w.div_ceil(s);
+        s * s * grid.div_ceil(TEX_POS) * self.c.div_ceil(16)
+    }
 }
 
 fn texel_groups(invocations: usize) -> [u32; 3] {
@@ -69,11 +93,28 @@ pub(super) fn expect_texel_path(op: &'static str, g: &Conv2dGeometry) -> Result<
     Err(Error::Shape {
         op,
         detail: format!(
-            "the texel kernels need stride 1, a square kernel and padding under its size; got \
-             stride {}, a {}x{} kernel, padding {}",
-            g.stride, g.kh, g.kw, g.pad
+            "the texel kernels need a square kernel and padding under its size; got a {}x{} \
+             kernel, padding {}",
+            g.kh, g.kw, g.pad
         ),
     })
+}
+
+/// The pipeline constants of `conv2d_forward_tex` over operands packed with `unfold`, at
+/// `stride`, as the forward or as grad_input.
+fn forward_tex_constants(
+    unfold: usize,
+    stride: usize,
+    grad_input: bool,
+) -> [(&'static str, f64); 3] {
+    [
+        (
+            "UNROLL_POSITIONS",
+            f64::from(u8::from(conv_unrolls_positions(unfold))),
+        ),
+        ("TEX_STRIDE", stride as f64),
+        ("TEX_GRAD_INPUT", f64::from(u8::from(grad_input))),
+    ]
 }
 
 /// `y = conv2d(x, w) + b` from `xt` (x packed by [`pack::nhwc4`] with `g.pad` and
@@ -97,14 +138,10 @@ pub fn forward_tex(
     expect_texels(OP, "the weight texels", wt, dtype, "y is")?;
     let params = g.packed_params(OP, unfold, 1, 0)?;
     let invocations = g.positions().div_ceil(TEX_POS) * g.o.div_ceil(16);
-    let unroll = [(
-        "UNROLL_POSITIONS",
-        f64::from(u8::from(conv_unrolls_positions(unfold))),
-    )];
     Ok(Kernel::single(gpu.dispatch_with_texels(
         &shader(dtype, Out::Activation),
         OP,
-        &unroll,
+        &forward_tex_constants(unfold, g.stride, false),
         &params,
         &[(3, b), (4, y)],
         &[(6, xt), (7, wt)],
@@ -131,7 +168,7 @@ fn expect_texel_count(op: &'static str, what: &str, t: &Texels, want: usize) -> 
     })
 }
 
-/// `y = conv2d(x, w) + b` at stride 1 for a single-channel `x` (any kernel and padding), from
+/// `y = conv2d(x, w) + b` for a single-channel `x` (any kernel, stride and padding), from
 /// `xt` (x packed by [`pack::images4`] with `g.pad`: four images per texel) and `wt` (w as
 /// `[O, KH·KW]` packed by [`pack::rows4`]: four taps per texel). `b` and `y` are f32 or f16,
 /// and the texels hold components of their type.
@@ -145,13 +182,13 @@ pub fn forward_tex_images4(
 ) -> Result<Kernel> {
     const OP: &str = "conv2d_forward_tex_images4";
     let taps = g.kh * g.kw;
-    if g.stride != 1 || !g.images_in_lanes() || taps > MAX_IMAGES4_TAPS {
+    if !g.images_in_lanes() || taps > MAX_IMAGES4_TAPS {
         return Err(Error::Shape {
             op: OP,
             detail: format!(
-                "takes stride 1, one input channel and at most {MAX_IMAGES4_TAPS} taps; got \
-                 stride {}, {} channels, a {}x{} kernel",
-                g.stride, g.c, g.kh, g.kw
+                "takes one input channel and at most {MAX_IMAGES4_TAPS} taps; got {} \
+                 channels, a {}x{} kernel",
+                g.c, g.kh, g.kw
             ),
         });
     }
@@ -170,7 +207,7 @@ pub fn forward_tex_images4(
     Ok(Kernel::single(gpu.dispatch_with_texels(
         &shader(dtype, Out::Activation),
         OP,
-        &[],
+        &[("TEX_STRIDE", g.stride as f64)],
         &params,
         &[(3, b), (4, y)],
         &[(6, xt), (7, wt)],
@@ -187,10 +224,11 @@ pub fn forward_packed_images4(
     w: &Tensor,
     b: &Tensor,
     y: &Tensor,
+    stride: usize,
     pad: usize,
 ) -> Result<Kernel> {
     const OP: &str = "conv2d_forward_tex_images4";
-    let g = Conv2dGeometry::of(OP, x, w, 1, pad)?;
+    let g = Conv2dGeometry::of(OP, x, w, stride, pad)?;
     expect(OP, "w", w, &g.weight_shape(), x.dtype())?;
     let (pack_x, xt) = pack::images4(gpu, x, pad)?;
     let rows = w.reshaped(&[g.o, g.c * g.kh * g.kw]).expect("same length");
@@ -273,13 +311,14 @@ pub fn grad_weight_tex(
     params.dy_pad = to_u32(OP, "dy padding", dy_pad)?;
     let groups = texel_groups(blocks * splits);
     let textures = [(6, xt), (7, dyt)];
+    let stride = [("TEX_STRIDE", g.stride as f64)];
     // The entry's only storage binding is f32 (dw or partials) and it reads texels of either
     // type as vec4<f32>: the file as written serves f32 and f16 texels alike.
     if splits == 1 && db.is_none() {
         return Ok(Kernel::single(gpu.dispatch_with_texels(
             &SHADER,
             OP,
-            &[],
+            &stride,
             &params,
             &[(4, dw)],
             &textures,
@@ -293,7 +332,7 @@ pub fn grad_weight_tex(
     let partial_pass = gpu.dispatch_with_texels(
         &SHADER,
         OP,
-        &[],
+        &stride,
         &params,
         &[(4, &partial)],
         &textures,
@@ -319,10 +358,11 @@ pub fn forward_packed(
     w: &Tensor,
     b: &Tensor,
     y: &Tensor,
+    stride: usize,
     pad: usize,
 ) -> Result<(Kernel, Texels)> {
     const OP: &str = "conv2d_forward_tex";
-    let g = Conv2dGeometry::of(OP, x, w, 1, pad)?;
+    let g = Conv2dGeometry::of(OP, x, w, stride, pad)?;
     expect_texel_path(OP, &g)?;
     expect(OP, "w", w, &g.weight_shape(), x.dtype())?;
     let unfold = g.unfold();
@@ -332,18 +372,20 @@ pub fn forward_packed(
     Ok((Kernel::chain([pack_x, pack_w, conv]), xt))
 }
 
-/// grad_input from `dyt`, dy packed by [`pack::nhwc4`] with the border
-/// [`Conv2dGeometry::grad_input_pad`]: the weights flipped, then the forward kernel (with a
-/// zero bias). `w` and `dx` are f32 or f16, and `dyt` holds components of their type.
+/// grad_input of the convolution of `stride` and `pad` from `dyt`, dy packed by
+/// [`pack::nhwc4`] with the border [`Conv2dGeometry::grad_input_pad`]: the weights flipped,
+/// then the forward's entry as grad_input (with a zero bias; see the shader). `w` and `dx`
+/// are f32 or f16, and `dyt` holds components of their type.
 pub fn grad_input_tex(
     gpu: &Gpu,
     dyt: &Texels,
     w: &Tensor,
     dx: &Tensor,
+    stride: usize,
     pad: usize,
 ) -> Result<Kernel> {
     const OP: &str = "conv2d_grad_input";
-    let g = Conv2dGeometry::of(OP, dx, w, 1, pad)?;
+    let g = Conv2dGeometry::of(OP, dx, w, stride, pad)?;
     expect_texel_path(OP, &g)?;
     let dtype = dx.dtype();
     expect(OP, "w", w, &g.weight_shape(), dtype)?;
@@ -351,10 +393,17 @@ pub fn grad_input_tex(
     expect_texels(OP, "the dy texels", dyt, dtype, "dx is")?;
     let (pack_w, wt) = pack::conv_weight(gpu, w, true, 1)?;
     let zero_bias = gpu.zeros(&[g.c], dtype)?;
-    let conv = forward_tex(gpu, &g.transposed(), 1, dyt, &wt, &zero_bias, dx)?;
+    let conv = gpu.dispatch_with_texels(
+        &shader(dtype, Out::Activation),
+        "conv2d_forward_tex",
+        &forward_tex_constants(1, stride, true),
+        &g.grad_input_params(OP)?,
+        &[(3, &zero_bias), (4, dx)],
+        &[(6, dyt), (7, &wt)],
+        texel_groups(g.grad_input_invocations()),
+    )?;
     Ok(Kernel::chain([
         pack_w,
-        conv,
-        Kernel::with_scratch(Vec::new(), vec![zero_bias]),
+        Kernel::with_scratch(vec![conv], vec![zero_bias]),
     ]))
 }
