@@ -125,6 +125,11 @@ pub struct RunSettings {
     /// An unreadable folder image: skip (leave it out, with a warning) or stop.
     #[arg(long, default_value = "skip")]
     pub on_bad_image: String,
+    /// Where decoded image folders are cached, so a second run starts in seconds (`off`: no
+    /// cache) [default: $XDG_CACHE_HOME/siamese-gpu, else ~/.cache/siamese-gpu].
+    #[arg(long, value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<String>,
     /// Classes kept out of training and validation, the only ones tested (class-disjoint
     /// split): names of folder classes, or IDX label numbers; comma-separated.
     #[arg(long, value_delimiter = ',')]
@@ -354,14 +359,33 @@ impl RunSettings {
                 }
             },
             held_out_classes: self.held_out_classes.clone(),
+            cache_dir: self.cache_location(),
         })
+    }
+
+    /// The folder cache's directory: `cache_dir`, none for `off`, else the user's cache.
+    #[cfg(feature = "images")]
+    fn cache_location(&self) -> Option<PathBuf> {
+        match self.cache_dir.as_deref() {
+            Some("off") => None,
+            Some(dir) => Some(PathBuf::from(dir)),
+            None => crate::data::folder_cache::default_dir(),
+        }
+    }
+
+    #[cfg(not(feature = "images"))]
+    fn cache_location(&self) -> Option<PathBuf> {
+        None
     }
 
     /// What a resumed run must share with the run it continues: every setting but the
     /// budget, which may grow. One JSON line, stored in the checkpoint.
     pub fn fingerprint(&self) -> String {
         let mut value = serde_json::to_value(self).expect("settings serialise to JSON");
-        value.as_object_mut().expect("an object").remove("pairs");
+        // The budget may grow; where the decoded images are cached does not change the run.
+        let object = value.as_object_mut().expect("an object");
+        object.remove("pairs");
+        object.remove("cache_dir");
         value.to_string()
     }
 
@@ -532,6 +556,23 @@ mod tests {
     }
 
     #[test]
+    fn the_cache_dir_is_a_directory_or_off_and_not_part_of_the_fingerprint() {
+        let with = |dir: &str| RunSettings {
+            cache_dir: Some(dir.into()),
+            ..RunSettings::default()
+        };
+        let options = |s: RunSettings| s.data_options().unwrap().cache_dir;
+        assert_eq!(options(with("/tmp/c")), Some(PathBuf::from("/tmp/c")));
+        assert_eq!(options(with("off")), None);
+        assert!(with("/tmp/c").to_toml().contains("cache_dir = \"/tmp/c\""));
+        assert_eq!(
+            with("/tmp/c").fingerprint(),
+            RunSettings::default().fingerprint(),
+            "a run resumes whatever its cache directory"
+        );
+    }
+
+    #[test]
     fn precision_reads_from_toml_and_f32_is_not_written() {
         let s: RunSettings = toml::from_str("precision = \"mixed\"").unwrap();
         assert_eq!(s.to_train_config().unwrap().precision, Precision::Mixed);
@@ -554,10 +595,16 @@ mod tests {
 
     #[test]
     fn the_defaults_are_the_engines_reference_recipe() {
+        // But for where decoded image folders are cached: the command line caches them in
+        // the user's cache directory by default, the library only where it is told to.
+        let mut cli = RunSettings::default().to_train_config().unwrap();
+        #[cfg(feature = "images")]
         assert_eq!(
-            RunSettings::default().to_train_config().unwrap(),
-            TrainConfig::default()
+            cli.dataset.cache_dir,
+            crate::data::folder_cache::default_dir()
         );
+        cli.dataset.cache_dir = None;
+        assert_eq!(cli, TrainConfig::default());
     }
 
     /// Flags typed on a command line, parsed as `train` parses them.

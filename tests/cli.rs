@@ -124,6 +124,12 @@ fn command(cwd: &Path, args: &[String]) -> Command {
     if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
         cmd.env("XDG_RUNTIME_DIR", "/tmp"); // lavapipe warns without it
     }
+    // Decoded image folders are cached outside the test's directories, whose files the
+    // tests compare byte for byte.
+    cmd.env(
+        "XDG_CACHE_HOME",
+        std::env::temp_dir().join("siamese-gpu-test-cache"),
+    );
     cmd
 }
 

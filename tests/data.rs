@@ -684,3 +684,176 @@ fn samplers_refuse_bad_fractions_single_classes_and_empty_classes() {
     let batch = PairSampler::new(&[0, 2, 0, 2], 1.0, 0).unwrap().sample(50);
     assert!(batch.labels.iter().all(|&l| l == PairLabel::Same));
 }
+
+// ---------------------------------------------------------------------------------------
+// the decoded-folder cache
+
+/// An ImageFolder tree: classes a, b, c; RGB PNGs of two sizes, the class in the colour.
+fn write_image_folder(dir: &Path) {
+    let mut state = 3u64;
+    for (split, per_class) in [("train", 20), ("test", 6)] {
+        for (c, class) in ["a", "b", "c"].iter().enumerate() {
+            let class_dir = dir.join(split).join(class);
+            std::fs::create_dir_all(&class_dir).unwrap();
+            for i in 0..per_class {
+                let (w, h) = if i % 2 == 0 { (16, 16) } else { (20, 18) };
+                let img = image::RgbImage::from_fn(w, h, |_, _| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let mut px = [(state >> 58) as u8; 3];
+                    px[c] = px[c].saturating_add(150);
+                    image::Rgb(px)
+                });
+                img.save(class_dir.join(format!("{i:03}.png"))).unwrap();
+            }
+        }
+    }
+}
+
+/// The cache files under `dir`.
+fn cache_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("folders"))
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+fn same_data(a: &siamese_gpu::data::dataset::Dataset, b: &siamese_gpu::data::dataset::Dataset) {
+    assert!(a.train == b.train && a.val == b.val && a.test == b.test);
+    assert_eq!(a.train_classes, b.train_classes);
+    assert_eq!(a.test_classes, b.test_classes);
+}
+
+#[test]
+fn a_decoded_folder_is_cached_and_decoded_again_when_an_image_changes_or_is_added() {
+    let tmp = TempDir::new("folder-cache");
+    let data = tmp.path().join("data");
+    write_image_folder(&data);
+    let cache = tmp.path().join("cache");
+    let options = DataOptions {
+        color: siamese_gpu::vocab::Color::Rgb,
+        image_size: Some([12, 12]),
+        cache_dir: Some(cache.clone()),
+        ..DataOptions::default()
+    };
+    let uncached = DataOptions {
+        cache_dir: None,
+        ..options.clone()
+    };
+    let load = |o: &DataOptions| load_with(Some(&data), Some(6), o).unwrap();
+    let reference = load(&uncached);
+    assert!(!cache.exists(), "no cache without a cache directory");
+
+    let first = load(&options);
+    same_data(&first, &reference);
+    assert_eq!(first.warnings, Vec::<String>::new());
+    let files = cache_files(&cache);
+    assert_eq!(files.len(), 1, "one cache file: {files:?}");
+    assert!(
+        same_bytes_after(&files[0], || same_data(&load(&options), &reference)),
+        "a second read takes the cache as it is"
+    );
+
+    // The cache is what a second run reads: an image replaced by garbage of the same size
+    // and modification time goes unnoticed (the documented limit of the check) ...
+    let image = data.join("train/b/003.png");
+    let (len, modified) = {
+        let m = std::fs::metadata(&image).unwrap();
+        (m.len() as usize, m.modified().unwrap())
+    };
+    std::fs::write(&image, vec![b'x'; len]).unwrap();
+    let set_mtime = |t| {
+        std::fs::File::options()
+            .write(true)
+            .open(&image)
+            .unwrap()
+            .set_modified(t)
+            .unwrap()
+    };
+    set_mtime(modified);
+    let hit = load(&options);
+    same_data(&hit, &reference);
+    assert!(hit.warnings.is_empty(), "{:?}", hit.warnings);
+    // ... and one with a new modification time is decoded again (here: found unreadable).
+    set_mtime(modified + std::time::Duration::from_secs(5));
+    let changed = load(&options);
+    assert_eq!(changed.train.len() + changed.val.len(), 59);
+    assert_eq!(changed.warnings.len(), 1, "{:?}", changed.warnings);
+    assert!(changed.warnings[0].starts_with("skipped ") && changed.warnings[0].contains("003.png"));
+    // The skip is cached with the pixels: the next read warns the same.
+    assert_eq!(load(&options).warnings, changed.warnings);
+
+    // An added image is decoded.
+    std::fs::copy(data.join("train/a/000.png"), data.join("train/a/100.png")).unwrap();
+    let added = load(&options);
+    assert_eq!(added.train.len() + added.val.len(), 60);
+
+    // Other read settings are another cache file; the first stays.
+    let bigger = DataOptions {
+        image_size: Some([14, 14]),
+        ..options.clone()
+    };
+    assert_eq!(load(&bigger).train.height, 14);
+    assert_eq!(cache_files(&cache).len(), 2);
+}
+
+/// Whether `f` leaves `path` byte for byte as it was.
+fn same_bytes_after(path: &Path, f: impl FnOnce()) -> bool {
+    let before = std::fs::read(path).unwrap();
+    f();
+    std::fs::read(path).unwrap() == before
+}
+
+#[test]
+fn a_corrupt_or_truncated_cache_is_decoded_again_and_an_unwritable_one_is_said() {
+    let tmp = TempDir::new("folder-cache-bad");
+    let data = tmp.path().join("data");
+    write_image_folder(&data);
+    let cache = tmp.path().join("cache");
+    let options = DataOptions {
+        cache_dir: Some(cache.clone()),
+        ..DataOptions::default()
+    };
+    let load = |o: &DataOptions| load_with(Some(&data), Some(6), o).unwrap();
+    let reference = load(&DataOptions::default());
+    load(&options);
+    let file = cache_files(&cache).remove(0);
+    let good = std::fs::read(&file).unwrap();
+
+    // One flipped bit in the pixels, then half the file: each refused by its checksum.
+    let mut flipped = good.clone();
+    flipped[good.len() * 3 / 4] ^= 0x10;
+    for broken in [flipped, good[..good.len() / 2].to_vec(), b"junk".to_vec()] {
+        std::fs::write(&file, &broken).unwrap();
+        let reread = load(&options);
+        same_data(&reread, &reference);
+        assert_eq!(reread.warnings.len(), 1, "{:?}", reread.warnings);
+        assert!(
+            reread.warnings[0].contains("the decode cache")
+                && reread.warnings[0].contains("decoding the images again"),
+            "{}",
+            reread.warnings[0]
+        );
+        assert!(std::fs::read(&file).unwrap() == good, "rebuilt as it was");
+        assert!(load(&options).warnings.is_empty(), "and trusted again");
+    }
+
+    // A cache directory that cannot be made: the data loads, with a warning.
+    let blocker = tmp.path().join("a-file");
+    std::fs::write(&blocker, b"").unwrap();
+    let unwritable = DataOptions {
+        cache_dir: Some(blocker.join("cache")),
+        ..DataOptions::default()
+    };
+    let loaded = load(&unwritable);
+    same_data(&loaded, &reference);
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    assert!(
+        loaded.warnings[0].contains("could not write the decode cache")
+            && loaded.warnings[0].contains("--cache-dir"),
+        "{}",
+        loaded.warnings[0]
+    );
+}

@@ -191,6 +191,8 @@ pub struct DataOptions {
     /// model is tested on classes it never saw (the one-shot protocol). Empty: all classes
     /// everywhere. IDX classes are named by their label number.
     pub held_out_classes: Vec<String>,
+    /// Where decoded image folders are cached (see `folder_cache`); None: not cached.
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// The path of `name` in `dir`, raw preferred over `.gz` (a user who unpacked the files

@@ -4,6 +4,8 @@
 pub mod augment;
 pub mod batches;
 pub mod dataset;
+#[cfg(feature = "images")]
+pub mod folder_cache;
 pub mod idx;
 #[cfg(feature = "images")]
 pub mod image_folder;
