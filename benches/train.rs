@@ -17,7 +17,7 @@ use std::time::Instant;
 use siamese_gpu::data::dataset;
 use siamese_gpu::eval::embed::Embedder;
 use siamese_gpu::model::{ModelTensors, ModelValues, SiameseModel};
-use siamese_gpu::ops::gather;
+use siamese_gpu::ops::gather::{self, PackedImages};
 use siamese_gpu::train::{TrainConfig, TrainStep};
 use siamese_gpu::vocab::Precision;
 use siamese_gpu::{DType, Gpu, KernelPath};
@@ -132,7 +132,7 @@ fn main() {
 /// 64×64 RGB (random pixels: the speed does not depend on them), pairs/s of the default
 /// kernels in f32 at the batches of `SIAMESE_BENCH_RESNET_BATCHES` (default 64,128); the
 /// same shapes as `scripts/bench_towers.py` times PyTorch on, for the ratio.
-fn residual_towers(gpu: &Gpu, grey: (&siamese_gpu::Tensor, &[u8]), driver: &str) {
+fn residual_towers(gpu: &Gpu, grey: (&PackedImages, &[u8]), driver: &str) {
     let batches: Vec<usize> = std::env::var("SIAMESE_BENCH_RESNET_BATCHES")
         .unwrap_or_else(|_| "64,128".into())
         .split(',')
@@ -180,7 +180,7 @@ fn train_rate(
     gpu: &Gpu,
     model: &SiameseModel,
     cfg: &TrainConfig,
-    packed: &siamese_gpu::Tensor,
+    packed: &PackedImages,
     labels: &[u8],
 ) -> f64 {
     let values =

@@ -369,3 +369,95 @@ fn gather_images_affine_rejects_a_transform_buffer_of_the_wrong_shape() {
     .unwrap_err();
     assert!(err.to_string().contains("transforms must be"), "{err}");
 }
+
+/// A dataset split over shards (the binding limit lowered to a few images) gathers, plain
+/// and through transforms, exactly as the same images in one buffer do; the indices reach
+/// every shard, the last one partly filled.
+#[test]
+fn a_dataset_split_over_shards_gathers_as_one_buffer_does() {
+    let (n, chw, m) = (10, [3, 5, 7], 40);
+    let [c, h, w] = chw;
+    let pixels = c * h * w;
+    let mut r = rng(77);
+    let bytes = random_images(&mut r, n, pixels);
+    let mut indices: Vec<u32> = (0..m).map(|_| r.random_range(0..n as u32)).collect();
+    indices[..n].copy_from_slice(&(0..n as u32).collect::<Vec<_>>());
+    let idx = gpu().upload_u32(&indices, &[m]).unwrap();
+    let rows: Vec<f32> = (0..m)
+        .flat_map(|_| {
+            let mut t = [0f32; TRANSFORM_LEN];
+            t[0] = r.random_range(0.8..1.2);
+            t[1] = r.random_range(-0.2..0.2);
+            t[2] = r.random_range(-2.0..2.0);
+            t[3] = r.random_range(-0.2..0.2);
+            t[4] = r.random_range(0.8..1.2);
+            t[5] = r.random_range(-2.0..2.0);
+            t
+        })
+        .collect();
+    let transforms = upload(&rows, &[m, TRANSFORM_LEN]);
+    let norm = PixelNorm::standardize(0.2860, 0.3530);
+    let image_bytes = 4 * pixels.div_ceil(4) as u64;
+    let gathered = |images: &gather::PackedImages| {
+        let out = zeros_as(&[m, c, h, w], DType::F32);
+        let plain = run_and_read_floats(
+            &gather::gather_images(gpu(), images, &idx, &out, norm).unwrap(),
+            &out,
+        );
+        let affine = run_and_read_floats(
+            &gather::gather_images_affine(
+                gpu(),
+                images,
+                &idx,
+                &transforms,
+                &out,
+                norm,
+                FillMode::Constant,
+            )
+            .unwrap(),
+            &out,
+        );
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        (bits(&plain), bits(&affine))
+    };
+    let whole = gather::upload_images(gpu(), &bytes, n, pixels).unwrap();
+    assert_eq!(whole.shards(), 1);
+    let reference = gathered(&whole);
+    let want = cpu::gather_images(&bytes, pixels, &indices, norm.shift, norm.scale);
+    let got: Vec<f32> = reference.0.iter().map(|&b| f32::from_bits(b)).collect();
+    // As in gather_images_matches_cpu: 8 ulps of the result plus 8 ulps of 1.
+    let bound: Vec<f64> = want
+        .iter()
+        .map(|&w| 8.0 * U32 * (w.abs() as f64 + 1.0))
+        .collect();
+    assert_within("gather_images, one buffer", &got, &want, &bound);
+    // 3 images a shard (and a few bytes spare): shards of 3, 3, 3, 1; then 4, 4, 2; then 5, 5.
+    for (per_shard, shards) in [(3, 4), (4, 3), (5, 2)] {
+        let split =
+            gather::upload_images_in_shards(gpu(), &bytes, n, pixels, per_shard * image_bytes + 5)
+                .unwrap();
+        assert_eq!(split.shards(), shards);
+        assert!(
+            gathered(&split) == reference,
+            "{shards} shards of {per_shard}"
+        );
+    }
+}
+
+#[test]
+fn a_dataset_needing_more_shards_than_a_gather_reads_is_refused_saying_what_to_do() {
+    let bytes = vec![0u8; 10 * 8];
+    let err = match gather::upload_images_in_shards(gpu(), &bytes, 10, 8, 16) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("5 shards of 2 images accepted"),
+    };
+    assert!(
+        err.contains("at most 4") && err.contains("--image-size"),
+        "{err}"
+    );
+    let err = match gather::upload_images_in_shards(gpu(), &bytes, 10, 8, 7) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("an image over a binding accepted"),
+    };
+    assert!(err.contains("one image of 8 pixels takes 8 bytes"), "{err}");
+}

@@ -1,7 +1,7 @@
 // gather.wgsl — builds a training batch on the GPU from the dataset resident there.
 //
 // Entry points (binding 0 is `p: GatherParams`):
-//   gather_images         images@1 [N, words] u32, indices@2 [M] u32  ->  out@3 [M, C, H, W] elem
+//   gather_images         images@1,5,6,7 [N, words] u32, indices@2 [M] u32  ->  out@3 [M, C, H, W] elem
 //   gather_images_affine  the same, each image resampled through transforms@4 [M, 8] f32
 // `elem` is f32, or f16 under mixed precision, where the launcher compiles the f16 variant:
 // only `out` changes type; both entries compute in f32 and round once when storing.
@@ -9,6 +9,10 @@
 // The dataset is uploaded once as packed u8 (four pixels per u32 word, little-endian, each
 // image starting on a word boundary: words = ceil(pixels / 4)); Fashion-MNIST's 60,000
 // images are 47 MB that way, under the 128 MiB storage-binding limit that f32 would exceed.
+// A larger set is split over up to four buffers ("shards", bindings 1, 5, 6, 7) of
+// `per_shard` whole images each: image n is image n % per_shard of shard n / per_shard.
+// WGSL cannot index bindings, so `word` picks the shard with a switch; the unused ones are
+// bound to shard 0 and never read.
 // An image's pixels are [C, H, W] (planar: RGB is three planes). Each step the host sends
 // only M image indices; this kernel unpacks and normalises:
 //   out[m, q] = (byte(images[indices[m]], q) / 255 − shift) · scale
@@ -32,22 +36,36 @@ struct GatherParams {
     scale: f32,
     width: u32,   // W (gather_images_affine only)
     fill: u32,    // 0 nearest, 1 constant (gather_images_affine only)
+    per_shard: u32, // images per shard
 }
 
 alias elem = f32;
 
 @group(0) @binding(0) var<uniform> p: GatherParams;
-@group(0) @binding(1) var<storage, read> images: array<u32>;
+@group(0) @binding(1) var<storage, read> images0: array<u32>;
+@group(0) @binding(5) var<storage, read> images1: array<u32>;
+@group(0) @binding(6) var<storage, read> images2: array<u32>;
+@group(0) @binding(7) var<storage, read> images3: array<u32>;
 @group(0) @binding(2) var<storage, read> indices: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<elem>;
 @group(0) @binding(4) var<storage, read> transforms: array<f32>;
 
 const WG: u32 = 256u;
 
-// Pixel q of the packed image whose first word is `base`, as 0..255.
-fn pixel(base: u32, q: u32) -> f32 {
-    let word = images[base + q / 4u];
-    return f32((word >> (8u * (q % 4u))) & 0xffu);
+// Word w of packed image n.
+fn word(n: u32, w: u32) -> u32 {
+    let at = (n % p.per_shard) * p.words + w;
+    switch n / p.per_shard {
+        case 0u: { return images0[at]; }
+        case 1u: { return images1[at]; }
+        case 2u: { return images2[at]; }
+        default: { return images3[at]; }
+    }
+}
+
+// Pixel q of packed image n, as 0..255.
+fn pixel(n: u32, q: u32) -> f32 {
+    return f32((word(n, q / 4u) >> (8u * (q % 4u))) & 0xffu);
 }
 
 @compute @workgroup_size(WG)
@@ -57,9 +75,7 @@ fn gather_images(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     if i >= p.count * p.pixels { return; }
     let m = i / p.pixels;
     let q = i % p.pixels;
-    let word = images[indices[m] * p.words + q / 4u];
-    let byte = (word >> (8u * (q % 4u))) & 0xffu;
-    out[i] = elem((f32(byte) / 255.0 - p.shift) * p.scale);
+    out[i] = elem((pixel(indices[m], q) / 255.0 - p.shift) * p.scale);
 }
 
 @compute @workgroup_size(WG)
@@ -86,7 +102,7 @@ fn gather_images_affine(@builtin(workgroup_id) wid: vec3<u32>,
     let yi = i32(y0);
     let w = i32(p.width);
     let h = i32(p.height);
-    let base = indices[m] * p.words;
+    let n = indices[m];
     let first = channel * plane;
     var acc = 0.0;
     for (var dy = 0; dy < 2; dy++) {
@@ -96,7 +112,7 @@ fn gather_images_affine(@builtin(workgroup_id) wid: vec3<u32>,
             let xx = xi + dx;
             let wx = select(1.0 - fx, fx, dx == 1);
             // Read the clamped tap always (no out-of-bounds load); `constant` then drops it.
-            let v = pixel(base, first + u32(clamp(yy, 0, h - 1)) * p.width
+            let v = pixel(n, first + u32(clamp(yy, 0, h - 1)) * p.width
                                        + u32(clamp(xx, 0, w - 1)));
             let inside = xx >= 0 && xx < w && yy >= 0 && yy < h;
             acc += wx * wy * select(0.0, v, inside || p.fill == 0u);

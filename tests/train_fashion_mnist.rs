@@ -112,6 +112,46 @@ fn a_seeded_run_repeats_its_loss_curve_exactly() {
     assert_ne!(a.losses, other.losses, "another seed must give another run");
 }
 
+/// A training set over one storage binding — the limit lowered to 40 MiB, so Fashion-MNIST's
+/// 59,000 training images (46 MB packed) take two buffers — trains to the losses and
+/// weights of the same run from one buffer, bit for bit.
+#[test]
+fn a_training_set_over_one_storage_binding_trains_as_from_one_buffer() {
+    if !data_present() {
+        return;
+    }
+    let cfg = TrainConfig {
+        val_pairs: 200,
+        test_pairs: 200,
+        ..small_eval(384)
+    };
+    let whole = run(&cfg);
+    let mut gpu = Gpu::new().unwrap();
+    gpu.limit_storage_bindings(40 << 20);
+    let train_set = siamese_gpu::data::dataset::load(None, cfg.val_images)
+        .unwrap()
+        .train;
+    let packed = siamese_gpu::ops::gather::upload_images(
+        &gpu,
+        &train_set.images,
+        train_set.count,
+        train_set.pixels(),
+    )
+    .unwrap();
+    assert_eq!(
+        packed.shards(),
+        2,
+        "the lowered limit splits the training set"
+    );
+    drop(packed);
+    let split = train::train(&gpu, &cfg, &mut |_| {})
+        .and_then(train::Outcome::into_report)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(whole.losses, split.losses);
+    assert!(whole.values.params == split.values.params);
+    assert_eq!(whole.test.accuracy, split.test.accuracy);
+}
+
 /// Weights saved after training, loaded back and evaluated again, give the figures the run
 /// reported: the checkpoint holds the whole model, and evaluation is deterministic.
 #[cfg(feature = "checkpoint")]

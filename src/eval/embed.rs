@@ -5,10 +5,10 @@ use crate::autograd::Tape;
 use crate::error::Result;
 use crate::gpu::{DType, Gpu, Kernel, Tensor};
 use crate::model::{ModelTensors, SiameseModel};
-use crate::ops::gather;
+use crate::ops::gather::{self, PackedImages};
 use crate::vocab::PixelNorm;
 
-/// A built embedding program for chunks of `chunk` images.
+/// A built embedding program for chunks of images.
 pub struct Embedder<'g> {
     gpu: &'g Gpu,
     chunk: usize,
@@ -22,7 +22,9 @@ pub struct Embedder<'g> {
 
 impl<'g> Embedder<'g> {
     /// Builds the forward program of `model` with its `values`, in evaluation mode, for
-    /// `chunk` images.
+    /// chunks of `chunk` images, or fewer where the tower's largest activation for `chunk`
+    /// would exceed one storage binding (large images; each image's embedding is the same
+    /// whatever the chunk).
     pub fn new(
         gpu: &'g Gpu,
         model: &SiameseModel,
@@ -30,6 +32,8 @@ impl<'g> Embedder<'g> {
         norm: PixelNorm,
         chunk: usize,
     ) -> Result<Self> {
+        let limit = gpu.limits().max_storage_buffer_binding_size;
+        let chunk = chunk.min(model.tower.images_that_fit(limit));
         let [c, h, w] = model.config.input;
         let indices = gpu.zeros(&[chunk], DType::U32)?;
         let input = gpu.zeros(&[chunk, c, h, w], DType::F32)?;
@@ -55,13 +59,13 @@ impl<'g> Embedder<'g> {
     }
 
     /// Embeddings `[count, D]` (row-major) of the first `count` images of a packed set.
-    pub fn embed(&self, images: &Tensor, count: usize) -> Result<Vec<f32>> {
+    pub fn embed(&self, images: &PackedImages, count: usize) -> Result<Vec<f32>> {
         let all: Vec<u32> = (0..count as u32).collect();
         self.embed_indices(images, &all)
     }
 
     /// Embeddings `[indices.len(), D]` of the images `indices` of a packed set, in that order.
-    pub fn embed_indices(&self, images: &Tensor, indices: &[u32]) -> Result<Vec<f32>> {
+    pub fn embed_indices(&self, images: &PackedImages, indices: &[u32]) -> Result<Vec<f32>> {
         self.embed_indices_reporting(images, indices, &mut |_| ())
     }
 
@@ -69,7 +73,7 @@ impl<'g> Embedder<'g> {
     /// after each chunk (for a progress bar).
     pub fn embed_indices_reporting(
         &self,
-        images: &Tensor,
+        images: &PackedImages,
         indices: &[u32],
         done: &mut dyn FnMut(usize),
     ) -> Result<Vec<f32>> {

@@ -10,7 +10,8 @@ use crate::eval::oneshot::{self, OneShot, OneShotError};
 use crate::eval::retrieval::{
     self, DEFAULT_PIXEL_QUERIES, References, RetrievalMetrics, RetrievalOptions,
 };
-use crate::gpu::{Gpu, Tensor};
+use crate::gpu::Gpu;
+use crate::ops::gather::PackedImages;
 use crate::vocab::PixelNorm;
 use crate::vocab::{Distance, PairwiseMetric};
 
@@ -57,7 +58,7 @@ pub fn score_test_split(
     gpu: &Gpu,
     embedder: &Embedder,
     distance: Distance,
-    (set, images): (&ImageSet, &Tensor),
+    (set, images): (&ImageSet, &PackedImages),
     (k, seed): (usize, u64),
     pixels: Option<PixelNorm>,
 ) -> Result<(Vec<u32>, Vec<f32>, EmbeddingMetrics)> {

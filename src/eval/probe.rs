@@ -18,7 +18,7 @@ use crate::eval::doctor::ReluActivity;
 use crate::gpu::{DType, Gpu, Tensor};
 use crate::model::{ModelTensors, SiameseModel};
 use crate::ops::activation::Activation;
-use crate::ops::gather;
+use crate::ops::gather::{self, PackedImages};
 use crate::vocab::PixelNorm;
 
 /// What a probe found: every ReLU layer's activity, and for every BatchNorm layer (in
@@ -36,7 +36,7 @@ pub fn probe(
     model: &SiameseModel,
     values: &ModelTensors,
     norm: PixelNorm,
-    images: &Tensor,
+    images: &PackedImages,
     indices: &[u32],
 ) -> Result<Probe> {
     let [c, h, w] = model.config.input;

@@ -11,6 +11,7 @@ use crate::eval::embed::Embedder;
 use crate::eval::verification::{self, Verification};
 use crate::gpu::{Gpu, Tensor};
 use crate::model::SiameseModel;
+use crate::ops::gather::PackedImages;
 use crate::vocab::Distance;
 use crate::vocab::LossKind;
 use crate::vocab::PairLabel;
@@ -77,7 +78,11 @@ impl<'g> PairProtocol<'g> {
 
     /// Accuracy of the training pairs of the packed training `images` at their own best
     /// threshold (None without [`with_train_pairs`](Self::with_train_pairs)).
-    pub fn train_accuracy(&self, embedder: &Embedder, images: &Tensor) -> Result<Option<f64>> {
+    pub fn train_accuracy(
+        &self,
+        embedder: &Embedder,
+        images: &PackedImages,
+    ) -> Result<Option<f64>> {
         let Some(pairs) = &self.train_pairs else {
             return Ok(None);
         };
@@ -87,7 +92,12 @@ impl<'g> PairProtocol<'g> {
     }
 
     /// A score per pair from the embeddings of the images the pairs use (each embedded once).
-    fn scores(&self, embedder: &Embedder, images: &Tensor, pairs: &PairBatch) -> Result<Vec<f32>> {
+    fn scores(
+        &self,
+        embedder: &Embedder,
+        images: &PackedImages,
+        pairs: &PairBatch,
+    ) -> Result<Vec<f32>> {
         let mut used: Vec<u32> = pairs.a.iter().chain(&pairs.b).copied().collect();
         used.sort_unstable();
         used.dedup();
@@ -127,7 +137,7 @@ impl<'g> PairProtocol<'g> {
     }
 
     /// Scores the validation pairs of the packed validation `images`.
-    pub fn validate(&self, embedder: &Embedder, images: &Tensor) -> Result<Validation> {
+    pub fn validate(&self, embedder: &Embedder, images: &PackedImages) -> Result<Validation> {
         let scores = self.scores(embedder, images, &self.val_pairs)?;
         let labels = &self.val_pairs.labels;
         let t = verification::best_threshold(&scores, labels);
@@ -143,7 +153,7 @@ impl<'g> PairProtocol<'g> {
     pub fn test(
         &self,
         embedder: &Embedder,
-        images: &Tensor,
+        images: &PackedImages,
         val: &Validation,
     ) -> Result<Verification> {
         Ok(self.test_scored(embedder, images, val)?.0)
@@ -153,7 +163,7 @@ impl<'g> PairProtocol<'g> {
     pub fn test_scored(
         &self,
         embedder: &Embedder,
-        images: &Tensor,
+        images: &PackedImages,
         val: &Validation,
     ) -> Result<(Verification, Vec<f32>)> {
         let scores = self.scores(embedder, images, &self.test_pairs)?;

@@ -109,6 +109,14 @@ impl Gpu {
         &self.summary
     }
 
+    /// Plans every buffer, and splits resident datasets into shards, under `bytes` per
+    /// storage binding (kept at most the device's own limit): tests cross the limit on small
+    /// data this way, and a caller can leave headroom.
+    pub fn limit_storage_bindings(&mut self, bytes: u64) {
+        let limit = &mut self.limits.max_storage_buffer_binding_size;
+        *limit = (*limit).min(bytes);
+    }
+
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
     }

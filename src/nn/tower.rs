@@ -307,6 +307,14 @@ impl Tower {
         fold(&self.layers, (c * h * w, format!("[{c}, {h}, {w}]")))
     }
 
+    /// How many images the tower can take at once with f32 activations, each tensor in one
+    /// storage binding of `binding_bytes` (at least 1: a single image over the limit fails
+    /// where its buffer is made, naming the tensor).
+    pub fn images_that_fit(&self, binding_bytes: u64) -> usize {
+        let per_image = 4 * self.largest_activation().0 as u64;
+        (binding_bytes / per_image).max(1) as usize
+    }
+
     /// A readable summary: one line per layer with its name and output shape.
     pub fn summary(&self) -> String {
         fn lines(layers: &[Built], depth: usize, out: &mut Vec<String>) {

@@ -13,6 +13,7 @@ use crate::eval::probe;
 use crate::eval::protocol::{PairProtocol, Validation};
 use crate::gpu::{Gpu, Tensor};
 use crate::model::{ModelTensors, SiameseModel};
+use crate::ops::gather::PackedImages;
 
 /// Points in the PCA plot.
 const PCA_POINTS: usize = 3_000;
@@ -62,7 +63,7 @@ pub(super) fn test_evidence(
     cfg: &TrainConfig,
     embedder: &Embedder,
     sets: &Dataset,
-    test: &Tensor,
+    test: &PackedImages,
     evidence: &mut Evidence,
 ) -> Result<EmbeddingMetrics> {
     let test_set = &sets.test;
@@ -105,12 +106,15 @@ pub(super) fn probe_evidence(
     cfg: &TrainConfig,
     model: &SiameseModel,
     values: &ModelTensors,
-    (sets, val): (&Dataset, &Tensor),
+    (sets, val): (&Dataset, &PackedImages),
     protocol: &PairProtocol,
     (last_val, test_scores, test_accuracy): (&Validation, Vec<f32>, f64),
     evidence: &mut Evidence,
 ) -> Result<()> {
-    let probe: Vec<u32> = (0..sets.val.count.min(PROBE_IMAGES) as u32).collect();
+    let fit = model
+        .tower
+        .images_that_fit(gpu.limits().max_storage_buffer_binding_size);
+    let probe: Vec<u32> = (0..sets.val.count.min(PROBE_IMAGES).min(fit) as u32).collect();
     if !probe.is_empty() {
         let found = probe::probe(gpu, model, values, cfg.pixel_norm, val, &probe)?;
         evidence.relu = found.relu;

@@ -21,7 +21,7 @@ use crate::eval::protocol::{PairProtocol, Validation};
 use crate::eval::verification::Verification;
 use crate::gpu::{DType, Gpu, Profiler, Tensor};
 use crate::model::{ModelTensors, ModelValues, SiameseModel};
-use crate::ops::gather;
+use crate::ops::gather::{self, PackedImages};
 
 /// Everything needed to continue a run: the model's values, optimizer state, steps taken.
 #[derive(Debug, Clone, PartialEq)]
@@ -159,9 +159,9 @@ pub fn train_with(
 /// The dataset on the host and its packed copies on the GPU.
 struct Data {
     sets: Dataset,
-    train: Tensor,
-    val: Tensor,
-    test: Tensor,
+    train: PackedImages,
+    val: PackedImages,
+    test: PackedImages,
 }
 
 impl Data {

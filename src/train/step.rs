@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Kernel, Profiler, Tensor};
 use crate::model::{ModelTensors, SiameseModel, Weights};
 use crate::ops::amp::{self, LossScaleConfig, LossScaler, ScaleState};
-use crate::ops::gather;
+use crate::ops::gather::{self, PackedImages};
 use crate::ops::mining::MiningStats;
 use crate::optim::Optimizer;
 use crate::vocab::{LossKind, Mode, PairLabel, Precision, TRANSFORM_LEN};
@@ -65,7 +65,7 @@ impl<'g> TrainStep<'g> {
         gpu: &'g Gpu,
         model: &SiameseModel,
         cfg: &TrainConfig,
-        images: &Tensor,
+        images: &PackedImages,
         labels: &[u8],
         values: &ModelTensors,
         grads: &Tensor,
@@ -328,7 +328,7 @@ type Augmentation = (AugmentSampler, Tensor, Vec<f32>);
 fn gather_kernel(
     gpu: &Gpu,
     cfg: &TrainConfig,
-    images: &Tensor,
+    images: &PackedImages,
     indices: &Tensor,
     x: &Tensor,
     [h, w]: [usize; 2],
