@@ -28,7 +28,7 @@ use crate::nn::TowerSpec;
 use crate::nn::spec::REFERENCE_TOWER;
 use crate::optim::{OptimizerKind, Schedule};
 use crate::train::TrainConfig;
-use crate::vocab::{Color, Distance, Miner, OnBadImage, PixelNorm, Precision};
+use crate::vocab::{Color, Distance, Miner, OnBadImage, PixelNorm, Precision, Resize};
 
 /// The settings of a run, as written: one field per key, whose doc comment is the flag's help.
 /// `Default` is the reference recipe (each field's `default_value`); fields are `Option` where
@@ -122,6 +122,10 @@ pub struct RunSettings {
     /// Folder images as grey (1 channel) or rgb (3).
     #[arg(long, default_value = "grey")]
     pub color: String,
+    /// Folder images of another size: stretch, shorter-side+center-crop (aspect kept,
+    /// the centre cropped) or pad (aspect kept, black borders).
+    #[arg(long, default_value = "stretch")]
+    pub resize: String,
     /// An unreadable folder image: skip (leave it out, with a warning) or stop.
     #[arg(long, default_value = "skip")]
     pub on_bad_image: String,
@@ -348,6 +352,13 @@ impl RunSettings {
                     )));
                 }
             },
+            resize: Resize::parse(&self.resize).ok_or_else(|| {
+                Error::Config(format!(
+                    "resize: unknown policy `{}`: use {}",
+                    self.resize,
+                    Resize::NAMES
+                ))
+            })?,
             on_bad_image: match self.on_bad_image.to_lowercase().as_str() {
                 "skip" => OnBadImage::Skip,
                 "stop" => OnBadImage::Stop,
@@ -545,6 +556,9 @@ mod tests {
         assert!(refused("image_size", "0x4").contains("image_size: `0x4` is not a size"));
         assert!(refused("color", "cmyk").contains("color: unknown colour `cmyk`"));
         assert!(refused("on_bad_image", "ignore").contains("on_bad_image: unknown policy"));
+        assert!(refused("resize", "crop").contains(
+            "resize: unknown policy `crop`: use stretch, shorter-side+center-crop or pad"
+        ));
         assert!(refused("embedding_dim", "0").contains("embedding_dim must be at least 1"));
         assert!(refused("weight_decay", "-1").contains("weight_decay must be a finite number ≥ 0"));
         assert!(refused("pixel_norm", "standard:0.5:0").contains("pixel_norm:"));

@@ -276,6 +276,33 @@ impl Color {
     }
 }
 
+/// How a folder image of another size is brought to the input size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Resize {
+    /// Scaled to exactly H×W, the aspect ratio changed.
+    #[default]
+    Stretch,
+    /// Scaled (aspect kept) until it covers H×W, then the centre cropped: for a square
+    /// target, torchvision's `Resize(side)` + `CenterCrop(side)`, what face and product
+    /// pipelines use.
+    ShorterSideCenterCrop,
+    /// Scaled (aspect kept) to fit inside H×W, centred, the rest black (letterboxing).
+    Pad,
+}
+
+impl Resize {
+    pub const NAMES: &str = "stretch, shorter-side+center-crop or pad";
+
+    pub fn parse(text: &str) -> Option<Resize> {
+        match text.to_lowercase().as_str() {
+            "stretch" => Some(Resize::Stretch),
+            "shorter-side+center-crop" => Some(Resize::ShorterSideCenterCrop),
+            "pad" => Some(Resize::Pad),
+            _ => None,
+        }
+    }
+}
+
 /// What to do with an image file of a folder dataset that cannot be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnBadImage {

@@ -857,3 +857,226 @@ fn a_corrupt_or_truncated_cache_is_decoded_again_and_an_unwritable_one_is_said()
         loaded.warnings[0]
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// folder images: orientation, conversions, resize policies, class sizes
+
+use image::{ImageEncoder, codecs::png::PngEncoder};
+use siamese_gpu::vocab::{Color, Resize};
+
+/// Writes a PNG of `color` type from raw samples, with an EXIF orientation if given.
+fn write_png(
+    path: &Path,
+    raw: &[u8],
+    (w, h): (u32, u32),
+    color: image::ExtendedColorType,
+    exif: Option<u16>,
+) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut enc = PngEncoder::new(std::fs::File::create(path).unwrap());
+    if let Some(orientation) = exif {
+        // A TIFF header and one IFD entry: tag 0x0112 (Orientation), SHORT, count 1.
+        let mut tiff = vec![
+            b'M', b'M', 0, 42, 0, 0, 0, 8, 0, 1, 0x01, 0x12, 0, 3, 0, 0, 0, 1,
+        ];
+        tiff.extend_from_slice(&orientation.to_be_bytes());
+        tiff.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        enc.set_exif_metadata(tiff).unwrap();
+    }
+    enc.write_image(raw, w, h, color).unwrap();
+}
+
+/// The image of `set` at `i` as `[C, H, W]` bytes.
+fn planes(set: &ImageSet, i: usize) -> Vec<u8> {
+    set.image(i).to_vec()
+}
+
+#[test]
+fn folder_images_are_turned_by_their_exif_orientation_and_converted_by_the_stated_rules() {
+    let tmp = TempDir::new("convert");
+    let root = tmp.path();
+    // Pixels A B / C D, RGB.
+    let [a, b, c, d] = [
+        [200u8, 10, 20],
+        [30, 180, 40],
+        [50, 60, 170],
+        [90, 100, 110],
+    ];
+    let abcd: Vec<u8> = [a, b, c, d].concat();
+    let rgb8 = image::ExtendedColorType::Rgb8;
+    write_png(&root.join("train/a/0.png"), &abcd, (2, 2), rgb8, None);
+    // EXIF 6: shown turned 90° clockwise, C A / D B.
+    write_png(&root.join("train/a/1.png"), &abcd, (2, 2), rgb8, Some(6));
+    // 16-bit: round(v / 257).
+    let wide: Vec<u16> = vec![
+        0,
+        2698,
+        2699,
+        65535,
+        257 * 7,
+        257 * 250,
+        1,
+        128,
+        129,
+        65407,
+        65408,
+        300,
+    ];
+    let bytes: Vec<u8> = wide.iter().flat_map(|v| v.to_ne_bytes()).collect();
+    write_png(
+        &root.join("train/b/0.png"),
+        &bytes,
+        (2, 2),
+        image::ExtendedColorType::Rgb16,
+        None,
+    );
+    // RGBA: the alpha is dropped.
+    let rgba: Vec<u8> = [a, b, c, d]
+        .iter()
+        .zip([0u8, 80, 160, 255])
+        .flat_map(|(p, al)| [p[0], p[1], p[2], al])
+        .collect();
+    write_png(
+        &root.join("train/b/1.png"),
+        &rgba,
+        (2, 2),
+        image::ExtendedColorType::Rgba8,
+        None,
+    );
+    for class in ["a", "b"] {
+        write_png(
+            &root.join(format!("test/{class}/0.png")),
+            &abcd,
+            (2, 2),
+            rgb8,
+            None,
+        );
+    }
+    let load = |color| {
+        let options = DataOptions {
+            color,
+            cache_dir: None,
+            ..DataOptions::default()
+        };
+        let ds = load_with(Some(root), Some(1), &options).unwrap();
+        // Round-robin: a/0, b/0, a/1 for training, b/1 the validation tail.
+        assert_eq!(ds.train.labels, [0, 1, 0]);
+        (ds.train, ds.val)
+    };
+    let as_planes = |pixels: &[[u8; 3]]| -> Vec<u8> {
+        (0..3)
+            .flat_map(|ch| pixels.iter().map(move |p| p[ch]))
+            .collect()
+    };
+    let (train, val) = load(Color::Rgb);
+    assert_eq!(planes(&train, 0), as_planes(&[a, b, c, d]));
+    assert_eq!(
+        planes(&train, 2),
+        as_planes(&[c, a, d, b]),
+        "EXIF orientation 6"
+    );
+    let rounded: Vec<u8> = wide
+        .iter()
+        .map(|&v| ((v as u32 + 128) / 257) as u8)
+        .collect();
+    assert_eq!(&rounded[..4], [0, 10, 11, 255]);
+    let px = |i: usize| [rounded[3 * i], rounded[3 * i + 1], rounded[3 * i + 2]];
+    assert_eq!(
+        planes(&train, 1),
+        as_planes(&[px(0), px(1), px(2), px(3)]),
+        "16-bit"
+    );
+    assert_eq!(planes(&val, 0), as_planes(&[a, b, c, d]), "alpha dropped");
+
+    // Grey: ITU-R 601-2 luma with PIL's rounding, e.g. A = (200, 10, 20) → 68 (0.299·200 + 0.587·10 + 0.114·20 = 67.95).
+    let luma = |p: [u8; 3]| {
+        ((19595 * p[0] as u32 + 38470 * p[1] as u32 + 7471 * p[2] as u32 + 0x8000) >> 16) as u8
+    };
+    assert_eq!(luma(a), 68);
+    let (train, _) = load(Color::Grey);
+    assert_eq!(planes(&train, 0), [a, b, c, d].map(luma));
+    assert_eq!(planes(&train, 2), [c, a, d, b].map(luma));
+}
+
+#[test]
+fn resize_policies_stretch_crop_the_centre_or_pad_with_black() {
+    let tmp = TempDir::new("resize");
+    let root = tmp.path();
+    // 4 wide, 2 high: columns 10, 60, 150, 200 (grey, in RGB).
+    let cols = [10u8, 60, 150, 200];
+    let wide: Vec<u8> = (0..2)
+        .flat_map(|_| cols.iter().flat_map(|&v| [v, v, v]))
+        .collect();
+    let rgb8 = image::ExtendedColorType::Rgb8;
+    for path in [
+        "train/a/0.png",
+        "train/a/1.png",
+        "train/b/0.png",
+        "train/b/1.png",
+        "test/a/0.png",
+        "test/b/0.png",
+    ] {
+        write_png(&root.join(path), &wide, (4, 2), rgb8, None);
+    }
+    let first = |resize| {
+        let options = DataOptions {
+            image_size: Some([2, 2]),
+            resize,
+            cache_dir: None,
+            ..DataOptions::default()
+        };
+        planes(&load_with(Some(root), Some(1), &options).unwrap().train, 0)
+    };
+    // Scaled to cover 2×2 (here: not scaled), the middle two columns kept.
+    assert_eq!(first(Resize::ShorterSideCenterCrop), [60, 150, 60, 150]);
+    // Scaled to fit (2×1), centred: the top row holds the image, the bottom is black.
+    let pad = first(Resize::Pad);
+    assert_eq!(&pad[2..], [0, 0]);
+    assert!(
+        pad[0] < pad[1] && (10..=105).contains(&pad[0]) && (105..=200).contains(&pad[1]),
+        "{pad:?}"
+    );
+    // Stretched: both rows alike, left darker than right.
+    let stretch = first(Resize::Stretch);
+    assert!(
+        stretch[..2] == stretch[2..] && stretch[0] < stretch[1],
+        "{stretch:?}"
+    );
+    assert_eq!(
+        Resize::parse("shorter-side+center-crop"),
+        Some(Resize::ShorterSideCenterCrop)
+    );
+    assert_eq!(Resize::parse("crop"), None);
+}
+
+#[test]
+fn a_class_without_training_images_is_refused_and_one_of_a_single_image_warned() {
+    let tmp = TempDir::new("class-sizes");
+    let root = tmp.path();
+    let px = vec![100u8; 12];
+    let rgb8 = image::ExtendedColorType::Rgb8;
+    for path in [
+        "train/a/0.png",
+        "train/a/1.png",
+        "train/a/2.png",
+        "train/b/0.png",
+        "test/a/0.png",
+        "test/b/0.png",
+    ] {
+        write_png(&root.join(path), &px, (2, 2), rgb8, None);
+    }
+    std::fs::create_dir_all(root.join("train/c")).unwrap();
+    let options = DataOptions {
+        cache_dir: None,
+        ..DataOptions::default()
+    };
+    let err = data_err(load_with(Some(root), Some(1), &options));
+    assert_mentions(&err, &["no image of 1 class(es): c", "--held-out-classes"]);
+    std::fs::remove_dir(root.join("train/c")).unwrap();
+    let ds = load_with(Some(root), Some(1), &options).unwrap();
+    assert_eq!(ds.warnings.len(), 1, "{:?}", ds.warnings);
+    assert_mentions(
+        &ds.warnings[0],
+        &["1 class(es)", "single training image (b)"],
+    );
+}

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use super::idx::{IdxArray, read_idx};
 use crate::error::{Error, Result};
-use crate::vocab::{Color, OnBadImage};
+use crate::vocab::{Color, OnBadImage, Resize};
 
 /// Where the Debian package `dataset-fashion-mnist` installs the files.
 pub const DEFAULT_DATA_DIR: &str = "/usr/share/datasets/fashion-mnist";
@@ -186,6 +186,8 @@ pub struct DataOptions {
     /// image's size). IDX images keep their size: a different one here is an error.
     pub image_size: Option<[usize; 2]>,
     pub color: Color,
+    /// How folder images of another size are brought to `image_size`.
+    pub resize: Resize,
     pub on_bad_image: OnBadImage,
     /// Classes left out of training and validation; the test split keeps only these, so the
     /// model is tested on classes it never saw (the one-shot protocol). Empty: all classes
@@ -352,6 +354,8 @@ pub fn load_with(
         read_folder_sets(&root, options)?
     };
     let (full, test, train_classes, test_classes) = hold_out(full, test, classes, options, &root)?;
+    let mut warnings = warnings;
+    warnings.extend(check_class_sizes(&full, &train_classes, &root)?);
     let v = val.unwrap_or_else(|| default_val(full.count));
     if v == 0 {
         return Err(Error::Config(format!(
@@ -379,6 +383,45 @@ pub fn load_with(
         train_classes,
         test_classes,
         warnings,
+    })
+}
+
+/// Every training class needs images: a class without any (an empty class directory, or a
+/// class only under `test/`) is an error naming it; classes of one image are a warning, since
+/// their Same pairs pair an image with itself.
+fn check_class_sizes(train: &ImageSet, classes: &[String], root: &Path) -> Result<Vec<String>> {
+    let sizes: Vec<usize> = (0..classes.len())
+        .map(|c| train.labels.iter().filter(|&&l| l as usize == c).count())
+        .collect();
+    let named = |n: usize| {
+        let names: Vec<&str> = classes
+            .iter()
+            .zip(&sizes)
+            .filter(|&(_, &size)| size == n)
+            .map(|(c, _)| c.as_str())
+            .collect();
+        (names.len(), names.join(", "))
+    };
+    let (empty, names) = named(0);
+    if empty > 0 {
+        return Err(Error::Data(format!(
+            "the training images of {} hold no image of {empty} class(es): {names}. Every \
+             class needs training images (an empty class directory, or a class only under \
+             test/, gives none): add images, remove the class, or hold it out with \
+             --held-out-classes",
+            root.display()
+        )));
+    }
+    let (single, names) = named(1);
+    Ok(if single > 0 {
+        vec![format!(
+            "{single} class(es) of {} have a single training image ({names}): their Same \
+             pairs pair that image with itself and teach nothing; they serve as negatives \
+             only. Add images of them or remove them",
+            root.display()
+        )]
+    } else {
+        Vec::new()
     })
 }
 

@@ -2,7 +2,8 @@
 //! seconds instead of decoding every image again.
 //!
 //! One file per folder and read settings (`<cache dir>/folders/<key>.cache`, the key a hash
-//! of the folder's canonical path, the image size, colour and unreadable-image policy). The
+//! of the folder's canonical path, the image size, colour, resize and unreadable-image
+//! policy). The
 //! file holds a manifest of what it was decoded from — every image's path, size and
 //! modification time, and the settings — and is used only when the folder's manifest now is
 //! the same, so a changed, added or removed image decodes the folder again and rewrites it.
@@ -54,10 +55,11 @@ impl FolderCache {
     pub fn new(dir: &Path, root: &Path, options: &DataOptions, files: &[String]) -> FolderCache {
         let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
         let settings = format!(
-            "root {}\nimage_size {:?}\ncolor {:?}\non_bad_image {:?}\n",
+            "root {}\nimage_size {:?}\ncolor {:?}\nresize {:?}\non_bad_image {:?}\n",
             root.display(),
             options.image_size,
             options.color,
+            options.resize,
             options.on_bad_image
         );
         let mut manifest = settings.clone().into_bytes();

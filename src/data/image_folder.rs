@@ -15,14 +15,15 @@
 
 use std::path::{Path, PathBuf};
 
-use image::imageops::FilterType;
+use image::imageops::{self, FilterType};
+use image::{DynamicImage, ImageDecoder, RgbImage};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
 use super::dataset::{DataOptions, ImageSet};
 use super::folder_cache::{Decoded, FolderCache};
 use crate::error::{Error, Result};
-use crate::vocab::{Color, OnBadImage};
+use crate::vocab::{Color, OnBadImage, Resize};
 
 /// File extensions read as images (case-insensitive); other files are ignored.
 const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
@@ -221,14 +222,14 @@ fn read_split(
     while size.is_none() && decoded.len() < order.len() {
         let (_, path) = order[decoded.len()];
         let mut first = None;
-        decoded.push(decode(path, options.color, &mut first));
+        decoded.push(decode(path, options.color, options.resize, &mut first));
         *size = first;
         progress.inc(1);
     }
     let fixed = *size;
     decoded.par_extend(order[decoded.len()..].par_iter().map(|&(_, path)| {
         let mut size = fixed;
-        let pixels = decode(path, options.color, &mut size);
+        let pixels = decode(path, options.color, options.resize, &mut size);
         progress.inc(1);
         pixels
     }));
@@ -275,32 +276,97 @@ fn read_split(
     })
 }
 
-/// One image as `[C, H, W]` u8 planes at `size` (set to the image's own size if unset).
+/// One image as `[C, H, W]` u8 planes at `size` (set to the image's own size if unset):
+/// decoded, turned as its EXIF orientation says, converted to 8-bit RGB (see
+/// [`to_rgb8`]), brought to `size` as `resize` says, then kept as RGB planes or turned to
+/// grey by ITU-R 601-2 luma, L = (19595 R + 38470 G + 7471 B + 2¹⁵) >> 16 (PIL's
+/// `convert("L")`, so torchvision's `Grayscale` of the same file gives the same bytes).
 fn decode(
     path: &Path,
     color: Color,
+    resize: Resize,
     size: &mut Option<[usize; 2]>,
 ) -> std::result::Result<Vec<u8>, String> {
-    let img = image::ImageReader::open(path)
+    let mut decoder = image::ImageReader::open(path)
         .map_err(|e| e.to_string())?
         .with_guessed_format()
         .map_err(|e| e.to_string())?
-        .decode()
+        .into_decoder()
         .map_err(|e| e.to_string())?;
-    let [h, w] = *size.get_or_insert([img.height() as usize, img.width() as usize]);
-    let img = if (img.height() as usize, img.width() as usize) == (h, w) {
-        img
-    } else {
-        img.resize_exact(w as u32, h as u32, FilterType::Triangle)
-    };
+    let orientation = decoder.orientation().map_err(|e| e.to_string())?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
+    img.apply_orientation(orientation);
+    let rgb = to_rgb8(&img);
+    let [h, w] = *size.get_or_insert([rgb.height() as usize, rgb.width() as usize]);
+    let rgb = fit(rgb, [h as u32, w as u32], resize);
+    let pixels = rgb.into_raw();
     Ok(match color {
-        Color::Grey => img.to_luma8().into_raw(),
-        Color::Rgb => {
-            // Interleaved RGB → three planes, as the tower's first convolution reads them.
-            let rgb = img.to_rgb8().into_raw();
-            (0..3)
-                .flat_map(|c| rgb.iter().skip(c).step_by(3).copied())
-                .collect()
-        }
+        Color::Grey => pixels
+            .chunks_exact(3)
+            .map(|p| {
+                let l = 19595 * p[0] as u32 + 38470 * p[1] as u32 + 7471 * p[2] as u32;
+                ((l + 0x8000) >> 16) as u8
+            })
+            .collect(),
+        // Interleaved RGB → three planes, as the tower's first convolution reads them.
+        Color::Rgb => (0..3)
+            .flat_map(|c| pixels.iter().skip(c).step_by(3).copied())
+            .collect(),
     })
+}
+
+/// Any decoded image as 8-bit RGB: grey replicated to three channels, alpha dropped (as
+/// PIL's `convert("RGB")`: composite a transparent image yourself if its background
+/// matters), 16-bit channels rounded to 8 bits as round(v / 257) (exact for 8-bit values
+/// stored in 16).
+fn to_rgb8(img: &DynamicImage) -> RgbImage {
+    let wide = img.to_rgb16();
+    let (w, h) = wide.dimensions();
+    let narrow = wide
+        .into_raw()
+        .into_iter()
+        .map(|v| ((v as u32 + 128) / 257) as u8)
+        .collect();
+    RgbImage::from_raw(w, h, narrow).expect("three channels per pixel")
+}
+
+/// `img` brought to `[height, width]`: stretched, scaled to cover and centre-cropped, or
+/// scaled to fit and centred on black. Bilinear (triangle) filtering throughout.
+fn fit(img: RgbImage, [height, width]: [u32; 2], resize: Resize) -> RgbImage {
+    let (w0, h0) = img.dimensions();
+    if (w0, h0) == (width, height) {
+        return img;
+    }
+    let scaled = |scale: f64| {
+        let side = |n: u32| ((n as f64 * scale).round() as u32).max(1);
+        (side(w0), side(h0))
+    };
+    let (sx, sy) = (width as f64 / w0 as f64, height as f64 / h0 as f64);
+    match resize {
+        Resize::Stretch => imageops::resize(&img, width, height, FilterType::Triangle),
+        Resize::ShorterSideCenterCrop => {
+            let (nw, nh) = scaled(sx.max(sy));
+            let (nw, nh) = (nw.max(width), nh.max(height));
+            let big = if (nw, nh) == (w0, h0) {
+                img
+            } else {
+                imageops::resize(&img, nw, nh, FilterType::Triangle)
+            };
+            // torchvision's CenterCrop: the offset rounded, int(round((size − crop) / 2)).
+            let (x, y) = (
+                ((nw - width) as f64 / 2.0).round() as u32,
+                ((nh - height) as f64 / 2.0).round() as u32,
+            );
+            imageops::crop_imm(&big, x, y, width, height).to_image()
+        }
+        Resize::Pad => {
+            let (nw, nh) = scaled(sx.min(sy));
+            let (nw, nh) = (nw.min(width), nh.min(height));
+            let small = imageops::resize(&img, nw, nh, FilterType::Triangle);
+            let mut canvas = RgbImage::new(width, height);
+            let (x, y) = ((width - nw) / 2, (height - nh) / 2);
+            imageops::replace(&mut canvas, &small, x as i64, y as i64);
+            canvas
+        }
+    }
 }
