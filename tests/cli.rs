@@ -1084,3 +1084,125 @@ fn weights_of_another_architecture_are_refused_naming_the_tensors() {
         &["--freeze layer1 names no parameter", "tower.0, tower.1"],
     );
 }
+
+/// An LFW-style tree: `<name>/<name>_000i.png`, four people of four images each, each
+/// person a colour (as write_image_folder's classes).
+fn write_lfw(dir: &Path) {
+    let mut rng = Lcg(11);
+    for (p, name) in ["Ann_A", "Bob_B", "Cid_C", "Dee_D"].iter().enumerate() {
+        let person = dir.join(name);
+        std::fs::create_dir_all(&person).unwrap();
+        for i in 1..=4 {
+            let img = image::RgbImage::from_fn(14, 14, |_, _| {
+                let mut px = [rng.next() / 3; 3];
+                px[p % 3] = px[p % 3].saturating_add(120 + 30 * (p / 3) as u8);
+                image::Rgb(px)
+            });
+            img.save(person.join(format!("{name}_{i:04}.png"))).unwrap();
+        }
+    }
+}
+
+#[test]
+fn eval_scores_an_lfw_pairs_file_by_folds_and_a_csv_at_the_validation_threshold() {
+    let root = TempDir::new("pairs");
+    write_image_folder(&root.path().join("data"));
+    write_lfw(&root.path().join("lfw"));
+    let rgb = [
+        "--color",
+        "rgb",
+        "--image-size",
+        "12x12",
+        "--pairs",
+        "32",
+        "--out",
+        "run",
+    ];
+    assert_ok(&siamese(root.path(), &train_args(&rgb)));
+    // Two folds of 2 Same and 2 Different pairs, spaces and tabs as LFW writes them.
+    std::fs::write(
+        root.path().join("pairs.txt"),
+        "2\t2\nAnn_A\t1\t2\nBob_B 1 3\nAnn_A\t1\tCid_C\t2\nBob_B 4 Dee_D 1\n\
+         Cid_C 1 4\nDee_D 2 3\nAnn_A 3 Bob_B 2\nCid_C 3 Dee_D 4\n",
+    )
+    .unwrap();
+    let eval = |extra: &[&str]| {
+        siamese(
+            root.path(),
+            &args(
+                &[
+                    &["eval", "--checkpoint", "run", "--images", "lfw", "--json"],
+                    extra,
+                ]
+                .concat(),
+            ),
+        )
+    };
+    let out = eval(&["--pairs-file", "pairs.txt"]);
+    assert_ok(&out);
+    let text = stdout(&out);
+    assert!(text.contains("pairs: 8 (4 Same, 4 Different)"), "{text}");
+    assert!(text.contains("2-fold accuracy "), "{text}");
+    let result: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(result["folds"], 2);
+    let accuracies = result["fold_accuracies"].as_array().unwrap();
+    assert_eq!(accuracies.len(), 2);
+    let mean = accuracies.iter().map(|a| a.as_f64().unwrap()).sum::<f64>() / 2.0;
+    assert!((result["fold_accuracy_mean"].as_f64().unwrap() - mean).abs() < 1e-12);
+    assert!(result["roc_auc"].as_f64().unwrap() >= 0.0);
+
+    // A CSV has no folds: scored at the run's validation threshold.
+    std::fs::write(
+        root.path().join("pairs.csv"),
+        "path_a,path_b,label\n# people\nAnn_A/Ann_A_0001.png,Ann_A/Ann_A_0004.png,same\n\
+         Ann_A/Ann_A_0001.png,Bob_B/Bob_B_0001.png,different\n",
+    )
+    .unwrap();
+    let out = eval(&["--pairs-file", "pairs.csv"]);
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains("chosen on the run's validation pairs"),
+        "{}",
+        stdout(&out)
+    );
+    // With --folds, the CSV is cut into contiguous folds.
+    assert!(
+        stdout(&eval(&["--pairs-file", "pairs.csv", "--folds", "2"])).contains("2-fold accuracy")
+    );
+
+    // Bad input names the line.
+    std::fs::write(
+        root.path().join("bad.txt"),
+        "1 1\nAnn_A 1 9\nAnn_A 1 Bob_B 1\n",
+    )
+    .unwrap();
+    assert_refused(
+        &eval(&["--pairs-file", "bad.txt"]),
+        &["bad.txt line 2", "no image lfw/Ann_A/Ann_A_0009.jpg"],
+    );
+    std::fs::write(
+        root.path().join("bad.txt"),
+        "1 1\nAnn_A 1 Bob_B 1\nAnn_A 1 2\n",
+    )
+    .unwrap();
+    assert_refused(
+        &eval(&["--pairs-file", "bad.txt"]),
+        &["bad.txt line 2", "expected a Same pair `name i j`"],
+    );
+    std::fs::write(
+        root.path().join("bad.csv"),
+        "Ann_A/Ann_A_0001.png,Bob_B/Bob_B_0001.png,maybe\n",
+    )
+    .unwrap();
+    assert_refused(
+        &eval(&["--pairs-file", "bad.csv"]),
+        &[
+            "bad.csv line 1",
+            "the label `maybe` is neither same nor different",
+        ],
+    );
+    assert_refused(
+        &eval(&["--pairs-file", "pairs.txt", "--folds", "4"]),
+        &["has 2 folds of its own"],
+    );
+}

@@ -1080,3 +1080,62 @@ fn a_class_without_training_images_is_refused_and_one_of_a_single_image_warned()
         &["1 class(es)", "single training image (b)"],
     );
 }
+
+#[test]
+fn a_pairs_file_is_read_with_its_folds_and_its_counts_checked_against_the_header() {
+    use siamese_gpu::data::pairs_file;
+    let tmp = TempDir::new("pairs-file");
+    let root = tmp.path();
+    for (name, n) in [("Ann", 2), ("Bob", 1)] {
+        for i in 1..=n {
+            write_png(
+                &root.join(format!("{name}/{name}_{i:04}.png")),
+                &[9; 12],
+                (2, 2),
+                image::ExtendedColorType::Rgb8,
+                None,
+            );
+        }
+    }
+    let file = root.join("pairs.txt");
+    std::fs::write(&file, "2 1\nAnn 1 2\nAnn 1 Bob 1\nAnn 2 1\nBob 1 Ann 2\n").unwrap();
+    let list = pairs_file::read(&file, root).unwrap();
+    assert_eq!(list.len(), 4);
+    assert_eq!(list.folds, [0, 0, 1, 1]);
+    assert_eq!(list.fold_count, 2);
+    assert_eq!(list.images.len(), 3, "each image once");
+    assert_eq!(
+        (list.a.clone(), list.b.clone()),
+        (vec![0, 0, 1, 2], vec![1, 2, 0, 1])
+    );
+    assert_eq!(
+        list.labels,
+        [
+            PairLabel::Same,
+            PairLabel::Different,
+            PairLabel::Same,
+            PairLabel::Different
+        ]
+    );
+
+    let refused = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        data_err(pairs_file::read(&file, root))
+    };
+    assert_mentions(
+        &refused("2 1\nAnn 1 2\nAnn 1 Bob 1\n"),
+        &["promises 2 fold(s)", "but 2 follow"],
+    );
+    assert_mentions(
+        &refused("1 1\nAnn 1 2\nAnn 1 Bob 1\nAnn 2 1\n"),
+        &["line 4", "one more"],
+    );
+    assert_mentions(
+        &refused("one two\n"),
+        &["line 1", "not LFW's header", ".csv extension"],
+    );
+    assert_mentions(
+        &refused("1 1\nAnn 1 x\nAnn 1 Bob 1\n"),
+        &["line 2", "`x` is not an image number"],
+    );
+}

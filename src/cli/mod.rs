@@ -9,6 +9,7 @@ mod devices;
 mod embed;
 mod eval;
 mod output;
+mod pairs_eval;
 mod sweep;
 mod train;
 

@@ -197,6 +197,31 @@ fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// Decodes `paths` on all cores into one `[count, C, H, W]` u8 set at `size`, as the
+/// folder's images are (colour, resize policy); an unreadable image is an error naming it.
+pub fn decode_images(
+    paths: &[PathBuf],
+    options: &DataOptions,
+    size: [usize; 2],
+) -> Result<Vec<u8>> {
+    let progress = ProgressBar::new(paths.len() as u64).with_style(
+        ProgressStyle::with_template("decoding {pos}/{len} images {wide_bar} {eta}")
+            .expect("a valid template"),
+    );
+    let decoded: Vec<_> = paths
+        .par_iter()
+        .map(|path| {
+            let pixels = decode(path, options.color, options.resize, &mut Some(size));
+            progress.inc(1);
+            pixels.map_err(|why| {
+                Error::Data(format!("cannot read the image {}: {why}", path.display()))
+            })
+        })
+        .collect();
+    progress.finish_and_clear();
+    Ok(decoded.into_iter().collect::<Result<Vec<_>>>()?.concat())
+}
+
 /// Decodes one split, round-robin over the classes (`per_class`: each class's files).
 /// `size` is fixed by the first image decoded when the options leave it open; the rest are
 /// decoded in parallel, and kept or refused in order.

@@ -9,4 +9,5 @@ pub mod folder_cache;
 pub mod idx;
 #[cfg(feature = "images")]
 pub mod image_folder;
+pub mod pairs_file;
 pub mod sampler;

@@ -4,6 +4,7 @@ pub mod doctor;
 pub mod embed;
 pub mod embedding_metrics;
 pub mod embedding_stats;
+pub mod folds;
 pub mod oneshot;
 pub mod probe;
 pub mod protocol;

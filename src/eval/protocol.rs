@@ -91,49 +91,19 @@ impl<'g> PairProtocol<'g> {
         Ok(Some(verification::pair_accuracy(&scores, &pairs.labels, t)))
     }
 
-    /// A score per pair from the embeddings of the images the pairs use (each embedded once).
     fn scores(
         &self,
         embedder: &Embedder,
         images: &PackedImages,
         pairs: &PairBatch,
     ) -> Result<Vec<f32>> {
-        let mut used: Vec<u32> = pairs.a.iter().chain(&pairs.b).copied().collect();
-        used.sort_unstable();
-        used.dedup();
-        let e = embedder.embed_indices(images, &used)?;
-        let d = embedder.dim();
-        let row = |i: u32| {
-            let k = used
-                .binary_search(&i)
-                .expect("every pair image was embedded");
-            &e[k * d..(k + 1) * d]
-        };
-        // The pairs' rows side by side, scored by the CPU references of the kernels the
-        // model trains with (evaluation pairs are few: 10,000 × D).
-        let gather_rows = |ids: &[u32]| {
-            ids.iter()
-                .flat_map(|&i| row(i))
-                .copied()
-                .collect::<Vec<f32>>()
-        };
-        let (a, b, n) = (gather_rows(&pairs.a), gather_rows(&pairs.b), pairs.a.len());
-        if self.model.config.loss == LossKind::Bce {
-            let flat = self.gpu.read_f32(&self.params)?;
-            let (w, bias) = self
-                .model
-                .head_weights(&flat)
-                .expect("a BCE model has a head");
-            let diff = cpu::distance::abs_diff_forward(&a, &b, n, d);
-            let logits = cpu::dense::dense_forward(&diff, w, &[bias], n, d, 1);
-            return Ok(logits.into_iter().map(|z| -z).collect());
-        }
-        Ok(match self.model.config.distance {
-            Distance::Euclidean => cpu::distance::euclidean_forward(&a, &b, n, d),
-            Distance::SquaredEuclidean => cpu::distance::squared_euclidean_forward(&a, &b, n, d),
-            Distance::L1 => cpu::distance::l1_forward(&a, &b, n, d),
-            Distance::Cosine => cpu::distance::cosine_forward(&a, &b, n, d),
-        })
+        pair_scores(
+            self.gpu,
+            &self.params,
+            &self.model,
+            (embedder, images),
+            pairs,
+        )
     }
 
     /// Scores the validation pairs of the packed validation `images`.
@@ -175,4 +145,49 @@ impl<'g> PairProtocol<'g> {
         );
         Ok((v, scores))
     }
+}
+
+/// A score per pair of `pairs` (indices into the packed `images`) from the embeddings
+/// of the images they use (each embedded once): the distance, or the BCE head's negated
+/// logit; lower is more alike.
+pub fn pair_scores(
+    gpu: &Gpu,
+    params: &Tensor,
+    model: &SiameseModel,
+    (embedder, images): (&Embedder, &PackedImages),
+    pairs: &PairBatch,
+) -> Result<Vec<f32>> {
+    let mut used: Vec<u32> = pairs.a.iter().chain(&pairs.b).copied().collect();
+    used.sort_unstable();
+    used.dedup();
+    let e = embedder.embed_indices(images, &used)?;
+    let d = embedder.dim();
+    let row = |i: u32| {
+        let k = used
+            .binary_search(&i)
+            .expect("every pair image was embedded");
+        &e[k * d..(k + 1) * d]
+    };
+    // The pairs' rows side by side, scored by the CPU references of the kernels the
+    // model trains with (evaluation pairs are few: 10,000 × D).
+    let gather_rows = |ids: &[u32]| {
+        ids.iter()
+            .flat_map(|&i| row(i))
+            .copied()
+            .collect::<Vec<f32>>()
+    };
+    let (a, b, n) = (gather_rows(&pairs.a), gather_rows(&pairs.b), pairs.a.len());
+    if model.config.loss == LossKind::Bce {
+        let flat = gpu.read_f32(params)?;
+        let (w, bias) = model.head_weights(&flat).expect("a BCE model has a head");
+        let diff = cpu::distance::abs_diff_forward(&a, &b, n, d);
+        let logits = cpu::dense::dense_forward(&diff, w, &[bias], n, d, 1);
+        return Ok(logits.into_iter().map(|z| -z).collect());
+    }
+    Ok(match model.config.distance {
+        Distance::Euclidean => cpu::distance::euclidean_forward(&a, &b, n, d),
+        Distance::SquaredEuclidean => cpu::distance::squared_euclidean_forward(&a, &b, n, d),
+        Distance::L1 => cpu::distance::l1_forward(&a, &b, n, d),
+        Distance::Cosine => cpu::distance::cosine_forward(&a, &b, n, d),
+    })
 }
