@@ -6,7 +6,8 @@
 //! Each batch is timed side by side in one run, with ratios printed: the storage-buffer
 //! kernels throughout (the engine before the texel kernels), the default per-adapter choice
 //! (`auto`: on lavapipe, the texel kernels throughout), and `auto` under mixed precision
-//! (`--precision mixed`, where the adapter has f16 shaders).
+//! (`--precision mixed`, where the adapter has f16 shaders); then `auto` with the images in
+//! host memory, each batch staged and uploaded (a dataset over `--gpu-data-budget`).
 //!
 //! `cargo bench --bench train`; `SIAMESE_BENCH_BATCHES=128` picks the batches. Uses
 //! Fashion-MNIST when installed, random images of the same size otherwise (the speed does
@@ -57,6 +58,7 @@ fn main() {
     };
     let count = labels.len();
     let packed = gather::upload_images(&gpu, &images, count, 784).expect("upload the images");
+    let host = PackedImages::on_host(&images, count, 784).expect("the images in host memory");
 
     for &batch in &batches {
         let cfg = TrainConfig {
@@ -103,6 +105,19 @@ fn main() {
                 mixed / rates[1]
             );
         }
+        // The same steps with the images in host memory, each batch staged and uploaded.
+        gpu.set_kernel_path(KernelPath::Auto);
+        let streamed = train_rate(&gpu, &model, &cfg, &host, &labels);
+        println!(
+            "train   batch {batch:>4} pairs  streamed from host memory {streamed:>8.1} pairs/s, \
+             streamed / resident (auto f32) = {:.2}x",
+            streamed / rates[1]
+        );
+        println!(
+            "{{\"kind\":\"train\",\"batch\":{batch},\"kernels\":\"auto\",\"precision\":\"f32\",\"images\":\"host\",\"pairs_per_sec\":{streamed:.2},\"ratio_to_resident\":{:.3},\"adapter\":\"{}\",\"driver\":\"{driver}\"}}",
+            streamed / rates[1],
+            a.name
+        );
         let values =
             ModelTensors::upload(&gpu, &model, &ModelValues::init(&model, 0)).expect("parameters");
 
@@ -130,12 +145,13 @@ fn main() {
 
 /// The residual towers with BatchNorm: `resnet-small` on the 28×28 images and `resnet18` on
 /// 64×64 RGB (random pixels: the speed does not depend on them), pairs/s of the default
-/// kernels in f32 at the batches of `SIAMESE_BENCH_RESNET_BATCHES` (default 64,128); the
-/// same shapes as `scripts/bench_towers.py` times PyTorch on, for the ratio.
+/// kernels in f32 at the batches of `SIAMESE_BENCH_RESNET_BATCHES` (default 64,128; empty
+/// for none); the same shapes as `scripts/bench_towers.py` times PyTorch on, for the ratio.
 fn residual_towers(gpu: &Gpu, grey: (&PackedImages, &[u8]), driver: &str) {
     let batches: Vec<usize> = std::env::var("SIAMESE_BENCH_RESNET_BATCHES")
         .unwrap_or_else(|_| "64,128".into())
         .split(',')
+        .filter(|s| !s.trim().is_empty())
         .map(|s| {
             s.trim()
                 .parse()

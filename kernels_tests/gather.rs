@@ -461,3 +461,65 @@ fn a_dataset_needing_more_shards_than_a_gather_reads_is_refused_saying_what_to_d
     };
     assert!(err.contains("one image of 8 pixels takes 8 bytes"), "{err}");
 }
+
+/// A set in host memory, staged into slots, gathers (plain and through transforms) exactly
+/// as the resident set does at the same images; gathering from it unstaged is refused.
+#[test]
+fn a_host_set_staged_into_slots_gathers_as_the_resident_set_does() {
+    let (n, chw, m) = (12, [1, 6, 5], 20);
+    let [c, h, w] = chw;
+    let pixels = c * h * w;
+    let mut r = rng(91);
+    let bytes = random_images(&mut r, n, pixels);
+    let indices: Vec<u32> = (0..m).map(|_| r.random_range(0..n as u32)).collect();
+    let rows: Vec<f32> = (0..m)
+        .flat_map(|_| {
+            let mut t = [0f32; TRANSFORM_LEN];
+            t[0] = r.random_range(0.8..1.2);
+            t[2] = r.random_range(-2.0..2.0);
+            t[4] = r.random_range(0.8..1.2);
+            t[5] = r.random_range(-2.0..2.0);
+            t
+        })
+        .collect();
+    let transforms = upload(&rows, &[m, TRANSFORM_LEN]);
+    let norm = PixelNorm::standardize(0.2860, 0.3530);
+    let run = |images: &gather::PackedImages, idx: &[u32]| {
+        let idx = gpu().upload_u32(idx, &[m]).unwrap();
+        let out = zeros_as(&[m, c, h, w], DType::F32);
+        let plain = run_and_read_floats(
+            &gather::gather_images(gpu(), images, &idx, &out, norm).unwrap(),
+            &out,
+        );
+        let affine = run_and_read_floats(
+            &gather::gather_images_affine(
+                gpu(),
+                images,
+                &idx,
+                &transforms,
+                &out,
+                norm,
+                FillMode::Nearest,
+            )
+            .unwrap(),
+            &out,
+        );
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        (bits(&plain), bits(&affine))
+    };
+    let resident = gather::upload_images(gpu(), &bytes, n, pixels).unwrap();
+    let host = gather::PackedImages::on_host(&bytes, n, pixels).unwrap();
+    assert!(resident.is_resident() && !host.is_resident());
+    assert!(resident.stager(gpu(), m).unwrap().is_none());
+    let mut stager = host.stager(gpu(), m).unwrap().expect("a host set stages");
+    stager.stage(gpu(), &indices).unwrap();
+    assert!(run(stager.images(), &stager.slots()) == run(&resident, &indices));
+
+    let idx = gpu().upload_u32(&indices, &[m]).unwrap();
+    let out = zeros_as(&[m, c, h, w], DType::F32);
+    let err = match gather::gather_images(gpu(), &host, &idx, &out, norm) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a host set gathered unstaged"),
+    };
+    assert!(err.contains("host memory"), "{err}");
+}

@@ -179,6 +179,12 @@ pub struct RunSettings {
     #[arg(long)]
     #[serde(skip_serializing_if = "is_false")]
     pub init_allow_mismatch: bool,
+    /// Packed images the GPU holds (bytes, or with K, M, G: KiB, MiB, GiB); a split beyond it
+    /// stays in host memory and each batch is uploaded as it is needed [default: what four
+    /// storage bindings hold, at most 2 GiB].
+    #[arg(long, value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_data_budget: Option<String>,
     /// Keep the parameters under this name prefix as they are (repeatable: --freeze layer1
     /// --freeze layer2); frozen BatchNorm layers keep their running statistics.
     #[arg(long, value_name = "NAME_PREFIX")]
@@ -316,6 +322,11 @@ impl RunSettings {
             },
             precision: self.precision.parse()?,
             freeze: self.freeze.clone(),
+            gpu_data_budget: self
+                .gpu_data_budget
+                .as_deref()
+                .map(parse_bytes)
+                .transpose()?,
             ..TrainConfig::default()
         };
         cfg.optimizer.kind = OptimizerKind::named(&self.optimizer)?;
@@ -393,10 +404,12 @@ impl RunSettings {
     /// budget, which may grow. One JSON line, stored in the checkpoint.
     pub fn fingerprint(&self) -> String {
         let mut value = serde_json::to_value(self).expect("settings serialise to JSON");
-        // The budget may grow; where the decoded images are cached does not change the run.
+        // The budget may grow; where the decoded images are cached, and whether they are
+        // resident on the GPU, do not change the run.
         let object = value.as_object_mut().expect("an object");
         object.remove("pairs");
         object.remove("cache_dir");
+        object.remove("gpu_data_budget");
         value.to_string()
     }
 
@@ -457,6 +470,35 @@ pub fn parse_pixel_norm(s: &str) -> Result<PixelNorm> {
         }
         _ => Err(bad()),
     }
+}
+
+/// A byte count: digits, optionally followed by K, M or G (KiB, MiB, GiB).
+fn parse_bytes(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((at, _)) => t.split_at(at),
+        None => (t, ""),
+    };
+    let shift = match unit
+        .to_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        _ => u32::MAX,
+    };
+    match digits.parse::<u64>() {
+        Ok(n) if shift != u32::MAX => n.checked_shl(shift).filter(|&b| b >> shift == n),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        Error::Config(format!(
+            "gpu_data_budget: `{text}` is not a size in bytes (e.g. 536870912, 512M or 2G)"
+        ))
+    })
 }
 
 /// `HxW`, or `N` for N×N; both at least 1.
@@ -555,6 +597,10 @@ mod tests {
         };
         assert!(refused("image_size", "0x4").contains("image_size: `0x4` is not a size"));
         assert!(refused("color", "cmyk").contains("color: unknown colour `cmyk`"));
+        assert!(refused("gpu_data_budget", "12X").contains("`12X` is not a size in bytes"));
+        assert_eq!(parse_bytes("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_bytes("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_bytes("1000").unwrap(), 1000);
         assert!(refused("on_bad_image", "ignore").contains("on_bad_image: unknown policy"));
         assert!(refused("resize", "crop").contains(
             "resize: unknown policy `crop`: use stretch, shorter-side+center-crop or pad"

@@ -1206,3 +1206,26 @@ fn eval_scores_an_lfw_pairs_file_by_folds_and_a_csv_at_the_validation_threshold(
         &["has 2 folds of its own"],
     );
 }
+
+#[test]
+fn a_gpu_data_budget_below_the_dataset_streams_it_and_says_so() {
+    let root = TempDir::new("budget");
+    write_idx_dataset(&root.path().join("data"), 16);
+    let out = siamese(
+        root.path(),
+        &train_args(&["--gpu-data-budget", "1K", "--pairs", "32"]),
+    );
+    assert_ok(&out);
+    for split in ["validation", "test", "training"] {
+        assert!(
+            stderr(&out).contains(&format!("the {split} images (")),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert!(stderr(&out).contains("stay in host memory, each batch uploaded"));
+    assert_refused(
+        &siamese(root.path(), &train_args(&["--gpu-data-budget", "lots"])),
+        &["gpu_data_budget: `lots` is not a size in bytes"],
+    );
+}

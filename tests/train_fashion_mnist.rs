@@ -113,10 +113,11 @@ fn a_seeded_run_repeats_its_loss_curve_exactly() {
 }
 
 /// A training set over one storage binding — the limit lowered to 40 MiB, so Fashion-MNIST's
-/// 59,000 training images (46 MB packed) take two buffers — trains to the losses and
-/// weights of the same run from one buffer, bit for bit.
+/// 59,000 training images (46 MB packed) take two buffers — and a dataset over the GPU data
+/// budget, streamed from host memory, train to the losses and weights of the same run from
+/// one resident buffer, bit for bit.
 #[test]
-fn a_training_set_over_one_storage_binding_trains_as_from_one_buffer() {
+fn a_dataset_split_over_bindings_or_streamed_from_the_host_trains_as_one_buffer_does() {
     if !data_present() {
         return;
     }
@@ -150,6 +151,17 @@ fn a_training_set_over_one_storage_binding_trains_as_from_one_buffer() {
     assert_eq!(whole.losses, split.losses);
     assert!(whole.values.params == split.values.params);
     assert_eq!(whole.test.accuracy, split.test.accuracy);
+
+    // A GPU data budget of one byte: every split stays in host memory, each batch (and
+    // each evaluation chunk) staged as it is needed — the same run again.
+    let streamed = run(&TrainConfig {
+        gpu_data_budget: Some(1),
+        ..cfg
+    });
+    assert_eq!(whole.losses, streamed.losses);
+    assert!(whole.values.params == streamed.values.params);
+    assert_eq!(whole.test.accuracy, streamed.test.accuracy);
+    assert_eq!(whole.val_roc_auc, streamed.val_roc_auc);
 }
 
 /// Weights saved after training, loaded back and evaluated again, give the figures the run

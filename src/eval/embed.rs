@@ -5,7 +5,7 @@ use crate::autograd::Tape;
 use crate::error::Result;
 use crate::gpu::{DType, Gpu, Kernel, Tensor};
 use crate::model::{ModelTensors, SiameseModel};
-use crate::ops::gather::{self, PackedImages};
+use crate::ops::gather::{self, PackedImages, Stager};
 use crate::vocab::PixelNorm;
 
 /// A built embedding program for chunks of images.
@@ -77,8 +77,14 @@ impl<'g> Embedder<'g> {
         indices: &[u32],
         done: &mut dyn FnMut(usize),
     ) -> Result<Vec<f32>> {
+        // A set in host memory is staged a chunk at a time and gathered at slots 0..chunk.
+        let mut stager = images.stager(self.gpu, self.chunk)?;
+        let source = stager.as_ref().map_or(images, Stager::images);
+        if let Some(s) = &stager {
+            self.gpu.write_u32(&self.indices, &s.slots())?;
+        }
         let gather =
-            gather::gather_images(self.gpu, images, &self.indices, &self.input, self.norm)?;
+            gather::gather_images(self.gpu, source, &self.indices, &self.input, self.norm)?;
         let mut out = Vec::with_capacity(indices.len() * self.dim);
         for chunk in indices.chunks(self.chunk) {
             // A short last chunk repeats its last image to fill the fixed batch; those rows
@@ -87,7 +93,10 @@ impl<'g> Embedder<'g> {
             let idx: Vec<u32> = (0..self.chunk)
                 .map(|i| chunk.get(i).copied().unwrap_or(last))
                 .collect();
-            self.gpu.write_u32(&self.indices, &idx)?;
+            match stager.as_mut() {
+                Some(s) => s.stage(self.gpu, &idx)?,
+                None => self.gpu.write_u32(&self.indices, &idx)?,
+            }
             let mut rec = self.gpu.recorder();
             rec.record(&gather);
             for k in &self.forward {

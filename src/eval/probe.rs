@@ -18,7 +18,7 @@ use crate::eval::doctor::ReluActivity;
 use crate::gpu::{DType, Gpu, Tensor};
 use crate::model::{ModelTensors, SiameseModel};
 use crate::ops::activation::Activation;
-use crate::ops::gather::{self, PackedImages};
+use crate::ops::gather::{self, PackedImages, Stager};
 use crate::vocab::PixelNorm;
 
 /// What a probe found: every ReLU layer's activity, and for every BatchNorm layer (in
@@ -41,9 +41,18 @@ pub fn probe(
 ) -> Result<Probe> {
     let [c, h, w] = model.config.input;
     let n = indices.len();
-    let idx = gpu.upload_u32(indices, &[n])?;
+    // A set in host memory is staged and gathered at slots 0..n.
+    let mut stager = images.stager(gpu, n)?;
+    let idx = match stager.as_mut() {
+        Some(s) => {
+            s.stage(gpu, indices)?;
+            gpu.upload_u32(&s.slots(), &[n])?
+        }
+        None => gpu.upload_u32(indices, &[n])?,
+    };
+    let source = stager.as_ref().map_or(images, Stager::images);
     let input = gpu.zeros(&[n, c, h, w], DType::F32)?;
-    let gather = gather::gather_images(gpu, images, &idx, &input, norm)?;
+    let gather = gather::gather_images(gpu, source, &idx, &input, norm)?;
     let mut tape = Tape::new(gpu);
     let x = tape.input(input);
     model

@@ -5,6 +5,8 @@
 //! The batch `out` is f32, or f16 for mixed precision (the shader's f16 variant computes in
 //! f32 and rounds once on the store); pixels stay packed u8, transforms f32.
 
+use std::sync::Arc;
+
 use bytemuck::{Pod, Zeroable};
 
 use super::{expect, float_dtype, to_u32};
@@ -59,18 +61,36 @@ pub fn pack_images(bytes: &[u8], count: usize, pixels: usize) -> Vec<u32> {
 /// under the 8 every adapter allows a shader stage).
 pub const MAX_SHARDS: usize = 4;
 
-/// A dataset resident on the GPU as packed u8 (see [`pack_images`]), split over as many
+/// A packed u8 dataset (see [`pack_images`]): resident on the GPU, split over as many
 /// storage buffers ("shards", each a whole number of images) as the adapter's largest
-/// storage binding requires.
+/// storage binding requires; or, for a set over the GPU data budget, kept in host memory and
+/// staged batch by batch into a small GPU set (see [`Stager`]).
 pub struct PackedImages {
-    shards: Vec<Tensor>,
-    /// Images per shard (the last may hold fewer).
-    per_shard: usize,
+    place: Place,
     count: usize,
     words: usize,
 }
 
+enum Place {
+    Device {
+        shards: Vec<Tensor>,
+        /// Images per shard (the last may hold fewer).
+        per_shard: usize,
+    },
+    Host(Arc<[u32]>),
+}
+
 impl PackedImages {
+    /// `count` images of `pixels` bytes each, packed and kept in host memory.
+    pub fn on_host(bytes: &[u8], count: usize, pixels: usize) -> Result<PackedImages> {
+        check_bytes(bytes, count, pixels)?;
+        Ok(PackedImages {
+            place: Place::Host(pack_images(bytes, count, pixels).into()),
+            count,
+            words: pixels.div_ceil(4),
+        })
+    }
+
     /// Images held.
     pub fn count(&self) -> usize {
         self.count
@@ -81,16 +101,140 @@ impl PackedImages {
         self.words
     }
 
-    /// Storage buffers the images are split over.
-    pub fn shards(&self) -> usize {
-        self.shards.len()
+    /// Whether the images are on the GPU (else in host memory, to be staged).
+    pub fn is_resident(&self) -> bool {
+        matches!(self.place, Place::Device { .. })
     }
 
-    /// The four bindings a gather reads, unused ones bound to the first shard.
-    fn bindings(&self) -> [(u32, &Tensor); MAX_SHARDS] {
-        let shard = |i: usize| self.shards.get(i).unwrap_or(&self.shards[0]);
-        [(1, shard(0)), (5, shard(1)), (6, shard(2)), (7, shard(3))]
+    /// Storage buffers the images are split over (0 in host memory).
+    pub fn shards(&self) -> usize {
+        match &self.place {
+            Place::Device { shards, .. } => shards.len(),
+            Place::Host(_) => 0,
+        }
     }
+
+    /// For a set in host memory, a stager of `slots` images at a time; None when resident
+    /// (gathers read the set itself).
+    pub fn stager(&self, gpu: &Gpu, slots: usize) -> Result<Option<Stager>> {
+        let Place::Host(host) = &self.place else {
+            return Ok(None);
+        };
+        let staging = gpu.zeros(&[slots, self.words], DType::U32)?;
+        Ok(Some(Stager {
+            host: host.clone(),
+            staging: PackedImages {
+                place: Place::Device {
+                    shards: vec![staging],
+                    per_shard: slots,
+                },
+                count: slots,
+                words: self.words,
+            },
+            scratch: Vec::with_capacity(slots * self.words),
+        }))
+    }
+
+    /// The four bindings a gather reads, unused ones bound to the first shard; a set in
+    /// host memory must be staged first.
+    fn bindings(&self, op: &'static str) -> Result<[(u32, &Tensor); MAX_SHARDS]> {
+        let Place::Device { shards, .. } = &self.place else {
+            return Err(Error::Shape {
+                op,
+                detail: "the images are in host memory: gather from their stager's set".into(),
+            });
+        };
+        let shard = |i: usize| shards.get(i).unwrap_or(&shards[0]);
+        Ok([(1, shard(0)), (5, shard(1)), (6, shard(2)), (7, shard(3))])
+    }
+
+    fn per_shard(&self) -> usize {
+        match &self.place {
+            Place::Device { per_shard, .. } => *per_shard,
+            Place::Host(_) => self.count,
+        }
+    }
+}
+
+/// Stages images of a host set into a GPU set of a fixed number of slots: slot m holds the
+/// image [`stage`](Self::stage) was given at m, so a gather from [`images`](Self::images) at
+/// indices 0, 1, … reads exactly what a gather from the whole set at those images would.
+/// The write is a queue write: ordered after every submission before it (which still read
+/// the previous images) and before the next, so staging step t + 1 on the host overlaps
+/// step t on the GPU, and a step stays one submission.
+pub struct Stager {
+    host: Arc<[u32]>,
+    staging: PackedImages,
+    scratch: Vec<u32>,
+}
+
+impl Stager {
+    /// The GPU set a gather binds.
+    pub fn images(&self) -> &PackedImages {
+        &self.staging
+    }
+
+    /// Slot indices 0..slots, what the gather reads the staged images at.
+    pub fn slots(&self) -> Vec<u32> {
+        (0..self.staging.count as u32).collect()
+    }
+
+    /// Copies images `indices` (at most the stager's slots) into slots 0.., for the next
+    /// submission.
+    pub fn stage(&mut self, gpu: &Gpu, indices: &[u32]) -> Result<()> {
+        let words = self.staging.words;
+        if indices.len() > self.staging.count {
+            return Err(Error::Shape {
+                op: "stage",
+                detail: format!("{} images for {} slots", indices.len(), self.staging.count),
+            });
+        }
+        self.scratch.clear();
+        for &i in indices {
+            let at = i as usize * words;
+            let image = self.host.get(at..at + words).ok_or_else(|| Error::Shape {
+                op: "stage",
+                detail: format!("image {i} of a set of {}", self.host.len() / words),
+            })?;
+            self.scratch.extend_from_slice(image);
+        }
+        let Place::Device { shards, .. } = &self.staging.place else {
+            unreachable!("a staging set is on the device")
+        };
+        gpu.write_u32(&shards[0], &self.scratch)
+    }
+}
+
+fn check_bytes(bytes: &[u8], count: usize, pixels: usize) -> Result<()> {
+    if bytes.len() != count * pixels || count == 0 {
+        return Err(Error::Shape {
+            op: "upload_images",
+            detail: format!(
+                "{} bytes are not {count} images of {pixels} pixels (at least one)",
+                bytes.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The bytes `count` images of `pixels` bytes take packed, and the shards a device with
+/// storage bindings of `binding_bytes` needs for them (0 if one image is over a binding).
+pub fn packed_size(count: usize, pixels: usize, binding_bytes: u64) -> (u64, usize) {
+    let (image_bytes, per_shard) = shard_plan(count, pixels, binding_bytes);
+    let shards = if per_shard == 0 {
+        0
+    } else {
+        count.div_ceil(per_shard)
+    };
+    (count as u64 * image_bytes, shards)
+}
+
+/// Bytes per packed image, and whole images per shard of `binding_bytes`.
+fn shard_plan(count: usize, pixels: usize, binding_bytes: u64) -> (u64, usize) {
+    let image_bytes = 4 * pixels.div_ceil(4) as u64;
+    let per_shard = (binding_bytes / image_bytes).min(count as u64) as usize;
+    (image_bytes, per_shard)
 }
 
 /// Uploads `count` images of `pixels` bytes each, packed, in as many shards as the device's
@@ -113,19 +257,9 @@ pub fn upload_images_in_shards(
     pixels: usize,
     shard_bytes: u64,
 ) -> Result<PackedImages> {
-    const OP: &str = "upload_images";
-    if bytes.len() != count * pixels || count == 0 {
-        return Err(Error::Shape {
-            op: OP,
-            detail: format!(
-                "{} bytes are not {count} images of {pixels} pixels (at least one)",
-                bytes.len()
-            ),
-        });
-    }
+    check_bytes(bytes, count, pixels)?;
     let words = pixels.div_ceil(4);
-    let image_bytes = 4 * words as u64;
-    let per_shard = (shard_bytes / image_bytes).min(count as u64) as usize;
+    let (image_bytes, per_shard) = shard_plan(count, pixels, shard_bytes);
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     if per_shard == 0 {
         return Err(Error::Data(format!(
@@ -154,8 +288,7 @@ pub fn upload_images_in_shards(
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(PackedImages {
-        shards,
-        per_shard,
+        place: Place::Device { shards, per_shard },
         count,
         words,
     })
@@ -174,7 +307,7 @@ pub fn gather_images(
 ) -> Result<Kernel> {
     const OP: &str = "gather_images";
     let (params, total, dtype) = checked_params(OP, images, indices, out, norm)?;
-    let [s0, s1, s2, s3] = images.bindings();
+    let [s0, s1, s2, s3] = images.bindings(OP)?;
     let bindings = [s0, s1, s2, s3, (2, indices), (3, out)];
     Ok(Kernel::single(gpu.dispatch(
         &shader(dtype),
@@ -216,7 +349,7 @@ pub fn gather_images_affine(
     params.height = to_u32(OP, "H", h)?;
     params.width = to_u32(OP, "W", w)?;
     params.fill = fill.code();
-    let [s0, s1, s2, s3] = images.bindings();
+    let [s0, s1, s2, s3] = images.bindings(OP)?;
     let bindings = [s0, s1, s2, s3, (2, indices), (3, out), (4, transforms)];
     Ok(Kernel::single(gpu.dispatch(
         &shader(dtype),
@@ -267,12 +400,12 @@ fn checked_params(
         scale: norm.scale,
         width: 0,
         fill: 0,
-        per_shard: to_u32(op, "images per shard", images.per_shard)?,
+        per_shard: to_u32(op, "images per shard", images.per_shard())?,
     };
     to_u32(
         op,
         "packed words per shard",
-        images.per_shard * images.words,
+        images.per_shard() * images.words,
     )?;
     let total = to_u32(op, "output elements", m * pixels)?;
     Ok((params, total, dtype))

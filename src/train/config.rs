@@ -53,6 +53,9 @@ pub struct TrainConfig {
     pub augment: Augment,
     /// Images per embedding dispatch during evaluation.
     pub eval_chunk: usize,
+    /// Bytes of packed images the GPU holds: splits beyond it stay in host memory and are
+    /// staged batch by batch (None: `run::default_gpu_data_budget`).
+    pub gpu_data_budget: Option<u64>,
     /// Time every kernel of the last step with timestamp queries and report the breakdown.
     pub profile: bool,
     /// Balanced pairs of training images scored at every validation, for the train/validation
@@ -102,6 +105,7 @@ impl Default for TrainConfig {
             pixel_norm: PixelNorm::UNIT,
             augment: Augment::default(),
             eval_chunk: 500,
+            gpu_data_budget: None,
             profile: false,
             train_eval_pairs: 2_000,
             doctor_images: SCORED_IMAGES,

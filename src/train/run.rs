@@ -170,15 +170,45 @@ impl Data {
         for warning in &sets.warnings {
             report(&Progress::Note(warning.clone()));
         }
-        let upload =
-            |set: &ImageSet| gather::upload_images(gpu, &set.images, set.count, set.pixels());
+        // Validation and test first (read whole at every validation), then training: each
+        // split is resident while the budget and four storage bindings hold it, else it
+        // stays in host memory and is staged batch by batch.
+        let binding = gpu.limits().max_storage_buffer_binding_size;
+        let mut left = cfg
+            .gpu_data_budget
+            .unwrap_or_else(|| default_gpu_data_budget(gpu));
+        let mut place = |set: &ImageSet, what: &str| {
+            let (bytes, shards) = gather::packed_size(set.count, set.pixels(), binding);
+            if bytes <= left && (1..=gather::MAX_SHARDS).contains(&shards) {
+                left -= bytes;
+                return gather::upload_images(gpu, &set.images, set.count, set.pixels());
+            }
+            report(&Progress::Note(format!(
+                "the {what} images ({:.1} MiB packed) stay in host memory, each batch uploaded as \
+                 it is needed: over the GPU data budget left ({:.1} MiB; --gpu-data-budget)",
+                bytes as f64 / (1 << 20) as f64,
+                left as f64 / (1 << 20) as f64
+            )));
+            PackedImages::on_host(&set.images, set.count, set.pixels())
+        };
+        let val = place(&sets.val, "validation")?;
+        let test = place(&sets.test, "test")?;
+        let train = place(&sets.train, "training")?;
         Ok(Data {
-            train: upload(&sets.train)?,
-            val: upload(&sets.val)?,
-            test: upload(&sets.test)?,
+            train,
+            val,
+            test,
             sets,
         })
     }
+}
+
+/// The GPU data budget when none is given: what four storage bindings hold (the most a
+/// gather reads resident), at most 2 GiB. wgpu reports no memory size, and 2 GiB leaves
+/// room for the model and its activations on an 8 GB card.
+pub fn default_gpu_data_budget(gpu: &Gpu) -> u64 {
+    let binding = gpu.limits().max_storage_buffer_binding_size;
+    (gather::MAX_SHARDS as u64 * binding).min(2 << 30)
 }
 
 /// A run in progress: what set-up built, and what the loop has gathered so far.

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Kernel, Profiler, Tensor};
 use crate::model::{ModelTensors, SiameseModel, Weights};
 use crate::ops::amp::{self, LossScaleConfig, LossScaler, ScaleState};
-use crate::ops::gather::{self, PackedImages};
+use crate::ops::gather::{self, PackedImages, Stager};
 use crate::ops::mining::MiningStats;
 use crate::optim::Optimizer;
 use crate::vocab::{LossKind, Mode, PairLabel, Precision, TRANSFORM_LEN};
@@ -42,6 +42,9 @@ pub struct TrainStep<'g> {
     codes: Vec<u32>,
     /// With augmentation on: the transform sampler and the `[M, 8]` buffer it fills.
     augment: Option<Augmentation>,
+    /// Training images in host memory (over the GPU data budget): each step's batch is
+    /// staged into a set of the step's size, which the gather reads at slots 0..M.
+    stager: Option<Stager>,
     loss_log: Tensor,
     logged: usize,
     invert_labels: bool,
@@ -58,8 +61,9 @@ pub struct TrainStep<'g> {
 }
 
 impl<'g> TrainStep<'g> {
-    /// Builds the step of `model` over the packed training `images` (with their `labels`),
-    /// updating the model's `values` through `grads`, for a run of `steps` steps.
+    /// Builds the step of `model` over the packed training `images` (with their `labels`;
+    /// resident on the GPU, or in host memory and staged step by step), updating the
+    /// model's `values` through `grads`, for a run of `steps` steps.
     #[allow(clippy::too_many_arguments)] // the buffers a step binds, each named
     pub fn new(
         gpu: &'g Gpu,
@@ -85,7 +89,12 @@ impl<'g> TrainStep<'g> {
         } else {
             None
         };
-        let (gather, augment) = gather_kernel(gpu, cfg, images, &indices, &x, [h, w])?;
+        let stager = images.stager(gpu, images_per_step)?;
+        let source = stager.as_ref().map_or(images, Stager::images);
+        if let Some(s) = &stager {
+            gpu.write_u32(&indices, &s.slots())?;
+        }
+        let (gather, augment) = gather_kernel(gpu, cfg, source, &indices, &x, [h, w])?;
         let mut tape = Tape::new(gpu);
         let xv = tape.input(x);
         let rng = gpu.zeros(&[2], DType::U32)?;
@@ -137,6 +146,7 @@ impl<'g> TrainStep<'g> {
             idx: Vec::new(),
             codes: Vec::new(),
             augment,
+            stager,
             loss_log: gpu.zeros(&[cfg.log_every], DType::F32)?,
             logged: 0,
             invert_labels: cfg.invert_pair_labels && cfg.loss != LossKind::Triplet,
@@ -197,7 +207,10 @@ impl<'g> TrainStep<'g> {
                 }
             }
         }
-        self.gpu.write_u32(&self.indices, &self.idx)?;
+        match self.stager.as_mut() {
+            Some(stager) => stager.stage(self.gpu, &self.idx)?,
+            None => self.gpu.write_u32(&self.indices, &self.idx)?,
+        }
         self.gpu.write_u32(&self.labels, &self.codes)?;
         if let Some((sampler, transforms, rows)) = self.augment.as_mut() {
             sampler.sample_into(self.idx.len(), rows);
