@@ -6,7 +6,7 @@ use crate::common::*;
 use rand::RngExt;
 use siamese_gpu::DType;
 use siamese_gpu::cpu::gather as cpu;
-use siamese_gpu::data::augment::{Augment, AugmentSampler, Transform};
+use siamese_gpu::data::augment::{Augment, AugmentSampler, CropRange, Transform};
 use siamese_gpu::ops::gather;
 use siamese_gpu::vocab::{FillMode, PixelNorm, TRANSFORM_LEN};
 
@@ -119,7 +119,7 @@ const AFFINE_SHAPES: &[(usize, [usize; 3], usize)] = &[
 ];
 
 /// Strong ranges on every transform, so that sources fall outside the image, between pixels
-/// and across flips.
+/// and across flips, after a random resized crop (torchvision's ranges).
 const STRONG: Augment = Augment {
     rotation_range: 40.0,
     width_shift_range: 0.3,
@@ -128,6 +128,7 @@ const STRONG: Augment = Augment {
     zoom_range: 0.4,
     horizontal_flip: true,
     fill_mode: FillMode::Nearest,
+    crop: Some(CropRange::TORCHVISION),
 };
 
 fn random_images(r: &mut rand::rngs::StdRng, n: usize, pixels: usize) -> Vec<u8> {

@@ -21,7 +21,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, FromArgMatches};
 use serde::{Deserialize, Serialize};
 
-use crate::data::augment::Augment;
+use crate::data::augment::{Augment, CropRange};
 use crate::data::dataset::DataOptions;
 use crate::error::{Error, Result};
 use crate::nn::TowerSpec;
@@ -158,6 +158,21 @@ pub struct RunSettings {
     /// Mirror training images left–right with probability 0.5.
     #[arg(long)]
     pub horizontal_flip: bool,
+    /// torchvision's RandomResizedCrop on training images, before the other transforms: a
+    /// window of a random area (crop_scale) and aspect ratio (crop_ratio) resized to the
+    /// whole image.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub random_resized_crop: bool,
+    /// The crop's area as a fraction of the image's, LO:HI [default: 0.08:1, torchvision's].
+    #[arg(long, value_name = "LO:HI", requires = "random_resized_crop")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crop_scale: Option<String>,
+    /// The crop's aspect ratio (width / height), log-uniform in LO:HI [default: 0.75:1.3333,
+    /// torchvision's 3/4:4/3].
+    #[arg(long, value_name = "LO:HI", requires = "random_resized_crop")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crop_ratio: Option<String>,
     /// What augmented images show beyond their edges: nearest (the edge pixel, Keras's
     /// default) or constant (black).
     #[arg(long, default_value = "nearest")]
@@ -319,6 +334,7 @@ impl RunSettings {
                 zoom_range: self.zoom_range,
                 horizontal_flip: self.horizontal_flip,
                 fill_mode: self.fill_mode.parse()?,
+                crop: self.crop_range()?,
             },
             precision: self.precision.parse()?,
             freeze: self.freeze.clone(),
@@ -335,6 +351,26 @@ impl RunSettings {
         cfg.optimizer.schedule = self.schedule.parse::<Schedule>()?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The random resized crop's ranges, None when it is off.
+    fn crop_range(&self) -> Result<Option<CropRange>> {
+        if !self.random_resized_crop {
+            return Ok(None);
+        }
+        let pair = |key: &str, text: Option<&str>, default: (f64, f64)| {
+            let Some(text) = text else {
+                return Ok(default);
+            };
+            text.split_once(':')
+                .and_then(|(lo, hi)| Some((lo.trim().parse().ok()?, hi.trim().parse().ok()?)))
+                .ok_or_else(|| Error::Config(format!("{key}: `{text}` is not LO:HI, e.g. 0.08:1")))
+        };
+        let default = CropRange::TORCHVISION;
+        Ok(Some(CropRange {
+            scale: pair("crop_scale", self.crop_scale.as_deref(), default.scale)?,
+            ratio: pair("crop_ratio", self.crop_ratio.as_deref(), default.ratio)?,
+        }))
     }
 
     /// The tower spec, its last dense layer resized to `embedding_dim` if given.
@@ -584,6 +620,16 @@ mod tests {
                 ..Augment::default()
             }
         );
+        s.set("random_resized_crop", "true").unwrap();
+        assert_eq!(
+            s.to_train_config().unwrap().augment.crop,
+            Some(CropRange::TORCHVISION)
+        );
+        s.set("crop_scale", "0.5:0.9").unwrap();
+        assert_eq!(
+            s.to_train_config().unwrap().augment.crop.unwrap().scale,
+            (0.5, 0.9)
+        );
     }
 
     #[test]
@@ -598,6 +644,15 @@ mod tests {
         assert!(refused("image_size", "0x4").contains("image_size: `0x4` is not a size"));
         assert!(refused("color", "cmyk").contains("color: unknown colour `cmyk`"));
         assert!(refused("gpu_data_budget", "12X").contains("`12X` is not a size in bytes"));
+        let crop = |key: &str, value: &str| {
+            let mut s = RunSettings::default();
+            s.set("random_resized_crop", "true").unwrap();
+            s.set(key, value).unwrap();
+            s.to_train_config().unwrap_err().to_string()
+        };
+        assert!(crop("crop_scale", "0.5").contains("crop_scale: `0.5` is not LO:HI"));
+        assert!(crop("crop_scale", "0:1").contains("crop_scale must be LO:HI with 0 < LO"));
+        assert!(crop("crop_ratio", "2:1").contains("crop_ratio must be LO:HI with 0 < LO ≤ HI"));
         assert_eq!(parse_bytes("512M").unwrap(), 512 << 20);
         assert_eq!(parse_bytes("2GiB").unwrap(), 2 << 30);
         assert_eq!(parse_bytes("1000").unwrap(), 1000);

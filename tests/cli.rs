@@ -790,6 +790,9 @@ fn an_augmented_run_resumes_to_the_uninterrupted_weights_and_differs_from_a_plai
             "--shear-range",
             "10",
             "--horizontal-flip",
+            "--random-resized-crop",
+            "--crop-scale",
+            "0.5:1",
         ]));
         a.extend(args(extra));
         assert_ok(&siamese(root.path(), &a));
@@ -809,6 +812,8 @@ fn an_augmented_run_resumes_to_the_uninterrupted_weights_and_differs_from_a_plai
         "shear_range = 10.0",
         "horizontal_flip = true",
         "fill_mode = \"constant\"",
+        "random_resized_crop = true",
+        "crop_scale = \"0.5:1\"",
     ] {
         assert!(saved.contains(key), "config.toml lacks `{key}`:\n{saved}");
     }

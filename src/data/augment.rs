@@ -1,5 +1,6 @@
 //! Augmentation parameters: the Keras `ImageDataGenerator` set of random affine transforms
-//! (rotation, shift, shear, zoom, horizontal flip), drawn on the host per image and step.
+//! (rotation, shift, shear, zoom, horizontal flip) and torchvision's `RandomResizedCrop`,
+//! drawn on the host per image and step.
 //!
 //! The images never come back to the host: each step the sampler draws one transform per
 //! image of the batch and writes it as a row of a small `[M, 8]` f32 buffer, and the
@@ -17,6 +18,18 @@
 //! region (the object looks smaller), and `height_shift_range` moves rows,
 //! `width_shift_range` columns. Shift ranges are fractions of the image size only (Keras also
 //! reads values ≥ 1 as pixels; here they are refused, so that a value means one thing).
+//!
+//! The random resized crop (torchvision's `RandomResizedCrop(scale, ratio)`, its
+//! `get_params` exactly: ten tries at an area fraction uniform in `scale` and a log-uniform
+//! aspect ratio in `ratio`, else the centre crop of the nearest ratio) is applied first: the
+//! crop window is resized to the whole image as torchvision's bilinear resize maps it
+//! (`align_corners=False`: source = left + (x + ½)·w/W − ½), then the Keras transform and the
+//! flip act on the result; both fold into the one row. Unlike torchvision, the crop is
+//! taken from the stored image (already at `--image-size`), so a small crop is magnified from
+//! fewer pixels than from the original photo; with `fill_mode = nearest` (the default) the
+//! window's outer half pixel reads the edge, as torchvision's resize does, while `constant`
+//! blends it with black. The crop draws from its own stream, so turning it on leaves the
+//! Keras transforms' draws as they were.
 //!
 //! Off by default; when off, the trainer keeps the plain gather, bit for bit.
 
@@ -43,6 +56,25 @@ pub struct Augment {
     /// Mirror left–right with probability 0.5.
     pub horizontal_flip: bool,
     pub fill_mode: FillMode,
+    /// torchvision's `RandomResizedCrop`, applied first (None: off).
+    pub crop: Option<CropRange>,
+}
+
+/// The ranges of a random resized crop, as torchvision names them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CropRange {
+    /// The crop's area as a fraction of the image's, uniform in [lo, hi].
+    pub scale: (f64, f64),
+    /// The crop's aspect ratio (width / height), log-uniform in [lo, hi].
+    pub ratio: (f64, f64),
+}
+
+impl CropRange {
+    /// torchvision's defaults: `scale=(0.08, 1.0)`, `ratio=(3/4, 4/3)`.
+    pub const TORCHVISION: CropRange = CropRange {
+        scale: (0.08, 1.0),
+        ratio: (3.0 / 4.0, 4.0 / 3.0),
+    };
 }
 
 impl Augment {
@@ -57,6 +89,7 @@ impl Augment {
         zoom_range: 0.1,
         horizontal_flip: false,
         fill_mode: FillMode::Constant,
+        crop: None,
     };
 
     /// True when no transform can differ from the identity: the plain gather is used.
@@ -67,6 +100,7 @@ impl Augment {
             && self.shear_range == 0.0
             && self.zoom_range == 0.0
             && !self.horizontal_flip
+            && self.crop.is_none()
     }
 
     /// Refuses ranges that make no transform (or a degenerate one), naming the key.
@@ -101,7 +135,25 @@ impl Augment {
             self.zoom_range,
             1.0,
             "zoom is drawn in [1 − zoom_range, 1 + zoom_range]",
-        )
+        )?;
+        if let Some(CropRange {
+            scale: (s0, s1),
+            ratio: (r0, r1),
+        }) = self.crop
+        {
+            if !(s0 > 0.0 && s0 <= s1 && s1 <= 1.0) {
+                return Err(Error::Config(format!(
+                    "crop_scale must be LO:HI with 0 < LO ≤ HI ≤ 1 (fractions of the image's \
+                     area), got {s0}:{s1}"
+                )));
+            }
+            if !(r0 > 0.0 && r0 <= r1 && r1.is_finite()) {
+                return Err(Error::Config(format!(
+                    "crop_ratio must be LO:HI with 0 < LO ≤ HI (width / height), got {r0}:{r1}"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -120,6 +172,9 @@ pub struct Transform {
     pub zx: f64,
     pub zy: f64,
     pub flip: bool,
+    /// The crop window `[top, left, height, width]` in source pixels, resized to the whole
+    /// image before the rest (None: the whole image).
+    pub crop: Option<[f64; 4]>,
 }
 
 impl Transform {
@@ -131,6 +186,7 @@ impl Transform {
         zx: 1.0,
         zy: 1.0,
         flip: false,
+        crop: None,
     };
 
     /// The shader's row for an `height`×`width` image: output (x, y) → source (sx, sy).
@@ -167,12 +223,59 @@ impl Transform {
         } else {
             ([t11, t10, t12], [t01, t00, t02])
         };
+        // The crop maps the transformed image's (x', y') to the source: sx = a·x' + b,
+        // sy = c·y' + d (torchvision's resize of the window to H×W, align_corners=False).
+        let (col, row) = match self.crop {
+            None => (col, row),
+            Some([top, left, h, w]) => {
+                let (a, c) = (w / width as f64, h / height as f64);
+                let (b, d) = (left + 0.5 * a - 0.5, top + 0.5 * c - 0.5);
+                (
+                    [a * col[0], a * col[1], a * col[2] + b],
+                    [c * row[0], c * row[1], c * row[2] + d],
+                )
+            }
+        };
         let mut out = [0.0f32; TRANSFORM_LEN];
         for (o, v) in out.iter_mut().zip(col.iter().chain(&row)) {
             *o = *v as f32;
         }
         out
     }
+}
+
+/// torchvision's `RandomResizedCrop.get_params` for an `height`×`width` image: the window
+/// `[top, left, h, w]` (whole pixels).
+pub fn random_resized_crop(
+    rng: &mut StdRng,
+    range: CropRange,
+    height: usize,
+    width: usize,
+) -> [f64; 4] {
+    let (hf, wf) = (height as f64, width as f64);
+    let area = hf * wf;
+    let (l0, l1) = (range.ratio.0.ln(), range.ratio.1.ln());
+    for _ in 0..10 {
+        let target = area * rng.random_range(range.scale.0..=range.scale.1);
+        let aspect = rng.random_range(l0..=l1).exp();
+        let w = (target * aspect).sqrt().round();
+        let h = (target / aspect).sqrt().round();
+        if w > 0.0 && w <= wf && h > 0.0 && h <= hf {
+            let top = rng.random_range(0..=(height - h as usize)) as f64;
+            let left = rng.random_range(0..=(width - w as usize)) as f64;
+            return [top, left, h, w];
+        }
+    }
+    // The centre crop of the ratio nearest the image's own.
+    let in_ratio = wf / hf;
+    let (h, w) = if in_ratio < range.ratio.0 {
+        ((wf / range.ratio.0).round(), wf)
+    } else if in_ratio > range.ratio.1 {
+        (hf, (hf * range.ratio.1).round())
+    } else {
+        (hf, wf)
+    };
+    [((hf - h) / 2.0).floor(), ((wf - w) / 2.0).floor(), h, w]
 }
 
 /// Draws one transform per image, seeded: the same seed gives the same transforms.
@@ -182,11 +285,14 @@ pub struct AugmentSampler {
     height: usize,
     width: usize,
     rng: StdRng,
+    /// The crop's own stream (see the module's notes).
+    crop_rng: StdRng,
 }
 
 /// Mixed into the run seed so that the transforms are not drawn from the same stream as the
 /// pair sampler (which is seeded with the run seed itself).
 const SEED_SALT: u64 = 0x6175_676d_656e_7421; // "augment!"
+const CROP_SALT: u64 = 0x7263_726f_7073_2121; // "rcrops!!"
 
 impl AugmentSampler {
     pub fn new(augment: Augment, height: usize, width: usize, seed: u64) -> AugmentSampler {
@@ -195,11 +301,13 @@ impl AugmentSampler {
             height,
             width,
             rng: StdRng::seed_from_u64(seed ^ SEED_SALT),
+            crop_rng: StdRng::seed_from_u64(seed ^ CROP_SALT),
         }
     }
 
-    /// The next image's transform. Always seven draws, whatever the ranges, so that the
-    /// stream position depends only on the number of images drawn (resuming replays it).
+    /// The next image's transform. Always seven draws from the affine stream, whatever the
+    /// ranges, so that its position depends only on the number of images drawn (resuming
+    /// replays both streams).
     pub fn next_transform(&mut self) -> Transform {
         let a = &self.augment;
         let mut sym = |range: f64| range * (2.0 * self.rng.random::<f64>() - 1.0);
@@ -210,6 +318,9 @@ impl AugmentSampler {
         let zx = 1.0 + sym(a.zoom_range);
         let zy = 1.0 + sym(a.zoom_range);
         let flip = self.rng.random::<f64>() < 0.5 && a.horizontal_flip;
+        let crop = a
+            .crop
+            .map(|range| random_resized_crop(&mut self.crop_rng, range, self.height, self.width));
         Transform {
             theta,
             tx,
@@ -218,6 +329,7 @@ impl AugmentSampler {
             zx,
             zy,
             flip,
+            crop,
         }
     }
 
@@ -243,6 +355,7 @@ mod tests {
         zoom_range: 0.3,
         horizontal_flip: true,
         fill_mode: FillMode::Constant,
+        crop: None,
     };
 
     #[test]
@@ -335,6 +448,73 @@ mod tests {
             ..Transform::IDENTITY
         };
         near(at(&zoom, 5, 7, 4.0, 3.0), (5.0, 4.0));
+    }
+
+    #[test]
+    fn crops_follow_torchvision_get_params() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let (h, w) = (28usize, 20usize);
+        let range = CropRange::TORCHVISION;
+        let mut areas = Vec::new();
+        for _ in 0..4000 {
+            let [top, left, ch, cw] = random_resized_crop(&mut rng, range, h, w);
+            // Whole pixels inside the image.
+            assert!(top >= 0.0 && left >= 0.0 && top + ch <= h as f64 && left + cw <= w as f64);
+            assert!([top, left, ch, cw].iter().all(|v| v.fract() == 0.0));
+            areas.push(ch * cw / (h * w) as f64);
+        }
+        // Areas spread over the scale range: some under 0.2, some over 0.8 of the image.
+        assert!(areas.iter().any(|&a| a < 0.2) && areas.iter().any(|&a| a > 0.8));
+        // A ratio no window of a 28×20 image can take (aspect 10): the centre fallback, the
+        // ratio nearest the image's own (the widest, 10 wide: 20 wide and 2 high).
+        let wide = CropRange {
+            scale: (0.99, 1.0),
+            ratio: (10.0, 12.0),
+        };
+        assert_eq!(
+            random_resized_crop(&mut rng, wide, h, w),
+            [13.0, 0.0, 2.0, 20.0]
+        );
+    }
+
+    #[test]
+    fn a_crop_row_maps_the_output_onto_its_window_as_torchvision_resizes() {
+        // A 4×6 window at row 2, column 3 of a 28×20 image, resized to 28×20:
+        // sx = 3 + (x + ½)·6/20 − ½, sy = 2 + (y + ½)·4/28 − ½.
+        let t = Transform {
+            crop: Some([2.0, 3.0, 4.0, 6.0]),
+            ..Transform::IDENTITY
+        };
+        let r = t.row(28, 20);
+        let (x, y) = (7.0f32, 11.0f32);
+        let want = (
+            3.0 + (x + 0.5) * 0.3 - 0.5,
+            2.0 + (y + 0.5) * 4.0 / 28.0 - 0.5,
+        );
+        let got = (r[0] * x + r[1] * y + r[2], r[3] * x + r[4] * y + r[5]);
+        assert!(
+            (got.0 - want.0).abs() < 1e-5 && (got.1 - want.1).abs() < 1e-5,
+            "{got:?} vs {want:?}"
+        );
+        // With a flip, the flipped image is cropped: column x reads the window at W − 1 − x.
+        let flipped = Transform { flip: true, ..t };
+        let r = flipped.row(28, 20);
+        let got = r[0] * (19.0 - x) + r[1] * y + r[2];
+        assert!((got - want.0).abs() < 1e-5, "{got} vs {}", want.0);
+    }
+
+    #[test]
+    fn turning_the_crop_on_leaves_the_affine_draws_as_they_were() {
+        let draws = |crop| {
+            let mut s = AugmentSampler::new(Augment { crop, ..ALL }, 28, 20, 9);
+            (0..50)
+                .map(|_| {
+                    let t = s.next_transform();
+                    (t.theta, t.zx, t.flip)
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draws(None), draws(Some(CropRange::TORCHVISION)));
     }
 
     #[test]
