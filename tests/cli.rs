@@ -1109,7 +1109,7 @@ fn write_lfw(dir: &Path) {
 }
 
 #[test]
-fn eval_scores_an_lfw_pairs_file_by_folds_and_a_csv_at_the_validation_threshold() {
+fn eval_and_train_score_an_lfw_pairs_file_by_folds_and_a_csv_at_the_validation_threshold() {
     let root = TempDir::new("pairs");
     write_image_folder(&root.path().join("data"));
     write_lfw(&root.path().join("lfw"));
@@ -1210,6 +1210,32 @@ fn eval_scores_an_lfw_pairs_file_by_folds_and_a_csv_at_the_validation_threshold(
         &eval(&["--pairs-file", "pairs.txt", "--folds", "4"]),
         &["has 2 folds of its own"],
     );
+
+    // train scores the same file after training, beside its own test figures.
+    let trained = siamese(
+        root.path(),
+        &train_args(&[
+            "--color",
+            "rgb",
+            "--image-size",
+            "12x12",
+            "--pairs",
+            "32",
+            "--pairs-file",
+            "pairs.txt",
+            "--images",
+            "lfw",
+            "--json",
+        ]),
+    );
+    assert_ok(&trained);
+    let text = stdout(&trained);
+    assert!(
+        text.contains("test pair accuracy") && text.contains("2-fold accuracy"),
+        "{text}"
+    );
+    let result: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(result["pairs_file"]["folds"], 2);
 }
 
 #[test]

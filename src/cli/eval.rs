@@ -18,6 +18,7 @@ use siamese_gpu::runs::json::num;
 use siamese_gpu::runs::saved::SavedRun;
 
 use super::output::print_verification;
+use super::pairs_eval::PairsFileArgs;
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -36,18 +37,8 @@ pub struct EvalArgs {
     /// Balanced test pairs scored at that threshold [default: the run's].
     #[arg(long)]
     test_pairs: Option<usize>,
-    /// Score the pairs this file names instead of the run's dataset: LFW's pairs.txt
-    /// (`FOLDS N` header, `name i j` and `name1 i name2 j` lines) or a .csv of
-    /// path_a,path_b,same|different.
-    #[arg(long, value_name = "FILE", requires = "images")]
-    pairs_file: Option<PathBuf>,
-    /// Where the pairs file's images are (LFW: <name>/<name>_NNNN.jpg|png).
-    #[arg(long, value_name = "DIR", requires = "pairs_file")]
-    images: Option<PathBuf>,
-    /// LFW-style k-fold accuracy of the pairs file, each fold at the threshold best on the
-    /// others [default: the file's own folds; without any, the run's validation threshold].
-    #[arg(long, value_name = "K", requires = "pairs_file")]
-    folds: Option<usize>,
+    #[command(flatten)]
+    pairs: PairsFileArgs,
     /// Make the last line of stdout one JSON object with the results.
     #[arg(long)]
     json: bool,
@@ -55,10 +46,10 @@ pub struct EvalArgs {
 
 pub fn run(args: &EvalArgs) -> Result<()> {
     let run = SavedRun::load(&args.checkpoint)?;
-    if let (Some(file), Some(images)) = (&args.pairs_file, &args.images) {
-        let result =
-            super::pairs_eval::evaluate(&run, (file, images), args.folds, args.data.as_deref())?;
-        if args.json {
+    if args.pairs.pairs_file.is_some() {
+        let gpu = Gpu::new()?;
+        let result = args.pairs.evaluate(&gpu, &run, args.data.as_deref())?;
+        if let Some(result) = result.filter(|_| args.json) {
             println!("{result}");
         }
         return Ok(());

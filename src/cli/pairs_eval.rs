@@ -1,10 +1,12 @@
-//! `siamese eval --pairs-file FILE --images DIR`: a trained model scored on pairs the user
-//! names (LFW's `pairs.txt` or a CSV, see `data::pairs_file`): ROC AUC and equal error rate
+//! `--pairs-file FILE --images DIR` of `eval` and `train`: a trained model scored on pairs the
+//! user names (LFW's `pairs.txt` or a CSV, see `data::pairs_file`): ROC AUC and equal error rate
 //! over all pairs, and LFW's k-fold accuracy (`--folds K`, or the file's own folds) — each
 //! fold scored at the threshold best on the others — or, for a file without folds, the
 //! accuracy at the threshold the run's validation pairs choose.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
 
 use serde_json::{Value, json};
 use siamese_gpu::Gpu;
@@ -22,9 +24,44 @@ use siamese_gpu::runs::json::num;
 use siamese_gpu::runs::saved::SavedRun;
 use siamese_gpu::vocab::{Color, PairLabel};
 
+/// The flags that name a pairs file, shared by `eval` and `train`.
+#[derive(Args)]
+pub struct PairsFileArgs {
+    /// Score the pairs this file names: LFW's pairs.txt (`FOLDS N` header, `name i j` and
+    /// `name1 i name2 j` lines) or a .csv of path_a,path_b,same|different (eval: instead of
+    /// the run's dataset; train: after training, beside its test figures).
+    #[arg(long, value_name = "FILE", requires = "images")]
+    pub pairs_file: Option<PathBuf>,
+    /// Where the pairs file's images are (LFW: <name>/<name>_NNNN.jpg|png).
+    #[arg(long, value_name = "DIR", requires = "pairs_file")]
+    pub images: Option<PathBuf>,
+    /// LFW-style k-fold accuracy of the pairs file, each fold at the threshold best on the
+    /// others [default: the file's own folds; without any, the run's validation threshold].
+    #[arg(long, value_name = "K", requires = "pairs_file")]
+    pub folds: Option<usize>,
+}
+
+impl PairsFileArgs {
+    /// The pairs file's figures for `run` (printed, and as JSON), None without a file.
+    pub fn evaluate(
+        &self,
+        gpu: &Gpu,
+        run: &SavedRun,
+        data: Option<&Path>,
+    ) -> Result<Option<Value>> {
+        match (&self.pairs_file, &self.images) {
+            (Some(file), Some(images)) => {
+                evaluate(gpu, run, (file, images), self.folds, data).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
 /// Scores the pairs of `file` (images under `images`) with the model of `run`; `folds`
 /// overrides the file's own. Returns the figures as JSON after printing them.
-pub fn evaluate(
+fn evaluate(
+    gpu: &Gpu,
     run: &SavedRun,
     (file, images): (&Path, &Path),
     folds: Option<usize>,
@@ -54,10 +91,9 @@ pub fn evaluate(
         ..run.settings.data_options()?
     };
     let pixels = image_folder::decode_images(&list.images, &options, [h, w])?;
-    let gpu = Gpu::new()?;
-    let packed = gather::upload_images(&gpu, &pixels, list.images.len(), c * h * w)?;
-    let values = ModelTensors::upload(&gpu, &run.model, &run.values)?;
-    let embedder = Embedder::new(&gpu, &run.model, &values, run.norm, 500)?;
+    let packed = gather::upload_images(gpu, &pixels, list.images.len(), c * h * w)?;
+    let values = ModelTensors::upload(gpu, &run.model, &run.values)?;
+    let embedder = Embedder::new(gpu, &run.model, &values, run.norm, 500)?;
     let pairs = PairBatch {
         a: list.a.clone(),
         b: list.b.clone(),
@@ -78,7 +114,7 @@ pub fn evaluate(
     );
     let mut result = json!({"pairs_file": file.display().to_string(), "pairs": list.len()});
     let scores = pair_scores(
-        &gpu,
+        gpu,
         &values.params,
         &run.model,
         (&embedder, &packed),
@@ -109,9 +145,9 @@ pub fn evaluate(
             // The run's own validation pairs choose the threshold, as in training.
             let sets = run.dataset(data, None, &mut |w| eprintln!("warning: {w}"))?;
             let val =
-                gather::upload_images(&gpu, &sets.val.images, sets.val.count, sets.val.pixels())?;
+                gather::upload_images(gpu, &sets.val.images, sets.val.count, sets.val.pixels())?;
             let protocol = PairProtocol::new(
-                &gpu,
+                gpu,
                 &values.params,
                 &run.model,
                 (&sets.val.labels, run.settings.val_pairs),

@@ -6,11 +6,13 @@ use clap::{ArgMatches, Args};
 use siamese_gpu::Gpu;
 use siamese_gpu::data::augment::Augment;
 use siamese_gpu::error::{Error, Result};
+use siamese_gpu::runs::saved::SavedRun;
 use siamese_gpu::runs::{RunDir, train_run};
 use siamese_gpu::settings::RunSettings;
 
 use super::STOP;
 use super::output::{ProgressDisplay, print_test};
+use super::pairs_eval::PairsFileArgs;
 
 /// The settings of `train` and `sweep`: a `--config` file, the augmentation preset, and every
 /// setting as a flag, which overrides the same key of the file.
@@ -66,6 +68,8 @@ pub struct TrainArgs {
     /// the same settings; the result equals an uninterrupted run's.
     #[arg(long, value_name = "RUN_DIR")]
     resume: Option<PathBuf>,
+    #[command(flatten)]
+    pairs: PairsFileArgs,
     // Last: the settings' help heading applies to every flag after it.
     #[command(flatten)]
     settings: SettingsArgs,
@@ -98,7 +102,7 @@ pub fn run(args: &TrainArgs, matches: &ArgMatches) -> Result<()> {
         display.show(p)
     });
     display.finish();
-    let (report, result) = trained?;
+    let (report, mut result) = trained?;
     print_test(&report.test);
     println!(
         "{} training pairs in {:.0} s ({:.0} pairs/s), {:.0} s in all, on {}",
@@ -112,6 +116,17 @@ pub fn run(args: &TrainArgs, matches: &ArgMatches) -> Result<()> {
             dir.display()
         ),
         None => println!("add --out RUN_DIR to keep the model, report.json and the plots"),
+    }
+    if args.pairs.pairs_file.is_some() {
+        let run = SavedRun {
+            model: report.model.clone(),
+            values: report.values.clone(),
+            norm: settings.to_train_config()?.pixel_norm,
+            settings: settings.clone(),
+        };
+        if let Some(figures) = args.pairs.evaluate(&gpu, &run, None)? {
+            result["pairs_file"] = figures;
+        }
     }
     if args.json {
         println!("{result}");
