@@ -20,6 +20,7 @@ mod mining;
 mod normalize;
 mod optim;
 mod pack;
+mod photo;
 mod pool;
 mod residual;
 mod topk;

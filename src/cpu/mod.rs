@@ -17,6 +17,7 @@ pub mod mining;
 pub mod normalize;
 pub mod optim;
 pub mod pack;
+pub mod photo;
 pub mod pool;
 pub mod residual;
 pub mod topk;
