@@ -6,7 +6,7 @@ use crate::common::*;
 use rand::RngExt;
 use siamese_gpu::DType;
 use siamese_gpu::cpu::gather as cpu;
-use siamese_gpu::data::augment::{Augment, AugmentSampler, CropRange, Transform};
+use siamese_gpu::data::augment::{Augment, AugmentSampler, ColorJitter, CropRange, Transform};
 use siamese_gpu::ops::gather;
 use siamese_gpu::vocab::{FillMode, PixelNorm, TRANSFORM_LEN};
 
@@ -129,6 +129,13 @@ const STRONG: Augment = Augment {
     horizontal_flip: true,
     fill_mode: FillMode::Nearest,
     crop: Some(CropRange::TORCHVISION),
+    color: ColorJitter {
+        brightness: 0.0,
+        contrast: 0.0,
+        saturation: 0.0,
+        hue: 0.0,
+        grayscale: 0.0,
+    },
 };
 
 fn random_images(r: &mut rand::rngs::StdRng, n: usize, pixels: usize) -> Vec<u8> {

@@ -21,7 +21,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, FromArgMatches};
 use serde::{Deserialize, Serialize};
 
-use crate::data::augment::{Augment, CropRange};
+use crate::data::augment::{Augment, ColorJitter, CropRange};
 use crate::data::dataset::DataOptions;
 use crate::error::{Error, Result};
 use crate::nn::TowerSpec;
@@ -173,6 +173,27 @@ pub struct RunSettings {
     #[arg(long, value_name = "LO:HI", requires = "random_resized_crop")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub crop_ratio: Option<String>,
+    /// torchvision's ColorJitter on training images, after the geometric transforms: a
+    /// brightness factor uniform in [max(0, 1 − B), 1 + B].
+    #[arg(long, value_name = "B", default_value_t = 0.0)]
+    #[serde(skip_serializing_if = "is_zero")]
+    pub brightness: f64,
+    /// A contrast factor uniform in [max(0, 1 − C), 1 + C] (blends with the mean grey).
+    #[arg(long, value_name = "C", default_value_t = 0.0)]
+    #[serde(skip_serializing_if = "is_zero")]
+    pub contrast: f64,
+    /// A saturation factor uniform in [max(0, 1 − S), 1 + S] (blends with the grey image).
+    #[arg(long, value_name = "S", default_value_t = 0.0)]
+    #[serde(skip_serializing_if = "is_zero")]
+    pub saturation: f64,
+    /// A hue shift uniform in [−H, H] of a turn (H ≤ 0.5).
+    #[arg(long, value_name = "H", default_value_t = 0.0)]
+    #[serde(skip_serializing_if = "is_zero")]
+    pub hue: f64,
+    /// torchvision's RandomGrayscale: each training image turned grey with probability P.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    #[serde(skip_serializing_if = "is_zero")]
+    pub random_grayscale: f64,
     /// What augmented images show beyond their edges: nearest (the edge pixel, Keras's
     /// default) or constant (black).
     #[arg(long, default_value = "nearest")]
@@ -218,6 +239,12 @@ impl Default for RunSettings {
         let matches = command.get_matches_from(["defaults"]);
         RunSettings::from_arg_matches(&matches).expect("every setting has a default")
     }
+}
+
+/// Whether an augmentation range is 0 (off: left out of the written settings, so runs saved
+/// before it existed match).
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 fn is_f32(precision: &str) -> bool {
@@ -335,6 +362,13 @@ impl RunSettings {
                 horizontal_flip: self.horizontal_flip,
                 fill_mode: self.fill_mode.parse()?,
                 crop: self.crop_range()?,
+                color: ColorJitter {
+                    brightness: self.brightness,
+                    contrast: self.contrast,
+                    saturation: self.saturation,
+                    hue: self.hue,
+                    grayscale: self.random_grayscale,
+                },
             },
             precision: self.precision.parse()?,
             freeze: self.freeze.clone(),
@@ -625,6 +659,14 @@ mod tests {
             s.to_train_config().unwrap().augment.crop,
             Some(CropRange::TORCHVISION)
         );
+        s.set("hue", "0.1").unwrap();
+        s.set("random_grayscale", "0.2").unwrap();
+        let color = s.to_train_config().unwrap().augment.color;
+        assert_eq!(
+            (color.hue, color.grayscale, color.brightness),
+            (0.1, 0.2, 0.0)
+        );
+        assert!(!s.to_toml().contains("brightness") && s.to_toml().contains("hue = 0.1"));
         s.set("crop_scale", "0.5:0.9").unwrap();
         assert_eq!(
             s.to_train_config().unwrap().augment.crop.unwrap().scale,
@@ -651,6 +693,11 @@ mod tests {
             s.to_train_config().unwrap_err().to_string()
         };
         assert!(crop("crop_scale", "0.5").contains("crop_scale: `0.5` is not LO:HI"));
+        assert!(refused("hue", "0.7").contains("hue must be in [0, 0.5]"));
+        assert!(refused("contrast", "-1").contains("contrast must be a finite number ≥ 0"));
+        assert!(
+            refused("random_grayscale", "2").contains("random_grayscale must be a probability")
+        );
         assert!(crop("crop_scale", "0:1").contains("crop_scale must be LO:HI with 0 < LO"));
         assert!(crop("crop_ratio", "2:1").contains("crop_ratio must be LO:HI with 0 < LO ≤ HI"));
         assert_eq!(parse_bytes("512M").unwrap(), 512 << 20);

@@ -519,7 +519,25 @@ fn a_diverging_run_names_the_step_and_keeps_the_last_checkpoint_byte_for_byte() 
 fn a_folder_dataset_resizes_keeps_rgb_and_skips_or_stops_at_an_unreadable_image() {
     let root = TempDir::new("folder");
     write_image_folder(&root.path().join("data"));
-    let rgb = ["--color", "rgb", "--image-size", "12x12", "--pairs", "32"];
+    // Colour jitter on RGB images, every op on.
+    let rgb = [
+        "--color",
+        "rgb",
+        "--image-size",
+        "12x12",
+        "--pairs",
+        "32",
+        "--brightness",
+        "0.2",
+        "--contrast",
+        "0.2",
+        "--saturation",
+        "0.5",
+        "--hue",
+        "0.1",
+        "--random-grayscale",
+        "0.2",
+    ];
     let out = siamese(
         root.path(),
         &train_args(&[&rgb[..], &["--out", "run"]].concat()),
@@ -793,6 +811,10 @@ fn an_augmented_run_resumes_to_the_uninterrupted_weights_and_differs_from_a_plai
             "--random-resized-crop",
             "--crop-scale",
             "0.5:1",
+            "--brightness",
+            "0.4",
+            "--contrast",
+            "0.4",
         ]));
         a.extend(args(extra));
         assert_ok(&siamese(root.path(), &a));
@@ -814,6 +836,8 @@ fn an_augmented_run_resumes_to_the_uninterrupted_weights_and_differs_from_a_plai
         "fill_mode = \"constant\"",
         "random_resized_crop = true",
         "crop_scale = \"0.5:1\"",
+        "brightness = 0.4",
+        "contrast = 0.4",
     ] {
         assert!(saved.contains(key), "config.toml lacks `{key}`:\n{saved}");
     }

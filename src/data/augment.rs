@@ -58,6 +58,29 @@ pub struct Augment {
     pub fill_mode: FillMode,
     /// torchvision's `RandomResizedCrop`, applied first (None: off).
     pub crop: Option<CropRange>,
+    /// torchvision's `ColorJitter` and `RandomGrayscale`, after the geometric transforms.
+    pub color: ColorJitter,
+}
+
+/// Photometric augmentation, as torchvision names it: `ColorJitter(brightness, contrast,
+/// saturation, hue)` — factors uniform in [max(0, 1 − B), 1 + B] (likewise C, S), a hue
+/// shift uniform in [−H, H], the four ops in a random order per image — and
+/// `RandomGrayscale(p)`. `Default` is off (all 0). Applied on the GPU by `ops::photo` to the
+/// gathered batch; saturation, hue and grey leave a grey image as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ColorJitter {
+    pub brightness: f64,
+    pub contrast: f64,
+    pub saturation: f64,
+    pub hue: f64,
+    /// Probability of turning an image grey.
+    pub grayscale: f64,
+}
+
+impl ColorJitter {
+    pub fn is_off(&self) -> bool {
+        *self == ColorJitter::default()
+    }
 }
 
 /// The ranges of a random resized crop, as torchvision names them.
@@ -90,10 +113,23 @@ impl Augment {
         horizontal_flip: false,
         fill_mode: FillMode::Constant,
         crop: None,
+        color: ColorJitter {
+            brightness: 0.0,
+            contrast: 0.0,
+            saturation: 0.0,
+            hue: 0.0,
+            grayscale: 0.0,
+        },
     };
 
-    /// True when no transform can differ from the identity: the plain gather is used.
+    /// True when no transform can differ from the identity.
     pub fn is_off(&self) -> bool {
+        self.geometric_is_off() && self.color.is_off()
+    }
+
+    /// True when no geometric transform can differ from the identity: the plain gather is
+    /// used.
+    pub fn geometric_is_off(&self) -> bool {
         self.rotation_range == 0.0
             && self.width_shift_range == 0.0
             && self.height_shift_range == 0.0
@@ -152,6 +188,31 @@ impl Augment {
                     "crop_ratio must be LO:HI with 0 < LO ≤ HI (width / height), got {r0}:{r1}"
                 )));
             }
+        }
+        let c = &self.color;
+        for (key, v) in [
+            ("brightness", c.brightness),
+            ("contrast", c.contrast),
+            ("saturation", c.saturation),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(Error::Config(format!(
+                    "{key} must be a finite number ≥ 0 (the factor is drawn in [max(0, 1 − \
+                     {key}), 1 + {key}]), got {v}"
+                )));
+            }
+        }
+        if !(0.0..=0.5).contains(&c.hue) {
+            return Err(Error::Config(format!(
+                "hue must be in [0, 0.5] (the shift is drawn in [−hue, hue] of a turn), got {}",
+                c.hue
+            )));
+        }
+        if !(0.0..=1.0).contains(&c.grayscale) {
+            return Err(Error::Config(format!(
+                "random_grayscale must be a probability in [0, 1], got {}",
+                c.grayscale
+            )));
         }
         Ok(())
     }
@@ -287,12 +348,15 @@ pub struct AugmentSampler {
     rng: StdRng,
     /// The crop's own stream (see the module's notes).
     crop_rng: StdRng,
+    /// The colour jitter's own stream.
+    color_rng: StdRng,
 }
 
 /// Mixed into the run seed so that the transforms are not drawn from the same stream as the
 /// pair sampler (which is seeded with the run seed itself).
 const SEED_SALT: u64 = 0x6175_676d_656e_7421; // "augment!"
 const CROP_SALT: u64 = 0x7263_726f_7073_2121; // "rcrops!!"
+const COLOR_SALT: u64 = 0x636f_6c6f_7572_2121; // "colour!!"
 
 impl AugmentSampler {
     pub fn new(augment: Augment, height: usize, width: usize, seed: u64) -> AugmentSampler {
@@ -302,6 +366,58 @@ impl AugmentSampler {
             width,
             rng: StdRng::seed_from_u64(seed ^ SEED_SALT),
             crop_rng: StdRng::seed_from_u64(seed ^ CROP_SALT),
+            color_rng: StdRng::seed_from_u64(seed ^ COLOR_SALT),
+        }
+    }
+
+    /// The next image's colour-jitter row for `ops::photo` (brightness, contrast, saturation,
+    /// hue, order, grey, 0, 0), torchvision's draws: a random order of the four ops, each
+    /// factor uniform in its range (exactly the identity where the range is 0), grey with its
+    /// probability.
+    pub fn next_color(&mut self) -> [f32; TRANSFORM_LEN] {
+        let c = self.augment.color;
+        let rng = &mut self.color_rng;
+        let mut ops = [0u32, 1, 2, 3];
+        for i in (1..4).rev() {
+            ops.swap(i, rng.random_range(0..=i));
+        }
+        let mut factor = |range: f64| {
+            if range == 0.0 {
+                1.0
+            } else {
+                rng.random_range((1.0 - range).max(0.0)..=1.0 + range)
+            }
+        };
+        let (b, ct, s) = (
+            factor(c.brightness),
+            factor(c.contrast),
+            factor(c.saturation),
+        );
+        let hue = if c.hue == 0.0 {
+            0.0
+        } else {
+            rng.random_range(-c.hue..=c.hue)
+        };
+        let grey = c.grayscale > 0.0 && rng.random::<f64>() < c.grayscale;
+        let order: u32 = ops.iter().enumerate().map(|(k, &op)| op << (2 * k)).sum();
+        [
+            b as f32,
+            ct as f32,
+            s as f32,
+            hue as f32,
+            order as f32,
+            f32::from(grey),
+            0.0,
+            0.0,
+        ]
+    }
+
+    /// The colour rows of `images` images into `out` (cleared first), `[images, 8]`.
+    pub fn sample_colors_into(&mut self, images: usize, out: &mut Vec<f32>) {
+        out.clear();
+        for _ in 0..images {
+            let row = self.next_color();
+            out.extend_from_slice(&row);
         }
     }
 
@@ -356,6 +472,13 @@ mod tests {
         horizontal_flip: true,
         fill_mode: FillMode::Constant,
         crop: None,
+        color: ColorJitter {
+            brightness: 0.0,
+            contrast: 0.0,
+            saturation: 0.0,
+            hue: 0.0,
+            grayscale: 0.0,
+        },
     };
 
     #[test]
@@ -515,6 +638,44 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(draws(None), draws(Some(CropRange::TORCHVISION)));
+    }
+
+    #[test]
+    fn colour_rows_draw_torchvisions_ranges_and_every_order() {
+        let color = ColorJitter {
+            brightness: 0.4,
+            contrast: 0.0,
+            saturation: 2.0,
+            hue: 0.1,
+            grayscale: 0.25,
+        };
+        let mut s = AugmentSampler::new(Augment { color, ..ALL }, 28, 20, 1);
+        let rows: Vec<[f32; TRANSFORM_LEN]> = (0..4000).map(|_| s.next_color()).collect();
+        assert!(rows.iter().all(|r| (0.6..=1.4).contains(&r[0])));
+        assert!(
+            rows.iter().all(|r| r[1] == 1.0),
+            "contrast 0 is the identity"
+        );
+        // Saturation 2: [max(0, −1), 3].
+        assert!(rows.iter().all(|r| (0.0..=3.0).contains(&r[2])));
+        assert!(rows.iter().all(|r| (-0.1..=0.1).contains(&r[3])));
+        let orders: std::collections::HashSet<u32> = rows.iter().map(|r| r[4] as u32).collect();
+        assert_eq!(orders.len(), 24, "every permutation of the four ops");
+        for &o in &orders {
+            let mut ops: Vec<u32> = (0..4).map(|k| (o >> (2 * k)) & 3).collect();
+            ops.sort();
+            assert_eq!(ops, [0, 1, 2, 3]);
+        }
+        let greys = rows.iter().filter(|r| r[5] == 1.0).count();
+        assert!(
+            (850..1150).contains(&greys),
+            "{greys} grey of 4000 at p = 0.25"
+        );
+        // Its own stream: the affine draws are unchanged by it.
+        let mut plain = AugmentSampler::new(ALL, 28, 20, 1);
+        let mut jittered = AugmentSampler::new(Augment { color, ..ALL }, 28, 20, 1);
+        jittered.next_color();
+        assert_eq!(plain.next_transform(), jittered.next_transform());
     }
 
     #[test]

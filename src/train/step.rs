@@ -19,6 +19,7 @@ use crate::model::{ModelTensors, SiameseModel, Weights};
 use crate::ops::amp::{self, LossScaleConfig, LossScaler, ScaleState};
 use crate::ops::gather::{self, PackedImages, Stager};
 use crate::ops::mining::MiningStats;
+use crate::ops::photo;
 use crate::optim::Optimizer;
 use crate::vocab::{LossKind, Mode, PairLabel, Precision, TRANSFORM_LEN};
 
@@ -40,7 +41,7 @@ pub struct TrainStep<'g> {
     sampler: BatchSampler,
     idx: Vec<u32>,
     codes: Vec<u32>,
-    /// With augmentation on: the transform sampler and the `[M, 8]` buffer it fills.
+    /// With augmentation on: its sampler and the `[M, 8]` buffers it fills.
     augment: Option<Augmentation>,
     /// Training images in host memory (over the GPU data budget): each step's batch is
     /// staged into a set of the step's size, which the gather reads at slots 0..M.
@@ -111,7 +112,7 @@ impl<'g> TrainStep<'g> {
         if let Some(half) = &half {
             kernels.push(amp::cast(gpu, params, half)?);
         }
-        kernels.push(gather);
+        kernels.extend(gather);
         kernels.extend(tape.forward_kernels().cloned());
         kernels.extend(tape.backward(loss)?);
         let scaler = if mixed {
@@ -212,9 +213,8 @@ impl<'g> TrainStep<'g> {
             None => self.gpu.write_u32(&self.indices, &self.idx)?,
         }
         self.gpu.write_u32(&self.labels, &self.codes)?;
-        if let Some((sampler, transforms, rows)) = self.augment.as_mut() {
-            sampler.sample_into(self.idx.len(), rows);
-            self.gpu.write_f32(transforms, rows)?;
+        if let Some(augment) = self.augment.as_mut() {
+            augment.draw(self.idx.len(), Some(self.gpu))?;
         }
         Ok(())
     }
@@ -301,8 +301,8 @@ impl<'g> TrainStep<'g> {
         for _ in 0..steps_done {
             self.sampler
                 .next(self.batch, &mut self.idx, &mut self.codes);
-            if let Some((sampler, _, rows)) = self.augment.as_mut() {
-                sampler.sample_into(self.idx.len(), rows);
+            if let Some(augment) = self.augment.as_mut() {
+                augment.draw(self.idx.len(), None)?;
             }
         }
         Ok(())
@@ -333,11 +333,38 @@ fn mixed_precision(gpu: &Gpu, cfg: &TrainConfig) -> Result<bool> {
     Ok(mixed)
 }
 
-/// The transform sampler of an augmented gather and the `[M, 8]` buffer it fills.
-type Augmentation = (AugmentSampler, Tensor, Vec<f32>);
+/// Augmentation's sampler and the `[M, 8]` buffers it fills each step: the affine rows of
+/// the augmenting gather (geometric transforms on) and the colour rows of `ops::photo`
+/// (colour jitter on), each with its host copy.
+struct Augmentation {
+    sampler: AugmentSampler,
+    transforms: Option<(Tensor, Vec<f32>)>,
+    colors: Option<(Tensor, Vec<f32>)>,
+}
+
+impl Augmentation {
+    /// Draws the rows of `images` images; writes them when `gpu` is given (a replay on
+    /// resume only draws).
+    fn draw(&mut self, images: usize, gpu: Option<&Gpu>) -> Result<()> {
+        if let Some((tensor, rows)) = self.transforms.as_mut() {
+            self.sampler.sample_into(images, rows);
+            if let Some(gpu) = gpu {
+                gpu.write_f32(tensor, rows)?;
+            }
+        }
+        if let Some((tensor, rows)) = self.colors.as_mut() {
+            self.sampler.sample_colors_into(images, rows);
+            if let Some(gpu) = gpu {
+                gpu.write_f32(tensor, rows)?;
+            }
+        }
+        Ok(())
+    }
+}
 
 /// The gather of the batch `x` from the packed `images` at `indices`, with augmentation when
-/// it is on. Off, it is the plain gather: the batches are bit for bit as before it existed.
+/// it is on (then the colour jitter after it, when that is on). Off, it is the plain gather:
+/// the batches are bit for bit as before it existed.
 fn gather_kernel(
     gpu: &Gpu,
     cfg: &TrainConfig,
@@ -345,23 +372,52 @@ fn gather_kernel(
     indices: &Tensor,
     x: &Tensor,
     [h, w]: [usize; 2],
-) -> Result<(Kernel, Option<Augmentation>)> {
-    if cfg.augment.is_off() {
+) -> Result<(Vec<Kernel>, Option<Augmentation>)> {
+    let augment = &cfg.augment;
+    if augment.is_off() {
         let kernel = gather::gather_images(gpu, images, indices, x, cfg.pixel_norm)?;
-        return Ok((kernel, None));
+        return Ok((vec![kernel], None));
     }
-    let transforms = gpu.zeros(&[indices.len(), TRANSFORM_LEN], DType::F32)?;
-    let kernel = gather::gather_images_affine(
-        gpu,
-        images,
-        indices,
-        &transforms,
-        x,
-        cfg.pixel_norm,
-        cfg.augment.fill_mode,
-    )?;
+    let rows = || gpu.zeros(&[indices.len(), TRANSFORM_LEN], DType::F32);
+    let mut kernels = Vec::new();
+    let transforms = if augment.geometric_is_off() {
+        kernels.push(gather::gather_images(
+            gpu,
+            images,
+            indices,
+            x,
+            cfg.pixel_norm,
+        )?);
+        None
+    } else {
+        let transforms = rows()?;
+        kernels.push(gather::gather_images_affine(
+            gpu,
+            images,
+            indices,
+            &transforms,
+            x,
+            cfg.pixel_norm,
+            augment.fill_mode,
+        )?);
+        Some((transforms, Vec::new()))
+    };
+    let colors = if augment.color.is_off() {
+        None
+    } else {
+        let colors = rows()?;
+        kernels.push(photo::color_jitter(gpu, x, &colors, cfg.pixel_norm)?);
+        Some((colors, Vec::new()))
+    };
     let sampler = AugmentSampler::new(cfg.augment, h, w, cfg.seed);
-    Ok((kernel, Some((sampler, transforms, Vec::new()))))
+    Ok((
+        kernels,
+        Some(Augmentation {
+            sampler,
+            transforms,
+            colors,
+        }),
+    ))
 }
 
 /// Records the tower and the loss of the batch `x` (with its label codes) on `tape`: the
