@@ -1,6 +1,6 @@
 //! A look at augmentation: a PNG grid of training images, each row one image — first as
-//! stored, then as the augmenting gather kernel and the colour jitter draw it in successive
-//! steps.
+//! stored, then as the augmenting gather kernel, the colour jitter and the blur draw it in
+//! successive steps.
 //!
 //! `cargo run --release --example augment_grid -- OUT.png [KEY=VALUE …]`
 //!
@@ -79,8 +79,8 @@ fn run() -> Result<(), String> {
         cfg.augment.fill_mode,
     )
     .map_err(fail)?;
-    // Colour jitter after the geometric transforms, as training applies it (the stored
-    // column's row is the identity: every factor 1, no hue shift, no grey).
+    // Colour jitter and blur after the geometric transforms, as training applies them (the
+    // stored column's row is the identity: every factor 1, no hue shift, no grey, no blur).
     let mut colors = Vec::new();
     sampler.sample_colors_into(m, &mut colors);
     for r in 0..ROWS {
@@ -88,9 +88,18 @@ fn run() -> Result<(), String> {
             .copy_from_slice(&[1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
     }
     let colors = gpu.upload_f32(&colors, &[m, TRANSFORM_LEN]).map_err(fail)?;
-    let jitter = siamese_gpu::ops::photo::color_jitter(&gpu, &batch, &colors, PixelNorm::UNIT)
-        .map_err(fail)?;
-    gpu.run(&[&kernel, &jitter]);
+    let mut kernels = vec![
+        kernel,
+        siamese_gpu::ops::photo::color_jitter(&gpu, &batch, &colors, PixelNorm::UNIT)
+            .map_err(fail)?,
+    ];
+    if let Some(blur) = cfg.augment.blur {
+        kernels.push(
+            siamese_gpu::ops::photo::gaussian_blur(&gpu, &batch, &colors, blur.taps)
+                .map_err(fail)?,
+        );
+    }
+    gpu.run(&kernels.iter().collect::<Vec<_>>());
     let pixels = gpu.read_f32(&batch).map_err(fail)?;
 
     // Tiles of ZOOM×ZOOM screen pixels per image pixel, GAP grey pixels between tiles.

@@ -136,6 +136,7 @@ const STRONG: Augment = Augment {
         hue: 0.0,
         grayscale: 0.0,
     },
+    blur: None,
 };
 
 fn random_images(r: &mut rand::rngs::StdRng, n: usize, pixels: usize) -> Vec<u8> {

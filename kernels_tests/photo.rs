@@ -1,4 +1,5 @@
-//! Photometric augmentation (`shaders/photo.wgsl`: `color_jitter`) against `cpu::photo`:
+//! Photometric augmentation (`shaders/photo.wgsl`: `color_jitter`, `blur_rows` and
+//! `blur_columns` through `ops::photo::gaussian_blur`) against `cpu::photo`:
 //! random jitter rows (every op order, ops at their identity, grey images) over grey and RGB
 //! batches in f32 and f16, and hand-computed cases of torchvision's definitions.
 
@@ -165,4 +166,99 @@ fn color_jitter_refuses_other_channel_counts_and_a_mis_shaped_row_buffer() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("jitter"), "{err}");
+}
+
+/// (images, channels, H, W, taps): odd sizes, σ per image, a blur as wide as reflect padding
+/// allows.
+const BLURS: &[(usize, usize, usize, usize, usize)] = &[
+    (2, 1, 5, 7, 3),
+    (3, 3, 9, 6, 5),
+    (1, 3, 12, 12, 7),
+    (2, 1, 4, 9, 7),
+];
+
+#[test]
+fn gaussian_blur_matches_cpu() {
+    for p in dtype_matrix(&DTYPES, BLURS) {
+        let (m, c, h, w, taps) = p.shape;
+        let mut r = rng(p.seed);
+        let x = as_dtype(
+            &(0..m * c * h * w)
+                .map(|_| r.random_range(-1.0..2.5f32))
+                .collect::<Vec<_>>(),
+            p.dtype,
+        );
+        // Image 0 is left alone (σ 0), the others get σ in torchvision's range.
+        let rows: Vec<f32> = (0..m)
+            .flat_map(|i| {
+                let mut row = [0f32; TRANSFORM_LEN];
+                row[6] = if i == 0 {
+                    0.0
+                } else {
+                    r.random_range(0.1..2.0)
+                };
+                row
+            })
+            .collect();
+        let mut want = x.clone();
+        let round = |v: f32| as_dtype(&[v], p.dtype)[0];
+        cpu::gaussian_blur(&mut want, (c, h, w), &rows, taps, round);
+        let t = upload_as(&x, &[m, c, h, w], p.dtype);
+        let jitter = upload(&rows, &[m, TRANSFORM_LEN]);
+        let got = run_and_read_floats(&photo::gaussian_blur(gpu(), &t, &jitter, taps).unwrap(), &t);
+        // Two passes of `taps`-term weighted sums of values ≤ 2.5, each weight from an exp
+        // (a few ulps in WGSL) and normalised by their sum: 2·(2·γ(taps) + 8 u) of 2.5.
+        let bound = vec![2.0 * (2.0 * gamma(taps) + 8.0 * U32) * 2.5; want.len()];
+        assert_within(
+            &format!("gaussian_blur {p}"),
+            &got,
+            &want,
+            &stored_bound(bound, &want, p.dtype),
+        );
+    }
+}
+
+#[test]
+fn gaussian_blur_gives_the_reflect_padded_gaussian_by_hand() {
+    // Column 0 of a 3×4 image lit: the column pass leaves a constant column as it is, the
+    // row pass spreads it with weights e^−½·(i/σ)² / Σ, σ = 1: the edge reads itself and,
+    // reflected, its neighbour twice.
+    let x: Vec<f32> = (0..12)
+        .map(|i| if i % 4 == 0 { 1.0 } else { 0.0 })
+        .collect();
+    let t = upload(&x, &[1, 1, 3, 4]);
+    let mut row = [0f32; TRANSFORM_LEN];
+    row[6] = 1.0;
+    let jitter = upload(&row, &[1, TRANSFORM_LEN]);
+    let got = run_and_read(&photo::gaussian_blur(gpu(), &t, &jitter, 3).unwrap(), &t);
+    let e = (-0.5f32).exp();
+    let (w0, w1) = (1.0 / (1.0 + 2.0 * e), e / (1.0 + 2.0 * e));
+    for y in 0..3 {
+        let line = &got[y * 4..y * 4 + 4];
+        let want = [w0, w1, 0.0, 0.0];
+        assert!(
+            line.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6),
+            "{line:?} vs {want:?}"
+        );
+    }
+    // A constant image stays constant.
+    let t = upload(&[0.7; 2 * 3 * 5 * 5], &[2, 3, 5, 5]);
+    let jitter = upload(
+        &[[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.7, 0.0]; 2].concat(),
+        &[2, 8],
+    );
+    let got = run_and_read(&photo::gaussian_blur(gpu(), &t, &jitter, 5).unwrap(), &t);
+    assert!(got.iter().all(|v| (v - 0.7).abs() < 1e-6));
+}
+
+#[test]
+fn gaussian_blur_refuses_an_even_or_too_wide_kernel() {
+    let x = zeros(&[1, 1, 4, 6]);
+    let rows = zeros(&[1, TRANSFORM_LEN]);
+    for taps in [4, 9] {
+        let err = photo::gaussian_blur(gpu(), &x, &rows, taps)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("must be odd and its half under"), "{err}");
+    }
 }

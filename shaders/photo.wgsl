@@ -186,3 +186,86 @@ fn color_jitter(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
         }
     }
 }
+
+// ---- Gaussian blur ----
+//
+// torchvision's GaussianBlur(kernel_size, sigma) of each image with its own σ (slot 6 of
+// its jitter row; 0 leaves it as it is), separable: a k-tap kernel
+// w_i = exp(−½ (i / σ)²) / Σ, i = −(k − 1)/2 … (k − 1)/2, along rows and then columns, with
+// torchvision's reflect padding (index −1 reads 1, index n reads n − 2). A blur is linear
+// and its weights sum to 1, so it acts on the normalised values directly.
+//   blur_rows      x@1 [M, C, H, W] elem, jitter@2  ->  tmp@3 [M, C, H, W] f32
+//   blur_columns   tmp@3, jitter@2                  ->  x@1
+// One invocation per element (the grid may be folded into two dimensions).
+
+struct BlurParams {
+    count: u32,  // M·C·H·W
+    plane: u32,  // H·W
+    width: u32,  // W
+    height: u32, // H
+    image: u32,  // C·H·W
+    taps: u32,   // k, odd
+}
+
+@group(0) @binding(0) var<uniform> b: BlurParams;
+@group(0) @binding(3) var<storage, read_write> tmp: array<f32>;
+
+// Index i of a line of n reflected into 0..n (torch's "reflect" padding, for |i| < n).
+fn reflect(i: i32, n: i32) -> u32 {
+    var j = i;
+    if j < 0 { j = -j; }
+    if j >= n { j = 2 * (n - 1) - j; }
+    return u32(j);
+}
+
+fn tap_weight(i: i32, sigma: f32) -> f32 {
+    let t = f32(i) / sigma;
+    return exp(-0.5 * t * t);
+}
+
+@compute @workgroup_size(WG)
+fn blur_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let e = (wid.x + wid.y * nwg.x) * WG + lid;
+    if e >= b.count { return; }
+    let sigma = jitter[(e / b.image) * 8u + 6u];
+    if sigma == 0.0 {
+        tmp[e] = f32(x[e]);
+        return;
+    }
+    let line = e - e % b.width;
+    let col = i32(e % b.width);
+    let r = i32(b.taps / 2u);
+    var sum = 0.0;
+    var norm = 0.0;
+    for (var i = -r; i <= r; i++) {
+        let w = tap_weight(i, sigma);
+        sum += w * f32(x[line + reflect(col + i, i32(b.width))]);
+        norm += w;
+    }
+    tmp[e] = sum / norm;
+}
+
+@compute @workgroup_size(WG)
+fn blur_columns(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let e = (wid.x + wid.y * nwg.x) * WG + lid;
+    if e >= b.count { return; }
+    let sigma = jitter[(e / b.image) * 8u + 6u];
+    if sigma == 0.0 {
+        x[e] = elem(tmp[e]);
+        return;
+    }
+    let in_plane = e % b.plane;
+    let first = e - in_plane + in_plane % b.width;
+    let row = i32(in_plane / b.width);
+    let r = i32(b.taps / 2u);
+    var sum = 0.0;
+    var norm = 0.0;
+    for (var i = -r; i <= r; i++) {
+        let w = tap_weight(i, sigma);
+        sum += w * tmp[first + reflect(row + i, i32(b.height)) * b.width];
+        norm += w;
+    }
+    x[e] = elem(sum / norm);
+}

@@ -21,7 +21,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, FromArgMatches};
 use serde::{Deserialize, Serialize};
 
-use crate::data::augment::{Augment, ColorJitter, CropRange};
+use crate::data::augment::{Augment, Blur, ColorJitter, CropRange};
 use crate::data::dataset::DataOptions;
 use crate::error::{Error, Result};
 use crate::nn::TowerSpec;
@@ -194,6 +194,15 @@ pub struct RunSettings {
     #[arg(long, value_name = "P", default_value_t = 0.0)]
     #[serde(skip_serializing_if = "is_zero")]
     pub random_grayscale: f64,
+    /// torchvision's GaussianBlur on training images, last: a Gaussian of K taps (odd) and
+    /// a σ uniform in blur_sigma, reflect padding.
+    #[arg(long, value_name = "K")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gaussian_blur: Option<usize>,
+    /// The blur's σ range, LO:HI (pixels) [default: 0.1:2, torchvision's].
+    #[arg(long, value_name = "LO:HI", requires = "gaussian_blur")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blur_sigma: Option<String>,
     /// What augmented images show beyond their edges: nearest (the edge pixel, Keras's
     /// default) or constant (black).
     #[arg(long, default_value = "nearest")]
@@ -369,6 +378,16 @@ impl RunSettings {
                     hue: self.hue,
                     grayscale: self.random_grayscale,
                 },
+                blur: match self.gaussian_blur {
+                    Some(taps) => Some(Blur {
+                        taps,
+                        sigma: match self.blur_sigma.as_deref() {
+                            Some(text) => parse_range("blur_sigma", text)?,
+                            None => Blur::SIGMA,
+                        },
+                    }),
+                    None => None,
+                },
             },
             precision: self.precision.parse()?,
             freeze: self.freeze.clone(),
@@ -392,13 +411,9 @@ impl RunSettings {
         if !self.random_resized_crop {
             return Ok(None);
         }
-        let pair = |key: &str, text: Option<&str>, default: (f64, f64)| {
-            let Some(text) = text else {
-                return Ok(default);
-            };
-            text.split_once(':')
-                .and_then(|(lo, hi)| Some((lo.trim().parse().ok()?, hi.trim().parse().ok()?)))
-                .ok_or_else(|| Error::Config(format!("{key}: `{text}` is not LO:HI, e.g. 0.08:1")))
+        let pair = |key: &str, text: Option<&str>, default: (f64, f64)| match text {
+            Some(text) => parse_range(key, text),
+            None => Ok(default),
         };
         let default = CropRange::TORCHVISION;
         Ok(Some(CropRange {
@@ -542,6 +557,13 @@ pub fn parse_pixel_norm(s: &str) -> Result<PixelNorm> {
     }
 }
 
+/// A range `LO:HI` of two numbers.
+fn parse_range(key: &str, text: &str) -> Result<(f64, f64)> {
+    text.split_once(':')
+        .and_then(|(lo, hi)| Some((lo.trim().parse().ok()?, hi.trim().parse().ok()?)))
+        .ok_or_else(|| Error::Config(format!("{key}: `{text}` is not LO:HI, e.g. 0.08:1")))
+}
+
 /// A byte count: digits, optionally followed by K, M or G (KiB, MiB, GiB).
 fn parse_bytes(text: &str) -> Result<u64> {
     let t = text.trim();
@@ -667,6 +689,14 @@ mod tests {
             (0.1, 0.2, 0.0)
         );
         assert!(!s.to_toml().contains("brightness") && s.to_toml().contains("hue = 0.1"));
+        s.set("gaussian_blur", "5").unwrap();
+        assert_eq!(
+            s.to_train_config().unwrap().augment.blur,
+            Some(Blur {
+                taps: 5,
+                sigma: Blur::SIGMA
+            })
+        );
         s.set("crop_scale", "0.5:0.9").unwrap();
         assert_eq!(
             s.to_train_config().unwrap().augment.crop.unwrap().scale,
@@ -694,6 +724,7 @@ mod tests {
         };
         assert!(crop("crop_scale", "0.5").contains("crop_scale: `0.5` is not LO:HI"));
         assert!(refused("hue", "0.7").contains("hue must be in [0, 0.5]"));
+        assert!(refused("gaussian_blur", "4").contains("gaussian_blur must be an odd kernel size"));
         assert!(refused("contrast", "-1").contains("contrast must be a finite number ≥ 0"));
         assert!(
             refused("random_grayscale", "2").contains("random_grayscale must be a probability")

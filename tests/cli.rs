@@ -537,6 +537,8 @@ fn a_folder_dataset_resizes_keeps_rgb_and_skips_or_stops_at_an_unreadable_image(
         "0.1",
         "--random-grayscale",
         "0.2",
+        "--gaussian-blur",
+        "5",
     ];
     let out = siamese(
         root.path(),
@@ -815,6 +817,8 @@ fn an_augmented_run_resumes_to_the_uninterrupted_weights_and_differs_from_a_plai
             "0.4",
             "--contrast",
             "0.4",
+            "--gaussian-blur",
+            "3",
         ]));
         a.extend(args(extra));
         assert_ok(&siamese(root.path(), &a));
@@ -838,6 +842,7 @@ fn an_augmented_run_resumes_to_the_uninterrupted_weights_and_differs_from_a_plai
         "crop_scale = \"0.5:1\"",
         "brightness = 0.4",
         "contrast = 0.4",
+        "gaussian_blur = 3",
     ] {
         assert!(saved.contains(key), "config.toml lacks `{key}`:\n{saved}");
     }

@@ -111,3 +111,64 @@ pub fn color_jitter(
         }
     }
 }
+
+/// Index `i` of a line of `n` reflected into `0..n` (torch's "reflect" padding).
+fn reflect(i: isize, n: isize) -> usize {
+    let j = if i < 0 { -i } else { i };
+    (if j >= n { 2 * (n - 1) - j } else { j }) as usize
+}
+
+/// `gaussian_blur`: each image of `x` `[M, C, height, width]` blurred by a `taps`-tap
+/// Gaussian of σ = slot 6 of its `jitter` row (0: unchanged), rows then columns, with
+/// reflect padding; the row pass kept in f32, the result through `round` (the batch's
+/// storage type).
+pub fn gaussian_blur(
+    x: &mut [f32],
+    (channels, height, width): (usize, usize, usize),
+    jitter: &[f32],
+    taps: usize,
+    round: impl Fn(f32) -> f32,
+) {
+    let plane = height * width;
+    let r = (taps / 2) as isize;
+    let blur = |line: &dyn Fn(isize) -> f32, at: isize, n: isize, sigma: f32| {
+        let (mut sum, mut norm) = (0f32, 0f32);
+        for i in -r..=r {
+            let t = i as f32 / sigma;
+            let w = (-0.5 * t * t).exp();
+            sum += w * line(reflect(at + i, n) as isize);
+            norm += w;
+        }
+        sum / norm
+    };
+    for (m, img) in x.chunks_exact_mut(channels * plane).enumerate() {
+        let sigma = jitter[m * 8 + 6];
+        if sigma == 0.0 {
+            continue;
+        }
+        for ch in 0..channels {
+            let p = &mut img[ch * plane..(ch + 1) * plane];
+            let mut rows = vec![0f32; plane];
+            for y in 0..height {
+                for xx in 0..width {
+                    rows[y * width + xx] = blur(
+                        &|i| p[y * width + i as usize],
+                        xx as isize,
+                        width as isize,
+                        sigma,
+                    );
+                }
+            }
+            for y in 0..height {
+                for xx in 0..width {
+                    p[y * width + xx] = round(blur(
+                        &|i| rows[i as usize * width + xx],
+                        y as isize,
+                        height as isize,
+                        sigma,
+                    ));
+                }
+            }
+        }
+    }
+}

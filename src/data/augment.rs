@@ -60,6 +60,21 @@ pub struct Augment {
     pub crop: Option<CropRange>,
     /// torchvision's `ColorJitter` and `RandomGrayscale`, after the geometric transforms.
     pub color: ColorJitter,
+    /// torchvision's `GaussianBlur`, last (None: off).
+    pub blur: Option<Blur>,
+}
+
+/// torchvision's `GaussianBlur(kernel_size, sigma)`: every image blurred by a `taps`-tap
+/// Gaussian of a σ uniform in `sigma`, with reflect padding.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Blur {
+    pub taps: usize,
+    pub sigma: (f64, f64),
+}
+
+impl Blur {
+    /// torchvision's default σ range.
+    pub const SIGMA: (f64, f64) = (0.1, 2.0);
 }
 
 /// Photometric augmentation, as torchvision names it: `ColorJitter(brightness, contrast,
@@ -120,11 +135,17 @@ impl Augment {
             hue: 0.0,
             grayscale: 0.0,
         },
+        blur: None,
     };
 
     /// True when no transform can differ from the identity.
     pub fn is_off(&self) -> bool {
-        self.geometric_is_off() && self.color.is_off()
+        self.geometric_is_off() && self.photometric_is_off()
+    }
+
+    /// True when neither colour jitter nor blur is on: no photometric row is drawn.
+    pub fn photometric_is_off(&self) -> bool {
+        self.color.is_off() && self.blur.is_none()
     }
 
     /// True when no geometric transform can differ from the identity: the plain gather is
@@ -213,6 +234,22 @@ impl Augment {
                 "random_grayscale must be a probability in [0, 1], got {}",
                 c.grayscale
             )));
+        }
+        if let Some(Blur {
+            taps,
+            sigma: (s0, s1),
+        }) = self.blur
+        {
+            if taps.is_multiple_of(2) {
+                return Err(Error::Config(format!(
+                    "gaussian_blur must be an odd kernel size (taps), got {taps}"
+                )));
+            }
+            if !(s0 > 0.0 && s0 <= s1 && s1.is_finite()) {
+                return Err(Error::Config(format!(
+                    "blur_sigma must be LO:HI with 0 < LO ≤ HI, got {s0}:{s1}"
+                )));
+            }
         }
         Ok(())
     }
@@ -350,6 +387,8 @@ pub struct AugmentSampler {
     crop_rng: StdRng,
     /// The colour jitter's own stream.
     color_rng: StdRng,
+    /// The blur's own stream.
+    blur_rng: StdRng,
 }
 
 /// Mixed into the run seed so that the transforms are not drawn from the same stream as the
@@ -357,6 +396,7 @@ pub struct AugmentSampler {
 const SEED_SALT: u64 = 0x6175_676d_656e_7421; // "augment!"
 const CROP_SALT: u64 = 0x7263_726f_7073_2121; // "rcrops!!"
 const COLOR_SALT: u64 = 0x636f_6c6f_7572_2121; // "colour!!"
+const BLUR_SALT: u64 = 0x626c_7572_7321_2121; // "blurs!!!"
 
 impl AugmentSampler {
     pub fn new(augment: Augment, height: usize, width: usize, seed: u64) -> AugmentSampler {
@@ -367,13 +407,14 @@ impl AugmentSampler {
             rng: StdRng::seed_from_u64(seed ^ SEED_SALT),
             crop_rng: StdRng::seed_from_u64(seed ^ CROP_SALT),
             color_rng: StdRng::seed_from_u64(seed ^ COLOR_SALT),
+            blur_rng: StdRng::seed_from_u64(seed ^ BLUR_SALT),
         }
     }
 
-    /// The next image's colour-jitter row for `ops::photo` (brightness, contrast, saturation,
-    /// hue, order, grey, 0, 0), torchvision's draws: a random order of the four ops, each
-    /// factor uniform in its range (exactly the identity where the range is 0), grey with its
-    /// probability.
+    /// The next image's photometric row for `ops::photo` (brightness, contrast, saturation,
+    /// hue, order, grey, blur σ, 0), torchvision's draws: a random order of the four ops,
+    /// each factor uniform in its range (exactly the identity where the range is 0), grey
+    /// with its probability, σ uniform in the blur's range (0 without blur).
     pub fn next_color(&mut self) -> [f32; TRANSFORM_LEN] {
         let c = self.augment.color;
         let rng = &mut self.color_rng;
@@ -400,6 +441,9 @@ impl AugmentSampler {
         };
         let grey = c.grayscale > 0.0 && rng.random::<f64>() < c.grayscale;
         let order: u32 = ops.iter().enumerate().map(|(k, &op)| op << (2 * k)).sum();
+        let sigma = self.augment.blur.map_or(0.0, |blur| {
+            self.blur_rng.random_range(blur.sigma.0..=blur.sigma.1)
+        });
         [
             b as f32,
             ct as f32,
@@ -407,7 +451,7 @@ impl AugmentSampler {
             hue as f32,
             order as f32,
             f32::from(grey),
-            0.0,
+            sigma as f32,
             0.0,
         ]
     }
@@ -479,6 +523,7 @@ mod tests {
             hue: 0.0,
             grayscale: 0.0,
         },
+        blur: None,
     };
 
     #[test]

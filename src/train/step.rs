@@ -334,8 +334,8 @@ fn mixed_precision(gpu: &Gpu, cfg: &TrainConfig) -> Result<bool> {
 }
 
 /// Augmentation's sampler and the `[M, 8]` buffers it fills each step: the affine rows of
-/// the augmenting gather (geometric transforms on) and the colour rows of `ops::photo`
-/// (colour jitter on), each with its host copy.
+/// the augmenting gather (geometric transforms on) and the photometric rows of `ops::photo`
+/// (colour jitter or blur on), each with its host copy.
 struct Augmentation {
     sampler: AugmentSampler,
     transforms: Option<(Tensor, Vec<f32>)>,
@@ -363,7 +363,7 @@ impl Augmentation {
 }
 
 /// The gather of the batch `x` from the packed `images` at `indices`, with augmentation when
-/// it is on (then the colour jitter after it, when that is on). Off, it is the plain gather:
+/// it is on (then the colour jitter and the blur after it, when they are on). Off, it is the plain gather:
 /// the batches are bit for bit as before it existed.
 fn gather_kernel(
     gpu: &Gpu,
@@ -402,11 +402,16 @@ fn gather_kernel(
         )?);
         Some((transforms, Vec::new()))
     };
-    let colors = if augment.color.is_off() {
+    let colors = if augment.photometric_is_off() {
         None
     } else {
         let colors = rows()?;
-        kernels.push(photo::color_jitter(gpu, x, &colors, cfg.pixel_norm)?);
+        if !augment.color.is_off() {
+            kernels.push(photo::color_jitter(gpu, x, &colors, cfg.pixel_norm)?);
+        }
+        if let Some(blur) = augment.blur {
+            kernels.push(photo::gaussian_blur(gpu, x, &colors, blur.taps)?);
+        }
         Some((colors, Vec::new()))
     };
     let sampler = AugmentSampler::new(cfg.augment, h, w, cfg.seed);
