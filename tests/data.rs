@@ -1139,3 +1139,47 @@ fn a_pairs_file_is_read_with_its_folds_and_its_counts_checked_against_the_header
         &["line 2", "`x` is not an image number"],
     );
 }
+
+#[test]
+fn images_under_half_the_input_size_are_named_as_too_small() {
+    let tmp = TempDir::new("too-small");
+    let root = tmp.path();
+    let rgb8 = image::ExtendedColorType::Rgb8;
+    for path in [
+        "train/a/0.png",
+        "train/a/1.png",
+        "train/b/0.png",
+        "train/b/1.png",
+        "test/a/0.png",
+        "test/b/0.png",
+    ] {
+        write_png(&root.join(path), &[80; 16 * 16 * 3], (16, 16), rgb8, None);
+    }
+    // 16 wide but 6 high: under half of 16 on one side.
+    write_png(
+        &root.join("train/b/2.png"),
+        &[80; 16 * 6 * 3],
+        (16, 6),
+        rgb8,
+        None,
+    );
+    let options = DataOptions {
+        image_size: Some([16, 16]),
+        cache_dir: Some(root.join("cache")),
+        ..DataOptions::default()
+    };
+    for _ in 0..2 {
+        // Decoded, then read from the cache: the same warning.
+        let ds = load_with(Some(root), Some(1), &options).unwrap();
+        assert_eq!(ds.warnings.len(), 1, "{:?}", ds.warnings);
+        assert_mentions(
+            &ds.warnings[0],
+            &[
+                "1 image(s)",
+                "under half the 16×16 input",
+                "train/b/2.png (16×6)",
+                "--image-size",
+            ],
+        );
+    }
+}

@@ -33,14 +33,17 @@ pub fn default_dir() -> Option<PathBuf> {
         .map(|dir| dir.join("siamese-gpu"))
 }
 
-/// A decoded folder: both splits, the class names, and the images left out as unreadable
-/// (path relative to the folder, and why).
+/// A decoded folder: both splits, the class names, the images left out as unreadable (path
+/// relative to the folder, and why) and those enlarged more than twice.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decoded {
     pub train: ImageSet,
     pub test: ImageSet,
     pub classes: Vec<String>,
     pub skipped: Vec<(String, String)>,
+    /// Images under half the input size on a side (path relative to the folder, and its
+    /// size), enlarged more than 2×.
+    pub small: Vec<String>,
 }
 
 /// The cache file of one folder and read settings, and the manifest it must match.
@@ -107,6 +110,7 @@ impl FolderCache {
         let test = r.image_set()?;
         let classes = r.strings()?;
         let skipped = r.strings()?;
+        let small = r.strings()?;
         if !r.0.is_empty() || skipped.len() % 2 != 0 {
             return Err("its contents do not parse".into());
         }
@@ -119,6 +123,7 @@ impl FolderCache {
             test,
             classes,
             skipped,
+            small,
         }))
     }
 
@@ -157,6 +162,7 @@ impl FolderCache {
             .flat_map(|(p, why)| [p.clone(), why.clone()])
             .collect();
         put_strings(&mut body, &skipped);
+        put_strings(&mut body, &d.small);
         let mut out = BufWriter::new(File::create(path)?);
         out.write_all(MAGIC)?;
         out.write_all(&body)?;

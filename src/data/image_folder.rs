@@ -71,6 +71,16 @@ pub fn read(
     for (file, why) in &decoded.skipped {
         warnings.push(format!("skipped {}: {why}", root.join(file).display()));
     }
+    if let Some(first) = decoded.small.first() {
+        let [h, w] = [decoded.train.height, decoded.train.width];
+        warnings.push(format!(
+            "{} image(s) of {} are under half the {h}×{w} input on a side and were enlarged \
+             more than 2× (e.g. {first}): small images blur when enlarged; use a smaller \
+             --image-size or larger images",
+            decoded.small.len(),
+            root.display()
+        ));
+    }
     Ok((decoded.train, decoded.test, decoded.classes, warnings))
 }
 
@@ -129,7 +139,7 @@ fn decode_folder(root: &Path, listing: &Listing, options: &DataOptions) -> Resul
             .expect("a valid template"),
     );
     let mut size = options.image_size;
-    let mut skipped = Vec::new();
+    let (mut skipped, mut small) = (Vec::new(), Vec::new());
     let [train, test] = [0, 1].map(|s| {
         let split = root.join(["train", "test"][s]);
         read_split(
@@ -137,23 +147,31 @@ fn decode_folder(root: &Path, listing: &Listing, options: &DataOptions) -> Resul
             &listing.splits[s],
             options,
             &mut size,
-            &mut skipped,
+            (&mut skipped, &mut small),
             &progress,
         )
     });
     progress.finish_and_clear();
+    let relative = |path: &Path| {
+        path.strip_prefix(root)
+            .unwrap_or(path)
+            .to_string_lossy()
+            .into_owned()
+    };
     let skipped = skipped
-        .into_iter()
-        .map(|(path, why): (PathBuf, String)| {
-            let relative = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
-            (relative.to_string_lossy().into_owned(), why)
-        })
+        .iter()
+        .map(|(path, why): &(PathBuf, String)| (relative(path), why.clone()))
+        .collect();
+    let small = small
+        .iter()
+        .map(|(path, [h, w]): &(PathBuf, [usize; 2])| format!("{} ({w}×{h})", relative(path)))
         .collect();
     Ok(Decoded {
         train: train?,
         test: test?,
         classes: listing.classes.clone(),
         skipped,
+        small,
     })
 }
 
@@ -213,7 +231,7 @@ pub fn decode_images(
         .map(|path| {
             let pixels = decode(path, options.color, options.resize, &mut Some(size));
             progress.inc(1);
-            pixels.map_err(|why| {
+            pixels.map(|(planes, _)| planes).map_err(|why| {
                 Error::Data(format!("cannot read the image {}: {why}", path.display()))
             })
         })
@@ -230,7 +248,7 @@ fn read_split(
     per_class: &[Vec<PathBuf>],
     options: &DataOptions,
     size: &mut Option<[usize; 2]>,
-    skipped: &mut Vec<(PathBuf, String)>,
+    (skipped, small): (&mut Vec<(PathBuf, String)>, &mut Vec<(PathBuf, [usize; 2])>),
     progress: &ProgressBar,
 ) -> Result<ImageSet> {
     let longest = per_class.iter().map(Vec::len).max().unwrap_or(0);
@@ -262,7 +280,11 @@ fn read_split(
     let (mut images, mut labels) = (Vec::new(), Vec::new());
     for (&(label, path), pixels) in order.iter().zip(decoded) {
         match pixels {
-            Ok(pixels) => {
+            Ok((pixels, [h0, w0])) => {
+                let [h, w] = size.expect("a decoded image fixed the size");
+                if 2 * h0 < h || 2 * w0 < w {
+                    small.push((path.to_path_buf(), [h0, w0]));
+                }
                 images.extend_from_slice(&pixels);
                 labels.push(label);
             }
@@ -301,7 +323,8 @@ fn read_split(
     })
 }
 
-/// One image as `[C, H, W]` u8 planes at `size` (set to the image's own size if unset):
+/// One image as `[C, H, W]` u8 planes at `size` (set to the image's own size if unset), and
+/// its own `[height, width]`:
 /// decoded, turned as its EXIF orientation says, converted to 8-bit RGB (see
 /// [`to_rgb8`]), brought to `size` as `resize` says, then kept as RGB planes or turned to
 /// grey by ITU-R 601-2 luma, L = (19595 R + 38470 G + 7471 B + 2¹⁵) >> 16 (PIL's
@@ -311,7 +334,7 @@ fn decode(
     color: Color,
     resize: Resize,
     size: &mut Option<[usize; 2]>,
-) -> std::result::Result<Vec<u8>, String> {
+) -> std::result::Result<(Vec<u8>, [usize; 2]), String> {
     let mut decoder = image::ImageReader::open(path)
         .map_err(|e| e.to_string())?
         .with_guessed_format()
@@ -322,10 +345,11 @@ fn decode(
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
     img.apply_orientation(orientation);
     let rgb = to_rgb8(&img);
-    let [h, w] = *size.get_or_insert([rgb.height() as usize, rgb.width() as usize]);
+    let source = [rgb.height() as usize, rgb.width() as usize];
+    let [h, w] = *size.get_or_insert(source);
     let rgb = fit(rgb, [h as u32, w as u32], resize);
     let pixels = rgb.into_raw();
-    Ok(match color {
+    let planes = match color {
         Color::Grey => pixels
             .chunks_exact(3)
             .map(|p| {
@@ -337,7 +361,8 @@ fn decode(
         Color::Rgb => (0..3)
             .flat_map(|c| pixels.iter().skip(c).step_by(3).copied())
             .collect(),
-    })
+    };
+    Ok((planes, source))
 }
 
 /// Any decoded image as 8-bit RGB: grey replicated to three channels, alpha dropped (as
