@@ -139,7 +139,7 @@ fn decode_folder(root: &Path, listing: &Listing, options: &DataOptions) -> Resul
             .expect("a valid template"),
     );
     let mut size = options.image_size;
-    let (mut skipped, mut small) = (Vec::new(), Vec::new());
+    let mut notes = Notes::default();
     let [train, test] = [0, 1].map(|s| {
         let split = root.join(["train", "test"][s]);
         read_split(
@@ -147,7 +147,7 @@ fn decode_folder(root: &Path, listing: &Listing, options: &DataOptions) -> Resul
             &listing.splits[s],
             options,
             &mut size,
-            (&mut skipped, &mut small),
+            &mut notes,
             &progress,
         )
     });
@@ -158,13 +158,15 @@ fn decode_folder(root: &Path, listing: &Listing, options: &DataOptions) -> Resul
             .to_string_lossy()
             .into_owned()
     };
-    let skipped = skipped
+    let skipped = notes
+        .skipped
         .iter()
-        .map(|(path, why): &(PathBuf, String)| (relative(path), why.clone()))
+        .map(|(path, why)| (relative(path), why.clone()))
         .collect();
-    let small = small
+    let small = notes
+        .small
         .iter()
-        .map(|(path, [h, w]): &(PathBuf, [usize; 2])| format!("{} ({w}×{h})", relative(path)))
+        .map(|(path, [h, w])| format!("{} ({w}×{h})", relative(path)))
         .collect();
     Ok(Decoded {
         train: train?,
@@ -240,6 +242,14 @@ pub fn decode_images(
     Ok(decoded.into_iter().collect::<Result<Vec<_>>>()?.concat())
 }
 
+/// What decoding noticed: the images left out as unreadable (and why), and those under half
+/// the input size on a side (with their `[height, width]`).
+#[derive(Default)]
+struct Notes {
+    skipped: Vec<(PathBuf, String)>,
+    small: Vec<(PathBuf, [usize; 2])>,
+}
+
 /// Decodes one split, round-robin over the classes (`per_class`: each class's files).
 /// `size` is fixed by the first image decoded when the options leave it open; the rest are
 /// decoded in parallel, and kept or refused in order.
@@ -248,7 +258,7 @@ fn read_split(
     per_class: &[Vec<PathBuf>],
     options: &DataOptions,
     size: &mut Option<[usize; 2]>,
-    (skipped, small): (&mut Vec<(PathBuf, String)>, &mut Vec<(PathBuf, [usize; 2])>),
+    notes: &mut Notes,
     progress: &ProgressBar,
 ) -> Result<ImageSet> {
     let longest = per_class.iter().map(Vec::len).max().unwrap_or(0);
@@ -283,13 +293,13 @@ fn read_split(
             Ok((pixels, [h0, w0])) => {
                 let [h, w] = size.expect("a decoded image fixed the size");
                 if 2 * h0 < h || 2 * w0 < w {
-                    small.push((path.to_path_buf(), [h0, w0]));
+                    notes.small.push((path.to_path_buf(), [h0, w0]));
                 }
                 images.extend_from_slice(&pixels);
                 labels.push(label);
             }
             Err(why) => match options.on_bad_image {
-                OnBadImage::Skip => skipped.push((path.to_path_buf(), why)),
+                OnBadImage::Skip => notes.skipped.push((path.to_path_buf(), why)),
                 OnBadImage::Stop => {
                     return Err(Error::Data(format!(
                         "cannot read the image {}: {why}. Replace or delete the file, or \
