@@ -9,7 +9,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use siamese_gpu::data::dataset::{DataOptions, load_with};
+use siamese_gpu::data::dataset::load_with;
+use siamese_gpu::data::images::DataOptions;
 use siamese_gpu::vocab::Color;
 
 fn env_or(name: &str, default: usize) -> usize {

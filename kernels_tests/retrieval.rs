@@ -11,7 +11,7 @@
 
 use crate::common::*;
 use rand::RngExt;
-use siamese_gpu::data::dataset::ImageSet;
+use siamese_gpu::data::images::ImageSet;
 use siamese_gpu::eval::retrieval::{
     self, Protocol, References, RetrievalMetrics, RetrievalOptions, evaluate_retrieval,
     stratified_sample,

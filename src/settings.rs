@@ -22,7 +22,7 @@ use clap::{ArgMatches, Args, FromArgMatches};
 use serde::{Deserialize, Serialize};
 
 use crate::data::augment::{Augment, Blur, ColorJitter, CropRange};
-use crate::data::dataset::DataOptions;
+use crate::data::images::DataOptions;
 use crate::error::{Error, Result};
 use crate::nn::TowerSpec;
 use crate::nn::spec::REFERENCE_TOWER;

@@ -14,10 +14,9 @@ use std::path::Path;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use siamese_gpu::Error;
-use siamese_gpu::data::dataset::{
-    DEFAULT_DATA_DIR, DataOptions, ImageSet, default_val, load, load_with, locate,
-};
+use siamese_gpu::data::dataset::{DEFAULT_DATA_DIR, default_val, load, load_with, locate};
 use siamese_gpu::data::idx::{encode_idx, parse_idx, read_idx};
+use siamese_gpu::data::images::{DataOptions, ImageSet};
 use siamese_gpu::data::sampler::{PairSampler, TripletSampler, balanced_pairs, try_balanced_pairs};
 use siamese_gpu::vocab::PairLabel;
 use support::TempDir;

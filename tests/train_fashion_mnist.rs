@@ -192,8 +192,9 @@ fn a_saved_model_evaluates_as_it_did_in_training() {
 
     let gpu = Gpu::new().unwrap();
     let data = dataset::load(None, cfg.val_images).unwrap();
-    let upload =
-        |set: &dataset::ImageSet| gather::upload_images(&gpu, &set.images, set.count, 784).unwrap();
+    let upload = |set: &siamese_gpu::data::images::ImageSet| {
+        gather::upload_images(&gpu, &set.images, set.count, 784).unwrap()
+    };
     let (val, test) = (upload(&data.val), upload(&data.test));
     let values = ModelTensors::upload(&gpu, &model, &values).unwrap();
     let embedder = Embedder::new(&gpu, &model, &values, cfg.pixel_norm, cfg.eval_chunk).unwrap();

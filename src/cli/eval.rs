@@ -65,7 +65,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let gpu = Gpu::new()?;
     // Verification on the run's pairs; then retrieval, its raw-pixel baseline and one-shot
     // accuracy on the test images training scores (the whole split up to SCORED_IMAGES).
-    let upload = |set: &siamese_gpu::data::dataset::ImageSet| {
+    let upload = |set: &siamese_gpu::data::images::ImageSet| {
         gather::upload_images(&gpu, &set.images, set.count, set.pixels())
     };
     let (val, test) = (upload(&data.val)?, upload(&data.test)?);

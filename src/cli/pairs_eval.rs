@@ -86,7 +86,7 @@ fn evaluate(
         (None, _) => None,
     };
     let [c, h, w] = run.model.config.input;
-    let options = siamese_gpu::data::dataset::DataOptions {
+    let options = siamese_gpu::data::images::DataOptions {
         color: if c == 3 { Color::Rgb } else { Color::Grey },
         ..run.settings.data_options()?
     };

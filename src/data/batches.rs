@@ -2,7 +2,7 @@
 //! pairs, triplets, or P×K class-balanced batches for an online miner — as the flat index
 //! and code buffers the gather and loss kernels read.
 
-use super::dataset::by_class;
+use super::images::by_class;
 use super::sampler::{PairBatch, PairSampler, PkBatch, PkSampler, TripletBatch, TripletSampler};
 use crate::error::{Error, Result};
 use crate::vocab::PairLabel;

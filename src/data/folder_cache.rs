@@ -19,7 +19,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
-use super::dataset::{DataOptions, ImageSet};
+use super::images::{DataOptions, ImageSet};
 
 const MAGIC: &[u8; 28] = b"siamese-gpu folder cache v1\n";
 

@@ -20,8 +20,8 @@ use image::{DynamicImage, ImageDecoder, RgbImage};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
-use super::dataset::{DataOptions, ImageSet};
 use super::folder_cache::{Decoded, FolderCache};
+use super::images::{DataOptions, ImageSet};
 use crate::error::{Error, Result};
 use crate::vocab::{Color, OnBadImage, Resize};
 

@@ -9,5 +9,6 @@ pub mod folder_cache;
 pub mod idx;
 #[cfg(feature = "images")]
 pub mod image_folder;
+pub mod images;
 pub mod pairs_file;
 pub mod sampler;

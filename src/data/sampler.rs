@@ -21,7 +21,7 @@
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use super::dataset::by_class;
+use super::images::by_class;
 use crate::error::{Error, Result};
 use crate::vocab::PairLabel;
 

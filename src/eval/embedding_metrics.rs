@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::data::dataset::ImageSet;
+use crate::data::images::ImageSet;
 use crate::error::Result;
 use crate::eval::embed::Embedder;
 use crate::eval::oneshot::{self, OneShot, OneShotError};

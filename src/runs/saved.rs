@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint;
-use crate::data::dataset::{self, DataOptions, Dataset, ImageSet};
+use crate::data::dataset::{self, Dataset};
+use crate::data::images::{DataOptions, ImageSet};
 use crate::error::{Error, Result};
 use crate::model::{ModelValues, SiameseModel};
 use crate::settings::RunSettings;

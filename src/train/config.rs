@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::data::augment::Augment;
 use crate::data::batches::Batches;
-use crate::data::dataset::DataOptions;
+use crate::data::images::DataOptions;
 use crate::error::{Error, Result};
 use crate::eval::embedding_metrics::SCORED_IMAGES;
 use crate::model::ModelConfig;

@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use super::evidence::{self, LayerGroups};
 use super::{Progress, TrainConfig, TrainStep};
-use crate::data::dataset::{self, Dataset, ImageSet};
+use crate::data::dataset::{self, Dataset};
+use crate::data::images::ImageSet;
 use crate::error::{Error, Result};
 use crate::eval::doctor::{Diagnosis, Evidence, ValidationPoint};
 use crate::eval::embed::Embedder;

@@ -46,7 +46,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use crate::cpu::topk::NO_EXCLUDE;
-use crate::data::dataset::ImageSet;
+use crate::data::images::ImageSet;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::vocab::PixelNorm;
