@@ -379,6 +379,45 @@ fn gather_images_affine_rejects_a_transform_buffer_of_the_wrong_shape() {
     assert!(err.to_string().contains("transforms must be"), "{err}");
 }
 
+/// `m` random affine rows: scales near 1, small shears, shifts of a few pixels.
+fn random_affine_rows(r: &mut rand::rngs::StdRng, m: usize) -> Vec<f32> {
+    (0..m)
+        .flat_map(|_| {
+            let mut t = [0f32; TRANSFORM_LEN];
+            t[0] = r.random_range(0.8..1.2);
+            t[1] = r.random_range(-0.2..0.2);
+            t[2] = r.random_range(-2.0..2.0);
+            t[3] = r.random_range(-0.2..0.2);
+            t[4] = r.random_range(0.8..1.2);
+            t[5] = r.random_range(-2.0..2.0);
+            t
+        })
+        .collect()
+}
+
+/// The bits of the plain and of the affine gather of `images` at `idx` into a batch of
+/// `shape`, to compare two ways of holding the same images exactly.
+fn plain_and_affine_bits(
+    images: &gather::PackedImages,
+    idx: &siamese_gpu::Tensor,
+    transforms: &siamese_gpu::Tensor,
+    shape: [usize; 4],
+    norm: PixelNorm,
+    fill: FillMode,
+) -> (Vec<u32>, Vec<u32>) {
+    let out = zeros_as(&shape, DType::F32);
+    let plain = run_and_read_floats(
+        &gather::gather_images(gpu(), images, idx, &out, norm).unwrap(),
+        &out,
+    );
+    let affine = run_and_read_floats(
+        &gather::gather_images_affine(gpu(), images, idx, transforms, &out, norm, fill).unwrap(),
+        &out,
+    );
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    (bits(&plain), bits(&affine))
+}
+
 /// A dataset split over shards (the binding limit lowered to a few images) gathers, plain
 /// and through transforms, exactly as the same images in one buffer do; the indices reach
 /// every shard, the last one partly filled.
@@ -392,42 +431,19 @@ fn a_dataset_split_over_shards_gathers_as_one_buffer_does() {
     let mut indices: Vec<u32> = (0..m).map(|_| r.random_range(0..n as u32)).collect();
     indices[..n].copy_from_slice(&(0..n as u32).collect::<Vec<_>>());
     let idx = gpu().upload_u32(&indices, &[m]).unwrap();
-    let rows: Vec<f32> = (0..m)
-        .flat_map(|_| {
-            let mut t = [0f32; TRANSFORM_LEN];
-            t[0] = r.random_range(0.8..1.2);
-            t[1] = r.random_range(-0.2..0.2);
-            t[2] = r.random_range(-2.0..2.0);
-            t[3] = r.random_range(-0.2..0.2);
-            t[4] = r.random_range(0.8..1.2);
-            t[5] = r.random_range(-2.0..2.0);
-            t
-        })
-        .collect();
+    let rows = random_affine_rows(&mut r, m);
     let transforms = upload(&rows, &[m, TRANSFORM_LEN]);
     let norm = PixelNorm::standardize(0.2860, 0.3530);
     let image_bytes = 4 * pixels.div_ceil(4) as u64;
     let gathered = |images: &gather::PackedImages| {
-        let out = zeros_as(&[m, c, h, w], DType::F32);
-        let plain = run_and_read_floats(
-            &gather::gather_images(gpu(), images, &idx, &out, norm).unwrap(),
-            &out,
-        );
-        let affine = run_and_read_floats(
-            &gather::gather_images_affine(
-                gpu(),
-                images,
-                &idx,
-                &transforms,
-                &out,
-                norm,
-                FillMode::Constant,
-            )
-            .unwrap(),
-            &out,
-        );
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        (bits(&plain), bits(&affine))
+        plain_and_affine_bits(
+            images,
+            &idx,
+            &transforms,
+            [m, c, h, w],
+            norm,
+            FillMode::Constant,
+        )
     };
     let whole = gather::upload_images(gpu(), &bytes, n, pixels).unwrap();
     assert_eq!(whole.shards(), 1);
@@ -481,40 +497,19 @@ fn a_host_set_staged_into_slots_gathers_as_the_resident_set_does() {
     let mut r = rng(91);
     let bytes = random_images(&mut r, n, pixels);
     let indices: Vec<u32> = (0..m).map(|_| r.random_range(0..n as u32)).collect();
-    let rows: Vec<f32> = (0..m)
-        .flat_map(|_| {
-            let mut t = [0f32; TRANSFORM_LEN];
-            t[0] = r.random_range(0.8..1.2);
-            t[2] = r.random_range(-2.0..2.0);
-            t[4] = r.random_range(0.8..1.2);
-            t[5] = r.random_range(-2.0..2.0);
-            t
-        })
-        .collect();
+    let rows = random_affine_rows(&mut r, m);
     let transforms = upload(&rows, &[m, TRANSFORM_LEN]);
     let norm = PixelNorm::standardize(0.2860, 0.3530);
     let run = |images: &gather::PackedImages, idx: &[u32]| {
         let idx = gpu().upload_u32(idx, &[m]).unwrap();
-        let out = zeros_as(&[m, c, h, w], DType::F32);
-        let plain = run_and_read_floats(
-            &gather::gather_images(gpu(), images, &idx, &out, norm).unwrap(),
-            &out,
-        );
-        let affine = run_and_read_floats(
-            &gather::gather_images_affine(
-                gpu(),
-                images,
-                &idx,
-                &transforms,
-                &out,
-                norm,
-                FillMode::Nearest,
-            )
-            .unwrap(),
-            &out,
-        );
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        (bits(&plain), bits(&affine))
+        plain_and_affine_bits(
+            images,
+            &idx,
+            &transforms,
+            [m, c, h, w],
+            norm,
+            FillMode::Nearest,
+        )
     };
     let resident = gather::upload_images(gpu(), &bytes, n, pixels).unwrap();
     let host = gather::PackedImages::on_host(&bytes, n, pixels).unwrap();
