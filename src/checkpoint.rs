@@ -112,6 +112,25 @@ pub fn save_checkpoint(
         .map_err(|e| Error::Data(format!("cannot write {}: {e}", path.display())))
 }
 
+/// Adds `entries` to the metadata of the checkpoint at `path` (replacing keys it has),
+/// keeping every tensor as it is; the file is replaced whole, through a rename.
+pub fn add_metadata(path: &Path, entries: &[(&str, String)]) -> Result<()> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::Data(format!("cannot read {}: {e}", path.display())))?;
+    let not_safetensors = |e: SafeTensorError| {
+        Error::Data(format!("{} is not a safetensors file: {e}", path.display()))
+    };
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(not_safetensors)?;
+    let mut info = header.metadata().clone().unwrap_or_default();
+    for (key, value) in entries {
+        info.insert(key.to_string(), value.clone());
+    }
+    let file = SafeTensors::deserialize(&bytes).map_err(not_safetensors)?;
+    let buffer = safetensors::serialize(file.tensors(), Some(info))
+        .map_err(|e| Error::Config(format!("cannot serialise the checkpoint: {e}")))?;
+    write_atomic(path, &buffer).map_err(|e| Error::writing(path.display(), e))
+}
+
 /// Reads the values written by [`save_weights`] for `model`, checking every tensor's name and
 /// shape; a checkpoint of another architecture is refused with what differs.
 pub fn load_weights(path: &Path, model: &SiameseModel) -> Result<ModelValues> {

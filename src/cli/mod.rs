@@ -5,6 +5,7 @@
 //! (`--config`), then the flags actually typed — clap reports where each value came from, so
 //! a flag overrides the file only when given (`siamese_gpu::settings`).
 
+mod compare;
 mod devices;
 mod embed;
 mod eval;
@@ -43,6 +44,9 @@ pub enum Command {
     Embed(embed::EmbedArgs),
     /// Evaluate a trained model: every metric of the evaluation module on the run's dataset.
     Eval(eval::EvalArgs),
+    /// Decide whether two images (or each pair of a CSV) show the same thing, at an operating
+    /// point the run stored; exit status 0 Same, 1 Different, 2 error.
+    Compare(compare::CompareArgs),
 }
 
 /// Raised by Ctrl-C; the trainer saves its state and stops at the next step.
@@ -69,6 +73,17 @@ pub fn run(command: Command, matches: &ArgMatches) -> ExitCode {
         Command::Devices => devices::run(),
         Command::Embed(args) => embed::run(args),
         Command::Eval(args) => eval::run(args),
+        // The exit status is the decision; an error is 2, as `cmp` and `diff` have it.
+        Command::Compare(args) => {
+            return match compare::run(args) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,6 +4,7 @@
 use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use siamese_gpu::eval::operating_points::{FAR_CONFIDENCE, OperatingPoint};
 use siamese_gpu::eval::protocol::Validation;
 use siamese_gpu::eval::verification::Verification;
 use siamese_gpu::train::Progress;
@@ -25,6 +26,57 @@ pub fn print_test(t: &Verification) {
     println!(
         "Same-pair precision {:.4}, recall {:.4}, F1 {:.4} at that threshold; equal error rate {:.4}",
         t.precision, t.recall, t.f1, t.eer
+    );
+}
+
+/// The operating points, one line each, and the thresholds the test pairs would choose
+/// for the same targets (`unseen`: the test pairs are of classes held out of training).
+pub fn print_operating_points(points: &[OperatingPoint], unseen: bool) {
+    if points.is_empty() {
+        return;
+    }
+    println!(
+        "operating points (thresholds chosen on the validation pairs; rates on the test pairs):"
+    );
+    for p in points {
+        print!(
+            "  {:<10} threshold {:<10.4} test FAR {:.4}  FRR {:.4}",
+            p.name(),
+            p.threshold,
+            p.test.far,
+            p.test.frr
+        );
+        match p.far_bound {
+            Some(b) => println!(
+                "  (validation FAR ≤ {:.2e} with {:.0}% confidence: {} of {} Different pairs \
+                 accepted, one-sided Clopper–Pearson)",
+                b.upper,
+                100.0 * FAR_CONFIDENCE,
+                b.accepted,
+                b.different
+            ),
+            None => println!(),
+        }
+    }
+    let drift: Vec<String> = points
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {:.4} ({:+.4})",
+                p.name(),
+                p.test_threshold,
+                p.test_threshold - p.threshold
+            )
+        })
+        .collect();
+    let whose = if unseen {
+        "the unseen classes' pairs (test)"
+    } else {
+        "the test pairs"
+    };
+    println!(
+        "  thresholds {whose} would choose for the same targets: {}",
+        drift.join(", ")
     );
 }
 

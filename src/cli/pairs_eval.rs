@@ -11,6 +11,7 @@ use clap::Args;
 use serde_json::{Value, json};
 use siamese_gpu::Gpu;
 use siamese_gpu::data::image_folder;
+use siamese_gpu::data::images::DataOptions;
 use siamese_gpu::data::pairs_file;
 use siamese_gpu::data::sampler::PairBatch;
 use siamese_gpu::error::{Error, Result};
@@ -22,7 +23,7 @@ use siamese_gpu::model::ModelTensors;
 use siamese_gpu::ops::gather;
 use siamese_gpu::runs::json::num;
 use siamese_gpu::runs::saved::SavedRun;
-use siamese_gpu::vocab::{Color, PairLabel};
+use siamese_gpu::vocab::{OnBadImage, PairLabel};
 
 /// The flags that name a pairs file, shared by `eval` and `train`.
 #[derive(Args)]
@@ -86,11 +87,12 @@ fn evaluate(
         (None, _) => None,
     };
     let [c, h, w] = run.model.config.input;
-    let options = siamese_gpu::data::images::DataOptions {
-        color: if c == 3 { Color::Rgb } else { Color::Grey },
-        ..run.settings.data_options()?
+    // Every image a pair names is needed: an unreadable one stops the scoring.
+    let options = DataOptions {
+        on_bad_image: OnBadImage::Stop,
+        ..run.read_options()?
     };
-    let pixels = image_folder::decode_images(&list.images, &options, [h, w])?;
+    let pixels = image_folder::decode_files(&list.images, &options, [h, w])?.pixels;
     let packed = gather::upload_images(gpu, &pixels, list.images.len(), c * h * w)?;
     let values = ModelTensors::upload(gpu, &run.model, &run.values)?;
     let embedder = Embedder::new(gpu, &run.model, &values, run.norm, 500)?;

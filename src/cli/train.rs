@@ -11,7 +11,7 @@ use siamese_gpu::runs::{RunDir, train_run};
 use siamese_gpu::settings::RunSettings;
 
 use super::STOP;
-use super::output::{ProgressDisplay, print_test};
+use super::output::{ProgressDisplay, print_operating_points, print_test};
 use super::pairs_eval::PairsFileArgs;
 
 /// The settings of `train` and `sweep`: a `--config` file, the augmentation preset, and every
@@ -104,6 +104,10 @@ pub fn run(args: &TrainArgs, matches: &ArgMatches) -> Result<()> {
     display.finish();
     let (report, mut result) = trained?;
     print_test(&report.test);
+    print_operating_points(
+        &report.operating_points,
+        !settings.held_out_classes.is_empty(),
+    );
     println!(
         "{} training pairs in {:.0} s ({:.0} pairs/s), {:.0} s in all, on {}",
         report.train_pairs, report.train_s, report.pairs_per_sec, report.wall_s, report.adapter
@@ -123,6 +127,7 @@ pub fn run(args: &TrainArgs, matches: &ArgMatches) -> Result<()> {
             values: report.values.clone(),
             norm: settings.to_train_config()?.pixel_norm,
             settings: settings.clone(),
+            operating_points: Vec::new(),
         };
         if let Some(figures) = args.pairs.evaluate(&gpu, &run, None)? {
             result["pairs_file"] = figures;

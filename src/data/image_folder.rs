@@ -205,11 +205,7 @@ fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let path = entry
             .map_err(|e| Error::Data(format!("cannot list {}: {e}", dir.display())))?
             .path();
-        let ext = path
-            .extension()
-            .map(|e| e.to_string_lossy().to_lowercase())
-            .unwrap_or_default();
-        if path.is_file() && EXTENSIONS.contains(&ext.as_str()) {
+        if is_image_file(&path) {
             files.push(path);
         }
     }
@@ -217,13 +213,33 @@ fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Decodes `paths` on all cores into one `[count, C, H, W]` u8 set at `size`, as the
-/// folder's images are (colour, resize policy); an unreadable image is an error naming it.
-pub fn decode_images(
+/// Images named one by one (not a folder's splits), decoded as a folder's are.
+#[derive(Debug, Default)]
+pub struct DecodedFiles {
+    /// `[count, C, H, W]` u8 planes of the readable images, in the order given.
+    pub pixels: Vec<u8>,
+    /// Each decoded image: its index among the paths given, its own `[height, width]`, and
+    /// whether it had colour (before conversion to the run's colour and size).
+    pub kept: Vec<(usize, Source)>,
+    /// The unreadable images (index, why), when `on_bad_image` is skip.
+    pub skipped: Vec<(usize, String)>,
+}
+
+/// What an image was before it was brought to the model's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Source {
+    pub size: [usize; 2],
+    pub color: bool,
+}
+
+/// Decodes `paths` on all cores at `size`, as the folder's images are (colour, resize
+/// policy); an unreadable image is left out (`options.on_bad_image` skip) or an error
+/// naming it (stop).
+pub fn decode_files(
     paths: &[PathBuf],
     options: &DataOptions,
     size: [usize; 2],
-) -> Result<Vec<u8>> {
+) -> Result<DecodedFiles> {
     let progress = ProgressBar::new(paths.len() as u64).with_style(
         ProgressStyle::with_template("decoding {pos}/{len} images {wide_bar} {eta}")
             .expect("a valid template"),
@@ -233,13 +249,59 @@ pub fn decode_images(
         .map(|path| {
             let pixels = decode(path, options.color, options.resize, &mut Some(size));
             progress.inc(1);
-            pixels.map(|(planes, _)| planes).map_err(|why| {
-                Error::Data(format!("cannot read the image {}: {why}", path.display()))
-            })
+            pixels
         })
         .collect();
     progress.finish_and_clear();
-    Ok(decoded.into_iter().collect::<Result<Vec<_>>>()?.concat())
+    let mut files = DecodedFiles::default();
+    for (i, (path, pixels)) in paths.iter().zip(decoded).enumerate() {
+        match (pixels, options.on_bad_image) {
+            (Ok((planes, source)), _) => {
+                files.pixels.extend_from_slice(&planes);
+                files.kept.push((i, source));
+            }
+            (Err(why), OnBadImage::Skip) => files.skipped.push((i, why)),
+            (Err(why), OnBadImage::Stop) => {
+                return Err(Error::Data(format!(
+                    "cannot read the image {}: {why}",
+                    path.display()
+                )));
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// Every image file under `dir`, at any depth, sorted by path (the extensions a folder
+/// dataset reads).
+pub fn images_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = std::fs::read_dir(&d)
+            .map_err(|e| Error::Data(format!("cannot list {}: {e}", d.display())))?;
+        for entry in entries {
+            let path = entry
+                .map_err(|e| Error::Data(format!("cannot list {}: {e}", d.display())))?
+                .path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if is_image_file(&path) {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Whether `path` is a file with an extension the readers take.
+fn is_image_file(path: &Path) -> bool {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    path.is_file() && EXTENSIONS.contains(&ext.as_str())
 }
 
 /// What decoding noticed: the images left out as unreadable (and why), and those under half
@@ -290,7 +352,7 @@ fn read_split(
     let (mut images, mut labels) = (Vec::new(), Vec::new());
     for (&(label, path), pixels) in order.iter().zip(decoded) {
         match pixels {
-            Ok((pixels, [h0, w0])) => {
+            Ok((pixels, Source { size: [h0, w0], .. })) => {
                 let [h, w] = size.expect("a decoded image fixed the size");
                 if 2 * h0 < h || 2 * w0 < w {
                     notes.small.push((path.to_path_buf(), [h0, w0]));
@@ -334,7 +396,7 @@ fn read_split(
 }
 
 /// One image as `[C, H, W]` u8 planes at `size` (set to the image's own size if unset), and
-/// its own `[height, width]`:
+/// what it was (its own `[height, width]`, whether it had colour):
 /// decoded, turned as its EXIF orientation says, converted to 8-bit RGB (see
 /// [`to_rgb8`]), brought to `size` as `resize` says, then kept as RGB planes or turned to
 /// grey by ITU-R 601-2 luma, L = (19595 R + 38470 G + 7471 B + 2¹⁵) >> 16 (PIL's
@@ -344,7 +406,7 @@ fn decode(
     color: Color,
     resize: Resize,
     size: &mut Option<[usize; 2]>,
-) -> std::result::Result<(Vec<u8>, [usize; 2]), String> {
+) -> std::result::Result<(Vec<u8>, Source), String> {
     let mut decoder = image::ImageReader::open(path)
         .map_err(|e| e.to_string())?
         .with_guessed_format()
@@ -355,8 +417,11 @@ fn decode(
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
     img.apply_orientation(orientation);
     let rgb = to_rgb8(&img);
-    let source = [rgb.height() as usize, rgb.width() as usize];
-    let [h, w] = *size.get_or_insert(source);
+    let source = Source {
+        size: [rgb.height() as usize, rgb.width() as usize],
+        color: img.color().has_color(),
+    };
+    let [h, w] = *size.get_or_insert(source.size);
     let rgb = fit(rgb, [h as u32, w as u32], resize);
     let pixels = rgb.into_raw();
     let planes = match color {

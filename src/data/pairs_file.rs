@@ -18,8 +18,8 @@ use crate::vocab::PairLabel;
 /// Extensions an LFW name may take, tried in this order.
 const EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "JPG", "JPEG", "PNG"];
 
-/// The pairs of a file: each pair's two images (indices into `images`), its label, and its
-/// fold when the file has folds.
+/// The pairs of a file: each pair's two images (indices into `images`), its label (when the
+/// file gives labels), and its fold when the file has folds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PairList {
     /// Every image the pairs name, once, in order of first use.
@@ -35,11 +35,11 @@ pub struct PairList {
 
 impl PairList {
     pub fn len(&self) -> usize {
-        self.labels.len()
+        self.a.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
+        self.a.is_empty()
     }
 
     fn empty(fold_count: usize) -> PairList {
@@ -53,8 +53,15 @@ impl PairList {
         }
     }
 
-    /// Adds a pair; `index` maps each image already named to its index.
-    fn add(&mut self, index: &mut HashMap<PathBuf, u32>, a: PathBuf, b: PathBuf, label: PairLabel) {
+    /// Adds a pair (with its label, if the file gives one); `index` maps each image already
+    /// named to its index.
+    fn add(
+        &mut self,
+        index: &mut HashMap<PathBuf, u32>,
+        a: PathBuf,
+        b: PathBuf,
+        label: Option<PairLabel>,
+    ) {
         let mut id = |p: PathBuf| {
             *index.entry(p.clone()).or_insert_with(|| {
                 self.images.push(p);
@@ -64,7 +71,7 @@ impl PairList {
         let (a, b) = (id(a), id(b));
         self.a.push(a);
         self.b.push(b);
-        self.labels.push(label);
+        self.labels.extend(label);
     }
 }
 
@@ -82,7 +89,7 @@ pub fn read(path: &Path, images: &Path) -> Result<PairList> {
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
     let list = if csv {
-        parse_csv(&text, path, images)?
+        parse_csv(&text, path, images, true)?
     } else {
         parse_lfw(&text, path, images)?
     };
@@ -96,6 +103,24 @@ pub fn read(path: &Path, images: &Path) -> Result<PairList> {
                 path.display()
             )));
         }
+    }
+    Ok(list)
+}
+
+/// The pairs of a CSV of `path_a,path_b` lines, to compare without labels: paths relative
+/// to the file's folder (or absolute), an optional header `path_a,path_b`, blank lines and
+/// `#` comments ignored. `labels` is left empty.
+pub fn read_unlabelled(path: &Path) -> Result<PairList> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::Data(format!(
+            "cannot read the pairs file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let base = path.parent().unwrap_or(Path::new(""));
+    let list = parse_csv(&text, path, base, false)?;
+    if list.is_empty() {
+        return Err(Error::Data(format!("{} names no pair", path.display())));
     }
     Ok(list)
 }
@@ -187,7 +212,7 @@ fn parse_lfw(text: &str, path: &Path, images: &Path) -> Result<PairList> {
             a.map_err(|why| line_error(path, line, why))?,
             b.map_err(|why| line_error(path, line, why))?,
         );
-        list.add(&mut index, a, b, label);
+        list.add(&mut index, a, b, Some(label));
         list.folds.push(fold);
     }
     if list.len() < want {
@@ -211,8 +236,18 @@ fn lfw_image(images: &Path, name: &str, n: u32) -> std::result::Result<PathBuf, 
         .ok_or_else(|| format!("no image {}.jpg (or .jpeg, .png)", stem.display()))
 }
 
-fn parse_csv(text: &str, path: &Path, images: &Path) -> Result<PairList> {
+/// A CSV's pairs: `path_a,path_b,same|different` lines, or `path_a,path_b` when not
+/// `labelled`.
+fn parse_csv(text: &str, path: &Path, images: &Path, labelled: bool) -> Result<PairList> {
     let (mut list, mut index) = (PairList::empty(0), HashMap::new());
+    let (header, form): (&[&str], _) = if labelled {
+        (
+            &["path_a", "path_b", "label"],
+            "path_a,path_b,same|different",
+        )
+    } else {
+        (&["path_a", "path_b"], "path_a,path_b")
+    };
     for (i, raw) in text.lines().enumerate() {
         let (line, text) = (i + 1, raw.trim());
         if text.is_empty() || text.starts_with('#') {
@@ -223,27 +258,27 @@ fn parse_csv(text: &str, path: &Path, images: &Path) -> Result<PairList> {
             && fields
                 .iter()
                 .map(|f| f.to_lowercase())
-                .eq(["path_a", "path_b", "label"])
+                .eq(header.iter().copied())
         {
             continue;
         }
-        let [a, b, label] = fields[..] else {
-            return Err(line_error(
-                path,
-                line,
-                format!("`{text}` is not path_a,path_b,same|different"),
-            ));
-        };
-        let label = match label.to_lowercase().as_str() {
-            "same" => PairLabel::Same,
-            "different" => PairLabel::Different,
-            other => {
-                return Err(line_error(
-                    path,
-                    line,
-                    format!("the label `{other}` is neither same nor different"),
-                ));
+        if fields.len() != header.len() {
+            return Err(line_error(path, line, format!("`{text}` is not {form}")));
+        }
+        let label = if labelled {
+            match fields[2].to_lowercase().as_str() {
+                "same" => Some(PairLabel::Same),
+                "different" => Some(PairLabel::Different),
+                other => {
+                    return Err(line_error(
+                        path,
+                        line,
+                        format!("the label `{other}` is neither same nor different"),
+                    ));
+                }
             }
+        } else {
+            None
         };
         let resolve = |p: &str| {
             let full = images.join(p);
@@ -257,7 +292,7 @@ fn parse_csv(text: &str, path: &Path, images: &Path) -> Result<PairList> {
                 ))
             }
         };
-        let (a, b) = (resolve(a)?, resolve(b)?);
+        let (a, b) = (resolve(fields[0])?, resolve(fields[1])?);
         list.add(&mut index, a, b, label);
     }
     Ok(list)

@@ -6,6 +6,7 @@ pub mod embedding_metrics;
 pub mod embedding_stats;
 pub mod folds;
 pub mod oneshot;
+pub mod operating_points;
 pub mod probe;
 pub mod protocol;
 pub mod retrieval;

@@ -3,6 +3,7 @@
 
 use serde_json::{Value, json};
 
+use crate::eval::operating_points::{FAR_CONFIDENCE, OperatingPoint};
 use crate::train::{Progress, TrainConfig, TrainReport};
 use crate::vocab::LossKind;
 
@@ -41,7 +42,59 @@ pub fn result_json(r: &TrainReport, cfg: &TrainConfig) -> Value {
         "train_s": r.train_s,
         "wall_s": r.wall_s,
         "adapter": r.adapter,
+        "operating_points": operating_points_json(&r.operating_points),
     })
+}
+
+/// The operating points as a list of objects: `name` (`accuracy`, `eer`, `far=RATE`),
+/// `threshold`, the validation and test FAR and FRR, `test_threshold` (what the test pairs
+/// would choose for the same target), and for FAR targets the certificate: the Different
+/// pairs accepted of how many, and the upper bound with its confidence and method.
+pub fn operating_points_json(points: &[OperatingPoint]) -> Value {
+    let rate = |r: f64| if r.is_finite() { json!(r) } else { Value::Null };
+    points
+        .iter()
+        .map(|p| {
+            let mut o = json!({
+                "name": p.name(),
+                "threshold": num(p.threshold),
+                "val_far": rate(p.val.far),
+                "val_frr": rate(p.val.frr),
+                "test_far": rate(p.test.far),
+                "test_frr": rate(p.test.frr),
+                "test_threshold": num(p.test_threshold),
+            });
+            if let Some(b) = p.far_bound {
+                o["far_upper_bound"] = json!(b.upper);
+                o["far_confidence"] = json!(FAR_CONFIDENCE);
+                o["far_bound_method"] = json!("one-sided Clopper-Pearson");
+                o["val_different_pairs"] = json!(b.different);
+                o["val_false_accepts"] = json!(b.accepted);
+            }
+            o
+        })
+        .collect()
+}
+
+/// A stored operating point, as [`operating_points_json`] writes it: its name and threshold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredPoint {
+    pub name: String,
+    pub threshold: f32,
+}
+
+/// The points of [`operating_points_json`]'s text (None if it is not that list).
+pub fn parse_operating_points(text: &str) -> Option<Vec<StoredPoint>> {
+    let list: Value = serde_json::from_str(text).ok()?;
+    list.as_array()?
+        .iter()
+        .map(|p| {
+            Some(StoredPoint {
+                name: p["name"].as_str()?.to_string(),
+                threshold: p["threshold"].as_f64()? as f32,
+            })
+        })
+        .collect()
 }
 
 /// One line of `metrics.jsonl`.

@@ -27,6 +27,9 @@ use crate::settings::RunSettings;
 use crate::train::{self, Outcome, Progress, RunControl, TrainConfig, TrainReport, TrainingState};
 use log::RunLog;
 
+/// The metadata key of the model file's operating points (`json::operating_points_json`).
+pub const OPERATING_POINTS_KEY: &str = "operating_points";
+
 /// Where a run goes: nowhere, a fresh run directory, or one to continue.
 #[derive(Debug, Clone, Copy)]
 pub enum RunDir<'a> {
@@ -103,6 +106,11 @@ pub fn train_run(
     let report = finished(outcome?, out)?;
     let result = json::result_json(&report, &cfg);
     if let Some(dir) = out {
+        // The model file carries its operating points, so `compare` needs nothing else.
+        checkpoint::add_metadata(
+            &dir.join("model.safetensors"),
+            &[(OPERATING_POINTS_KEY, result["operating_points"].to_string())],
+        )?;
         write_results(dir, &report, &result)?;
     }
     Ok((report, result))

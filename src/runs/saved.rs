@@ -6,11 +6,18 @@ use std::path::{Path, PathBuf};
 
 use crate::checkpoint;
 use crate::data::dataset::{self, Dataset};
+#[cfg(feature = "images")]
+use crate::data::image_folder::{self, DecodedFiles};
 use crate::data::images::{DataOptions, ImageSet};
 use crate::error::{Error, Result};
+use crate::eval::operating_points::Target;
 use crate::model::{ModelValues, SiameseModel};
+use crate::runs::OPERATING_POINTS_KEY;
+use crate::runs::json::{StoredPoint, parse_operating_points};
 use crate::settings::RunSettings;
 use crate::train::{TrainConfig, TrainingState};
+#[cfg(feature = "images")]
+use crate::vocab::OnBadImage;
 use crate::vocab::{Color, PixelNorm};
 
 /// The weights file of a run directory (or the file itself, when given one).
@@ -29,6 +36,9 @@ pub struct SavedRun {
     pub values: ModelValues,
     pub norm: PixelNorm,
     pub settings: RunSettings,
+    /// The thresholds stored at the end of training (none for weights from elsewhere, or a
+    /// run saved before it finished).
+    pub operating_points: Vec<StoredPoint>,
 }
 
 impl SavedRun {
@@ -48,20 +58,30 @@ impl SavedRun {
             Some(text) => RunSettings::from_fingerprint(text)?,
             None => RunSettings::default(),
         };
+        let operating_points = match meta.get(OPERATING_POINTS_KEY) {
+            Some(text) => parse_operating_points(text).ok_or_else(|| {
+                Error::Data(format!(
+                    "{}: metadata `{OPERATING_POINTS_KEY}` is not a list of operating points",
+                    model_file(run).display()
+                ))
+            })?,
+            None => Vec::new(),
+        };
         Ok(SavedRun {
             model,
             values,
             norm,
             settings,
+            operating_points,
         })
     }
 
-    /// A model that was not trained here: the tower and data options of `settings`, sized
-    /// for the images of `sets`, its weights from `settings.init_from` (a PyTorch
+    /// A model that was not trained here: the tower and data options of `settings`, for
+    /// images of `input` (`[C, H, W]`), its weights from `settings.init_from` (a PyTorch
     /// `state_dict` in safetensors); what was loaded goes to `note`.
     pub fn from_weights(
         settings: RunSettings,
-        sets: &Dataset,
+        input: [usize; 3],
         note: &mut dyn FnMut(&str),
     ) -> Result<SavedRun> {
         let Some(path) = settings.init_from.clone() else {
@@ -71,8 +91,7 @@ impl SavedRun {
             ));
         };
         let cfg = settings.to_train_config()?;
-        let set = &sets.train;
-        let model = SiameseModel::new(cfg.model_config([set.channels, set.height, set.width]))?;
+        let model = SiameseModel::new(cfg.model_config(input))?;
         let mut values = ModelValues::init(&model, cfg.seed);
         let loaded =
             checkpoint::init_from(&path, &model, &mut values, settings.init_allow_mismatch)?;
@@ -82,7 +101,85 @@ impl SavedRun {
             values,
             norm: cfg.pixel_norm,
             settings,
+            operating_points: Vec::new(),
         })
+    }
+
+    /// How images are read for this model: the run's settings, in the colour of the model's
+    /// input (a run saved without settings reads as grey).
+    pub fn read_options(&self) -> Result<DataOptions> {
+        let [c, _, _] = self.model.config.input;
+        Ok(DataOptions {
+            color: if c == 3 { Color::Rgb } else { Color::Grey },
+            ..self.settings.data_options()?
+        })
+    }
+
+    /// Decodes `paths` as this model's input (the run's colour, size and resize policy);
+    /// an unreadable image is left out (`on_bad_image` skip) or an error naming it (stop).
+    /// Each image brought to the input — resized, or its colour converted — and each one
+    /// left out is said through `note`.
+    #[cfg(feature = "images")]
+    pub fn read_images(
+        &self,
+        paths: &[PathBuf],
+        on_bad_image: OnBadImage,
+        note: &mut dyn FnMut(&str),
+    ) -> Result<DecodedFiles> {
+        let [c, h, w] = self.model.config.input;
+        let options = DataOptions {
+            on_bad_image,
+            ..self.read_options()?
+        };
+        let files = image_folder::decode_files(paths, &options, [h, w])?;
+        for &(i, source) in &files.kept {
+            let [h0, w0] = source.size;
+            let mut changes = Vec::new();
+            if [h0, w0] != [h, w] {
+                changes.push(format!(
+                    "resized from {h0}×{w0} to {h}×{w} ({}, the run's resize policy)",
+                    self.settings.resize
+                ));
+            }
+            if source.color && c == 1 {
+                changes.push("converted to grey (the model takes grey images)".to_string());
+            }
+            if !changes.is_empty() {
+                note(&format!("{}: {}", paths[i].display(), changes.join("; ")));
+            }
+        }
+        for (i, why) in &files.skipped {
+            note(&format!(
+                "{}: left out, unreadable ({why})",
+                paths[*i].display()
+            ));
+        }
+        Ok(files)
+    }
+
+    /// The stored operating point `target` names (`accuracy`, `eer`, `far=RATE`), refused
+    /// naming the ones there are.
+    pub fn operating_point(&self, target: &str) -> Result<&StoredPoint> {
+        let wanted = Target::parse(target)?.to_string();
+        if let Some(point) = self.operating_points.iter().find(|p| p.name == wanted) {
+            return Ok(point);
+        }
+        let have: Vec<&str> = self
+            .operating_points
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        Err(Error::Config(if have.is_empty() {
+            "this model stores no operating points (weights from elsewhere, or a run that did \
+             not finish): score it with `siamese eval --checkpoint RUN_DIR --store` first"
+                .to_string()
+        } else {
+            format!(
+                "the run stores no `{wanted}` operating point (it has {}); add one with \
+                 `siamese eval --checkpoint RUN_DIR --far RATE --store`",
+                have.join(", ")
+            )
+        }))
     }
 
     /// The dataset the model was trained on (or the one in `data`), split as in training
@@ -95,12 +192,7 @@ impl SavedRun {
         warn: &mut dyn FnMut(&str),
     ) -> Result<Dataset> {
         let saved = &self.settings;
-        // The colour follows the model's input (a run saved without settings reads as grey).
-        let [c, _, _] = self.model.config.input;
-        let options = DataOptions {
-            color: if c == 3 { Color::Rgb } else { Color::Grey },
-            ..saved.data_options()?
-        };
+        let options = self.read_options()?;
         let data = data.or(saved.data.as_deref());
         let sets = dataset::load_with(data, val_images.or(saved.val_images), &options)?;
         for warning in &sets.warnings {

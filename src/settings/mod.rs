@@ -112,6 +112,12 @@ pub struct RunSettings {
     /// Balanced test pairs scored at that threshold.
     #[arg(long, default_value_t = 10_000)]
     pub test_pairs: usize,
+    /// A false-accept rate to store an operating point for (repeatable: --far 1e-3 --far
+    /// 1e-4): the threshold whose 95% upper bound on the FAR, from the validation Different
+    /// pairs, is at most RATE. Accuracy and equal-error-rate points are always stored.
+    #[arg(long, value_name = "RATE", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub far: Vec<f64>,
     /// Validate (and save the run) every this many training pairs.
     #[arg(long, default_value_t = 10_000)]
     pub eval_every: usize,
@@ -362,6 +368,7 @@ impl RunSettings {
             val_images: self.val_images,
             val_pairs: self.val_pairs,
             test_pairs: self.test_pairs,
+            far_targets: self.far.clone(),
             eval_every: self.eval_every,
             pixel_norm: parse_pixel_norm(&self.pixel_norm)?,
             dataset: self.data_options()?,

@@ -8,6 +8,7 @@ use crate::data::batches::Batches;
 use crate::data::images::DataOptions;
 use crate::error::{Error, Result};
 use crate::eval::embedding_metrics::SCORED_IMAGES;
+use crate::eval::operating_points::{Target, pairs_to_certify, val_pairs_to_certify};
 use crate::model::ModelConfig;
 use crate::nn::TowerSpec;
 use crate::nn::spec::REFERENCE_TOWER;
@@ -43,6 +44,9 @@ pub struct TrainConfig {
     pub dataset: DataOptions,
     pub val_pairs: usize,
     pub test_pairs: usize,
+    /// False-accept rates to choose certified operating points for, beside the accuracy and
+    /// equal-error-rate ones (`eval::operating_points`).
+    pub far_targets: Vec<f64>,
     /// Validate every this many training samples (and at the end).
     pub eval_every: usize,
     /// Read the loss log back every this many steps.
@@ -100,6 +104,7 @@ impl Default for TrainConfig {
             dataset: DataOptions::default(),
             val_pairs: 10_000,
             test_pairs: 10_000,
+            far_targets: Vec::new(),
             eval_every: 10_000,
             log_every: 20,
             pixel_norm: PixelNorm::UNIT,
@@ -196,6 +201,20 @@ impl TrainConfig {
                     .into(),
             );
         }
+        for &rate in &self.far_targets {
+            Target::far(rate)?;
+            // Half the validation pairs are Different, on average: a target they cannot
+            // certify is refused before training rather than after.
+            let needed = pairs_to_certify(rate);
+            if self.val_pairs / 2 < needed {
+                return bad(format!(
+                    "far {rate}: certifying a false-accept rate of {rate} takes at least {needed}                      validation Different pairs, and val_pairs = {} draws about {}; give                      --val-pairs {} or more, or a larger rate",
+                    self.val_pairs,
+                    self.val_pairs / 2,
+                    val_pairs_to_certify(rate)
+                ));
+            }
+        }
         self.augment.validate()
     }
 
@@ -274,6 +293,32 @@ mod tests {
                 ..Default::default()
             })
             .contains("eval_every (the validation interval)")
+        );
+        // 10,000 validation pairs draw about 5,000 Different ones: 1e-3 needs 2,995, 1e-4
+        // needs 29,956.
+        assert!(
+            TrainConfig {
+                far_targets: vec![1e-3],
+                ..Default::default()
+            }
+            .validate()
+            .is_ok()
+        );
+        let far = refused(TrainConfig {
+            far_targets: vec![1e-3, 1e-4],
+            ..Default::default()
+        });
+        assert!(
+            far.contains("at least 29956 validation Different pairs"),
+            "{far}"
+        );
+        assert!(far.contains("--val-pairs 65903"), "{far}");
+        assert!(
+            refused(TrainConfig {
+                far_targets: vec![0.0],
+                ..Default::default()
+            })
+            .contains("must be in (0, 1)")
         );
         assert!(
             refused(TrainConfig {

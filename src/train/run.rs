@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::eval::doctor::{Diagnosis, Evidence, ValidationPoint};
 use crate::eval::embed::Embedder;
 use crate::eval::embedding_metrics::EmbeddingMetrics;
+use crate::eval::operating_points::{OperatingPoint, Target, operating_point};
 use crate::eval::protocol::{PairProtocol, Validation};
 use crate::eval::verification::Verification;
 use crate::gpu::{DType, Gpu, Profiler, Tensor};
@@ -128,6 +129,9 @@ pub struct TrainReport {
     pub values: ModelValues,
     /// Retrieval (with the raw-pixel baseline) and one-shot accuracy of the test embeddings.
     pub embedding_metrics: EmbeddingMetrics,
+    /// The thresholds chosen on validation for accuracy, the EER and each FAR target, with
+    /// the rates they give on test.
+    pub operating_points: Vec<OperatingPoint>,
     /// What the run looked like, and what the doctor made of it.
     pub diagnosis: Diagnosis,
 }
@@ -524,6 +528,21 @@ impl<'g> Run<'g> {
         let (test, test_scores) =
             self.protocol
                 .test_scored(&self.embedder, &self.data.test, &self.last_val)?;
+        let operating_points = Target::with_far(&cfg.far_targets)
+            .into_iter()
+            .filter_map(|target| {
+                let point = operating_point(
+                    target,
+                    (&self.last_val.scores, self.protocol.val_labels()),
+                    (&test_scores, self.protocol.test_labels()),
+                );
+                // The check before training counted on half the pairs being Different; a
+                // draw short of that leaves the target out rather than the finished run.
+                point
+                    .map_err(|e| report(&Progress::Note(format!("operating point left out: {e}"))))
+                    .ok()
+            })
+            .collect();
         let embedding_metrics = evidence::test_evidence(
             gpu,
             cfg,
@@ -565,6 +584,7 @@ impl<'g> Run<'g> {
             losses: self.losses,
             model: self.model,
             embedding_metrics,
+            operating_points,
         })))
     }
 

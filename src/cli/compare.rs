@@ -1,0 +1,156 @@
+//! `siamese compare`: whether two images — or each pair of a CSV — show the same thing, by a
+//! trained model at one of the operating points its run stored: the distance (or the BCE
+//! head's probability), the threshold, the decision and the margin to it. All the pairs'
+//! images are embedded in one batch on the GPU.
+//!
+//! The exit status carries the decision for scripts: 0 when every pair is Same, 1 when any
+//! is Different, 2 on an error (as `cmp` and `diff` do).
+
+use std::path::PathBuf;
+
+use clap::Args;
+use serde_json::json;
+use siamese_gpu::Gpu;
+use siamese_gpu::data::pairs_file;
+use siamese_gpu::data::sampler::PairBatch;
+use siamese_gpu::error::{Error, Result};
+use siamese_gpu::eval::embed::Embedder;
+use siamese_gpu::eval::protocol::pair_scores;
+use siamese_gpu::model::ModelTensors;
+use siamese_gpu::ops::gather;
+use siamese_gpu::runs::json::num;
+use siamese_gpu::runs::saved::SavedRun;
+use siamese_gpu::vocab::{LossKind, OnBadImage};
+
+#[derive(Args)]
+#[command(
+    after_help = "Exit status: 0 when every pair is Same, 1 when any pair is Different, \
+                        2 on an error."
+)]
+pub struct CompareArgs {
+    /// The run directory of `train --out` (or its model.safetensors).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The two images to compare.
+    #[arg(
+        value_names = ["A", "B"],
+        num_args = 2,
+        required_unless_present = "pairs",
+        conflicts_with = "pairs"
+    )]
+    images: Vec<PathBuf>,
+    /// Many pairs in one batch: a CSV of `path_a,path_b` lines (paths relative to the CSV's
+    /// folder, or absolute; an optional `path_a,path_b` header).
+    #[arg(long, value_name = "FILE.csv")]
+    pairs: Option<PathBuf>,
+    /// The stored threshold to decide at: accuracy, eer or far=RATE (one the run stored;
+    /// `siamese eval --far RATE --store` adds one).
+    #[arg(long, default_value = "accuracy", value_name = "POINT")]
+    operating_point: String,
+    /// One JSON object per pair on stdout: a, b, distance (or probability), threshold,
+    /// decision (same | different), margin, operating_point.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Compares the pairs; Ok(true) when every pair is Same.
+pub fn run(args: &CompareArgs) -> Result<bool> {
+    let run = SavedRun::load(&args.checkpoint)?;
+    let point = run.operating_point(&args.operating_point)?.clone();
+    let list = match &args.pairs {
+        Some(file) => pairs_file::read_unlabelled(file)?,
+        None => {
+            let [a, b] = [&args.images[0], &args.images[1]];
+            for path in [a, b] {
+                if !path.is_file() {
+                    return Err(Error::Data(format!("no image {}", path.display())));
+                }
+            }
+            pairs_file::PairList {
+                images: if a == b {
+                    vec![a.clone()]
+                } else {
+                    vec![a.clone(), b.clone()]
+                },
+                a: vec![0],
+                b: vec![if a == b { 0 } else { 1 }],
+                labels: Vec::new(),
+                folds: Vec::new(),
+                fold_count: 0,
+            }
+        }
+    };
+    // Every image is needed: an unreadable one is an error naming it.
+    let files = run.read_images(&list.images, OnBadImage::Stop, &mut |n| {
+        eprintln!("note: {n}")
+    })?;
+    let gpu = Gpu::new()?;
+    let [c, h, w] = run.model.config.input;
+    let packed = gather::upload_images(&gpu, &files.pixels, list.images.len(), c * h * w)?;
+    let values = ModelTensors::upload(&gpu, &run.model, &run.values)?;
+    let chunk = list.images.len().min(500);
+    let embedder = Embedder::new(&gpu, &run.model, &values, run.norm, chunk)?;
+    let pairs = PairBatch {
+        a: list.a.clone(),
+        b: list.b.clone(),
+        labels: Vec::new(),
+    };
+    let scores = pair_scores(
+        &gpu,
+        &values.params,
+        &run.model,
+        (&embedder, &packed),
+        &pairs,
+    )?;
+    let bce = run.model.config.loss == LossKind::Bce;
+    // Scores are lower-is-alike (the BCE head's negated logit): shown as the head's
+    // probability of Same, σ(−score), against σ(−threshold).
+    let probability = |s: f32| 1.0 / (1.0 + f64::from(s).exp());
+    let mut all_same = true;
+    for (k, &score) in scores.iter().enumerate() {
+        let (a, b) = (
+            list.images[list.a[k] as usize].display().to_string(),
+            list.images[list.b[k] as usize].display().to_string(),
+        );
+        let same = score <= point.threshold;
+        all_same &= same;
+        let decision = if same { "same" } else { "different" };
+        let (what, value, threshold) = if bce {
+            (
+                "probability",
+                probability(score),
+                probability(point.threshold),
+            )
+        } else {
+            ("distance", f64::from(score), f64::from(point.threshold))
+        };
+        let margin = (value - threshold).abs();
+        if args.json {
+            let mut o = json!({
+                "a": a, "b": b, "decision": decision, "operating_point": point.name,
+            });
+            // A distance as the f32 it is (shortest form); a probability as computed.
+            let (value, threshold, margin) = if bce {
+                (json!(value), json!(threshold), json!(margin))
+            } else {
+                let m = (score - point.threshold).abs();
+                (num(score), num(point.threshold), num(m))
+            };
+            o[what] = value;
+            o["threshold"] = threshold;
+            o["margin"] = margin;
+            println!("{o}");
+        } else {
+            let side = match (same, bce) {
+                (true, false) | (false, true) => "under",
+                _ => "over",
+            };
+            println!(
+                "{a}  {b}  {what} {value:.4}  threshold {threshold:.4} ({})  → {decision} \
+                 ({margin:.4} {side} the threshold)",
+                point.name
+            );
+        }
+    }
+    Ok(all_same)
+}
