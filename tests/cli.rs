@@ -6,6 +6,8 @@
 //! uninterrupted run.
 
 mod support;
+#[path = "cli/use_model.rs"]
+mod use_model;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};

@@ -287,7 +287,7 @@ pub fn pairwise_forward_tex(
         return Err(Error::Shape {
             op,
             detail: format!(
-                "a and b must be {b1}×{texels} and {b2}×{texels} texels (rows of D = {dim} by                  fours), got {} and {}",
+                "a and b must be {b1}×{texels} and {b2}×{texels} texels (rows of D = {dim} by fours), got {} and {}",
                 a.len(),
                 b.len()
             ),

@@ -208,7 +208,9 @@ impl TrainConfig {
             let needed = pairs_to_certify(rate);
             if self.val_pairs / 2 < needed {
                 return bad(format!(
-                    "far {rate}: certifying a false-accept rate of {rate} takes at least {needed}                      validation Different pairs, and val_pairs = {} draws about {}; give                      --val-pairs {} or more, or a larger rate",
+                    "far {rate}: certifying a false-accept rate of {rate} takes at least {needed} \
+                     validation Different pairs, and val_pairs = {} draws about {}; give \
+                     --val-pairs {} or more, or a larger rate",
                     self.val_pairs,
                     self.val_pairs / 2,
                     val_pairs_to_certify(rate)

@@ -1,0 +1,368 @@
+//! Using a trained model through the binary: the operating points a run stores, `compare`
+//! deciding at them (its exit status the decision), `eval --far --store`, and `embed` of
+//! image files and folders — with their bad inputs.
+
+use super::*;
+
+/// Writes image `i` of the synthetic 16×16 test split (`synthetic(200, 16, 2)`, as
+/// `write_idx_dataset` writes it) as a grey PNG, returning its label.
+fn write_test_image(path: &Path, i: usize) -> u8 {
+    let (x, y) = synthetic(200, 16, 2);
+    let pixels = x[i * 256..(i + 1) * 256].to_vec();
+    image::GrayImage::from_raw(16, 16, pixels)
+        .unwrap()
+        .save(path)
+        .unwrap();
+    y[i]
+}
+
+/// The run's stored operating points, from its model file's metadata.
+fn stored_points(run: &Path) -> Vec<serde_json::Value> {
+    let (_, _, meta) = checkpoint::load_model(&run.join("model.safetensors")).unwrap();
+    serde_json::from_str::<serde_json::Value>(&meta["operating_points"])
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn exit_code(out: &Output) -> i32 {
+    out.status.code().expect("exited, not killed")
+}
+
+#[test]
+fn a_run_stores_certified_operating_points_and_compare_decides_at_them() {
+    // 200 validation pairs draw about 100 Different ones: a FAR of 0.05 needs 59.
+    let root = trained_run("points", &["--far", "0.05"]);
+    let run = root.path().join("run");
+    let result: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("result.json")).unwrap()).unwrap();
+    let points = result["operating_points"].as_array().unwrap();
+    let names: Vec<&str> = points.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["accuracy", "eer", "far=0.05"]);
+    assert_eq!(points[0]["threshold"], result["threshold"]);
+    let far = &points[2];
+    assert!(far["far_upper_bound"].as_f64().unwrap() <= 0.05, "{far}");
+    assert_eq!(far["far_bound_method"], "one-sided Clopper-Pearson");
+    let (accepted, different) = (
+        far["val_false_accepts"].as_u64().unwrap(),
+        far["val_different_pairs"].as_u64().unwrap(),
+    );
+    assert!(
+        different >= 59 && accepted as f64 <= 0.05 * different as f64,
+        "{far}"
+    );
+    // The model file carries the same points, for compare.
+    assert_eq!(stored_points(&run), *points);
+
+    // Two images of one class and one of another, as PNG files.
+    let (x, y) = synthetic(200, 16, 2);
+    let same_class: Vec<usize> = (0..200).filter(|&i| y[i] == y[0]).take(2).collect();
+    let other = (0..200).find(|&i| y[i] != y[0]).unwrap();
+    for (name, i) in [
+        ("a.png", same_class[0]),
+        ("b.png", same_class[1]),
+        ("c.png", other),
+    ] {
+        write_test_image(&root.path().join(name), i);
+    }
+    assert_eq!(x.len(), 200 * 256);
+    let compare = |extra: &[&str]| {
+        siamese(
+            root.path(),
+            &args(&[&["compare", "--checkpoint", "run"], extra].concat()),
+        )
+    };
+    for (pair, point) in [
+        (["a.png", "b.png"], "accuracy"),
+        (["a.png", "c.png"], "eer"),
+        (["b.png", "c.png"], "far=0.05"),
+    ] {
+        let out = compare(&[pair[0], pair[1], "--operating-point", point, "--json"]);
+        let o: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+        let (d, t) = (
+            o["distance"].as_f64().unwrap(),
+            o["threshold"].as_f64().unwrap(),
+        );
+        let stored = points.iter().find(|p| p["name"] == point).unwrap();
+        assert_eq!(o["threshold"], stored["threshold"], "the stored threshold");
+        let same = d <= t;
+        assert_eq!(o["decision"], if same { "same" } else { "different" });
+        assert_eq!(
+            exit_code(&out),
+            if same { 0 } else { 1 },
+            "{}",
+            stderr(&out)
+        );
+        assert!((o["margin"].as_f64().unwrap() - (d - t).abs()).abs() < 1e-6);
+    }
+    // The same pair twice, in a CSV of paths relative to it, in either order: one batch.
+    std::fs::create_dir_all(root.path().join("lists")).unwrap();
+    std::fs::write(
+        root.path().join("lists/pairs.csv"),
+        "path_a,path_b\n# a comment\n../a.png,../c.png\n../c.png,../a.png\n\n../a.png,../a.png\n",
+    )
+    .unwrap();
+    let out = compare(&["--pairs", "lists/pairs.csv", "--json"]);
+    let rows: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0]["distance"], rows[1]["distance"], "symmetric");
+    // A distance from a sqrt with ε inside: an image against itself is a hair above 0.
+    assert!(rows[2]["distance"].as_f64().unwrap() < 1e-2);
+    assert_eq!(rows[2]["decision"], "same");
+    let any_different = rows.iter().any(|r| r["decision"] == "different");
+    assert_eq!(exit_code(&out), i32::from(any_different));
+
+    // An RGB image of another size is brought to the model's input, saying how.
+    let rgb = image::RgbImage::from_fn(20, 18, |x, _| image::Rgb([x as u8 * 10, 0, 90]));
+    rgb.save(root.path().join("big.png")).unwrap();
+    let out = compare(&["big.png", "a.png"]);
+    assert!(exit_code(&out) < 2, "{}", stderr(&out));
+    let notes = stderr(&out);
+    assert!(
+        notes.contains("big.png: resized from 18×20 to 16×16 (stretch, the run's resize policy)")
+            && notes.contains("converted to grey"),
+        "{notes}"
+    );
+
+    // Bad input: exit status 2 and a message saying what to do; nothing on disk changes.
+    std::fs::write(
+        root.path().join("corrupt.png"),
+        b"\x89PNG\r\n\x1a\nnot an image",
+    )
+    .unwrap();
+    let before = snapshot(root.path());
+    let refused = |out: Output, needles: &[&str]| {
+        let err = stderr(&out);
+        assert_eq!(exit_code(&out), 2, "{err}");
+        for n in needles {
+            assert!(err.contains(n), "the error lacks {n:?}:\n{err}");
+        }
+    };
+    refused(
+        compare(&["corrupt.png", "a.png"]),
+        &["cannot read the image corrupt.png"],
+    );
+    refused(
+        compare(&["missing.png", "a.png"]),
+        &["no image missing.png"],
+    );
+    refused(
+        compare(&["a.png", "b.png", "--operating-point", "far=0.001"]),
+        &[
+            "no `far=0.001` operating point",
+            "accuracy, eer, far=0.05",
+            "--far RATE --store",
+        ],
+    );
+    refused(
+        compare(&["a.png", "b.png", "--operating-point", "frr=0.1"]),
+        &["use accuracy, eer or far=RATE"],
+    );
+    std::fs::write(root.path().join("bad.csv"), "a.png,b.png,c.png\n").unwrap();
+    refused(
+        compare(&["--pairs", "bad.csv"]),
+        &["bad.csv line 1", "is not path_a,path_b"],
+    );
+    std::fs::remove_file(root.path().join("bad.csv")).unwrap();
+    assert!(snapshot(root.path()) == before);
+
+    // eval chooses points for other rates; one the validation pairs cannot certify is refused
+    // saying how many pairs it needs, and --store adds them to the run for compare.
+    let eval = |extra: &[&str]| {
+        siamese(
+            root.path(),
+            &args(&[&["eval", "--checkpoint", "run"], extra].concat()),
+        )
+    };
+    assert_refused(
+        &eval(&["--far", "0.01"]),
+        &["cannot certify a false-accept rate of 0.01", "at least 299"],
+    );
+    assert!(snapshot(root.path()) == before, "a refusal stores nothing");
+    let out = eval(&["--far", "0.1", "--store"]);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("far=0.1 "), "{}", stdout(&out));
+    let names: Vec<String> = stored_points(&run)
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["accuracy", "eer", "far=0.1"]);
+    let result: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("result.json")).unwrap()).unwrap();
+    assert_eq!(result["operating_points"][2]["name"], "far=0.1");
+    assert!(
+        exit_code(&compare(&[
+            "a.png",
+            "b.png",
+            "--operating-point",
+            "far=0.1"
+        ])) < 2
+    );
+
+    // Held-out classes: the drift of each threshold to the unseen classes is reported.
+    let out = siamese(
+        root.path(),
+        &train_args(&["--pairs", "16", "--held-out-classes", "3,4"]),
+    );
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains("thresholds the unseen classes' pairs (test) would choose"),
+        "{}",
+        stdout(&out)
+    );
+    // A FAR target the validation pairs cannot certify is refused before training.
+    assert_refused(
+        &siamese(
+            root.path(),
+            &train_args(&["--pairs", "16", "--far", "1e-3"]),
+        ),
+        &[
+            "takes at least 2995 validation Different pairs",
+            "--val-pairs 6589",
+        ],
+    );
+}
+
+#[test]
+fn embed_reads_files_and_folders_as_training_read_its_images() {
+    let root = trained_run("embed-files", &[]);
+    let gallery = root.path().join("gallery");
+    std::fs::create_dir_all(gallery.join("x/deeper")).unwrap();
+    // The first three test images, as files at two depths (sorted: x/0.png, x/1.png,
+    // x/deeper/2.png), and one that is not an image.
+    for (i, rel) in ["x/0.png", "x/1.png", "x/deeper/2.png"].iter().enumerate() {
+        write_test_image(&gallery.join(rel), i);
+    }
+    std::fs::write(gallery.join("x/notes.txt"), "not an image").unwrap();
+    let embed = |extra: &[&str]| {
+        siamese(
+            root.path(),
+            &args(&[&["embed", "--checkpoint", "run"], extra].concat()),
+        )
+    };
+    assert_ok(&embed(&["--images", "gallery", "--out", "g.jsonl"]));
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(root.path().join("g.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        [
+            "gallery/x/0.png",
+            "gallery/x/1.png",
+            "gallery/x/deeper/2.png"
+        ]
+    );
+    // The same images from the IDX test split give the same embeddings: the files were read
+    // as training reads its images (a lossless PNG of the same bytes).
+    assert_ok(&embed(&["--split", "test", "--out", "t.jsonl"]));
+    let split: Vec<serde_json::Value> = std::fs::read_to_string(root.path().join("t.jsonl"))
+        .unwrap()
+        .lines()
+        .take(3)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for (file, image) in rows.iter().zip(&split) {
+        // Bit-equal inputs through the same kernels, but a batch of 3 against one of 200
+        // may tile differently: 1e-5 allows a few ulps of the 16-wide embeddings.
+        let (a, b) = (
+            file["embedding"].as_array().unwrap(),
+            image["embedding"].as_array().unwrap(),
+        );
+        assert_eq!(a.len(), 16);
+        for (u, v) in a.iter().zip(b) {
+            assert!(
+                (u.as_f64().unwrap() - v.as_f64().unwrap()).abs() < 1e-5,
+                "{u} vs {v}"
+            );
+        }
+    }
+
+    // Files by name, into .npy with the ids beside it; an unreadable one is left out, named.
+    std::fs::write(gallery.join("broken.png"), b"not a png").unwrap();
+    let out = embed(&[
+        "gallery/x/1.png",
+        "gallery/broken.png",
+        "gallery/x/0.png",
+        "--out",
+        "f.npy",
+    ]);
+    assert_ok(&out);
+    assert!(
+        stderr(&out).contains("gallery/broken.png: left out, unreadable"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("embedded 2 images"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("f.ids.txt")).unwrap(),
+        "gallery/x/1.png\ngallery/x/0.png\n"
+    );
+    let npy = std::fs::read(root.path().join("f.npy")).unwrap();
+    let npy = npyz::NpyFile::new(&npy[..]).unwrap();
+    assert_eq!(npy.shape(), [2, 16]);
+    let e = npy.into_vec::<f32>().unwrap();
+    // Row 0 is x/1.png: the same as its row in the folder's JSON lines.
+    let folder_row: Vec<f64> = rows[1]["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert!(
+        e[..16]
+            .iter()
+            .zip(&folder_row)
+            .all(|(&u, &v)| (f64::from(u) - v).abs() < 1e-5)
+    );
+    // safetensors keeps the ids in its metadata.
+    assert_ok(&embed(&["gallery/x/0.png", "--out", "f.safetensors"]));
+    let bytes = std::fs::read(root.path().join("f.safetensors")).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    assert_eq!(
+        header.metadata().as_ref().unwrap()["ids"],
+        r#"["gallery/x/0.png"]"#
+    );
+
+    // Refusals leave the disk as it was.
+    let before = snapshot(root.path());
+    assert_refused(
+        &embed(&[
+            "gallery/broken.png",
+            "--on-bad-image",
+            "stop",
+            "--out",
+            "s.npy",
+        ]),
+        &["cannot read the image gallery/broken.png"],
+    );
+    assert_refused(
+        &embed(&["--images", "gallery", "--out", "gallery"]),
+        &["--out gallery is a directory"],
+    );
+    assert_refused(
+        &embed(&["--images", "gallery", "--out", "f.npy/e.npy"]),
+        &["f.npy is a file, not a directory"],
+    );
+    std::fs::create_dir_all(root.path().join("empty")).unwrap();
+    assert_refused(
+        &embed(&["--images", "empty", "--out", "e.npy"]),
+        &["holds no .png or .jpg image"],
+    );
+    std::fs::remove_dir(root.path().join("empty")).unwrap();
+    assert_refused(
+        &embed(&["gallery/x/0.png", "--out", "e.parquet", "--format", "csv"]),
+        &["unknown --format `csv`"],
+    );
+    assert!(snapshot(root.path()) == before);
+}
