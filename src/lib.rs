@@ -12,6 +12,8 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod files;
+#[cfg(feature = "cli")]
+pub mod gallery;
 pub mod gpu;
 pub mod model;
 pub mod nn;

@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
     &["model"],
     &["eval", "checkpoint"],
     &["train"],
-    &["settings", "report", "runs", "sweep"],
+    &["settings", "report", "runs", "sweep", "gallery"],
 ];
 
 /// The imports allowed inside a layer: (importer, imported).
@@ -28,6 +28,7 @@ const WITHIN_A_LAYER: &[(&str, &str)] = &[
     ("runs", "report"),
     ("sweep", "settings"),
     ("sweep", "runs"),
+    ("gallery", "runs"),
 ];
 
 fn layer_of(module: &str) -> usize {

@@ -90,9 +90,13 @@ pub struct EmbedArgs {
     format: Option<String>,
 }
 
-/// What was embedded: image files (their paths the ids) or a split of a dataset.
-enum Embedded<'a> {
-    Files(Vec<String>),
+/// What was embedded: image files (their paths the ids, with a label where one is known)
+/// or a split of a dataset.
+pub(super) enum Embedded<'a> {
+    Files {
+        ids: Vec<String>,
+        labels: Vec<Option<String>>,
+    },
     Split {
         set: &'a ImageSet,
         classes: &'a [String],
@@ -136,7 +140,9 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
         Some(paths) => {
             let run = load_model(args, None)?;
             let (e, ids) = embed_files(&gpu, &run, &paths, parse_on_bad(&args.on_bad_image)?)?;
-            (e, Embedded::Files(ids), run.model.embedding_dim())
+            let labels = vec![None; ids.len()];
+            let embedded = Embedded::Files { ids, labels };
+            (e, embedded, run.model.embedding_dim())
         }
         None => {
             let (run, sets) = match &args.checkpoint {
@@ -184,14 +190,9 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
     };
     let rows = e.len() / dim;
     let seconds = start.elapsed().as_secs_f64();
-    let written = match format.as_str() {
-        "npy" => write_npy(&args.out, &e, rows, dim, &embedded),
-        "safetensors" => write_safetensors(&args.out, &e, dim, &embedded),
-        _ => write_jsonl(&args.out, &e, dim, &embedded),
-    };
-    written.map_err(|e| Error::writing(args.out.display(), e))?;
+    write(&args.out, &format, &e, dim, &embedded)?;
     let what = match &embedded {
-        Embedded::Files(_) => "images".to_string(),
+        Embedded::Files { .. } => "images".to_string(),
         Embedded::Split { name, .. } => format!("images of the {name} split"),
     };
     println!(
@@ -205,7 +206,7 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
 
 /// Refuses an --out that cannot be written before anything is embedded: a directory, or a
 /// path below a file.
-fn check_writable(out: &Path) -> Result<()> {
+pub(super) fn check_writable(out: &Path) -> Result<()> {
     if out.is_dir() {
         return Err(Error::Config(format!(
             "--out {} is a directory; name a file (e.g. embeddings.npy)",
@@ -223,7 +224,7 @@ fn check_writable(out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn parse_on_bad(text: &str) -> Result<OnBadImage> {
+pub(super) fn parse_on_bad(text: &str) -> Result<OnBadImage> {
     match text.to_lowercase().as_str() {
         "skip" => Ok(OnBadImage::Skip),
         "stop" => Ok(OnBadImage::Stop),
@@ -305,7 +306,7 @@ fn embed_set(gpu: &Gpu, run: &SavedRun, set: &ImageSet) -> Result<Vec<f32>> {
 
 /// The embeddings of the readable `paths` (a chunk decoded and embedded at a time) and their
 /// ids; unreadable ones are said and left out, or stop the command, as `on_bad` says.
-fn embed_files(
+pub(super) fn embed_files(
     gpu: &Gpu,
     run: &SavedRun,
     paths: &[PathBuf],
@@ -362,8 +363,27 @@ fn embed_files(
     Ok((e, ids))
 }
 
-/// Writes a float32 `[rows, cols]` array as .npy, and image files' ids one a line in
-/// `<out>.ids.txt`; each through a temporary file and a rename.
+/// Writes `embeddings` (`dim` wide) and what identifies them to `out` in `format` (npy,
+/// safetensors or jsonl).
+pub(super) fn write(
+    out: &Path,
+    format: &str,
+    embeddings: &[f32],
+    dim: usize,
+    embedded: &Embedded,
+) -> Result<()> {
+    let rows = embeddings.len() / dim;
+    let written = match format {
+        "npy" => write_npy(out, embeddings, rows, dim, embedded),
+        "safetensors" => write_safetensors(out, embeddings, dim, embedded),
+        _ => write_jsonl(out, embeddings, dim, embedded),
+    };
+    written.map_err(|e| Error::writing(out.display(), e))
+}
+
+/// Writes a float32 `[rows, cols]` array as .npy; image files' ids one a line in
+/// `<out>.ids.txt`, and their labels (an empty line for none) in `<out>.labels.txt` when
+/// any has one; each through a temporary file and a rename.
 fn write_npy(
     path: &Path,
     data: &[f32],
@@ -381,17 +401,20 @@ fn write_npy(
     writer.extend(data.iter().copied())?;
     writer.finish()?;
     write_atomic(path, &bytes)?;
-    if let Embedded::Files(ids) = embedded {
-        let mut text = ids.join("\n");
-        text.push('\n');
-        write_atomic(&ids_path(path), text.as_bytes())?;
+    if let Embedded::Files { ids, labels } = embedded {
+        let lines = |items: &mut dyn Iterator<Item = &str>| {
+            items.flat_map(|item| [item, "\n"]).collect::<String>()
+        };
+        write_atomic(
+            &path.with_extension("ids.txt"),
+            lines(&mut ids.iter().map(String::as_str)).as_bytes(),
+        )?;
+        if labels.iter().any(Option::is_some) {
+            let text = lines(&mut labels.iter().map(|l| l.as_deref().unwrap_or("")));
+            write_atomic(&path.with_extension("labels.txt"), text.as_bytes())?;
+        }
     }
     Ok(())
-}
-
-/// `X.npy` → `X.ids.txt`.
-fn ids_path(out: &Path) -> PathBuf {
-    out.with_extension("ids.txt")
 }
 
 /// Writes `embeddings` [N, D] f32 as safetensors, with a split's `labels` [N] u8 and class
@@ -425,9 +448,9 @@ fn write_safetensors(
                 ("classes".to_string(), json!(classes).to_string()),
             ]
         }
-        Embedded::Files(ids) => [
-            ("source".to_string(), "files".to_string()),
+        Embedded::Files { ids, labels } => [
             ("ids".to_string(), json!(ids).to_string()),
+            ("labels".to_string(), json!(labels).to_string()),
         ],
     };
     let bytes =
@@ -436,7 +459,8 @@ fn write_safetensors(
 }
 
 /// Writes one JSON object a line: `id` (a file's path, or a split image's index), `label`
-/// (a split's class name) and `embedding`, through a temporary file and a rename.
+/// (a split's class name, a file's where known, else null) and `embedding`, through a
+/// temporary file and a rename.
 fn write_jsonl(
     path: &Path,
     embeddings: &[f32],
@@ -448,7 +472,9 @@ fn write_jsonl(
         // Each value in its shortest decimal form that reads back as the same f32.
         let row: Vec<_> = row.iter().map(|&v| num(v)).collect();
         let line = match embedded {
-            Embedded::Files(ids) => json!({"id": ids[i], "embedding": row}),
+            Embedded::Files { ids, labels } => {
+                json!({"id": ids[i], "label": labels[i], "embedding": row})
+            }
             Embedded::Split { set, classes, .. } => json!({
                 "id": i,
                 "label": classes[set.labels[i] as usize],

@@ -9,8 +9,10 @@ mod compare;
 mod devices;
 mod embed;
 mod eval;
+mod index;
 mod output;
 mod pairs_eval;
+mod query;
 mod sweep;
 mod train;
 
@@ -39,14 +41,18 @@ pub enum Command {
     /// List the GPU adapters wgpu can see, best first, and open the one that would be used
     /// (SIAMESE_ADAPTER=<name substring> picks another).
     Devices,
-    /// Embed a dataset split with a trained model; write a float32 [N, D] array in dataset
-    /// order (.npy, or .safetensors with the labels).
+    /// Embed image files, a folder (recursively) or a dataset split with a trained model;
+    /// write a float32 [N, D] array (.npy with the ids beside it, .safetensors or .jsonl).
     Embed(embed::EmbedArgs),
     /// Evaluate a trained model: every metric of the evaluation module on the run's dataset.
     Eval(eval::EvalArgs),
     /// Decide whether two images (or each pair of a CSV) show the same thing, at an operating
     /// point the run stored; exit status 0 Same, 1 Different, 2 error.
     Compare(compare::CompareArgs),
+    /// Build, grow or export a gallery index of images embedded by a trained model.
+    Index(index::IndexArgs),
+    /// The nearest images of an index to each query image, and the label most of them share.
+    Query(query::QueryArgs),
 }
 
 /// Raised by Ctrl-C; the trainer saves its state and stops at the next step.
@@ -73,6 +79,8 @@ pub fn run(command: Command, matches: &ArgMatches) -> ExitCode {
         Command::Devices => devices::run(),
         Command::Embed(args) => embed::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Index(args) => index::run(args),
+        Command::Query(args) => query::run(args),
         // The exit status is the decision; an error is 2, as `cmp` and `diff` have it.
         Command::Compare(args) => {
             return match compare::run(args) {

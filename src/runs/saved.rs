@@ -105,6 +105,25 @@ impl SavedRun {
         })
     }
 
+    /// What identifies this model's embeddings: a CRC-32 of its configuration, input,
+    /// pixel normalisation, weights and running statistics, with the parameter count
+    /// (`crc32:1a2b3c4d/224256`). Another model — or the same one trained further — has
+    /// another, so a gallery index refuses its queries.
+    pub fn fingerprint(&self) -> String {
+        let mut crc = crc32fast::Hasher::new();
+        let cfg = &self.model.config;
+        crc.update(
+            format!(
+                "{}|{:?}|{:?}|{}|{}|{}",
+                cfg.tower, cfg.input, cfg.distance, cfg.normalize, self.norm.shift, self.norm.scale
+            )
+            .as_bytes(),
+        );
+        crc.update(bytemuck::cast_slice(&self.values.params));
+        crc.update(bytemuck::cast_slice(&self.values.running));
+        format!("crc32:{:08x}/{}", crc.finalize(), self.values.params.len())
+    }
+
     /// How images are read for this model: the run's settings, in the colour of the model's
     /// input (a run saved without settings reads as grey).
     pub fn read_options(&self) -> Result<DataOptions> {

@@ -366,3 +366,206 @@ fn embed_reads_files_and_folders_as_training_read_its_images() {
     );
     assert!(snapshot(root.path()) == before);
 }
+
+#[test]
+fn an_index_is_built_grown_queried_exported_and_refuses_another_model() {
+    let root = trained_run("index", &[]);
+    let (_, y) = synthetic(200, 16, 2);
+    // 20 test images in folders named by class, and one loose image (no label).
+    for (i, label) in y.iter().enumerate().take(20) {
+        let dir = root.path().join(format!("gallery/class{label}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        write_test_image(&dir.join(format!("{i:03}.png")), i);
+    }
+    write_test_image(&root.path().join("gallery/loose.png"), 20);
+    let run_ok = |a: &[&str]| {
+        let out = siamese(root.path(), &args(a));
+        assert_ok(&out);
+        out
+    };
+    let out = run_ok(&[
+        "index",
+        "build",
+        "--checkpoint",
+        "run",
+        "--images",
+        "gallery",
+        "--out",
+        "g.index",
+    ]);
+    assert!(
+        stdout(&out).contains("indexed 21 images"),
+        "{}",
+        stdout(&out)
+    );
+
+    // A gallery image finds itself first (distance ≈ 0: ε inside the square root), then its
+    // neighbours in ascending distance; the vote is over the labelled ones.
+    let query = format!("gallery/class{}/003.png", y[3]);
+    let out = run_ok(&["query", "--index", "g.index", &query, "-k", "5", "--json"]);
+    let o: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(o["query"], query.as_str());
+    let neighbors = o["neighbors"].as_array().unwrap();
+    assert_eq!(neighbors.len(), 5);
+    assert_eq!(neighbors[0]["id"], query.as_str());
+    assert_eq!(neighbors[0]["label"], format!("class{}", y[3]));
+    assert!(neighbors[0]["distance"].as_f64().unwrap() < 1e-2);
+    let d: Vec<f64> = neighbors
+        .iter()
+        .map(|n| n["distance"].as_f64().unwrap())
+        .collect();
+    assert!(d.windows(2).all(|w| w[0] <= w[1]), "{d:?}");
+    let labels: Vec<&str> = neighbors
+        .iter()
+        .filter_map(|n| n["label"].as_str())
+        .collect();
+    let winner = o["label"].as_str().unwrap();
+    let share = labels.iter().filter(|&&l| l == winner).count() as f64 / labels.len() as f64;
+    assert!((o["confidence"].as_f64().unwrap() - share).abs() < 1e-12);
+    // The search's distance is compare's.
+    let second = neighbors[1]["id"].as_str().unwrap();
+    let out = siamese(
+        root.path(),
+        &args(&["compare", "--checkpoint", "run", &query, second, "--json"]),
+    );
+    let c: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert!(
+        (c["distance"].as_f64().unwrap() - d[1]).abs() < 1e-5,
+        "{c} vs {d:?}"
+    );
+
+    // Growing: only images the index lacks are embedded.
+    write_test_image(&root.path().join("gallery/class_new.png"), 21);
+    let out = run_ok(&["index", "add", "--index", "g.index", "--images", "gallery"]);
+    assert!(
+        stdout(&out).contains("added 1 images to g.index; it holds 22 (of 21 before)"),
+        "{}",
+        stdout(&out)
+    );
+    let out = run_ok(&["index", "add", "--index", "g.index", "--images", "gallery"]);
+    assert!(
+        stderr(&out).contains("in the index already"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Export: .npy with ids and labels beside it, or JSON lines.
+    run_ok(&["index", "export", "--index", "g.index", "--out", "g.npy"]);
+    let ids = std::fs::read_to_string(root.path().join("g.ids.txt")).unwrap();
+    let labels = std::fs::read_to_string(root.path().join("g.labels.txt")).unwrap();
+    assert_eq!(ids.lines().count(), 22);
+    assert_eq!(labels.lines().count(), 22);
+    let loose = ids.lines().position(|l| l == "gallery/loose.png").unwrap();
+    assert_eq!(
+        labels.lines().nth(loose),
+        Some(""),
+        "a loose image has no label"
+    );
+    run_ok(&["index", "export", "--index", "g.index", "--out", "g.jsonl"]);
+    let first: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(root.path().join("g.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(first["embedding"].as_array().unwrap().len(), 16);
+
+    // Refusals, the disk unchanged: another model, an empty index, bad k, a corrupt query,
+    // an existing or unwritable output.
+    let other = siamese(
+        root.path(),
+        &train_args(&["--pairs", "32", "--seed", "7", "--out", "run2"]),
+    );
+    assert_ok(&other);
+    let mut empty = siamese_gpu::gallery::Index::load(&root.path().join("g.index")).unwrap();
+    empty.embeddings.clear();
+    empty.ids.clear();
+    empty.labels.clear();
+    empty.save(&root.path().join("empty.index")).unwrap();
+    std::fs::write(root.path().join("corrupt.png"), b"\x89PNG\r\n\x1a\nbroken").unwrap();
+    let before = snapshot(root.path());
+    let refused =
+        |a: &[&str], needles: &[&str]| assert_refused(&siamese(root.path(), &args(a)), needles);
+    refused(
+        &[
+            "query",
+            "--index",
+            "g.index",
+            &query,
+            "--checkpoint",
+            "run2",
+        ],
+        &["g.index was built with another model", "build a new index"],
+    );
+    refused(
+        &[
+            "index",
+            "add",
+            "--index",
+            "g.index",
+            "--checkpoint",
+            "run2",
+            &query,
+        ],
+        &["was built with another model"],
+    );
+    refused(
+        &["query", "--index", "empty.index", &query],
+        &["empty.index is empty"],
+    );
+    refused(
+        &["query", "--index", "g.index", &query, "-k", "0"],
+        &["1 to 64"],
+    );
+    refused(
+        &["query", "--index", "g.index", &query, "-k", "65"],
+        &["1 to 64"],
+    );
+    refused(
+        &["query", "--index", "g.index", "corrupt.png"],
+        &["cannot read the image corrupt.png"],
+    );
+    refused(
+        &["query", "--index", "corrupt.png", &query],
+        &["corrupt.png is not an index written by `siamese index build`"],
+    );
+    refused(
+        &[
+            "index",
+            "build",
+            "--checkpoint",
+            "run",
+            "--images",
+            "gallery",
+            "--out",
+            "g.index",
+        ],
+        &["g.index exists", "siamese index add"],
+    );
+    refused(
+        &[
+            "index",
+            "build",
+            "--checkpoint",
+            "run",
+            &query,
+            "--out",
+            "g.npy/x.index",
+        ],
+        &["g.npy is a file, not a directory"],
+    );
+    refused(
+        &[
+            "index",
+            "export",
+            "--index",
+            "g.index",
+            "--out",
+            "g.parquet",
+        ],
+        &["write .npy", ".jsonl"],
+    );
+    assert!(snapshot(root.path()) == before);
+}

@@ -54,6 +54,8 @@ use crate::vocab::{Distance, PairwiseMetric};
 
 mod search;
 
+pub use search::nearest;
+
 use search::search;
 
 /// The k of recall@k reported by default.

@@ -18,6 +18,7 @@ struct ChunkProgram {
     exclude: Tensor,
     distances: Tensor,
     nearest: Tensor,
+    nearest_distances: Tensor,
     kernel: Option<Kernel>,
 }
 
@@ -130,6 +131,60 @@ pub(super) fn search(
     Ok(sums.metrics(options.metric, n, ks))
 }
 
+/// The `k` nearest references of each query, nearest first (the lower index first on
+/// ties): `(reference index, distance)` per neighbour, `k` per query, found by the same
+/// chunked distance + top-k kernels as the metrics, within `chunk_bytes` of distances.
+pub fn nearest(
+    gpu: &Gpu,
+    queries: &[f32],
+    references: &[f32],
+    dim: usize,
+    metric: PairwiseMetric,
+    (k, chunk_bytes): (usize, u64),
+) -> Result<Vec<Vec<(u32, f32)>>> {
+    let (q, n) = (queries.len() / dim.max(1), references.len() / dim.max(1));
+    if dim == 0 || queries.len() != q * dim || references.len() != n * dim {
+        return Err(Error::Config(format!(
+            "search: queries ({}) and references ({}) must be whole rows of {dim} values",
+            queries.len(),
+            references.len()
+        )));
+    }
+    let exclude = vec![NO_EXCLUDE; q];
+    check_search(queries, references, q, n, &exclude, &[k])?;
+    let limit = gpu.limits().max_storage_buffer_binding_size;
+    let chunk = ((chunk_bytes.min(limit) / (n * 4) as u64) as usize).clamp(1, q);
+    let buffers = ChunkBuffers::new(gpu, references, (n, dim), chunk, k)?;
+    let full = buffers.program(gpu, metric, chunk)?;
+    let mut found = Vec::with_capacity(q);
+    for start in (0..q).step_by(chunk) {
+        let m = chunk.min(q - start);
+        let short;
+        let program = if m == chunk {
+            &full
+        } else {
+            short = buffers.program(gpu, metric, m)?;
+            &short
+        };
+        gpu.write_f32(&program.queries, &queries[start * dim..(start + m) * dim])?;
+        gpu.write_u32(&program.exclude, &exclude[start..start + m])?;
+        gpu.run(&[program.kernel.as_ref().expect("built")]);
+        let nearest = gpu.read_u32(&program.nearest)?;
+        let distances = gpu.read_f32(&program.nearest_distances)?;
+        for r in 0..m {
+            let row = r * k..(r + 1) * k;
+            found.push(
+                nearest[row.clone()]
+                    .iter()
+                    .copied()
+                    .zip(distances[row].iter().copied())
+                    .collect(),
+            );
+        }
+    }
+    Ok(found)
+}
+
 /// Refuses a search the GPU selection cannot run (no queries, a k outside 1..=the list's
 /// length and the references a query searches) or embeddings that are not finite; returns
 /// the largest k.
@@ -216,6 +271,7 @@ impl ChunkBuffers {
             exclude: view(&self.exclude, &[m]),
             distances: view(&self.distances, &[m, n]),
             nearest: view(&self.nearest, &[m, k_max]),
+            nearest_distances: view(&self.nearest_distances, &[m, k_max]),
             kernel: None,
         };
         let pairwise = match &self.packed_references {
@@ -244,7 +300,7 @@ impl ChunkBuffers {
             &program.distances,
             &program.exclude,
             k_max,
-            &view(&self.nearest_distances, &[m, k_max]),
+            &program.nearest_distances,
             &program.nearest,
         )?;
         Ok(ChunkProgram {
