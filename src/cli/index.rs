@@ -4,11 +4,13 @@
 //! itself is `siamese_gpu::gallery`.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use clap::{Args, Subcommand};
 use siamese_gpu::Gpu;
 use siamese_gpu::data::image_folder::images_under;
 use siamese_gpu::error::{Error, Result};
+use siamese_gpu::gallery::approximate::{self, Approximate, recall_against_exact};
 use siamese_gpu::gallery::{Index, folder_label};
 use siamese_gpu::runs::saved::SavedRun;
 
@@ -57,6 +59,10 @@ struct BuildArgs {
     /// The index file to write (a new one).
     #[arg(long, value_name = "INDEX")]
     out: PathBuf,
+    /// Also build an HNSW graph for approximate search (large galleries), and print its
+    /// recall@10 against the exact search.
+    #[arg(long)]
+    approximate: bool,
 }
 
 #[derive(Args)]
@@ -101,6 +107,9 @@ fn build(args: &BuildArgs) -> Result<()> {
     let mut index = Index::new(&run, &args.checkpoint)?;
     let gpu = Gpu::new()?;
     let added = embed_into(&gpu, &run, &mut index, &args.images)?;
+    if args.approximate {
+        build_graph(&gpu, &mut index)?;
+    }
     index.save(&args.out)?;
     println!(
         "indexed {added} images ({} labels) with {}: {}, {} search, model {}",
@@ -163,8 +172,46 @@ fn embed_into(gpu: &Gpu, run: &SavedRun, index: &mut Index, which: &Images) -> R
         .map(|id| root.and_then(|r| folder_label(r, Path::new(id))))
         .collect();
     let added = ids.len();
-    index.add(ids, labels, &e);
+    index.add(ids, labels, &e)?;
     Ok(added)
+}
+
+/// Queries of the recall measurement: up to this many gallery images, evenly spaced.
+const RECALL_QUERIES: usize = 1000;
+const RECALL_K: usize = 10;
+
+/// Builds the approximate search's graph over `index` and says how close it comes to the
+/// exact search, and how much faster it is.
+fn build_graph(gpu: &Gpu, index: &mut Index) -> Result<()> {
+    let start = Instant::now();
+    let graph = Approximate::build(index)?;
+    let built = start.elapsed().as_secs_f64();
+    let n = index.len();
+    let sample: Vec<usize> = (0..n.min(RECALL_QUERIES))
+        .map(|i| i * n / n.min(RECALL_QUERIES))
+        .collect();
+    let start = Instant::now();
+    let recall = recall_against_exact(gpu, index, &graph, &sample, RECALL_K)?;
+    let measured = start.elapsed().as_secs_f64();
+    let queries: Vec<f32> = sample
+        .iter()
+        .flat_map(|&r| index.embeddings[r * index.dim..(r + 1) * index.dim].to_vec())
+        .collect();
+    let start = Instant::now();
+    graph.search(&queries, index.dim, RECALL_K)?;
+    let approximate = start.elapsed().as_secs_f64();
+    println!(
+        "approximate search (HNSW, usearch, M {} ef {}): built in {built:.1} s; recall@{RECALL_K} \
+         {recall:.4} against the exact search over {} gallery images as queries, each left out of \
+         its own list; {} queries in {:.3} s (exact search and measurement: {measured:.2} s)",
+        approximate::CONNECTIVITY,
+        approximate::EXPANSION_SEARCH,
+        sample.len(),
+        sample.len(),
+        approximate
+    );
+    index.approximate = Some(graph);
+    Ok(())
 }
 
 fn export(args: &ExportArgs) -> Result<()> {

@@ -28,6 +28,9 @@ pub struct QueryArgs {
     /// The model [default: the run the index was built with]; it must be that model.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
+    /// Search exactly on the GPU even where the index has an approximate graph.
+    #[arg(long)]
+    exact: bool,
     /// One JSON object per query on stdout: query (its path), neighbors (a list of {id,
     /// distance, label}, nearest first), label and confidence (the vote).
     #[arg(long)]
@@ -48,7 +51,7 @@ pub fn run(args: &QueryArgs) -> Result<()> {
     let gpu = Gpu::new()?;
     // Every query is wanted: an unreadable one is an error naming it.
     let (queries, ids) = embed_files(&gpu, &run, &args.images, OnBadImage::Stop)?;
-    let found = index.search(&gpu, &queries, args.k)?;
+    let found = index.search(&gpu, &queries, args.k, args.exact)?;
     for (query, neighbors) in ids.iter().zip(&found) {
         let vote = index.vote(neighbors);
         if args.json {
@@ -91,8 +94,12 @@ pub fn run(args: &QueryArgs) -> Result<()> {
         }
     }
     if !args.json {
+        let how = match (&index.approximate, args.exact) {
+            (Some(_), false) => "approximate (HNSW) search",
+            _ => "exact search",
+        };
         println!(
-            "({} distance, exact search over {} images)",
+            "({} distance, {how} over {} images)",
             metric_name(index.metric),
             index.len()
         );

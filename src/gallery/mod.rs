@@ -4,8 +4,12 @@
 //!
 //! One safetensors file holds it: `embeddings` `[N, D]` f32 and `labels` `[N]` i32 (−1 for
 //! none), with the ids, the label names, the fingerprint, the search metric and the run it
-//! was built with in the metadata. Search is exact, on the GPU: the chunked pairwise
-//! distance and top-k kernels that score retrieval (`eval::retrieval::nearest`).
+//! was built with in the metadata; and, when built for approximate search, an HNSW graph
+//! of the rows as the `hnsw` bytes ([`approximate`]). Search is exact by default, on the
+//! GPU: the chunked pairwise distance and top-k kernels that score retrieval
+//! (`eval::retrieval::nearest`).
+
+pub mod approximate;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +24,7 @@ use crate::gpu::Gpu;
 use crate::ops::topk::K_MAX;
 use crate::runs::saved::SavedRun;
 use crate::vocab::PairwiseMetric;
+use approximate::Approximate;
 
 /// Metadata keys of the index file.
 const IDS: &str = "ids";
@@ -29,7 +34,6 @@ const METRIC: &str = "metric";
 const RUN: &str = "run";
 
 /// The embeddings of a gallery and what identifies each.
-#[derive(Debug, Clone, PartialEq)]
 pub struct Index {
     /// `[len, dim]`, row-major.
     pub embeddings: Vec<f32>,
@@ -44,6 +48,8 @@ pub struct Index {
     pub metric: PairwiseMetric,
     /// The run directory (or model file) it was built with, as given.
     pub run: PathBuf,
+    /// The HNSW graph of the rows, when built for approximate search.
+    pub approximate: Option<Approximate>,
 }
 
 /// A gallery image found by a search.
@@ -73,6 +79,7 @@ impl Index {
             fingerprint: run.fingerprint(),
             metric,
             run: path.to_path_buf(),
+            approximate: None,
         })
     }
 
@@ -100,8 +107,15 @@ impl Index {
         )))
     }
 
-    /// Appends images: their ids, labels (names) and embeddings (`ids.len()` rows).
-    pub fn add(&mut self, ids: Vec<String>, labels: Vec<Option<String>>, embeddings: &[f32]) {
+    /// Appends images: their ids, labels (names) and embeddings (`ids.len()` rows), to the
+    /// approximate search's graph too when there is one.
+    pub fn add(
+        &mut self,
+        ids: Vec<String>,
+        labels: Vec<Option<String>>,
+        embeddings: &[f32],
+    ) -> Result<()> {
+        let first = self.len();
         assert_eq!(ids.len(), labels.len(), "a label (or none) per id");
         assert_eq!(embeddings.len(), ids.len() * self.dim, "a row per id");
         let mut known: HashMap<String, u32> = self
@@ -120,6 +134,11 @@ impl Index {
         }
         self.ids.extend(ids);
         self.embeddings.extend_from_slice(embeddings);
+        if let Some(mut graph) = self.approximate.take() {
+            graph.add(self, first)?;
+            self.approximate = Some(graph);
+        }
+        Ok(())
     }
 
     /// The label name of row `row`, if it has one.
@@ -127,8 +146,16 @@ impl Index {
         self.labels[row].map(|l| self.label_names[l as usize].as_str())
     }
 
-    /// The `k` nearest gallery images of each query (`[Q, dim]` row-major), nearest first.
-    pub fn search(&self, gpu: &Gpu, queries: &[f32], k: usize) -> Result<Vec<Vec<Neighbor>>> {
+    /// The `k` nearest gallery images of each query (`[Q, dim]` row-major), nearest first:
+    /// by the approximate graph when the index has one and `exact` is false, else exactly
+    /// on the GPU.
+    pub fn search(
+        &self,
+        gpu: &Gpu,
+        queries: &[f32],
+        k: usize,
+        exact: bool,
+    ) -> Result<Vec<Vec<Neighbor>>> {
         if self.is_empty() {
             return Err(Error::Config(
                 "the index is empty: add images with `siamese index add` first".into(),
@@ -140,6 +167,9 @@ impl Index {
             )));
         }
         let k = k.min(self.len());
+        if let (Some(graph), false) = (&self.approximate, exact) {
+            return graph.search(queries, self.dim, k);
+        }
         let found = nearest(
             gpu,
             queries,
@@ -191,7 +221,12 @@ impl Index {
         let invalid = |e: safetensors::SafeTensorError| {
             Error::Config(format!("cannot lay out the index: {e}"))
         };
-        let views = [
+        let graph = self
+            .approximate
+            .as_ref()
+            .map(Approximate::to_bytes)
+            .transpose()?;
+        let mut views = vec![
             (
                 "embeddings",
                 TensorView::new(
@@ -207,6 +242,12 @@ impl Index {
                     .map_err(invalid)?,
             ),
         ];
+        if let Some(bytes) = &graph {
+            views.push((
+                "hnsw",
+                TensorView::new(Dtype::U8, vec![bytes.len()], bytes).map_err(invalid)?,
+            ));
+        }
         let metadata = [
             (IDS, json!(self.ids).to_string()),
             (LABEL_NAMES, json!(self.label_names).to_string()),
@@ -278,6 +319,15 @@ impl Index {
             "cosine" => PairwiseMetric::Cosine,
             other => return Err(bad(format!("unknown metric `{other}`"))),
         };
+        let approximate = match file.tensor("hnsw") {
+            Ok(bytes) => Some(Approximate::from_bytes(bytes.data(), dim, metric)?),
+            Err(_) => None,
+        };
+        if approximate.as_ref().is_some_and(|g| g.len() != n) {
+            return Err(bad(format!(
+                "its graph has other rows than its {n} embeddings"
+            )));
+        }
         Ok(Index {
             embeddings: embeddings
                 .data()
@@ -291,6 +341,7 @@ impl Index {
             fingerprint: field(FINGERPRINT)?,
             metric,
             run: PathBuf::from(field(RUN)?),
+            approximate,
         })
     }
 }
@@ -326,10 +377,11 @@ mod tests {
             fingerprint: "f".into(),
             metric: PairwiseMetric::Euclidean,
             run: "run".into(),
+            approximate: None,
         };
         let ids = (0..labels.len()).map(|i| i.to_string()).collect();
         let names = labels.iter().map(|l| l.map(String::from)).collect();
-        index.add(ids, names, &vec![0.0; labels.len()]);
+        index.add(ids, names, &vec![0.0; labels.len()]).unwrap();
         index
     }
 

@@ -449,6 +449,56 @@ fn an_index_is_built_grown_queried_exported_and_refuses_another_model() {
         stderr(&out)
     );
 
+    // With an approximate (HNSW) graph: its recall is printed at build time, a query finds
+    // what the exact search finds on a gallery this small, and a grown index's graph holds
+    // the new image.
+    let out = run_ok(&[
+        "index",
+        "build",
+        "--checkpoint",
+        "run",
+        "--images",
+        "gallery",
+        "--out",
+        "a.index",
+        "--approximate",
+    ]);
+    assert!(stdout(&out).contains("recall@10 "), "{}", stdout(&out));
+    let ask = |index: &str, image: &str, extra: &[&str]| {
+        let out = run_ok(
+            &[
+                &["query", "--index", index, image, "-k", "5", "--json"],
+                extra,
+            ]
+            .concat(),
+        );
+        let o: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+        o["neighbors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["id"].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ask("a.index", &query, &[]),
+        ask("a.index", &query, &["--exact"])
+    );
+    assert_eq!(ask("a.index", &query, &[])[0], query.as_str());
+    write_test_image(&root.path().join("gallery/class_extra.png"), 22);
+    run_ok(&[
+        "index",
+        "add",
+        "--index",
+        "a.index",
+        "gallery/class_extra.png",
+    ]);
+    assert_eq!(
+        ask("a.index", "gallery/class_extra.png", &[])[0],
+        "gallery/class_extra.png"
+    );
+    std::fs::remove_file(root.path().join("gallery/class_extra.png")).unwrap();
+
     // Export: .npy with ids and labels beside it, or JSON lines.
     run_ok(&["index", "export", "--index", "g.index", "--out", "g.npy"]);
     let ids = std::fs::read_to_string(root.path().join("g.ids.txt")).unwrap();
