@@ -11,6 +11,8 @@ pub mod cpu;
 pub mod data;
 pub mod error;
 pub mod eval;
+#[cfg(feature = "cli")]
+pub mod export;
 pub mod files;
 #[cfg(feature = "cli")]
 pub mod gallery;

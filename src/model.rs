@@ -13,6 +13,9 @@ use crate::vocab::LossKind;
 use crate::vocab::Miner;
 use crate::vocab::{Distance, Mode, PairwiseMetric};
 
+/// The name prefix of the tower's parameters and running statistics (`tower.0.weight`).
+pub const TOWER_PREFIX: &str = "tower";
+
 /// What a model is: tower, input size, loss and its settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
@@ -165,7 +168,7 @@ impl SiameseModel {
             )));
         }
         let mut layout = ParamLayout::default();
-        let tower = Tower::new(&config.tower, config.input, "tower", &mut layout)?;
+        let tower = Tower::new(&config.tower, config.input, TOWER_PREFIX, &mut layout)?;
         let d = tower.embedding_dim();
         let head = (config.loss == LossKind::Bce).then(|| {
             (

@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
     &["model"],
     &["eval", "checkpoint"],
     &["train"],
-    &["settings", "report", "runs", "sweep", "gallery"],
+    &["settings", "report", "runs", "sweep", "gallery", "export"],
 ];
 
 /// The imports allowed inside a layer: (importer, imported).
@@ -29,6 +29,7 @@ const WITHIN_A_LAYER: &[(&str, &str)] = &[
     ("sweep", "settings"),
     ("sweep", "runs"),
     ("gallery", "runs"),
+    ("export", "runs"),
 ];
 
 fn layer_of(module: &str) -> usize {

@@ -9,6 +9,7 @@ mod compare;
 mod devices;
 mod embed;
 mod eval;
+mod export;
 mod index;
 mod output;
 mod pairs_eval;
@@ -53,6 +54,8 @@ pub enum Command {
     Index(index::IndexArgs),
     /// The nearest images of an index to each query image, and the label most of them share.
     Query(query::QueryArgs),
+    /// Write a trained model as an ONNX graph (the tower, and a BCE run's head).
+    Export(export::ExportArgs),
 }
 
 /// Raised by Ctrl-C; the trainer saves its state and stops at the next step.
@@ -81,6 +84,7 @@ pub fn run(command: Command, matches: &ArgMatches) -> ExitCode {
         Command::Eval(args) => eval::run(args),
         Command::Index(args) => index::run(args),
         Command::Query(args) => query::run(args),
+        Command::Export(args) => export::run(args),
         // The exit status is the decision; an error is 2, as `cmp` and `diff` have it.
         Command::Compare(args) => {
             return match compare::run(args) {

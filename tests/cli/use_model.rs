@@ -619,3 +619,73 @@ fn an_index_is_built_grown_queried_exported_and_refuses_another_model() {
     );
     assert!(snapshot(root.path()) == before);
 }
+
+#[test]
+fn export_writes_an_onnx_tower_and_a_bce_runs_head() {
+    use prost::Message;
+    use siamese_gpu::export::proto::ModelProto;
+    let root = trained_run("export", &["--loss", "bce"]);
+    let out = siamese(
+        root.path(),
+        &args(&["export", "--checkpoint", "run", "--out", "model.onnx"]),
+    );
+    assert_ok(&out);
+    assert!(stdout(&out).contains("ONNX opset 17"), "{}", stdout(&out));
+    let read = |name: &str| {
+        ModelProto::decode(&std::fs::read(root.path().join(name)).unwrap()[..]).unwrap()
+    };
+    let tower = read("model.onnx");
+    let meta: BTreeMap<String, String> = tower
+        .metadata_props
+        .iter()
+        .map(|m| (m.key.clone(), m.value.clone()))
+        .collect();
+    assert!(
+        meta["siamese.settings"].contains("loss = \"bce\""),
+        "{meta:?}"
+    );
+    assert!(
+        meta["siamese.operating_points"].contains("\"eer\""),
+        "{meta:?}"
+    );
+    let head = read("model.head.onnx");
+    let graph = head.graph.unwrap();
+    assert_eq!(graph.output[0].name, "probability");
+    let before = snapshot(root.path());
+    assert_refused(
+        &siamese(
+            root.path(),
+            &args(&[
+                "export",
+                "--checkpoint",
+                "run",
+                "--format",
+                "tflite",
+                "--out",
+                "m.tflite",
+            ]),
+        ),
+        &["unknown --format `tflite`"],
+    );
+    assert_refused(
+        &siamese(
+            root.path(),
+            &args(&[
+                "export",
+                "--checkpoint",
+                "run",
+                "--out",
+                "model.onnx/x.onnx",
+            ]),
+        ),
+        &["model.onnx is a file, not a directory"],
+    );
+    assert_refused(
+        &siamese(
+            root.path(),
+            &args(&["export", "--checkpoint", "nowhere", "--out", "m.onnx"]),
+        ),
+        &["nowhere"],
+    );
+    assert!(snapshot(root.path()) == before);
+}
