@@ -25,6 +25,8 @@ pub mod optim;
 pub mod report;
 #[cfg(feature = "cli")]
 pub mod runs;
+#[cfg(feature = "serve")]
+pub mod serve;
 #[cfg(feature = "cli")]
 pub mod settings;
 #[cfg(feature = "cli")]

@@ -5,6 +5,8 @@
 //! byte for byte. A process killed at random moments (SIGKILL) resumes to the weights of an
 //! uninterrupted run.
 
+#[path = "cli/serve.rs"]
+mod serve;
 mod support;
 #[path = "cli/use_model.rs"]
 mod use_model;

@@ -18,6 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["eval", "checkpoint"],
     &["train"],
     &["settings", "report", "runs", "sweep", "gallery", "export"],
+    &["serve"],
 ];
 
 /// The imports allowed inside a layer: (importer, imported).

@@ -18,7 +18,7 @@ use siamese_gpu::eval::embed::Embedder;
 use siamese_gpu::eval::protocol::pair_scores;
 use siamese_gpu::model::ModelTensors;
 use siamese_gpu::ops::gather;
-use siamese_gpu::runs::json::num;
+use siamese_gpu::runs::json::decision_json;
 use siamese_gpu::runs::saved::SavedRun;
 use siamese_gpu::vocab::{LossKind, OnBadImage};
 
@@ -103,54 +103,33 @@ pub fn run(args: &CompareArgs) -> Result<bool> {
         &pairs,
     )?;
     let bce = run.model.config.loss == LossKind::Bce;
-    // Scores are lower-is-alike (the BCE head's negated logit): shown as the head's
-    // probability of Same, σ(−score), against σ(−threshold).
-    let probability = |s: f32| 1.0 / (1.0 + f64::from(s).exp());
     let mut all_same = true;
     for (k, &score) in scores.iter().enumerate() {
         let (a, b) = (
             list.images[list.a[k] as usize].display().to_string(),
             list.images[list.b[k] as usize].display().to_string(),
         );
-        let same = score <= point.threshold;
+        let mut verdict = decision_json(score, &point, bce);
+        let same = verdict["decision"] == "same";
         all_same &= same;
-        let decision = if same { "same" } else { "different" };
-        let (what, value, threshold) = if bce {
-            (
-                "probability",
-                probability(score),
-                probability(point.threshold),
-            )
-        } else {
-            ("distance", f64::from(score), f64::from(point.threshold))
-        };
-        let margin = (value - threshold).abs();
         if args.json {
-            let mut o = json!({
-                "a": a, "b": b, "decision": decision, "operating_point": point.name,
-            });
-            // A distance as the f32 it is (shortest form); a probability as computed.
-            let (value, threshold, margin) = if bce {
-                (json!(value), json!(threshold), json!(margin))
-            } else {
-                let m = (score - point.threshold).abs();
-                (num(score), num(point.threshold), num(m))
-            };
-            o[what] = value;
-            o["threshold"] = threshold;
-            o["margin"] = margin;
-            println!("{o}");
-        } else {
-            let side = match (same, bce) {
-                (true, false) | (false, true) => "under",
-                _ => "over",
-            };
-            println!(
-                "{a}  {b}  {what} {value:.4}  threshold {threshold:.4} ({})  → {decision} \
-                 ({margin:.4} {side} the threshold)",
-                point.name
-            );
+            verdict["a"] = json!(a);
+            verdict["b"] = json!(b);
+            println!("{verdict}");
+            continue;
         }
+        let what = if bce { "probability" } else { "distance" };
+        let number = |key: &str| verdict[key].as_f64().unwrap_or(f64::NAN);
+        // A distance is under its threshold when Same, a probability over it.
+        let side = if same != bce { "under" } else { "over" };
+        println!(
+            "{a}  {b}  {what} {:.4}  threshold {:.4} ({})  → {} ({:.4} {side} the threshold)",
+            number(what),
+            number("threshold"),
+            point.name,
+            verdict["decision"].as_str().unwrap_or_default(),
+            number("margin"),
+        );
     }
     Ok(all_same)
 }

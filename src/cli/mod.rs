@@ -14,6 +14,8 @@ mod index;
 mod output;
 mod pairs_eval;
 mod query;
+#[cfg(feature = "serve")]
+mod serve;
 mod sweep;
 mod train;
 
@@ -56,6 +58,9 @@ pub enum Command {
     Query(query::QueryArgs),
     /// Write a trained model as an ONNX graph (the tower, and a BCE run's head).
     Export(export::ExportArgs),
+    /// Serve a trained model (and a gallery index) over HTTP: embed, compare, query.
+    #[cfg(feature = "serve")]
+    Serve(serve::ServeArgs),
 }
 
 /// Raised by Ctrl-C; the trainer saves its state and stops at the next step.
@@ -85,6 +90,8 @@ pub fn run(command: Command, matches: &ArgMatches) -> ExitCode {
         Command::Index(args) => index::run(args),
         Command::Query(args) => query::run(args),
         Command::Export(args) => export::run(args),
+        #[cfg(feature = "serve")]
+        Command::Serve(args) => serve::run(args),
         // The exit status is the decision; an error is 2, as `cmp` and `diff` have it.
         Command::Compare(args) => {
             return match compare::run(args) {

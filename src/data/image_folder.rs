@@ -407,12 +407,51 @@ fn decode(
     resize: Resize,
     size: &mut Option<[usize; 2]>,
 ) -> std::result::Result<(Vec<u8>, Source), String> {
-    let mut decoder = image::ImageReader::open(path)
-        .map_err(|e| e.to_string())?
+    let reader = image::ImageReader::open(path).map_err(|e| e.to_string())?;
+    decode_from(reader, (color, resize), size, None)
+}
+
+/// An image file's bytes (PNG or JPEG, e.g. from a request) decoded at `size` as a file of
+/// the run is ([`decode`]); refused, before it is decoded, when it holds more than
+/// `max_pixels` pixels (a small file can hold a huge image) or none.
+pub fn decode_bytes(
+    bytes: &[u8],
+    options: &DataOptions,
+    size: [usize; 2],
+    max_pixels: u64,
+) -> std::result::Result<(Vec<u8>, Source), String> {
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes));
+    decode_from(
+        reader,
+        (options.color, options.resize),
+        &mut Some(size),
+        Some(max_pixels),
+    )
+}
+
+/// [`decode`] from any reader, its pixel count checked against `max_pixels` first.
+fn decode_from<R: std::io::BufRead + std::io::Seek>(
+    reader: image::ImageReader<R>,
+    (color, resize): (Color, Resize),
+    size: &mut Option<[usize; 2]>,
+    max_pixels: Option<u64>,
+) -> std::result::Result<(Vec<u8>, Source), String> {
+    let mut decoder = reader
         .with_guessed_format()
         .map_err(|e| e.to_string())?
         .into_decoder()
         .map_err(|e| e.to_string())?;
+    let (w, h) = decoder.dimensions();
+    if w == 0 || h == 0 {
+        return Err(format!("the image is {w}×{h}: it has no pixels"));
+    }
+    if let Some(max) = max_pixels
+        && u64::from(w) * u64::from(h) > max
+    {
+        return Err(format!(
+            "the image is {w}×{h}, over the limit of {max} pixels"
+        ));
+    }
     let orientation = decoder.orientation().map_err(|e| e.to_string())?;
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
     img.apply_orientation(orientation);

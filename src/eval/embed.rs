@@ -58,6 +58,11 @@ impl<'g> Embedder<'g> {
         self.dim
     }
 
+    /// Images per dispatch (what `new` was asked for, or fewer where they would not fit).
+    pub fn chunk(&self) -> usize {
+        self.chunk
+    }
+
     /// Embeddings `[count, D]` (row-major) of the first `count` images of a packed set.
     pub fn embed(&self, images: &PackedImages, count: usize) -> Result<Vec<f32>> {
         let all: Vec<u32> = (0..count as u32).collect();

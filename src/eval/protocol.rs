@@ -176,18 +176,30 @@ pub fn pair_scores(
             .copied()
             .collect::<Vec<f32>>()
     };
-    let (a, b, n) = (gather_rows(&pairs.a), gather_rows(&pairs.b), pairs.a.len());
+    let (a, b) = (gather_rows(&pairs.a), gather_rows(&pairs.b));
+    let flat = match model.config.loss {
+        LossKind::Bce => gpu.read_f32(params)?,
+        _ => Vec::new(),
+    };
+    Ok(score_rows(model, &flat, &a, &b))
+}
+
+/// The score of each pair of rows of `a` and `b` (`[n, D]` each): the model's distance, or
+/// for the BCE head (its weights in the flat host `params`) its negated logit; lower is more
+/// alike.
+pub fn score_rows(model: &SiameseModel, params: &[f32], a: &[f32], b: &[f32]) -> Vec<f32> {
+    let d = model.embedding_dim();
+    let n = a.len() / d;
     if model.config.loss == LossKind::Bce {
-        let flat = gpu.read_f32(params)?;
-        let (w, bias) = model.head_weights(&flat).expect("a BCE model has a head");
-        let diff = cpu::distance::abs_diff_forward(&a, &b, n, d);
+        let (w, bias) = model.head_weights(params).expect("a BCE model has a head");
+        let diff = cpu::distance::abs_diff_forward(a, b, n, d);
         let logits = cpu::dense::dense_forward(&diff, w, &[bias], n, d, 1);
-        return Ok(logits.into_iter().map(|z| -z).collect());
+        return logits.into_iter().map(|z| -z).collect();
     }
-    Ok(match model.config.distance {
-        Distance::Euclidean => cpu::distance::euclidean_forward(&a, &b, n, d),
-        Distance::SquaredEuclidean => cpu::distance::squared_euclidean_forward(&a, &b, n, d),
-        Distance::L1 => cpu::distance::l1_forward(&a, &b, n, d),
-        Distance::Cosine => cpu::distance::cosine_forward(&a, &b, n, d),
-    })
+    match model.config.distance {
+        Distance::Euclidean => cpu::distance::euclidean_forward(a, b, n, d),
+        Distance::SquaredEuclidean => cpu::distance::squared_euclidean_forward(a, b, n, d),
+        Distance::L1 => cpu::distance::l1_forward(a, b, n, d),
+        Distance::Cosine => cpu::distance::cosine_forward(a, b, n, d),
+    }
 }

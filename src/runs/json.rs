@@ -83,6 +83,31 @@ pub struct StoredPoint {
     pub threshold: f32,
 }
 
+/// A pair's verdict at a stored operating point, as `compare --json` and the server give
+/// it: `distance` (a distance model's score, the f32 in its shortest form) or `probability`
+/// (the BCE head's σ(−score)), the `threshold` in the same terms, `decision` (`same` when
+/// the score is at most the point's threshold, else `different`), the `margin` to the
+/// threshold and the `operating_point`'s name.
+pub fn decision_json(score: f32, point: &StoredPoint, bce: bool) -> Value {
+    let same = score <= point.threshold;
+    let mut o = json!({
+        "decision": if same { "same" } else { "different" },
+        "operating_point": point.name,
+    });
+    if bce {
+        let probability = |s: f32| 1.0 / (1.0 + f64::from(s).exp());
+        let (p, t) = (probability(score), probability(point.threshold));
+        o["probability"] = json!(p);
+        o["threshold"] = json!(t);
+        o["margin"] = json!((p - t).abs());
+    } else {
+        o["distance"] = num(score);
+        o["threshold"] = num(point.threshold);
+        o["margin"] = num((score - point.threshold).abs());
+    }
+    o
+}
+
 /// The points of [`operating_points_json`]'s text (None if it is not that list).
 pub fn parse_operating_points(text: &str) -> Option<Vec<StoredPoint>> {
     let list: Value = serde_json::from_str(text).ok()?;

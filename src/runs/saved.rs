@@ -31,6 +31,7 @@ pub fn model_file(run: &Path) -> PathBuf {
 
 /// A trained model: the model, its values, the pixel normalisation and the settings it was
 /// trained with.
+#[derive(Clone)]
 pub struct SavedRun {
     pub model: SiameseModel,
     pub values: ModelValues,

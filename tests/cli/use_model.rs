@@ -6,7 +6,7 @@ use super::*;
 
 /// Writes image `i` of the synthetic 16×16 test split (`synthetic(200, 16, 2)`, as
 /// `write_idx_dataset` writes it) as a grey PNG, returning its label.
-fn write_test_image(path: &Path, i: usize) -> u8 {
+pub(super) fn write_test_image(path: &Path, i: usize) -> u8 {
     let (x, y) = synthetic(200, 16, 2);
     let pixels = x[i * 256..(i + 1) * 256].to_vec();
     image::GrayImage::from_raw(16, 16, pixels)
