@@ -11,6 +11,7 @@
 
 use crate::common::*;
 use rand::RngExt;
+use siamese_gpu::cpu;
 use siamese_gpu::data::images::ImageSet;
 use siamese_gpu::eval::retrieval::{
     self, Protocol, References, RetrievalMetrics, RetrievalOptions, evaluate_retrieval,
@@ -557,4 +558,44 @@ fn bad_inputs_are_refused_with_a_reason() {
         .unwrap_err()
         .to_string();
     assert!(nan.contains("not finite"), "{nan}");
+}
+
+#[test]
+fn nearest_lists_match_brute_force_across_chunks() {
+    // Integer clusters tie often; a 160-byte budget is one query row per chunk of 40
+    // references, so every query is its own chunk, and the whole set is one.
+    let (g, _) = integer_clusters(21, 40, 3, 4);
+    let (q, _) = integer_clusters(22, 9, 3, 4);
+    for metric in [PairwiseMetric::Euclidean, PairwiseMetric::Cosine] {
+        let brute = match metric {
+            PairwiseMetric::Euclidean => {
+                cpu::distance::pairwise_euclidean_forward(&q, &g, 9, 40, 3)
+            }
+            PairwiseMetric::Cosine => cpu::distance::pairwise_cosine_forward(&q, &g, 9, 40, 3),
+        };
+        for chunk_bytes in [160, 1 << 20] {
+            let got = retrieval::nearest(gpu(), &q, &g, 3, metric, (5, chunk_bytes)).unwrap();
+            assert_eq!(got.len(), 9);
+            for (i, row) in got.iter().enumerate() {
+                let mut want: Vec<(u32, f32)> = (0..40u32)
+                    .map(|j| (j, brute[i * 40 + j as usize]))
+                    .collect();
+                want.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+                for (k, (&(j, d), &(wj, wd))) in row.iter().zip(&want).enumerate() {
+                    // Distances within f32 rounding of the CPU's; the lists equal where the
+                    // k-th distance is not within that rounding of another (a near-tie).
+                    assert!(
+                        (d - wd).abs() <= 1e-5 * wd.abs().max(1.0),
+                        "{metric:?} q{i} #{k}: {d} vs {wd}"
+                    );
+                    let near_tie = want
+                        .iter()
+                        .any(|&(o, od)| o != wj && (od - wd).abs() <= 1e-5 * wd.abs().max(1.0));
+                    assert!(near_tie || j == wj, "{metric:?} q{i} #{k}: {j} vs {wj}");
+                }
+            }
+        }
+    }
+    let err = retrieval::nearest(gpu(), &q, &g, 3, PairwiseMetric::Euclidean, (65, 1 << 20));
+    assert!(err.is_err(), "k over the selection's 64 is refused");
 }

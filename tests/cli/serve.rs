@@ -78,19 +78,7 @@ fn the_server_answers_every_endpoint_refuses_malformed_requests_and_keeps_servin
         std::fs::create_dir_all(&dir).unwrap();
         super::use_model::write_test_image(&dir.join(format!("{i}.png")), i);
     }
-    assert_ok(&siamese(
-        root.path(),
-        &args(&[
-            "index",
-            "build",
-            "--checkpoint",
-            "run",
-            "--images",
-            "gallery",
-            "--out",
-            "g.index",
-        ]),
-    ));
+    assert_ok(&super::use_model::index_build(root.path(), "g.index", &[]));
     let server = start(
         root.path(),
         &[

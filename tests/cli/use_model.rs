@@ -16,6 +16,22 @@ pub(super) fn write_test_image(path: &Path, i: usize) -> u8 {
     y[i]
 }
 
+/// `siamese index build` of the run's model over `gallery/` in `root`, into `out`.
+pub(super) fn index_build(root: &Path, out: &str, extra: &[&str]) -> Output {
+    let mut a = args(&[
+        "index",
+        "build",
+        "--checkpoint",
+        "run",
+        "--images",
+        "gallery",
+        "--out",
+        out,
+    ]);
+    a.extend(extra.iter().map(|s| s.to_string()));
+    siamese(root, &a)
+}
+
 /// The run's stored operating points, from its model file's metadata.
 fn stored_points(run: &Path) -> Vec<serde_json::Value> {
     let (_, _, meta) = checkpoint::load_model(&run.join("model.safetensors")).unwrap();
@@ -383,16 +399,8 @@ fn an_index_is_built_grown_queried_exported_and_refuses_another_model() {
         assert_ok(&out);
         out
     };
-    let out = run_ok(&[
-        "index",
-        "build",
-        "--checkpoint",
-        "run",
-        "--images",
-        "gallery",
-        "--out",
-        "g.index",
-    ]);
+    let out = index_build(root.path(), "g.index", &[]);
+    assert_ok(&out);
     assert!(
         stdout(&out).contains("indexed 21 images"),
         "{}",
@@ -452,17 +460,8 @@ fn an_index_is_built_grown_queried_exported_and_refuses_another_model() {
     // With an approximate (HNSW) graph: its recall is printed at build time, a query finds
     // what the exact search finds on a gallery this small, and a grown index's graph holds
     // the new image.
-    let out = run_ok(&[
-        "index",
-        "build",
-        "--checkpoint",
-        "run",
-        "--images",
-        "gallery",
-        "--out",
-        "a.index",
-        "--approximate",
-    ]);
+    let out = index_build(root.path(), "a.index", &["--approximate"]);
+    assert_ok(&out);
     assert!(stdout(&out).contains("recall@10 "), "{}", stdout(&out));
     let ask = |index: &str, image: &str, extra: &[&str]| {
         let out = run_ok(

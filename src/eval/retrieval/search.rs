@@ -92,43 +92,75 @@ pub(super) fn search(
     for &c in ref_labels {
         class_size[c as usize] += 1;
     }
-    // Query rows per chunk: the byte budget and the binding limit, at least one row.
-    let limit = gpu.limits().max_storage_buffer_binding_size;
-    let row_bytes = (n * 4) as u64;
-    let chunk = ((options.chunk_bytes.min(limit) / row_bytes) as usize).clamp(1, q);
+    let chunk = chunk_rows(gpu, n, q, options.chunk_bytes);
     let buffers = ChunkBuffers::new(gpu, ref_rows, (n, dim), chunk, k_max)?;
-    let full = buffers.program(gpu, options.metric, chunk)?;
     let mut sums = Sums {
         recall: vec![0.0; ks.len()],
         ..Sums::default()
     };
+    let queries = (rows, exclude, dim);
+    run_chunks(
+        gpu,
+        &buffers,
+        options.metric,
+        queries,
+        chunk,
+        &mut |start, program| {
+            let m = program.exclude.shape()[0];
+            let nearest = gpu.read_u32(&program.nearest)?;
+            let distances = gpu.read_f32(&program.distances)?;
+            let chunk_sums = score_rows(
+                &distances,
+                &nearest,
+                &labels[start..start + m],
+                &exclude[start..start + m],
+                ref_labels,
+                &class_size,
+                ks,
+                k_max,
+            );
+            sums.add(&chunk_sums);
+            Ok(())
+        },
+    )?;
+    Ok(sums.metrics(options.metric, n, ks))
+}
+
+/// Query rows per chunk: the byte budget of a chunk's `[rows, n]` distances and the binding
+/// limit, at least one row and at most the `q` queries.
+fn chunk_rows(gpu: &Gpu, n: usize, q: usize, chunk_bytes: u64) -> usize {
+    let limit = gpu.limits().max_storage_buffer_binding_size;
+    ((chunk_bytes.min(limit) / (n * 4) as u64) as usize).clamp(1, q)
+}
+
+/// Runs the search of `queries` (rows of `dim`, each with the reference it excludes) chunk
+/// by chunk of `chunk` rows, handing `each` the first query's number and the program that
+/// ran (its distances and nearest lists ready to read).
+fn run_chunks(
+    gpu: &Gpu,
+    buffers: &ChunkBuffers,
+    metric: PairwiseMetric,
+    (queries, exclude, dim): (&[f32], &[u32], usize),
+    chunk: usize,
+    each: &mut dyn FnMut(usize, &ChunkProgram) -> Result<()>,
+) -> Result<()> {
+    let q = exclude.len();
+    let full = buffers.program(gpu, metric, chunk)?;
     for start in (0..q).step_by(chunk) {
         let m = chunk.min(q - start);
         let short;
         let program = if m == chunk {
             &full
         } else {
-            short = buffers.program(gpu, options.metric, m)?;
+            short = buffers.program(gpu, metric, m)?;
             &short
         };
-        gpu.write_f32(&program.queries, &rows[start * dim..(start + m) * dim])?;
+        gpu.write_f32(&program.queries, &queries[start * dim..(start + m) * dim])?;
         gpu.write_u32(&program.exclude, &exclude[start..start + m])?;
         gpu.run(&[program.kernel.as_ref().expect("built")]);
-        let nearest = gpu.read_u32(&program.nearest)?;
-        let distances = gpu.read_f32(&program.distances)?;
-        let chunk_sums = score_rows(
-            &distances,
-            &nearest,
-            &labels[start..start + m],
-            &exclude[start..start + m],
-            ref_labels,
-            &class_size,
-            ks,
-            k_max,
-        );
-        sums.add(&chunk_sums);
+        each(start, program)?;
     }
-    Ok(sums.metrics(options.metric, n, ks))
+    Ok(())
 }
 
 /// The `k` nearest references of each query, nearest first (the lower index first on
@@ -152,36 +184,21 @@ pub fn nearest(
     }
     let exclude = vec![NO_EXCLUDE; q];
     check_search(queries, references, q, n, &exclude, &[k])?;
-    let limit = gpu.limits().max_storage_buffer_binding_size;
-    let chunk = ((chunk_bytes.min(limit) / (n * 4) as u64) as usize).clamp(1, q);
+    let chunk = chunk_rows(gpu, n, q, chunk_bytes);
     let buffers = ChunkBuffers::new(gpu, references, (n, dim), chunk, k)?;
-    let full = buffers.program(gpu, metric, chunk)?;
     let mut found = Vec::with_capacity(q);
-    for start in (0..q).step_by(chunk) {
-        let m = chunk.min(q - start);
-        let short;
-        let program = if m == chunk {
-            &full
-        } else {
-            short = buffers.program(gpu, metric, m)?;
-            &short
-        };
-        gpu.write_f32(&program.queries, &queries[start * dim..(start + m) * dim])?;
-        gpu.write_u32(&program.exclude, &exclude[start..start + m])?;
-        gpu.run(&[program.kernel.as_ref().expect("built")]);
+    let rows = (queries, exclude.as_slice(), dim);
+    run_chunks(gpu, &buffers, metric, rows, chunk, &mut |_, program| {
         let nearest = gpu.read_u32(&program.nearest)?;
         let distances = gpu.read_f32(&program.nearest_distances)?;
-        for r in 0..m {
-            let row = r * k..(r + 1) * k;
-            found.push(
-                nearest[row.clone()]
-                    .iter()
-                    .copied()
-                    .zip(distances[row].iter().copied())
-                    .collect(),
-            );
-        }
-    }
+        found.extend(
+            nearest
+                .chunks(k)
+                .zip(distances.chunks(k))
+                .map(|(i, d)| i.iter().copied().zip(d.iter().copied()).collect()),
+        );
+        Ok(())
+    })?;
     Ok(found)
 }
 
