@@ -580,17 +580,8 @@ fn an_index_is_built_grown_queried_exported_and_refuses_another_model() {
         &["query", "--index", "corrupt.png", &query],
         &["corrupt.png is not an index written by `siamese index build`"],
     );
-    refused(
-        &[
-            "index",
-            "build",
-            "--checkpoint",
-            "run",
-            "--images",
-            "gallery",
-            "--out",
-            "g.index",
-        ],
+    assert_refused(
+        &index_build(root.path(), "g.index", &[]),
         &["g.index exists", "siamese index add"],
     );
     refused(
