@@ -266,7 +266,7 @@ fn the_server_answers_every_endpoint_refuses_malformed_requests_and_keeps_servin
     };
     assert!(status.success(), "{status}");
 
-    // Without an index /query says so; a run without one is refused at start for a bad index.
+    // Without an index /query says so.
     let server = start(root.path(), &[]);
     let (status, answer) = call(
         &server.url,
@@ -275,4 +275,55 @@ fn the_server_answers_every_endpoint_refuses_malformed_requests_and_keeps_servin
     );
     assert_eq!(status, 404, "{answer}");
     assert!(answer["error"].as_str().unwrap().contains("--index"));
+    assert_eq!(call(&server.url, "/health", None).0, 200);
+}
+
+#[test]
+fn a_full_queue_refuses_jobs_until_the_gpu_thread_takes_them() {
+    use siamese_gpu::model::{ModelConfig, ModelValues, SiameseModel};
+    use siamese_gpu::runs::saved::SavedRun;
+    use siamese_gpu::serve::batcher::{Batcher, Batching, Refused};
+    let model = SiameseModel::new(ModelConfig {
+        tower: TOWER.parse().unwrap(),
+        input: [1, 16, 16],
+        loss: siamese_gpu::vocab::LossKind::Contrastive,
+        margin: 1.0,
+        distance: siamese_gpu::vocab::Distance::Euclidean,
+        normalize: false,
+        freeze: Vec::new(),
+    })
+    .unwrap();
+    let run = SavedRun {
+        values: ModelValues::init(&model, 0),
+        model,
+        norm: siamese_gpu::vocab::PixelNorm::UNIT,
+        settings: siamese_gpu::settings::RunSettings::default(),
+        operating_points: Vec::new(),
+    };
+    // Batches of up to 512 images, so the long job runs in a few dispatches.
+    let batching = Batching {
+        max_images: 512,
+        window: Duration::ZERO,
+        queue: 1,
+    };
+    let (batcher, thread, _) = Batcher::start(run, None, batching).unwrap();
+    // A long first job (4,096 images) keeps the GPU thread busy for far longer than two
+    // more submissions take: whether it has taken the first job off the queue yet or not,
+    // one of the next two finds the queue of one full.
+    let big = 4096;
+    let first = batcher.submit(vec![7; big * 256], big, None).ok().unwrap();
+    let refused = [
+        batcher.submit(vec![7; 256], 1, None),
+        batcher.submit(vec![7; 256], 1, None),
+    ]
+    .into_iter()
+    .filter_map(|r| r.err())
+    .filter(|r| matches!(r, Refused::Busy))
+    .count();
+    assert!(refused >= 1, "a queue of one holds one waiting job");
+    // The accepted jobs are answered in full.
+    let answer = first.blocking_recv().unwrap().unwrap();
+    assert_eq!(answer.embeddings.len(), big * 16);
+    drop(batcher);
+    thread.join().unwrap();
 }
