@@ -313,6 +313,16 @@ pub enum OnBadImage {
     Stop,
 }
 
+impl OnBadImage {
+    pub fn parse(text: &str) -> Option<OnBadImage> {
+        match text.to_lowercase().as_str() {
+            "skip" => Some(OnBadImage::Skip),
+            "stop" => Some(OnBadImage::Stop),
+            _ => None,
+        }
+    }
+}
+
 // ---- Shapes ----
 
 /// Sizes of one 2-D convolution (NCHW, weights `[O, C, KH, KW]`, stride and zero padding)

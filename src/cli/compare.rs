@@ -66,18 +66,7 @@ pub fn run(args: &CompareArgs) -> Result<bool> {
                     return Err(Error::Data(format!("no image {}", path.display())));
                 }
             }
-            pairs_file::PairList {
-                images: if a == b {
-                    vec![a.clone()]
-                } else {
-                    vec![a.clone(), b.clone()]
-                },
-                a: vec![0],
-                b: vec![if a == b { 0 } else { 1 }],
-                labels: Vec::new(),
-                folds: Vec::new(),
-                fold_count: 0,
-            }
+            pairs_file::PairList::of_paths([(a.clone(), b.clone())])
         }
     };
     // Every image is needed: an unreadable one is an error naming it.

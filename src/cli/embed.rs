@@ -119,16 +119,7 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
     }
     check_writable(&args.out)?;
     let paths = match (&args.images, args.files.is_empty()) {
-        (Some(dir), _) => {
-            let found = images_under(dir)?;
-            if found.is_empty() {
-                return Err(Error::Data(format!(
-                    "{} holds no .png or .jpg image at any depth",
-                    dir.display()
-                )));
-            }
-            Some(found)
-        }
+        (Some(dir), _) => Some(images_under(dir)?),
         (None, false) => Some(args.files.clone()),
         (None, true) => None,
     };
@@ -225,13 +216,11 @@ pub(super) fn check_writable(out: &Path) -> Result<()> {
 }
 
 pub(super) fn parse_on_bad(text: &str) -> Result<OnBadImage> {
-    match text.to_lowercase().as_str() {
-        "skip" => Ok(OnBadImage::Skip),
-        "stop" => Ok(OnBadImage::Stop),
-        other => Err(Error::Config(format!(
-            "--on-bad-image: unknown policy `{other}`: use skip or stop"
-        ))),
-    }
+    OnBadImage::parse(text).ok_or_else(|| {
+        Error::Config(format!(
+            "--on-bad-image: unknown policy `{text}`: use skip or stop"
+        ))
+    })
 }
 
 /// The settings of a tower with weights from elsewhere, as the flags give them.
@@ -317,18 +306,27 @@ pub(super) fn embed_files(
     let embedder = Embedder::new(gpu, &run.model, &values, run.norm, paths.len().min(500))?;
     let bar = progress_bar(paths.len());
     let (mut e, mut ids) = (Vec::new(), Vec::new());
+    let say = |n: &str| match &bar {
+        Some(bar) => bar.println(format!("note: {n}")),
+        None => eprintln!("note: {n}"),
+    };
     let mut notes = 0usize;
     for (k, chunk) in paths.chunks(FILE_CHUNK).enumerate() {
+        // Resizing and conversion are said for the first few images; every one left out is
+        // named.
         let files = run.read_images(chunk, on_bad, &mut |n| {
-            // Every image left out is named; resizing is said for the first few.
-            if n.contains("left out") || notes < 5 {
-                match &bar {
-                    Some(bar) => bar.println(format!("note: {n}")),
-                    None => eprintln!("note: {n}"),
-                }
+            if notes < 5 {
+                say(n);
             }
             notes += 1;
         })?;
+        for (i, why) in &files.skipped {
+            say(&format!(
+                "{}: left out, unreadable ({why})",
+                chunk[*i].display()
+            ));
+        }
+        notes += files.skipped.len();
         let count = files.kept.len();
         if count > 0 {
             let packed = gather::upload_images(gpu, &files.pixels, count, c * h * w)?;

@@ -145,16 +145,7 @@ fn add(args: &AddArgs) -> Result<()> {
 /// many were added.
 fn embed_into(gpu: &Gpu, run: &SavedRun, index: &mut Index, which: &Images) -> Result<usize> {
     let (paths, root) = match &which.images {
-        Some(dir) => {
-            let found = images_under(dir)?;
-            if found.is_empty() {
-                return Err(Error::Data(format!(
-                    "{} holds no .png or .jpg image at any depth",
-                    dir.display()
-                )));
-            }
-            (found, Some(dir.as_path()))
-        }
+        Some(dir) => (images_under(dir)?, Some(dir.as_path())),
         None => (which.files.clone(), None),
     };
     let held: std::collections::HashSet<&str> = index.ids.iter().map(String::as_str).collect();
@@ -190,25 +181,17 @@ fn build_graph(gpu: &Gpu, index: &mut Index) -> Result<()> {
     let sample: Vec<usize> = (0..n.min(RECALL_QUERIES))
         .map(|i| i * n / n.min(RECALL_QUERIES))
         .collect();
-    let start = Instant::now();
-    let recall = recall_against_exact(gpu, index, &graph, &sample, RECALL_K)?;
-    let measured = start.elapsed().as_secs_f64();
-    let queries: Vec<f32> = sample
-        .iter()
-        .flat_map(|&r| index.embeddings[r * index.dim..(r + 1) * index.dim].to_vec())
-        .collect();
-    let start = Instant::now();
-    graph.search(&queries, index.dim, RECALL_K)?;
-    let approximate = start.elapsed().as_secs_f64();
+    let r = recall_against_exact(gpu, index, &graph, &sample, RECALL_K)?;
+    let queries = sample.len();
     println!(
         "approximate search (HNSW, usearch, M {} ef {}): built in {built:.1} s; recall@{RECALL_K} \
-         {recall:.4} against the exact search over {} gallery images as queries, each left out of \
-         its own list; {} queries in {:.3} s (exact search and measurement: {measured:.2} s)",
+         {:.4} against the exact search over {queries} gallery images as queries, each left out \
+         of its own list; the {queries} queries took {:.3} s (the exact GPU search: {:.2} s)",
         approximate::CONNECTIVITY,
         approximate::EXPANSION_SEARCH,
-        sample.len(),
-        sample.len(),
-        approximate
+        r.recall,
+        r.approximate_s,
+        r.exact_s
     );
     index.approximate = Some(graph);
     Ok(())

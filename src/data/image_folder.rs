@@ -273,7 +273,7 @@ pub fn decode_files(
 }
 
 /// Every image file under `dir`, at any depth, sorted by path (the extensions a folder
-/// dataset reads).
+/// dataset reads); a tree without one is refused.
 pub fn images_under(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -290,6 +290,12 @@ pub fn images_under(dir: &Path) -> Result<Vec<PathBuf>> {
                 found.push(path);
             }
         }
+    }
+    if found.is_empty() {
+        return Err(Error::Data(format!(
+            "{} holds no .png or .jpg image at any depth",
+            dir.display()
+        )));
     }
     found.sort();
     Ok(found)

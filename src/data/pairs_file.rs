@@ -42,6 +42,15 @@ impl PairList {
         self.a.is_empty()
     }
 
+    /// The given pairs of images, unlabelled, each image once in `images`.
+    pub fn of_paths(pairs: impl IntoIterator<Item = (PathBuf, PathBuf)>) -> PairList {
+        let (mut list, mut index) = (PairList::empty(0), HashMap::new());
+        for (a, b) in pairs {
+            list.add(&mut index, a, b, None);
+        }
+        list
+    }
+
     fn empty(fold_count: usize) -> PairList {
         PairList {
             images: Vec::new(),

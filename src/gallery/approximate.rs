@@ -6,6 +6,8 @@
 //! and saves to one buffer; BENCHMARKS.md). Its recall against the exact GPU search is
 //! measured when the graph is built ([`recall_against_exact`]).
 
+use std::time::Instant;
+
 use usearch::{IndexOptions, MetricKind, ScalarKind};
 
 use super::{Index, Neighbor};
@@ -141,22 +143,33 @@ impl Approximate {
     }
 }
 
+/// How the graph compares with the exact search on the same queries.
+#[derive(Debug, Clone, Copy)]
+pub struct Recall {
+    /// The share of the exact k nearest other rows that the graph also returns.
+    pub recall: f64,
+    /// Seconds of the exact GPU search and of the graph's, over all the queries.
+    pub exact_s: f64,
+    pub approximate_s: f64,
+}
+
 /// Recall@`k` of `graph` against the exact GPU search, over `sample` rows of `index` used as
-/// queries, each left out of its own lists (so finding itself earns nothing): the share of
-/// the exact k nearest other rows that the graph also returns.
+/// queries, each left out of its own lists (so finding itself earns nothing), and the time
+/// each search took.
 pub fn recall_against_exact(
     gpu: &Gpu,
     index: &Index,
     graph: &Approximate,
     sample: &[usize],
     k: usize,
-) -> Result<f64> {
+) -> Result<Recall> {
     let dim = index.dim;
     let queries: Vec<f32> = sample
         .iter()
         .flat_map(|&r| index.embeddings[r * dim..(r + 1) * dim].iter().copied())
         .collect();
     let wanted = (k + 1).min(index.len());
+    let start = Instant::now();
     let exact = nearest(
         gpu,
         &queries,
@@ -165,7 +178,10 @@ pub fn recall_against_exact(
         index.metric,
         (wanted, DEFAULT_CHUNK_BYTES),
     )?;
+    let exact_s = start.elapsed().as_secs_f64();
+    let start = Instant::now();
     let approximate = graph.search(&queries, dim, wanted)?;
+    let approximate_s = start.elapsed().as_secs_f64();
     let (mut found, mut total) = (0usize, 0usize);
     for ((&own, exact), approximate) in sample.iter().zip(&exact).zip(&approximate) {
         let truth: Vec<u32> = exact
@@ -183,9 +199,13 @@ pub fn recall_against_exact(
         total += truth.len();
         found += truth.iter().filter(|r| got.contains(r)).count();
     }
-    Ok(if total == 0 {
-        f64::NAN
-    } else {
-        found as f64 / total as f64
+    Ok(Recall {
+        recall: if total == 0 {
+            f64::NAN
+        } else {
+            found as f64 / total as f64
+        },
+        exact_s,
+        approximate_s,
     })
 }

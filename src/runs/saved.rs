@@ -136,9 +136,9 @@ impl SavedRun {
     }
 
     /// Decodes `paths` as this model's input (the run's colour, size and resize policy);
-    /// an unreadable image is left out (`on_bad_image` skip) or an error naming it (stop).
-    /// Each image brought to the input — resized, or its colour converted — and each one
-    /// left out is said through `note`.
+    /// an unreadable image is left out (`on_bad_image` skip: in the result's `skipped`) or an
+    /// error naming it (stop). Each image brought to the input — resized, or its colour
+    /// converted — is said through `note`.
     #[cfg(feature = "images")]
     pub fn read_images(
         &self,
@@ -167,12 +167,6 @@ impl SavedRun {
             if !changes.is_empty() {
                 note(&format!("{}: {}", paths[i].display(), changes.join("; ")));
             }
-        }
-        for (i, why) in &files.skipped {
-            note(&format!(
-                "{}: left out, unreadable ({why})",
-                paths[*i].display()
-            ));
         }
         Ok(files)
     }

@@ -32,10 +32,8 @@ use serde_json::{Value, json};
 use crate::data::image_folder::decode_bytes;
 use crate::data::images::DataOptions;
 use crate::error::Error;
-use crate::eval::operating_points::Target;
 use crate::eval::protocol::score_rows;
-use crate::model::SiameseModel;
-use crate::runs::json::{StoredPoint, decision_json, num};
+use crate::runs::json::{decision_json, num};
 use crate::runs::saved::SavedRun;
 use crate::vocab::LossKind;
 use batcher::{Answer, Batcher, Refused};
@@ -54,11 +52,10 @@ pub struct Limits {
 /// What every handler reads.
 struct Shared {
     batcher: Batcher,
-    model: SiameseModel,
-    /// The flat parameters on the host (the BCE head's weights for `/compare`).
-    params: Vec<f32>,
+    /// The model, its host values (the BCE head's weights for `/compare`) and stored
+    /// operating points.
+    run: SavedRun,
     options: DataOptions,
-    points: Vec<StoredPoint>,
     info: Value,
     has_index: bool,
     limits: Limits,
@@ -100,10 +97,8 @@ pub fn router(
     }
     let shared = Arc::new(Shared {
         batcher,
-        model: run.model.clone(),
-        params: run.values.params.clone(),
+        run: run.clone(),
         options: run.read_options()?,
-        points: run.operating_points.clone(),
         info: described,
         has_index,
         limits,
@@ -145,7 +140,7 @@ async fn decode(s: &Arc<Shared>, images: Vec<String>, what: &str) -> Result<Vec<
     let shared = s.clone();
     let what = what.to_string();
     tokio::task::spawn_blocking(move || {
-        let [_, h, w] = shared.model.config.input;
+        let [_, h, w] = shared.run.model.config.input;
         let mut pixels = Vec::new();
         for (i, text) in images.iter().enumerate() {
             let bytes = base64::engine::general_purpose::STANDARD
@@ -215,7 +210,7 @@ async fn embed(
     let count = body.images.len();
     let pixels = decode(&s, body.images, "/embed").await?;
     let answer = run_job(&s, pixels, count, None).await?;
-    let dim = s.model.embedding_dim();
+    let dim = s.run.model.embedding_dim();
     let rows: Vec<Vec<Value>> = answer
         .embeddings
         .chunks(dim)
@@ -239,30 +234,20 @@ async fn compare(
 ) -> Result<Json<Value>, Failure> {
     let body = parsed(body)?;
     let wanted = body.operating_point.as_deref().unwrap_or("accuracy");
-    let name = Target::parse(wanted)
-        .map_err(|e| bad(e.to_string()))?
-        .to_string();
     let point = s
-        .points
-        .iter()
-        .find(|p| p.name == name)
-        .cloned()
-        .ok_or_else(|| {
-            let have: Vec<&str> = s.points.iter().map(|p| p.name.as_str()).collect();
-            bad(format!(
-                "the model stores no `{name}` operating point (it has: {})",
-                have.join(", ")
-            ))
-        })?;
+        .run
+        .operating_point(wanted)
+        .map_err(|e| bad(e.to_string()))?
+        .clone();
     let pixels = decode(&s, vec![body.a, body.b], "/compare").await?;
     let answer = run_job(&s, pixels, 2, None).await?;
-    let dim = s.model.embedding_dim();
-    let (a, b) = answer.embeddings.split_at(dim);
-    let score = score_rows(&s.model, &s.params, a, b)[0];
+    let model = &s.run.model;
+    let (a, b) = answer.embeddings.split_at(model.embedding_dim());
+    let score = score_rows(model, &s.run.values.params, a, b)[0];
     Ok(Json(decision_json(
         score,
         &point,
-        s.model.config.loss == LossKind::Bce,
+        model.config.loss == LossKind::Bce,
     )))
 }
 

@@ -465,16 +465,13 @@ impl RunSettings {
                     Resize::NAMES
                 ))
             })?,
-            on_bad_image: match self.on_bad_image.to_lowercase().as_str() {
-                "skip" => OnBadImage::Skip,
-                "stop" => OnBadImage::Stop,
-                other => {
-                    return Err(Error::Config(format!(
-                        "on_bad_image: unknown policy `{other}`: use skip (leave the image out with a \
-                         warning) or stop"
-                    )));
-                }
-            },
+            on_bad_image: OnBadImage::parse(&self.on_bad_image).ok_or_else(|| {
+                Error::Config(format!(
+                    "on_bad_image: unknown policy `{}`: use skip (leave the image out with a \
+                     warning) or stop",
+                    self.on_bad_image.to_lowercase()
+                ))
+            })?,
             held_out_classes: self.held_out_classes.clone(),
             cache_dir: self.cache_location(),
         })
