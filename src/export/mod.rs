@@ -43,11 +43,11 @@ pub const IR_VERSION: i64 = 8;
 const BATCH: &str = "N";
 
 /// A graph being built: its nodes and initializers, and the values to name them from.
-struct Builder {
+struct Builder<'a> {
     nodes: Vec<NodeProto>,
     initializers: Vec<TensorProto>,
-    /// Every tensor of the model by name: its shape and values.
-    tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    /// Every tensor of the model by name: its shape and values, in the run's buffers.
+    tensors: HashMap<&'a str, (&'a [usize], &'a [f32])>,
     next: usize,
 }
 
@@ -108,8 +108,8 @@ fn value_info(name: &str, rest: &[usize]) -> ValueInfoProto {
     }
 }
 
-impl Builder {
-    fn new(run: &SavedRun) -> Builder {
+impl<'a> Builder<'a> {
+    fn new(run: &'a SavedRun) -> Builder<'a> {
         let mut tensors = HashMap::new();
         let model = &run.model;
         for (layout, flat) in [
@@ -117,8 +117,8 @@ impl Builder {
             (&model.tower.state, &run.values.running),
         ] {
             for p in &layout.params {
-                let values = flat[p.offset..p.offset + p.len()].to_vec();
-                tensors.insert(p.name.clone(), (p.shape.clone(), values));
+                let values = &flat[p.offset..p.offset + p.len()];
+                tensors.insert(p.name.as_str(), (p.shape.as_slice(), values));
             }
         }
         Builder {
@@ -162,8 +162,8 @@ impl Builder {
 
     /// The model's tensor `name` as an initializer of that name (PyTorch's), if it has one.
     fn param(&mut self, name: &str) -> Option<String> {
-        let (shape, values) = self.tensors.get(name)?.clone();
-        Some(self.constant(name, &shape, &values))
+        let (shape, values) = *self.tensors.get(name)?;
+        Some(self.constant(name, shape, values))
     }
 
     fn required(&mut self, name: &str) -> Result<String> {
