@@ -24,6 +24,8 @@ const CONCURRENCY: [usize; 3] = [1, 8, 32];
 
 fn model() -> SavedRun {
     let model = SiameseModel::new(ModelConfig {
+        hyper: Default::default(),
+        classes: 0,
         tower: siamese_gpu::nn::spec::REFERENCE_TOWER.parse().unwrap(),
         input: [1, 28, 28],
         loss: LossKind::Contrastive,

@@ -66,7 +66,8 @@ fn main() {
             log_every: TIMED_STEPS + WARMUP_STEPS,
             ..TrainConfig::default()
         };
-        let model = SiameseModel::new(cfg.model_config([1, 28, 28])).expect("the reference model");
+        let model =
+            SiameseModel::new(cfg.model_config([1, 28, 28], 10)).expect("the reference model");
         let mut rates = Vec::new();
         let mut runs = vec![
             (KernelPath::Storage, Precision::F32),
@@ -176,7 +177,7 @@ fn residual_towers(gpu: &Gpu, grey: (&PackedImages, &[u8]), driver: &str) {
                 log_every: TIMED_STEPS + WARMUP_STEPS,
                 ..TrainConfig::default()
             };
-            let model = SiameseModel::new(cfg.model_config(input)).expect("the model");
+            let model = SiameseModel::new(cfg.model_config(input, 10)).expect("the model");
             let pairs_per_sec = train_rate(gpu, &model, &cfg, packed, labels);
             let [c, h, w] = input;
             println!(

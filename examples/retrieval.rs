@@ -117,7 +117,8 @@ fn run() -> Result<()> {
         )
     } else {
         let cfg = TrainConfig::default();
-        let model = SiameseModel::new(cfg.model_config([1, data.test.height, data.test.width]))?;
+        let model =
+            SiameseModel::new(cfg.model_config([1, data.test.height, data.test.width], 10))?;
         let values = ModelValues::init(&model, cfg.seed);
         (
             model,

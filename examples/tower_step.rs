@@ -58,6 +58,8 @@ fn step(tower: &str, weights: &Path, input: &Path, out: &Path) -> Result<()> {
     assert_eq!(n, 2 * same.len(), "2B images for B pairs");
 
     let model = SiameseModel::new(ModelConfig {
+        hyper: Default::default(),
+        classes: 0,
         tower: tower.parse()?,
         input: [c, h, w],
         loss: LossKind::Contrastive,

@@ -23,6 +23,7 @@ mod pack;
 mod photo;
 mod pool;
 mod residual;
+mod similarity_loss;
 mod topk;
 
 /// The tape on every kernel path against the composed CPU references.

@@ -527,7 +527,7 @@ fn separated_embeddings(
     }
 }
 
-/// The tape's `pairwise_self` + `mined_triplet_loss` on the GPU: d loss / d e against
+/// The tape's `pairwise` + `mined_triplet_loss` on the GPU: d loss / d e against
 /// central differences of the composed f64 references. Both sides of the pairwise matrix
 /// are e, so a tape that kept only one side's gradient would be off by about half.
 #[test]
@@ -556,7 +556,7 @@ fn tape_gradient_of_embeddings_matches_finite_differences() {
             let ev = tape
                 .param(upload(&e, &[n, dim]), Some(grad.clone()))
                 .unwrap();
-            let dm = tape.pairwise_self(metric, ev).unwrap();
+            let dm = tape.pairwise(metric, ev, ev).unwrap();
             let (loss, _) = tape
                 .mined_triplet_loss(dm, &upload_labels(&l), miner, MARGIN)
                 .unwrap();

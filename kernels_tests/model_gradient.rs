@@ -34,6 +34,8 @@ const RNG: [u32; 2] = [1234, 7];
 
 fn model(loss: LossKind) -> SiameseModel {
     SiameseModel::new(ModelConfig {
+        hyper: Default::default(),
+        classes: 0,
         tower: format!("conv 3 3 | relu | maxpool 2 | flatten | dense {DIM}")
             .parse()
             .unwrap(),
@@ -699,6 +701,8 @@ const BN_IMAGE: usize = BN_INPUT[0] * BN_INPUT[1] * BN_INPUT[2];
 /// [3, 8, 8] images. Its convolutions have no bias, as before a BatchNorm they need none.
 fn bn_model(loss: LossKind) -> SiameseModel {
     SiameseModel::new(ModelConfig {
+        hyper: Default::default(),
+        classes: 0,
         tower: format!(
             "conv 4 3 pad=1 bias=false | bn | relu \
              | res(conv 4 3 pad=1 bias=false | bn | relu | conv 4 3 pad=1 bias=false | bn) \
@@ -733,7 +737,7 @@ fn bn_values(m: &SiameseModel) -> ModelValues {
             let (lo, hi) = match p.init {
                 Init::Ones => (0.5, 1.5),
                 Init::Zeros => (-0.5, 0.5),
-                Init::Uniform { .. } => continue,
+                Init::Uniform { .. } | Init::Normal | Init::KaimingNormalFanOut { .. } => continue,
             };
             flat[p.offset..p.offset + p.len()].copy_from_slice(&uniform(&mut r, p.len(), lo, hi));
         }

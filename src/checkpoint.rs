@@ -18,7 +18,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use crate::error::{Error, Result};
 use crate::model::{ModelConfig, ModelValues, SiameseModel};
 use crate::nn::ParamLayout;
-use crate::vocab::Distance;
+use crate::vocab::{Distance, LossHyper};
 
 fn distance_name(d: Distance) -> &'static str {
     match d {
@@ -106,6 +106,21 @@ pub fn save_checkpoint(
     info.insert("distance".into(), distance_name(cfg.distance).into());
     info.insert("normalize".into(), cfg.normalize.to_string());
     info.insert("freeze".into(), cfg.freeze.join(","));
+    if cfg.loss.uses_classes() {
+        let h = &cfg.hyper;
+        info.insert("classes".into(), cfg.classes.to_string());
+        info.insert("scale".into(), h.scale.to_string());
+        info.insert("sub_centers".into(), h.sub_centers.to_string());
+        info.insert("beta".into(), h.beta.to_string());
+        info.insert("base".into(), h.base.to_string());
+        info.insert("epsilon".into(), h.epsilon.to_string());
+        if let Some(alpha) = h.alpha {
+            info.insert("alpha".into(), alpha.to_string());
+        }
+        if let Some(t) = h.temperature {
+            info.insert("temperature".into(), t.to_string());
+        }
+    }
     let buffer = safetensors::serialize(views, Some(info))
         .map_err(|e| Error::Config(format!("cannot serialise the checkpoint: {e}")))?;
     write_atomic(path, &buffer)
@@ -240,7 +255,29 @@ pub fn load_model(path: &Path) -> Result<(SiameseModel, ModelValues, HashMap<Str
         "cosine" => Distance::Cosine,
         other => return Err(bad("distance", other)),
     };
+    // The class head's keys, written for the losses on class-labelled batches only.
+    fn optional<T: std::str::FromStr>(
+        meta: &HashMap<String, String>,
+        key: &str,
+        bad: &dyn Fn(&str, &str) -> Error,
+    ) -> Result<Option<T>> {
+        meta.get(key)
+            .map(|v| v.parse().map_err(|_| bad(key, v)))
+            .transpose()
+    }
+    let defaults = LossHyper::default();
+    let hyper = LossHyper {
+        scale: optional(&meta, "scale", &bad)?.unwrap_or(defaults.scale),
+        sub_centers: optional(&meta, "sub_centers", &bad)?.unwrap_or(defaults.sub_centers),
+        alpha: optional(&meta, "alpha", &bad)?,
+        beta: optional(&meta, "beta", &bad)?.unwrap_or(defaults.beta),
+        base: optional(&meta, "base", &bad)?.unwrap_or(defaults.base),
+        epsilon: optional(&meta, "epsilon", &bad)?.unwrap_or(defaults.epsilon),
+        temperature: optional(&meta, "temperature", &bad)?,
+    };
     let config = ModelConfig {
+        hyper,
+        classes: optional(&meta, "classes", &bad)?.unwrap_or(0),
         tower: field("tower")?.parse()?,
         input,
         loss: field("loss")?.parse()?,

@@ -9,9 +9,7 @@ use crate::autograd::{Tape, ValueId};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::nn::{Init, ParamLayout, Tower, TowerSpec, TowerWeights};
-use crate::vocab::LossKind;
-use crate::vocab::Miner;
-use crate::vocab::{Distance, Mode, PairwiseMetric};
+use crate::vocab::{Distance, LossHyper, LossKind, Miner, Mode, PairwiseMetric, SimilarityLoss};
 
 /// The name prefix of the tower's parameters and running statistics (`tower.0.weight`).
 pub const TOWER_PREFIX: &str = "tower";
@@ -30,6 +28,11 @@ pub struct ModelConfig {
     pub normalize: bool,
     /// Name prefixes of the frozen parameters (`layer1` freezes `tower.layer1.*`).
     pub freeze: Vec<String>,
+    /// The hyper-parameters of the losses on class-labelled batches.
+    pub hyper: LossHyper,
+    /// Classes of the training labels (ids 0..classes): the rows of a class head. 0 builds
+    /// no class head (a model loaded to embed, whose head is not needed).
+    pub classes: usize,
 }
 
 /// A model's values on the host: its flat parameters (the model's layout), its BatchNorm
@@ -148,6 +151,8 @@ pub struct SiameseModel {
     pub layout: ParamLayout,
     /// The BCE head's Linear(D → 1) weight and bias indices in the layout.
     head: Option<(usize, usize)>,
+    /// The class weights or proxies of a loss that learns them: their index in the layout.
+    class_head: Option<usize>,
 }
 
 impl SiameseModel {
@@ -176,13 +181,26 @@ impl SiameseModel {
                 layout.push("head.bias".into(), &[1], Init::Uniform { fan_in: d }),
             )
         });
+        let class_head = match config.similarity() {
+            Some(loss) if loss.learns_classes() && config.classes > 0 => {
+                Some(push_class_head(&mut layout, loss, config.classes, d)?)
+            }
+            _ => None,
+        };
         freeze(&mut layout, &config.freeze)?;
         Ok(SiameseModel {
             config,
             tower,
             layout,
             head,
+            class_head,
         })
+    }
+
+    /// Where the class weights or proxies start in the flat parameters (they come last),
+    /// None without them: the span a separate head learning rate applies to.
+    pub fn class_head_offset(&self) -> Option<usize> {
+        self.class_head.map(|i| self.layout.params[i].offset)
     }
 
     pub fn embedding_dim(&self) -> usize {
@@ -253,6 +271,9 @@ impl SiameseModel {
                 let z = tape.dense(diff, head_w, head_b)?;
                 tape.bce_with_logits(z, labels)
             }
+            other => Err(Error::Config(format!(
+                "the {other} loss trains on class-labelled batches: record it with record_class_loss"
+            ))),
         }
     }
 
@@ -277,8 +298,53 @@ impl SiameseModel {
             }
         };
         let e = self.record_embedding(tape, x, w)?;
-        let dm = tape.pairwise_self(metric, e)?;
+        let dm = tape.pairwise(metric, e, e)?;
         tape.mined_triplet_loss(dm, classes, miner, self.config.margin)
+    }
+
+    /// Records a loss on class-labelled images (ArcFace, ProxyAnchor, SupCon, …) of a batch
+    /// `x [N, C, H, W]` with class ids `classes [N]` (u32): the embeddings, their cosine
+    /// distances to the class weights or proxies (or to each other), the loss. Returns the
+    /// scalar loss and its `stats [4]` tensor (`ops::similarity_loss`).
+    pub fn record_class_loss(
+        &self,
+        tape: &mut Tape,
+        x: ValueId,
+        classes: &Tensor,
+        w: &Weights,
+    ) -> Result<(ValueId, Tensor)> {
+        let Some(loss) = self.config.similarity() else {
+            return Err(Error::Config(format!(
+                "the {} loss does not train on class-labelled batches",
+                self.config.loss
+            )));
+        };
+        let e = self.record_embedding(tape, x, w)?;
+        if !loss.learns_classes() {
+            let dm = tape.pairwise(PairwiseMetric::Cosine, e, e)?;
+            return tape.similarity_loss(loss, dm, classes, Some(classes), true);
+        }
+        let i = self.class_head.ok_or_else(|| {
+            Error::Config(format!(
+                "the {} loss needs its class head: build the model with the number of classes",
+                self.config.loss
+            ))
+        })?;
+        let head = tape.param(
+            self.layout.view(w.params, i),
+            w.grads.map(|g| self.layout.view(g, i)),
+        )?;
+        let dm = tape.pairwise(PairwiseMetric::Cosine, e, head)?;
+        tape.similarity_loss(loss, dm, classes, None, false)
+    }
+
+    /// The class weights or proxies within host parameters `flat`, as `[rows, D]` row-major,
+    /// if the model has them.
+    pub fn class_head_weights<'a>(&self, flat: &'a [f32]) -> Option<&'a [f32]> {
+        self.class_head.map(|i| {
+            let p = &self.layout.params[i];
+            &flat[p.offset..p.offset + p.len()]
+        })
     }
 
     /// The tower's BatchNorm layers in order (the order of their running statistics), each
@@ -304,6 +370,42 @@ impl SiameseModel {
             (&flat[w.offset..w.offset + w.len()], flat[b.offset])
         })
     }
+}
+
+impl ModelConfig {
+    /// The loss on cosine similarities this model trains with, None for the pair and
+    /// triplet losses.
+    pub fn similarity(&self) -> Option<SimilarityLoss> {
+        self.loss.similarity(self.margin, &self.hyper)
+    }
+}
+
+/// Adds the learned class weights (`head.weight [C·K, D]`, standard normal, as
+/// pytorch-metric-learning's) or proxies (`head.proxies [C, D]`, Kaiming normal over fan-out)
+/// of `loss` for `classes` classes; returns their index.
+fn push_class_head(
+    layout: &mut ParamLayout,
+    loss: SimilarityLoss,
+    classes: usize,
+    dim: usize,
+) -> Result<usize> {
+    if classes < 2 {
+        return Err(Error::Config(format!(
+            "a class head needs at least 2 classes, the training labels have {classes}"
+        )));
+    }
+    Ok(match loss {
+        SimilarityLoss::ProxyAnchor { .. } => layout.push(
+            "head.proxies".into(),
+            &[classes, dim],
+            Init::KaimingNormalFanOut { fan_out: classes },
+        ),
+        _ => layout.push(
+            "head.weight".into(),
+            &[classes * loss.columns_per_class(), dim],
+            Init::Normal,
+        ),
+    })
 }
 
 /// Freezes the parameters of `layout` under the name `prefixes` (relative to the model, e.g.

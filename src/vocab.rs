@@ -63,29 +63,117 @@ pub enum LossKind {
     Triplet,
     /// The Keras head: `|a − b| → Linear(1)`, trained as a logit with binary cross-entropy.
     Bce,
+    /// Additive angular margin on a learned class-weight matrix (Deng et al. 2019).
+    ArcFace,
+    /// ArcFace with K sub-centers per class (Deng et al. 2020).
+    SubCenterArcFace,
+    /// Additive cosine margin on a learned class-weight matrix (Wang et al. 2018).
+    CosFace,
+    /// One learned proxy per class, each the anchor of its batch (Kim et al. 2020).
+    ProxyAnchor,
+    /// Supervised contrastive: every same-class image of the batch a positive (Khosla et al. 2020).
+    SupCon,
+    /// NT-Xent: one softmax per positive pair against the anchor's negatives (Chen et al. 2020).
+    NtXent,
+    /// Multi-Similarity loss with its pair miner (Wang et al. 2019).
+    MultiSimilarity,
 }
 
+/// Every loss, in the order the help lists them.
+pub const LOSSES: [LossKind; 10] = [
+    LossKind::Contrastive,
+    LossKind::Triplet,
+    LossKind::Bce,
+    LossKind::ArcFace,
+    LossKind::SubCenterArcFace,
+    LossKind::CosFace,
+    LossKind::ProxyAnchor,
+    LossKind::SupCon,
+    LossKind::NtXent,
+    LossKind::MultiSimilarity,
+];
+
 impl LossKind {
-    /// Images per training sample.
+    /// Images per training sample: 1 for the losses on a class-labelled batch.
     pub fn branches(self) -> usize {
         match self {
             LossKind::Triplet => 3,
             LossKind::Contrastive | LossKind::Bce => 2,
+            _ => 1,
         }
+    }
+
+    /// Whether the loss trains on batches of class-labelled images (P × K) rather than on
+    /// pairs or triplets.
+    pub fn uses_classes(self) -> bool {
+        self.branches() == 1
+    }
+
+    /// The margin when none is given: 1 for contrastive and triplet (distances of unit
+    /// scale), 0.5 rad for ArcFace (the paper's m; pytorch-metric-learning's 28.6° is
+    /// the same angle rounded to degrees), 0.35 for CosFace and 0.1 for ProxyAnchor's δ
+    /// (pytorch-metric-learning's defaults); 0 for the losses without one.
+    pub fn default_margin(self) -> f32 {
+        match self {
+            LossKind::Contrastive | LossKind::Triplet => 1.0,
+            LossKind::ArcFace | LossKind::SubCenterArcFace => 0.5,
+            LossKind::CosFace => 0.35,
+            LossKind::ProxyAnchor => 0.1,
+            LossKind::Bce | LossKind::SupCon | LossKind::NtXent | LossKind::MultiSimilarity => 0.0,
+        }
+    }
+
+    /// The loss on the cosine-similarity matrix this kind trains with, given its margin and
+    /// hyper-parameters; None for the pair and triplet losses.
+    pub fn similarity(self, margin: f32, h: &LossHyper) -> Option<SimilarityLoss> {
+        Some(match self {
+            LossKind::Contrastive | LossKind::Triplet | LossKind::Bce => return None,
+            LossKind::ArcFace | LossKind::SubCenterArcFace | LossKind::CosFace => {
+                SimilarityLoss::MarginSoftmax {
+                    margin: if self == LossKind::CosFace {
+                        MarginKind::Cosine(margin)
+                    } else {
+                        MarginKind::Angular(margin)
+                    },
+                    scale: h.scale,
+                    sub_centers: if self == LossKind::SubCenterArcFace {
+                        h.sub_centers
+                    } else {
+                        1
+                    },
+                }
+            }
+            LossKind::ProxyAnchor => SimilarityLoss::ProxyAnchor {
+                alpha: h.alpha.unwrap_or(32.0),
+                margin,
+            },
+            LossKind::SupCon => SimilarityLoss::SupCon {
+                temperature: h.temperature.unwrap_or(0.1),
+            },
+            LossKind::NtXent => SimilarityLoss::NtXent {
+                temperature: h.temperature.unwrap_or(0.07),
+            },
+            LossKind::MultiSimilarity => SimilarityLoss::MultiSimilarity {
+                alpha: h.alpha.unwrap_or(2.0),
+                beta: h.beta,
+                base: h.base,
+                epsilon: h.epsilon,
+            },
+        })
     }
 }
 
 impl FromStr for LossKind {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s.to_lowercase().as_str() {
-            "contrastive" => Ok(LossKind::Contrastive),
-            "triplet" => Ok(LossKind::Triplet),
-            "bce" => Ok(LossKind::Bce),
-            _ => Err(Error::Config(format!(
-                "unknown loss `{s}`: use contrastive, triplet or bce"
-            ))),
-        }
+        let wanted = s.to_lowercase().replace('_', "-");
+        LOSSES
+            .into_iter()
+            .find(|l| l.to_string() == wanted)
+            .ok_or_else(|| {
+                let names: Vec<String> = LOSSES.iter().map(|l| l.to_string()).collect();
+                Error::Config(format!("unknown loss `{s}`: use {}", names.join(", ")))
+            })
     }
 }
 
@@ -95,7 +183,114 @@ impl fmt::Display for LossKind {
             LossKind::Contrastive => "contrastive",
             LossKind::Triplet => "triplet",
             LossKind::Bce => "bce",
+            LossKind::ArcFace => "arcface",
+            LossKind::SubCenterArcFace => "subcenter-arcface",
+            LossKind::CosFace => "cosface",
+            LossKind::ProxyAnchor => "proxy-anchor",
+            LossKind::SupCon => "supcon",
+            LossKind::NtXent => "ntxent",
+            LossKind::MultiSimilarity => "multi-similarity",
         })
+    }
+}
+
+/// The hyper-parameters of the losses on class-labelled batches, beside the margin
+/// (`Default`: pytorch-metric-learning's defaults; `None` where two losses default
+/// differently and [`LossKind::similarity`] picks the loss's own).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossHyper {
+    /// s, the logit scale of ArcFace and CosFace (64).
+    pub scale: f32,
+    /// K, the sub-centers per class of Sub-center ArcFace (3).
+    pub sub_centers: usize,
+    /// α: ProxyAnchor's (32) or Multi-Similarity's positive weight (2).
+    pub alpha: Option<f32>,
+    /// β, Multi-Similarity's negative weight (50).
+    pub beta: f32,
+    /// λ, Multi-Similarity's similarity offset (0.5).
+    pub base: f32,
+    /// ε, the Multi-Similarity miner's slack (0.1).
+    pub epsilon: f32,
+    /// τ: SupCon's (0.1) or NT-Xent's (0.07).
+    pub temperature: Option<f32>,
+}
+
+impl Default for LossHyper {
+    fn default() -> Self {
+        LossHyper {
+            scale: 64.0,
+            sub_centers: 3,
+            alpha: None,
+            beta: 50.0,
+            base: 0.5,
+            epsilon: 0.1,
+            temperature: None,
+        }
+    }
+}
+
+/// The margin of a margin-softmax head: added to the angle (ArcFace) or subtracted from the
+/// cosine (CosFace) of the target class.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MarginKind {
+    /// m in radians: the target logit is cos(θ + m), or cos θ − m·sin m where θ + m > π.
+    Angular(f32),
+    /// m: the target logit is cos θ − m.
+    Cosine(f32),
+}
+
+/// A loss on the cosine similarities `s = 1 − dm` between a batch's embeddings (rows) and a
+/// reference set (columns): the learned class weights, the proxies, or the batch itself.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SimilarityLoss {
+    /// Softmax cross-entropy over `scale`·cos to each class (the best of its `sub_centers`
+    /// columns), the target's cosine changed by `margin`: ArcFace, CosFace, Sub-center
+    /// ArcFace. Columns are classes × sub-centers, class c's at c·K .. c·K + K.
+    MarginSoftmax {
+        margin: MarginKind,
+        scale: f32,
+        sub_centers: usize,
+    },
+    /// ProxyAnchor: columns are the classes' proxies.
+    ProxyAnchor { alpha: f32, margin: f32 },
+    /// SupCon over the batch (columns: the batch, or more reference embeddings).
+    SupCon { temperature: f32 },
+    /// NT-Xent over the batch.
+    NtXent { temperature: f32 },
+    /// Multi-Similarity over the batch, on the pairs its miner keeps.
+    MultiSimilarity {
+        alpha: f32,
+        beta: f32,
+        base: f32,
+        epsilon: f32,
+    },
+}
+
+impl SimilarityLoss {
+    /// Whether the columns are learned per-class parameters (class weights or proxies)
+    /// rather than embeddings of images.
+    pub fn learns_classes(self) -> bool {
+        matches!(
+            self,
+            SimilarityLoss::MarginSoftmax { .. } | SimilarityLoss::ProxyAnchor { .. }
+        )
+    }
+
+    /// Columns per class of the learned reference (sub-centers; 1 for proxies).
+    pub fn columns_per_class(self) -> usize {
+        match self {
+            SimilarityLoss::MarginSoftmax { sub_centers, .. } => sub_centers,
+            _ => 1,
+        }
+    }
+
+    /// Rows of per-row partial sums the forward writes for an `n × r` matrix: one per
+    /// proxy for ProxyAnchor (its sums run down the columns), else one per batch row.
+    pub fn partial_rows(self, n: usize, r: usize) -> usize {
+        match self {
+            SimilarityLoss::ProxyAnchor { .. } => r,
+            _ => n,
+        }
     }
 }
 

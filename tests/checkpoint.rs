@@ -12,6 +12,8 @@ use siamese_gpu::vocab::LossKind;
 
 fn model(tower: &str, loss: LossKind) -> SiameseModel {
     SiameseModel::new(ModelConfig {
+        hyper: Default::default(),
+        classes: 0,
         tower: tower.parse().unwrap(),
         input: [1, 28, 28],
         loss,
@@ -128,6 +130,8 @@ fn a_model_is_rebuilt_from_its_checkpoint() {
     );
     m.config.margin = 0.2;
     let m = SiameseModel::new(ModelConfig {
+        hyper: Default::default(),
+        classes: 0,
         distance: Distance::Cosine,
         normalize: true,
         ..m.config

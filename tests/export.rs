@@ -175,6 +175,8 @@ fn run_graph(model: &ModelProto, inputs: &[(&str, Value)]) -> Vec<Value> {
 
 fn saved_run(tower: &str, input: [usize; 3], normalize: bool, loss: LossKind) -> SavedRun {
     let model = SiameseModel::new(ModelConfig {
+        hyper: Default::default(),
+        classes: 0,
         tower: tower.parse().unwrap(),
         input,
         loss,

@@ -3,8 +3,8 @@
 use super::{Tape, ValueId};
 use crate::error::Result;
 use crate::gpu::{DType, Tensor};
-use crate::ops::{distance, loss, mining};
-use crate::vocab::{Distance, Miner, PairwiseMetric};
+use crate::ops::{distance, loss, mining, similarity_loss};
+use crate::vocab::{Distance, Miner, PairwiseMetric, SimilarityLoss};
 
 impl Tape<'_> {
     /// Two gradient buffers for a binary op's inputs; a side that needs none still gets a
@@ -51,26 +51,67 @@ impl Tape<'_> {
         Ok(d)
     }
 
-    /// The distance matrix `Dm [N, N]` between every two rows of `e [N, D]`. Both sides of the
-    /// pairwise kernel are `e`, so its backward writes two gradients of `e`: through
-    /// [`pair_slots`](Self::pair_slots), `e` counts two consumers and the walk sums the second
-    /// buffer into the first.
-    pub fn pairwise_self(&mut self, metric: PairwiseMetric, e: ValueId) -> Result<ValueId> {
-        let rows = self.shape(e)[0];
-        let dm = self.output(&[rows, rows], &[e])?;
-        let (te, tdm) = (self.tensor(e).clone(), self.tensor(dm).clone());
+    /// The distance matrix `Dm [N, M]` between every row of `a [N, D]` and every row of
+    /// `b [M, D]` (`a` itself for the batch against itself, or a parameter such as class
+    /// weights). When both sides are one value, the pairwise backward writes two gradients
+    /// of it: through [`pair_slots`](Self::pair_slots) it counts two consumers and the walk
+    /// sums the second buffer into the first.
+    pub fn pairwise(&mut self, metric: PairwiseMetric, a: ValueId, b: ValueId) -> Result<ValueId> {
+        let (rows, cols) = (self.shape(a)[0], self.shape(b)[0]);
+        let dm = self.output(&[rows, cols], &[a, b])?;
+        let (ta, tb, tdm) = (
+            self.tensor(a).clone(),
+            self.tensor(b).clone(),
+            self.tensor(dm).clone(),
+        );
         let forward = vec![distance::pairwise_forward(
-            self.gpu, metric, &te, &te, &tdm,
+            self.gpu, metric, &ta, &tb, &tdm,
         )?];
         let mut backward = Vec::new();
         if let Some(ddm) = self.grad(dm).cloned() {
-            let (d_rows, d_cols) = self.pair_slots(e, e)?;
+            let (d_rows, d_cols) = self.pair_slots(a, b)?;
             backward.push(distance::pairwise_backward(
-                self.gpu, metric, &te, &te, &tdm, &ddm, &d_rows, &d_cols,
+                self.gpu, metric, &ta, &tb, &tdm, &ddm, &d_rows, &d_cols,
             )?);
         }
-        self.record("pairwise_self", Some(dm), forward, backward);
+        self.record("pairwise", Some(dm), forward, backward);
         Ok(dm)
+    }
+
+    /// A loss on cosine distances `dm [N, R]` (see [`similarity_loss`]) with row classes
+    /// `labels [N]` and, for the losses over embeddings, column classes `ref_labels [R]`
+    /// (`self_cols`: column j < N is row j itself). Returns the scalar loss and the step's
+    /// `stats [4]`, a tensor the caller may copy or read.
+    pub fn similarity_loss(
+        &mut self,
+        loss: SimilarityLoss,
+        dm: ValueId,
+        labels: &Tensor,
+        ref_labels: Option<&Tensor>,
+        self_cols: bool,
+    ) -> Result<(ValueId, Tensor)> {
+        let l = self.output(&[1], &[dm])?;
+        let (n, r) = (self.shape(dm)[0], self.shape(dm)[1]);
+        let rows = self.zeros(&[loss.partial_rows(n, r), similarity_loss::ROW])?;
+        let stats = self.zeros(&[similarity_loss::STATS])?;
+        let (tdm, tl) = (self.tensor(dm).clone(), self.tensor(l).clone());
+        let m = similarity_loss::Similarities {
+            dm: &tdm,
+            labels,
+            ref_labels,
+            self_cols,
+        };
+        let forward = vec![similarity_loss::forward(
+            self.gpu, loss, &m, &rows, &tl, &stats,
+        )?];
+        let mut backward = Vec::new();
+        if let (Some(dl), Some(ddm)) = (self.grad(l).cloned(), self.grad_slot(dm)?) {
+            backward.push(similarity_loss::backward(
+                self.gpu, loss, &m, &rows, &stats, &dl, &ddm,
+            )?);
+        }
+        self.record("similarity_loss", Some(l), forward, backward);
+        Ok((l, stats))
     }
 
     /// Triplet loss mined by `miner` from the distance matrix `dm [N, N]` with class

@@ -20,6 +20,7 @@ pub mod pack;
 pub mod photo;
 pub mod pool;
 pub mod residual;
+pub mod similarity_loss;
 pub mod topk;
 
 use std::fmt::Debug;
@@ -43,6 +44,10 @@ pub trait Real:
     fn sqrt(self) -> Self;
     fn exp(self) -> Self;
     fn ln_1p(self) -> Self;
+    fn ln(self) -> Self;
+    fn acos(self) -> Self;
+    fn cos(self) -> Self;
+    fn sin(self) -> Self;
     fn tanh(self) -> Self;
     fn abs(self) -> Self;
     fn powi(self, n: i32) -> Self;
@@ -77,6 +82,18 @@ macro_rules! impl_real {
             }
             fn ln_1p(self) -> Self {
                 <$t>::ln_1p(self)
+            }
+            fn ln(self) -> Self {
+                <$t>::ln(self)
+            }
+            fn acos(self) -> Self {
+                <$t>::acos(self)
+            }
+            fn cos(self) -> Self {
+                <$t>::cos(self)
+            }
+            fn sin(self) -> Self {
+                <$t>::sin(self)
             }
             fn tanh(self) -> Self {
                 <$t>::tanh(self)

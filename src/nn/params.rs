@@ -32,6 +32,10 @@ pub enum Init {
     Zeros,
     /// All ones (BatchNorm's weight and running variance).
     Ones,
+    /// Standard normal (`torch.nn.init.normal_`: pytorch-metric-learning's class weights).
+    Normal,
+    /// Normal with std √(2/fan_out) (`kaiming_normal_(mode="fan_out")`: its proxies).
+    KaimingNormalFanOut { fan_out: usize },
 }
 
 impl ParamInfo {
@@ -100,6 +104,19 @@ impl ParamLayout {
             .expect("the trainable span lies inside its flat buffer")
     }
 
+    /// The trainable span of `flat` cut at offset `at` into (before, from `at` on): two
+    /// optimizers with their own learning rates; None unless `at` lies strictly inside it.
+    pub fn split_trainable(&self, flat: &Tensor, at: usize) -> Option<(Tensor, Tensor)> {
+        if at <= self.trainable_offset || at >= self.len {
+            return None;
+        }
+        let view = |from: usize, to: usize| {
+            flat.view(from, &[to - from])
+                .expect("a trainable span lies inside its flat buffer")
+        };
+        Some((view(self.trainable_offset, at), view(at, self.len)))
+    }
+
     /// The view of parameter `index` in `flat` (the values or the gradients).
     pub fn view(&self, flat: &Tensor, index: usize) -> Tensor {
         let p = &self.params[index];
@@ -122,6 +139,15 @@ impl ParamLayout {
                         .iter_mut()
                         .for_each(|v| *v = rng.random_range(-bound..bound));
                 }
+                Init::Normal => values
+                    .iter_mut()
+                    .for_each(|v| *v = standard_normal(&mut rng)),
+                Init::KaimingNormalFanOut { fan_out } => {
+                    let std = (2.0 / fan_out as f32).sqrt();
+                    values
+                        .iter_mut()
+                        .for_each(|v| *v = std * standard_normal(&mut rng));
+                }
                 Init::Zeros => values.fill(0.0),
                 Init::Ones => values.fill(1.0),
             }
@@ -133,4 +159,12 @@ impl ParamLayout {
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.params.iter().position(|p| p.name == name)
     }
+}
+
+/// A standard normal draw (Box–Muller on two uniform draws).
+fn standard_normal(rng: &mut impl rand::Rng) -> f32 {
+    use rand::RngExt;
+    let u1: f64 = 1.0 - rng.random::<f64>(); // in (0, 1]: the logarithm stays finite
+    let u2: f64 = rng.random();
+    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
 }

@@ -19,6 +19,7 @@ pub mod pack;
 pub mod photo;
 pub mod pool;
 pub mod residual;
+pub mod similarity_loss;
 pub mod topk;
 
 use crate::error::{Error, Result};

@@ -92,7 +92,8 @@ impl SavedRun {
             ));
         };
         let cfg = settings.to_train_config()?;
-        let model = SiameseModel::new(cfg.model_config(input))?;
+        // Weights from elsewhere embed: no class head is built (0 classes).
+        let model = SiameseModel::new(cfg.model_config(input, 0))?;
         let mut values = ModelValues::init(&model, cfg.seed);
         let loaded =
             checkpoint::init_from(&path, &model, &mut values, settings.init_allow_mismatch)?;

@@ -28,7 +28,7 @@ use crate::nn::TowerSpec;
 use crate::nn::spec::REFERENCE_TOWER;
 use crate::optim::{OptimizerKind, Schedule};
 use crate::train::TrainConfig;
-use crate::vocab::{Color, Distance, Miner, OnBadImage, Precision, Resize};
+use crate::vocab::{Color, Distance, LossHyper, LossKind, Miner, OnBadImage, Precision, Resize};
 
 mod values;
 use values::{parse_bytes, parse_image_size, parse_pixel_norm, parse_range};
@@ -58,15 +58,54 @@ pub struct RunSettings {
     /// Learning rate.
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
-    /// Margin of the contrastive or triplet loss.
-    #[arg(long, default_value_t = 1.0)]
-    pub margin: f64,
-    /// Loss: contrastive, triplet, or bce (the Keras head |a−b| → dense(1) → sigmoid).
+    /// Margin of the loss [default: 1 contrastive and triplet; 0.5 rad arcface and
+    /// subcenter-arcface; 0.35 cosface; 0.1 (δ) proxy-anchor].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub margin: Option<f64>,
+    /// Loss: contrastive, triplet, bce (the Keras head |a−b| → dense(1) → sigmoid), or on
+    /// class-labelled P×K batches: arcface, subcenter-arcface, cosface, proxy-anchor, supcon,
+    /// ntxent, multi-similarity.
     #[arg(long, default_value = "contrastive")]
     pub loss: String,
-    /// Distance between embeddings: euclidean or cosine.
-    #[arg(long, default_value = "euclidean")]
-    pub distance: String,
+    /// Distance between embeddings: euclidean or cosine [default: euclidean; cosine for
+    /// the losses on class-labelled batches, which work on cosine similarities].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distance: Option<String>,
+    /// s, the logit scale of arcface, subcenter-arcface and cosface [default: 64].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale: Option<f64>,
+    /// K, the sub-centers per class of subcenter-arcface [default: 3].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub_centers: Option<usize>,
+    /// α of proxy-anchor [default: 32] or multi-similarity (positive pairs) [default: 2].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<f64>,
+    /// β of multi-similarity (negative pairs) [default: 50].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub beta: Option<f64>,
+    /// λ, multi-similarity's similarity offset [default: 0.5].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base: Option<f64>,
+    /// ε, the multi-similarity miner's slack [default: 0.1].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
+    /// τ of supcon [default: 0.1] or ntxent [default: 0.07].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// Learning rate of the class weights or proxies (arcface, cosface, proxy-anchor, …)
+    /// [default: --lr].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head_lr: Option<f64>,
     /// L2-normalise the embeddings before the distance.
     #[arg(long)]
     pub normalize_embeddings: bool,
@@ -95,7 +134,8 @@ pub struct RunSettings {
     #[arg(long, default_value = "none")]
     #[serde(skip_serializing_if = "is_no_miner")]
     pub miner: String,
-    /// P, the classes of a mined P×K batch (K = batch / P) [default: 10, or all if fewer].
+    /// P, the classes of a P×K batch (a --miner, or a loss on class-labelled batches; K =
+    /// batch / P) [default: 10, or all if fewer].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub classes_per_batch: Option<usize>,
@@ -344,15 +384,20 @@ impl RunSettings {
 
     /// The engine's configuration, every value parsed and checked.
     pub fn to_train_config(&self) -> Result<TrainConfig> {
+        let loss: LossKind = self.loss.parse()?;
         let mut cfg = TrainConfig {
             data: self.data.clone(),
             tower: self.tower_spec()?,
-            loss: self.loss.parse()?,
-            margin: self.margin as f32,
-            distance: match self.distance.to_lowercase().as_str() {
-                "euclidean" => Distance::Euclidean,
-                "cosine" => Distance::Cosine,
-                other => {
+            loss,
+            margin: self.margin.map_or(loss.default_margin(), |m| m as f32),
+            hyper: self.loss_hyper(loss)?,
+            head_lr: self.head_lr.map(|lr| lr as f32),
+            distance: match self.distance.as_deref().map(str::to_lowercase).as_deref() {
+                Some("euclidean") => Distance::Euclidean,
+                Some("cosine") => Distance::Cosine,
+                None if loss.uses_classes() => Distance::Cosine,
+                None => Distance::Euclidean,
+                Some(other) => {
                     return Err(Error::Config(format!(
                         "distance: unknown distance `{other}`: use euclidean or cosine"
                     )));
@@ -414,6 +459,76 @@ impl RunSettings {
         cfg.optimizer.schedule = self.schedule.parse::<Schedule>()?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The loss's hyper-parameters beside the margin; one given for a loss that has no use
+    /// for it is refused, naming the losses that use it.
+    fn loss_hyper(&self, loss: LossKind) -> Result<LossHyper> {
+        use LossKind::*;
+        let given: [(&str, bool, &[LossKind]); 8] = [
+            (
+                "scale",
+                self.scale.is_some(),
+                &[ArcFace, SubCenterArcFace, CosFace],
+            ),
+            (
+                "sub_centers",
+                self.sub_centers.is_some(),
+                &[SubCenterArcFace],
+            ),
+            (
+                "alpha",
+                self.alpha.is_some(),
+                &[ProxyAnchor, MultiSimilarity],
+            ),
+            ("beta", self.beta.is_some(), &[MultiSimilarity]),
+            ("base", self.base.is_some(), &[MultiSimilarity]),
+            ("epsilon", self.epsilon.is_some(), &[MultiSimilarity]),
+            ("temperature", self.temperature.is_some(), &[SupCon, NtXent]),
+            (
+                "head_lr",
+                self.head_lr.is_some(),
+                &[ArcFace, SubCenterArcFace, CosFace, ProxyAnchor],
+            ),
+        ];
+        for (key, is_given, users) in given {
+            if is_given && !users.contains(&loss) {
+                let names: Vec<String> = users.iter().map(|l| l.to_string()).collect();
+                return Err(Error::Config(format!(
+                    "{key} is a hyper-parameter of the {} loss, not of {loss}",
+                    names.join(" and ")
+                )));
+            }
+        }
+        if self.margin.is_some() && loss.default_margin() == 0.0 {
+            return Err(Error::Config(format!(
+                "margin: the {loss} loss has no margin (multi-similarity's offset is base)"
+            )));
+        }
+        let defaults = LossHyper::default();
+        let positive = |key: &str, v: Option<f64>| -> Result<Option<f32>> {
+            match v {
+                Some(v) if !(v.is_finite() && v > 0.0) => Err(Error::Config(format!(
+                    "{key} must be a positive number, got {v}"
+                ))),
+                v => Ok(v.map(|v| v as f32)),
+            }
+        };
+        let sub_centers = self.sub_centers.unwrap_or(defaults.sub_centers);
+        if sub_centers == 0 {
+            return Err(Error::Config(
+                "sub_centers must be at least 1, got 0".into(),
+            ));
+        }
+        Ok(LossHyper {
+            scale: positive("scale", self.scale)?.unwrap_or(defaults.scale),
+            sub_centers,
+            alpha: positive("alpha", self.alpha)?,
+            beta: positive("beta", self.beta)?.unwrap_or(defaults.beta),
+            base: self.base.map_or(defaults.base, |v| v as f32),
+            epsilon: self.epsilon.map_or(defaults.epsilon, |v| v as f32),
+            temperature: positive("temperature", self.temperature)?,
+        })
     }
 
     /// The random resized crop's ranges, None when it is off.
@@ -747,7 +862,10 @@ mod tests {
         .unwrap();
         let (flags, matches) = typed(&["--margin", "2", "--batch", "64", "--embedding-dim", "32"]);
         let s = file.with_flags(&flags, &matches).unwrap();
-        assert_eq!((s.margin, s.batch, s.embedding_dim), (2.0, 64, Some(32)));
+        assert_eq!(
+            (s.margin, s.batch, s.embedding_dim),
+            (Some(2.0), 64, Some(32))
+        );
         assert_eq!(
             (s.lr, s.loss.as_str()),
             (3e-4, "triplet"),
@@ -758,6 +876,6 @@ mod tests {
         let (flags, matches) = typed(&["--miner", "none", "--precision", "f32"]);
         let s = file.with_flags(&flags, &matches).unwrap();
         assert_eq!((s.miner.as_str(), s.precision.as_str()), ("none", "f32"));
-        assert_eq!(s.margin, 0.5);
+        assert_eq!(s.margin, Some(0.5));
     }
 }

@@ -230,7 +230,7 @@ mod tests {
             };
             calls.push((run.name.clone(), how));
             match run.settings.margin {
-                m if m > 1.5 => Err(Error::Training("the loss became NaN at step 2".into())),
+                Some(m) if m > 1.5 => Err(Error::Training("the loss became NaN at step 2".into())),
                 _ => Ok(metrics(0.9)),
             }
         };

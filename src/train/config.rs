@@ -13,7 +13,7 @@ use crate::model::ModelConfig;
 use crate::nn::TowerSpec;
 use crate::nn::spec::REFERENCE_TOWER;
 use crate::optim::{OptimizerConfig, OptimizerKind, Schedule};
-use crate::vocab::{Distance, LossKind, Miner, PixelNorm, Precision};
+use crate::vocab::{Distance, LossHyper, LossKind, Miner, PixelNorm, Precision};
 
 /// Everything that defines a run. `Default` is the reference recipe.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,7 +26,11 @@ pub struct TrainConfig {
     pub distance: Distance,
     /// L2-normalise embeddings before the distance.
     pub normalize: bool,
+    /// The hyper-parameters of the losses on class-labelled batches.
+    pub hyper: LossHyper,
     pub optimizer: OptimizerConfig,
+    /// The learning rate of a class head (class weights, proxies); None: the optimizer's.
+    pub head_lr: Option<f32>,
     /// Samples (pairs, or triplets) per step; with a miner, images per step (P × K).
     pub batch: usize,
     /// Training budget in samples (with a miner: in images seen).
@@ -88,12 +92,14 @@ impl Default for TrainConfig {
             margin: 1.0,
             distance: Distance::Euclidean,
             normalize: false,
+            hyper: LossHyper::default(),
             optimizer: OptimizerConfig {
                 kind: OptimizerKind::named("adam").expect("adam exists"),
                 lr: 1e-3,
                 weight_decay: 0.0,
                 schedule: Schedule::Constant,
             },
+            head_lr: None,
             batch: 128,
             pairs: 20_000,
             positive_fraction: 0.5,
@@ -123,8 +129,9 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    /// The model this run trains, for images of shape `input` (`[C, H, W]`).
-    pub fn model_config(&self, input: [usize; 3]) -> ModelConfig {
+    /// The model this run trains, for images of shape `input` (`[C, H, W]`) whose training
+    /// labels are the ids `0..classes`.
+    pub fn model_config(&self, input: [usize; 3], classes: usize) -> ModelConfig {
         ModelConfig {
             tower: self.tower.clone(),
             input,
@@ -133,6 +140,8 @@ impl TrainConfig {
             distance: self.distance,
             normalize: self.normalize,
             freeze: self.freeze.clone(),
+            hyper: self.hyper,
+            classes,
         }
     }
 
@@ -172,21 +181,35 @@ impl TrainConfig {
                 self.positive_fraction
             ));
         }
-        if let Some(miner) = self.miner {
-            if self.loss != LossKind::Triplet {
-                return bad(format!(
-                    "miner {miner} mines triplets: use it with loss = triplet, or miner = none"
-                ));
-            }
-            if let Some(p) = self.classes_per_batch
-                && (p < 2 || !self.batch.is_multiple_of(p))
-            {
-                return bad(format!(
-                    "with a miner, batch = classes_per_batch × K images: batch {} is not a multiple \
-                     of classes_per_batch {p} (which must be at least 2)",
-                    self.batch
-                ));
-            }
+        if let Some(miner) = self.miner
+            && self.loss != LossKind::Triplet
+        {
+            return bad(format!(
+                "miner {miner} mines triplets: use it with loss = triplet, or miner = none"
+            ));
+        }
+        if self.class_batches()
+            && let Some(p) = self.classes_per_batch
+            && (p < 2 || !self.batch.is_multiple_of(p))
+        {
+            return bad(format!(
+                "batch = classes_per_batch × K images: batch {} is not a multiple of \
+                 classes_per_batch {p} (which must be at least 2)",
+                self.batch
+            ));
+        }
+        if let Some(lr) = self.head_lr
+            && !(lr.is_finite() && lr > 0.0)
+        {
+            return bad(format!(
+                "head_lr (the class head's learning rate) must be a positive number, got {lr}"
+            ));
+        }
+        if self.loss.uses_classes() && self.distance != Distance::Cosine {
+            return bad(format!(
+                "the {} loss works on cosine similarities: use distance = cosine (its default)",
+                self.loss
+            ));
         }
         if self.val_pairs == 0
             || self.test_pairs == 0
@@ -222,22 +245,30 @@ impl TrainConfig {
 
     /// What the training batches are made of.
     pub fn batches(&self) -> Batches {
-        match (self.miner, self.loss) {
-            (Some(_), _) => Batches::ClassBalanced {
+        if self.class_batches() {
+            return Batches::ClassBalanced {
                 classes_per_batch: self.classes_per_batch,
                 images: self.batch,
-            },
-            (None, LossKind::Triplet) => Batches::Triplets,
-            (None, LossKind::Contrastive | LossKind::Bce) => Batches::Pairs {
+            };
+        }
+        match self.loss {
+            LossKind::Triplet => Batches::Triplets,
+            _ => Batches::Pairs {
                 positive_fraction: self.positive_fraction,
             },
         }
     }
 
-    /// Images through the tower per sample: 1 with a miner (a sample is an image), else the
-    /// loss's branches.
+    /// Whether a step trains on P×K class-labelled images (a miner, or a loss on class
+    /// labels) rather than on pairs or triplets.
+    pub fn class_batches(&self) -> bool {
+        self.miner.is_some() || self.loss.uses_classes()
+    }
+
+    /// Images through the tower per sample: 1 on class-labelled batches (a sample is an
+    /// image), else the loss's branches.
     pub fn images_per_sample(&self) -> usize {
-        if self.miner.is_some() {
+        if self.class_batches() {
             1
         } else {
             self.loss.branches()

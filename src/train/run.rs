@@ -256,7 +256,10 @@ impl<'g> Run<'g> {
     ) -> Result<Run<'g>> {
         let data = Data::load(gpu, cfg, report)?;
         let set = &data.sets.train;
-        let model = SiameseModel::new(cfg.model_config([set.channels, set.height, set.width]))?;
+        // Class ids run from 0: a class head has a row for each up to the largest.
+        let classes = set.labels.iter().max().map_or(0, |&c| c as usize + 1);
+        let model =
+            SiameseModel::new(cfg.model_config([set.channels, set.height, set.width], classes))?;
         check_batch_fits(gpu, &model, cfg)?;
         let mut initial = ModelValues::init(&model, cfg.seed);
         if let Some(init) = init {

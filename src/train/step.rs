@@ -20,7 +20,7 @@ use crate::ops::amp::{self, LossScaleConfig, LossScaler, ScaleState};
 use crate::ops::gather::{self, PackedImages, Stager};
 use crate::ops::mining::MiningStats;
 use crate::ops::photo;
-use crate::optim::Optimizer;
+use crate::optim::{Optimizer, OptimizerConfig};
 use crate::vocab::{LossKind, Mode, PairLabel, Precision, TRANSFORM_LEN};
 
 /// One training step of a model, built once and submitted once per step: sample a batch,
@@ -35,7 +35,9 @@ pub struct TrainStep<'g> {
     /// the overflow check last): everything before the optimizer.
     kernels: Vec<Kernel>,
     loss: Tensor,
-    optimizer: Optimizer,
+    /// The optimizer of the trainable parameters; with a class head of its own learning
+    /// rate, two: the tower's, then the head's.
+    optimizers: Vec<Optimizer>,
     /// Mixed precision's loss scale, whose update follows the optimizer.
     scaler: Option<LossScaler>,
     sampler: BatchSampler,
@@ -52,8 +54,8 @@ pub struct TrainStep<'g> {
     /// Same pairs and all pairs sampled so far (pair losses).
     pub sampled_same: u64,
     pub sampled_pairs: u64,
-    /// The mined loss's stats of the last step (see `ops::mining::MiningStats`).
-    mining_stats: Option<Tensor>,
+    /// The stats of the last step of a loss on class-labelled batches.
+    loss_stats: Option<LossStats>,
     /// `[seed, step]`, from which dropout draws the step's masks; rewritten every step.
     rng: Tensor,
     seed: u32,
@@ -107,7 +109,7 @@ impl<'g> TrainStep<'g> {
             rng: Some(&rng),
             mode: Mode::Train,
         };
-        let (loss, mining_stats) = record_loss(model, cfg, &mut tape, xv, &label_codes, &weights)?;
+        let (loss, loss_stats) = record_loss(model, cfg, &mut tape, xv, &label_codes, &weights)?;
         let mut kernels = Vec::new();
         if let Some(half) = &half {
             kernels.push(amp::cast(gpu, params, half)?);
@@ -123,17 +125,7 @@ impl<'g> TrainStep<'g> {
         } else {
             None
         };
-        // Frozen parameters lie before the trainable ones: the optimizer and its state cover
-        // the trainable span alone.
-        let layout = &model.layout;
-        let optimizer = Optimizer::new(
-            gpu,
-            cfg.optimizer,
-            &layout.trainable(params),
-            &layout.trainable(grads),
-            steps as u32,
-            scaler.as_ref(),
-        )?;
+        let optimizers = optimizers(gpu, model, cfg, params, grads, steps, scaler.as_ref())?;
         Ok(TrainStep {
             gpu,
             batch: cfg.batch,
@@ -141,7 +133,7 @@ impl<'g> TrainStep<'g> {
             labels: label_codes,
             kernels,
             loss: tape.tensor(loss).clone(),
-            optimizer,
+            optimizers,
             scaler,
             sampler: BatchSampler::new(cfg.batches(), labels, cfg.seed)?,
             idx: Vec::new(),
@@ -153,7 +145,7 @@ impl<'g> TrainStep<'g> {
             invert_labels: cfg.invert_pair_labels && cfg.loss != LossKind::Triplet,
             sampled_same: 0,
             sampled_pairs: 0,
-            mining_stats,
+            loss_stats,
             rng,
             // Dropout's masks are drawn from the low 32 bits of the run's seed.
             seed: cfg.seed as u32,
@@ -173,7 +165,11 @@ impl<'g> TrainStep<'g> {
         self.gpu
             .write_u32(&self.rng, &[self.seed, self.steps_done])?;
         self.steps_done += 1;
-        let lr = self.optimizer.prepare(self.gpu)?;
+        let mut lr = None;
+        for optimizer in &mut self.optimizers {
+            lr = lr.or(Some(optimizer.prepare(self.gpu)?));
+        }
+        let lr = lr.expect("a step has an optimizer");
         let mut rec = self.gpu.recorder();
         let kernels = self.kernels.iter().chain(self.after_backward());
         match profiler {
@@ -221,10 +217,19 @@ impl<'g> TrainStep<'g> {
 
     /// The mining stats of the last submitted step (waits for it), None without a miner.
     pub fn mining_stats(&self) -> Result<Option<MiningStats>> {
-        self.mining_stats
-            .as_ref()
-            .map(|t| Ok(MiningStats::from_slice(&self.gpu.read_f32(t)?)))
-            .transpose()
+        match &self.loss_stats {
+            Some(LossStats::Mining(t)) => Ok(Some(MiningStats::from_slice(&self.gpu.read_f32(t)?))),
+            _ => Ok(None),
+        }
+    }
+
+    /// The similarity loss's `stats [4]` of the last submitted step (waits for it), None
+    /// for the other losses.
+    pub fn similarity_stats(&self) -> Result<Option<Vec<f32>>> {
+        match &self.loss_stats {
+            Some(LossStats::Similarity(t)) => Ok(Some(self.gpu.read_f32(t)?)),
+            _ => Ok(None),
+        }
     }
 
     /// Steps submitted since the losses were last read.
@@ -242,8 +247,9 @@ impl<'g> TrainStep<'g> {
 
     /// The optimizer, and the loss scale's update after it.
     fn after_backward(&self) -> impl Iterator<Item = &Kernel> {
-        [self.optimizer.kernel()]
-            .into_iter()
+        self.optimizers
+            .iter()
+            .map(Optimizer::kernel)
             .chain(self.scaler.as_ref().map(|s| s.update()))
     }
 
@@ -295,8 +301,18 @@ impl<'g> TrainStep<'g> {
             scaler.restore(self.gpu, scale)?;
             optimizer_state = rest;
         }
-        self.optimizer
-            .restore(self.gpu, optimizer_state, steps_done as u32)?;
+        let needed: usize = self.optimizers.iter().map(|o| o.state().len()).sum();
+        if optimizer_state.len() != needed {
+            return Err(Error::Config(format!(
+                "the saved optimizer has {} state buffers, this run's needs {needed}",
+                optimizer_state.len()
+            )));
+        }
+        for optimizer in &mut self.optimizers {
+            let (mine, rest) = optimizer_state.split_at(optimizer.state().len());
+            optimizer.restore(self.gpu, mine, steps_done as u32)?;
+            optimizer_state = rest;
+        }
         self.steps_done = steps_done as u32;
         for _ in 0..steps_done {
             self.sampler
@@ -311,13 +327,56 @@ impl<'g> TrainStep<'g> {
     /// The optimizer's state buffers, and under mixed precision the loss scale's, read back
     /// (waits for the submitted steps).
     pub fn optimizer_state(&self) -> Result<Vec<Vec<f32>>> {
-        self.optimizer
-            .state()
+        self.optimizers
             .iter()
+            .flat_map(|o| o.state())
             .chain(self.scaler.as_ref().map(|s| s.state()))
             .map(|t| self.gpu.read_f32(t))
             .collect()
     }
+}
+
+/// The optimizers of the trainable span (frozen parameters lie before it): one, or with a
+/// class head and `head_lr`, the tower's and then the head's at its own learning rate.
+fn optimizers(
+    gpu: &Gpu,
+    model: &SiameseModel,
+    cfg: &TrainConfig,
+    params: &Tensor,
+    grads: &Tensor,
+    steps: usize,
+    scaler: Option<&LossScaler>,
+) -> Result<Vec<Optimizer>> {
+    let layout = &model.layout;
+    let new =
+        |config, p: &Tensor, g: &Tensor| Optimizer::new(gpu, config, p, g, steps as u32, scaler);
+    let split = cfg
+        .head_lr
+        .zip(model.class_head_offset())
+        .and_then(|(lr, at)| {
+            let (p, g) = (
+                layout.split_trainable(params, at)?,
+                layout.split_trainable(grads, at)?,
+            );
+            Some((lr, p, g))
+        });
+    Ok(match split {
+        Some((lr, (tower_p, head_p), (tower_g, head_g))) => {
+            let head = OptimizerConfig {
+                lr,
+                ..cfg.optimizer
+            };
+            vec![
+                new(cfg.optimizer, &tower_p, &tower_g)?,
+                new(head, &head_p, &head_g)?,
+            ]
+        }
+        None => vec![new(
+            cfg.optimizer,
+            &layout.trainable(params),
+            &layout.trainable(grads),
+        )?],
+    })
 }
 
 /// Whether the step runs in mixed precision, refused on an adapter without f16 shaders.
@@ -425,8 +484,16 @@ fn gather_kernel(
     ))
 }
 
+/// The stats tensor a loss on class-labelled batches writes each step.
+enum LossStats {
+    /// The triplet miner's (`ops::mining::MiningStats`).
+    Mining(Tensor),
+    /// A similarity loss's (`ops::similarity_loss`): Σd0, Σd1, Σa, Σb.
+    Similarity(Tensor),
+}
+
 /// Records the tower and the loss of the batch `x` (with its label codes) on `tape`: the
-/// loss value, and with a miner the tensor of its stats.
+/// loss value, and on class-labelled batches the tensor of its stats.
 fn record_loss(
     model: &SiameseModel,
     cfg: &TrainConfig,
@@ -434,11 +501,15 @@ fn record_loss(
     x: ValueId,
     label_codes: &Tensor,
     w: &Weights,
-) -> Result<(ValueId, Option<Tensor>)> {
+) -> Result<(ValueId, Option<LossStats>)> {
     Ok(match cfg.miner {
         Some(miner) => {
             let (loss, stats) = model.record_mined_loss(tape, x, label_codes, miner, w)?;
-            (loss, Some(stats))
+            (loss, Some(LossStats::Mining(stats)))
+        }
+        None if cfg.loss.uses_classes() => {
+            let (loss, stats) = model.record_class_loss(tape, x, label_codes, w)?;
+            (loss, Some(LossStats::Similarity(stats)))
         }
         None => (model.record_loss(tape, x, label_codes, w)?, None),
     })

@@ -284,6 +284,8 @@ fn a_full_queue_refuses_jobs_until_the_gpu_thread_takes_them() {
     use siamese_gpu::runs::saved::SavedRun;
     use siamese_gpu::serve::batcher::{Batcher, Batching, Refused};
     let model = SiameseModel::new(ModelConfig {
+        hyper: Default::default(),
+        classes: 0,
         tower: TOWER.parse().unwrap(),
         input: [1, 16, 16],
         loss: siamese_gpu::vocab::LossKind::Contrastive,

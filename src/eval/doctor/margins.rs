@@ -29,7 +29,8 @@ const ADVICE_LARGE: &str = "Lower the margin to where it can be met: at most ~1.
 /// the margin sits among the validation distances is read only when the run is not `broken`.
 pub(super) fn margins(e: &Evidence, broken: bool, out: &mut Vec<Finding>) {
     let Some(loss) = e.loss else { return };
-    if loss == LossKind::Bce {
+    // The rules below read the margin of a loss on pair or triplet distances.
+    if !matches!(loss, LossKind::Contrastive | LossKind::Triplet) {
         return;
     }
     let m = margin_f64(e.margin);
@@ -47,8 +48,7 @@ pub(super) fn margins(e: &Evidence, broken: bool, out: &mut Vec<Finding>) {
     }
     match loss {
         LossKind::Contrastive => contrastive_placement(&same, &diff, m, out),
-        LossKind::Triplet => triplet_placement(&same, &diff, m, out),
-        LossKind::Bce => {}
+        _ => triplet_placement(&same, &diff, m, out),
     }
 }
 
