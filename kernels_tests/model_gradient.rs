@@ -20,9 +20,9 @@ use siamese_gpu::model::{ModelConfig, ModelTensors, ModelValues, SiameseModel, W
 use siamese_gpu::nn::{Init, ParamLayout};
 use siamese_gpu::ops::batchnorm::{EPS, MOMENTUM};
 use siamese_gpu::vocab::Distance;
-use siamese_gpu::vocab::LossKind;
 use siamese_gpu::vocab::Mode;
 use siamese_gpu::vocab::PairLabel;
+use siamese_gpu::vocab::{LossHyper, LossKind};
 use siamese_gpu::{Gpu, KernelPath};
 use std::sync::OnceLock;
 
@@ -32,17 +32,41 @@ const MARGIN: f64 = 1.0;
 /// `[seed, step]` of the rng tensor every training step here reads: dropout's counters.
 const RNG: [u32; 2] = [1234, 7];
 
+/// The class ids of a batch of B images for the losses on class-labelled batches.
+const CLASS_LABELS: [u32; B] = [0, 1, 0, 1];
+
+/// Hyper-parameters for the losses on class-labelled batches, milder than the defaults (s =
+/// 64 makes the loss's third derivative ~s³, beyond what central differences resolve at the
+/// tolerance); kernels_tests/similarity_loss.rs checks the defaults.
+const MILD: LossHyper = LossHyper {
+    scale: 4.0,
+    sub_centers: 3,
+    alpha: Some(4.0),
+    beta: 5.0,
+    base: 0.5,
+    epsilon: 0.1,
+    temperature: Some(0.5),
+};
+
 fn model(loss: LossKind) -> SiameseModel {
     SiameseModel::new(ModelConfig {
-        hyper: Default::default(),
-        classes: 0,
+        hyper: MILD,
+        classes: 2,
         tower: format!("conv 3 3 | relu | maxpool 2 | flatten | dense {DIM}")
             .parse()
             .unwrap(),
         input: [1, 8, 8],
         loss,
-        margin: MARGIN as f32,
-        distance: Distance::Euclidean,
+        margin: if loss.uses_classes() {
+            loss.default_margin()
+        } else {
+            MARGIN as f32
+        },
+        distance: if loss.uses_classes() {
+            Distance::Cosine
+        } else {
+            Distance::Euclidean
+        },
         normalize: false,
         freeze: Vec::new(),
     })
@@ -184,7 +208,14 @@ fn gpu_step(
         rng: Some(&rng),
         mode: Mode::Train,
     };
-    let loss = m.record_loss(&mut tape, xv, &labels, &weights).unwrap();
+    let loss = if m.config.loss.uses_classes() {
+        let classes = g.upload_u32(&CLASS_LABELS, &[B]).unwrap();
+        m.record_class_loss(&mut tape, xv, &classes, &weights)
+            .unwrap()
+            .0
+    } else {
+        m.record_loss(&mut tape, xv, &labels, &weights).unwrap()
+    };
     let backward = tape.backward(loss).unwrap();
     let scale = loss_scale.unwrap_or(1.0);
     g.write_f32(tape.grad(loss).unwrap(), &[scale]).unwrap();
@@ -285,6 +316,104 @@ fn triplet_model_gradients_match_cpu_and_finite_differences() {
             triplet_head::<f32>,
             triplet_head::<f64>,
         );
+    }
+}
+
+/// The composed CPU head of a loss on class-labelled batches: the embeddings' cosine
+/// distances to the class head's `weights` (or to each other), the loss, and back; the
+/// gradient of the weights goes to `dw`.
+fn class_head<T: Real>(
+    m: &SiameseModel,
+    weights: &[T],
+    dw: &std::cell::RefCell<Vec<T>>,
+    e: &[T],
+) -> (T, Vec<T>) {
+    let loss = m.config.similarity().unwrap();
+    let (reference, r) = if loss.learns_classes() {
+        (weights, weights.len() / DIM)
+    } else {
+        (e, B)
+    };
+    let dm = cpu::distance::pairwise_cosine_forward(e, reference, B, r, DIM);
+    let sims = cpu::similarity_loss::Similarities {
+        dm: &dm,
+        n: B,
+        r,
+        labels: &CLASS_LABELS,
+        ref_labels: if loss.learns_classes() {
+            &[]
+        } else {
+            &CLASS_LABELS
+        },
+        self_cols: !loss.learns_classes(),
+    };
+    let rows = cpu::similarity_loss::rows(loss, &sims);
+    let (value, stats) = cpu::similarity_loss::reduce(&rows);
+    let ddm = cpu::similarity_loss::backward(loss, &sims, &rows, &stats, T::one());
+    let (mut de, d_ref) =
+        cpu::distance::pairwise_cosine_backward(e, reference, &dm, &ddm, B, r, DIM);
+    if loss.learns_classes() {
+        *dw.borrow_mut() = d_ref;
+    } else {
+        cpu::activation::accumulate_grad(&d_ref, &mut de);
+    }
+    (value, de)
+}
+
+/// The tower and the class head (or the batch against itself) composed on the CPU: the loss
+/// and every parameter's gradient, the head's included.
+fn class_loss_and_grads<T: Real>(m: &SiameseModel, flat: &[T], x: &[T]) -> (T, Vec<T>) {
+    let offset = m.class_head_offset();
+    let weights = offset.map_or(&[][..], |o| &flat[o..m.layout.len]);
+    let dw = std::cell::RefCell::new(Vec::new());
+    let (loss, mut grads) = cpu_loss_and_grads(m, flat, x, |e| class_head(m, weights, &dw, e));
+    if let Some(o) = offset {
+        grads[o..o + dw.borrow().len()].copy_from_slice(&dw.borrow());
+    }
+    (loss, grads)
+}
+
+/// Every loss on class-labelled batches through `SiameseModel::record_class_loss`: the
+/// tower, the pairwise cosine to the class weights (a parameter at the end of the flat
+/// buffer: its gradient is the cosine backward's second output) or to the batch itself (the
+/// embeddings then feed both sides: the tape sums the two gradients), and the loss; on every
+/// kernel path against the CPU composition and central differences.
+#[test]
+fn class_loss_model_gradients_match_cpu_and_finite_differences() {
+    use LossKind::*;
+    for kind in [
+        ArcFace,
+        SubCenterArcFace,
+        CosFace,
+        ProxyAnchor,
+        SupCon,
+        NtXent,
+        MultiSimilarity,
+    ] {
+        let m = model(kind);
+        let values = ModelValues::init(&m, 7);
+        let flat = &values.params;
+        let x = uniform(&mut rng(11), B * 64, 0.0, 1.0);
+        let (cpu_loss, cpu_grads) = class_loss_and_grads(&m, flat, &x);
+        let scale = cpu_grads.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+        assert!(scale > 1e-4, "{kind}: the gradients must not vanish");
+        let (flat64, x64) = (to_f64(flat), to_f64(&x));
+        let (_, grads64) = class_loss_and_grads(&m, &flat64, &x64);
+        let fd = finite_difference(|p| class_loss_and_grads(&m, p, &x64).0, &flat64, FD_STEP);
+        assert_matches_fd(&format!("cpu {kind} model"), &grads64, &fd);
+        for path in PATHS {
+            let step = gpu_step(gpu_on(path), &m, &values, &x, None);
+            let what = format!("{kind} model gradients ({} kernels)", path.name());
+            // As `check`: short sums through a few ops, and the loss's exp and log (see
+            // kernels_tests/similarity_loss.rs): 1e-4 of the largest gradient.
+            assert!(
+                (step.loss - cpu_loss).abs() <= 1e-5 * cpu_loss.abs().max(1.0),
+                "{what}: loss GPU {} vs CPU {cpu_loss}",
+                step.loss
+            );
+            assert_close(&what, &step.grads, &cpu_grads, 1e-4 * scale as f64, 0.0);
+            assert_gpu_matches_fd(&what, &step.grads, &fd, 1e-4);
+        }
     }
 }
 
