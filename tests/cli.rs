@@ -907,18 +907,18 @@ fn ctrl_c_saves_and_exits_with_status_130() {
 fn a_mined_triplet_run_trains_on_pk_batches_and_refuses_a_batch_that_does_not_split() {
     let root = TempDir::new("mined");
     write_idx_dataset(&root.path().join("data"), 16);
-    // The synthetic set has 5 classes, so P defaults to 5, which does not divide a batch of 8.
+    // P = 3 classes does not divide a batch of 8.
     let triplet = |extra: &[&str]| {
         let mut a = vec!["--loss", "triplet", "--pairs", "32"];
         a.extend(extra);
         train_args(&a)
     };
     assert_refused(
-        &siamese(root.path(), &triplet(&["--miner", "batch-hard"])),
-        &[
-            "batch 8 is not a multiple of the 5 classes per batch",
-            "--classes-per-batch",
-        ],
+        &siamese(
+            root.path(),
+            &triplet(&["--miner", "batch-hard", "--classes-per-batch", "3"]),
+        ),
+        &["batch 8 is not a multiple of classes_per_batch 3"],
     );
     assert_refused(
         &siamese(

@@ -5,7 +5,7 @@ use siamese_gpu::Gpu;
 use siamese_gpu::data::dataset::DEFAULT_DATA_DIR;
 use siamese_gpu::nn::spec::REFERENCE_TOWER;
 use siamese_gpu::train::{self, TrainConfig, TrainReport};
-use siamese_gpu::vocab::Precision;
+use siamese_gpu::vocab::{LossKind, Precision};
 
 fn data_present() -> bool {
     let present = std::path::Path::new(DEFAULT_DATA_DIR)
@@ -226,15 +226,39 @@ fn a_stopped_and_resumed_run_ends_with_the_uninterrupted_weights() {
         return;
     }
     let modern = "conv 8 5 bias=false | bn | relu | maxpool 2 | flatten | dropout 0.2 | dense 32";
-    stop_and_resume(Precision::F32, REFERENCE_TOWER);
-    stop_and_resume(Precision::F32, modern);
+    let plain = TrainConfig::default();
+    stop_and_resume(Precision::F32, REFERENCE_TOWER, &plain);
+    stop_and_resume(Precision::F32, modern, &plain);
     if Gpu::new().unwrap().has_f16() {
-        stop_and_resume(Precision::Mixed, REFERENCE_TOWER);
-        stop_and_resume(Precision::Mixed, modern);
+        stop_and_resume(Precision::Mixed, REFERENCE_TOWER, &plain);
+        stop_and_resume(Precision::Mixed, modern, &plain);
     }
 }
 
-fn stop_and_resume(precision: Precision, tower: &str) {
+/// The class weights of ArcFace, under their own learning rate (a second optimizer, whose
+/// state is saved after the tower's), and ProxyAnchor's proxies: resumed exactly too.
+#[test]
+fn a_stopped_and_resumed_class_head_ends_with_the_uninterrupted_weights() {
+    if !data_present() {
+        return;
+    }
+    for (loss, head_lr) in [
+        (LossKind::ArcFace, Some(1e-2)),
+        (LossKind::ProxyAnchor, None),
+    ] {
+        let cfg = TrainConfig {
+            loss,
+            margin: loss.default_margin(),
+            distance: siamese_gpu::vocab::Distance::Cosine,
+            head_lr,
+            ..TrainConfig::default()
+        };
+        stop_and_resume(Precision::F32, REFERENCE_TOWER, &cfg);
+    }
+}
+
+/// Trains `base`'s loss on `tower` for 6 steps, and again stopped after step 3 and resumed.
+fn stop_and_resume(precision: Precision, tower: &str, base: &TrainConfig) {
     use siamese_gpu::train::{Outcome, Progress, RunControl, TrainingState, train_with};
     use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -248,6 +272,10 @@ fn stop_and_resume(precision: Precision, tower: &str) {
         train_eval_pairs: 200,
         doctor_images: 500,
         pixel_baseline: false,
+        loss: base.loss,
+        margin: base.margin,
+        distance: base.distance,
+        head_lr: base.head_lr,
         ..small_eval(768)
     };
     let gpu = Gpu::new().unwrap();

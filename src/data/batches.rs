@@ -29,8 +29,8 @@ pub enum BatchSampler {
     ClassBalanced(PkSampler, PkBatch),
 }
 
-/// (P, K) of a class-balanced batch of `images`: P given, or 10 (all classes with ≥ 2
-/// images if fewer).
+/// (P, K) of a class-balanced batch of `images`: P given, or the largest count up to 10 of
+/// classes with ≥ 2 images that divides the batch (128 images of 10 classes: 8 × 16).
 fn pk_shape(
     classes_per_batch: Option<usize>,
     images: usize,
@@ -38,12 +38,17 @@ fn pk_shape(
 ) -> Result<(usize, usize)> {
     let p = classes_per_batch.unwrap_or_else(|| {
         let eligible = by_class(labels).iter().filter(|c| c.len() >= 2).count();
-        eligible.clamp(2, 10)
+        let most = eligible.clamp(2, 10);
+        (2..=most)
+            .rev()
+            .find(|&p| images.is_multiple_of(p))
+            .unwrap_or(most)
     });
     if !images.is_multiple_of(p) {
         return Err(Error::Config(format!(
-            "with a miner, batch = classes_per_batch × K images: batch {images} is not a multiple of \
-             the {p} classes per batch; use a batch of {} or {}, or set --classes-per-batch",
+            "on P×K batches (a miner, or a loss on class-labelled batches) batch = \
+             classes_per_batch × K images: batch {images} is not a multiple of the {p} classes \
+             per batch; use a batch of {} or {}, or set --classes-per-batch",
             (images / p).max(1) * p,
             (images / p + 1) * p
         )));
