@@ -163,15 +163,6 @@ impl SiameseModel {
                 config.margin
             )));
         }
-        if !matches!(
-            config.distance,
-            Distance::Euclidean | Distance::Cosine | Distance::SquaredEuclidean
-        ) {
-            return Err(Error::Config(format!(
-                "distance {:?} is not offered for training; use euclidean or cosine",
-                config.distance
-            )));
-        }
         let mut layout = ParamLayout::default();
         let tower = Tower::new(&config.tower, config.input, TOWER_PREFIX, &mut layout)?;
         let d = tower.embedding_dim();

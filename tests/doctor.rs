@@ -10,10 +10,11 @@ use siamese_gpu::Gpu;
 use siamese_gpu::data::dataset::DEFAULT_DATA_DIR;
 use siamese_gpu::data::idx;
 use siamese_gpu::eval::doctor::{Diagnosis, Severity};
-use siamese_gpu::train::{self, Outcome, TrainConfig};
+use siamese_gpu::train::{self, Outcome, RunControl, TrainConfig};
+use siamese_gpu::vocab::{Distance, LossKind};
 use support::TempDir;
 
-const IDS: [&str; 10] = [
+const IDS: [&str; 13] = [
     "embedding_collapse",
     "dead_relu",
     "vanishing_gradient",
@@ -24,6 +25,9 @@ const IDS: [&str; 10] = [
     "chance_accuracy",
     "overfitting",
     "pair_imbalance",
+    "scale_too_small",
+    "temperature_too_low",
+    "class_centers_collapsed",
 ];
 
 fn data_present() -> bool {
@@ -54,10 +58,24 @@ fn small(pairs: usize) -> TrainConfig {
     }
 }
 
+/// A short run of a loss on class-labelled batches (P×K batches of 128 images).
+fn small_class_loss(loss: LossKind, images: usize) -> TrainConfig {
+    TrainConfig {
+        loss,
+        margin: loss.default_margin(),
+        distance: Distance::Cosine,
+        ..small(images)
+    }
+}
+
 /// The diagnosis of a run, finished or diverged.
 fn diagnose(cfg: &TrainConfig) -> Diagnosis {
+    diagnose_with(cfg, RunControl::default())
+}
+
+fn diagnose_with(cfg: &TrainConfig, control: RunControl) -> Diagnosis {
     let gpu = Gpu::new().unwrap_or_else(|e| panic!("{e}"));
-    let diagnosis = match train::train(&gpu, cfg, &mut |_| ()) {
+    let diagnosis = match train::train_with(&gpu, cfg, control, &mut |_| ()) {
         Ok(Outcome::Trained(report)) => report.diagnosis,
         Ok(Outcome::Diverged(divergence)) => divergence.diagnosis,
         Ok(stopped) => panic!("{stopped}"),
@@ -275,4 +293,93 @@ fn running_statistics_far_from_the_data_are_drift() {
     });
     assert_finds(&d, "batchnorm_drift", Severity::Warn);
     assert!(!has(&d, "batchnorm_small_batch", Severity::Info), "{d}");
+}
+
+/// ArcFace, ProxyAnchor and SupCon at their defaults: none of the findings, the class
+/// losses' own included.
+#[test]
+fn healthy_class_losses_report_nothing() {
+    if !data_present() {
+        return;
+    }
+    for loss in [LossKind::ArcFace, LossKind::ProxyAnchor, LossKind::SupCon] {
+        let d = diagnose(&small_class_loss(loss, 3072));
+        assert!(!d.failed(), "a healthy {loss} run reported a failure:\n{d}");
+        for id in IDS.iter().chain(&["margin_too_large"]) {
+            assert!(
+                !has(&d, id, Severity::Info),
+                "healthy {loss} run reported `{id}`:\n{d}"
+            );
+        }
+        if loss != LossKind::SupCon {
+            let spread = d.evidence.class_centers.expect("a class head's spread");
+            assert!(spread.max_cos < 0.9, "{loss}: {spread:?}");
+        }
+    }
+}
+
+#[test]
+fn an_arcface_margin_of_pi_over_two_cannot_be_met() {
+    if !data_present() {
+        return;
+    }
+    let d = diagnose(&TrainConfig {
+        margin: 1.6,
+        ..small_class_loss(LossKind::ArcFace, 1024)
+    });
+    assert_finds(&d, "margin_too_large", Severity::Fail);
+}
+
+/// s = 1 over ten classes: the right class gets at most p ≈ 0.24 from the softmax.
+#[test]
+fn an_arcface_scale_of_one_is_too_small() {
+    if !data_present() {
+        return;
+    }
+    let mut cfg = small_class_loss(LossKind::ArcFace, 1024);
+    cfg.hyper.scale = 1.0;
+    let d = diagnose(&cfg);
+    assert_finds(&d, "scale_too_small", Severity::Warn);
+}
+
+#[test]
+fn a_supcon_temperature_of_a_hundredth_is_too_low() {
+    if !data_present() {
+        return;
+    }
+    let mut cfg = small_class_loss(LossKind::SupCon, 1024);
+    cfg.hyper.temperature = Some(0.01);
+    let d = diagnose(&cfg);
+    assert_finds(&d, "temperature_too_low", Severity::Warn);
+}
+
+/// Proxies started on one direction, with a head learning rate too small to move them
+/// apart: the proxies stay collapsed.
+#[test]
+fn proxies_on_one_direction_have_collapsed() {
+    if !data_present() {
+        return;
+    }
+    let cfg = TrainConfig {
+        head_lr: Some(1e-9),
+        ..small_class_loss(LossKind::ProxyAnchor, 1024)
+    };
+    let collapse = |model: &siamese_gpu::model::SiameseModel,
+                    values: &mut siamese_gpu::model::ModelValues| {
+        let from = model.class_head_offset().expect("proxies");
+        let dim = model.embedding_dim();
+        let first: Vec<f32> = values.params[from..from + dim].to_vec();
+        for row in values.params[from..].chunks_exact_mut(dim) {
+            row.copy_from_slice(&first);
+        }
+        Ok("every proxy set to the first".to_string())
+    };
+    let d = diagnose_with(
+        &cfg,
+        RunControl {
+            init: Some(&collapse),
+            ..Default::default()
+        },
+    );
+    assert_finds(&d, "class_centers_collapsed", Severity::Fail);
 }

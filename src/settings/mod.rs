@@ -68,8 +68,9 @@ pub struct RunSettings {
     /// ntxent, multi-similarity.
     #[arg(long, default_value = "contrastive")]
     pub loss: String,
-    /// Distance between embeddings: euclidean or cosine [default: euclidean; cosine for
-    /// the losses on class-labelled batches, which work on cosine similarities].
+    /// Distance between embeddings: euclidean, cosine, squared-euclidean or l1 (miners:
+    /// euclidean or cosine) [default: euclidean; cosine for the losses on class-labelled
+    /// batches, which work on cosine similarities].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub distance: Option<String>,
@@ -392,14 +393,22 @@ impl RunSettings {
             margin: self.margin.map_or(loss.default_margin(), |m| m as f32),
             hyper: self.loss_hyper(loss)?,
             head_lr: self.head_lr.map(|lr| lr as f32),
-            distance: match self.distance.as_deref().map(str::to_lowercase).as_deref() {
+            distance: match self
+                .distance
+                .as_deref()
+                .map(|d| d.to_lowercase().replace('_', "-"))
+                .as_deref()
+            {
                 Some("euclidean") => Distance::Euclidean,
                 Some("cosine") => Distance::Cosine,
+                Some("squared-euclidean") => Distance::SquaredEuclidean,
+                Some("l1") => Distance::L1,
                 None if loss.uses_classes() => Distance::Cosine,
                 None => Distance::Euclidean,
                 Some(other) => {
                     return Err(Error::Config(format!(
-                        "distance: unknown distance `{other}`: use euclidean or cosine"
+                        "distance: unknown distance `{other}`: use euclidean, cosine, \
+                         squared-euclidean or l1"
                     )));
                 }
             },

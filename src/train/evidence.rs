@@ -50,6 +50,9 @@ pub(super) fn initial_evidence(
         layers: layers.names.clone(),
         class_disjoint: !cfg.dataset.held_out_classes.is_empty(),
         initial_weight_norm,
+        similarity: model.config.similarity(),
+        classes: model.config.classes,
+        batch_images: images,
         ..Default::default()
     }
 }

@@ -15,7 +15,7 @@ use super::{Progress, TrainConfig, TrainStep};
 use crate::data::dataset::{self, Dataset};
 use crate::data::images::ImageSet;
 use crate::error::{Error, Result};
-use crate::eval::doctor::{Diagnosis, Evidence, ValidationPoint};
+use crate::eval::doctor::{CenterSpread, Diagnosis, Evidence, ValidationPoint};
 use crate::eval::embed::Embedder;
 use crate::eval::embedding_metrics::EmbeddingMetrics;
 use crate::eval::operating_points::{OperatingPoint, Target, operating_point};
@@ -567,6 +567,17 @@ impl<'g> Run<'g> {
         self.evidence.sampled_same = self.step.sampled_same;
         self.evidence.sampled_pairs = self.step.sampled_pairs;
         self.evidence.losses = self.losses.clone();
+        let values = self
+            .values
+            .read(gpu, self.tracked_before + self.steps as i64)?;
+        self.evidence.class_centers = self.model.class_head_weights(&values.params).and_then(|w| {
+            let k = self
+                .model
+                .config
+                .similarity()
+                .map_or(1, |l| l.columns_per_class());
+            CenterSpread::of(w, self.model.embedding_dim(), k)
+        });
         let head = |v: &[f32]| mean(&v[..v.len().min(20)]);
         let tail = |v: &[f32]| mean(&v[v.len().saturating_sub(20)..]);
         let steps = self.steps;
@@ -582,7 +593,7 @@ impl<'g> Run<'g> {
             wall_s: wall.elapsed().as_secs_f64(),
             first_loss: head(&self.losses),
             last_loss: tail(&self.losses),
-            values: self.values.read(gpu, self.tracked_before + steps as i64)?,
+            values,
             diagnosis: Diagnosis::new(self.evidence),
             losses: self.losses,
             model: self.model,

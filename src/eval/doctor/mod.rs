@@ -13,7 +13,7 @@
 //! | `vanishing_gradient` | no gradient (or a vanishing one) reaches a layer |
 //! | `exploding_gradient` | the loss or the weights blew up |
 //! | `margin_too_small` | margin 0, or Same pairs sit farther apart than the margin |
-//! | `margin_too_large` | the margin cannot be met, or nearly every pair is still inside it |
+//! | `margin_too_large` | the margin cannot be met, or nearly every pair is still inside it (ArcFace: m ≥ π/2; CosFace: m ≥ 1) |
 //! | `inverted_labels` | Same pairs are farther apart than Different ones (AUC well below 0.5) |
 //! | `chance_accuracy` | validation separates pairs no better than chance, or predicts one way |
 //! | `overfitting` | training pairs scored far better than validation pairs |
@@ -21,16 +21,21 @@
 //! | `val_test_gap` | validation scored far better than test (a leak, or a shift) |
 //! | `batchnorm_small_batch` | BatchNorm takes its statistics over fewer than 8 images a step |
 //! | `batchnorm_drift` | BatchNorm's running statistics do not describe the evaluation images |
+//! | `scale_too_small` | ArcFace/CosFace's scale lets no class reach p = 0.9 in the softmax |
+//! | `temperature_too_low` | SupCon/NT-Xent's τ hands the gradient to the hardest negatives |
+//! | `class_centers_collapsed` | two classes' learned weights or proxies point the same way |
 //!
 //! The rules live beside this file, grouped by what they read: `gradients` (the loss curve
 //! and the gradient and weight norms), `embeddings` (the test embeddings' spread and the
 //! ReLU activity), `separation` (how the validation distances rank Same against Different),
 //! `margins` (where the margin sits among those distances), `data` (the train, validation
-//! and test accuracies, and the pairs sampled) and `normalization` (BatchNorm's batch and
-//! running statistics). The thresholds are constants there, each with
+//! and test accuracies, and the pairs sampled), `normalization` (BatchNorm's batch and
+//! running statistics) and `class_losses` (the hyper-parameters and learned class weights of
+//! the losses on cosine similarities). The thresholds are constants there, each with
 //! its reason; they are set so that the reference recipe reports nothing and each classic
 //! failure reports its finding.
 
+mod class_losses;
 mod data;
 mod embeddings;
 mod gradients;
@@ -38,6 +43,7 @@ mod margins;
 mod normalization;
 mod separation;
 
+pub use class_losses::CenterSpread;
 pub use normalization::BatchNormUse;
 
 use std::fmt;
@@ -47,6 +53,7 @@ use crate::vocab::Distance;
 use crate::vocab::LossKind;
 use crate::vocab::Miner;
 use crate::vocab::PairLabel;
+use crate::vocab::SimilarityLoss;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -187,6 +194,14 @@ pub struct Evidence {
     pub sampled_pairs: u64,
     /// Every BatchNorm layer, in tower order.
     pub batch_norm: Vec<BatchNormUse>,
+    /// The loss on cosine similarities, with its hyper-parameters, if the run trained one.
+    pub similarity: Option<SimilarityLoss>,
+    /// Classes of the training labels.
+    pub classes: usize,
+    /// Images a training step embeds.
+    pub batch_images: usize,
+    /// How spread the learned class weights or proxies ended, if the loss learns them.
+    pub class_centers: Option<CenterSpread>,
 }
 
 fn finding(id: &'static str, severity: Severity, message: String, advice: &str) -> Finding {
@@ -257,6 +272,7 @@ pub fn diagnose(e: &Evidence) -> Vec<Finding> {
     data::gaps(e, &mut out);
     data::imbalance(e, &mut out);
     normalization::batch_norm(e, &mut out);
+    class_losses::class_losses(e, &mut out);
     out.sort_by_key(|f| std::cmp::Reverse(f.severity));
     out
 }
