@@ -135,13 +135,14 @@ fn gpu_step(
         let w = tape.param(gpu.upload_f32(weights, &[rows, DIM])?, Some(grad_w.clone()))?;
         let dm = tape.pairwise(PairwiseMetric::Cosine, e, w)?;
         (
-            tape.similarity_loss(loss, dm, &classes, None, false)?.0,
+            tape.similarity_loss(loss, dm, &classes, None)?.0,
             Some(grad_w),
         )
     } else {
         let dm = tape.pairwise(PairwiseMetric::Cosine, e, e)?;
+        let window = gpu.upload_u32(&cpu::Window::batch(n).words(), &[4])?;
         let value = tape
-            .similarity_loss(loss, dm, &classes, Some(&classes), true)?
+            .similarity_loss(loss, dm, &classes, Some((&classes, &window)))?
             .0;
         (value, None)
     };
@@ -177,7 +178,11 @@ fn cpu_loss(loss: SimilarityLoss, embeddings: &[f32], labels: &[u32], weights: &
         r,
         labels,
         ref_labels: if loss.learns_classes() { &[] } else { labels },
-        self_cols: !loss.learns_classes(),
+        window: if loss.learns_classes() {
+            cpu::Window::all(r)
+        } else {
+            cpu::Window::batch(r)
+        },
     };
     cpu::forward(loss, &sims).0
 }

@@ -210,7 +210,7 @@ fn gpu_step(
     };
     let loss = if m.config.loss.uses_classes() {
         let classes = g.upload_u32(&CLASS_LABELS, &[B]).unwrap();
-        m.record_class_loss(&mut tape, xv, &classes, &weights)
+        m.record_class_loss(&mut tape, xv, &classes, &weights, None)
             .unwrap()
             .0
     } else {
@@ -345,7 +345,11 @@ fn class_head<T: Real>(
         } else {
             &CLASS_LABELS
         },
-        self_cols: !loss.learns_classes(),
+        window: if loss.learns_classes() {
+            cpu::similarity_loss::Window::all(r)
+        } else {
+            cpu::similarity_loss::Window::batch(r)
+        },
     };
     let rows = cpu::similarity_loss::rows(loss, &sims);
     let (value, stats) = cpu::similarity_loss::reduce(&rows);

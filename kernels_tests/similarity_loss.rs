@@ -6,7 +6,9 @@
 //! (`margin_softmax_rows`, `proxy_anchor_rows`, `supcon_rows`, `ntxent_rows`,
 //! `multi_similarity_rows`), `forward_matches_cpu` adds `similarity_reduce`, and
 //! `backward_matches_cpu` checks `margin_softmax_backward`, `proxy_anchor_backward`,
-//! `supcon_backward`, `ntxent_backward` and `multi_similarity_backward`.
+//! `supcon_backward`, `ntxent_backward` and `multi_similarity_backward`; the cross-batch
+//! memory's windows go through the same entries in `memory_windows_match_cpu`, and
+//! `memory_enqueue_fills_the_ring` checks `memory_enqueue`.
 //!
 //! Tolerances. The GPU and the reference read the same f32 `s = 1 − dm` and make the same
 //! comparisons, so counts (d0, d1) and every selection (sub-center, mined pair, counted
@@ -22,7 +24,7 @@ use crate::common::*;
 use rand::RngExt;
 use rand::rngs::StdRng;
 use siamese_gpu::Tensor;
-use siamese_gpu::cpu::similarity_loss::{self as cpu, ROW, STATS, Similarities};
+use siamese_gpu::cpu::similarity_loss::{self as cpu, ROW, STATS, Similarities, Window};
 use siamese_gpu::ops::similarity_loss::{self as ops, Similarities as GpuSimilarities};
 use siamese_gpu::vocab::{MarginKind, SimilarityLoss};
 
@@ -95,7 +97,7 @@ struct Problem {
     r: usize,
     labels: Vec<u32>,
     ref_labels: Vec<u32>,
-    self_cols: bool,
+    window: Window,
 }
 
 impl Problem {
@@ -103,10 +105,11 @@ impl Problem {
     /// `classes` classes drawn at random (some anchors without a positive).
     fn new(r: &mut StdRng, loss: SimilarityLoss, n: usize, classes: usize) -> Problem {
         let labels: Vec<u32> = (0..n).map(|_| r.random_range(0..classes as u32)).collect();
-        let (cols, ref_labels, self_cols) = if loss.learns_classes() {
-            (classes * loss.columns_per_class(), Vec::new(), false)
+        let (cols, ref_labels, window) = if loss.learns_classes() {
+            let cols = classes * loss.columns_per_class();
+            (cols, Vec::new(), Window::all(cols))
         } else {
-            (n, labels.clone(), true)
+            (n, labels.clone(), Window::batch(n))
         };
         Problem {
             dm: uniform(r, n * cols, 0.0, 2.0),
@@ -114,7 +117,7 @@ impl Problem {
             r: cols,
             labels,
             ref_labels,
-            self_cols,
+            window,
         }
     }
 
@@ -125,7 +128,7 @@ impl Problem {
             r: self.r,
             labels: &self.labels,
             ref_labels: &self.ref_labels,
-            self_cols: self.self_cols,
+            window: self.window,
         }
     }
 }
@@ -134,8 +137,7 @@ impl Problem {
 struct Uploaded {
     dm: Tensor,
     labels: Tensor,
-    ref_labels: Option<Tensor>,
-    self_cols: bool,
+    columns: Option<(Tensor, Tensor)>,
 }
 
 impl Uploaded {
@@ -143,9 +145,12 @@ impl Uploaded {
         Uploaded {
             dm: upload(&p.dm, &[p.n, p.r]),
             labels: gpu().upload_u32(&p.labels, &[p.n]).unwrap(),
-            ref_labels: (!p.ref_labels.is_empty())
-                .then(|| gpu().upload_u32(&p.ref_labels, &[p.r]).unwrap()),
-            self_cols: p.self_cols,
+            columns: (!p.ref_labels.is_empty()).then(|| {
+                (
+                    gpu().upload_u32(&p.ref_labels, &[p.r]).unwrap(),
+                    gpu().upload_u32(&p.window.words(), &[4]).unwrap(),
+                )
+            }),
         }
     }
 
@@ -153,8 +158,7 @@ impl Uploaded {
         GpuSimilarities {
             dm: &self.dm,
             labels: &self.labels,
-            ref_labels: self.ref_labels.as_ref(),
-            self_cols: self.self_cols,
+            columns: self.columns.as_ref().map(|(l, w)| (l, w)),
         }
     }
 }
@@ -347,7 +351,7 @@ fn hand_computed_losses() {
         r: 2,
         labels: &labels,
         ref_labels: &[],
-        self_cols: false,
+        window: Window::all(2),
     };
     let (got, _) = cpu::forward(arcface, &sims);
     assert!((got - want).abs() < 1e-12, "ArcFace {got} vs {want}");
@@ -366,7 +370,7 @@ fn hand_computed_losses() {
         r: 2,
         labels: &labels,
         ref_labels: &[],
-        self_cols: false,
+        window: Window::all(2),
     };
     let proxy = SimilarityLoss::ProxyAnchor {
         alpha: alpha as f32,
@@ -377,4 +381,117 @@ fn hand_computed_losses() {
         (got - want).abs() < 1e-6 * want,
         "ProxyAnchor {got} vs {want}"
     );
+}
+
+/// The losses over embeddings against a cross-batch memory of 10 slots holding a batch of 6
+/// at slots 7, 8, 9, 0, 1, 2 (its write wraps): the warm-up window (the batch alone), a
+/// memory filled to 8 slots, and a full one; GPU against CPU, and the CPU's gradients
+/// against finite differences.
+#[test]
+fn memory_windows_match_cpu() {
+    let (n, slots, at) = (6, 10, 7);
+    let windows = [
+        Window {
+            self_cols: true,
+            self_start: at,
+            start: at,
+            count: n,
+        },
+        Window {
+            self_cols: true,
+            self_start: at,
+            start: (at + n + slots - 8) % slots,
+            count: 8,
+        },
+        Window {
+            self_cols: true,
+            self_start: at,
+            start: (at + n) % slots,
+            count: slots,
+        },
+    ];
+    for (seed, window) in windows.into_iter().enumerate() {
+        for loss in losses().into_iter().filter(|l| !l.learns_classes()) {
+            let mut r = rng(600 + seed as u64);
+            let labels: Vec<u32> = (0..n).map(|_| r.random_range(0..3)).collect();
+            let mut ref_labels: Vec<u32> = (0..slots).map(|_| r.random_range(0..3)).collect();
+            for (i, &l) in labels.iter().enumerate() {
+                ref_labels[(at + i) % slots] = l;
+            }
+            let p = Problem {
+                dm: uniform(&mut r, n * slots, 0.0, 2.0),
+                n,
+                r: slots,
+                labels,
+                ref_labels,
+                window,
+            };
+            let what = format!("{loss:?} window {window:?}");
+            let u = Uploaded::new(&p);
+            let rows = zeros(&[n, ROW]);
+            let (out, stats, ddm) = (zeros(&[1]), zeros(&[STATS]), zeros(&[n, slots]));
+            let fwd = ops::forward(gpu(), loss, &u.m(), &rows, &out, &stats).unwrap();
+            let dloss = upload(&[1.0], &[1]);
+            let bwd = ops::backward(gpu(), loss, &u.m(), &rows, &stats, &dloss, &ddm).unwrap();
+            let got = run_and_read(&siamese_gpu::Kernel::chain([fwd, bwd]), &ddm);
+            let m = p.cpu(&p.dm);
+            let want_rows = cpu::rows(loss, &m);
+            let (want_loss, want_stats) = cpu::reduce(&want_rows);
+            let want = cpu::backward(loss, &m, &want_rows, &want_stats, 1.0);
+            assert_near(&what, &[gpu().read_f32(&out).unwrap()[0]], &[want_loss]);
+            assert_near(&what, &got, &want);
+            // Outside the window and on a row's own slot: no pair, no gradient.
+            for i in 0..n {
+                for j in 0..slots {
+                    let inside = (j + slots - window.start) % slots < window.count;
+                    if !inside || j == (at + i) % slots {
+                        assert_eq!(got[i * slots + j], 0.0, "{what}: ({i}, {j})");
+                    }
+                }
+            }
+            let mild = mild(loss);
+            let dm = to_f64(&p.dm);
+            let m = p.cpu(&dm);
+            let rows = cpu::rows(mild, &m);
+            let (_, stats) = cpu::reduce(&rows);
+            let analytic = cpu::backward(mild, &m, &rows, &stats, 1.0);
+            let fd = finite_difference(|x| cpu::forward(mild, &p.cpu(x)).0, &dm, FD_STEP);
+            assert_matches_fd(&format!("{what} (finite differences)"), &analytic, &fd);
+        }
+    }
+}
+
+/// A batch of 5 written at slot 6 of a ring of 8: slots 6, 7, 0, 1, 2, the rest untouched.
+#[test]
+fn memory_enqueue_fills_the_ring() {
+    let (n, dim, slots) = (5, 3, 8);
+    let mut r = rng(700);
+    let batch = uniform(&mut r, n * dim, -1.0, 1.0);
+    let labels: Vec<u32> = (0..n as u32).map(|i| 10 + i).collect();
+    let window = Window {
+        self_cols: true,
+        self_start: 6,
+        start: 6,
+        count: n,
+    };
+    let before = uniform(&mut r, slots * dim, -1.0, 1.0);
+    let before_labels: Vec<u32> = (0..slots as u32).collect();
+    let memory = upload(&before, &[slots, dim]);
+    let memory_labels = gpu().upload_u32(&before_labels, &[slots]).unwrap();
+    let k = ops::memory_enqueue(
+        gpu(),
+        &upload(&batch, &[n, dim]),
+        &gpu().upload_u32(&labels, &[n]).unwrap(),
+        &gpu().upload_u32(&window.words(), &[4]).unwrap(),
+        &memory,
+        &memory_labels,
+    )
+    .unwrap();
+    let got = run_and_read(&k, &memory);
+    let got_labels = gpu().read_u32(&memory_labels).unwrap();
+    let (mut want, mut want_labels) = (before.clone(), before_labels.clone());
+    cpu::memory_enqueue(&batch, &labels, dim, &window, &mut want, &mut want_labels);
+    assert_eq!(got, want);
+    assert_eq!(got_labels, want_labels);
+    assert_eq!(want_labels, [12, 13, 14, 3, 4, 5, 10, 11]);
 }

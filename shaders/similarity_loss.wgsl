@@ -34,6 +34,17 @@
 //   proxy_anchor_backward      1 dm, 2 labels, 4 rows, 6 stats, 7 dloss      -> 8 ddm  per element
 //   supcon_backward, ntxent_backward, multi_similarity_backward
 //                              1 dm, 2 labels, 3 ref_labels, 4 rows, 6 stats, 7 dloss -> 8 ddm
+//   memory_enqueue             10 batch [N, D], 2 labels, 9 window -> 11 memory [M, D], 12 memory_labels [M]
+//                              per element of [N, D] (p.n = N, p.r = M, p.k = D)
+//
+// The losses over embeddings (SupCon, NT-Xent, Multi-Similarity) also read 9 window [4] u32 =
+// (self_start, start, count, self_cols): row i pairs with the columns of the ring window
+// start .. start + count (mod R), never with its own column (self_start + i) mod R when
+// self_cols is 1. The batch against itself is (0, 0, N, 1). A cross-batch memory (Wang et al.,
+// "Cross-Batch Memory for Embedding Learning", CVPR 2020) is a ring of M slots that
+// memory_enqueue fills with each batch's embeddings (detached: the columns pass no gradient,
+// as pytorch-metric-learning's CrossBatchMemory) at self_start = its write position, before
+// the loss reads the batch against the slots filled so far.
 //
 // A row of partial sums is (n0, d0, n1, d1, a, b, v0, v1, v2, v3): the loss is Σn0/Σd0 +
 // Σn1/Σd1 (a term with a zero divisor is 0); a and b are statistics the reduction sums for the
@@ -51,8 +62,8 @@
 struct SimParams {
     n: u32,          // N, rows of dm
     r: u32,          // R, columns of dm
-    k: u32,          // sub-centers per class (margin softmax), else 1
-    self_cols: u32,  // 1: column j < N is row j itself (the batch against itself), never a pair
+    k: u32,          // sub-centers per class (margin softmax), else 1; D for memory_enqueue
+    _pad2: u32,
     rows: u32,       // M, rows of `rows`
     angular: u32,    // margin softmax: 1 ArcFace (h1 = m, h2 = cos m, h3 = sin m), 0 CosFace (h1 = m)
     _pad0: u32,
@@ -74,6 +85,10 @@ struct SimParams {
 @group(0) @binding(6) var<storage, read_write> stats: array<f32>;
 @group(0) @binding(7) var<storage, read> dloss: array<f32>;
 @group(0) @binding(8) var<storage, read_write> ddm: array<f32>;
+@group(0) @binding(9) var<storage, read> window: array<u32>;
+@group(0) @binding(10) var<storage, read> batch: array<f32>;
+@group(0) @binding(11) var<storage, read_write> memory: array<f32>;
+@group(0) @binding(12) var<storage, read_write> memory_labels: array<u32>;
 
 const WG: u32 = 64u;          // invocations of a forward row (a power of 2)
 const REDUCE_WG: u32 = 256u;  // invocations of the reduction and of a backward workgroup
@@ -107,7 +122,10 @@ fn wg_max(lid: u32, v: f32) -> f32 { return combine(lid, v, true); }
 fn wg_min(lid: u32, v: f32) -> f32 { return -combine(lid, -v, true); }
 
 fn s_at(i: u32, j: u32) -> f32 { return 1.0 - dm[i * p.r + j]; }
-fn is_valid(i: u32, j: u32) -> bool { return !(p.self_cols == 1u && i == j); }
+fn is_valid(i: u32, j: u32) -> bool {
+    let in_window = (j + p.r - window[1] % p.r) % p.r < window[2];
+    return in_window && !(window[3] == 1u && j == (window[0] + i) % p.r);
+}
 fn is_positive(i: u32, j: u32) -> bool { return is_valid(i, j) && ref_labels[j] == labels[i]; }
 
 fn softplus(x: f32) -> f32 { return max(x, 0.0) + log(1.0 + exp(-abs(x))); }
@@ -484,6 +502,19 @@ fn multi_similarity_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
         }
     }
     ddm[e] = -dloss[0] * ds;
+}
+
+// ---- the cross-batch memory ----
+
+@compute @workgroup_size(REDUCE_WG)
+fn memory_enqueue(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let e = element(wid, nwg, lid);
+    if e >= p.n * p.k { return; }
+    let i = e / p.k;
+    let slot = (window[0] + i) % p.r;
+    memory[slot * p.k + e % p.k] = batch[e];
+    if e % p.k == 0u { memory_labels[slot] = labels[i]; }
 }
 
 // ---- the reduction ----

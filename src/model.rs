@@ -6,6 +6,7 @@
 //! get one gradient, computed by the same kernels as any other batch.
 
 use crate::autograd::{Tape, ValueId};
+use crate::cpu::similarity_loss::Window;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::nn::{Init, ParamLayout, Tower, TowerSpec, TowerWeights};
@@ -109,6 +110,16 @@ impl ModelTensors {
     pub fn eval(&self) -> Weights<'_> {
         Weights::eval(&self.params, self.state.as_ref())
     }
+}
+
+/// A cross-batch memory on the GPU (Wang et al. 2020): a ring of the last `slots` embeddings
+/// `[slots, D]` and their class ids `[slots]` (u32), and the step's `window [4]` (u32,
+/// `cpu::similarity_loss::Window::words`): where the batch is written and which slots the
+/// loss reads.
+pub struct CrossBatchMemory {
+    pub embeddings: Tensor,
+    pub labels: Tensor,
+    pub window: Tensor,
 }
 
 /// What a recording of the model reads and writes.
@@ -295,7 +306,8 @@ impl SiameseModel {
 
     /// Records a loss on class-labelled images (ArcFace, ProxyAnchor, SupCon, …) of a batch
     /// `x [N, C, H, W]` with class ids `classes [N]` (u32): the embeddings, their cosine
-    /// distances to the class weights or proxies (or to each other), the loss. Returns the
+    /// distances to the class weights or proxies (or to each other, or with a cross-batch
+    /// `memory` to its slots, the batch written into them first), the loss. Returns the
     /// scalar loss and its `stats [4]` tensor (`ops::similarity_loss`).
     pub fn record_class_loss(
         &self,
@@ -303,6 +315,7 @@ impl SiameseModel {
         x: ValueId,
         classes: &Tensor,
         w: &Weights,
+        memory: Option<&CrossBatchMemory>,
     ) -> Result<(ValueId, Tensor)> {
         let Some(loss) = self.config.similarity() else {
             return Err(Error::Config(format!(
@@ -312,8 +325,29 @@ impl SiameseModel {
         };
         let e = self.record_embedding(tape, x, w)?;
         if !loss.learns_classes() {
-            let dm = tape.pairwise(PairwiseMetric::Cosine, e, e)?;
-            return tape.similarity_loss(loss, dm, classes, Some(classes), true);
+            let Some(memory) = memory else {
+                let n = tape.shape(e)[0];
+                let window = tape.gpu().upload_u32(&Window::batch(n).words(), &[4])?;
+                let dm = tape.pairwise(PairwiseMetric::Cosine, e, e)?;
+                return tape.similarity_loss(loss, dm, classes, Some((classes, &window)));
+            };
+            tape.memory_enqueue(
+                e,
+                classes,
+                &memory.window,
+                &memory.embeddings,
+                &memory.labels,
+            )?;
+            let slots = tape.input(memory.embeddings.clone());
+            let dm = tape.pairwise(PairwiseMetric::Cosine, e, slots)?;
+            return tape.similarity_loss(loss, dm, classes, Some((&memory.labels, &memory.window)));
+        }
+        if memory.is_some() {
+            return Err(Error::Config(format!(
+                "a cross-batch memory serves the losses over embeddings (supcon, ntxent, \
+                 multi-similarity), not {}",
+                self.config.loss
+            )));
         }
         let i = self.class_head.ok_or_else(|| {
             Error::Config(format!(
@@ -326,7 +360,7 @@ impl SiameseModel {
             w.grads.map(|g| self.layout.view(g, i)),
         )?;
         let dm = tape.pairwise(PairwiseMetric::Cosine, e, head)?;
-        tape.similarity_loss(loss, dm, classes, None, false)
+        tape.similarity_loss(loss, dm, classes, None)
     }
 
     /// The class weights or proxies within host parameters `flat`, as `[rows, D]` row-major,

@@ -4,7 +4,7 @@
 use siamese_gpu::Gpu;
 use siamese_gpu::data::dataset::DEFAULT_DATA_DIR;
 use siamese_gpu::nn::spec::REFERENCE_TOWER;
-use siamese_gpu::train::{self, TrainConfig, TrainReport};
+use siamese_gpu::train::{self, TrainConfig, TrainReport, Xbm};
 use siamese_gpu::vocab::{LossKind, Precision};
 
 fn data_present() -> bool {
@@ -236,21 +236,29 @@ fn a_stopped_and_resumed_run_ends_with_the_uninterrupted_weights() {
 }
 
 /// The class weights of ArcFace, under their own learning rate (a second optimizer, whose
-/// state is saved after the tower's), and ProxyAnchor's proxies: resumed exactly too.
+/// state is saved after the tower's), ProxyAnchor's proxies, and SupCon's cross-batch memory
+/// (512 slots, read after 2 steps of warm-up; the run stops with 384 filled and the ring
+/// wraps after the resume): resumed exactly too.
 #[test]
 fn a_stopped_and_resumed_class_head_ends_with_the_uninterrupted_weights() {
     if !data_present() {
         return;
     }
-    for (loss, head_lr) in [
-        (LossKind::ArcFace, Some(1e-2)),
-        (LossKind::ProxyAnchor, None),
+    let xbm = Some(Xbm {
+        slots: 512,
+        warmup: 2,
+    });
+    for (loss, head_lr, xbm) in [
+        (LossKind::ArcFace, Some(1e-2), None),
+        (LossKind::ProxyAnchor, None, None),
+        (LossKind::SupCon, None, xbm),
     ] {
         let cfg = TrainConfig {
             loss,
             margin: loss.default_margin(),
             distance: siamese_gpu::vocab::Distance::Cosine,
             head_lr,
+            xbm,
             ..TrainConfig::default()
         };
         stop_and_resume(Precision::F32, REFERENCE_TOWER, &cfg);
@@ -276,6 +284,7 @@ fn stop_and_resume(precision: Precision, tower: &str, base: &TrainConfig) {
         margin: base.margin,
         distance: base.distance,
         head_lr: base.head_lr,
+        xbm: base.xbm,
         ..small_eval(768)
     };
     let gpu = Gpu::new().unwrap();

@@ -79,16 +79,15 @@ impl Tape<'_> {
     }
 
     /// A loss on cosine distances `dm [N, R]` (see [`similarity_loss`]) with row classes
-    /// `labels [N]` and, for the losses over embeddings, column classes `ref_labels [R]`
-    /// (`self_cols`: column j < N is row j itself). Returns the scalar loss and the step's
-    /// `stats [4]`, a tensor the caller may copy or read.
+    /// `labels [N]` and, for the losses over embeddings, `columns` = (column classes
+    /// `[R]`, the window `[4]` of the columns each row pairs with). Returns the scalar loss
+    /// and the step's `stats [4]`, a tensor the caller may copy or read.
     pub fn similarity_loss(
         &mut self,
         loss: SimilarityLoss,
         dm: ValueId,
         labels: &Tensor,
-        ref_labels: Option<&Tensor>,
-        self_cols: bool,
+        columns: Option<(&Tensor, &Tensor)>,
     ) -> Result<(ValueId, Tensor)> {
         let l = self.output(&[1], &[dm])?;
         let (n, r) = (self.shape(dm)[0], self.shape(dm)[1]);
@@ -98,8 +97,7 @@ impl Tape<'_> {
         let m = similarity_loss::Similarities {
             dm: &tdm,
             labels,
-            ref_labels,
-            self_cols,
+            columns,
         };
         let forward = vec![similarity_loss::forward(
             self.gpu, loss, &m, &rows, &tl, &stats,
@@ -112,6 +110,30 @@ impl Tape<'_> {
         }
         self.record("similarity_loss", Some(l), forward, backward);
         Ok((l, stats))
+    }
+
+    /// Writes the values of `e [N, D]` and their `labels [N]` into a cross-batch memory
+    /// (`memory [M, D]`, `memory_labels [M]`) at the ring slots `window` names: a forward-only
+    /// op (the memory is detached, so nothing flows back through it).
+    pub fn memory_enqueue(
+        &mut self,
+        e: ValueId,
+        labels: &Tensor,
+        window: &Tensor,
+        memory: &Tensor,
+        memory_labels: &Tensor,
+    ) -> Result<()> {
+        let te = self.tensor(e).clone();
+        let forward = vec![similarity_loss::memory_enqueue(
+            self.gpu,
+            &te,
+            labels,
+            window,
+            memory,
+            memory_labels,
+        )?];
+        self.record("memory_enqueue", None, forward, Vec::new());
+        Ok(())
     }
 
     /// Triplet loss mined by `miner` from the distance matrix `dm [N, N]` with class

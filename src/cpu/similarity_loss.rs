@@ -42,8 +42,51 @@ pub struct Similarities<'a, T> {
     /// `[r]` class ids of the columns for the losses over embeddings (SupCon, NT-Xent,
     /// Multi-Similarity); the class heads' columns are classes by position.
     pub ref_labels: &'a [u32],
-    /// Column j < n is row j itself (the batch against itself): never a pair.
+    /// The columns row i may pair with (the losses over embeddings).
+    pub window: Window,
+}
+
+/// Which columns of the losses over embeddings hold embeddings to pair with: those in the
+/// ring window `start .. start + count` (mod R), never row i's own column
+/// `(self_start + i) mod R` when `self_cols`. The batch against itself is
+/// [`Window::batch`]; a cross-batch memory of R slots holding the current batch at
+/// `self_start ..` is a window of what it has filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
     pub self_cols: bool,
+    pub self_start: usize,
+    pub start: usize,
+    pub count: usize,
+}
+
+impl Window {
+    /// Every column, row i's own being column i: the batch against itself.
+    pub fn batch(r: usize) -> Window {
+        Window {
+            self_cols: true,
+            self_start: 0,
+            start: 0,
+            count: r,
+        }
+    }
+
+    /// Every column, none a row's own: a reference set apart from the batch.
+    pub fn all(r: usize) -> Window {
+        Window {
+            self_cols: false,
+            ..Window::batch(r)
+        }
+    }
+
+    /// The four u32 the shader's `window` binding holds.
+    pub fn words(&self) -> [u32; 4] {
+        [
+            self.self_start as u32,
+            self.start as u32,
+            self.count as u32,
+            self.self_cols as u32,
+        ]
+    }
 }
 
 impl<T: Real> Similarities<'_, T> {
@@ -52,7 +95,9 @@ impl<T: Real> Similarities<'_, T> {
     }
 
     fn valid(&self, i: usize, j: usize) -> bool {
-        !(self.self_cols && i == j)
+        let w = &self.window;
+        let in_window = (j + self.r - w.start % self.r) % self.r < w.count;
+        in_window && !(w.self_cols && j == (w.self_start + i) % self.r)
     }
 
     fn positive(&self, i: usize, j: usize) -> bool {
@@ -352,6 +397,24 @@ fn hardest_similarities<T: Real>(m: &Similarities<T>, i: usize) -> (T, T) {
         }
     }
     (mp, mn)
+}
+
+/// `memory_enqueue`: the batch's rows `batch [n, dim]` and `labels [n]` written into the ring
+/// `memory [M, dim]`, `memory_labels [M]` at slots `(window.self_start + i) mod M`.
+pub fn memory_enqueue<T: Copy>(
+    batch: &[T],
+    labels: &[u32],
+    dim: usize,
+    window: &Window,
+    memory: &mut [T],
+    memory_labels: &mut [u32],
+) {
+    let slots = memory_labels.len();
+    for (i, row) in batch.chunks_exact(dim).enumerate() {
+        let slot = (window.self_start + i) % slots;
+        memory[slot * dim..(slot + 1) * dim].copy_from_slice(row);
+        memory_labels[slot] = labels[i];
+    }
 }
 
 /// The reduction: the loss `Σn0/Σd0 + Σn1/Σd1` (a term with a zero divisor is 0) and

@@ -36,6 +36,10 @@ const LOSS: u32 = 5;
 const STATS_BINDING: u32 = 6;
 const DLOSS: u32 = 7;
 const DDM: u32 = 8;
+const WINDOW: u32 = 9;
+const BATCH: u32 = 10;
+const MEMORY: u32 = 11;
+const MEMORY_LABELS: u32 = 12;
 
 /// The WGSL entries of a loss's first pass and of its backward.
 fn entries(loss: SimilarityLoss) -> (&'static str, &'static str) {
@@ -52,15 +56,16 @@ fn entries(loss: SimilarityLoss) -> (&'static str, &'static str) {
 
 /// What a similarity loss reads: the cosine distances `dm [N, R]` (1 − s), the row classes
 /// `labels [N]` (u32) and, for the losses over embeddings (SupCon, NT-Xent,
-/// Multi-Similarity), the column classes `ref_labels [R]`. With `self_cols` column j < N is
-/// row j itself (the batch against itself) and never a pair. The class heads' columns are
-/// classes by position: every label must be below R / K (the kernels cannot check it).
+/// Multi-Similarity), the column classes `ref_labels [R]` and the `window [4]` (u32,
+/// [`Window::words`](crate::cpu::similarity_loss::Window::words)) of the columns each row
+/// pairs with. The class heads' columns are classes by position: every label must be below
+/// R / K (the kernels cannot check it).
 #[derive(Clone, Copy)]
 pub struct Similarities<'a> {
     pub dm: &'a Tensor,
     pub labels: &'a Tensor,
-    pub ref_labels: Option<&'a Tensor>,
-    pub self_cols: bool,
+    /// For the losses over embeddings: the column classes and the window.
+    pub columns: Option<(&'a Tensor, &'a Tensor)>,
 }
 
 #[repr(C)]
@@ -69,7 +74,7 @@ struct SimParams {
     n: u32,
     r: u32,
     k: u32,
-    self_cols: u32,
+    _pad2: u32,
     rows: u32,
     angular: u32,
     _pad: [u32; 2],
@@ -103,24 +108,22 @@ fn params(op: &'static str, loss: SimilarityLoss, m: &Similarities) -> Result<Si
         )));
     }
     let over_batch = !loss.learns_classes();
-    match (over_batch, m.ref_labels) {
-        (true, Some(rl)) => expect(op, "ref_labels", rl, &[r], DType::U32)?,
+    match (over_batch, m.columns) {
+        (true, Some((rl, window))) => {
+            expect(op, "ref_labels", rl, &[r], DType::U32)?;
+            expect(op, "window", window, &[4], DType::U32)?;
+        }
         (true, None) => {
             return Err(bad(
-                "this loss needs the columns' classes (ref_labels)".into()
+                "this loss needs the columns' classes and window (columns)".into(),
             ));
         }
         (false, Some(_)) => {
             return Err(bad(
-                "a class head's columns are classes by position: no ref_labels".into(),
+                "a class head's columns are classes by position: no columns".into(),
             ));
         }
         (false, None) => {}
-    }
-    if m.self_cols && r < n {
-        return Err(bad(format!(
-            "self_cols needs the batch among the columns: R = {r} < N = {n}"
-        )));
     }
     let k = loss.columns_per_class();
     if k == 0 || !r.is_multiple_of(k) {
@@ -170,7 +173,7 @@ fn params(op: &'static str, loss: SimilarityLoss, m: &Similarities) -> Result<Si
         n: to_u32(op, "N", n)?,
         r: to_u32(op, "R", r)?,
         k: to_u32(op, "K", k)?,
-        self_cols: m.self_cols as u32,
+        _pad2: 0,
         rows: to_u32(op, "rows", loss.partial_rows(n, r))?,
         angular,
         _pad: [0; 2],
@@ -180,8 +183,8 @@ fn params(op: &'static str, loss: SimilarityLoss, m: &Similarities) -> Result<Si
 
 fn bindings<'a>(m: &Similarities<'a>) -> Vec<(u32, &'a Tensor)> {
     let mut b = vec![(DM, m.dm), (LABELS, m.labels)];
-    if let Some(rl) = m.ref_labels {
-        b.push((REF_LABELS, rl));
+    if let Some((rl, window)) = m.columns {
+        b.extend([(REF_LABELS, rl), (WINDOW, window)]);
     }
     b
 }
@@ -279,5 +282,54 @@ pub fn backward(
         &p,
         &b,
         grid_1d((p.n * p.r).div_ceil(WG_BACKWARD)),
+    )?))
+}
+
+/// Writes the batch's embeddings `batch [N, D]` and class `labels [N]` into the cross-batch
+/// memory `memory [M, D]`, `memory_labels [M]` at the ring slots `(window[0] + i) mod M`
+/// (`window` as the losses read it); one invocation per element.
+pub fn memory_enqueue(
+    gpu: &Gpu,
+    batch: &Tensor,
+    labels: &Tensor,
+    window: &Tensor,
+    memory: &Tensor,
+    memory_labels: &Tensor,
+) -> Result<Kernel> {
+    const OP: &str = "memory_enqueue";
+    let &[n, dim] = expect_rank(OP, "batch", batch, 2)? else {
+        unreachable!()
+    };
+    expect_f32(OP, "batch", batch, &[n, dim])?;
+    expect(OP, "labels", labels, &[n], DType::U32)?;
+    expect(OP, "window", window, &[4], DType::U32)?;
+    let slots = expect_rank(OP, "memory", memory, 2)?[0];
+    expect_f32(OP, "memory", memory, &[slots, dim])?;
+    expect(OP, "memory_labels", memory_labels, &[slots], DType::U32)?;
+    if slots < n {
+        return Err(Error::Shape {
+            op: OP,
+            detail: format!("a memory of {slots} slots cannot hold a batch of {n}"),
+        });
+    }
+    let p = SimParams {
+        n: to_u32(OP, "N", n)?,
+        r: to_u32(OP, "M", slots)?,
+        k: to_u32(OP, "D", dim)?,
+        ..Zeroable::zeroed()
+    };
+    Ok(Kernel::single(gpu.dispatch(
+        &SHADER,
+        OP,
+        &[],
+        &p,
+        &[
+            (BATCH, batch),
+            (LABELS, labels),
+            (WINDOW, window),
+            (MEMORY, memory),
+            (MEMORY_LABELS, memory_labels),
+        ],
+        grid_1d(to_u32(OP, "N·D", n * dim)?.div_ceil(WG_BACKWARD)),
     )?))
 }

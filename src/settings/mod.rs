@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::nn::TowerSpec;
 use crate::nn::spec::REFERENCE_TOWER;
 use crate::optim::{OptimizerKind, Schedule};
-use crate::train::TrainConfig;
+use crate::train::{TrainConfig, Xbm};
 use crate::vocab::{Color, Distance, LossHyper, LossKind, Miner, OnBadImage, Precision, Resize};
 
 mod values;
@@ -102,6 +102,15 @@ pub struct RunSettings {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
+    /// A cross-batch memory of SIZE slots for supcon, ntxent and multi-similarity: the last
+    /// SIZE embeddings and labels, read as more pairs (Wang et al. 2020).
+    #[arg(long, value_name = "SIZE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xbm: Option<usize>,
+    /// Steps before the cross-batch memory is read (the batch alone before) [default: 0].
+    #[arg(long, value_name = "STEPS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xbm_warmup: Option<usize>,
     /// Learning rate of the class weights or proxies (arcface, cosface, proxy-anchor, …)
     /// [default: --lr].
     #[arg(long)]
@@ -393,6 +402,19 @@ impl RunSettings {
             margin: self.margin.map_or(loss.default_margin(), |m| m as f32),
             hyper: self.loss_hyper(loss)?,
             head_lr: self.head_lr.map(|lr| lr as f32),
+            xbm: match (self.xbm, self.xbm_warmup) {
+                (Some(slots), warmup) => Some(Xbm {
+                    slots,
+                    warmup: warmup.unwrap_or(0),
+                }),
+                (None, Some(_)) => {
+                    return Err(Error::Config(
+                        "xbm_warmup is the warm-up of a cross-batch memory: give --xbm SIZE too"
+                            .into(),
+                    ));
+                }
+                (None, None) => None,
+            },
             distance: match self
                 .distance
                 .as_deref()

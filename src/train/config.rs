@@ -15,6 +15,14 @@ use crate::nn::spec::REFERENCE_TOWER;
 use crate::optim::{OptimizerConfig, OptimizerKind, Schedule};
 use crate::vocab::{Distance, LossHyper, LossKind, Miner, PixelNorm, Precision};
 
+/// A cross-batch memory (Wang et al. 2020): the last `slots` embeddings and their labels,
+/// read by the loss as more columns after `warmup` steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Xbm {
+    pub slots: usize,
+    pub warmup: usize,
+}
+
 /// Everything that defines a run. `Default` is the reference recipe.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainConfig {
@@ -31,6 +39,9 @@ pub struct TrainConfig {
     pub optimizer: OptimizerConfig,
     /// The learning rate of a class head (class weights, proxies); None: the optimizer's.
     pub head_lr: Option<f32>,
+    /// A cross-batch memory for the losses over embeddings (SupCon, NT-Xent,
+    /// Multi-Similarity).
+    pub xbm: Option<Xbm>,
     /// Samples (pairs, or triplets) per step; with a miner, images per step (P × K).
     pub batch: usize,
     /// Training budget in samples (with a miner: in images seen).
@@ -100,6 +111,7 @@ impl Default for TrainConfig {
                 schedule: Schedule::Constant,
             },
             head_lr: None,
+            xbm: None,
             batch: 128,
             pairs: 20_000,
             positive_fraction: 0.5,
@@ -204,6 +216,24 @@ impl TrainConfig {
             return bad(format!(
                 "head_lr (the class head's learning rate) must be a positive number, got {lr}"
             ));
+        }
+        if let Some(xbm) = self.xbm {
+            if !matches!(
+                self.loss,
+                LossKind::SupCon | LossKind::NtXent | LossKind::MultiSimilarity
+            ) {
+                return bad(format!(
+                    "xbm (a cross-batch memory) serves the losses over embeddings: supcon, \
+                     ntxent or multi-similarity, not {}",
+                    self.loss
+                ));
+            }
+            if xbm.slots < self.batch {
+                return bad(format!(
+                    "xbm = {} slots cannot hold a batch of {}: give at least the batch",
+                    xbm.slots, self.batch
+                ));
+            }
         }
         if self.loss.uses_classes() && self.distance != Distance::Cosine {
             return bad(format!(

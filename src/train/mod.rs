@@ -13,7 +13,7 @@ mod progress;
 mod run;
 mod step;
 
-pub use config::TrainConfig;
+pub use config::{TrainConfig, Xbm};
 pub use progress::Progress;
 pub use run::{Divergence, Outcome, RunControl, TrainReport, TrainingState, train, train_with};
 pub use step::TrainStep;

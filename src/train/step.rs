@@ -9,13 +9,14 @@
 
 use std::time::Instant;
 
-use super::TrainConfig;
+use super::{TrainConfig, Xbm};
 use crate::autograd::{Tape, ValueId};
+use crate::cpu::similarity_loss::Window;
 use crate::data::augment::AugmentSampler;
 use crate::data::batches::BatchSampler;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Kernel, Profiler, Tensor};
-use crate::model::{ModelTensors, SiameseModel, Weights};
+use crate::model::{CrossBatchMemory, ModelTensors, SiameseModel, Weights};
 use crate::ops::amp::{self, LossScaleConfig, LossScaler, ScaleState};
 use crate::ops::gather::{self, PackedImages, Stager};
 use crate::ops::mining::MiningStats;
@@ -56,6 +57,8 @@ pub struct TrainStep<'g> {
     pub sampled_pairs: u64,
     /// The stats of the last step of a loss on class-labelled batches.
     loss_stats: Option<LossStats>,
+    /// The cross-batch memory, if the run keeps one.
+    memory: Option<Memory>,
     /// `[seed, step]`, from which dropout draws the step's masks; rewritten every step.
     rng: Tensor,
     seed: u32,
@@ -109,7 +112,26 @@ impl<'g> TrainStep<'g> {
             rng: Some(&rng),
             mode: Mode::Train,
         };
-        let (loss, loss_stats) = record_loss(model, cfg, &mut tape, xv, &label_codes, &weights)?;
+        let memory = match cfg.xbm {
+            Some(xbm) => Some(Memory {
+                ring: CrossBatchMemory {
+                    embeddings: gpu.zeros(&[xbm.slots, model.embedding_dim()], DType::F32)?,
+                    labels: gpu.zeros(&[xbm.slots], DType::U32)?,
+                    window: gpu.zeros(&[4], DType::U32)?,
+                },
+                xbm,
+            }),
+            None => None,
+        };
+        let (loss, loss_stats) = record_loss(
+            model,
+            cfg,
+            &mut tape,
+            xv,
+            &label_codes,
+            &weights,
+            memory.as_ref().map(|m| &m.ring),
+        )?;
         let mut kernels = Vec::new();
         if let Some(half) = &half {
             kernels.push(amp::cast(gpu, params, half)?);
@@ -146,6 +168,7 @@ impl<'g> TrainStep<'g> {
             sampled_same: 0,
             sampled_pairs: 0,
             loss_stats,
+            memory,
             rng,
             // Dropout's masks are drawn from the low 32 bits of the run's seed.
             seed: cfg.seed as u32,
@@ -164,6 +187,10 @@ impl<'g> TrainStep<'g> {
         self.next_batch()?;
         self.gpu
             .write_u32(&self.rng, &[self.seed, self.steps_done])?;
+        if let Some(m) = &self.memory {
+            let window = m.window(self.steps_done as usize, self.batch);
+            self.gpu.write_u32(&m.ring.window, &window.words())?;
+        }
         self.steps_done += 1;
         let mut lr = None;
         for optimizer in &mut self.optimizers {
@@ -292,8 +319,18 @@ impl<'g> TrainStep<'g> {
     /// replays the samplers past the batches already trained on, so that the run goes on as
     /// if it had never stopped. (The caller restores the parameters.)
     pub fn resume(&mut self, optimizer_state: &[Vec<f32>], steps_done: usize) -> Result<()> {
-        // Under mixed precision the loss scale's state follows the optimizer's buffers.
+        // The cross-batch memory comes first (its embeddings, then its labels), and under
+        // mixed precision the loss scale's state follows the optimizer's buffers.
         let mut optimizer_state = optimizer_state;
+        if let Some(m) = &self.memory {
+            let [embeddings, labels, rest @ ..] = optimizer_state else {
+                return Err(Error::Config(
+                    "the saved state has no cross-batch memory: resume with the same --xbm".into(),
+                ));
+            };
+            m.restore(self.gpu, embeddings, labels)?;
+            optimizer_state = rest;
+        }
         if let Some(scaler) = &self.scaler {
             let Some((scale, rest)) = optimizer_state.split_last() else {
                 return Err(Error::Config("the saved state has no loss scale".into()));
@@ -327,12 +364,71 @@ impl<'g> TrainStep<'g> {
     /// The optimizer's state buffers, and under mixed precision the loss scale's, read back
     /// (waits for the submitted steps).
     pub fn optimizer_state(&self) -> Result<Vec<Vec<f32>>> {
-        self.optimizers
+        let mut state = match &self.memory {
+            Some(m) => m.state(self.gpu)?,
+            None => Vec::new(),
+        };
+        let rest: Result<Vec<Vec<f32>>> = self
+            .optimizers
             .iter()
             .flat_map(|o| o.state())
             .chain(self.scaler.as_ref().map(|s| s.state()))
             .map(|t| self.gpu.read_f32(t))
-            .collect()
+            .collect();
+        state.extend(rest?);
+        Ok(state)
+    }
+}
+
+/// A cross-batch memory and its settings.
+struct Memory {
+    ring: CrossBatchMemory,
+    xbm: Xbm,
+}
+
+impl Memory {
+    /// The window of step `step` (0-based) of batches of `n`: the batch goes to the slots
+    /// from `(step·n) mod M`; the loss reads the batch alone during the warm-up, then every
+    /// slot filled so far (the last min((step + 1)·n, M) written).
+    fn window(&self, step: usize, n: usize) -> Window {
+        let slots = self.xbm.slots;
+        let at = step * n % slots;
+        let filled = ((step + 1) * n).min(slots);
+        let (start, count) = if step < self.xbm.warmup {
+            (at, n)
+        } else {
+            ((at + n + slots - filled) % slots, filled)
+        };
+        Window {
+            self_cols: true,
+            self_start: at,
+            start,
+            count,
+        }
+    }
+
+    /// The memory's embeddings and its labels (as f32: class ids, exact below 2²⁴), read back.
+    fn state(&self, gpu: &Gpu) -> Result<Vec<Vec<f32>>> {
+        let labels = gpu.read_u32(&self.ring.labels)?;
+        Ok(vec![
+            gpu.read_f32(&self.ring.embeddings)?,
+            labels.iter().map(|&l| l as f32).collect(),
+        ])
+    }
+
+    fn restore(&self, gpu: &Gpu, embeddings: &[f32], labels: &[f32]) -> Result<()> {
+        if embeddings.len() != self.ring.embeddings.len() || labels.len() != self.ring.labels.len()
+        {
+            return Err(Error::Config(format!(
+                "the saved cross-batch memory has {} slots, this run's has {}: resume with the \
+                 same --xbm",
+                labels.len(),
+                self.ring.labels.len()
+            )));
+        }
+        gpu.write_f32(&self.ring.embeddings, embeddings)?;
+        let labels: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
+        gpu.write_u32(&self.ring.labels, &labels)
     }
 }
 
@@ -501,6 +597,7 @@ fn record_loss(
     x: ValueId,
     label_codes: &Tensor,
     w: &Weights,
+    memory: Option<&CrossBatchMemory>,
 ) -> Result<(ValueId, Option<LossStats>)> {
     Ok(match cfg.miner {
         Some(miner) => {
@@ -508,7 +605,7 @@ fn record_loss(
             (loss, Some(LossStats::Mining(stats)))
         }
         None if cfg.loss.uses_classes() => {
-            let (loss, stats) = model.record_class_loss(tape, x, label_codes, w)?;
+            let (loss, stats) = model.record_class_loss(tape, x, label_codes, w, memory)?;
             (loss, Some(LossStats::Similarity(stats)))
         }
         None => (model.record_loss(tape, x, label_codes, w)?, None),
