@@ -1,5 +1,9 @@
 //! Losses (`shaders/loss.wgsl`) against `cpu::loss`, their gradients against finite
-//! differences, and the values of hand-computed examples.
+//! differences, and the values of hand-computed examples. The fused entries, through
+//! `ops::loss::contrastive_fused_*` and `triplet_fused_*`, on both distances:
+//! contrastive_euclidean_forward, contrastive_euclidean_backward, triplet_euclidean_forward,
+//! triplet_euclidean_backward, contrastive_cosine_forward, contrastive_cosine_backward,
+//! triplet_cosine_forward and triplet_cosine_backward.
 //!
 //! The GPU runs in f32 on f32 inputs; the reference runs in f64 on the same (exactly
 //! converted) inputs, so every bound below is the GPU's own rounding, derived from WGSL's
@@ -11,7 +15,7 @@ use rand::rngs::StdRng;
 use siamese_gpu::Tensor;
 use siamese_gpu::cpu::loss as cpu;
 use siamese_gpu::ops::loss;
-use siamese_gpu::vocab::PairLabel;
+use siamese_gpu::vocab::{Distance, PairLabel};
 
 /// Batch 1, sizes off the 256-wide workgroup, one workgroup exactly (128 is half of one),
 /// the reference batch 512, 1000 (four strides of the reduction) and 100 000 (391 strides).
@@ -611,8 +615,12 @@ fn embeddings(r: &mut StdRng, rows: usize, dim: usize) -> (Vec<f32>, Vec<f32>) {
     (a, b)
 }
 
+/// The distances the fused kernels take.
+const FUSED_KINDS: [Distance; 2] = [Distance::Euclidean, Distance::Cosine];
+
 /// Runs the fused pair of kernels; returns (d, loss, da, db).
 fn fused_on_gpu(
+    kind: Distance,
     a: &[f32],
     b: &[f32],
     l: &[PairLabel],
@@ -632,9 +640,10 @@ fn fused_on_gpu(
         zeros(&[rows, dim]),
     );
     let fwd =
-        loss::contrastive_euclidean_forward(gpu(), &ta, &tb, &labels, MARGIN, &d, &out).unwrap();
-    let bwd = loss::contrastive_euclidean_backward(
+        loss::contrastive_fused_forward(gpu(), kind, &ta, &tb, &labels, MARGIN, &d, &out).unwrap();
+    let bwd = loss::contrastive_fused_backward(
         gpu(),
+        kind,
         &ta,
         &tb,
         &labels,
@@ -650,9 +659,10 @@ fn fused_on_gpu(
     (read(&d), read(&out)[0], read(&da), read(&db))
 }
 
-/// The separate kernels the fused ones replace: euclidean_forward, contrastive_loss_forward,
-/// contrastive_loss_backward, euclidean_backward.
+/// The separate kernels the fused ones replace: the distance's forward, contrastive_loss_forward,
+/// contrastive_loss_backward, the distance's backward.
 fn separate_on_gpu(
+    kind: Distance,
     a: &[f32],
     b: &[f32],
     l: &[PairLabel],
@@ -660,7 +670,6 @@ fn separate_on_gpu(
     dloss: f32,
 ) -> (Vec<f32>, f32, Vec<f32>, Vec<f32>) {
     use siamese_gpu::ops::distance;
-    use siamese_gpu::vocab::Distance;
     let rows = l.len();
     let (ta, tb, labels) = (
         upload(a, &[rows, dim]),
@@ -670,10 +679,10 @@ fn separate_on_gpu(
     let (d, out, dd) = (zeros(&[rows]), zeros(&[1]), zeros(&[rows]));
     let (da, db) = (zeros(&[rows, dim]), zeros(&[rows, dim]));
     let kernels = [
-        distance::forward(gpu(), Distance::Euclidean, &ta, &tb, &d).unwrap(),
+        distance::forward(gpu(), kind, &ta, &tb, &d).unwrap(),
         loss::contrastive_forward(gpu(), &d, &labels, MARGIN, &out).unwrap(),
         loss::contrastive_backward(gpu(), &d, &labels, MARGIN, &scalar(dloss), &dd).unwrap(),
-        distance::backward(gpu(), Distance::Euclidean, &ta, &tb, &d, &dd, &da, &db).unwrap(),
+        distance::backward(gpu(), kind, &ta, &tb, &d, &dd, &da, &db).unwrap(),
     ];
     gpu().run(&kernels.iter().collect::<Vec<_>>());
     let read = |t: &Tensor| gpu().read_f32(t).unwrap();
@@ -685,66 +694,83 @@ fn separate_on_gpu(
 /// into the running sum in one module and not in the other). Allowed: 2 ulps (4u relative)
 /// per value, for any such contraction; a wrong term, sign or 1/B is far outside.
 #[test]
-fn contrastive_euclidean_matches_the_separate_kernels() {
-    for (seed, &(rows, dim)) in FUSED_SHAPES.iter().enumerate() {
-        let mut r = rng(5000 + seed as u64);
-        let l = labels(&mut r, rows);
-        let (a, b) = embeddings(&mut r, rows, dim);
-        let fused = fused_on_gpu(&a, &b, &l, dim, DLOSS);
-        let separate = separate_on_gpu(&a, &b, &l, dim, DLOSS);
-        let what = |x: &str| format!("contrastive_euclidean {x} B={rows} D={dim}");
-        let ulps =
-            |v: &[f32]| -> Vec<f64> { v.iter().map(|x| 4.0 * U32 * x.abs() as f64).collect() };
-        assert_within(&what("d"), &fused.0, &separate.0, &ulps(&separate.0));
-        assert_within(
-            &what("loss"),
-            &[fused.1],
-            &[separate.1],
-            &ulps(&[separate.1]),
-        );
-        assert_within(&what("da"), &fused.2, &separate.2, &ulps(&separate.2));
-        assert_within(&what("db"), &fused.3, &separate.3, &ulps(&separate.3));
+fn contrastive_fused_matches_the_separate_kernels() {
+    for kind in FUSED_KINDS {
+        for (seed, &(rows, dim)) in FUSED_SHAPES.iter().enumerate() {
+            let mut r = rng(5000 + seed as u64);
+            let l = labels(&mut r, rows);
+            let (a, b) = embeddings(&mut r, rows, dim);
+            let fused = fused_on_gpu(kind, &a, &b, &l, dim, DLOSS);
+            let separate = separate_on_gpu(kind, &a, &b, &l, dim, DLOSS);
+            let what = |x: &str| format!("contrastive {kind:?} {x} B={rows} D={dim}");
+            let ulps =
+                |v: &[f32]| -> Vec<f64> { v.iter().map(|x| 4.0 * U32 * x.abs() as f64).collect() };
+            assert_within(&what("d"), &fused.0, &separate.0, &ulps(&separate.0));
+            assert_within(
+                &what("loss"),
+                &[fused.1],
+                &[separate.1],
+                &ulps(&[separate.1]),
+            );
+            assert_within(&what("da"), &fused.2, &separate.2, &ulps(&separate.2));
+            assert_within(&what("db"), &fused.3, &separate.3, &ulps(&separate.3));
+        }
     }
 }
 
-/// Against the f64 composition of the CPU references. d: a D-term f32 sum, then a sqrt
-/// (WGSL: its inverse-sqrt accuracy, ≤ 4 ulps here), so ≤ (γ_(D+1) + 8u)·d. The loss and
-/// gradients inherit it through terms of size ≤ 2·d²: 1e-5 of the largest value (≥ 80 ulps)
-/// covers the sum over B and the division; a wrong sign, factor or missing pair is ≫ that.
+/// The bound on a fused distance against the f64 reference. Euclidean: a D-term f32 sum,
+/// then a sqrt (WGSL: its inverse-sqrt accuracy, ≤ 4 ulps here), so ≤ (γ_(D+1) + 8u)·d.
+/// Cosine: 1 − ⟨a,b⟩/(‖a‖‖b‖), whose quotient errs by γ_(D+1) of Σ|a_k b_k|/(‖a‖‖b‖) ≤ 1
+/// (Cauchy–Schwarz) plus the two square roots and the division, ≤ 16u: absolute, not
+/// relative to d (which may be near 0).
+fn distance_bound(kind: Distance, dim: usize, d: f64) -> f64 {
+    match kind {
+        Distance::Cosine => gamma(dim + 1) + 16.0 * U32,
+        _ => (gamma(dim + 1) + 8.0 * U32) * d,
+    }
+}
+
+/// Against the f64 composition of the CPU references: the distance within
+/// [`distance_bound`]; the loss and gradients inherit it through terms of size ≤ 2·d²: 1e-5
+/// of the largest value (≥ 80 ulps) covers the sum over B and the division; a wrong sign,
+/// factor or missing pair is ≫ that.
 #[test]
-fn contrastive_euclidean_matches_cpu() {
-    for (seed, &(rows, dim)) in FUSED_SHAPES.iter().enumerate() {
-        let mut r = rng(6000 + seed as u64);
-        let l = labels(&mut r, rows);
-        let (a, b) = embeddings(&mut r, rows, dim);
-        let (d, got_loss, da, db) = fused_on_gpu(&a, &b, &l, dim, DLOSS);
-        let (a64, b64) = (to_f64(&a), to_f64(&b));
-        let (want_d, want_loss) =
-            cpu::contrastive_euclidean_forward(&a64, &b64, &l, dim, MARGIN as f64);
-        let (want_da, want_db) = cpu::contrastive_euclidean_backward(
-            &a64,
-            &b64,
-            &want_d,
-            &l,
-            dim,
-            MARGIN as f64,
-            DLOSS as f64,
-        );
-        let what = |x: &str| format!("contrastive_euclidean {x} B={rows} D={dim}");
-        let d_bound: Vec<f64> = want_d
-            .iter()
-            .map(|x| (gamma(dim + 1) + 8.0 * U32) * x)
-            .collect();
-        assert_within(&what("d vs cpu"), &d, &to_f32(&want_d), &d_bound);
-        assert_scalar(
-            &what("loss vs cpu"),
-            got_loss,
-            want_loss,
-            1e-5 * want_loss.abs(),
-        );
-        let largest = want_da.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        for (x, got, want) in [("da", &da, &want_da), ("db", &db, &want_db)] {
-            assert_close(&what(x), got, &to_f32(want), 1e-5 * largest, 0.0);
+fn contrastive_fused_matches_cpu() {
+    for kind in FUSED_KINDS {
+        for (seed, &(rows, dim)) in FUSED_SHAPES.iter().enumerate() {
+            let mut r = rng(6000 + seed as u64);
+            let l = labels(&mut r, rows);
+            let (a, b) = embeddings(&mut r, rows, dim);
+            let (d, got_loss, da, db) = fused_on_gpu(kind, &a, &b, &l, dim, DLOSS);
+            let (a64, b64) = (to_f64(&a), to_f64(&b));
+            let (want_d, want_loss) =
+                cpu::contrastive_fused_forward(kind, &a64, &b64, &l, dim, MARGIN as f64);
+            let (want_da, want_db) = cpu::contrastive_fused_backward(
+                kind,
+                &a64,
+                &b64,
+                &want_d,
+                &l,
+                dim,
+                MARGIN as f64,
+                DLOSS as f64,
+            );
+            let what = |x: &str| format!("contrastive {kind:?} {x} B={rows} D={dim}");
+            let d_bound: Vec<f64> = want_d
+                .iter()
+                .map(|&x| distance_bound(kind, dim, x))
+                .collect();
+            assert_within(&what("d vs cpu"), &d, &to_f32(&want_d), &d_bound);
+            assert_scalar(
+                &what("loss vs cpu"),
+                got_loss,
+                want_loss,
+                1e-5 * want_loss.abs(),
+            );
+            let largest = want_da.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            for (x, got, want) in [("da", &da, &want_da), ("db", &db, &want_db)] {
+                assert_close(&what(x), got, &to_f32(want), 1e-5 * largest, 0.0);
+            }
         }
     }
 }
@@ -752,39 +778,70 @@ fn contrastive_euclidean_matches_cpu() {
 /// The fused pair's gradient is the derivative of its loss: the f64 composition against
 /// central differences over every embedding element, and the GPU against the same.
 #[test]
-fn contrastive_euclidean_backward_matches_finite_differences() {
-    for (seed, rows) in [1usize, 4, 9].into_iter().enumerate() {
-        let dim = 3;
-        let mut r = rng(7000 + seed as u64);
-        let l = labels(&mut r, rows);
-        let (a, b) = embeddings(&mut r, rows, dim);
-        let both = to_f64(&[a.clone(), b.clone()].concat());
-        let n = rows * dim;
-        let f = |x: &[f64]| {
-            cpu::contrastive_euclidean_forward(&x[..n], &x[n..], &l, dim, MARGIN as f64).1
-        };
-        let fd = finite_difference(f, &both, FD_STEP);
-        let (d, _) = cpu::contrastive_euclidean_forward(&both[..n], &both[n..], &l, dim, 1.0);
-        let (da, db) =
-            cpu::contrastive_euclidean_backward(&both[..n], &both[n..], &d, &l, dim, 1.0, 1.0);
-        let analytic = [da, db].concat();
-        assert_matches_fd(&format!("cpu fused contrastive B={rows}"), &analytic, &fd);
-        let (_, _, gda, gdb) = fused_on_gpu(&a, &b, &l, dim, 1.0);
-        assert_gpu_matches_fd(
-            &format!("gpu fused contrastive B={rows}"),
-            &[gda, gdb].concat(),
-            &fd,
-            1e-4,
-        );
+fn contrastive_fused_backward_matches_finite_differences() {
+    for kind in FUSED_KINDS {
+        for (seed, rows) in [1usize, 4, 9].into_iter().enumerate() {
+            let dim = 3;
+            let mut r = rng(7000 + seed as u64);
+            let l = labels(&mut r, rows);
+            let (a, b) = embeddings(&mut r, rows, dim);
+            let both = to_f64(&[a.clone(), b.clone()].concat());
+            let n = rows * dim;
+            let f = |x: &[f64]| {
+                cpu::contrastive_fused_forward(kind, &x[..n], &x[n..], &l, dim, MARGIN as f64).1
+            };
+            let fd = finite_difference(f, &both, FD_STEP);
+            let (d, _) = cpu::contrastive_fused_forward(kind, &both[..n], &both[n..], &l, dim, 1.0);
+            let (da, db) = cpu::contrastive_fused_backward(
+                kind,
+                &both[..n],
+                &both[n..],
+                &d,
+                &l,
+                dim,
+                1.0,
+                1.0,
+            );
+            let analytic = [da, db].concat();
+            assert_matches_fd(
+                &format!("cpu fused contrastive {kind:?} B={rows}"),
+                &analytic,
+                &fd,
+            );
+            let (_, _, gda, gdb) = fused_on_gpu(kind, &a, &b, &l, dim, 1.0);
+            assert_gpu_matches_fd(
+                &format!("gpu fused contrastive {kind:?} B={rows}"),
+                &[gda, gdb].concat(),
+                &fd,
+                1e-4,
+            );
+        }
     }
 }
 
 #[test]
-fn contrastive_euclidean_refuses_what_it_does_not_take() {
+fn contrastive_fused_refuses_what_it_does_not_take() {
     let l = upload_labels(&[PairLabel::Same; 4]);
     let (d, out) = (zeros(&[4]), zeros(&[1]));
-    let err = loss::contrastive_euclidean_forward(
+    let err = loss::contrastive_fused_forward(
         gpu(),
+        Distance::L1,
+        &zeros(&[4, 3]),
+        &zeros(&[4, 3]),
+        &l,
+        MARGIN,
+        &d,
+        &out,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("Euclidean or cosine distance, not L1"),
+        "{err}"
+    );
+    let err = loss::contrastive_fused_forward(
+        gpu(),
+        Distance::Euclidean,
         &zeros(&[4, 3]),
         &zeros(&[4, 2]),
         &l,
@@ -800,8 +857,9 @@ fn contrastive_euclidean_refuses_what_it_does_not_take() {
     );
     let rows = loss::FUSED_MAX_ELEMENTS / 128 + 1;
     let big = zeros(&[rows, 128]);
-    let err = loss::contrastive_euclidean_forward(
+    let err = loss::contrastive_fused_forward(
         gpu(),
+        Distance::Cosine,
         &big,
         &big,
         &upload_labels(&vec![PairLabel::Same; rows]),
@@ -818,8 +876,9 @@ fn contrastive_euclidean_refuses_what_it_does_not_take() {
 }
 
 /// Anchors, positives, negatives `[B, D]`: distances around 1, except that every other
-/// negative sits 3.6 from its anchor, past the hinge (its gradient is 0).
-fn triplet_embeddings(r: &mut StdRng, rows: usize, dim: usize) -> Vec<Vec<f32>> {
+/// negative sits far from its anchor — 3.6 away (Euclidean), or opposite it (cosine distance
+/// 2) — past the hinge for most triplets (its gradient is 0).
+fn triplet_embeddings(kind: Distance, r: &mut StdRng, rows: usize, dim: usize) -> Vec<Vec<f32>> {
     let spread = 1.2 / (dim as f32).sqrt();
     let mut e: Vec<Vec<f32>> = (0..3)
         .map(|_| uniform(r, rows * dim, -spread, spread))
@@ -832,7 +891,10 @@ fn triplet_embeddings(r: &mut StdRng, rows: usize, dim: usize) -> Vec<Vec<f32>> 
     {
         if i % 2 == 0 {
             for (x, a) in neg.iter_mut().zip(anchor) {
-                *x = a + 3.0 * spread;
+                *x = match kind {
+                    Distance::Cosine => -a,
+                    _ => a + 3.0 * spread,
+                };
             }
         }
     }
@@ -841,6 +903,7 @@ fn triplet_embeddings(r: &mut StdRng, rows: usize, dim: usize) -> Vec<Vec<f32>> 
 
 /// Runs the fused triplet kernels; returns (d_ap, d_an, loss, [da, dp, dn]).
 fn fused_triplet_on_gpu(
+    kind: Distance,
     e: [&[f32]; 3],
     rows: usize,
     dim: usize,
@@ -850,10 +913,11 @@ fn fused_triplet_on_gpu(
     let (d_ap, d_an, out) = (zeros(&[rows]), zeros(&[rows]), zeros(&[1]));
     let g = [0; 3].map(|_| zeros(&[rows, dim]));
     let fwd =
-        loss::triplet_euclidean_forward(gpu(), &t[0], &t[1], &t[2], MARGIN, &d_ap, &d_an, &out)
+        loss::triplet_fused_forward(gpu(), kind, &t[0], &t[1], &t[2], MARGIN, &d_ap, &d_an, &out)
             .unwrap();
-    let bwd = loss::triplet_euclidean_backward(
+    let bwd = loss::triplet_fused_backward(
         gpu(),
+        kind,
         &t[0],
         &t[1],
         &t[2],
@@ -869,9 +933,10 @@ fn fused_triplet_on_gpu(
     (read(&d_ap), read(&d_an), read(&out)[0], g.map(|x| read(&x)))
 }
 
-/// The separate kernels: two euclidean_forward, triplet_loss_forward, triplet_loss_backward,
-/// two euclidean_backward, and the anchor's sum (accumulate_grad), as the tape ran them.
+/// The separate kernels: two distance forwards, triplet_loss_forward, triplet_loss_backward,
+/// two distance backwards, and the anchor's sum (accumulate_grad), as the tape ran them.
 fn separate_triplet_on_gpu(
+    kind: Distance,
     e: [&[f32]; 3],
     rows: usize,
     dim: usize,
@@ -879,19 +944,18 @@ fn separate_triplet_on_gpu(
 ) -> (Vec<f32>, Vec<f32>, f32, [Vec<f32>; 3]) {
     use siamese_gpu::ops::activation;
     use siamese_gpu::ops::distance;
-    use siamese_gpu::vocab::Distance::Euclidean;
     let t = e.map(|v| upload(v, &[rows, dim]));
     let (d_ap, d_an, out) = (zeros(&[rows]), zeros(&[rows]), zeros(&[1]));
     let (dd_ap, dd_an) = (zeros(&[rows]), zeros(&[rows]));
     let g = [0; 4].map(|_| zeros(&[rows, dim]));
     let kernels = [
-        distance::forward(gpu(), Euclidean, &t[0], &t[1], &d_ap).unwrap(),
-        distance::forward(gpu(), Euclidean, &t[0], &t[2], &d_an).unwrap(),
+        distance::forward(gpu(), kind, &t[0], &t[1], &d_ap).unwrap(),
+        distance::forward(gpu(), kind, &t[0], &t[2], &d_an).unwrap(),
         loss::triplet_forward(gpu(), &d_ap, &d_an, MARGIN, &out).unwrap(),
         loss::triplet_backward(gpu(), &d_ap, &d_an, MARGIN, &scalar(dloss), &dd_ap, &dd_an)
             .unwrap(),
-        distance::backward(gpu(), Euclidean, &t[0], &t[1], &d_ap, &dd_ap, &g[0], &g[1]).unwrap(),
-        distance::backward(gpu(), Euclidean, &t[0], &t[2], &d_an, &dd_an, &g[3], &g[2]).unwrap(),
+        distance::backward(gpu(), kind, &t[0], &t[1], &d_ap, &dd_ap, &g[0], &g[1]).unwrap(),
+        distance::backward(gpu(), kind, &t[0], &t[2], &d_an, &dd_an, &g[3], &g[2]).unwrap(),
         activation::accumulate_grad(gpu(), &g[3], &g[0]).unwrap(),
     ];
     gpu().run(&kernels.iter().collect::<Vec<_>>());
@@ -907,53 +971,63 @@ fn separate_triplet_on_gpu(
 
 /// As for the contrastive pair: the separate kernels' arithmetic, within 2 ulps per value.
 #[test]
-fn triplet_euclidean_matches_the_separate_kernels() {
-    for (seed, &(rows, dim)) in FUSED_SHAPES.iter().enumerate() {
-        let mut r = rng(8000 + seed as u64);
-        let e = triplet_embeddings(&mut r, rows, dim);
-        let e = [&e[0][..], &e[1][..], &e[2][..]];
-        let fused = fused_triplet_on_gpu(e, rows, dim, DLOSS);
-        let separate = separate_triplet_on_gpu(e, rows, dim, DLOSS);
-        let what = |x: &str| format!("triplet_euclidean {x} B={rows} D={dim}");
-        let ulps =
-            |v: &[f32]| -> Vec<f64> { v.iter().map(|x| 4.0 * U32 * x.abs() as f64).collect() };
-        assert_within(&what("d_ap"), &fused.0, &separate.0, &ulps(&separate.0));
-        assert_within(&what("d_an"), &fused.1, &separate.1, &ulps(&separate.1));
-        assert_within(
-            &what("loss"),
-            &[fused.2],
-            &[separate.2],
-            &ulps(&[separate.2]),
-        );
-        for (k, name) in ["da", "dp", "dn"].iter().enumerate() {
+fn triplet_fused_matches_the_separate_kernels() {
+    for kind in FUSED_KINDS {
+        for (seed, &(rows, dim)) in FUSED_SHAPES.iter().enumerate() {
+            let mut r = rng(8000 + seed as u64);
+            let e = triplet_embeddings(kind, &mut r, rows, dim);
+            let e = [&e[0][..], &e[1][..], &e[2][..]];
+            let fused = fused_triplet_on_gpu(kind, e, rows, dim, DLOSS);
+            let separate = separate_triplet_on_gpu(kind, e, rows, dim, DLOSS);
+            let what = |x: &str| format!("triplet {kind:?} {x} B={rows} D={dim}");
+            let ulps =
+                |v: &[f32]| -> Vec<f64> { v.iter().map(|x| 4.0 * U32 * x.abs() as f64).collect() };
+            assert_within(&what("d_ap"), &fused.0, &separate.0, &ulps(&separate.0));
+            assert_within(&what("d_an"), &fused.1, &separate.1, &ulps(&separate.1));
             assert_within(
-                &what(name),
-                &fused.3[k],
-                &separate.3[k],
-                &ulps(&separate.3[k]),
+                &what("loss"),
+                &[fused.2],
+                &[separate.2],
+                &ulps(&[separate.2]),
+            );
+            for (k, name) in ["da", "dp", "dn"].iter().enumerate() {
+                assert_within(
+                    &what(name),
+                    &fused.3[k],
+                    &separate.3[k],
+                    &ulps(&separate.3[k]),
+                );
+            }
+            assert!(
+                rows < 128
+                    || separate.3[2].iter().any(|&v| v != 0.0) && separate.3[2].contains(&0.0),
+                "{}: the batch must hold triplets on both sides of the hinge",
+                what("dn")
             );
         }
-        assert!(
-            rows < 128 || separate.3[2].iter().any(|&v| v != 0.0) && separate.3[2].contains(&0.0),
-            "{}: the batch must hold triplets on both sides of the hinge",
-            what("dn")
-        );
     }
 }
 
 /// Against the f64 CPU composition (bounds as for the contrastive pair) and, on small
 /// batches, against central differences of it.
 #[test]
-fn triplet_euclidean_matches_cpu_and_finite_differences() {
+fn triplet_fused_matches_cpu_and_finite_differences() {
+    for kind in FUSED_KINDS {
+        triplet_fused_against_cpu(kind);
+    }
+}
+
+fn triplet_fused_against_cpu(kind: Distance) {
     for (seed, &(rows, dim)) in FUSED_SHAPES.iter().enumerate() {
         let mut r = rng(9000 + seed as u64);
-        let e = triplet_embeddings(&mut r, rows, dim);
+        let e = triplet_embeddings(kind, &mut r, rows, dim);
         let (d_ap, d_an, got_loss, g) =
-            fused_triplet_on_gpu([&e[0], &e[1], &e[2]], rows, dim, DLOSS);
+            fused_triplet_on_gpu(kind, [&e[0], &e[1], &e[2]], rows, dim, DLOSS);
         let e64: Vec<Vec<f64>> = e.iter().map(|v| to_f64(v)).collect();
         let (w_ap, w_an, w_loss) =
-            cpu::triplet_euclidean_forward(&e64[0], &e64[1], &e64[2], dim, MARGIN as f64);
-        let want = cpu::triplet_euclidean_backward(
+            cpu::triplet_fused_forward(kind, &e64[0], &e64[1], &e64[2], dim, MARGIN as f64);
+        let want = cpu::triplet_fused_backward(
+            kind,
             &e64[0],
             &e64[1],
             &e64[2],
@@ -963,9 +1037,9 @@ fn triplet_euclidean_matches_cpu_and_finite_differences() {
             MARGIN as f64,
             DLOSS as f64,
         );
-        let what = |x: &str| format!("triplet_euclidean {x} vs cpu B={rows} D={dim}");
+        let what = |x: &str| format!("triplet {kind:?} {x} vs cpu B={rows} D={dim}");
         for (x, got, w) in [("d_ap", &d_ap, &w_ap), ("d_an", &d_an, &w_an)] {
-            let bound: Vec<f64> = w.iter().map(|v| (gamma(dim + 1) + 8.0 * U32) * v).collect();
+            let bound: Vec<f64> = w.iter().map(|&v| distance_bound(kind, dim, v)).collect();
             assert_within(&what(x), got, &to_f32(w), &bound);
         }
         assert_scalar(
@@ -997,8 +1071,14 @@ fn triplet_euclidean_matches_cpu_and_finite_differences() {
             let v = uniform(&mut r, 3 * rows * dim, -1.0, 1.0);
             let v64 = to_f64(&v);
             let n = rows * dim;
-            let (ap, an, _) =
-                cpu::triplet_euclidean_forward(&v64[..n], &v64[n..2 * n], &v64[2 * n..], dim, 1.0);
+            let (ap, an, _) = cpu::triplet_fused_forward(
+                kind,
+                &v64[..n],
+                &v64[n..2 * n],
+                &v64[2 * n..],
+                dim,
+                1.0,
+            );
             if ap.iter().zip(&an).all(|(p, q)| (p - q + 1.0).abs() >= 0.05) {
                 break v;
             }
@@ -1006,12 +1086,13 @@ fn triplet_euclidean_matches_cpu_and_finite_differences() {
         let n = rows * dim;
         let x = to_f64(&all);
         let f = |x: &[f64]| {
-            cpu::triplet_euclidean_forward(&x[..n], &x[n..2 * n], &x[2 * n..], dim, 1.0).2
+            cpu::triplet_fused_forward(kind, &x[..n], &x[n..2 * n], &x[2 * n..], dim, 1.0).2
         };
         let fd = finite_difference(f, &x, FD_STEP);
         let (ap, an, _) =
-            cpu::triplet_euclidean_forward(&x[..n], &x[n..2 * n], &x[2 * n..], dim, 1.0);
-        let (da, dp, dn) = cpu::triplet_euclidean_backward(
+            cpu::triplet_fused_forward(kind, &x[..n], &x[n..2 * n], &x[2 * n..], dim, 1.0);
+        let (da, dp, dn) = cpu::triplet_fused_backward(
+            kind,
             &x[..n],
             &x[n..2 * n],
             &x[2 * n..],
@@ -1022,14 +1103,19 @@ fn triplet_euclidean_matches_cpu_and_finite_differences() {
             1.0,
         );
         assert_matches_fd(
-            &format!("cpu fused triplet B={rows}"),
+            &format!("cpu fused triplet {kind:?} B={rows}"),
             &[da, dp, dn].concat(),
             &fd,
         );
-        let (_, _, _, g) =
-            fused_triplet_on_gpu([&all[..n], &all[n..2 * n], &all[2 * n..]], rows, dim, 1.0);
+        let (_, _, _, g) = fused_triplet_on_gpu(
+            kind,
+            [&all[..n], &all[n..2 * n], &all[2 * n..]],
+            rows,
+            dim,
+            1.0,
+        );
         assert_gpu_matches_fd(
-            &format!("gpu fused triplet B={rows}"),
+            &format!("gpu fused triplet {kind:?} B={rows}"),
             &g.concat(),
             &fd,
             1e-4,

@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """What a modern tower and loss buy on Fashion-MNIST, measured with pytorch-metric-learning:
 the reference LeNet tower or a small BatchNorm ResNet, trained with semi-hard triplet mining
-or ArcFace on P x K batches (Adam + cosine schedule), then scored with the project's
+or a loss on class-labelled batches (ArcFace, Sub-center ArcFace, CosFace, ProxyAnchor,
+SupCon, NT-Xent, Multi-Similarity with its miner) on P x K batches (Adam + cosine schedule),
+then scored with the project's
 protocol: leave-one-out P@1 / R-precision / MAP@R on the test split (PML's
 AccuracyCalculator) and verification accuracy at a validation-chosen threshold.
 
-usage: modern_ref.py --tower lenet|resnet --loss semihard|arcface|contrastive [--steps N] -> one JSON line
+usage: modern_reference.py --tower lenet|resnet --loss semihard|contrastive|arcface|subcenter-arcface|
+       cosface|proxy-anchor|supcon|ntxent|multi-similarity [--steps N] -> one JSON line
 """
 import argparse, json, sys, time, os
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
@@ -34,10 +37,21 @@ x, y, xv, yv, xt, yt = ref.load(a.data)
 by = [np.flatnonzero(y == c) for c in range(10)]
 net = ref.tower() if a.tower == "lenet" else resnet(a.width)
 flops = None
+# The losses on class-labelled batches at pytorch-metric-learning's defaults (siamese-gpu's
+# --loss names); the class heads' weights train with the network, at the same learning rate.
+CLASS_LOSSES = {
+    "arcface": lambda: (None, losses.ArcFaceLoss(num_classes=10, embedding_size=128)),
+    "subcenter-arcface": lambda: (None, losses.SubCenterArcFaceLoss(num_classes=10, embedding_size=128)),
+    "cosface": lambda: (None, losses.CosFaceLoss(num_classes=10, embedding_size=128)),
+    "proxy-anchor": lambda: (None, losses.ProxyAnchorLoss(num_classes=10, embedding_size=128)),
+    "supcon": lambda: (None, losses.SupConLoss()),
+    "ntxent": lambda: (None, losses.NTXentLoss()),
+    "multi-similarity": lambda: (miners.MultiSimilarityMiner(), losses.MultiSimilarityLoss()),
+}
 if a.loss == "semihard":
     miner = miners.TripletMarginMiner(margin=a.margin, type_of_triplets="semihard"); crit = losses.TripletMarginLoss(margin=a.margin)
-elif a.loss == "arcface":
-    miner = None; crit = losses.ArcFaceLoss(num_classes=10, embedding_size=128)
+elif a.loss in CLASS_LOSSES:
+    miner, crit = CLASS_LOSSES[a.loss]()
 else:
     miner = None; crit = losses.ContrastiveLoss(pos_margin=0.0, neg_margin=1.0)
 params = list(net.parameters()) + list(crit.parameters())
@@ -51,7 +65,7 @@ for s in range(a.steps):
     if a.augment:
         dx, dy = rng.integers(-2, 3, 2); inp = torch.roll(inp, shifts=(int(dy), int(dx)), dims=(2, 3))
     e = net(inp)
-    if a.loss != "arcface": e = F.normalize(e, dim=1)
+    if a.loss not in CLASS_LOSSES: e = F.normalize(e, dim=1)
     loss = crit(e, lab, miner(e, lab)) if miner else crit(e, lab)
     opt.zero_grad(); loss.backward(); opt.step(); sched.step()
     if s % 500 == 0: print(f"step {s} loss {loss.item():.4f}", file=sys.stderr)

@@ -14,13 +14,18 @@
 //                               -> 6 dx = d_ap [B], 7 dd_an = d_an [B], 5 loss [1]
 //   triplet_euclidean_backward  8 ea, 9 eb, 12 en, 1 x = d_ap, 3 d_an, 4 dloss
 //                               -> 10 dea, 11 deb, 13 den [B, D]
+//   contrastive_cosine_forward, contrastive_cosine_backward, triplet_cosine_forward,
+//   triplet_cosine_backward     as the _euclidean entries, with the cosine distance; the
+//                               backwards take one invocation per pair (row)
 //
-// The fused entries take the Euclidean distance of paired embeddings (distance.wgsl's, with its
-// 1e-12 inside the sqrt), the contrastive loss and the loss's gradient: embeddings in; the
-// loss, and the gradients of the embeddings, out, in two dispatches instead of four. They do
-// the same arithmetic in the same order as euclidean_* followed by contrastive_loss_*: the
-// same bits, up to where a compiler contracts a product into a sum differently (on lavapipe
-// the loss moves by an ulp; d and the gradients do not).
+// The fused entries take the distance of paired embeddings (distance.wgsl's Euclidean, with its
+// 1e-12 inside the sqrt, or its cosine, norms clamped at 1e-8), the loss and the loss's
+// gradient: embeddings in; the loss, and the gradients of the embeddings, out, in two
+// dispatches instead of four (the triplet: seven). They do the same arithmetic in the same
+// order as euclidean_* or cosine_* followed by contrastive_loss_* (triplet_loss_*): the same
+// bits, up to where a compiler contracts a product into a sum differently (on lavapipe the
+// loss moves by an ulp; d and the gradients do not). The cosine backward needs a pair's three
+// sums before any element, so one invocation owns a row, as distance.wgsl's cosine_backward.
 //
 // Forwards run as ONE workgroup of REDUCE_WG invocations (dispatch [1, 1, 1]) for any B:
 // each invocation sums a strided slice, then a fixed-shape tree in workgroup memory. The
@@ -60,6 +65,7 @@ struct LossParams {
 @group(0) @binding(13) var<storage, read_write> den: array<f32>;
 
 const REDUCE_WG: u32 = 256u;  // invocations of the reduction (a power of 2)
+const COSINE_EPS: f32 = 1e-8; // distance.wgsl's clamp of a norm
 
 var<workgroup> partial: array<f32, REDUCE_WG>;
 
@@ -259,4 +265,113 @@ fn triplet_euclidean_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(nu
     dea[e] = g_ap + g_an;
     deb[e] = -g_ap;
     den[e] = -g_an;
+}
+
+// ---- the fused entries on the cosine distance ----
+
+// distance.wgsl's cosine_sums of row i of ea and eb: ⟨a,b⟩, ‖a‖², ‖b‖², in its order.
+fn cosine_sums_ab(i: u32) -> vec3<f32> {
+    let base = i * p.dim;
+    var s = vec3<f32>(0.0);
+    for (var k = 0u; k < p.dim; k++) {
+        let x = ea[base + k];
+        let y = eb[base + k];
+        s = fma(vec3<f32>(x, x, y), vec3<f32>(y, x, y), s);
+    }
+    return s;
+}
+
+// The same for row i of ea and en.
+fn cosine_sums_an(i: u32) -> vec3<f32> {
+    let base = i * p.dim;
+    var s = vec3<f32>(0.0);
+    for (var k = 0u; k < p.dim; k++) {
+        let x = ea[base + k];
+        let y = en[base + k];
+        s = fma(vec3<f32>(x, x, y), vec3<f32>(y, x, y), s);
+    }
+    return s;
+}
+
+// 1 − ⟨a,b⟩ / (max(‖a‖, 1e-8)·max(‖b‖, 1e-8)) from the sums, as distance.wgsl's cosine_forward.
+fn cosine_of(s: vec3<f32>) -> f32 {
+    let norm_a = max(sqrt(s.y), COSINE_EPS);
+    let norm_b = max(sqrt(s.z), COSINE_EPS);
+    return 1.0 - s.x / (norm_a * norm_b);
+}
+
+// The factors of distance.wgsl's cosine_backward: (1/(‖a‖‖b‖), cos/‖a‖², cos/‖b‖²), a term
+// absent for a clamped norm; ∂d/∂a = ca·a − inv·b and ∂d/∂b = cb·b − inv·a.
+fn cosine_factors(s: vec3<f32>) -> vec3<f32> {
+    let norm_a = max(sqrt(s.y), COSINE_EPS);
+    let norm_b = max(sqrt(s.z), COSINE_EPS);
+    let inv = 1.0 / (norm_a * norm_b);
+    let cos = s.x * inv;
+    let ca = select(0.0, cos / (norm_a * norm_a), norm_a > COSINE_EPS);
+    let cb = select(0.0, cos / (norm_b * norm_b), norm_b > COSINE_EPS);
+    return vec3<f32>(inv, ca, cb);
+}
+
+@compute @workgroup_size(REDUCE_WG)
+fn contrastive_cosine_forward(@builtin(local_invocation_index) lid: u32) {
+    var s = 0.0;
+    for (var i = lid; i < p.batch; i += REDUCE_WG) {
+        let d = cosine_of(cosine_sums_ab(i));
+        dx[i] = d;
+        s += contrastive_of(d, i);
+    }
+    write_mean(lid, s);
+}
+
+@compute @workgroup_size(REDUCE_WG)
+fn contrastive_cosine_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                               @builtin(local_invocation_index) lid: u32) {
+    let i = sample(wid, nwg, lid);
+    if i >= p.batch { return; }
+    let g = contrastive_grad(x[i], i);
+    let f = cosine_factors(cosine_sums_ab(i));
+    let base = i * p.dim;
+    for (var k = 0u; k < p.dim; k++) {
+        let a = ea[base + k];
+        let b = eb[base + k];
+        dea[base + k] = g * (f.y * a - f.x * b);
+        deb[base + k] = g * (f.z * b - f.x * a);
+    }
+}
+
+@compute @workgroup_size(REDUCE_WG)
+fn triplet_cosine_forward(@builtin(local_invocation_index) lid: u32) {
+    var s = 0.0;
+    for (var i = lid; i < p.batch; i += REDUCE_WG) {
+        let ap = cosine_of(cosine_sums_ab(i));
+        let an = cosine_of(cosine_sums_an(i));
+        dx[i] = ap;
+        dd_an[i] = an;
+        s += max(0.0, ap - an + p.margin);
+    }
+    write_mean(lid, s);
+}
+
+// One invocation per triplet: the anchor's gradient the sum of its two distances', in the order
+// the tape would add them (the positive's first).
+@compute @workgroup_size(REDUCE_WG)
+fn triplet_cosine_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                           @builtin(local_invocation_index) lid: u32) {
+    let i = sample(wid, nwg, lid);
+    if i >= p.batch { return; }
+    let scale = dloss[0] / f32(p.batch);
+    let hinged = x[i] - d_an[i] + p.margin > 0.0;
+    let g_ap = select(0.0, scale, hinged);
+    let g_an = select(0.0, -scale, hinged);
+    let fp = cosine_factors(cosine_sums_ab(i));
+    let fneg = cosine_factors(cosine_sums_an(i));
+    let base = i * p.dim;
+    for (var k = 0u; k < p.dim; k++) {
+        let a = ea[base + k];
+        let b = eb[base + k];
+        let c = en[base + k];
+        dea[base + k] = g_ap * (fp.y * a - fp.x * b) + g_an * (fneg.y * a - fneg.x * c);
+        deb[base + k] = g_ap * (fp.z * b - fp.x * a);
+        den[base + k] = g_an * (fneg.z * c - fneg.x * a);
+    }
 }

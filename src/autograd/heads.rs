@@ -23,9 +23,9 @@ impl Tape<'_> {
     }
 
     /// Whether a loss over `kind` distances of rows like `a`'s takes the fused kernels of
-    /// `ops::loss`: Euclidean, f32, and a batch within [`loss::FUSED_MAX_ELEMENTS`].
-    fn fuses_euclidean(&self, kind: Distance, a: ValueId) -> bool {
-        kind == Distance::Euclidean
+    /// `ops::loss`: Euclidean or cosine, f32, and a batch within [`loss::FUSED_MAX_ELEMENTS`].
+    fn fuses(&self, kind: Distance, a: ValueId) -> bool {
+        matches!(kind, Distance::Euclidean | Distance::Cosine)
             && self.tensor(a).dtype() == DType::F32
             && self.tensor(a).len() <= loss::FUSED_MAX_ELEMENTS
     }
@@ -206,9 +206,9 @@ impl Tape<'_> {
     }
 
     /// The contrastive loss of the `kind` distance between the paired rows of `a`, `b [B, D]`:
-    /// `[1]`. Euclidean distances of a batch the fused kernels take are one op (distance,
-    /// loss and its gradient in `ops::loss::contrastive_euclidean_*`: two dispatches instead of
-    /// four); otherwise [`distance`](Self::distance) then
+    /// `[1]`. Euclidean or cosine distances of a batch the fused kernels take are one op
+    /// (distance, loss and its gradient in `ops::loss::contrastive_fused_*`: two dispatches
+    /// instead of four); otherwise [`distance`](Self::distance) then
     /// [`contrastive_loss`](Self::contrastive_loss).
     pub fn contrastive_distance_loss(
         &mut self,
@@ -218,7 +218,7 @@ impl Tape<'_> {
         labels: &Tensor,
         margin: f32,
     ) -> Result<ValueId> {
-        if !self.fuses_euclidean(kind, a) {
+        if !self.fuses(kind, a) {
             let d = self.distance(kind, a, b)?;
             return self.contrastive_loss(d, labels, margin);
         }
@@ -229,23 +229,27 @@ impl Tape<'_> {
             self.tensor(b).clone(),
             self.tensor(l).clone(),
         );
-        let forward = vec![loss::contrastive_euclidean_forward(
-            self.gpu, &ta, &tb, labels, margin, &d, &tl,
+        let forward = vec![loss::contrastive_fused_forward(
+            self.gpu, kind, &ta, &tb, labels, margin, &d, &tl,
         )?];
         let mut backward = Vec::new();
         if let Some(dl) = self.grad(l).cloned() {
             let (da, db) = self.pair_slots(a, b)?;
-            backward.push(loss::contrastive_euclidean_backward(
-                self.gpu, &ta, &tb, labels, margin, &d, &dl, &da, &db,
+            backward.push(loss::contrastive_fused_backward(
+                self.gpu, kind, &ta, &tb, labels, margin, &d, &dl, &da, &db,
             )?);
         }
-        self.record("contrastive_euclidean", Some(l), forward, backward);
+        let op = match kind {
+            Distance::Cosine => "contrastive_cosine",
+            _ => "contrastive_euclidean",
+        };
+        self.record(op, Some(l), forward, backward);
         Ok(l)
     }
 
     /// The triplet loss of the `kind` distances of anchors `a` to positives `p` and negatives
-    /// `n` (`[B, D]` each): `[1]`. Euclidean distances of a batch the fused kernels take are
-    /// one op (`ops::loss::triplet_euclidean_*`: two dispatches instead of seven, the
+    /// `n` (`[B, D]` each): `[1]`. Euclidean or cosine distances of a batch the fused kernels
+    /// take are one op (`ops::loss::triplet_fused_*`: two dispatches instead of seven, the
     /// anchor's two gradients summed inside); otherwise two [`distance`](Self::distance)s
     /// then [`triplet_loss`](Self::triplet_loss).
     pub fn triplet_distance_loss(
@@ -254,7 +258,7 @@ impl Tape<'_> {
         [a, p, n]: [ValueId; 3],
         margin: f32,
     ) -> Result<ValueId> {
-        if !self.fuses_euclidean(kind, a) {
+        if !self.fuses(kind, a) {
             let d_ap = self.distance(kind, a, p)?;
             let d_an = self.distance(kind, a, n)?;
             return self.triplet_loss(d_ap, d_an, margin);
@@ -264,15 +268,16 @@ impl Tape<'_> {
         let (d_ap, d_an) = (self.zeros(&[rows])?, self.zeros(&[rows])?);
         let t = [a, p, n].map(|v| self.tensor(v).clone());
         let tl = self.tensor(l).clone();
-        let forward = vec![loss::triplet_euclidean_forward(
-            self.gpu, &t[0], &t[1], &t[2], margin, &d_ap, &d_an, &tl,
+        let forward = vec![loss::triplet_fused_forward(
+            self.gpu, kind, &t[0], &t[1], &t[2], margin, &d_ap, &d_an, &tl,
         )?];
         let mut backward = Vec::new();
         if let Some(dl) = self.grad(l).cloned() {
             let (da, dp) = self.pair_slots(a, p)?;
             let dn = self.grad_or_scratch(n)?;
-            backward.push(loss::triplet_euclidean_backward(
+            backward.push(loss::triplet_fused_backward(
                 self.gpu,
+                kind,
                 &t[0],
                 &t[1],
                 &t[2],
@@ -283,7 +288,11 @@ impl Tape<'_> {
                 [&da, &dp, &dn],
             )?);
         }
-        self.record("triplet_euclidean", Some(l), forward, backward);
+        let op = match kind {
+            Distance::Cosine => "triplet_cosine",
+            _ => "triplet_euclidean",
+        };
+        self.record(op, Some(l), forward, backward);
         Ok(l)
     }
 

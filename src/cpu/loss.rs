@@ -2,7 +2,7 @@
 //! a backward takes the upstream gradient `dloss` (the scalar the mean is multiplied by).
 
 use super::Real;
-use crate::vocab::PairLabel;
+use crate::vocab::{Distance, PairLabel};
 
 fn batch<T: Real>(n: usize) -> T {
     T::from_f64(n as f64)
@@ -109,23 +109,52 @@ pub fn bce_with_logits_backward<T: Real>(z: &[T], labels: &[PairLabel], dloss: T
         .collect()
 }
 
-/// `contrastive_euclidean_forward`: the Euclidean distances of the paired rows of `a`, `b`
-/// `[B, D]` and the contrastive loss of them: `(d, loss)`.
-pub fn contrastive_euclidean_forward<T: Real>(
+/// The `kind` distance (Euclidean or cosine: the fused entries') of paired rows.
+fn fused_distance<T: Real>(kind: Distance, a: &[T], b: &[T], rows: usize, dim: usize) -> Vec<T> {
+    match kind {
+        Distance::Euclidean => super::distance::euclidean_forward(a, b, rows, dim),
+        Distance::Cosine => super::distance::cosine_forward(a, b, rows, dim),
+        other => panic!("the fused entries take the Euclidean or cosine distance, not {other:?}"),
+    }
+}
+
+/// `(da, db)` of the `kind` distances `d` given their gradient `dd`.
+fn fused_distance_backward<T: Real>(
+    kind: Distance,
+    a: &[T],
+    b: &[T],
+    d: &[T],
+    dd: &[T],
+    dim: usize,
+) -> (Vec<T>, Vec<T>) {
+    let rows = d.len();
+    match kind {
+        Distance::Euclidean => super::distance::euclidean_backward(a, b, d, dd, rows, dim),
+        Distance::Cosine => super::distance::cosine_backward(a, b, dd, rows, dim),
+        other => panic!("the fused entries take the Euclidean or cosine distance, not {other:?}"),
+    }
+}
+
+/// `contrastive_euclidean_forward` / `contrastive_cosine_forward`: the `kind` distances of the
+/// paired rows of `a`, `b` `[B, D]` and the contrastive loss of them: `(d, loss)`.
+pub fn contrastive_fused_forward<T: Real>(
+    kind: Distance,
     a: &[T],
     b: &[T],
     labels: &[PairLabel],
     dim: usize,
     margin: T,
 ) -> (Vec<T>, T) {
-    let d = super::distance::euclidean_forward(a, b, labels.len(), dim);
+    let d = fused_distance(kind, a, b, labels.len(), dim);
     let loss = contrastive_loss_forward(&d, labels, margin);
     (d, loss)
 }
 
-/// `contrastive_euclidean_backward`: `(da, db)` of that loss times `dloss`, given the
-/// forward's `d`.
-pub fn contrastive_euclidean_backward<T: Real>(
+/// `contrastive_euclidean_backward` / `contrastive_cosine_backward`: `(da, db)` of that loss
+/// times `dloss`, given the forward's `d`.
+#[allow(clippy::too_many_arguments)] // the references' inputs, each named
+pub fn contrastive_fused_backward<T: Real>(
+    kind: Distance,
     a: &[T],
     b: &[T],
     d: &[T],
@@ -135,12 +164,14 @@ pub fn contrastive_euclidean_backward<T: Real>(
     dloss: T,
 ) -> (Vec<T>, Vec<T>) {
     let dd = contrastive_loss_backward(d, labels, margin, dloss);
-    super::distance::euclidean_backward(a, b, d, &dd, labels.len(), dim)
+    fused_distance_backward(kind, a, b, d, &dd, dim)
 }
 
-/// `triplet_euclidean_forward`: the Euclidean distances of anchors `a` to positives `p` and
-/// to negatives `n` (`[B, D]`), and the triplet loss of them: `(d_ap, d_an, loss)`.
-pub fn triplet_euclidean_forward<T: Real>(
+/// `triplet_euclidean_forward` / `triplet_cosine_forward`: the `kind` distances of anchors `a`
+/// to positives `p` and to negatives `n` (`[B, D]`), and the triplet loss of them:
+/// `(d_ap, d_an, loss)`.
+pub fn triplet_fused_forward<T: Real>(
+    kind: Distance,
     a: &[T],
     p: &[T],
     n: &[T],
@@ -148,16 +179,17 @@ pub fn triplet_euclidean_forward<T: Real>(
     margin: T,
 ) -> (Vec<T>, Vec<T>, T) {
     let rows = a.len() / dim;
-    let d_ap = super::distance::euclidean_forward(a, p, rows, dim);
-    let d_an = super::distance::euclidean_forward(a, n, rows, dim);
+    let d_ap = fused_distance(kind, a, p, rows, dim);
+    let d_an = fused_distance(kind, a, n, rows, dim);
     let loss = triplet_loss_forward(&d_ap, &d_an, margin);
     (d_ap, d_an, loss)
 }
 
-/// `triplet_euclidean_backward`: `(da, dp, dn)` of that loss times `dloss`, the anchor's
-/// gradient the sum of its two distances'.
+/// `triplet_euclidean_backward` / `triplet_cosine_backward`: `(da, dp, dn)` of that loss times
+/// `dloss`, the anchor's gradient the sum of its two distances'.
 #[allow(clippy::too_many_arguments)] // the references' inputs, each named
-pub fn triplet_euclidean_backward<T: Real>(
+pub fn triplet_fused_backward<T: Real>(
+    kind: Distance,
     a: &[T],
     p: &[T],
     n: &[T],
@@ -167,10 +199,9 @@ pub fn triplet_euclidean_backward<T: Real>(
     margin: T,
     dloss: T,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
-    let rows = d_ap.len();
     let (dd_ap, dd_an) = triplet_loss_backward(d_ap, d_an, margin, dloss);
-    let (mut da, dp) = super::distance::euclidean_backward(a, p, d_ap, &dd_ap, rows, dim);
-    let (da2, dn) = super::distance::euclidean_backward(a, n, d_an, &dd_an, rows, dim);
+    let (mut da, dp) = fused_distance_backward(kind, a, p, d_ap, &dd_ap, dim);
+    let (da2, dn) = fused_distance_backward(kind, a, n, d_an, &dd_an, dim);
     for (x, y) in da.iter_mut().zip(da2) {
         *x += y;
     }

@@ -1,6 +1,6 @@
 //! Launchers for `shaders/loss.wgsl`: contrastive, triplet and binary cross-entropy losses,
 //! each reduced to the batch mean in one deterministic workgroup, and their gradients; and
-//! the contrastive loss fused with the Euclidean distance before it.
+//! the contrastive and triplet losses fused with the Euclidean or cosine distance before them.
 //!
 //! Every forward writes a 1-element f32 tensor (the mean over the batch); every backward
 //! takes the upstream gradient `dloss` as a 1-element f32 tensor (normally holding 1), so a
@@ -16,7 +16,7 @@ use bytemuck::{Pod, Zeroable};
 use super::{expect, expect_f32, expect_rank, to_u32};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Kernel, Shader, Tensor, grid_1d};
-use crate::vocab::PairLabel;
+use crate::vocab::{Distance, PairLabel};
 
 pub const SHADER: Shader = Shader::new("loss", include_str!("../../shaders/loss.wgsl"));
 
@@ -268,12 +268,49 @@ fn fused_params(
     Ok((rows, dim, p))
 }
 
-/// The contrastive loss of the Euclidean distances between paired embeddings `a`, `b [B, D]`
-/// in one pass: `d [B]` (kept for the backward) and `loss [1]`, the arithmetic of
-/// `distance::forward(Euclidean)` then [`contrastive_forward`] (the same bits, up to how the
-/// compiler contracts the loss's sum).
-pub fn contrastive_euclidean_forward(
+/// The fused entry of `kind` (Euclidean or cosine): `euclidean` or `cosine`.
+fn fused_entry(
+    op: &'static str,
+    kind: Distance,
+    euclidean: &'static str,
+    cosine: &'static str,
+) -> Result<&'static str> {
+    match kind {
+        Distance::Euclidean => Ok(euclidean),
+        Distance::Cosine => Ok(cosine),
+        other => Err(Error::Shape {
+            op,
+            detail: format!(
+                "the fused kernels take the Euclidean or cosine distance, not {other:?}: use \
+                 the separate distance and loss kernels"
+            ),
+        }),
+    }
+}
+
+/// Workgroups of a fused backward: one invocation per element of `[B, D]` (Euclidean), or
+/// per pair (cosine, whose gradient needs the pair's three sums first).
+fn fused_backward_grid(
+    op: &'static str,
+    kind: Distance,
+    rows: usize,
+    dim: usize,
+) -> Result<[u32; 3]> {
+    let invocations = match kind {
+        Distance::Cosine => to_u32(op, "B", rows)?,
+        _ => to_u32(op, "B·D", rows * dim)?,
+    };
+    Ok(grid_1d(invocations.div_ceil(REDUCE_WG)))
+}
+
+/// The contrastive loss of the `kind` distances (Euclidean or cosine) between paired
+/// embeddings `a`, `b [B, D]` in one pass: `d [B]` (kept for the backward) and `loss [1]`,
+/// the arithmetic of `distance::forward(kind)` then [`contrastive_forward`] (the same bits,
+/// up to how the compiler contracts the loss's sum).
+#[allow(clippy::too_many_arguments)] // the buffers it binds, each named
+pub fn contrastive_fused_forward(
     gpu: &Gpu,
+    kind: Distance,
     a: &Tensor,
     b: &Tensor,
     labels: &Tensor,
@@ -281,24 +318,31 @@ pub fn contrastive_euclidean_forward(
     d: &Tensor,
     loss: &Tensor,
 ) -> Result<Kernel> {
-    const OP: &str = "contrastive_euclidean_forward";
-    let (rows, _, p) = fused_params(OP, a, &[("b", b)], margin)?;
-    expect(OP, "labels", labels, &[rows], DType::U32)?;
-    expect_f32(OP, "d", d, &[rows])?;
-    expect_f32(OP, "loss", loss, &[1])?;
+    const OP: &str = "contrastive_fused_forward";
+    let entry = fused_entry(
+        OP,
+        kind,
+        "contrastive_euclidean_forward",
+        "contrastive_cosine_forward",
+    )?;
+    let (rows, _, p) = fused_params(entry, a, &[("b", b)], margin)?;
+    expect(entry, "labels", labels, &[rows], DType::U32)?;
+    expect_f32(entry, "d", d, &[rows])?;
+    expect_f32(entry, "loss", loss, &[1])?;
     reduce(
         gpu,
-        OP,
+        entry,
         p,
         &[(8, a), (9, b), (2, labels), (6, d), (5, loss)],
     )
 }
 
-/// The gradients of [`contrastive_euclidean_forward`]'s loss times `dloss`: `da [B, D]` and
-/// `db = −da`, the arithmetic of [`contrastive_backward`] then `distance::backward`.
+/// The gradients of [`contrastive_fused_forward`]'s loss times `dloss`: `da`, `db [B, D]`,
+/// the arithmetic of [`contrastive_backward`] then `distance::backward(kind)`.
 #[allow(clippy::too_many_arguments)] // the buffers it binds, each named
-pub fn contrastive_euclidean_backward(
+pub fn contrastive_fused_backward(
     gpu: &Gpu,
+    kind: Distance,
     a: &Tensor,
     b: &Tensor,
     labels: &Tensor,
@@ -308,17 +352,22 @@ pub fn contrastive_euclidean_backward(
     da: &Tensor,
     db: &Tensor,
 ) -> Result<Kernel> {
-    const OP: &str = "contrastive_euclidean_backward";
-    let (rows, dim, p) = fused_params(OP, a, &[("b", b)], margin)?;
-    expect(OP, "labels", labels, &[rows], DType::U32)?;
-    expect_f32(OP, "d", d, &[rows])?;
-    expect_f32(OP, "dloss", dloss, &[1])?;
-    expect_f32(OP, "da", da, &[rows, dim])?;
-    expect_f32(OP, "db", db, &[rows, dim])?;
-    let elements = to_u32(OP, "B·D", rows * dim)?;
+    const OP: &str = "contrastive_fused_backward";
+    let entry = fused_entry(
+        OP,
+        kind,
+        "contrastive_euclidean_backward",
+        "contrastive_cosine_backward",
+    )?;
+    let (rows, dim, p) = fused_params(entry, a, &[("b", b)], margin)?;
+    expect(entry, "labels", labels, &[rows], DType::U32)?;
+    expect_f32(entry, "d", d, &[rows])?;
+    expect_f32(entry, "dloss", dloss, &[1])?;
+    expect_f32(entry, "da", da, &[rows, dim])?;
+    expect_f32(entry, "db", db, &[rows, dim])?;
     Ok(Kernel::single(gpu.dispatch(
         &SHADER,
-        OP,
+        entry,
         &[],
         &p,
         &[
@@ -330,16 +379,18 @@ pub fn contrastive_euclidean_backward(
             (10, da),
             (11, db),
         ],
-        grid_1d(elements.div_ceil(REDUCE_WG)),
+        fused_backward_grid(entry, kind, rows, dim)?,
     )?))
 }
 
-/// Random-triplet loss of the Euclidean distances of anchors `a` to positives `p` and to
-/// negatives `n` (`[B, D]` each), in one pass: `d_ap`, `d_an [B]` (kept for the backward) and
-/// `loss [1]`, the arithmetic of two `distance::forward(Euclidean)` then [`triplet_forward`].
+/// Random-triplet loss of the `kind` distances (Euclidean or cosine) of anchors `a` to
+/// positives `p` and to negatives `n` (`[B, D]` each), in one pass: `d_ap`, `d_an [B]` (kept
+/// for the backward) and `loss [1]`, the arithmetic of two `distance::forward(kind)` then
+/// [`triplet_forward`].
 #[allow(clippy::too_many_arguments)] // the buffers it binds, each named
-pub fn triplet_euclidean_forward(
+pub fn triplet_fused_forward(
     gpu: &Gpu,
+    kind: Distance,
     a: &Tensor,
     p: &Tensor,
     n: &Tensor,
@@ -348,24 +399,31 @@ pub fn triplet_euclidean_forward(
     d_an: &Tensor,
     loss: &Tensor,
 ) -> Result<Kernel> {
-    const OP: &str = "triplet_euclidean_forward";
-    let (rows, _, params) = fused_params(OP, a, &[("p", p), ("n", n)], margin)?;
-    expect_f32(OP, "d_ap", d_ap, &[rows])?;
-    expect_f32(OP, "d_an", d_an, &[rows])?;
-    expect_f32(OP, "loss", loss, &[1])?;
+    const OP: &str = "triplet_fused_forward";
+    let entry = fused_entry(
+        OP,
+        kind,
+        "triplet_euclidean_forward",
+        "triplet_cosine_forward",
+    )?;
+    let (rows, _, params) = fused_params(entry, a, &[("p", p), ("n", n)], margin)?;
+    expect_f32(entry, "d_ap", d_ap, &[rows])?;
+    expect_f32(entry, "d_an", d_an, &[rows])?;
+    expect_f32(entry, "loss", loss, &[1])?;
     reduce(
         gpu,
-        OP,
+        entry,
         params,
         &[(8, a), (9, p), (12, n), (6, d_ap), (7, d_an), (5, loss)],
     )
 }
 
-/// The gradients of [`triplet_euclidean_forward`]'s loss times `dloss`: `da`, `dp`, `dn`
+/// The gradients of [`triplet_fused_forward`]'s loss times `dloss`: `da`, `dp`, `dn`
 /// `[B, D]`, the anchor's the sum of its two distances' (as the tape would add them).
 #[allow(clippy::too_many_arguments)] // the buffers it binds, each named
-pub fn triplet_euclidean_backward(
+pub fn triplet_fused_backward(
     gpu: &Gpu,
+    kind: Distance,
     a: &Tensor,
     p: &Tensor,
     n: &Tensor,
@@ -375,19 +433,24 @@ pub fn triplet_euclidean_backward(
     dloss: &Tensor,
     grads: [&Tensor; 3],
 ) -> Result<Kernel> {
-    const OP: &str = "triplet_euclidean_backward";
-    let (rows, dim, params) = fused_params(OP, a, &[("p", p), ("n", n)], margin)?;
-    expect_f32(OP, "d_ap", d_ap, &[rows])?;
-    expect_f32(OP, "d_an", d_an, &[rows])?;
-    expect_f32(OP, "dloss", dloss, &[1])?;
+    const OP: &str = "triplet_fused_backward";
+    let entry = fused_entry(
+        OP,
+        kind,
+        "triplet_euclidean_backward",
+        "triplet_cosine_backward",
+    )?;
+    let (rows, dim, params) = fused_params(entry, a, &[("p", p), ("n", n)], margin)?;
+    expect_f32(entry, "d_ap", d_ap, &[rows])?;
+    expect_f32(entry, "d_an", d_an, &[rows])?;
+    expect_f32(entry, "dloss", dloss, &[1])?;
     let [da, dp, dn] = grads;
     for (what, g) in [("da", da), ("dp", dp), ("dn", dn)] {
-        expect_f32(OP, what, g, &[rows, dim])?;
+        expect_f32(entry, what, g, &[rows, dim])?;
     }
-    let elements = to_u32(OP, "B·D", rows * dim)?;
     Ok(Kernel::single(gpu.dispatch(
         &SHADER,
-        OP,
+        entry,
         &[],
         &params,
         &[
@@ -401,6 +464,6 @@ pub fn triplet_euclidean_backward(
             (11, dp),
             (13, dn),
         ],
-        grid_1d(elements.div_ceil(REDUCE_WG)),
+        fused_backward_grid(entry, kind, rows, dim)?,
     )?))
 }

@@ -909,4 +909,72 @@ mod tests {
         assert_eq!((s.miner.as_str(), s.precision.as_str()), ("none", "f32"));
         assert_eq!(s.margin, Some(0.5));
     }
+
+    /// Each loss on class-labelled batches resolves its own defaults (PML's), distance cosine
+    /// and P×K batches; a hyper-parameter it has no use for is refused, naming its users.
+    #[test]
+    fn the_class_losses_resolve_their_hyper_parameters() {
+        use crate::vocab::{MarginKind, SimilarityLoss};
+        let config = |pairs: &[(&str, &str)]| {
+            let mut s = RunSettings::default();
+            for (k, v) in pairs {
+                s.set(k, v).unwrap();
+            }
+            s.to_train_config()
+        };
+        let arc = config(&[("loss", "arcface")]).unwrap();
+        assert_eq!(arc.distance, Distance::Cosine);
+        assert_eq!(
+            arc.model_config([1, 28, 28], 10).similarity(),
+            Some(SimilarityLoss::MarginSoftmax {
+                margin: MarginKind::Angular(0.5),
+                scale: 64.0,
+                sub_centers: 1
+            })
+        );
+        let ms = config(&[("loss", "multi-similarity"), ("alpha", "3")]).unwrap();
+        assert_eq!(
+            ms.model_config([1, 28, 28], 10).similarity(),
+            Some(SimilarityLoss::MultiSimilarity {
+                alpha: 3.0,
+                beta: 50.0,
+                base: 0.5,
+                epsilon: 0.1
+            })
+        );
+        let proxy = config(&[("loss", "proxy-anchor")]).unwrap();
+        assert_eq!(
+            proxy.model_config([1, 28, 28], 10).similarity(),
+            Some(SimilarityLoss::ProxyAnchor {
+                alpha: 32.0,
+                margin: 0.1
+            })
+        );
+        let err = |pairs: &[(&str, &str)]| config(pairs).unwrap_err().to_string();
+        assert!(
+            err(&[("loss", "arcface"), ("temperature", "0.1")]).contains(
+                "temperature is a hyper-parameter of the supcon and ntxent loss, not of arcface"
+            )
+        );
+        assert!(
+            err(&[("loss", "supcon"), ("margin", "0.2")]).contains("the supcon loss has no margin")
+        );
+        assert!(
+            err(&[("loss", "cosface"), ("distance", "euclidean")])
+                .contains("use distance = cosine")
+        );
+        assert!(err(&[("loss", "arcface"), ("xbm", "1024")]).contains("not arcface"));
+        assert!(
+            err(&[("loss", "supcon"), ("xbm", "64")])
+                .contains("xbm = 64 slots cannot hold a batch of 128")
+        );
+        assert!(err(&[("xbm_warmup", "10")]).contains("give --xbm SIZE too"));
+        assert!(err(&[("loss", "supcon"), ("scale", "0")]).contains("scale is a hyper-parameter"));
+        assert!(
+            err(&[("loss", "arcface"), ("scale", "-1")])
+                .contains("scale must be a positive number")
+        );
+        let l1 = config(&[("distance", "l1")]).unwrap();
+        assert_eq!(l1.distance, Distance::L1);
+    }
 }
