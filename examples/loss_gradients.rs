@@ -21,22 +21,12 @@ use rand::{RngExt, SeedableRng};
 use safetensors::tensor::{Dtype, TensorView};
 use siamese_gpu::autograd::Tape;
 use siamese_gpu::cpu::{distance as cpu_distance, similarity_loss as cpu};
-use siamese_gpu::vocab::{LossHyper, LossKind, PairwiseMetric, SimilarityLoss};
+use siamese_gpu::vocab::{LOSSES, LossHyper, PairwiseMetric, SimilarityLoss};
 use siamese_gpu::{DType, Gpu, Result};
 
 const CLASSES: usize = 4;
 const PER_CLASS: usize = 8;
 const DIM: usize = 16;
-
-const LOSSES: [LossKind; 7] = [
-    LossKind::ArcFace,
-    LossKind::SubCenterArcFace,
-    LossKind::CosFace,
-    LossKind::ProxyAnchor,
-    LossKind::SupCon,
-    LossKind::NtXent,
-    LossKind::MultiSimilarity,
-];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -69,7 +59,7 @@ fn run(out: &Path) -> Result<()> {
     let mut tensors: Vec<(String, Vec<f32>, Vec<usize>)> =
         vec![("embeddings".into(), embeddings.clone(), vec![n, DIM])];
     let mut metadata = HashMap::new();
-    for kind in LOSSES {
+    for kind in LOSSES.into_iter().filter(|l| l.uses_classes()) {
         let loss = kind
             .similarity(kind.default_margin(), &LossHyper::default())
             .expect("a loss on class-labelled batches");

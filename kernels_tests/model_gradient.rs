@@ -22,7 +22,7 @@ use siamese_gpu::ops::batchnorm::{EPS, MOMENTUM};
 use siamese_gpu::vocab::Distance;
 use siamese_gpu::vocab::Mode;
 use siamese_gpu::vocab::PairLabel;
-use siamese_gpu::vocab::{LossHyper, LossKind};
+use siamese_gpu::vocab::{LOSSES, LossHyper, LossKind};
 use siamese_gpu::{Gpu, KernelPath};
 use std::sync::OnceLock;
 
@@ -384,16 +384,7 @@ fn class_loss_and_grads<T: Real>(m: &SiameseModel, flat: &[T], x: &[T]) -> (T, V
 /// kernel path against the CPU composition and central differences.
 #[test]
 fn class_loss_model_gradients_match_cpu_and_finite_differences() {
-    use LossKind::*;
-    for kind in [
-        ArcFace,
-        SubCenterArcFace,
-        CosFace,
-        ProxyAnchor,
-        SupCon,
-        NtXent,
-        MultiSimilarity,
-    ] {
+    for kind in LOSSES.into_iter().filter(|l| l.uses_classes()) {
         let m = model(kind);
         let values = ModelValues::init(&m, 7);
         let flat = &values.params;

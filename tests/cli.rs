@@ -289,7 +289,7 @@ fn invalid_config_values_are_refused_naming_the_key_and_nothing_changes() {
         ),
         (
             "loss = \"hinge\"\n",
-            &["unknown loss `hinge`: use contrastive, triplet or bce"],
+            &["unknown loss `hinge`: use contrastive, triplet, bce, arcface"],
         ),
         (
             "positive_fraction = 2.0\n",
@@ -429,7 +429,7 @@ fn a_checkpoint_of_another_architecture_is_refused_saying_what_differs() {
         &[
             "was trained with other settings",
             &format!("tower: \"{TOWER}\" → \"{other}\""),
-            "margin: 1.0 → 2.0",
+            "margin: (unset) → 2.0",
         ],
     );
     // A file whose metadata names another tower than its tensors.
