@@ -15,7 +15,7 @@ use siamese_gpu::train::{self, Outcome, RunControl, TrainConfig};
 use siamese_gpu::vocab::{Distance, LossKind};
 use support::TempDir;
 
-const IDS: [&str; 13] = [
+const IDS: [&str; 14] = [
     "embedding_collapse",
     "dead_relu",
     "vanishing_gradient",
@@ -29,6 +29,7 @@ const IDS: [&str; 13] = [
     "scale_too_small",
     "temperature_too_low",
     "class_centers_collapsed",
+    "xbm_stale",
 ];
 
 fn data_present() -> bool {
@@ -383,4 +384,35 @@ fn proxies_on_one_direction_have_collapsed() {
         },
     );
     assert_finds(&d, "class_centers_collapsed", Severity::Fail);
+}
+
+/// A memory of eight batches under a learning rate of 1e-2: by the end the tower embeds the
+/// images it holds far from where the memory has them. Against a memory of two batches at
+/// 1e-4, which stays fresh.
+#[test]
+fn a_memory_spanning_a_fast_moving_tower_is_stale() {
+    if !data_present() {
+        return;
+    }
+    let mut stale = TrainConfig {
+        xbm: Some(train::Xbm {
+            slots: 1024,
+            warmup: 0,
+        }),
+        ..small_class_loss(LossKind::SupCon, 1024)
+    };
+    stale.optimizer.lr = 1e-2;
+    let d = diagnose(&stale);
+    assert_finds(&d, "xbm_stale", Severity::Warn);
+    let mut fresh = TrainConfig {
+        xbm: Some(train::Xbm {
+            slots: 256,
+            warmup: 0,
+        }),
+        ..small_class_loss(LossKind::SupCon, 1024)
+    };
+    fresh.optimizer.lr = 1e-4;
+    let d = diagnose(&fresh);
+    let drift = d.evidence.memory_drift.expect("a memory's drift");
+    assert!(!has(&d, "xbm_stale", Severity::Info), "{drift:?}\n{d}");
 }

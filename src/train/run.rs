@@ -15,7 +15,7 @@ use super::{Progress, TrainConfig, TrainStep};
 use crate::data::dataset::{self, Dataset};
 use crate::data::images::ImageSet;
 use crate::error::{Error, Result};
-use crate::eval::doctor::{CenterSpread, Diagnosis, Evidence, ValidationPoint};
+use crate::eval::doctor::{CenterSpread, Diagnosis, Evidence, MemoryDrift, ValidationPoint};
 use crate::eval::embed::Embedder;
 use crate::eval::embedding_metrics::EmbeddingMetrics;
 use crate::eval::operating_points::{OperatingPoint, Target, operating_point};
@@ -578,6 +578,12 @@ impl<'g> Run<'g> {
                 .map_or(1, |l| l.columns_per_class());
             CenterSpread::of(w, self.model.embedding_dim(), k)
         });
+        if let Some((images, stored)) = self.step.memory_contents()? {
+            // What the memory holds against what the trained tower embeds for the same images.
+            let fresh = self.embedder.embed_indices(&self.data.train, &images)?;
+            self.evidence.memory_drift =
+                MemoryDrift::of(&stored, &fresh, self.model.embedding_dim(), cfg.batch);
+        }
         let head = |v: &[f32]| mean(&v[..v.len().min(20)]);
         let tail = |v: &[f32]| mean(&v[v.len().saturating_sub(20)..]);
         let steps = self.steps;

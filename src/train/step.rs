@@ -120,6 +120,7 @@ impl<'g> TrainStep<'g> {
                     window: gpu.zeros(&[4], DType::U32)?,
                 },
                 xbm,
+                images: vec![EMPTY_SLOT; xbm.slots],
             }),
             None => None,
         };
@@ -220,6 +221,9 @@ impl<'g> TrainStep<'g> {
     fn next_batch(&mut self) -> Result<()> {
         self.sampler
             .next(self.batch, &mut self.idx, &mut self.codes);
+        if let Some(m) = self.memory.as_mut() {
+            m.remember(self.steps_done as usize, &self.idx);
+        }
         if self.sampler.is_pairs() {
             let same = PairLabel::Same.code();
             self.sampled_same += self.codes.iter().filter(|&&c| c == same).count() as u64;
@@ -351,14 +355,35 @@ impl<'g> TrainStep<'g> {
             optimizer_state = rest;
         }
         self.steps_done = steps_done as u32;
-        for _ in 0..steps_done {
+        for step in 0..steps_done {
             self.sampler
                 .next(self.batch, &mut self.idx, &mut self.codes);
+            if let Some(m) = self.memory.as_mut() {
+                m.remember(step, &self.idx);
+            }
             if let Some(augment) = self.augment.as_mut() {
                 augment.draw(self.idx.len(), None)?;
             }
         }
         Ok(())
+    }
+
+    /// The cross-batch memory's filled slots, if the run keeps one (waits for the submitted
+    /// steps): the training images they hold and the embeddings written for them, `[n, D]`.
+    pub fn memory_contents(&self) -> Result<Option<(Vec<u32>, Vec<f32>)>> {
+        let Some(m) = &self.memory else {
+            return Ok(None);
+        };
+        let all = self.gpu.read_f32(&m.ring.embeddings)?;
+        let dim = all.len() / m.images.len();
+        let (mut images, mut rows) = (Vec::new(), Vec::new());
+        for (slot, &image) in m.images.iter().enumerate() {
+            if image != EMPTY_SLOT {
+                images.push(image);
+                rows.extend_from_slice(&all[slot * dim..(slot + 1) * dim]);
+            }
+        }
+        Ok(Some((images, rows)))
     }
 
     /// The optimizer's state buffers, and under mixed precision the loss scale's, read back
@@ -384,9 +409,23 @@ impl<'g> TrainStep<'g> {
 struct Memory {
     ring: CrossBatchMemory,
     xbm: Xbm,
+    /// The training image each slot holds (host side: what the doctor re-embeds to measure
+    /// how stale the slots are), [`EMPTY_SLOT`] before it is written.
+    images: Vec<u32>,
 }
 
+/// A memory slot not yet written.
+const EMPTY_SLOT: u32 = u32::MAX;
+
 impl Memory {
+    /// Notes that step `step` writes the images `batch` into their slots.
+    fn remember(&mut self, step: usize, batch: &[u32]) {
+        let slots = self.images.len();
+        for (i, &image) in batch.iter().enumerate() {
+            self.images[(step * batch.len() + i) % slots] = image;
+        }
+    }
+
     /// The window of step `step` (0-based) of batches of `n`: the batch goes to the slots
     /// from `(step·n) mod M`; the loss reads the batch alone during the warm-up, then every
     /// slot filled so far (the last min((step + 1)·n, M) written).

@@ -2,8 +2,9 @@
 //! ProxyAnchor, SupCon, NT-Xent, Multi-Similarity): the troubles their users bring —
 //! a margin no angle can meet (`margin_too_large`), a scale too small for any class to win
 //! the softmax (`scale_too_small`), a temperature so low that a few negatives take the
-//! whole gradient (`temperature_too_low`), and class weights or proxies that collapsed onto
-//! each other (`class_centers_collapsed`).
+//! whole gradient (`temperature_too_low`), class weights or proxies that collapsed onto
+//! each other (`class_centers_collapsed`), and a cross-batch memory whose embeddings the
+//! tower has moved away from (`xbm_stale`).
 
 use std::f64::consts::FRAC_PI_2;
 
@@ -24,6 +25,49 @@ const MIN_TEMPERATURE: f64 = 0.05;
 /// 26° — give the softmax (or the proxies' anchors) nothing to tell them apart by; trained
 /// heads keep their classes' directions far wider apart (Fashion-MNIST's ten: cosines ≤ 0.5).
 const COLLAPSED_COS: f64 = 0.9;
+
+/// Below this mean cosine between what a cross-batch memory holds for its images and what
+/// the tower now embeds them as (an angle over 26°, as wide as trained classes sit apart:
+/// see `COLLAPSED_COS`), the memory's pairs compare the batch with positions the images no
+/// longer have: Wang et al. 2020 (§3) rely on the "slow drift" of features, and start the
+/// memory only once it holds.
+const STALE_COS: f64 = 0.9;
+
+/// How far a cross-batch memory's embeddings are from the trained tower's: the mean cosine,
+/// over its filled slots, between the stored embedding of an image and its embedding now.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MemoryDrift {
+    pub mean_cos: f64,
+    /// Filled slots, and the training steps they span.
+    pub slots: usize,
+    pub steps: usize,
+}
+
+impl MemoryDrift {
+    /// The drift of `stored` against `fresh` (`[n, dim]` each, the same images in order),
+    /// for a memory filled by batches of `batch`; None when empty.
+    pub fn of(stored: &[f32], fresh: &[f32], dim: usize, batch: usize) -> Option<MemoryDrift> {
+        let slots = stored.len() / dim;
+        if slots == 0 || fresh.len() != stored.len() {
+            return None;
+        }
+        let cos = |a: &[f32], b: &[f32]| {
+            let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+            let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+            dot / (norm(a) * norm(b)).max(1e-12)
+        };
+        let total: f64 = stored
+            .chunks_exact(dim)
+            .zip(fresh.chunks_exact(dim))
+            .map(|(a, b)| cos(a, b))
+            .sum();
+        Some(MemoryDrift {
+            mean_cos: total / slots as f64,
+            slots,
+            steps: slots.div_ceil(batch.max(1)),
+        })
+    }
+}
 
 /// How spread the learned class directions are: the largest cosine between two classes'
 /// weight rows (the closest pair of their sub-centers) and which classes.
@@ -91,6 +135,26 @@ pub(super) fn class_losses(e: &Evidence, out: &mut Vec<Finding>) {
             }
         }
         SimilarityLoss::ProxyAnchor { .. } | SimilarityLoss::MultiSimilarity { .. } => {}
+    }
+    if let Some(drift) = e.memory_drift
+        && drift.mean_cos < STALE_COS
+    {
+        out.push(finding(
+            "xbm_stale",
+            Severity::Warn,
+            format!(
+                "the cross-batch memory's {} embeddings, written over the last {} steps, are \
+                 stale: the tower now embeds the same images at a mean cosine of {:.3} to what \
+                 the memory holds (an angle of {:.0}°), so the loss compares each batch with \
+                 positions its negatives and positives no longer have",
+                drift.slots,
+                drift.steps,
+                drift.mean_cos,
+                drift.mean_cos.clamp(-1.0, 1.0).acos().to_degrees()
+            ),
+            "Use a smaller --xbm (a memory spanning fewer steps), start it later with \
+             --xbm-warmup (once the loss has settled), or lower the learning rate.",
+        ));
     }
     if let Some(spread) = e.class_centers
         && spread.max_cos > COLLAPSED_COS
@@ -202,6 +266,17 @@ mod tests {
         let needed = (c - 1.0) / c * ((c - 1.0) * 0.9 / 0.1).ln();
         assert!((best_probability(needed, 10) - 0.9).abs() < 1e-9);
         assert!(best_probability(64.0, 10) > 0.999_999);
+    }
+
+    #[test]
+    fn the_memory_drift_is_the_mean_cosine_of_each_image() {
+        // Two slots in 2-D: one image unmoved, one turned by 90°.
+        let stored = [1.0, 0.0, 0.0, 2.0];
+        let fresh = [3.0, 0.0, 1.0, 0.0];
+        let d = MemoryDrift::of(&stored, &fresh, 2, 1).unwrap();
+        assert!((d.mean_cos - 0.5).abs() < 1e-12);
+        assert_eq!((d.slots, d.steps), (2, 2));
+        assert!(MemoryDrift::of(&[], &[], 2, 1).is_none());
     }
 
     #[test]

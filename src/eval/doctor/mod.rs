@@ -24,6 +24,7 @@
 //! | `scale_too_small` | ArcFace/CosFace's scale lets no class reach p = 0.9 in the softmax |
 //! | `temperature_too_low` | SupCon/NT-Xent's τ hands the gradient to the hardest negatives |
 //! | `class_centers_collapsed` | two classes' learned weights or proxies point the same way |
+//! | `xbm_stale` | the cross-batch memory holds embeddings the tower has moved away from |
 //!
 //! The rules live beside this file, grouped by what they read: `gradients` (the loss curve
 //! and the gradient and weight norms), `embeddings` (the test embeddings' spread and the
@@ -43,7 +44,7 @@ mod margins;
 mod normalization;
 mod separation;
 
-pub use class_losses::CenterSpread;
+pub use class_losses::{CenterSpread, MemoryDrift};
 pub use normalization::BatchNormUse;
 
 use std::fmt;
@@ -202,6 +203,8 @@ pub struct Evidence {
     pub batch_images: usize,
     /// How spread the learned class weights or proxies ended, if the loss learns them.
     pub class_centers: Option<CenterSpread>,
+    /// How stale the cross-batch memory ended, if the run kept one.
+    pub memory_drift: Option<MemoryDrift>,
 }
 
 fn finding(id: &'static str, severity: Severity, message: String, advice: &str) -> Finding {
