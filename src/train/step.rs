@@ -55,8 +55,8 @@ pub struct TrainStep<'g> {
     /// Same pairs and all pairs sampled so far (pair losses).
     pub sampled_same: u64,
     pub sampled_pairs: u64,
-    /// The stats of the last step of a loss on class-labelled batches.
-    loss_stats: Option<LossStats>,
+    /// The mined loss's stats of the last step (see `ops::mining::MiningStats`).
+    mining_stats: Option<Tensor>,
     /// The cross-batch memory, if the run keeps one.
     memory: Option<Memory>,
     /// `[seed, step]`, from which dropout draws the step's masks; rewritten every step.
@@ -124,7 +124,7 @@ impl<'g> TrainStep<'g> {
             }),
             None => None,
         };
-        let (loss, loss_stats) = record_loss(
+        let (loss, mining_stats) = record_loss(
             model,
             cfg,
             &mut tape,
@@ -168,7 +168,7 @@ impl<'g> TrainStep<'g> {
             invert_labels: cfg.invert_pair_labels && cfg.loss != LossKind::Triplet,
             sampled_same: 0,
             sampled_pairs: 0,
-            loss_stats,
+            mining_stats,
             memory,
             rng,
             // Dropout's masks are drawn from the low 32 bits of the run's seed.
@@ -248,19 +248,10 @@ impl<'g> TrainStep<'g> {
 
     /// The mining stats of the last submitted step (waits for it), None without a miner.
     pub fn mining_stats(&self) -> Result<Option<MiningStats>> {
-        match &self.loss_stats {
-            Some(LossStats::Mining(t)) => Ok(Some(MiningStats::from_slice(&self.gpu.read_f32(t)?))),
-            _ => Ok(None),
-        }
-    }
-
-    /// The similarity loss's `stats [4]` of the last submitted step (waits for it), None
-    /// for the other losses.
-    pub fn similarity_stats(&self) -> Result<Option<Vec<f32>>> {
-        match &self.loss_stats {
-            Some(LossStats::Similarity(t)) => Ok(Some(self.gpu.read_f32(t)?)),
-            _ => Ok(None),
-        }
+        self.mining_stats
+            .as_ref()
+            .map(|t| Ok(MiningStats::from_slice(&self.gpu.read_f32(t)?)))
+            .transpose()
     }
 
     /// Steps submitted since the losses were last read.
@@ -619,16 +610,8 @@ fn gather_kernel(
     ))
 }
 
-/// The stats tensor a loss on class-labelled batches writes each step.
-enum LossStats {
-    /// The triplet miner's (`ops::mining::MiningStats`).
-    Mining(Tensor),
-    /// A similarity loss's (`ops::similarity_loss`): Σd0, Σd1, Σa, Σb.
-    Similarity(Tensor),
-}
-
 /// Records the tower and the loss of the batch `x` (with its label codes) on `tape`: the
-/// loss value, and on class-labelled batches the tensor of its stats.
+/// loss value, and with a miner the tensor of its stats.
 fn record_loss(
     model: &SiameseModel,
     cfg: &TrainConfig,
@@ -637,16 +620,16 @@ fn record_loss(
     label_codes: &Tensor,
     w: &Weights,
     memory: Option<&CrossBatchMemory>,
-) -> Result<(ValueId, Option<LossStats>)> {
+) -> Result<(ValueId, Option<Tensor>)> {
     Ok(match cfg.miner {
         Some(miner) => {
             let (loss, stats) = model.record_mined_loss(tape, x, label_codes, miner, w)?;
-            (loss, Some(LossStats::Mining(stats)))
+            (loss, Some(stats))
         }
-        None if cfg.loss.uses_classes() => {
-            let (loss, stats) = model.record_class_loss(tape, x, label_codes, w, memory)?;
-            (loss, Some(LossStats::Similarity(stats)))
-        }
+        None if cfg.loss.uses_classes() => (
+            model.record_class_loss(tape, x, label_codes, w, memory)?.0,
+            None,
+        ),
         None => (model.record_loss(tape, x, label_codes, w)?, None),
     })
 }
